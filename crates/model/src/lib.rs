@@ -1,0 +1,17 @@
+//! The vocabulary every other luametrics crate speaks: metric points, kinds and units, the name
+//! rules, the tag policy (cardinality and PII, SPEC §3) and the system-metric catalog (SPEC §8).
+//!
+//! This crate does no I/O and holds no state, so the rules it states are the same in the Lua
+//! engine, the recorder, the store and the HTTP server.
+
+mod catalog;
+mod name;
+mod point;
+mod policy;
+mod reason;
+
+pub use catalog::{Catalog, CatalogEntry, CatalogError};
+pub use name::{infer_kind, infer_unit, validate_name, MAX_NAME_LEN};
+pub use point::{canonical_tags, Kind, MetricType, Point, Tags, Unit};
+pub use policy::{looks_sensitive, Limits, TagPolicy, DEFAULT_DENIED_KEYS, RESERVED_PREFIXES};
+pub use reason::RejectReason;

@@ -1,0 +1,470 @@
+use crate::{infer_kind, validate_name, Kind, RejectReason, Tags};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+
+/// Tag keys that carry PII or credentials (SPEC §3); matched case-insensitively, `-` read as `_`.
+pub const DEFAULT_DENIED_KEYS: &[&str] = &[
+    "user_id",
+    "userid",
+    "email",
+    "ip",
+    "ip_address",
+    "user_agent",
+    "authorization",
+    "cookie",
+    "token",
+    "password",
+    "secret",
+    "redirect_uri",
+    "api_key",
+    "key_prefix",
+    "session_id",
+    "phone",
+];
+
+/// Name prefixes owned by the host and luametrics; user metrics may not use them.
+pub const RESERVED_PREFIXES: &[&str] = &[
+    "auth.",
+    "oidc.",
+    "oauth.",
+    "authz.",
+    "rebac.",
+    "pipeline.",
+    "lua.",
+    "helpers.",
+    "webhook.",
+    "qstash.",
+    "jwks.",
+    "apikey.",
+    "email.",
+    "redis.",
+    "admin.",
+    "http.",
+    "luametrics.",
+];
+
+/// Tag keys only the host may set: the tenant is never chosen by a script.
+const HOST_ONLY_KEYS: &[&str] = &["tenant", "tenant_id"];
+
+/// Per-tenant limits on user metrics (SPEC §3); every field is configurable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Tag keys per point.
+    pub max_tags: usize,
+    /// Bytes per tag key.
+    pub max_key_len: usize,
+    /// Bytes per tag value.
+    pub max_value_len: usize,
+    /// Sustained points per minute per tenant.
+    pub points_per_minute: u32,
+    /// Burst of points a tenant may send at once.
+    pub burst: u32,
+    /// Points per script execution.
+    pub max_points_per_execution: u32,
+    /// Distinct tag sets per (tenant, metric name) before points fold into the overflow series.
+    pub max_series_per_name: usize,
+    /// Distinct series per tenant before points fold into the overflow series.
+    pub max_series_per_tenant: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_tags: 8,
+            max_key_len: 40,
+            max_value_len: 64,
+            points_per_minute: 6_000,
+            burst: 1_000,
+            max_points_per_execution: 250,
+            max_series_per_name: 1_000,
+            max_series_per_tenant: 10_000,
+        }
+    }
+}
+
+/// The cardinality and PII rules applied to every point (SPEC §3).
+#[derive(Debug, Clone)]
+pub struct TagPolicy {
+    denied_keys: HashSet<String>,
+    /// Limits applied to user metrics.
+    pub limits: Limits,
+}
+
+impl Default for TagPolicy {
+    fn default() -> Self {
+        Self::new(
+            DEFAULT_DENIED_KEYS.iter().map(|s| s.to_string()),
+            Limits::default(),
+        )
+    }
+}
+
+fn normalise_key(key: &str) -> String {
+    key.to_ascii_lowercase().replace('-', "_")
+}
+
+impl TagPolicy {
+    /// A policy with a custom denied-key list (replacing the default one) and limits.
+    pub fn new(denied_keys: impl IntoIterator<Item = String>, limits: Limits) -> Self {
+        Self {
+            denied_keys: denied_keys.into_iter().map(|k| normalise_key(&k)).collect(),
+            limits,
+        }
+    }
+
+    /// Whether a key is on the denied list.
+    pub fn is_denied_key(&self, key: &str) -> bool {
+        self.denied_keys.contains(&normalise_key(key))
+    }
+
+    /// Name, prefix and kind rules for a user metric.
+    pub fn check_user_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason> {
+        validate_name(name)?;
+        if RESERVED_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            return Err(RejectReason::ReservedPrefix);
+        }
+        match infer_kind(name) {
+            Some(implied) if implied != kind => Err(RejectReason::KindMismatch),
+            _ => Ok(()),
+        }
+    }
+
+    /// Value rules: finite, and never negative for a counter.
+    pub fn check_value(kind: Kind, value: f64) -> Result<(), RejectReason> {
+        if !value.is_finite() {
+            return Err(RejectReason::InvalidValue);
+        }
+        if kind == Kind::Counter && value < 0.0 {
+            return Err(RejectReason::NegativeCounter);
+        }
+        Ok(())
+    }
+
+    /// Tag rules for a user metric: count, lengths, key syntax, host-only keys, PII keys and values.
+    pub fn check_user_tags<'a>(
+        &self,
+        tags: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), RejectReason> {
+        if tags.len() > self.limits.max_tags {
+            return Err(RejectReason::TooManyTags);
+        }
+        for (k, v) in tags {
+            if k.len() > self.limits.max_key_len {
+                return Err(RejectReason::TagKeyTooLong);
+            }
+            self.check_tag(k, v, true)?;
+            // PII first: a long secret is reported as what it is, not merely as too long.
+            if v.len() <= 4 * 1024 && looks_sensitive(v) {
+                return Err(RejectReason::PiiTag);
+            }
+            if v.len() > self.limits.max_value_len {
+                return Err(RejectReason::TagValueTooLong);
+            }
+        }
+        Ok(())
+    }
+
+    /// Tag rules shared by system metrics: key syntax and PII (no per-tenant limits).
+    pub fn check_system_tags(&self, tags: &Tags) -> Result<(), RejectReason> {
+        for (k, v) in tags {
+            self.check_tag(k, v, false)?;
+            if looks_sensitive(v) {
+                return Err(RejectReason::PiiTag);
+            }
+        }
+        Ok(())
+    }
+
+    fn check_tag(&self, key: &str, _value: &str, user: bool) -> Result<(), RejectReason> {
+        if !valid_key(key) {
+            return Err(RejectReason::InvalidTags);
+        }
+        if user && HOST_ONLY_KEYS.contains(&key) {
+            return Err(RejectReason::InvalidTags);
+        }
+        if self.is_denied_key(key) {
+            return Err(RejectReason::PiiTag);
+        }
+        Ok(())
+    }
+
+    /// Every rule for one user point, in the order scripts see them.
+    pub fn check_user_point(
+        &self,
+        name: &str,
+        kind: Kind,
+        value: f64,
+        tags: &Tags,
+    ) -> Result<(), RejectReason> {
+        self.check_user_name(name, kind)?;
+        Self::check_value(kind, value)?;
+        self.check_user_tags(tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+}
+
+/// Prometheus-compatible label names, and never the `__` prefix it reserves.
+fn valid_key(key: &str) -> bool {
+    let b = key.as_bytes();
+    !b.is_empty()
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+        && !key.starts_with("__")
+}
+
+/// Whether a tag value is shaped like PII or a secret: e-mail, IP address, JWT, bearer/basic
+/// credential, UUID, or a long high-entropy token (hex or base64 of 24+ characters).
+pub fn looks_sensitive(value: &str) -> bool {
+    let v = value.trim();
+    is_email(v)
+        || is_ip(v)
+        || is_jwt(v)
+        || is_credential(v)
+        || is_uuid(v)
+        || is_long_hex(v)
+        || is_high_entropy(v)
+}
+
+fn is_email(v: &str) -> bool {
+    let Some((local, domain)) = v.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && !local.contains(char::is_whitespace)
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && domain
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '.' || c == '-')
+}
+
+fn is_ip(v: &str) -> bool {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    if v.parse::<IpAddr>().is_ok() || v.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    // `fe80::1%eth0`, `[::1]`, `10.0.0.1:8080` and CIDR forms.
+    let stripped = v.trim_start_matches('[').trim_end_matches(']');
+    let base = stripped.split(['%', '/']).next().unwrap_or(stripped);
+    if base.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    if let Some((host, port)) = v.rsplit_once(':') {
+        return port.parse::<u16>().is_ok() && host.parse::<Ipv4Addr>().is_ok();
+    }
+    false
+}
+
+fn is_b64url(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '='
+}
+
+fn is_jwt(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('.').collect();
+    parts.len() == 3
+        && parts[0].starts_with("eyJ")
+        && parts[..2]
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(is_b64url))
+        && parts[2].chars().all(is_b64url)
+}
+
+fn is_credential(v: &str) -> bool {
+    let lower = v.to_ascii_lowercase();
+    ["bearer ", "basic ", "token ", "digest "]
+        .iter()
+        .any(|p| lower.starts_with(p) && v.len() > p.len() + 7)
+}
+
+fn is_uuid(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+fn is_long_hex(v: &str) -> bool {
+    let hex = v.strip_prefix("0x").unwrap_or(v);
+    hex.len() >= 24 && hex.bytes().all(|c| c.is_ascii_hexdigit())
+}
+
+fn is_high_entropy(v: &str) -> bool {
+    if v.len() < 24
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=' | '-' | '_'))
+    {
+        return false;
+    }
+    let has_digit = v.bytes().any(|c| c.is_ascii_digit());
+    let has_upper = v.bytes().any(|c| c.is_ascii_uppercase());
+    let has_lower = v.bytes().any(|c| c.is_ascii_lowercase());
+    if !(has_digit && (has_upper || has_lower)) {
+        return false;
+    }
+    shannon_bits_per_char(v) >= 3.7
+}
+
+fn shannon_bits_per_char(v: &str) -> f64 {
+    let mut counts = [0u32; 256];
+    for b in v.bytes() {
+        counts[b as usize] += 1;
+    }
+    let n = v.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(pairs: &[(&str, &str)]) -> Tags {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn check(pairs: &[(&str, &str)]) -> Result<(), RejectReason> {
+        TagPolicy::default().check_user_point(
+            "invoice.processed_count",
+            Kind::Counter,
+            1.0,
+            &tags(pairs),
+        )
+    }
+
+    #[test]
+    fn every_denied_key_is_refused_in_any_case() {
+        for key in DEFAULT_DENIED_KEYS {
+            assert_eq!(check(&[(key, "x")]), Err(RejectReason::PiiTag), "{key}");
+            let upper = key.to_ascii_uppercase();
+            assert_eq!(
+                check(&[(&upper, "x")]),
+                Err(RejectReason::PiiTag),
+                "{upper}"
+            );
+        }
+        let custom = TagPolicy::new(["Customer_Ref".to_string()], Limits::default());
+        assert!(custom.is_denied_key("customer_ref"));
+        assert!(!custom.is_denied_key("email"));
+    }
+
+    #[test]
+    fn every_denied_value_shape_is_refused() {
+        let cases = [
+            ("email", "jane.doe@example.com"),
+            ("ipv4", "192.168.10.4"),
+            ("ipv4 with port", "10.0.0.1:8080"),
+            ("ipv6", "2001:db8::8a2e:370:7334"),
+            ("ipv6 bracketed", "[::1]"),
+            ("ipv6 zone", "fe80::1%eth0"),
+            (
+                "jwt",
+                "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            ),
+            ("bearer", "Bearer abcdefghijklmnop"),
+            ("basic", "basic dXNlcjpwYXNzd29yZA=="),
+            ("uuid", "123e4567-e89b-12d3-a456-426614174000"),
+            ("hex", "deadbeefdeadbeefdeadbeef00"),
+            ("base64", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
+            ("base64 padded", "QmFzZTY0IGVuY29kZWQgdG9rZW4x=="),
+        ];
+        for (what, value) in cases {
+            assert!(looks_sensitive(value), "{what}: {value}");
+            assert_eq!(
+                check(&[("plan", value)]),
+                Err(RejectReason::PiiTag),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn ordinary_low_cardinality_values_pass() {
+        for value in [
+            "pro",
+            "enterprise_annual_plan_v2",
+            "password",
+            "2xx",
+            "user.login",
+            "checkout-service-eu-west",
+            "1.5",
+            "true",
+            "EU",
+            "abc@",
+        ] {
+            assert!(!looks_sensitive(value), "{value}");
+        }
+    }
+
+    #[test]
+    fn every_limit_and_reason() {
+        let p = TagPolicy::default();
+        let nine: Vec<(String, String)> = (0..9).map(|i| (format!("k{i}"), "v".into())).collect();
+        let nine: Vec<(&str, &str)> = nine.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(check(&nine), Err(RejectReason::TooManyTags));
+        assert_eq!(check(&nine[..8]), Ok(()));
+        let k41 = "k".repeat(41);
+        assert_eq!(check(&[(&k41, "v")]), Err(RejectReason::TagKeyTooLong));
+        assert_eq!(check(&[(&k41[..40], "v")]), Ok(()));
+        let v65 = "v".repeat(65);
+        assert_eq!(check(&[("k", &v65)]), Err(RejectReason::TagValueTooLong));
+        assert_eq!(check(&[("k", &v65[..64])]), Ok(()));
+        assert_eq!(check(&[("tenant", "acme")]), Err(RejectReason::InvalidTags));
+        assert_eq!(
+            check(&[("tenant_id", "acme")]),
+            Err(RejectReason::InvalidTags)
+        );
+        assert_eq!(check(&[("bad-key!", "v")]), Err(RejectReason::InvalidTags));
+        assert_eq!(check(&[("__name__", "v")]), Err(RejectReason::InvalidTags));
+        assert_eq!(check(&[("", "v")]), Err(RejectReason::InvalidTags));
+        assert_eq!(
+            p.check_user_name("Invoice.count", Kind::Counter),
+            Err(RejectReason::InvalidName)
+        );
+        for prefix in RESERVED_PREFIXES {
+            let name = format!("{prefix}custom");
+            assert_eq!(
+                p.check_user_name(&name, Kind::Gauge),
+                Err(RejectReason::ReservedPrefix),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            p.check_user_name("queue.depth.count", Kind::Gauge),
+            Err(RejectReason::KindMismatch)
+        );
+        assert_eq!(
+            TagPolicy::check_value(Kind::Gauge, f64::NAN),
+            Err(RejectReason::InvalidValue)
+        );
+        assert_eq!(
+            TagPolicy::check_value(Kind::Histogram, f64::INFINITY),
+            Err(RejectReason::InvalidValue)
+        );
+        assert_eq!(
+            TagPolicy::check_value(Kind::Counter, -1.0),
+            Err(RejectReason::NegativeCounter)
+        );
+        assert_eq!(TagPolicy::check_value(Kind::Gauge, -1.0), Ok(()));
+    }
+
+    #[test]
+    fn reasons_round_trip() {
+        for r in RejectReason::ALL {
+            assert_eq!(RejectReason::parse(r.as_str()), Some(r));
+            assert_eq!(RejectReason::ALL[r.index()], r);
+        }
+    }
+}

@@ -1,0 +1,87 @@
+use std::fmt;
+
+/// Why a point was refused. The string forms are a stable API: scripts receive them from
+/// `helpers.metrics`, and they label `helpers.metrics.rejected.count{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, thiserror::Error)]
+pub enum RejectReason {
+    /// The name breaks the naming rule or is too long.
+    InvalidName,
+    /// The value is not a finite number.
+    InvalidValue,
+    /// Tags are not a flat table of string keys to string/number/boolean values, or set a host-only key.
+    InvalidTags,
+    /// A counter was given a negative increment.
+    NegativeCounter,
+    /// A user metric name starts with a system prefix.
+    ReservedPrefix,
+    /// More tag keys than the per-point limit.
+    TooManyTags,
+    /// A tag key longer than the limit.
+    TagKeyTooLong,
+    /// A tag value longer than the limit.
+    TagValueTooLong,
+    /// A denied key or a value shaped like PII or a secret.
+    PiiTag,
+    /// The tenant's points-per-minute quota is spent.
+    RateLimited,
+    /// The per-execution point budget is spent.
+    ExecutionLimit,
+    /// A catalog metric carried a tag the catalog does not declare for it.
+    UndeclaredTag,
+    /// The kind contradicts the catalog or the name's suffix.
+    KindMismatch,
+}
+
+impl RejectReason {
+    /// Every reason, for exhaustive reporting.
+    pub const ALL: [RejectReason; 13] = [
+        RejectReason::InvalidName,
+        RejectReason::InvalidValue,
+        RejectReason::InvalidTags,
+        RejectReason::NegativeCounter,
+        RejectReason::ReservedPrefix,
+        RejectReason::TooManyTags,
+        RejectReason::TagKeyTooLong,
+        RejectReason::TagValueTooLong,
+        RejectReason::PiiTag,
+        RejectReason::RateLimited,
+        RejectReason::ExecutionLimit,
+        RejectReason::UndeclaredTag,
+        RejectReason::KindMismatch,
+    ];
+
+    /// The stable snake_case code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::InvalidName => "invalid_name",
+            RejectReason::InvalidValue => "invalid_value",
+            RejectReason::InvalidTags => "invalid_tags",
+            RejectReason::NegativeCounter => "negative_counter",
+            RejectReason::ReservedPrefix => "reserved_prefix",
+            RejectReason::TooManyTags => "too_many_tags",
+            RejectReason::TagKeyTooLong => "tag_key_too_long",
+            RejectReason::TagValueTooLong => "tag_value_too_long",
+            RejectReason::PiiTag => "pii_tag",
+            RejectReason::RateLimited => "rate_limited",
+            RejectReason::ExecutionLimit => "execution_limit",
+            RejectReason::UndeclaredTag => "undeclared_tag",
+            RejectReason::KindMismatch => "kind_mismatch",
+        }
+    }
+
+    /// Parses a stable code back.
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == code)
+    }
+
+    /// Dense index for counters kept in arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
