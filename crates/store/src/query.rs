@@ -1,0 +1,491 @@
+use crate::row::series_key;
+use crate::{Store, StoreError, StoredRow};
+use libsql::{params::IntoParams, Connection, Row, Value};
+use luametrics_model::{Kind, MetricType, Tags};
+use luametrics_sketch::{Sketch, Summary};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+pub(crate) const HOUR_MS: i64 = 3_600_000;
+pub(crate) const DAY_MS: i64 = 24 * HOUR_MS;
+
+/// What to compute per time bucket (SPEC §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Agg {
+    /// Sum of values (counters: the count of events).
+    Sum,
+    /// Number of points.
+    Count,
+    /// Mean value.
+    Avg,
+    /// Smallest value.
+    Min,
+    /// Largest value.
+    Max,
+    /// Most recent value.
+    Last,
+    /// Sum per second of the bucket.
+    Rate,
+    /// 50th percentile (from sketches).
+    P50,
+    /// 90th percentile.
+    P90,
+    /// 95th percentile.
+    P95,
+    /// 99th percentile.
+    P99,
+}
+
+impl FromStr for Agg {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "sum" => Agg::Sum,
+            "count" => Agg::Count,
+            "avg" | "mean" => Agg::Avg,
+            "min" => Agg::Min,
+            "max" => Agg::Max,
+            "last" => Agg::Last,
+            "rate" => Agg::Rate,
+            "p50" => Agg::P50,
+            "p90" => Agg::P90,
+            "p95" => Agg::P95,
+            "p99" => Agg::P99,
+            other => {
+                return Err(StoreError::InvalidQuery(format!(
+                    "unknown aggregation `{other}` (expected sum, count, avg, min, max, last, rate, p50, p90, p95 or p99)"
+                )))
+            }
+        })
+    }
+}
+
+impl Agg {
+    fn quantile(self) -> Option<f64> {
+        match self {
+            Agg::P50 => Some(0.50),
+            Agg::P90 => Some(0.90),
+            Agg::P95 => Some(0.95),
+            Agg::P99 => Some(0.99),
+            _ => None,
+        }
+    }
+
+    fn compute(self, s: &Summary, step_ms: i64) -> Option<f64> {
+        if s.samples == 0 {
+            return None;
+        }
+        Some(match self {
+            Agg::Sum => s.sum,
+            Agg::Count => s.samples as f64,
+            Agg::Avg => s.mean(),
+            Agg::Min => s.min,
+            Agg::Max => s.max,
+            Agg::Last => s.last,
+            Agg::Rate => s.sum / (step_ms as f64 / 1000.0),
+            q => return s.sketch.as_ref()?.quantile(q.quantile()?),
+        })
+    }
+}
+
+/// Which stored resolution answered a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Flush-window rows from `metrics`.
+    Raw,
+    /// Hourly rollups (plus raw rows not rolled up yet).
+    Hour,
+    /// Daily rollups (plus raw rows not rolled up yet).
+    Day,
+}
+
+impl Tier {
+    /// The coarsest tier whose buckets divide `step_ms`.
+    pub fn for_step(step_ms: i64) -> Tier {
+        if step_ms >= DAY_MS && step_ms % DAY_MS == 0 {
+            Tier::Day
+        } else if step_ms >= HOUR_MS && step_ms % HOUR_MS == 0 {
+            Tier::Hour
+        } else {
+            Tier::Raw
+        }
+    }
+
+    fn resolution(self) -> Option<&'static str> {
+        match self {
+            Tier::Raw => None,
+            Tier::Hour => Some("hour"),
+            Tier::Day => Some("day"),
+        }
+    }
+}
+
+/// Filters for reading rows back (seed §4.1 `findMetrics`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FindQuery {
+    /// Metric name.
+    pub name: String,
+    /// Window start at or after this (ms).
+    pub from_ms: i64,
+    /// Window start before this (ms).
+    pub to_ms: i64,
+    /// Only this tenant.
+    pub tenant: Option<String>,
+    /// Only this type.
+    pub metric_type: Option<MetricType>,
+    /// Tags that must match exactly.
+    #[serde(default)]
+    pub filters: Tags,
+}
+
+/// A time-bucketed aggregate query (seed §4.1 `aggregate`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AggregateQuery {
+    /// Rows to read.
+    #[serde(flatten)]
+    pub find: FindQuery,
+    /// What to compute per bucket.
+    pub agg: Agg,
+    /// Bucket size in ms.
+    pub step_ms: i64,
+    /// Split series by this tag's value (or `tenant`).
+    pub group_by: Option<String>,
+}
+
+/// One result line of an aggregate query.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Series {
+    /// Value of the group-by tag (None when not grouped, or the tag is absent).
+    pub group: Option<String>,
+    /// `(bucket start ms, value)` in time order; empty buckets are left out.
+    pub points: Vec<(i64, f64)>,
+}
+
+/// A metric name present in the store.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NameInfo {
+    /// Metric name.
+    pub name: String,
+    /// System or user.
+    pub metric_type: MetricType,
+    /// Kind.
+    pub kind: Kind,
+    /// Number of rows.
+    pub rows: u64,
+    /// Latest window start.
+    pub last_ms: i64,
+}
+
+pub(crate) async fn scalar_i64(
+    conn: &Connection,
+    sql: &str,
+    params: impl IntoParams,
+) -> Result<i64, StoreError> {
+    let mut rows = conn
+        .query(sql, params)
+        .await
+        .map_err(StoreError::db("run a scalar query"))?;
+    let row = rows
+        .next()
+        .await
+        .map_err(StoreError::db("read a scalar query"))?;
+    match row {
+        Some(r) => r
+            .get::<i64>(0)
+            .map_err(StoreError::db("read a scalar value")),
+        None => Ok(0),
+    }
+}
+
+pub(crate) const ROW_COLUMNS: &str =
+    "id, name, tenant_id, metric_type, kind, tags, source, timestamp, window_ms, samples, sum, min, max, last, last_ts, sketch";
+
+pub(crate) fn decode_row(
+    row: &Row,
+    table: &'static str,
+    window: Option<i64>,
+) -> Result<StoredRow, StoreError> {
+    let db = StoreError::db("decode a stored row");
+    let id: i64 = row.get(0).map_err(db)?;
+    let corrupt = |problem: String| StoreError::Corrupt { table, id, problem };
+    let text = |i: i32| -> Result<String, StoreError> {
+        row.get::<String>(i)
+            .map_err(|e| corrupt(format!("column {i}: {e}")))
+    };
+    let opt_text = |i: i32| -> Result<Option<String>, StoreError> {
+        match row.get_value(i).map_err(|e| corrupt(e.to_string()))? {
+            Value::Null => Ok(None),
+            Value::Text(s) => Ok(Some(s)),
+            other => Err(corrupt(format!("column {i}: expected text, got {other:?}"))),
+        }
+    };
+    let real = |i: i32| -> Result<f64, StoreError> {
+        match row.get_value(i).map_err(|e| corrupt(e.to_string()))? {
+            Value::Real(f) => Ok(f),
+            Value::Integer(n) => Ok(n as f64),
+            other => Err(corrupt(format!(
+                "column {i}: expected a number, got {other:?}"
+            ))),
+        }
+    };
+    let int = |i: i32| -> Result<i64, StoreError> {
+        row.get::<i64>(i)
+            .map_err(|e| corrupt(format!("column {i}: {e}")))
+    };
+    let metric_type: MetricType = text(3)?.parse().map_err(corrupt)?;
+    let kind: Kind = text(4)?.parse().map_err(corrupt)?;
+    let tags: Tags = serde_json::from_str(&text(5)?).map_err(|e| corrupt(format!("tags: {e}")))?;
+    let sketch = match row.get_value(15).map_err(|e| corrupt(e.to_string()))? {
+        Value::Blob(b) => Some(Sketch::from_bytes(&b).map_err(|e| corrupt(e.to_string()))?),
+        Value::Null => None,
+        other => return Err(corrupt(format!("sketch: expected a blob, got {other:?}"))),
+    };
+    let summary = Summary {
+        samples: int(9)? as u64,
+        sum: real(10)?,
+        min: real(11)?,
+        max: real(12)?,
+        last: real(13)?,
+        last_ts: int(14)?,
+        sketch,
+    };
+    let value = match kind {
+        Kind::Counter => summary.sum,
+        Kind::Gauge => summary.last,
+        Kind::Histogram => summary.mean(),
+    };
+    Ok(StoredRow {
+        id,
+        name: text(1)?,
+        tenant: opt_text(2)?,
+        metric_type,
+        kind,
+        tags,
+        source: opt_text(6)?,
+        timestamp_ms: int(7)?,
+        window_ms: match window {
+            Some(w) => w,
+            None => int(8)?,
+        },
+        value,
+        summary,
+    })
+}
+
+impl StoredRow {
+    pub(crate) fn series_key(&self) -> String {
+        series_key(
+            self.metric_type,
+            self.tenant.as_deref(),
+            &self.name,
+            self.kind,
+            &luametrics_model::canonical_tags(&self.tags),
+        )
+    }
+
+    fn matches(&self, q: &FindQuery) -> bool {
+        q.filters.iter().all(|(k, v)| self.tags.get(k) == Some(v))
+    }
+}
+
+fn where_clause(q: &FindQuery, time_col: &str, params: &mut Vec<Value>) -> String {
+    params.push(Value::Text(q.name.clone()));
+    params.push(Value::Integer(q.from_ms));
+    params.push(Value::Integer(q.to_ms));
+    let mut sql = format!("name = ?1 AND {time_col} >= ?2 AND {time_col} < ?3");
+    if let Some(t) = &q.tenant {
+        params.push(Value::Text(t.clone()));
+        sql.push_str(&format!(" AND tenant_id = ?{}", params.len()));
+    }
+    if let Some(mt) = q.metric_type {
+        params.push(Value::Text(mt.as_str().to_string()));
+        sql.push_str(&format!(" AND metric_type = ?{}", params.len()));
+    }
+    sql
+}
+
+impl Store {
+    /// Raw window rows of one metric in a time range (seed §4.1 `findMetrics`).
+    pub async fn find_metrics(&self, q: &FindQuery) -> Result<Vec<StoredRow>, StoreError> {
+        let conn = self.reader().await?;
+        self.find_raw(&conn, q, None).await
+    }
+
+    async fn find_raw(
+        &self,
+        conn: &Connection,
+        q: &FindQuery,
+        above_id: Option<i64>,
+    ) -> Result<Vec<StoredRow>, StoreError> {
+        let mut params = Vec::new();
+        let mut sql = format!(
+            "SELECT {ROW_COLUMNS} FROM metrics WHERE {}",
+            where_clause(q, "timestamp", &mut params)
+        );
+        if let Some(id) = above_id {
+            params.push(Value::Integer(id));
+            sql.push_str(&format!(" AND id > ?{}", params.len()));
+        }
+        sql.push_str(" ORDER BY timestamp, id");
+        let mut rows = conn
+            .query(&sql, params)
+            .await
+            .map_err(StoreError::db("query metric rows"))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows
+            .next()
+            .await
+            .map_err(StoreError::db("read metric rows"))?
+        {
+            let r = decode_row(&row, "metrics", None)?;
+            if r.matches(q) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn find_rollups(
+        &self,
+        conn: &Connection,
+        q: &FindQuery,
+        tier: Tier,
+    ) -> Result<Vec<StoredRow>, StoreError> {
+        let Some(res) = tier.resolution() else {
+            return Ok(Vec::new());
+        };
+        let bucket = if tier == Tier::Day { DAY_MS } else { HOUR_MS };
+        let mut params = Vec::new();
+        let mut sql = format!(
+            "SELECT {} FROM metric_rollups WHERE {}",
+            ROW_COLUMNS.replace("timestamp, window_ms", "bucket_start, 0"),
+            where_clause(q, "bucket_start", &mut params)
+        );
+        params.push(Value::Text(res.to_string()));
+        sql.push_str(&format!(" AND resolution = ?{}", params.len()));
+        let mut rows = conn
+            .query(&sql, params)
+            .await
+            .map_err(StoreError::db("query rollup rows"))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows
+            .next()
+            .await
+            .map_err(StoreError::db("read rollup rows"))?
+        {
+            let r = decode_row(&row, "metric_rollups", Some(bucket))?;
+            if r.matches(q) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Aggregates one metric per time bucket, from the coarsest tier that serves the step,
+    /// merging sketches for percentiles. Returns the series and the tier used.
+    pub async fn aggregate(&self, q: &AggregateQuery) -> Result<(Vec<Series>, Tier), StoreError> {
+        if q.step_ms <= 0 {
+            return Err(StoreError::InvalidQuery("step must be positive".into()));
+        }
+        if q.find.to_ms <= q.find.from_ms {
+            return Err(StoreError::InvalidQuery("`to` must be after `from`".into()));
+        }
+        let buckets = (q.find.to_ms - q.find.from_ms) / q.step_ms;
+        if buckets > 100_000 {
+            return Err(StoreError::InvalidQuery(format!(
+                "{buckets} buckets requested; at most 100000 (use a larger step)"
+            )));
+        }
+        let tier = Tier::for_step(q.step_ms);
+        let conn = self.reader().await?;
+        let rows = if tier == Tier::Raw {
+            self.find_raw(&conn, &q.find, None).await?
+        } else {
+            // Rows that the rollup job has not folded in yet are read raw, so answers are fresh
+            // and nothing is counted twice.
+            let watermark = crate::rollup::watermark(&conn).await?;
+            // A rollup bucket that starts before `from` may hold points inside the range only if
+            // `from` is not aligned; align the rollup read to the bucket grid.
+            let mut aligned = q.find.clone();
+            let bucket = if tier == Tier::Day { DAY_MS } else { HOUR_MS };
+            aligned.from_ms = q.find.from_ms.div_euclid(bucket) * bucket;
+            let mut rows = self.find_rollups(&conn, &aligned, tier).await?;
+            rows.extend(self.find_raw(&conn, &q.find, Some(watermark)).await?);
+            rows
+        };
+        let mut groups: BTreeMap<Option<String>, BTreeMap<i64, Summary>> = BTreeMap::new();
+        for r in rows {
+            let group = q.group_by.as_ref().and_then(|g| {
+                if g == "tenant" {
+                    r.tenant.clone()
+                } else {
+                    r.tags.get(g).cloned()
+                }
+            });
+            let start = r.timestamp_ms.div_euclid(q.step_ms) * q.step_ms;
+            let bucket = groups
+                .entry(group)
+                .or_default()
+                .entry(start)
+                .or_insert_with(|| Summary::new(false));
+            bucket.merge(&r.summary).map_err(|e| StoreError::Corrupt {
+                table: "metrics",
+                id: r.id,
+                problem: e.to_string(),
+            })?;
+        }
+        let series = groups
+            .into_iter()
+            .map(|(group, buckets)| Series {
+                group,
+                points: buckets
+                    .into_iter()
+                    .filter_map(|(t, s)| q.agg.compute(&s, q.step_ms).map(|v| (t, v)))
+                    .collect(),
+            })
+            .collect();
+        Ok((series, tier))
+    }
+
+    /// Metric names present (raw and rolled-up), with their kind and last write.
+    pub async fn metric_names(&self) -> Result<Vec<NameInfo>, StoreError> {
+        let conn = self.reader().await?;
+        let mut rows = conn
+            .query(
+                "SELECT name, metric_type, kind, SUM(n), MAX(last_ms) FROM (
+                   SELECT name, metric_type, kind, COUNT(*) AS n, MAX(timestamp) AS last_ms
+                     FROM metrics GROUP BY name, metric_type, kind
+                   UNION ALL
+                   SELECT name, metric_type, kind, 0, MAX(bucket_start)
+                     FROM metric_rollups GROUP BY name, metric_type, kind)
+                 GROUP BY name, metric_type, kind ORDER BY name",
+                (),
+            )
+            .await
+            .map_err(StoreError::db("list metric names"))?;
+        let mut out = Vec::new();
+        while let Some(row) = rows
+            .next()
+            .await
+            .map_err(StoreError::db("list metric names"))?
+        {
+            let bad = |p: String| StoreError::Corrupt {
+                table: "metrics",
+                id: 0,
+                problem: p,
+            };
+            let get_text = |i| row.get::<String>(i).map_err(|e| bad(e.to_string()));
+            out.push(NameInfo {
+                name: get_text(0)?,
+                metric_type: get_text(1)?.parse().map_err(bad)?,
+                kind: get_text(2)?.parse().map_err(bad)?,
+                rows: row.get::<i64>(3).map_err(|e| bad(e.to_string()))? as u64,
+                last_ms: row.get::<i64>(4).map_err(|e| bad(e.to_string()))?,
+            });
+        }
+        Ok(out)
+    }
+}

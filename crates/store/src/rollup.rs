@@ -1,0 +1,337 @@
+use crate::query::{decode_row, scalar_i64, DAY_MS, HOUR_MS, ROW_COLUMNS};
+use crate::{Store, StoreError, StoredRow};
+use libsql::{Connection, Value};
+use luametrics_model::canonical_tags;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+const WATERMARK_KEY: &str = "rollup.raw_id";
+/// Raw rows folded per rollup transaction; bounds memory and lock time.
+const ROLLUP_BATCH: i64 = 20_000;
+
+/// How long each tier is kept (SPEC §4). Days, since that is how operators think about it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Raw flush-window rows, 7 to 30 days.
+    pub raw_days: u32,
+    /// Hourly rollups.
+    pub hourly_days: u32,
+    /// Daily rollups.
+    pub daily_days: u32,
+    /// Pipeline traces and spans.
+    pub trace_days: u32,
+    /// Rows deleted per statement, so a delete never holds the write lock for long.
+    pub batch: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            raw_days: 14,
+            hourly_days: 90,
+            daily_days: 400,
+            trace_days: 7,
+            batch: 5_000,
+        }
+    }
+}
+
+impl Retention {
+    /// Checks the ranges SPEC §4 allows.
+    pub fn validate(&self) -> Result<(), StoreError> {
+        if !(7..=30).contains(&self.raw_days) {
+            return Err(StoreError::InvalidRetention(format!(
+                "retention.raw_days = {} (allowed: 7 to 30)",
+                self.raw_days
+            )));
+        }
+        if self.hourly_days < self.raw_days || self.daily_days < self.hourly_days {
+            return Err(StoreError::InvalidRetention(
+                "retention must not shrink from raw to hourly to daily".into(),
+            ));
+        }
+        if self.trace_days == 0 || self.batch == 0 {
+            return Err(StoreError::InvalidRetention(
+                "retention.trace_days and retention.batch must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What one rollup run did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RollupReport {
+    /// Raw rows folded in.
+    pub raw_rows: u64,
+    /// Rollup rows written (inserted or updated).
+    pub rollup_rows: u64,
+    /// The new watermark (highest raw id folded in).
+    pub watermark: i64,
+}
+
+/// What one retention run deleted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RetentionReport {
+    /// The rollup that ran first.
+    pub rollup: RollupReport,
+    /// Raw rows deleted.
+    pub raw_deleted: u64,
+    /// Hourly rollups deleted.
+    pub hourly_deleted: u64,
+    /// Daily rollups deleted.
+    pub daily_deleted: u64,
+    /// Traces deleted (their spans go with them).
+    pub traces_deleted: u64,
+}
+
+pub(crate) async fn watermark(conn: &Connection) -> Result<i64, StoreError> {
+    scalar_i64(
+        conn,
+        "SELECT COALESCE((SELECT value FROM rollup_state WHERE key = ?1), 0)",
+        [WATERMARK_KEY],
+    )
+    .await
+}
+
+struct Bucket {
+    row: StoredRow,
+    resolution: &'static str,
+}
+
+impl Store {
+    /// Folds raw rows above the watermark into hourly and daily rollups. Idempotent and safe to
+    /// run at any time: late rows (a flush retried after an outage) are folded in when they land.
+    pub async fn rollup(&self) -> Result<RollupReport, StoreError> {
+        let mut report = RollupReport::default();
+        loop {
+            let n = self.rollup_batch(&mut report).await?;
+            if n < ROLLUP_BATCH as u64 {
+                return Ok(report);
+            }
+        }
+    }
+
+    async fn rollup_batch(&self, report: &mut RollupReport) -> Result<u64, StoreError> {
+        let conn = self.writer.lock().await;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(StoreError::db("begin a rollup transaction"))?;
+        let mark = watermark(&tx).await?;
+        let mut rows = tx
+            .query(
+                &format!("SELECT {ROW_COLUMNS} FROM metrics WHERE id > ?1 ORDER BY id LIMIT ?2"),
+                [mark, ROLLUP_BATCH],
+            )
+            .await
+            .map_err(StoreError::db("read rows to roll up"))?;
+        let mut buckets: HashMap<(&'static str, String, i64), Bucket> = HashMap::new();
+        let mut max_id = mark;
+        let mut n = 0u64;
+        while let Some(row) = rows
+            .next()
+            .await
+            .map_err(StoreError::db("read rows to roll up"))?
+        {
+            let r = decode_row(&row, "metrics", None)?;
+            max_id = max_id.max(r.id);
+            n += 1;
+            let key = r.series_key();
+            for (res, size) in [("hour", HOUR_MS), ("day", DAY_MS)] {
+                let start = r.timestamp_ms.div_euclid(size) * size;
+                match buckets.entry((res, key.clone(), start)) {
+                    std::collections::hash_map::Entry::Occupied(mut e) => {
+                        e.get_mut()
+                            .row
+                            .summary
+                            .merge(&r.summary)
+                            .map_err(|e| corrupt(r.id, e))?;
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let mut row = r.clone();
+                        row.timestamp_ms = start;
+                        row.window_ms = size;
+                        e.insert(Bucket {
+                            row,
+                            resolution: res,
+                        });
+                    }
+                }
+            }
+        }
+        drop(rows);
+        if n == 0 {
+            tx.commit()
+                .await
+                .map_err(StoreError::db("commit a rollup transaction"))?;
+            report.watermark = mark;
+            return Ok(0);
+        }
+        for ((res, key, start), mut b) in buckets {
+            // Merge with what an earlier run stored for the same bucket.
+            let mut existing = tx
+                .query(
+                    &format!(
+                        "SELECT {} FROM metric_rollups WHERE resolution = ?1 AND series_key = ?2 AND bucket_start = ?3",
+                        ROW_COLUMNS.replace("timestamp, window_ms", "bucket_start, 0")
+                    ),
+                    libsql::params![res, key.clone(), start],
+                )
+                .await
+                .map_err(StoreError::db("read an existing rollup"))?;
+            if let Some(row) = existing
+                .next()
+                .await
+                .map_err(StoreError::db("read an existing rollup"))?
+            {
+                let old = decode_row(&row, "metric_rollups", Some(b.row.window_ms))?;
+                b.row
+                    .summary
+                    .merge(&old.summary)
+                    .map_err(|e| corrupt(old.id, e))?;
+            }
+            drop(existing);
+            let s = &b.row.summary;
+            let params: Vec<Value> = vec![
+                Value::Text(b.resolution.to_string()),
+                Value::Integer(start),
+                Value::Text(key),
+                Value::Text(b.row.name.clone()),
+                b.row.tenant.clone().map_or(Value::Null, Value::Text),
+                Value::Text(b.row.metric_type.as_str().into()),
+                Value::Text(b.row.kind.as_str().into()),
+                Value::Text(canonical_tags(&b.row.tags)),
+                b.row.source.clone().map_or(Value::Null, Value::Text),
+                Value::Integer(s.samples as i64),
+                Value::Real(s.sum),
+                Value::Real(s.min),
+                Value::Real(s.max),
+                Value::Real(s.last),
+                Value::Integer(s.last_ts),
+                s.sketch
+                    .as_ref()
+                    .map_or(Value::Null, |k| Value::Blob(k.to_bytes())),
+            ];
+            tx.execute(
+                "INSERT INTO metric_rollups (resolution, bucket_start, series_key, name, tenant_id,
+                    metric_type, kind, tags, source, samples, sum, min, max, last, last_ts, sketch)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                 ON CONFLICT (resolution, series_key, bucket_start) DO UPDATE SET
+                    samples = excluded.samples, sum = excluded.sum, min = excluded.min,
+                    max = excluded.max, last = excluded.last, last_ts = excluded.last_ts,
+                    sketch = excluded.sketch",
+                params,
+            )
+            .await
+            .map_err(StoreError::db("write a rollup row"))?;
+            report.rollup_rows += 1;
+        }
+        tx.execute(
+            "INSERT INTO rollup_state (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            libsql::params![WATERMARK_KEY, max_id],
+        )
+        .await
+        .map_err(StoreError::db("advance the rollup watermark"))?;
+        tx.commit()
+            .await
+            .map_err(StoreError::db("commit a rollup transaction"))?;
+        report.raw_rows += n;
+        report.watermark = max_id;
+        Ok(n)
+    }
+
+    /// Rolls up, then deletes what is past each tier's horizon, in bounded batches. A raw row
+    /// is deleted only once it is folded into the rollups.
+    pub async fn retention(
+        &self,
+        policy: &Retention,
+        now_ms: i64,
+    ) -> Result<RetentionReport, StoreError> {
+        policy.validate()?;
+        let rollup = self.rollup().await?;
+        let horizon = |days: u32| now_ms - i64::from(days) * DAY_MS;
+        let batch = i64::from(policy.batch);
+        let raw_deleted = self
+            .delete_batched(
+                "DELETE FROM metrics WHERE id IN (SELECT id FROM metrics WHERE timestamp < ?1 AND id <= ?2 LIMIT ?3)",
+                horizon(policy.raw_days),
+                rollup.watermark,
+                batch,
+            )
+            .await?;
+        let hourly_deleted = self
+            .delete_batched(
+                "DELETE FROM metric_rollups WHERE id IN (SELECT id FROM metric_rollups WHERE resolution = 'hour' AND bucket_start < ?1 AND ?2 = ?2 LIMIT ?3)",
+                horizon(policy.hourly_days),
+                0,
+                batch,
+            )
+            .await?;
+        let daily_deleted = self
+            .delete_batched(
+                "DELETE FROM metric_rollups WHERE id IN (SELECT id FROM metric_rollups WHERE resolution = 'day' AND bucket_start < ?1 AND ?2 = ?2 LIMIT ?3)",
+                horizon(policy.daily_days),
+                0,
+                batch,
+            )
+            .await?;
+        let trace_horizon = horizon(policy.trace_days);
+        self.delete_batched(
+            "DELETE FROM pipeline_spans WHERE id IN (SELECT s.id FROM pipeline_spans s JOIN pipeline_traces t ON t.id = s.trace_id WHERE t.started_at < ?1 AND ?2 = ?2 LIMIT ?3)",
+            trace_horizon,
+            0,
+            batch,
+        )
+        .await?;
+        let traces_deleted = self
+            .delete_batched(
+                "DELETE FROM pipeline_traces WHERE id IN (SELECT id FROM pipeline_traces WHERE started_at < ?1 AND ?2 = ?2 LIMIT ?3)",
+                trace_horizon,
+                0,
+                batch,
+            )
+            .await?;
+        Ok(RetentionReport {
+            rollup,
+            raw_deleted,
+            hourly_deleted,
+            daily_deleted,
+            traces_deleted,
+        })
+    }
+
+    async fn delete_batched(
+        &self,
+        sql: &str,
+        horizon: i64,
+        extra: i64,
+        batch: i64,
+    ) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = {
+                let conn = self.writer.lock().await;
+                conn.execute(sql, [horizon, extra, batch])
+                    .await
+                    .map_err(StoreError::db("delete expired rows"))?
+            };
+            total += n;
+            if n < batch as u64 {
+                return Ok(total);
+            }
+            // Let flushes in between batches.
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+fn corrupt(id: i64, e: luametrics_sketch::SketchError) -> StoreError {
+    StoreError::Corrupt {
+        table: "metrics",
+        id,
+        problem: e.to_string(),
+    }
+}

@@ -1,0 +1,108 @@
+use luametrics_model::{canonical_tags, Kind, MetricType, Tags};
+use luametrics_sketch::Summary;
+
+/// One series over one flush window, as the recorder hands it to the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowRow {
+    /// Metric name.
+    pub name: String,
+    /// Tenant, for user metrics (and system metrics recorded per tenant).
+    pub tenant: Option<String>,
+    /// System or user.
+    pub metric_type: MetricType,
+    /// Counter, gauge or histogram.
+    pub kind: Kind,
+    /// Tags of the series.
+    pub tags: Tags,
+    /// Origin such as `service:api`.
+    pub source: Option<String>,
+    /// Window start, ms since the epoch.
+    pub timestamp_ms: i64,
+    /// Window length in ms (0: a single raw point).
+    pub window_ms: i64,
+    /// The folded points.
+    pub summary: Summary,
+}
+
+impl WindowRow {
+    /// The `value` column: the sum for counters, the last value for gauges, the mean for
+    /// histograms; the natural single number for each kind.
+    pub fn value(&self) -> f64 {
+        match self.kind {
+            Kind::Counter => self.summary.sum,
+            Kind::Gauge => self.summary.last,
+            Kind::Histogram => self.summary.mean(),
+        }
+    }
+
+    /// The identity of the series, shared by windows and rollups.
+    pub fn series_key(&self) -> String {
+        series_key(
+            self.metric_type,
+            self.tenant.as_deref(),
+            &self.name,
+            self.kind,
+            &canonical_tags(&self.tags),
+        )
+    }
+
+    /// Values for seed §3.1's first-class filter columns, taken from tags (or the source).
+    pub(crate) fn first_class(&self) -> [Option<&str>; 4] {
+        let tag = |k: &str| self.tags.get(k).map(String::as_str);
+        let service = tag("service").or_else(|| {
+            self.source
+                .as_deref()
+                .and_then(|s| s.strip_prefix("service:"))
+        });
+        [
+            service,
+            tag("route_id"),
+            tag("client_id"),
+            tag("status").or_else(|| tag("result")),
+        ]
+    }
+}
+
+pub(crate) fn series_key(
+    metric_type: MetricType,
+    tenant: Option<&str>,
+    name: &str,
+    kind: Kind,
+    tags_json: &str,
+) -> String {
+    format!(
+        "{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+        metric_type.as_str(),
+        tenant.unwrap_or(""),
+        name,
+        kind.as_str(),
+        tags_json
+    )
+}
+
+/// A row read back from `metrics` (or from `metric_rollups`, with `window_ms` the bucket size).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRow {
+    /// Row id.
+    pub id: i64,
+    /// Metric name.
+    pub name: String,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// System or user.
+    pub metric_type: MetricType,
+    /// Counter, gauge or histogram.
+    pub kind: Kind,
+    /// Tags.
+    pub tags: Tags,
+    /// Origin.
+    pub source: Option<String>,
+    /// Window (or bucket) start.
+    pub timestamp_ms: i64,
+    /// Window (or bucket) length.
+    pub window_ms: i64,
+    /// The `value` column.
+    pub value: f64,
+    /// Folded points.
+    pub summary: Summary,
+}

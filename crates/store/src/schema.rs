@@ -1,0 +1,147 @@
+use crate::StoreError;
+use libsql::Connection;
+
+/// Versioned migrations, applied in order, each in its own transaction. Append only: a released
+/// migration is never edited.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "metrics, rollups, traces",
+    r#"
+CREATE TABLE metrics (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT NOT NULL,
+    value       REAL NOT NULL,
+    tags        TEXT NOT NULL DEFAULT '{}',
+    metric_type TEXT NOT NULL DEFAULT 'system',
+    timestamp   INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL DEFAULT (cast(unixepoch('subsecond') * 1000 as integer)),
+    service     TEXT,
+    route_id    TEXT,
+    client_id   TEXT,
+    status      TEXT,
+    tenant_id   TEXT,
+    kind        TEXT NOT NULL,
+    source      TEXT,
+    window_ms   INTEGER NOT NULL,
+    samples     INTEGER NOT NULL,
+    sum         REAL NOT NULL,
+    min         REAL NOT NULL,
+    max         REAL NOT NULL,
+    last        REAL NOT NULL,
+    last_ts     INTEGER NOT NULL,
+    sketch      BLOB
+);
+CREATE INDEX idx_metrics_name ON metrics(name, timestamp);
+CREATE INDEX idx_metrics_timestamp ON metrics(timestamp);
+CREATE INDEX idx_metrics_type ON metrics(metric_type);
+
+CREATE TABLE metric_rollups (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    resolution   TEXT NOT NULL CHECK (resolution IN ('hour', 'day')),
+    bucket_start INTEGER NOT NULL,
+    series_key   TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    tenant_id    TEXT,
+    metric_type  TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    tags         TEXT NOT NULL,
+    source       TEXT,
+    samples      INTEGER NOT NULL,
+    sum          REAL NOT NULL,
+    min          REAL NOT NULL,
+    max          REAL NOT NULL,
+    last         REAL NOT NULL,
+    last_ts      INTEGER NOT NULL,
+    sketch       BLOB
+);
+CREATE UNIQUE INDEX idx_rollups_series ON metric_rollups(resolution, series_key, bucket_start);
+CREATE INDEX idx_rollups_name ON metric_rollups(name, resolution, bucket_start);
+
+CREATE TABLE rollup_state (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+
+CREATE TABLE pipeline_traces (
+    id            TEXT PRIMARY KEY,
+    pipeline_id   TEXT NOT NULL,
+    trigger_event TEXT NOT NULL,
+    tenant_id     TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    decision      TEXT NOT NULL,
+    reason        TEXT,
+    started_at    INTEGER NOT NULL,
+    total_ms      REAL NOT NULL,
+    wait_ms       REAL NOT NULL,
+    script_ms     REAL NOT NULL,
+    helpers_ms    REAL NOT NULL,
+    overhead_ms   REAL NOT NULL,
+    error         TEXT,
+    warnings      TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX idx_traces_started ON pipeline_traces(started_at);
+CREATE INDEX idx_traces_pipeline ON pipeline_traces(pipeline_id, started_at);
+
+CREATE TABLE pipeline_spans (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    trace_id    TEXT NOT NULL REFERENCES pipeline_traces(id) ON DELETE CASCADE,
+    node_id     TEXT NOT NULL,
+    script_id   TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    started_at  INTEGER NOT NULL,
+    total_ms    REAL NOT NULL,
+    wait_ms     REAL NOT NULL,
+    script_ms   REAL NOT NULL,
+    helpers_ms  REAL NOT NULL,
+    overhead_ms REAL NOT NULL,
+    error       TEXT
+);
+CREATE INDEX idx_spans_trace ON pipeline_spans(trace_id);
+"#,
+)];
+
+/// Highest schema version this build knows.
+pub(crate) fn latest_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+pub(crate) async fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            applied_at INTEGER NOT NULL DEFAULT (cast(unixepoch('subsecond') * 1000 as integer)))",
+        (),
+    )
+    .await
+    .map_err(StoreError::db("create schema_migrations"))?;
+    let current = crate::query::scalar_i64(
+        conn,
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        (),
+    )
+    .await?;
+    if current > latest_version() {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported: latest_version(),
+        });
+    }
+    for &(version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        let fail = |source| StoreError::Migration {
+            version,
+            name,
+            source,
+        };
+        let tx = conn.transaction().await.map_err(fail)?;
+        tx.execute_batch(sql).await.map_err(fail)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES (?1, ?2)",
+            libsql::params![version, name],
+        )
+        .await
+        .map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+    }
+    Ok(())
+}

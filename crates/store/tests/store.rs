@@ -1,0 +1,427 @@
+//! The store against real libSQL files in temporary directories.
+
+use luametrics_model::{Kind, MetricType, Tags};
+use luametrics_sketch::Summary;
+use luametrics_store::*;
+use rand::{Rng, SeedableRng};
+
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 24 * HOUR;
+
+async fn open(dir: &tempfile::TempDir) -> Store {
+    Store::open(Location::File(dir.path().join("m.db")))
+        .await
+        .unwrap()
+}
+
+fn row(name: &str, kind: Kind, tags: &[(&str, &str)], ts: i64, values: &[f64]) -> WindowRow {
+    let mut summary = Summary::new(kind == Kind::Histogram);
+    for (i, v) in values.iter().enumerate() {
+        summary.observe(*v, ts + i as i64);
+    }
+    WindowRow {
+        name: name.into(),
+        tenant: Some("acme".into()),
+        metric_type: MetricType::User,
+        kind,
+        tags: tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        source: Some("service:api".into()),
+        timestamp_ms: ts,
+        window_ms: 10_000,
+        summary,
+    }
+}
+
+fn find(name: &str, from: i64, to: i64) -> FindQuery {
+    FindQuery {
+        name: name.into(),
+        from_ms: from,
+        to_ms: to,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn batch_insert_stores_distinct_rows_and_reads_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let rows: Vec<WindowRow> = (0..500)
+        .map(|i| {
+            let plan = format!("p{}", i % 7);
+            row(
+                "shop.sales",
+                Kind::Counter,
+                &[("plan", &plan)],
+                i * 10_000,
+                &[i as f64],
+            )
+        })
+        .collect();
+    assert_eq!(store.create_batch(&rows).await.unwrap(), 500);
+    let back = store
+        .find_metrics(&find("shop.sales", 0, i64::MAX))
+        .await
+        .unwrap();
+    assert_eq!(back.len(), 500);
+    for (i, r) in back.iter().enumerate() {
+        // A prepared statement that is not reset re-inserts row 0: every value must differ.
+        assert_eq!(r.value, i as f64);
+        assert_eq!(r.timestamp_ms, i as i64 * 10_000);
+        assert_eq!(r.tags.get("plan").unwrap(), &format!("p{}", i % 7));
+        assert_eq!(r.tenant.as_deref(), Some("acme"));
+    }
+    // Filters on tags, tenant and type.
+    let mut q = find("shop.sales", 0, i64::MAX);
+    q.filters.insert("plan".into(), "p3".into());
+    q.tenant = Some("acme".into());
+    q.metric_type = Some(MetricType::User);
+    assert_eq!(store.find_metrics(&q).await.unwrap().len(), 71);
+    q.tenant = Some("other".into());
+    assert!(store.find_metrics(&q).await.unwrap().is_empty());
+    let id = store
+        .create(&row("shop.sales", Kind::Counter, &[], 1, &[2.0]))
+        .await
+        .unwrap();
+    assert_eq!(id, 501);
+    let names = store.metric_names().await.unwrap();
+    assert_eq!(names.len(), 1);
+    assert_eq!(names[0].rows, 501);
+}
+
+#[tokio::test]
+async fn reopening_keeps_data_and_does_not_rerun_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(&dir).await;
+        store
+            .create(&row("a.b", Kind::Gauge, &[], 0, &[1.0]))
+            .await
+            .unwrap();
+    }
+    let store = open(&dir).await;
+    assert_eq!(store.count_rows().await.unwrap(), 1);
+}
+
+fn lognormal(rng: &mut impl Rng) -> f64 {
+    let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.gen();
+    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+    (4.0 + 0.9 * z).exp()
+}
+
+#[tokio::test]
+async fn percentiles_from_stored_sketches_are_within_one_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let values: Vec<f64> = (0..100_000).map(|_| lognormal(&mut rng)).collect();
+    // 100 windows of 1,000 samples each, as the flusher would write them.
+    let rows: Vec<WindowRow> = values
+        .chunks(1_000)
+        .enumerate()
+        .map(|(i, c)| {
+            row(
+                "checkout.latency_ms",
+                Kind::Histogram,
+                &[],
+                i as i64 * 10_000,
+                c,
+            )
+        })
+        .collect();
+    store.create_batch(&rows).await.unwrap();
+    let mut sorted = values.clone();
+    sorted.sort_by(f64::total_cmp);
+    for (agg, q) in [
+        (Agg::P50, 0.5),
+        (Agg::P90, 0.9),
+        (Agg::P95, 0.95),
+        (Agg::P99, 0.99),
+    ] {
+        let query = AggregateQuery {
+            find: find("checkout.latency_ms", 0, 2_000_000),
+            agg,
+            step_ms: 2_000_000,
+            group_by: None,
+        };
+        let (series, tier) = store.aggregate(&query).await.unwrap();
+        assert_eq!(tier, Tier::Raw);
+        let got = series[0].points[0].1;
+        let want = sorted[(q * (sorted.len() - 1) as f64).floor() as usize];
+        assert!(
+            ((got - want) / want).abs() <= 0.01,
+            "{agg:?}: {got} vs {want}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rollups_match_the_raw_windows_and_take_late_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut rows = Vec::new();
+    // Three days of 10-minute windows, two series, a counter and a histogram.
+    for w in 0..(3 * 24 * 6) {
+        let ts = 1_700_000_000_000 / DAY * DAY + w * 600_000;
+        for plan in ["pro", "free"] {
+            let n = rng.gen_range(1..5);
+            let vals: Vec<f64> = (0..n).map(|_| rng.gen_range(1.0..100.0)).collect();
+            rows.push(row(
+                "shop.orders_count",
+                Kind::Counter,
+                &[("plan", plan)],
+                ts,
+                &vals,
+            ));
+            rows.push(row(
+                "shop.basket",
+                Kind::Histogram,
+                &[("plan", plan)],
+                ts,
+                &vals,
+            ));
+        }
+    }
+    store.create_batch(&rows).await.unwrap();
+    let report = store.rollup().await.unwrap();
+    assert_eq!(report.raw_rows, rows.len() as u64);
+    // Running again folds nothing twice.
+    assert_eq!(store.rollup().await.unwrap().raw_rows, 0);
+
+    let start = rows[0].timestamp_ms;
+    let end = start + 3 * DAY;
+    for (name, step) in [("shop.orders_count", HOUR), ("shop.basket", DAY)] {
+        for agg in [Agg::Sum, Agg::Count, Agg::Min, Agg::Max] {
+            let q = AggregateQuery {
+                find: find(name, start, end),
+                agg,
+                step_ms: step,
+                group_by: Some("plan".into()),
+            };
+            let (rolled, tier) = store.aggregate(&q).await.unwrap();
+            assert_ne!(tier, Tier::Raw);
+            // The same buckets computed from raw rows directly.
+            let raw = store.find_metrics(&q.find).await.unwrap();
+            for s in &rolled {
+                for (t, v) in &s.points {
+                    let mut want = Summary::new(false);
+                    for r in raw.iter().filter(|r| {
+                        r.timestamp_ms / step * step == *t && r.tags.get("plan") == s.group.as_ref()
+                    }) {
+                        want.merge(&r.summary).unwrap();
+                    }
+                    let want = match agg {
+                        Agg::Sum => want.sum,
+                        Agg::Count => want.samples as f64,
+                        Agg::Min => want.min,
+                        _ => want.max,
+                    };
+                    assert!(
+                        (v - want).abs() < 1e-6,
+                        "{name} {agg:?} at {t}: {v} vs {want}"
+                    );
+                }
+            }
+            let buckets: usize = rolled.iter().map(|s| s.points.len()).sum();
+            assert_eq!(buckets as i64, 2 * (3 * DAY / step));
+        }
+    }
+    // A late row (a retried flush) for an already rolled-up hour is counted once: fresh before
+    // the next rollup (read raw above the watermark), and still once after it.
+    let late = row(
+        "shop.orders_count",
+        Kind::Counter,
+        &[("plan", "pro")],
+        start + 60_000,
+        &[1000.0],
+    );
+    store.create(&late).await.unwrap();
+    let q = AggregateQuery {
+        find: find("shop.orders_count", start, start + HOUR),
+        agg: Agg::Sum,
+        step_ms: HOUR,
+        group_by: Some("plan".into()),
+    };
+    let before = store.aggregate(&q).await.unwrap().0;
+    store.rollup().await.unwrap();
+    let after = store.aggregate(&q).await.unwrap().0;
+    assert_eq!(before, after);
+    let raw_sum: f64 = store
+        .find_metrics(&{
+            let mut f = q.find.clone();
+            f.filters.insert("plan".into(), "pro".into());
+            f
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.summary.sum)
+        .sum();
+    let pro = after
+        .iter()
+        .find(|s| s.group.as_deref() == Some("pro"))
+        .unwrap();
+    assert!((pro.points[0].1 - raw_sum).abs() < 1e-6);
+}
+
+#[tokio::test]
+async fn retention_deletes_exactly_what_is_past_the_horizon() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let now = 1_800_000_000_000i64;
+    let policy = Retention {
+        raw_days: 7,
+        hourly_days: 30,
+        daily_days: 60,
+        trace_days: 7,
+        batch: 7,
+    };
+    // One row per 6 hours for 90 days back, including rows right at the horizons.
+    let mut rows = Vec::new();
+    for i in 0..(90 * 4) {
+        rows.push(row("a.b", Kind::Counter, &[], now - i * 6 * HOUR, &[1.0]));
+    }
+    rows.push(row("a.b", Kind::Counter, &[], now - 7 * DAY, &[1.0]));
+    rows.push(row("a.b", Kind::Counter, &[], now - 7 * DAY - 1, &[1.0]));
+    store.create_batch(&rows).await.unwrap();
+    let raw_old = rows
+        .iter()
+        .filter(|r| r.timestamp_ms < now - 7 * DAY)
+        .count() as u64;
+    let traces: Vec<TraceRecord> = [now - 8 * DAY, now - 7 * DAY, now - DAY]
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| TraceRecord {
+            id: format!("t{i}"),
+            pipeline_id: "p".into(),
+            trigger_event: "user.login".into(),
+            tenant: "acme".into(),
+            status: "ok".into(),
+            decision: "allow".into(),
+            reason: None,
+            started_at_ms: t,
+            total_ms: 1.0,
+            wait_ms: 0.0,
+            script_ms: 1.0,
+            helpers_ms: 0.0,
+            overhead_ms: 0.0,
+            error: None,
+            warnings: vec![],
+            spans: vec![SpanRecord {
+                node_id: "n".into(),
+                script_id: "s".into(),
+                status: "ok".into(),
+                started_at_ms: t,
+                total_ms: 1.0,
+                wait_ms: 0.0,
+                script_ms: 1.0,
+                helpers_ms: 0.0,
+                overhead_ms: 0.0,
+                error: None,
+            }],
+        })
+        .collect();
+    store.insert_traces(&traces).await.unwrap();
+
+    let report = store.retention(&policy, now).await.unwrap();
+    assert_eq!(report.raw_deleted, raw_old);
+    let left = store
+        .find_metrics(&find("a.b", i64::MIN, i64::MAX))
+        .await
+        .unwrap();
+    assert_eq!(left.len() as u64, rows.len() as u64 - raw_old);
+    assert!(left.iter().all(|r| r.timestamp_ms >= now - 7 * DAY));
+    assert_eq!(report.traces_deleted, 1);
+    assert_eq!(store.count_traces().await.unwrap(), 2);
+    // Hourly rollups older than 30 days and daily ones older than 60 are gone; newer stay.
+    let hourly = store
+        .aggregate(&AggregateQuery {
+            find: find("a.b", now - 100 * DAY, now + DAY),
+            agg: Agg::Count,
+            step_ms: HOUR,
+            group_by: None,
+        })
+        .await
+        .unwrap()
+        .0;
+    let first = hourly[0].points.first().unwrap().0;
+    assert!(first >= now - 30 * DAY, "oldest hourly bucket {first}");
+    let hourly_total: f64 = hourly[0].points.iter().map(|p| p.1).sum();
+    let expected = rows
+        .iter()
+        .filter(|r| r.timestamp_ms / HOUR * HOUR >= now - 30 * DAY)
+        .count() as f64;
+    assert_eq!(hourly_total, expected);
+    let daily = store
+        .aggregate(&AggregateQuery {
+            find: find("a.b", now - 100 * DAY, now + DAY),
+            agg: Agg::Count,
+            step_ms: DAY,
+            group_by: None,
+        })
+        .await
+        .unwrap()
+        .0;
+    assert!(daily[0].points.first().unwrap().0 >= now - 60 * DAY);
+    let bad = Retention {
+        raw_days: 3,
+        ..Retention::default()
+    };
+    let e = store.retention(&bad, now).await.unwrap_err();
+    assert!(e.to_string().contains("raw_days"), "{e}");
+}
+
+#[tokio::test]
+async fn bad_locations_name_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    let under_file = file.join("m.db");
+    let e = Store::open(Location::File(under_file.clone()))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Unwritable { .. }));
+    assert!(
+        e.to_string().contains(&under_file.display().to_string()),
+        "{e}"
+    );
+    let e = Store::open(Location::File(dir.path().to_path_buf()))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("directory"), "{e}");
+    let missing = dir.path().join("no/such/dir/m.db");
+    let e = Store::open(Location::File(missing)).await.unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    let e = Location::parse("mysql://h/db", Some("t")).unwrap_err();
+    assert!(matches!(e, StoreError::UnknownScheme(_)) && e.to_string().contains("mysql://h/db"));
+    let e = Location::parse("libsql://db.turso.io", None).unwrap_err();
+    assert!(e.to_string().contains("libsql://db.turso.io") && e.to_string().contains("token"));
+}
+
+#[tokio::test]
+async fn invalid_queries_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let mut q = AggregateQuery {
+        find: find("a.b", 0, 10),
+        agg: Agg::Sum,
+        step_ms: 0,
+        group_by: None,
+    };
+    assert!(matches!(
+        store.aggregate(&q).await,
+        Err(StoreError::InvalidQuery(_))
+    ));
+    q.step_ms = 1;
+    q.find.to_ms = 10_000_000;
+    assert!(matches!(
+        store.aggregate(&q).await,
+        Err(StoreError::InvalidQuery(_))
+    ));
+    assert!("median".parse::<Agg>().is_err());
+    let _ = Tags::new();
+}
