@@ -1,0 +1,87 @@
+use luametrics_model::{Catalog, TagPolicy};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Milliseconds since the Unix epoch; injectable so tests control windows.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    })
+}
+
+/// Recorder settings (the `[recorder]` table of `luametrics.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecorderSettings {
+    /// Flush window in ms: one row per active series per window. 0 writes every point (raw mode).
+    pub window_ms: u64,
+    /// Upper bound of memory held by accumulators and unwritten rows, in bytes.
+    pub max_memory_bytes: usize,
+    /// Series idle this long are evicted from memory (their history stays stored).
+    pub idle_eviction_ms: u64,
+    /// Number of accumulator shards (lock striping).
+    pub shards: usize,
+    /// First retry delay after a failed flush.
+    pub retry_initial_ms: u64,
+    /// Longest retry delay.
+    pub retry_max_ms: u64,
+    /// Rows per flush transaction.
+    pub max_rows_per_transaction: usize,
+    /// How long shutdown keeps retrying a failing database before giving up.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for RecorderSettings {
+    fn default() -> Self {
+        Self {
+            window_ms: 10_000,
+            max_memory_bytes: 64 * 1024 * 1024,
+            idle_eviction_ms: 3_600_000,
+            shards: 16,
+            retry_initial_ms: 100,
+            retry_max_ms: 5_000,
+            max_rows_per_transaction: 20_000,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Everything a [`crate::MetricsService`] needs besides its store.
+#[derive(Clone)]
+pub struct RecorderConfig {
+    /// Tunables.
+    pub settings: RecorderSettings,
+    /// Tag rules and per-tenant limits.
+    pub policy: TagPolicy,
+    /// Declared system metrics.
+    pub catalog: Catalog,
+    /// Time source.
+    pub clock: Clock,
+}
+
+impl Default for RecorderConfig {
+    fn default() -> Self {
+        Self {
+            settings: RecorderSettings::default(),
+            policy: TagPolicy::default(),
+            catalog: Catalog::builtin().clone(),
+            clock: system_clock(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RecorderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecorderConfig")
+            .field("settings", &self.settings)
+            .field("limits", &self.policy.limits)
+            .field("catalog_entries", &self.catalog.len())
+            .finish()
+    }
+}

@@ -1,0 +1,820 @@
+use crate::accounting::{Counters, DropReason};
+use crate::config::RecorderConfig;
+use crate::quota::TenantQuota;
+use crate::series::{Registry, SeriesKey};
+use crate::Accounting;
+use luametrics_model::{Kind, MetricType, RejectReason, Tags};
+use luametrics_sketch::Summary;
+use luametrics_store::{Store, StoreError, WindowRow};
+use parking_lot::Mutex;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Bytes charged per accumulator entry besides its key (map slot, summary, bookkeeping).
+const ENTRY_OVERHEAD: usize = 160;
+/// Bytes reserved per histogram entry for its sketch's buckets.
+const SKETCH_RESERVE: usize = 2_048;
+
+/// What happened to an accepted point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Folded into its own series.
+    Stored,
+    /// Folded into the overflow series of its name (a series limit was reached).
+    Overflow,
+}
+
+/// Why a point was not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// The point broke a rule or a quota.
+    #[error("metric point rejected: {0}")]
+    Invalid(RejectReason),
+    /// The point was valid but could not be kept.
+    #[error("metric point dropped: {}", .0.as_str())]
+    Dropped(DropReason),
+}
+
+/// Why flushing or shutting down failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecorderError {
+    /// A flush failed; its rows are kept and retried.
+    #[error("flush failed, {rows} rows kept for retry: {source}")]
+    Flush {
+        /// Rows still waiting.
+        rows: usize,
+        /// The database error.
+        #[source]
+        source: StoreError,
+    },
+    /// Shutdown gave up on a database that stayed unwritable.
+    #[error("shutdown gave up after {waited_ms} ms: {rows} rows ({points} points) not written: {source}")]
+    Unflushed {
+        /// How long shutdown retried.
+        waited_ms: u64,
+        /// Rows not written.
+        rows: usize,
+        /// Points in those rows.
+        points: u64,
+        /// The last database error.
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// A pre-aggregated user point from one script execution, already validated by the caller with
+/// the same [`luametrics_model::TagPolicy`] and covered by a quota lease.
+#[derive(Debug, Clone)]
+pub struct BatchPoint {
+    /// Metric name.
+    pub name: String,
+    /// Kind.
+    pub kind: Kind,
+    /// Tags.
+    pub tags: Tags,
+    /// The folded values (samples = points).
+    pub summary: Summary,
+}
+
+/// What a batch ingestion did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Points accepted.
+    pub accepted: u64,
+    /// Of which folded into overflow series.
+    pub overflowed: u64,
+    /// Points dropped (memory bound or shutdown).
+    pub dropped: u64,
+}
+
+/// What a clean shutdown wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Rows written by the final flush.
+    pub rows_written: usize,
+}
+
+struct Entry {
+    summary: Summary,
+    source: Option<String>,
+    cost: usize,
+}
+
+#[derive(Default)]
+struct Shard {
+    windows: HashMap<(i64, SeriesKey), Entry>,
+    /// Raw mode (window 0): every point is its own row.
+    raw: Vec<(WindowRow, usize)>,
+}
+
+struct Inner {
+    config: RecorderConfig,
+    store: Arc<Store>,
+    shards: Vec<Mutex<Shard>>,
+    registry: Registry,
+    quota: TenantQuota,
+    counters: Counters,
+    /// Bytes held by accumulators and unwritten rows.
+    memory: AtomicUsize,
+    pending: tokio::sync::Mutex<VecDeque<(WindowRow, usize)>>,
+    /// Self-metric counters not yet recorded.
+    flushed_rows: AtomicU64,
+    flush_errors: AtomicU64,
+    last_reported: Mutex<Accounting>,
+    closing: AtomicBool,
+    inflight: AtomicUsize,
+    wake: Notify,
+    stopped: Notify,
+    flusher_done: AtomicBool,
+}
+
+/// The recording service; cheap to clone (shared state behind an `Arc`).
+#[derive(Clone)]
+pub struct MetricsService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MetricsService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsService")
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+fn tags_from(pairs: &[(&str, &str)]) -> Tags {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl MetricsService {
+    /// Starts the service and its background flusher. Must be called inside a tokio runtime.
+    pub fn start(store: Arc<Store>, config: RecorderConfig) -> Self {
+        let shards = (0..config.settings.shards.max(1))
+            .map(|_| Mutex::new(Shard::default()))
+            .collect();
+        let inner = Arc::new(Inner {
+            quota: TenantQuota::new(&config.policy.limits),
+            config,
+            store,
+            shards,
+            registry: Registry::default(),
+            counters: Counters::default(),
+            memory: AtomicUsize::new(0),
+            pending: tokio::sync::Mutex::new(VecDeque::new()),
+            flushed_rows: AtomicU64::new(0),
+            flush_errors: AtomicU64::new(0),
+            last_reported: Mutex::new(Accounting::default()),
+            closing: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            wake: Notify::new(),
+            stopped: Notify::new(),
+            flusher_done: AtomicBool::new(false),
+        });
+        tokio::spawn(flusher(inner.clone()));
+        Self { inner }
+    }
+
+    /// The store this service writes to.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &RecorderConfig {
+        &self.inner.config
+    }
+
+    /// Current time by the service's clock (ms).
+    pub fn now_ms(&self) -> i64 {
+        (self.inner.config.clock)()
+    }
+
+    /// Exact point accounting since start.
+    pub fn accounting(&self) -> Accounting {
+        self.inner.counters.snapshot()
+    }
+
+    /// Bytes held by accumulators and unwritten rows.
+    pub fn memory_used(&self) -> usize {
+        self.inner.memory.load(Relaxed)
+    }
+
+    /// User series tracked in memory.
+    pub fn series_tracked(&self) -> usize {
+        self.inner.registry.len()
+    }
+
+    /// Series a tenant holds against its limit.
+    pub fn tenant_series(&self, tenant: &str) -> usize {
+        self.inner.registry.tenant_series(tenant)
+    }
+
+    /// Tenants with rate-limiter state.
+    pub fn limiter_tenants(&self) -> usize {
+        self.inner.quota.tracked_tenants()
+    }
+
+    /// Adds to a system counter (validated against the catalog).
+    pub fn count(
+        &self,
+        name: &str,
+        value: f64,
+        tags: &[(&str, &str)],
+    ) -> Result<Accepted, Rejected> {
+        self.record_system(name, Kind::Counter, value, tags_from(tags), None, None)
+    }
+
+    /// Sets a system gauge.
+    pub fn gauge(
+        &self,
+        name: &str,
+        value: f64,
+        tags: &[(&str, &str)],
+    ) -> Result<Accepted, Rejected> {
+        self.record_system(name, Kind::Gauge, value, tags_from(tags), None, None)
+    }
+
+    /// Observes a value of a system histogram.
+    pub fn histogram(
+        &self,
+        name: &str,
+        value: f64,
+        tags: &[(&str, &str)],
+    ) -> Result<Accepted, Rejected> {
+        self.record_system(name, Kind::Histogram, value, tags_from(tags), None, None)
+    }
+
+    /// Times a future and records its duration (ms) in a histogram; returns the future's output.
+    pub async fn measure<F: std::future::Future>(
+        &self,
+        name: &str,
+        tags: &[(&str, &str)],
+        fut: F,
+    ) -> F::Output {
+        let start = Instant::now();
+        let out = fut.await;
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        // A refused timing is counted in the accounting; it never fails the timed work.
+        let _ = self.histogram(name, ms, tags);
+        out
+    }
+
+    /// Records a system point with every option: catalog and PII checks apply; `tenant` is the
+    /// host's (for per-tenant system metrics); `source` like `service:api`.
+    pub fn record_system(
+        &self,
+        name: &str,
+        kind: Kind,
+        value: f64,
+        tags: Tags,
+        tenant: Option<&str>,
+        source: Option<&str>,
+    ) -> Result<Accepted, Rejected> {
+        let now = self.now_ms();
+        self.record_system_at(name, kind, value, tags, tenant, source, now)
+    }
+
+    /// Like [`MetricsService::record_system`] with an explicit timestamp (ms).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_system_at(
+        &self,
+        name: &str,
+        kind: Kind,
+        value: f64,
+        tags: Tags,
+        tenant: Option<&str>,
+        source: Option<&str>,
+        ts: i64,
+    ) -> Result<Accepted, Rejected> {
+        let inner = &self.inner;
+        let check = inner
+            .config
+            .catalog
+            .check(name, kind, &tags)
+            .and_then(|_| luametrics_model::TagPolicy::check_value(kind, value))
+            .and_then(|_| inner.config.policy.check_system_tags(&tags));
+        if let Err(reason) = check {
+            inner.counters.reject(MetricType::System, reason, 1);
+            return Err(Rejected::Invalid(reason));
+        }
+        let mut tags = tags;
+        tags.remove("tenant");
+        let key = SeriesKey {
+            metric_type: MetricType::System,
+            kind,
+            tenant: tenant.map(Arc::from),
+            name: name.to_string(),
+            tags,
+        };
+        let mut summary = Summary::new(kind == Kind::Histogram);
+        summary.observe(value, ts);
+        inner.ingest(key, summary, ts, source.map(str::to_string), true)
+    }
+
+    /// Records one user metric for a tenant (seed §4.2 `recordUserMetric`): every tag rule,
+    /// the tenant's rate limit, and the series limits apply.
+    pub fn record_user_metric(
+        &self,
+        tenant: &str,
+        name: &str,
+        value: f64,
+        kind: Kind,
+        tags: &Tags,
+    ) -> Result<Accepted, Rejected> {
+        let inner = &self.inner;
+        if let Err(reason) = inner
+            .config
+            .policy
+            .check_user_point(name, kind, value, tags)
+        {
+            inner.counters.reject(MetricType::User, reason, 1);
+            return Err(Rejected::Invalid(reason));
+        }
+        let tenant: Arc<str> = Arc::from(tenant);
+        if inner.quota.take(&tenant, 1) == 0 {
+            inner
+                .counters
+                .reject(MetricType::User, RejectReason::RateLimited, 1);
+            return Err(Rejected::Invalid(RejectReason::RateLimited));
+        }
+        let now = self.now_ms();
+        let key = SeriesKey {
+            metric_type: MetricType::User,
+            kind,
+            tenant: Some(tenant),
+            name: name.to_string(),
+            tags: tags.clone(),
+        };
+        let mut summary = Summary::new(kind == Kind::Histogram);
+        summary.observe(value, now);
+        inner.ingest(key, summary, now, None, true)
+    }
+
+    /// Takes up to `want` points of a tenant's rate quota for one script execution.
+    pub fn reserve_points(&self, tenant: &str, want: u32) -> u32 {
+        self.inner.quota.take(&Arc::from(tenant), want)
+    }
+
+    /// Returns the unused part of a lease from [`MetricsService::reserve_points`].
+    pub fn release_points(&self, tenant: &str, unused: u32) {
+        self.inner.quota.give_back(&Arc::from(tenant), unused)
+    }
+
+    /// Counts user points a caller rejected itself (the Lua helpers validate on their side).
+    pub fn count_user_rejections(&self, rejected: &[(RejectReason, u64)]) {
+        for &(reason, n) in rejected {
+            if n > 0 {
+                self.inner.counters.reject(MetricType::User, reason, n);
+            }
+        }
+    }
+
+    /// Ingests points a script execution pre-aggregated. The caller validated each with the
+    /// service's policy and holds a quota lease covering them.
+    pub fn ingest_user_batch(&self, tenant: &str, points: Vec<BatchPoint>) -> BatchReport {
+        let inner = &self.inner;
+        let tenant: Arc<str> = Arc::from(tenant);
+        let now = self.now_ms();
+        let mut report = BatchReport::default();
+        for p in points {
+            let samples = p.summary.samples;
+            if samples == 0 {
+                continue;
+            }
+            let key = SeriesKey {
+                metric_type: MetricType::User,
+                kind: p.kind,
+                tenant: Some(tenant.clone()),
+                name: p.name,
+                tags: p.tags,
+            };
+            match inner.ingest(key, p.summary, now, None, true) {
+                Ok(a) => {
+                    report.accepted += samples;
+                    if a == Accepted::Overflow {
+                        report.overflowed += samples;
+                    }
+                }
+                Err(_) => report.dropped += samples,
+            }
+        }
+        report
+    }
+
+    /// Writes every accumulated point now, the current window included; returns rows written.
+    pub async fn flush(&self) -> Result<usize, RecorderError> {
+        self.inner.flush(true).await
+    }
+
+    /// Stops accepting points, then flushes everything, retrying a failing database until the
+    /// shutdown timeout. Idempotent.
+    pub async fn shutdown(&self) -> Result<ShutdownReport, RecorderError> {
+        let inner = &self.inner;
+        inner.closing.store(true, SeqCst);
+        // Points that passed the closing check before it was set land before the final flush.
+        while inner.inflight.load(SeqCst) > 0 {
+            tokio::task::yield_now().await;
+        }
+        inner.wake.notify_one();
+        while !inner.flusher_done.load(SeqCst) {
+            let stopped = inner.stopped.notified();
+            if inner.flusher_done.load(SeqCst) {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), stopped).await;
+            inner.wake.notify_one();
+        }
+        let started = Instant::now();
+        let timeout = Duration::from_millis(inner.config.settings.shutdown_timeout_ms);
+        let mut delay = Duration::from_millis(inner.config.settings.retry_initial_ms.max(1));
+        let mut written = 0;
+        loop {
+            match inner.flush(true).await {
+                Ok(n) => {
+                    written += n;
+                    return Ok(ShutdownReport {
+                        rows_written: written,
+                    });
+                }
+                Err(RecorderError::Flush { source, .. }) => {
+                    if started.elapsed() >= timeout {
+                        let pending = inner.pending.lock().await;
+                        return Err(RecorderError::Unflushed {
+                            waited_ms: started.elapsed().as_millis() as u64,
+                            rows: pending.len(),
+                            points: pending.iter().map(|(r, _)| r.summary.samples).sum(),
+                            source,
+                        });
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay =
+                        (delay * 2).min(Duration::from_millis(inner.config.settings.retry_max_ms));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    /// A `metrics` crate recorder that lands `metrics::counter!` and friends in this service.
+    pub fn metrics_recorder(&self) -> crate::MetricsBridge {
+        crate::MetricsBridge::new(self.clone())
+    }
+}
+
+impl Inner {
+    fn window_start(&self, ts: i64) -> i64 {
+        let w = self.config.settings.window_ms as i64;
+        if w == 0 {
+            ts
+        } else {
+            ts.div_euclid(w) * w
+        }
+    }
+
+    /// Folds a summary into its series' accumulator. `account` is false for self-metrics.
+    fn ingest(
+        &self,
+        key: SeriesKey,
+        summary: Summary,
+        ts: i64,
+        source: Option<String>,
+        account: bool,
+    ) -> Result<Accepted, Rejected> {
+        let metric_type = key.metric_type;
+        let samples = summary.samples;
+        self.inflight.fetch_add(1, SeqCst);
+        let result = self.ingest_inner(key, summary, ts, source, false);
+        self.inflight.fetch_sub(1, SeqCst);
+        if account {
+            match result {
+                Ok(_) => self.counters.accept(metric_type, samples),
+                Err(Rejected::Dropped(r)) => self.counters.drop_points(metric_type, r, samples),
+                Err(Rejected::Invalid(r)) => self.counters.reject(metric_type, r, samples),
+            }
+        }
+        result
+    }
+
+    fn ingest_inner(
+        &self,
+        key: SeriesKey,
+        summary: Summary,
+        ts: i64,
+        source: Option<String>,
+        internal: bool,
+    ) -> Result<Accepted, Rejected> {
+        if !internal && self.closing.load(SeqCst) {
+            return Err(Rejected::Dropped(DropReason::ShuttingDown));
+        }
+        let now = (self.config.clock)();
+        let (key, overflowed) = self.registry.admit(key, now, &self.config.policy.limits);
+        let accepted = if overflowed {
+            Accepted::Overflow
+        } else {
+            Accepted::Stored
+        };
+        let window = self.window_start(ts);
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        let shard = &self.shards[(hasher.finish() as usize) % self.shards.len()];
+        let max = self.config.settings.max_memory_bytes;
+        let cost = ENTRY_OVERHEAD
+            + key.heap_bytes()
+            + if key.kind == Kind::Histogram {
+                SKETCH_RESERVE
+            } else {
+                0
+            };
+        let mut shard = shard.lock();
+        if self.config.settings.window_ms == 0 {
+            if !self.charge(cost, max) {
+                return Err(Rejected::Dropped(DropReason::MemoryBound));
+            }
+            let row = to_row(key, window, 0, summary, source);
+            shard.raw.push((row, cost));
+            return Ok(accepted);
+        }
+        if let Some(entry) = shard.windows.get_mut(&(window, key.clone())) {
+            // Same accuracy everywhere, so a merge cannot fail.
+            let _ = entry.summary.merge(&summary);
+            return Ok(accepted);
+        }
+        if !self.charge(cost, max) {
+            return Err(Rejected::Dropped(DropReason::MemoryBound));
+        }
+        shard.windows.insert(
+            (window, key),
+            Entry {
+                summary,
+                source,
+                cost,
+            },
+        );
+        Ok(accepted)
+    }
+
+    fn charge(&self, cost: usize, max: usize) -> bool {
+        let mut cur = self.memory.load(Relaxed);
+        loop {
+            if cur + cost > max {
+                return false;
+            }
+            match self
+                .memory
+                .compare_exchange_weak(cur, cur + cost, Relaxed, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Records the service's own counters as system metrics (outside the accounting).
+    fn record_self_metrics(&self, now: i64) {
+        let snap = self.counters.snapshot();
+        let mut last = self.last_reported.lock();
+        let mut points: Vec<(&'static str, Kind, f64, Tags)> = Vec::new();
+        for (mt, cur, prev) in [
+            (MetricType::System, &snap.system, &last.system),
+            (MetricType::User, &snap.user, &last.user),
+        ] {
+            let t = |extra: Option<(&str, &str)>| {
+                let mut tags = Tags::from([("metric_type".to_string(), mt.as_str().to_string())]);
+                if let Some((k, v)) = extra {
+                    tags.insert(k.to_string(), v.to_string());
+                }
+                tags
+            };
+            let d = |a: u64, b: u64| a.saturating_sub(b) as f64;
+            if cur.offered > prev.offered {
+                points.push((
+                    "luametrics.points.offered.count",
+                    Kind::Counter,
+                    d(cur.offered, prev.offered),
+                    t(None),
+                ));
+            }
+            if cur.accepted > prev.accepted {
+                points.push((
+                    "luametrics.points.accepted.count",
+                    Kind::Counter,
+                    d(cur.accepted, prev.accepted),
+                    t(None),
+                ));
+            }
+            for (name, now_map, prev_map) in [
+                (
+                    "luametrics.points.rejected.count",
+                    &cur.rejected,
+                    &prev.rejected,
+                ),
+                (
+                    "luametrics.points.dropped.count",
+                    &cur.dropped,
+                    &prev.dropped,
+                ),
+            ] {
+                for (reason, n) in now_map {
+                    let before = prev_map.get(reason).copied().unwrap_or(0);
+                    if *n > before {
+                        points.push((
+                            name,
+                            Kind::Counter,
+                            d(*n, before),
+                            t(Some(("reason", reason))),
+                        ));
+                    }
+                }
+            }
+        }
+        *last = snap;
+        drop(last);
+        let rows = self.flushed_rows.swap(0, Relaxed);
+        if rows > 0 {
+            points.push((
+                "luametrics.flush.rows.count",
+                Kind::Counter,
+                rows as f64,
+                Tags::new(),
+            ));
+        }
+        let errors = self.flush_errors.swap(0, Relaxed);
+        if errors > 0 {
+            points.push((
+                "luametrics.flush.errors.count",
+                Kind::Counter,
+                errors as f64,
+                Tags::new(),
+            ));
+        }
+        points.push((
+            "luametrics.series.active",
+            Kind::Gauge,
+            self.registry.len() as f64,
+            Tags::new(),
+        ));
+        for (name, kind, value, tags) in points {
+            let key = SeriesKey {
+                metric_type: MetricType::System,
+                kind,
+                tenant: None,
+                name: name.to_string(),
+                tags,
+            };
+            let mut s = Summary::new(false);
+            s.observe(value, now);
+            // Self-metrics are best effort under the memory bound, and never accounted.
+            let _ = self.ingest_inner(key, s, now, None, true);
+        }
+    }
+
+    /// Moves sealed windows (all windows when `all`) to the pending queue, then writes pending.
+    async fn flush(&self, all: bool) -> Result<usize, RecorderError> {
+        let now = (self.config.clock)();
+        self.record_self_metrics(now);
+        let window_ms = self.config.settings.window_ms as i64;
+        let mut sealed = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            sealed.append(&mut shard.raw);
+            if all {
+                sealed.extend(
+                    shard
+                        .windows
+                        .drain()
+                        .map(|((w, k), e)| (to_row(k, w, window_ms, e.summary, e.source), e.cost)),
+                );
+            } else {
+                let keys: Vec<(i64, SeriesKey)> = shard
+                    .windows
+                    .keys()
+                    .filter(|(w, _)| w + window_ms <= now)
+                    .cloned()
+                    .collect();
+                for k in keys {
+                    if let Some(e) = shard.windows.remove(&k) {
+                        sealed.push((to_row(k.1, k.0, window_ms, e.summary, e.source), e.cost));
+                    }
+                }
+            }
+        }
+        let mut pending = self.pending.lock().await;
+        pending.extend(sealed);
+        let mut written = 0;
+        let chunk = self.config.settings.max_rows_per_transaction.max(1);
+        while !pending.is_empty() {
+            let n = chunk.min(pending.len());
+            let rows: Vec<WindowRow> = pending.iter().take(n).map(|(r, _)| r.clone()).collect();
+            let started = Instant::now();
+            match self.store.create_batch(&rows).await {
+                Ok(_) => {
+                    let freed: usize = pending.drain(..n).map(|(_, c)| c).sum();
+                    self.memory.fetch_sub(freed, Relaxed);
+                    written += n;
+                    self.flushed_rows.fetch_add(n as u64, Relaxed);
+                    let ms = started.elapsed().as_secs_f64() * 1000.0;
+                    let key = SeriesKey {
+                        metric_type: MetricType::System,
+                        kind: Kind::Histogram,
+                        tenant: None,
+                        name: "luametrics.flush.duration_ms".into(),
+                        tags: Tags::new(),
+                    };
+                    let mut s = Summary::new(true);
+                    s.observe(ms, now);
+                    if !self.closing.load(SeqCst) {
+                        let _ = self.ingest_inner(key, s, now, None, true);
+                    }
+                }
+                Err(source) => {
+                    self.flush_errors.fetch_add(1, Relaxed);
+                    return Err(RecorderError::Flush {
+                        rows: pending.len(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(written)
+    }
+}
+
+fn to_row(
+    key: SeriesKey,
+    window: i64,
+    window_ms: i64,
+    summary: Summary,
+    source: Option<String>,
+) -> WindowRow {
+    WindowRow {
+        name: key.name,
+        tenant: key.tenant.map(|t| t.to_string()),
+        metric_type: key.metric_type,
+        kind: key.kind,
+        tags: key.tags,
+        source,
+        timestamp_ms: window,
+        window_ms,
+        summary,
+    }
+}
+
+/// The background task: flushes sealed windows each tick, retries failures with backoff,
+/// evicts idle series and prunes the limiter.
+async fn flusher(inner: Arc<Inner>) {
+    let s = &inner.config.settings;
+    let tick = Duration::from_millis(if s.window_ms == 0 {
+        200
+    } else {
+        s.window_ms.clamp(50, 1_000)
+    });
+    let mut delay = Duration::from_millis(s.retry_initial_ms.max(1));
+    let mut last_evict = (inner.config.clock)();
+    let evict_every = (s.idle_eviction_ms as i64 / 10).clamp(1_000, 60_000);
+    loop {
+        let wait = tokio::time::timeout(tick, inner.wake.notified());
+        let _ = wait.await;
+        if inner.closing.load(SeqCst) {
+            break;
+        }
+        match inner.flush(false).await {
+            Ok(_) => delay = Duration::from_millis(s.retry_initial_ms.max(1)),
+            Err(_) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = inner.wake.notified() => {}
+                }
+                delay = (delay * 2).min(Duration::from_millis(s.retry_max_ms.max(1)));
+            }
+        }
+        let now = (inner.config.clock)();
+        if now - last_evict >= evict_every {
+            inner.registry.evict_idle(now - s.idle_eviction_ms as i64);
+            inner.quota.prune();
+            last_evict = now;
+        }
+    }
+    inner.flusher_done.store(true, SeqCst);
+    inner.stopped.notify_waiters();
+}
+
+impl MetricsService {
+    /// Evicts idle series and prunes limiter state now (the flusher also does it periodically).
+    pub fn evict_idle(&self) -> usize {
+        let now = self.now_ms();
+        let n = self
+            .inner
+            .registry
+            .evict_idle(now - self.inner.config.settings.idle_eviction_ms as i64);
+        self.inner.quota.prune();
+        n
+    }
+}

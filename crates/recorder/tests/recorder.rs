@@ -1,0 +1,585 @@
+//! The recording service against real libSQL files: accounting, windows, quotas, faults.
+
+use luametrics_model::{Kind, Limits, MetricType, RejectReason, TagPolicy, Tags};
+use luametrics_recorder::*;
+use luametrics_store::{FindQuery, Location, Store};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    store: Arc<Store>,
+    service: MetricsService,
+    clock: Arc<AtomicI64>,
+}
+
+async fn harness(settings: RecorderSettings, limits: Limits) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    let store = Arc::new(
+        Store::open_with(Location::File(path.clone()), Duration::from_millis(50))
+            .await
+            .unwrap(),
+    );
+    let clock = Arc::new(AtomicI64::new(1_700_000_000_000));
+    let c = clock.clone();
+    let config = RecorderConfig {
+        settings,
+        policy: TagPolicy::new(
+            luametrics_model::DEFAULT_DENIED_KEYS
+                .iter()
+                .map(|s| s.to_string()),
+            limits,
+        ),
+        clock: Arc::new(move || c.load(Ordering::SeqCst)),
+        ..RecorderConfig::default()
+    };
+    let service = MetricsService::start(store.clone(), config);
+    Harness {
+        _dir: dir,
+        path,
+        store,
+        service,
+        clock,
+    }
+}
+
+fn big_limits() -> Limits {
+    Limits {
+        points_per_minute: 100_000_000,
+        burst: 10_000_000,
+        ..Limits::default()
+    }
+}
+
+fn tags(pairs: &[(&str, &str)]) -> Tags {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Sum of stored `samples` and `sum` for a user metric, per tenant.
+async fn stored(store: &Store, name: &str, tenant: Option<&str>) -> (u64, f64) {
+    let rows = store
+        .find_metrics(&FindQuery {
+            name: name.into(),
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
+            tenant: tenant.map(str::to_string),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (
+        rows.iter().map(|r| r.summary.samples).sum(),
+        rows.iter().map(|r| r.summary.sum).sum(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounting_is_exact_across_tasks_tenants_and_shutdown() {
+    let h = harness(RecorderSettings::default(), big_limits()).await;
+    let tenants = ["acme", "globex", "initech"];
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let svc = h.service.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut accepted = [0f64; 3];
+            let clock_step = 997;
+            for i in 0..100_000u64 {
+                let ti = ((i + t) % 3) as usize;
+                let plan = ["free", "pro", "enterprise"][(i % 3) as usize];
+                // Every 500th point carries an e-mail address and must be rejected.
+                let value = if i % 500 == 0 {
+                    "bob@example.com"
+                } else {
+                    plan
+                };
+                let v = (i % 7) as f64;
+                let r = svc.record_user_metric(
+                    tenants[ti],
+                    "invoice.processed_count",
+                    v,
+                    Kind::Counter,
+                    &tags(&[("plan", value)]),
+                );
+                if r.is_ok() {
+                    accepted[ti] += v;
+                } else {
+                    assert_eq!(r, Err(Rejected::Invalid(RejectReason::PiiTag)));
+                }
+                if i % clock_step == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            accepted
+        }));
+    }
+    let mut want = [0f64; 3];
+    for task in tasks {
+        let a = task.await.unwrap();
+        for i in 0..3 {
+            want[i] += a[i];
+        }
+    }
+    // Windows move on while the flusher runs in the background.
+    h.clock.fetch_add(25_000, Ordering::SeqCst);
+    h.service.shutdown().await.unwrap();
+    let acc = h.service.accounting();
+    assert_eq!(acc.user.offered, 800_000);
+    assert_eq!(acc.user.rejected.get("pii_tag"), Some(&1_600));
+    assert!(acc.user.balances(), "{acc:?}");
+    let mut samples = 0;
+    for (i, t) in tenants.iter().enumerate() {
+        let (n, sum) = stored(&h.store, "invoice.processed_count", Some(t)).await;
+        assert_eq!(sum, want[i], "tenant {t}");
+        samples += n;
+    }
+    assert_eq!(samples, acc.user.accepted);
+    // The service's own accounting landed as system metrics too.
+    let (_, offered) = stored(&h.store, "luametrics.points.offered.count", None).await;
+    assert_eq!(offered, 800_000.0);
+}
+
+#[tokio::test]
+async fn a_million_points_over_100_series_in_one_window_write_at_most_100_rows() {
+    let h = harness(
+        RecorderSettings {
+            window_ms: 3_600_000,
+            ..Default::default()
+        },
+        Limits {
+            points_per_minute: u32::MAX,
+            burst: u32::MAX,
+            ..Limits::default()
+        },
+    )
+    .await;
+    let names: Vec<String> = (0..100).map(|i| format!("s{i}")).collect();
+    for i in 0..1_000_000usize {
+        h.service.ingest_user_batch(
+            "acme",
+            vec![BatchPoint {
+                name: "shop.orders_count".into(),
+                kind: Kind::Counter,
+                tags: tags(&[("shop", &names[i % 100])]),
+                summary: {
+                    let mut s = luametrics_sketch::Summary::new(false);
+                    s.observe(1.0, 0);
+                    s
+                },
+            }],
+        );
+    }
+    h.service.flush().await.unwrap();
+    let rows = h
+        .store
+        .find_metrics(&FindQuery {
+            name: "shop.orders_count".into(),
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
+            metric_type: Some(MetricType::User),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(rows.len() <= 100, "{} rows", rows.len());
+    assert_eq!(rows.iter().map(|r| r.summary.sum).sum::<f64>(), 1_000_000.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_database_loses_nothing_once_it_is_writable_again() {
+    let h = harness(RecorderSettings::default(), big_limits()).await;
+    for i in 0..1_000 {
+        h.service
+            .record_user_metric(
+                "acme",
+                "shop.sales",
+                i as f64,
+                Kind::Histogram,
+                &tags(&[("plan", "pro")]),
+            )
+            .unwrap();
+    }
+    // Another connection holds a write transaction.
+    let other = libsql::Builder::new_local(&h.path).build().await.unwrap();
+    let conn = other.connect().unwrap();
+    conn.execute("BEGIN IMMEDIATE", ()).await.unwrap();
+    conn.execute("INSERT INTO rollup_state (key, value) VALUES ('x', 1)", ())
+        .await
+        .unwrap();
+    let err = h.service.flush().await.unwrap_err();
+    assert!(matches!(err, RecorderError::Flush { .. }), "{err}");
+    assert!(
+        err.to_string().contains("locked") || err.to_string().contains("busy"),
+        "{err}"
+    );
+    // Points keep arriving while the database is locked.
+    for i in 1_000..2_000 {
+        h.service
+            .record_user_metric(
+                "acme",
+                "shop.sales",
+                i as f64,
+                Kind::Histogram,
+                &tags(&[("plan", "pro")]),
+            )
+            .unwrap();
+    }
+    conn.execute("COMMIT", ()).await.unwrap();
+    h.service.flush().await.unwrap();
+    let (n, sum) = stored(&h.store, "shop.sales", Some("acme")).await;
+    assert_eq!(n, 2_000);
+    assert_eq!(sum, (0..2_000).sum::<i32>() as f64);
+    assert!(h.service.accounting().user.balances());
+}
+
+#[tokio::test]
+async fn a_read_only_database_loses_nothing_and_shutdown_retries() {
+    let h = harness(
+        RecorderSettings {
+            shutdown_timeout_ms: 300,
+            retry_initial_ms: 10,
+            ..Default::default()
+        },
+        big_limits(),
+    )
+    .await;
+    h.store.set_query_only(true).await.unwrap();
+    for i in 0..100 {
+        h.service
+            .record_user_metric("acme", "shop.sales", i as f64, Kind::Gauge, &Tags::new())
+            .unwrap();
+    }
+    let err = h.service.flush().await.unwrap_err();
+    assert!(
+        err.to_string().contains("readonly") || err.to_string().contains("read"),
+        "{err}"
+    );
+    // Shutdown against a database that stays read-only gives up and says what is unwritten.
+    let err = h.service.shutdown().await.unwrap_err();
+    match &err {
+        RecorderError::Unflushed { rows, points, .. } => {
+            assert!(*rows >= 1);
+            assert!(*points >= 100);
+        }
+        other => panic!("unexpected {other}"),
+    }
+    // After shutdown, points are dropped and counted, never silently lost.
+    assert_eq!(
+        h.service
+            .record_user_metric("acme", "shop.sales", 1.0, Kind::Gauge, &Tags::new()),
+        Err(Rejected::Dropped(DropReason::ShuttingDown))
+    );
+    // Writable again: a later flush writes everything that was accepted.
+    h.store.set_query_only(false).await.unwrap();
+    h.service.flush().await.unwrap();
+    let (n, sum) = stored(&h.store, "shop.sales", Some("acme")).await;
+    assert_eq!(n, 100);
+    assert_eq!(sum, (0..100).sum::<i32>() as f64);
+    let acc = h.service.accounting();
+    assert_eq!(acc.user.dropped.get("shutting_down"), Some(&1));
+    assert!(acc.user.balances());
+}
+
+#[tokio::test]
+async fn past_the_memory_bound_points_are_dropped_and_counted() {
+    let h = harness(
+        RecorderSettings {
+            max_memory_bytes: 64 * 1024,
+            ..Default::default()
+        },
+        Limits {
+            max_series_per_name: 1_000_000,
+            max_series_per_tenant: 1_000_000,
+            ..big_limits()
+        },
+    )
+    .await;
+    let mut accepted_sum = 0.0;
+    for i in 0..5_000 {
+        let shop = format!("shop{i}");
+        if h.service
+            .record_user_metric(
+                "acme",
+                "shop.orders_count",
+                1.0,
+                Kind::Counter,
+                &tags(&[("shop", &shop)]),
+            )
+            .is_ok()
+        {
+            accepted_sum += 1.0;
+        }
+    }
+    assert!(h.service.memory_used() <= 64 * 1024);
+    let acc = h.service.accounting();
+    let dropped = *acc.user.dropped.get("memory_bound").unwrap();
+    assert!(dropped > 0 && dropped < 5_000, "{dropped}");
+    assert!(acc.user.balances());
+    let before = h.service.memory_used();
+    h.service.flush().await.unwrap();
+    // Written rows release their memory; only the flush's own self-metrics remain.
+    assert!(
+        h.service.memory_used() < before / 4,
+        "{} of {before}",
+        h.service.memory_used()
+    );
+    let (_, sum) = stored(&h.store, "shop.orders_count", Some("acme")).await;
+    assert_eq!(sum, accepted_sum);
+}
+
+#[tokio::test]
+async fn series_limits_fold_into_the_overflow_series_and_totals_stay_exact() {
+    let h = harness(
+        RecorderSettings::default(),
+        Limits {
+            max_series_per_name: 3,
+            max_series_per_tenant: 5,
+            ..big_limits()
+        },
+    )
+    .await;
+    let mut overflowed = 0;
+    for i in 0..10 {
+        let shop = format!("s{i}");
+        let r = h
+            .service
+            .record_user_metric(
+                "acme",
+                "a.orders_count",
+                1.0,
+                Kind::Counter,
+                &tags(&[("shop", &shop)]),
+            )
+            .unwrap();
+        overflowed += (r == Accepted::Overflow) as i32;
+    }
+    assert_eq!(overflowed, 7);
+    // The per-tenant limit (5) applies across names: 3 used, 2 left for another name.
+    for i in 0..4 {
+        let shop = format!("s{i}");
+        h.service
+            .record_user_metric(
+                "acme",
+                "b.orders_count",
+                1.0,
+                Kind::Counter,
+                &tags(&[("shop", &shop)]),
+            )
+            .unwrap();
+    }
+    assert_eq!(h.service.tenant_series("acme"), 5);
+    // Another tenant has its own budget.
+    assert_eq!(
+        h.service.record_user_metric(
+            "globex",
+            "a.orders_count",
+            1.0,
+            Kind::Counter,
+            &tags(&[("shop", "s9")])
+        ),
+        Ok(Accepted::Stored)
+    );
+    h.service.flush().await.unwrap();
+    let rows = h
+        .store
+        .find_metrics(&FindQuery {
+            name: "a.orders_count".into(),
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
+            tenant: Some("acme".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let overflow: f64 = rows
+        .iter()
+        .filter(|r| r.tags.get("overflow").map(String::as_str) == Some("true"))
+        .map(|r| r.summary.sum)
+        .sum();
+    assert_eq!(overflow, 7.0);
+    assert_eq!(rows.iter().map(|r| r.summary.sum).sum::<f64>(), 10.0);
+    let (_, b) = stored(&h.store, "b.orders_count", Some("acme")).await;
+    assert_eq!(b, 4.0);
+}
+
+#[tokio::test]
+async fn the_tenant_rate_limit_rejects_past_the_burst() {
+    let h = harness(
+        RecorderSettings::default(),
+        Limits {
+            points_per_minute: 1,
+            burst: 10,
+            ..Limits::default()
+        },
+    )
+    .await;
+    let results: Vec<_> = (0..25)
+        .map(|_| {
+            h.service
+                .record_user_metric("acme", "a.b", 1.0, Kind::Gauge, &Tags::new())
+        })
+        .collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10);
+    assert!(results[10..]
+        .iter()
+        .all(|r| *r == Err(Rejected::Invalid(RejectReason::RateLimited))));
+    // Another tenant is not affected.
+    assert!(h
+        .service
+        .record_user_metric("globex", "a.b", 1.0, Kind::Gauge, &Tags::new())
+        .is_ok());
+    // Leases: unused points come back for the next execution of the same tenant.
+    assert_eq!(h.service.reserve_points("initech", 8), 8);
+    h.service.release_points("initech", 5);
+    assert_eq!(h.service.reserve_points("initech", 7), 7);
+    assert_eq!(h.service.reserve_points("initech", 1), 0);
+    assert_eq!(
+        h.service.accounting().user.rejected.get("rate_limited"),
+        Some(&15)
+    );
+}
+
+#[tokio::test]
+async fn idle_series_are_evicted_and_limiter_state_pruned() {
+    let h = harness(
+        RecorderSettings {
+            idle_eviction_ms: 60_000,
+            ..Default::default()
+        },
+        Limits {
+            max_series_per_name: 2,
+            ..big_limits()
+        },
+    )
+    .await;
+    for s in ["a", "b", "c"] {
+        h.service
+            .record_user_metric("acme", "x.y", 1.0, Kind::Gauge, &tags(&[("s", s)]))
+            .unwrap();
+    }
+    assert_eq!(h.service.tenant_series("acme"), 2);
+    assert_eq!(h.service.series_tracked(), 3); // two series and the overflow series
+    h.clock.fetch_add(61_000, Ordering::SeqCst);
+    assert_eq!(h.service.evict_idle(), 3);
+    assert_eq!(h.service.series_tracked(), 0);
+    assert_eq!(h.service.tenant_series("acme"), 0);
+    // Room again for new series.
+    assert_eq!(
+        h.service
+            .record_user_metric("acme", "x.y", 1.0, Kind::Gauge, &tags(&[("s", "d")])),
+        Ok(Accepted::Stored)
+    );
+    // Stored history stays.
+    h.service.flush().await.unwrap();
+    let (n, _) = stored(&h.store, "x.y", Some("acme")).await;
+    assert_eq!(n, 4);
+}
+
+#[tokio::test]
+async fn system_metrics_follow_the_catalog_and_the_metrics_facade_lands_in_the_store() {
+    let h = harness(RecorderSettings::default(), big_limits()).await;
+    assert_eq!(
+        h.service.count(
+            "auth.login.attempt",
+            1.0,
+            &[("method", "password"), ("status", "ok")]
+        ),
+        Ok(Accepted::Stored)
+    );
+    assert_eq!(
+        h.service.count(
+            "auth.login.attempt",
+            1.0,
+            &[("method", "password"), ("user_id", "42")]
+        ),
+        Err(Rejected::Invalid(RejectReason::UndeclaredTag))
+    );
+    assert_eq!(
+        h.service.gauge("lua.pool.exhausted", 1.0, &[]),
+        Err(Rejected::Invalid(RejectReason::KindMismatch))
+    );
+    assert_eq!(
+        h.service.gauge("host.cache.entries", f64::NAN, &[]),
+        Err(Rejected::Invalid(RejectReason::InvalidValue))
+    );
+    assert_eq!(
+        h.service
+            .histogram("host.cache.latency_ms", 1.0, &[("client", "10.1.2.3")]),
+        Err(Rejected::Invalid(RejectReason::PiiTag))
+    );
+    let out = h
+        .service
+        .measure("host.job.duration_ms", &[("job", "sync")], async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            7
+        })
+        .await;
+    assert_eq!(out, 7);
+    let bridge = h.service.metrics_recorder();
+    metrics::with_local_recorder(&bridge, || {
+        metrics::counter!("auth.login.attempt", "method" => "passkey", "status" => "ok")
+            .increment(3);
+        metrics::counter!("auth.login.attempt", "country" => "fr").increment(1);
+        metrics::gauge!("jwks.active_key.age_ms").set(1_000.0);
+        metrics::gauge!("jwks.active_key.age_ms").increment(500.0);
+        metrics::histogram!("email.send.duration_ms", "type" => "verify").record(12.5);
+    });
+    h.service.flush().await.unwrap();
+    let (n, sum) = stored(&h.store, "auth.login.attempt", None).await;
+    assert_eq!((n, sum), (2, 4.0));
+    let age = h
+        .store
+        .find_metrics(&FindQuery {
+            name: "jwks.active_key.age_ms".into(),
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(age[0].value, 1_500.0);
+    let (n, _) = stored(&h.store, "host.job.duration_ms", None).await;
+    assert_eq!(n, 1);
+    let (n, _) = stored(&h.store, "email.send.duration_ms", None).await;
+    assert_eq!(n, 1);
+    let acc = h.service.accounting();
+    assert_eq!(acc.system.rejected.get("undeclared_tag"), Some(&2));
+    assert!(acc.system.balances());
+}
+
+#[tokio::test]
+async fn raw_mode_writes_every_point() {
+    let h = harness(
+        RecorderSettings {
+            window_ms: 0,
+            ..Default::default()
+        },
+        big_limits(),
+    )
+    .await;
+    for i in 0..50 {
+        h.service
+            .record_user_metric("acme", "a.b", i as f64, Kind::Gauge, &Tags::new())
+            .unwrap();
+    }
+    h.service.flush().await.unwrap();
+    let rows = h
+        .store
+        .find_metrics(&FindQuery {
+            name: "a.b".into(),
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 50);
+    assert!(rows
+        .iter()
+        .all(|r| r.window_ms == 0 && r.summary.samples == 1));
+}
