@@ -267,6 +267,40 @@ impl MetricsService {
         out
     }
 
+    /// Records many observations of a system metric at once (callers that pre-aggregate,
+    /// like the engine pool's wait histogram). Catalog and PII checks apply once.
+    pub fn record_system_summary(
+        &self,
+        name: &str,
+        kind: Kind,
+        tags: Tags,
+        summary: Summary,
+    ) -> Result<Accepted, Rejected> {
+        let inner = &self.inner;
+        let n = summary.samples.max(1);
+        let check = inner
+            .config
+            .catalog
+            .check(name, kind, &tags)
+            .and_then(|_| inner.config.policy.check_system_tags(&tags));
+        if let Err(reason) = check {
+            inner.counters.reject(MetricType::System, reason, n);
+            return Err(Rejected::Invalid(reason));
+        }
+        if summary.samples == 0 {
+            return Ok(Accepted::Stored);
+        }
+        let key = SeriesKey {
+            metric_type: MetricType::System,
+            kind,
+            tenant: None,
+            name: name.to_string(),
+            tags,
+        };
+        let now = self.now_ms();
+        inner.ingest(key, summary, now, None, true)
+    }
+
     /// Records a system point with every option: catalog and PII checks apply; `tenant` is the
     /// host's (for per-tenant system metrics); `source` like `service:api`.
     pub fn record_system(

@@ -1,0 +1,634 @@
+use crate::convert::{to_lua, FromLua};
+use crate::{DiscardReason, EngineSettings, MetricsSink, Script, ScriptError, PRELUDE};
+use luametrics_model::{Kind, RejectReason, Tags};
+use luametrics_recorder::BatchPoint;
+use luametrics_sketch::Summary;
+use mlua::chunk::ChunkMode;
+use mlua::{
+    Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value, Variadic, VmState,
+};
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::Value as Json;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+
+const ABORT_NONE: u8 = 0;
+const ABORT_TIME: u8 = 1;
+const ABORT_MEMORY: u8 = 2;
+
+/// Where the time of one execution went (SPEC §6.5); the parts add up to `total_ms`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Waiting for an engine (pool checkout).
+    pub wait_ms: f64,
+    /// Lua VM time, host helper calls excluded (prelude Lua code included).
+    pub script_ms: f64,
+    /// Inside host helper calls: validation, quota, handing points to the recorder.
+    pub helpers_ms: f64,
+    /// Everything else the host did: compiling, marshalling event/context in and the result
+    /// out, environment set-up and teardown.
+    pub overhead_ms: f64,
+    /// Wall time of the whole execution.
+    pub total_ms: f64,
+}
+
+/// What happened to the metric points of one execution.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MetricsReport {
+    /// Points handed to the recorder and accepted.
+    pub accepted: u64,
+    /// Points the recorder dropped (memory bound, shutdown).
+    pub dropped: u64,
+    /// Points rejected by the helpers, by reason.
+    pub rejected: BTreeMap<String, u64>,
+}
+
+/// The outcome of one script execution: its result or typed error, with what it logged,
+/// its metric warnings and its time split.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Execution {
+    /// The returned value as JSON (`null` when nothing was returned), or why it failed.
+    pub result: Result<Json, ScriptError>,
+    /// One line per distinct rejected metric (`name: reason`).
+    pub warnings: Vec<String>,
+    /// What the script printed.
+    pub log: Vec<String>,
+    /// Metric points accepted and rejected.
+    pub metrics: MetricsReport,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+/// State shared between the engine and the host functions it gave to Lua.
+struct Shared {
+    epoch: Instant,
+    /// Nanoseconds since `epoch` after which the hook ends the execution; 0: no execution.
+    deadline_ns: AtomicU64,
+    abort: AtomicU8,
+    helpers_ns: AtomicU64,
+    tenant: Mutex<Arc<str>>,
+    log: Mutex<Vec<String>>,
+    max_log_lines: usize,
+}
+
+impl Shared {
+    fn timed<R>(&self, f: impl FnOnce() -> R) -> R {
+        let t = Instant::now();
+        let r = f();
+        self.helpers_ns
+            .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+        r
+    }
+}
+
+struct Compiled {
+    source: Arc<str>,
+    function: Function,
+}
+
+/// One sandboxed Lua state. Not shared: one execution at a time (the pool hands it out).
+pub struct Engine {
+    lua: Lua,
+    begin: Function,
+    drain: Function,
+    cache: HashMap<u64, Compiled>,
+    shared: Arc<Shared>,
+    settings: Arc<EngineSettings>,
+    sink: Arc<dyn MetricsSink>,
+    poisoned: Option<DiscardReason>,
+    executions: u64,
+}
+
+fn kind_of(s: &str) -> Kind {
+    match s {
+        "counter" => Kind::Counter,
+        "gauge" => Kind::Gauge,
+        _ => Kind::Histogram,
+    }
+}
+
+impl Engine {
+    /// Builds a sandboxed engine; scripts it runs record through `sink`.
+    pub fn new(
+        settings: Arc<EngineSettings>,
+        sink: Arc<dyn MetricsSink>,
+    ) -> Result<Self, mlua::Error> {
+        let libs = StdLib::STRING
+            | StdLib::TABLE
+            | StdLib::MATH
+            | StdLib::UTF8
+            | StdLib::COROUTINE
+            | StdLib::OS;
+        let lua = Lua::new_with(libs, LuaOptions::new())?;
+        let shared = Arc::new(Shared {
+            epoch: Instant::now(),
+            deadline_ns: AtomicU64::new(0),
+            abort: AtomicU8::new(ABORT_NONE),
+            helpers_ns: AtomicU64::new(0),
+            tenant: Mutex::new(Arc::from("")),
+            log: Mutex::new(Vec::new()),
+            max_log_lines: settings.max_log_lines,
+        });
+
+        let host = lua.create_table()?;
+        {
+            let sh = shared.clone();
+            let sk = sink.clone();
+            host.set(
+                "validate",
+                lua.create_function(move |lua, (kind, name, tags): (String, Value, Value)| {
+                    sh.timed(|| validate(lua, sk.as_ref(), &kind, &name, &tags))
+                })?,
+            )?;
+        }
+        {
+            let sh = shared.clone();
+            let sk = sink.clone();
+            host.set(
+                "reserve",
+                lua.create_function(move |_, want: u32| {
+                    Ok(sh.timed(|| {
+                        let tenant = sh.tenant.lock().clone();
+                        sk.reserve_points(&tenant, want)
+                    }))
+                })?,
+            )?;
+        }
+        {
+            let sh = shared.clone();
+            host.set(
+                "is_abort",
+                lua.create_function(move |_, err: Value| {
+                    Ok(sh.timed(|| {
+                        if sh.abort.load(Relaxed) != ABORT_NONE {
+                            return true;
+                        }
+                        let is_oom = match &err {
+                            Value::String(s) => s.as_bytes().starts_with(b"not enough memory"),
+                            Value::Error(e) => matches!(**e, mlua::Error::MemoryError(_)),
+                            _ => false,
+                        };
+                        if is_oom {
+                            sh.abort.store(ABORT_MEMORY, Relaxed);
+                        }
+                        is_oom
+                    }))
+                })?,
+            )?;
+        }
+        {
+            let sh = shared.clone();
+            host.set(
+                "print",
+                lua.create_function(move |_, args: Variadic<Value>| {
+                    sh.timed(|| {
+                        let mut log = sh.log.lock();
+                        if log.len() >= sh.max_log_lines {
+                            return Ok(());
+                        }
+                        let mut line = String::new();
+                        for (i, a) in args.iter().enumerate() {
+                            if i > 0 {
+                                line.push('\t');
+                            }
+                            // tostring semantics; a failing __tostring fails the print.
+                            line.push_str(&a.to_string()?);
+                            if line.len() > 1024 {
+                                line.truncate(1024);
+                                break;
+                            }
+                        }
+                        log.push(line);
+                        Ok(())
+                    })
+                })?,
+            )?;
+        }
+        let limits = lua.create_table()?;
+        limits.set("max_points", sink.policy().limits.max_points_per_execution)?;
+        limits.set("max_verdicts", settings.max_verdicts)?;
+        limits.set("strict", settings.strict)?;
+        limits.set("pattern_budget", settings.pattern_budget)?;
+        let control: Table = lua
+            .load(PRELUDE)
+            .set_name("=luametrics/prelude.lua")
+            .set_mode(ChunkMode::Text)
+            .call((host, limits))?;
+        let begin: Function = control.get("begin")?;
+        let drain: Function = control.get("drain")?;
+
+        // Nothing of the full state stays reachable by name: scripts see only the prelude's
+        // environment.
+        let globals = lua.globals();
+        let keys: Vec<Value> = globals
+            .pairs::<Value, Value>()
+            .filter_map(|p| p.ok().map(|(k, _)| k))
+            .collect();
+        for k in keys {
+            globals.raw_set(k, Value::Nil)?;
+        }
+
+        let sh = shared.clone();
+        lua.set_global_hook(
+            HookTriggers::new().every_nth_instruction(settings.hook_instructions.max(1)),
+            move |_, _| {
+                let deadline = sh.deadline_ns.load(Relaxed);
+                if deadline != 0 {
+                    if sh.abort.load(Relaxed) == ABORT_TIME
+                        || sh.epoch.elapsed().as_nanos() as u64 > deadline
+                    {
+                        sh.abort.store(ABORT_TIME, Relaxed);
+                        return Err(mlua::Error::runtime("time limit exceeded"));
+                    }
+                }
+                Ok(VmState::Continue)
+            },
+        )?;
+        lua.gc_collect()?;
+        lua.set_memory_limit(settings.memory_limit_bytes)?;
+        Ok(Self {
+            lua,
+            begin,
+            drain,
+            cache: HashMap::new(),
+            shared,
+            settings,
+            sink,
+            poisoned: None,
+            executions: 0,
+        })
+    }
+
+    /// Lua heap in use.
+    pub fn used_memory(&self) -> usize {
+        self.lua.used_memory()
+    }
+
+    /// Why this engine must not be reused, if it must not.
+    pub fn poisoned(&self) -> Option<DiscardReason> {
+        self.poisoned
+    }
+
+    /// Executions run on this engine.
+    pub fn executions(&self) -> u64 {
+        self.executions
+    }
+
+    /// Scripts compiled and cached on this engine.
+    pub fn cached_scripts(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Checks the engine can be reused; collects garbage when the heap is large.
+    pub fn health(&mut self) -> Option<DiscardReason> {
+        if let Some(p) = self.poisoned {
+            return Some(p);
+        }
+        if self.lua.used_memory() > self.settings.recycle_memory_bytes {
+            if self.lua.gc_collect().is_err() {
+                self.poisoned = Some(DiscardReason::Broken);
+            } else if self.lua.used_memory() > self.settings.recycle_memory_bytes {
+                self.poisoned = Some(DiscardReason::HeapTooLarge);
+            }
+        }
+        self.poisoned
+    }
+
+    fn compiled(&mut self, script: &Script) -> Result<Function, ScriptError> {
+        if let Some(c) = self.cache.get(&script.hash()) {
+            if Arc::ptr_eq(&c.source, script.source()) || *c.source == **script.source() {
+                return Ok(c.function.clone());
+            }
+        }
+        if self.cache.len() >= self.settings.compile_cache_size.max(1) {
+            self.cache.clear();
+        }
+        let function = self
+            .lua
+            .load(&**script.source())
+            .set_name(format!("={}", script.id()))
+            .set_mode(ChunkMode::Text)
+            .into_function()
+            .map_err(|e| {
+                let message = match &e {
+                    mlua::Error::SyntaxError { message, .. } => message.clone(),
+                    other => other.to_string(),
+                };
+                let (line, message) = split_location(&message, script.id());
+                ScriptError::Syntax {
+                    script: script.id().to_string(),
+                    line,
+                    message,
+                }
+            })?;
+        self.cache.insert(
+            script.hash(),
+            Compiled {
+                source: script.source().clone(),
+                function: function.clone(),
+            },
+        );
+        Ok(function)
+    }
+
+    /// Runs a script for a tenant with an event and a context; the time split excludes any
+    /// pool wait (the pool adds it).
+    pub fn execute(
+        &mut self,
+        script: &Script,
+        tenant: &str,
+        event: &Json,
+        context: &Json,
+    ) -> Execution {
+        let t0 = Instant::now();
+        self.executions += 1;
+        let sh = self.shared.clone();
+        sh.helpers_ns.store(0, Relaxed);
+        sh.abort.store(ABORT_NONE, Relaxed);
+        {
+            let mut t = sh.tenant.lock();
+            if **t != *tenant {
+                *t = Arc::from(tenant);
+            }
+        }
+        let mut script_ns = 0u64;
+        let result = self.run(script, event, context, &mut script_ns);
+        sh.deadline_ns.store(0, Relaxed);
+
+        // Hand the buffered points over (helper time), whatever the outcome: what a script
+        // recorded before failing was accepted and stays accepted.
+        let hand_off = Instant::now();
+        let (metrics, warnings) = self.hand_off(tenant);
+        sh.helpers_ns
+            .fetch_add(hand_off.elapsed().as_nanos() as u64, Relaxed);
+
+        let result = result.map_err(|e| {
+            if let Some(reason) = e.poisons_engine() {
+                self.poisoned = Some(reason);
+            }
+            e
+        });
+        let log = std::mem::take(&mut *sh.log.lock());
+        let total_ns = t0.elapsed().as_nanos() as u64;
+        let helpers_ns = sh.helpers_ns.load(Relaxed);
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let overhead_ns = total_ns.saturating_sub(script_ns + helpers_ns);
+        Execution {
+            result,
+            warnings,
+            log,
+            metrics,
+            timings: Timings {
+                wait_ms: 0.0,
+                script_ms: ms(script_ns),
+                helpers_ms: ms(helpers_ns),
+                overhead_ms: ms(overhead_ns),
+                total_ms: ms(script_ns + helpers_ns + overhead_ns),
+            },
+        }
+    }
+
+    fn run(
+        &mut self,
+        script: &Script,
+        event: &Json,
+        context: &Json,
+        script_ns: &mut u64,
+    ) -> Result<Json, ScriptError> {
+        let function = self.compiled(script)?;
+        let depth = self.settings.max_depth;
+        let invalid = |problem: String| ScriptError::InvalidEvent { problem };
+        let ev = to_lua(&self.lua, event, 0, depth).map_err(|p| invalid(format!("event {p}")))?;
+        let cx =
+            to_lua(&self.lua, context, 0, depth).map_err(|p| invalid(format!("context {p}")))?;
+        let env: Table = self
+            .begin
+            .call((ev, cx))
+            .map_err(|e| self.classify(script, e))?;
+        function
+            .set_environment(env)
+            .map_err(|e| self.classify(script, e))?;
+
+        let sh = &self.shared;
+        let limit_ns = self.settings.time_limit_ms.saturating_mul(1_000_000);
+        let helpers_before = sh.helpers_ns.load(Relaxed);
+        let start = Instant::now();
+        sh.deadline_ns.store(
+            sh.epoch.elapsed().as_nanos() as u64 + limit_ns.max(1),
+            Relaxed,
+        );
+        let out = function.call::<MultiValue>(());
+        sh.deadline_ns.store(0, Relaxed);
+        let elapsed = start.elapsed().as_nanos() as u64;
+        let helpers_in_call = sh.helpers_ns.load(Relaxed) - helpers_before;
+        *script_ns = elapsed.saturating_sub(helpers_in_call);
+        let values = out.map_err(|e| self.classify(script, e))?;
+        let first = values.into_iter().next().unwrap_or(Value::Nil);
+        FromLua::new(depth, self.settings.max_result_nodes)
+            .convert(&first, "result")
+            .map_err(|problem| ScriptError::InvalidResult {
+                script: script.id().to_string(),
+                problem,
+            })
+    }
+
+    fn classify(&self, script: &Script, e: mlua::Error) -> ScriptError {
+        let id = script.id().to_string();
+        match self.shared.abort.load(Relaxed) {
+            ABORT_TIME => {
+                return ScriptError::Timeout {
+                    script: id,
+                    limit_ms: self.settings.time_limit_ms,
+                }
+            }
+            ABORT_MEMORY => {
+                return ScriptError::Memory {
+                    script: id,
+                    limit_bytes: self.settings.memory_limit_bytes,
+                }
+            }
+            _ => {}
+        }
+        let text = root_message(&e);
+        if matches!(root(&e), mlua::Error::MemoryError(_)) || text.starts_with("not enough memory")
+        {
+            return ScriptError::Memory {
+                script: id,
+                limit_bytes: self.settings.memory_limit_bytes,
+            };
+        }
+        if text.contains("stack overflow") {
+            return ScriptError::StackOverflow { script: id };
+        }
+        let (line, message) = split_location(&text, script.id());
+        ScriptError::Runtime {
+            script: id,
+            line,
+            message,
+        }
+    }
+
+    fn hand_off(&mut self, tenant: &str) -> (MetricsReport, Vec<String>) {
+        let mut report = MetricsReport::default();
+        let drained: mlua::Result<(Table, Table, Table, i64)> = self.drain.call(());
+        let Ok((entries, rejected, warnings_t, unused)) = drained else {
+            // The prelude's state could not be read: never reuse this engine.
+            self.poisoned = Some(DiscardReason::Broken);
+            return (report, Vec::new());
+        };
+        let mut points = Vec::new();
+        for e in entries.sequence_values::<Table>().flatten() {
+            if let Some(p) = batch_point(&e) {
+                points.push(p);
+            }
+        }
+        let mut rejections = Vec::new();
+        for (reason, n) in rejected.pairs::<String, u64>().flatten() {
+            if let Some(r) = RejectReason::parse(&reason) {
+                rejections.push((r, n));
+            }
+            report.rejected.insert(reason, n);
+        }
+        let warnings: Vec<String> = warnings_t.sequence_values::<String>().flatten().collect();
+        if !points.is_empty() {
+            let r = self.sink.ingest_user_batch(tenant, points);
+            report.accepted = r.accepted;
+            report.dropped = r.dropped;
+        }
+        if unused > 0 {
+            self.sink.release_points(tenant, unused as u32);
+        }
+        if !rejections.is_empty() {
+            self.sink.count_user_rejections(&rejections);
+            for (r, n) in &rejections {
+                self.sink.record_system(
+                    "helpers.metrics.rejected.count",
+                    Kind::Counter,
+                    *n as f64,
+                    Tags::from([("reason".to_string(), r.as_str().to_string())]),
+                );
+            }
+        }
+        (report, warnings)
+    }
+}
+
+/// Rebuilds a [`BatchPoint`] from a prelude buffer entry
+/// `{name, kind, tags, n, sum, min, max, last, values|false}`.
+fn batch_point(e: &Table) -> Option<BatchPoint> {
+    let name: String = e.raw_get(1).ok()?;
+    let kind = kind_of(&e.raw_get::<String>(2).ok()?);
+    let tags_t: Table = e.raw_get(3).ok()?;
+    let mut tags = Tags::new();
+    for (k, v) in tags_t.pairs::<String, String>().flatten() {
+        tags.insert(k, v);
+    }
+    let n: u64 = e.raw_get(4).ok()?;
+    let mut summary = Summary::new(kind == Kind::Histogram);
+    if kind == Kind::Histogram {
+        let values: Table = e.raw_get(9).ok()?;
+        for (i, v) in values.sequence_values::<f64>().flatten().enumerate() {
+            summary.observe(v, i as i64);
+        }
+    } else {
+        summary.samples = n;
+        summary.sum = e.raw_get(5).ok()?;
+        summary.min = e.raw_get(6).ok()?;
+        summary.max = e.raw_get(7).ok()?;
+        summary.last = e.raw_get(8).ok()?;
+        summary.last_ts = 0;
+    }
+    Some(BatchPoint {
+        name,
+        kind,
+        tags,
+        summary,
+    })
+}
+
+/// The host side of a verdict: every rule of the tag policy, once per distinct name/tag set.
+fn validate(
+    _lua: &Lua,
+    sink: &dyn MetricsSink,
+    kind: &str,
+    name: &Value,
+    tags: &Value,
+) -> mlua::Result<Value> {
+    let reason = |r: RejectReason| -> mlua::Result<Value> {
+        Ok(Value::String(_lua.create_string(r.as_str())?))
+    };
+    let Value::String(name) = name else {
+        return reason(RejectReason::InvalidName);
+    };
+    let Ok(name) = name.to_str() else {
+        return reason(RejectReason::InvalidName);
+    };
+    let policy = sink.policy();
+    if let Err(r) = policy.check_user_name(&name, kind_of(kind)) {
+        return reason(r);
+    }
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    if let Value::Table(t) = tags {
+        for pair in t.pairs::<Value, Value>() {
+            let (k, v) = pair?;
+            let key = match &k {
+                Value::String(s) => match s.to_str() {
+                    Ok(s) => s.to_string(),
+                    Err(_) => return reason(RejectReason::InvalidTags),
+                },
+                _ => return reason(RejectReason::InvalidTags),
+            };
+            let value = match &v {
+                Value::String(s) => match s.to_str() {
+                    Ok(s) => s.to_string(),
+                    Err(_) => return reason(RejectReason::InvalidTags),
+                },
+                Value::Integer(_) | Value::Number(_) | Value::Boolean(_) => v.to_string()?,
+                _ => return reason(RejectReason::InvalidTags),
+            };
+            pairs.push((key, value));
+            if pairs.len() > 64 {
+                return reason(RejectReason::TooManyTags);
+            }
+        }
+    }
+    match policy.check_user_tags(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+        Ok(()) => Ok(Value::Boolean(true)),
+        Err(r) => reason(r),
+    }
+}
+
+fn root(e: &mlua::Error) -> &mlua::Error {
+    match e {
+        mlua::Error::CallbackError { cause, .. } => root(cause),
+        mlua::Error::WithContext { cause, .. } => root(cause),
+        other => other,
+    }
+}
+
+/// The first line of Lua's message, without mlua's traceback.
+fn root_message(e: &mlua::Error) -> String {
+    let text = match root(e) {
+        mlua::Error::RuntimeError(m) => m.clone(),
+        mlua::Error::MemoryError(m) => m.clone(),
+        mlua::Error::SyntaxError { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    text.lines().next().unwrap_or("").to_string()
+}
+
+/// Splits `id:LINE: message` into the line and the message.
+fn split_location(text: &str, id: &str) -> (Option<u32>, String) {
+    let first = text.lines().next().unwrap_or(text);
+    if let Some(rest) = first.strip_prefix(id).and_then(|r| r.strip_prefix(':')) {
+        if let Some((num, msg)) = rest.split_once(':') {
+            if let Ok(line) = num.parse::<u32>() {
+                return (Some(line), msg.trim().to_string());
+            }
+        }
+    }
+    (None, first.trim().to_string())
+}

@@ -1,0 +1,318 @@
+//! The sandbox against hostile scripts (SPEC §6.1, §11), on real Lua engines in a real pool.
+
+use luametrics_engine::*;
+use luametrics_model::TagPolicy;
+use serde_json::json;
+use std::sync::Arc;
+
+fn pool_with(engine: EngineSettings, max_size: usize) -> (EnginePool, Arc<CollectingSink>) {
+    let sink = Arc::new(CollectingSink::new(TagPolicy::default()));
+    let pool = EnginePool::new(
+        engine,
+        PoolSettings {
+            max_size,
+            wait_timeout_ms: 10_000,
+            sample_interval_ms: 1_000,
+        },
+        sink.clone(),
+    )
+    .unwrap();
+    (pool, sink)
+}
+
+fn fast_limits() -> EngineSettings {
+    EngineSettings {
+        time_limit_ms: 30,
+        memory_limit_bytes: 4 * 1024 * 1024,
+        ..EngineSettings::default()
+    }
+}
+
+const CANARY: &str = r#"
+assert(leak == nil, "a global leaked from an earlier execution")
+assert(string.upper("a") == "A", "string.upper was changed")
+assert(("b"):upper() == "B", "the string metatable was changed")
+assert(type(helpers.metrics.count) == "function", "helpers were changed")
+assert(math.floor(2.5) == 2)
+local ok = helpers.metrics.count("canary.runs_count", 1, { tenant_plan = "x" })
+assert(ok == true, "metrics broken")
+return { tenant_ok = true, event = event.n }
+"#;
+
+async fn canary(pool: &EnginePool, tenant: &str) {
+    let s = Script::new("canary.lua", CANARY);
+    let ex = pool
+        .execute(&s, tenant, &json!({"n": 7}), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        ex.result,
+        Ok(json!({"tenant_ok": true, "event": 7})),
+        "{ex:?}"
+    );
+}
+
+async fn expect(pool: &EnginePool, src: &str, check: impl Fn(&ScriptError) -> bool) -> Execution {
+    let s = Script::new("hostile.lua", src);
+    let ex = pool
+        .execute(&s, "mallory", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    match &ex.result {
+        Err(e) if check(e) => {}
+        other => panic!("script {src:?}: unexpected {other:?}"),
+    }
+    ex
+}
+
+fn runtime_containing(needle: &'static str) -> impl Fn(&ScriptError) -> bool {
+    move |e| matches!(e, ScriptError::Runtime { message, .. } if message.contains(needle))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_escape_is_a_typed_error_and_the_next_tenant_is_unaffected() {
+    let (pool, _) = pool_with(fast_limits(), 1);
+    let cases: &[(&str, &str)] = &[
+        ("io.write('x')", "global 'io'"),
+        ("os.execute('true')", "field 'execute'"),
+        ("os.exit(1)", "field 'exit'"),
+        ("os.getenv('HOME')", "field 'getenv'"),
+        ("require('os')", "global 'require'"),
+        ("load('return 1')", "global 'load'"),
+        ("loadstring('return 1')", "global 'loadstring'"),
+        ("dofile('/etc/passwd')", "global 'dofile'"),
+        ("string.dump(function() end)", "field 'dump'"),
+        ("(''):dump()", "method 'dump'"),
+        ("debug.getinfo(1)", "global 'debug'"),
+        ("collectgarbage('count')", "global 'collectgarbage'"),
+        ("getmetatable('').__index.upper = nil", "boolean"),
+        ("string.upper = nil", "read-only table 'string'"),
+        ("rawset(string, 'upper', nil)", "read-only"),
+        ("setmetatable(string, {})", "protected metatable"),
+        (
+            "helpers.metrics.count = nil",
+            "read-only table 'helpers.metrics'",
+        ),
+        ("math.pi = 3", "read-only table 'math'"),
+        ("setmetatable(_ENV, nil)", "protected metatable"),
+        ("setmetatable({}, { __gc = function() end })", "__gc"),
+        ("return _G.os", "global '_G'"),
+    ];
+    for (src, needle) in cases {
+        let s = format!("leak = true\n{src}");
+        let ex = expect(&pool, &s, runtime_containing(needle)).await;
+        if let Err(ScriptError::Runtime { line, .. }) = &ex.result {
+            assert_eq!(*line, Some(2), "{src}");
+        }
+        canary(&pool, "victim").await;
+    }
+    // Bytecode is refused at load time: only text chunks compile.
+    let bytecode = "\x1bLua\x54\x00\x19\x13\r\n\x1a\n";
+    expect(&pool, bytecode, |e| matches!(e, ScriptError::Syntax { .. })).await;
+    canary(&pool, "victim").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_end_runaway_scripts_and_the_engine_is_replaced() {
+    let (pool, _) = pool_with(fast_limits(), 1);
+    let timeout = |e: &ScriptError| matches!(e, ScriptError::Timeout { limit_ms: 30, .. });
+    let memory = |e: &ScriptError| matches!(e, ScriptError::Memory { .. });
+    let cases: Vec<(&str, Box<dyn Fn(&ScriptError) -> bool>)> = vec![
+        ("while true do end", Box::new(timeout)),
+        ("local co = coroutine.wrap(function() while true do end end) co()", Box::new(timeout)),
+        ("local co = coroutine.create(function() while true do end end) print(coroutine.resume(co)) while true do end", Box::new(timeout)),
+        ("while true do pcall(function() while true do end end) end", Box::new(timeout)),
+        ("while true do xpcall(function() while true do end end, function(e) return e end) end", Box::new(timeout)),
+        ("error(setmetatable({}, { __tostring = function() while true do end end }))", Box::new(|e: &ScriptError| matches!(e, ScriptError::Timeout { .. } | ScriptError::Runtime { .. }))),
+        ("local t = {} for i = 1, 1e9 do t[i] = ('x'):rep(100) .. i end", Box::new(memory)),
+        ("local s = string.rep('x', 1e9)", Box::new(memory)),
+        ("local s = string.rep('x', 1e6) local t = {} for i = 1, 100 do t[i] = s end local u = table.concat(t)", Box::new(memory)),
+        ("local t = {} while true do pcall(function() t[#t + 1] = ('y'):rep(4096) .. #t end) end", Box::new(|e: &ScriptError| matches!(e, ScriptError::Memory { .. } | ScriptError::Timeout { .. }))),
+        ("local function f(n) return f(n + 1) + 1 end return f(1)", Box::new(|e: &ScriptError| matches!(e, ScriptError::StackOverflow { .. } | ScriptError::Memory { .. }))),
+    ];
+    let mut poisoned = 0;
+    for (src, check) in &cases {
+        let ex = expect(&pool, &format!("leak = true {src}"), check).await;
+        assert!(
+            ex.timings.total_ms < 5_000.0,
+            "{src} took {} ms",
+            ex.timings.total_ms
+        );
+        if ex
+            .result
+            .as_ref()
+            .err()
+            .and_then(|e| e.poisons_engine())
+            .is_some()
+        {
+            poisoned += 1;
+        }
+        canary(&pool, "victim").await;
+    }
+    let status = pool.status();
+    let discarded: u64 = status.discarded.values().sum();
+    assert_eq!(discarded, poisoned);
+    assert_eq!(status.created, 1 + poisoned);
+    assert_eq!(status.size, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pathological_patterns_are_refused_and_ordinary_ones_work() {
+    let (pool, _) = pool_with(fast_limits(), 1);
+    for src in [
+        "return string.rep('a', 20000):find('.-.-.-b')",
+        "return string.match(string.rep('a', 5000), '(.*)(.*)(.*)b')",
+        "for w in string.gmatch(string.rep('a', 30000), '.-.-b') do end",
+        "return (string.rep('a', 20000)):gsub('a*a*a*b', '')",
+    ] {
+        expect(&pool, src, runtime_containing("pattern too complex")).await;
+        canary(&pool, "victim").await;
+    }
+    let ok = Script::new(
+        "ok.lua",
+        r#"
+        local user, domain = string.match("jane@example.com", "^([^@]+)@(.+)$")
+        local n = 0
+        for w in ("a,b,c"):gmatch("[^,]+") do n = n + 1 end
+        return { domain = domain, n = n, plain = ("x.y"):find(".", 1, true),
+                 sub = ("hello world"):gsub("o", "0") }
+        "#,
+    );
+    let ex = pool
+        .execute(&ok, "t", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        ex.result,
+        Ok(json!({"domain": "example.com", "n": 3, "plain": 2, "sub": "hell0 w0rld"}))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_and_events_are_bounded_and_typed() {
+    let (pool, _) = pool_with(fast_limits(), 1);
+    let invalid = |needle: &'static str| move |e: &ScriptError| matches!(e, ScriptError::InvalidResult { problem, .. } if problem.contains(needle));
+    expect(&pool, "local t = {} t.self = t return t", invalid("cyclic")).await;
+    expect(
+        &pool,
+        "local t = {} for i = 1, 20000 do t[i] = i end return t",
+        invalid("more than"),
+    )
+    .await;
+    expect(
+        &pool,
+        "local t = {} local c = t for i = 1, 100 do c.x = {} c = c.x end return t",
+        invalid("deeper"),
+    )
+    .await;
+    expect(&pool, "return { f = print }", invalid("function")).await;
+    expect(&pool, "return { x = 0/0 }", invalid("finite")).await;
+    expect(&pool, "return { s = '\\xff\\xfe' }", invalid("UTF-8")).await;
+    canary(&pool, "victim").await;
+    // A too deeply nested event is refused before the script runs.
+    let mut deep = json!(1);
+    for _ in 0..100 {
+        deep = json!({ "a": deep });
+    }
+    let s = Script::new("e.lua", "return event");
+    let ex = pool.execute(&s, "t", &deep, &json!({})).await.unwrap();
+    assert!(
+        matches!(ex.result, Err(ScriptError::InvalidEvent { .. })),
+        "{ex:?}"
+    );
+    // Round trip of an ordinary event, arrays included.
+    let ev =
+        json!({"user": {"plan": "pro", "roles": ["a", "b"]}, "amount": 12.5, "n": 3, "ok": true});
+    let ex = pool.execute(&s, "t", &ev, &json!({})).await.unwrap();
+    assert_eq!(ex.result, Ok(ev));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_carry_their_line_and_print_is_captured() {
+    let (pool, _) = pool_with(fast_limits(), 1);
+    let s = Script::new("bad_syntax.lua", "local x = 1\nlocal y = = 2\n");
+    let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
+    match ex.result {
+        Err(ScriptError::Syntax {
+            line, ref script, ..
+        }) => {
+            assert_eq!(line, Some(2));
+            assert_eq!(script, "bad_syntax.lua");
+        }
+        other => panic!("{other:?}"),
+    }
+    let s = Script::new(
+        "boom.lua",
+        "print('hello', 42, nil)\nlocal t = nil\nreturn t.x\n",
+    );
+    let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
+    match &ex.result {
+        Err(ScriptError::Runtime { line, message, .. }) => {
+            assert_eq!(*line, Some(3));
+            assert!(
+                message.contains("attempt to index a nil value"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ex.log, vec!["hello\t42\tnil".to_string()]);
+    let s = Script::new("err.lua", "error({ code = 42 })");
+    let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
+    assert!(matches!(ex.result, Err(ScriptError::Runtime { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_on_one_engine_are_isolated() {
+    let (pool, _) = pool_with(fast_limits(), 1);
+    let a = Script::new(
+        "a.lua",
+        r#"
+        counter = (counter or 0) + 1
+        pcall(function() string.upper = function() return "pwned" end end)
+        pcall(function() helpers.metrics = nil end)
+        local smt = getmetatable("")
+        return { counter = counter, smt = smt }
+        "#,
+    );
+    for _ in 0..3 {
+        let ex = pool
+            .execute(&a, "tenant-a", &json!({}), &json!({}))
+            .await
+            .unwrap();
+        // Every execution starts from a fresh environment.
+        assert_eq!(ex.result, Ok(json!({"counter": 1, "smt": false})));
+    }
+    canary(&pool, "tenant-b").await;
+    assert_eq!(pool.status().created, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edited_scripts_take_effect_on_the_next_execution() {
+    let (pool, _) = pool_with(fast_limits(), 1);
+    let v1 = Script::new("s.lua", "return 1");
+    let v2 = Script::new("s.lua", "return 2");
+    assert_eq!(
+        pool.execute(&v1, "t", &json!({}), &json!({}))
+            .await
+            .unwrap()
+            .result,
+        Ok(json!(1))
+    );
+    assert_eq!(
+        pool.execute(&v2, "t", &json!({}), &json!({}))
+            .await
+            .unwrap()
+            .result,
+        Ok(json!(2))
+    );
+    assert_eq!(
+        pool.execute(&v1, "t", &json!({}), &json!({}))
+            .await
+            .unwrap()
+            .result,
+        Ok(json!(1))
+    );
+    let engine = pool.checkout().await.unwrap();
+    assert_eq!(engine.cached_scripts(), 2);
+}

@@ -1,0 +1,348 @@
+-- luametrics sandbox prelude.
+--
+-- Runs once per engine, in the full Lua state, before any tenant script. It builds the
+-- read-only base environment scripts see (SPEC §6.1) and the Lua side of `helpers.metrics`
+-- (SPEC §6.2): points are validated once per distinct name/tag set per engine (the verdict is
+-- cached here) and pre-aggregated in Lua, so a script's loop never crosses into Rust per point.
+-- The host drains the buffer once at the end of each execution.
+--
+-- Arguments: a table of host functions and a table of limits. Returns the control table.
+local host, limits = ...
+
+local type, pairs, next, tostring, error, select = type, pairs, next, tostring, error, select
+local setmetatable, getmetatable, rawget, rawset = setmetatable, getmetatable, rawget, rawset
+local raw_pcall, raw_xpcall = pcall, xpcall
+local s_byte, s_sub, s_find, s_match, s_gmatch, s_gsub = string.byte, string.sub, string.find,
+  string.match, string.gmatch, string.gsub
+local m_log, huge = math.log, math.huge
+local co_resume, co_close = coroutine.resume, coroutine.close
+
+local validate, reserve, is_abort = host.validate, host.reserve, host.is_abort
+local max_points = limits.max_points
+local max_verdicts = limits.max_verdicts
+local strict = limits.strict
+local pattern_budget_log = m_log(limits.pattern_budget)
+
+---------------------------------------------------------------------------------------------
+-- Read-only tables
+---------------------------------------------------------------------------------------------
+
+local frozen = setmetatable({}, { __mode = "k" })
+
+local function readonly(t, name)
+  local proxy = setmetatable({}, {
+    __index = t,
+    __newindex = function()
+      error("attempt to modify read-only table '" .. name .. "'", 2)
+    end,
+    -- Iterate without handing out the underlying table.
+    __pairs = function()
+      local k
+      return function()
+        local v
+        k, v = next(t, k)
+        return k, v
+      end
+    end,
+    __len = function() return #t end,
+    __metatable = false,
+  })
+  frozen[proxy] = true
+  return proxy
+end
+
+local function copy(t, except)
+  local c = {}
+  for k, v in pairs(t) do
+    if not (except and except[k]) then c[k] = v end
+  end
+  return c
+end
+
+---------------------------------------------------------------------------------------------
+-- Errors that must end the execution: time or memory limits. pcall, xpcall and
+-- coroutine.resume catch errors; these wrappers re-raise the limit ones, so a script cannot
+-- swallow its own termination.
+---------------------------------------------------------------------------------------------
+
+local function rethrow_if_abort(ok, ...)
+  if not ok and is_abort((...)) then error((...), 0) end
+  return ok, ...
+end
+
+local function safe_pcall(f, ...)
+  return rethrow_if_abort(raw_pcall(f, ...))
+end
+
+local function safe_xpcall(f, handler, ...)
+  return rethrow_if_abort(raw_xpcall(f, function(e)
+    if is_abort(e) then return e end
+    return handler(e)
+  end, ...))
+end
+
+local safe_coroutine = copy(coroutine)
+safe_coroutine.resume = function(co, ...) return rethrow_if_abort(co_resume(co, ...)) end
+safe_coroutine.close = function(co) return rethrow_if_abort(co_close(co)) end
+
+-- Finalizers would run later, in another tenant's execution or outside any time limit.
+local function safe_setmetatable(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("__gc metamethods are not allowed in the sandbox", 2)
+  end
+  local ok, res = raw_pcall(setmetatable, t, mt)
+  if not ok then error(res, 2) end -- blame the script's line, not the prelude's
+  return res
+end
+
+local function safe_rawset(t, k, v)
+  if frozen[t] then error("attempt to modify a read-only table", 2) end
+  return rawset(t, k, v)
+end
+
+---------------------------------------------------------------------------------------------
+-- Patterns: Lua's matcher runs in C, where the time limit cannot interrupt it, and
+-- backtracking is exponential in the number of quantifiers. Refuse a match whose worst case
+-- (subject length ^ (quantifiers + 1 when unanchored)) exceeds the budget.
+---------------------------------------------------------------------------------------------
+
+local qcache, qcount = {}, 0
+
+local function quantifiers(p)
+  local q = qcache[p]
+  if q then return q end
+  q = 0
+  local i, n = 1, #p
+  while i <= n do
+    local c = s_byte(p, i)
+    if c == 37 then -- %
+      local d = s_byte(p, i + 1)
+      if d == 98 then q = q + 1; i = i + 4 -- %bxy
+      elseif d == 102 then i = i + 2 -- %f[set]: the set follows
+      else i = i + 2 end
+    elseif c == 91 then -- [set]
+      i = i + 1
+      if s_byte(p, i) == 94 then i = i + 1 end
+      if s_byte(p, i) == 93 then i = i + 1 end
+      while i <= n and s_byte(p, i) ~= 93 do
+        if s_byte(p, i) == 37 then i = i + 1 end
+        i = i + 1
+      end
+      i = i + 1
+    elseif c == 42 or c == 43 or c == 45 or c == 63 then -- * + - ?
+      q = q + 1; i = i + 1
+    else
+      i = i + 1
+    end
+  end
+  if qcount > 1024 then qcache, qcount = {}, 0 end
+  qcache[p] = q
+  qcount = qcount + 1
+  return q
+end
+
+local function check_pattern(s, p, anchorable, plain)
+  if plain or type(p) ~= "string" then return end
+  local st = type(s)
+  if st ~= "string" then
+    if st ~= "number" then return end -- the C function raises its own error
+    s = tostring(s)
+  end
+  local n = #s
+  if n < 2 then return end
+  local q = quantifiers(p)
+  if not (anchorable and s_byte(p, 1) == 94) then q = q + 1 end
+  if q * m_log(n) > pattern_budget_log then
+    error("pattern too complex for a subject of " .. n .. " bytes (sandbox limit)", 3)
+  end
+end
+
+local safe_string = copy(string, { dump = true })
+safe_string.find = function(s, p, init, plain)
+  check_pattern(s, p, true, plain)
+  return s_find(s, p, init, plain)
+end
+safe_string.match = function(s, p, init)
+  check_pattern(s, p, true)
+  return s_match(s, p, init)
+end
+safe_string.gmatch = function(s, p, init)
+  check_pattern(s, p, false)
+  return s_gmatch(s, p, init)
+end
+safe_string.gsub = function(s, p, r, n)
+  check_pattern(s, p, true)
+  return s_gsub(s, p, r, n)
+end
+
+-- Method calls on strings (`("x"):upper()`) go through the string metatable: point it at the
+-- safe copy and hide it from getmetatable.
+local string_mt = getmetatable("")
+string_mt.__index = safe_string
+string_mt.__metatable = false
+
+---------------------------------------------------------------------------------------------
+-- helpers.metrics
+---------------------------------------------------------------------------------------------
+
+local verdicts, nverdicts = {}, 0
+
+-- Per-execution state, reset by begin().
+local buf, order, norder = {}, {}, 0
+local used, budget = 0, 0
+local rejected = {}
+local warned, warnings, nwarnings = {}, {}, 0
+
+local function reject(reason, name)
+  rejected[reason] = (rejected[reason] or 0) + 1
+  local w = tostring(name) .. ": " .. reason
+  if not warned[w] and nwarnings < 32 then
+    warned[w] = true
+    nwarnings = nwarnings + 1
+    warnings[nwarnings] = w
+  end
+  if strict then error("helpers.metrics: " .. w, 3) end
+  return false, reason
+end
+
+local function record(kind, name, value, tags)
+  if type(name) ~= "string" then return reject("invalid_name", name) end
+  if type(value) ~= "number" or value ~= value or value == huge or value == -huge then
+    return reject("invalid_value", name)
+  end
+  if kind == "counter" and value < 0 then return reject("negative_counter", name) end
+  local key
+  if tags == nil then
+    key = kind .. "\0" .. name
+  elseif type(tags) ~= "table" then
+    return reject("invalid_tags", name)
+  else
+    -- One concatenation for the common shapes (0, 1 or 2 tags); a loop beyond.
+    local k1, v1 = next(tags)
+    if k1 == nil then
+      key = kind .. "\0" .. name
+    else
+      local t1 = type(v1)
+      if type(k1) ~= "string" or (t1 ~= "string" and t1 ~= "number" and t1 ~= "boolean") then
+        return reject("invalid_tags", name)
+      end
+      if t1 ~= "string" then v1 = tostring(v1) end
+      local k2, v2 = next(tags, k1)
+      if k2 == nil then
+        key = kind .. "\0" .. name .. "\0" .. k1 .. "\1" .. v1
+      else
+        local t2 = type(v2)
+        if type(k2) ~= "string" or (t2 ~= "string" and t2 ~= "number" and t2 ~= "boolean") then
+          return reject("invalid_tags", name)
+        end
+        if t2 ~= "string" then v2 = tostring(v2) end
+        key = kind .. "\0" .. name .. "\0" .. k1 .. "\1" .. v1 .. "\0" .. k2 .. "\1" .. v2
+        local k, v = next(tags, k2)
+        while k ~= nil do
+          local tv = type(v)
+          if type(k) ~= "string" or (tv ~= "string" and tv ~= "number" and tv ~= "boolean") then
+            return reject("invalid_tags", name)
+          end
+          key = key .. "\0" .. k .. "\1" .. tostring(v)
+          k, v = next(tags, k)
+        end
+      end
+    end
+  end
+  local verdict = verdicts[key]
+  if verdict == nil then
+    verdict = validate(kind, name, tags)
+    if nverdicts >= max_verdicts then verdicts, nverdicts = {}, 0 end
+    verdicts[key] = verdict
+    nverdicts = nverdicts + 1
+  end
+  if verdict ~= true then return reject(verdict, name) end
+  if used >= max_points then return reject("execution_limit", name) end
+  if used >= budget then
+    -- Leases grow with use (8, 8, 16, 32...): few crossings, little held back from others.
+    local want = used < 8 and 8 or used
+    if want > max_points - used then want = max_points - used end
+    budget = budget + reserve(want)
+    if used >= budget then return reject("rate_limited", name) end
+  end
+  used = used + 1
+  local e = buf[key]
+  if e == nil then
+    local t = {}
+    if tags ~= nil then
+      for k, v in next, tags do t[k] = tostring(v) end
+    end
+    e = { name, kind, t, 1, value, value, value, value, kind == "histogram" and { value } or false }
+    buf[key] = e
+    norder = norder + 1
+    order[norder] = key
+  else
+    e[4] = e[4] + 1
+    e[5] = e[5] + value
+    if value < e[6] then e[6] = value end
+    if value > e[7] then e[7] = value end
+    e[8] = value
+    if kind == "histogram" then local vs = e[9]; vs[#vs + 1] = value end
+  end
+  return true
+end
+
+local metrics = readonly({
+  count = function(name, value, tags)
+    if value == nil then value = 1 end
+    return record("counter", name, value, tags)
+  end,
+  gauge = function(name, value, tags) return record("gauge", name, value, tags) end,
+  histogram = function(name, value, tags) return record("histogram", name, value, tags) end,
+}, "helpers.metrics")
+
+local helpers = readonly({ metrics = metrics }, "helpers")
+
+---------------------------------------------------------------------------------------------
+-- The base environment (SPEC §6.1 allow-list), read-only; each execution gets a fresh table
+-- whose __index is this one, so what a script sets is gone with its environment.
+---------------------------------------------------------------------------------------------
+
+local base = {
+  assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
+  pcall = safe_pcall, select = select, tonumber = tonumber, tostring = tostring, type = type,
+  xpcall = safe_xpcall, rawequal = rawequal, rawget = rawget, rawlen = rawlen,
+  rawset = safe_rawset, setmetatable = safe_setmetatable, getmetatable = getmetatable,
+  unpack = table.unpack,
+  string = readonly(safe_string, "string"),
+  table = readonly(copy(table), "table"),
+  math = readonly(copy(math), "math"),
+  utf8 = readonly(copy(utf8), "utf8"),
+  coroutine = readonly(safe_coroutine, "coroutine"),
+  os = readonly({ time = os.time, clock = os.clock, date = os.date }, "os"),
+  helpers = helpers,
+  print = host.print,
+}
+
+local env_mt = { __index = base, __metatable = false }
+
+local control = {}
+
+-- Resets the per-execution state; returns a fresh environment.
+function control.begin(event, context)
+  buf, order, norder = {}, {}, 0
+  used, budget = 0, 0
+  rejected = {}
+  warned, warnings, nwarnings = {}, {}, 0
+  return setmetatable({ event = event, context = context }, env_mt)
+end
+
+-- Hands the execution's points to the host: entries in first-seen order, rejections by
+-- reason, warnings, and the unused part of the quota lease.
+function control.drain()
+  local out = {}
+  for i = 1, norder do out[i] = buf[order[i]] end
+  local r, w, unused = rejected, warnings, budget - used
+  buf, order, norder = {}, {}, 0
+  used, budget = 0, 0
+  return out, r, w, unused
+end
+
+function control.verdicts() return nverdicts end
+
+return control
