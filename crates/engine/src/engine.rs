@@ -236,13 +236,12 @@ impl Engine {
             HookTriggers::new().every_nth_instruction(settings.hook_instructions.max(1)),
             move |_, _| {
                 let deadline = sh.deadline_ns.load(Relaxed);
-                if deadline != 0 {
-                    if sh.abort.load(Relaxed) == ABORT_TIME
-                        || sh.epoch.elapsed().as_nanos() as u64 > deadline
-                    {
-                        sh.abort.store(ABORT_TIME, Relaxed);
-                        return Err(mlua::Error::runtime("time limit exceeded"));
-                    }
+                if deadline != 0
+                    && (sh.abort.load(Relaxed) == ABORT_TIME
+                        || sh.epoch.elapsed().as_nanos() as u64 > deadline)
+                {
+                    sh.abort.store(ABORT_TIME, Relaxed);
+                    return Err(mlua::Error::runtime("time limit exceeded"));
                 }
                 Ok(VmState::Continue)
             },
@@ -365,12 +364,11 @@ impl Engine {
         sh.helpers_ns
             .fetch_add(hand_off.elapsed().as_nanos() as u64, Relaxed);
 
-        let result = result.map_err(|e| {
+        if let Err(e) = &result {
             if let Some(reason) = e.poisons_engine() {
                 self.poisoned = Some(reason);
             }
-            e
-        });
+        }
         let log = std::mem::take(&mut *sh.log.lock());
         let total_ns = t0.elapsed().as_nanos() as u64;
         let helpers_ns = sh.helpers_ns.load(Relaxed);
