@@ -117,7 +117,8 @@ async fn limits_end_runaway_scripts_and_the_engine_is_replaced() {
     let (pool, _) = pool_with(fast_limits(), 1);
     let timeout = |e: &ScriptError| matches!(e, ScriptError::Timeout { limit_ms: 30, .. });
     let memory = |e: &ScriptError| matches!(e, ScriptError::Memory { .. });
-    let cases: Vec<(&str, Box<dyn Fn(&ScriptError) -> bool>)> = vec![
+    type Check = Box<dyn Fn(&ScriptError) -> bool>;
+    let cases: Vec<(&str, Check)> = vec![
         ("while true do end", Box::new(timeout)),
         ("local co = coroutine.wrap(function() while true do end end) co()", Box::new(timeout)),
         ("local co = coroutine.create(function() while true do end end) print(coroutine.resume(co)) while true do end", Box::new(timeout)),
