@@ -201,7 +201,8 @@ local function reject(reason, name)
     nwarnings = nwarnings + 1
     warnings[nwarnings] = w
   end
-  if strict then error("helpers.metrics: " .. w, 3) end
+  -- Level 2 is the script line: count/gauge/histogram tail-call record, which tail-calls reject.
+  if strict then error("helpers.metrics: " .. w, 2) end
   return false, reason
 end
 

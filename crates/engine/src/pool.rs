@@ -116,6 +116,14 @@ pub struct PooledEngine {
     pub wait_ms: f64,
 }
 
+impl std::fmt::Debug for PooledEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledEngine")
+            .field("wait_ms", &self.wait_ms)
+            .finish()
+    }
+}
+
 impl std::ops::Deref for PooledEngine {
     type Target = Engine;
     fn deref(&self) -> &Engine {

@@ -1,0 +1,436 @@
+//! helpers.metrics end to end: every reason, strict mode, quotas, and accepted points in a real
+//! libSQL store; the pool under random failures; the time split.
+
+use luametrics_engine::*;
+use luametrics_model::{Limits, TagPolicy};
+use luametrics_recorder::{MetricsService, RecorderConfig};
+use luametrics_store::{FindQuery, Location, Store};
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use std::sync::Arc;
+
+async fn service(limits: Limits) -> (tempfile::TempDir, Arc<Store>, MetricsService) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        Store::open(Location::File(dir.path().join("m.db")))
+            .await
+            .unwrap(),
+    );
+    let config = RecorderConfig {
+        policy: TagPolicy::new(
+            luametrics_model::DEFAULT_DENIED_KEYS
+                .iter()
+                .map(|s| s.to_string()),
+            limits,
+        ),
+        ..RecorderConfig::default()
+    };
+    let svc = MetricsService::start(store.clone(), config);
+    (dir, store, svc)
+}
+
+fn pool(sink: Arc<dyn MetricsSink>, engine: EngineSettings, size: usize) -> EnginePool {
+    EnginePool::new(
+        engine,
+        PoolSettings {
+            max_size: size,
+            wait_timeout_ms: 30_000,
+            sample_interval_ms: 1_000,
+        },
+        sink,
+    )
+    .unwrap()
+}
+
+const REASONS: &str = r#"
+local m = helpers.metrics
+local function r(ok, reason) return ok and "ok" or reason end
+local nine = {}
+for i = 1, 9 do nine["k" .. i] = "v" end
+return {
+  ok_count = r(m.count("invoice.processed_count", 2, { plan = "pro", region = "eu" })),
+  ok_default = r(m.count("invoice.processed_count")),
+  ok_gauge = r(m.gauge("queue.depth", -3, { queue = "mail", urgent = true })),
+  ok_hist = r(m.histogram("invoice.amount", 99.5, { currency = "EUR", n = 3 })),
+  invalid_name = r(m.count("Bad Name", 1)),
+  invalid_name_type = r(m.count(42, 1)),
+  invalid_value_nan = r(m.gauge("queue.depth", 0/0)),
+  invalid_value_inf = r(m.gauge("queue.depth", math.huge)),
+  invalid_value_str = r(m.histogram("invoice.amount", "12")),
+  invalid_tags_type = r(m.count("a.b", 1, "plan=pro")),
+  invalid_tags_nested = r(m.count("a.b", 1, { plan = { "pro" } })),
+  invalid_tags_key = r(m.count("a.b", 1, { [1] = "x" })),
+  invalid_tags_tenant = r(m.count("a.b", 1, { tenant = "other" })),
+  invalid_tags_utf8 = r(m.count("a.b", 1, { plan = "\xff\xfe" })),
+  negative_counter = r(m.count("a.b", -1)),
+  reserved_prefix = r(m.count("auth.login.attempt", 1)),
+  too_many_tags = r(m.count("a.b", 1, nine)),
+  tag_key_too_long = r(m.count("a.b", 1, { [string.rep("k", 41)] = "v" })),
+  tag_value_too_long = r(m.count("a.b", 1, { plan = string.rep("v", 65) })),
+  pii_key = r(m.count("a.b", 1, { email = "x" })),
+  pii_value = r(m.count("a.b", 1, { who = "jane@example.com" })),
+  kind_mismatch = r(m.gauge("queue.size.count", 1)),
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reason_and_accepted_points_reach_the_store() {
+    let (_dir, store, svc) = service(Limits::default()).await;
+    let pool = pool(Arc::new(svc.clone()), EngineSettings::default(), 2);
+    let s = Script::new("reasons.lua", REASONS);
+    let ex = pool
+        .execute(&s, "acme", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    let want = json!({
+        "ok_count": "ok", "ok_default": "ok", "ok_gauge": "ok", "ok_hist": "ok",
+        "invalid_name": "invalid_name", "invalid_name_type": "invalid_name",
+        "invalid_value_nan": "invalid_value", "invalid_value_inf": "invalid_value",
+        "invalid_value_str": "invalid_value",
+        "invalid_tags_type": "invalid_tags", "invalid_tags_nested": "invalid_tags",
+        "invalid_tags_key": "invalid_tags", "invalid_tags_tenant": "invalid_tags",
+        "invalid_tags_utf8": "invalid_tags",
+        "negative_counter": "negative_counter", "reserved_prefix": "reserved_prefix",
+        "too_many_tags": "too_many_tags", "tag_key_too_long": "tag_key_too_long",
+        "tag_value_too_long": "tag_value_too_long", "pii_key": "pii_tag", "pii_value": "pii_tag",
+        "kind_mismatch": "kind_mismatch",
+    });
+    assert_eq!(ex.result, Ok(want));
+    assert_eq!(ex.metrics.accepted, 4);
+    assert_eq!(ex.metrics.rejected.values().sum::<u64>(), 18);
+    assert!(
+        ex.warnings
+            .iter()
+            .any(|w| w == "auth.login.attempt: reserved_prefix"),
+        "{:?}",
+        ex.warnings
+    );
+
+    // The execution limit: the 251st point in one execution is refused.
+    let s = Script::new(
+        "many.lua",
+        r#"
+        local ok, last
+        for i = 1, 300 do
+          local a, b = helpers.metrics.count("loop.iterations_count", 1, { i = i % 3 })
+          if a then ok = (ok or 0) + 1 else last = b end
+        end
+        return { ok = ok, last = last }
+        "#,
+    );
+    let ex = pool
+        .execute(&s, "acme", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(ex.result, Ok(json!({"ok": 250, "last": "execution_limit"})));
+
+    svc.flush().await.unwrap();
+    let rows = |name: &str| {
+        let store = store.clone();
+        let name = name.to_string();
+        async move {
+            store
+                .find_metrics(&FindQuery {
+                    name,
+                    from_ms: i64::MIN,
+                    to_ms: i64::MAX,
+                    tenant: Some("acme".into()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let invoices = rows("invoice.processed_count").await;
+    assert_eq!(invoices.iter().map(|r| r.summary.sum).sum::<f64>(), 3.0);
+    let tagged = invoices
+        .iter()
+        .find(|r| r.tags.get("plan").map(String::as_str) == Some("pro"))
+        .unwrap();
+    assert_eq!(tagged.tags.get("region").map(String::as_str), Some("eu"));
+    let gauge = &rows("queue.depth").await[0];
+    assert_eq!(gauge.value, -3.0);
+    assert_eq!(gauge.tags.get("urgent").map(String::as_str), Some("true"));
+    let hist = &rows("invoice.amount").await[0];
+    assert_eq!(hist.summary.samples, 1);
+    assert_eq!(hist.tags.get("n").map(String::as_str), Some("3"));
+    assert_eq!(
+        rows("loop.iterations_count")
+            .await
+            .iter()
+            .map(|r| r.summary.sum)
+            .sum::<f64>(),
+        250.0
+    );
+    // Rejections are counted as a system metric and in the accounting.
+    let rejected = store
+        .find_metrics(&FindQuery {
+            name: "helpers.metrics.rejected.count".into(),
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        rejected.iter().map(|r| r.summary.sum).sum::<f64>(),
+        18.0 + 50.0
+    );
+    let acc = svc.accounting();
+    assert_eq!(acc.user.accepted, 254);
+    assert_eq!(acc.user.rejected_total(), 68);
+    assert!(acc.user.balances());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_apply_per_tenant_and_strict_mode_raises() {
+    let (_dir, _store, svc) = service(Limits {
+        points_per_minute: 1,
+        burst: 20,
+        ..Limits::default()
+    })
+    .await;
+    let sink: Arc<dyn MetricsSink> = Arc::new(svc.clone());
+    let p = pool(sink.clone(), EngineSettings::default(), 1);
+    let s = Script::new(
+        "burst.lua",
+        r#"
+        local ok, reason = 0, nil
+        for i = 1, 30 do
+          local a, b = helpers.metrics.count("burst.events_count", 1)
+          if a then ok = ok + 1 else reason = b end
+        end
+        return { ok = ok, reason = reason }
+        "#,
+    );
+    let ex = p.execute(&s, "acme", &json!({}), &json!({})).await.unwrap();
+    assert_eq!(ex.result, Ok(json!({"ok": 20, "reason": "rate_limited"})));
+    // Spent: the next execution of the same tenant is limited; another tenant is not.
+    let ex = p.execute(&s, "acme", &json!({}), &json!({})).await.unwrap();
+    assert_eq!(ex.result, Ok(json!({"ok": 0, "reason": "rate_limited"})));
+    let ex = p
+        .execute(&s, "globex", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(ex.result, Ok(json!({"ok": 20, "reason": "rate_limited"})));
+
+    let strict = pool(
+        sink,
+        EngineSettings {
+            strict: true,
+            ..EngineSettings::default()
+        },
+        1,
+    );
+    let s = Script::new(
+        "strict.lua",
+        "helpers.metrics.count('fine.events_count')\nhelpers.metrics.count('auth.x', 1)\n",
+    );
+    let ex = strict
+        .execute(&s, "initech", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    match ex.result {
+        Err(ScriptError::Runtime { line, message, .. }) => {
+            assert_eq!(line, Some(2));
+            assert!(message.contains("reserved_prefix"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // What was accepted before the error stays accepted.
+    assert_eq!(ex.metrics.accepted, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_executions_with_random_failures_on_a_pool_of_two() {
+    let (_dir, _store, svc) = service(Limits {
+        points_per_minute: u32::MAX,
+        burst: u32::MAX,
+        ..Limits::default()
+    })
+    .await;
+    let pool = Arc::new(pool(
+        Arc::new(svc.clone()),
+        EngineSettings {
+            time_limit_ms: 10,
+            memory_limit_bytes: 2 * 1024 * 1024,
+            ..EngineSettings::default()
+        },
+        2,
+    ));
+    let scripts = [
+        Script::new("ok.lua", "assert(dirty == nil, 'dirty engine') dirty = true helpers.metrics.count('runs.ok_count') return event.i"),
+        Script::new("error.lua", "dirty = true error('boom')"),
+        Script::new("timeout.lua", "dirty = true while true do end"),
+        Script::new("memory.lua", "dirty = true local t = {} for i = 1, 100 do t[i] = ('m'):rep(1e6) .. i end"),
+    ];
+    let mut tasks = Vec::new();
+    for worker in 0..8u64 {
+        let pool = pool.clone();
+        let scripts = scripts.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(worker);
+            let mut counts = [0u64; 4];
+            for i in 0..1_250u64 {
+                let roll = rng.gen_range(0..1000);
+                let pick = if roll < 940 {
+                    0
+                } else if roll < 980 {
+                    1
+                } else if roll < 992 {
+                    2
+                } else {
+                    3
+                };
+                let ex = pool
+                    .execute(
+                        &scripts[pick],
+                        &format!("t{}", i % 5),
+                        &json!({"i": i}),
+                        &json!({}),
+                    )
+                    .await
+                    .unwrap();
+                let status = pool.status();
+                assert!(status.size <= 2 && status.active <= 2, "{status:?}");
+                match (pick, &ex.result) {
+                    (0, Ok(v)) => assert_eq!(v, &json!(i)),
+                    (1, Err(ScriptError::Runtime { .. })) => {}
+                    (2, Err(ScriptError::Timeout { .. })) => {}
+                    // A loaded machine may hit the 10 ms limit before the heap limit.
+                    (3, Err(ScriptError::Memory { .. } | ScriptError::Timeout { .. })) => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+                counts[pick] += 1;
+            }
+            counts
+        }));
+    }
+    let mut counts = [0u64; 4];
+    for t in tasks {
+        let c = t.await.unwrap();
+        for i in 0..4 {
+            counts[i] += c[i];
+        }
+    }
+    let status = pool.status();
+    assert_eq!(counts.iter().sum::<u64>(), 10_000);
+    assert_eq!(status.active, 0);
+    assert_eq!(status.waiting, 0);
+    assert_eq!(status.timeouts, 0);
+    assert_eq!(status.checkouts, 10_000);
+    assert!(status.exhausted > 0 && status.exhausted <= 10_000);
+    assert!(
+        status.peak_waiting >= 1 && status.peak_waiting <= 8,
+        "{status:?}"
+    );
+    // Every limit hit discarded its engine; errors did not.
+    let discarded = |r: &str| status.discarded.get(r).copied().unwrap_or(0);
+    assert!(discarded("timeout") >= counts[2]);
+    assert_eq!(
+        discarded("timeout") + discarded("memory"),
+        counts[2] + counts[3]
+    );
+    assert_eq!(status.created, status.size as u64 + counts[2] + counts[3]);
+    // The pool's metrics land in the recorder.
+    pool.record_metrics();
+    svc.flush().await.unwrap();
+    let acc = svc.accounting();
+    assert_eq!(acc.user.accepted, counts[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_wait_timeouts_and_exhaustion_are_counted() {
+    let sink = Arc::new(CollectingSink::new(TagPolicy::default()));
+    let pool = EnginePool::new(
+        EngineSettings::default(),
+        PoolSettings {
+            max_size: 1,
+            wait_timeout_ms: 50,
+            sample_interval_ms: 1_000,
+        },
+        sink.clone(),
+    )
+    .unwrap();
+    let held = pool.checkout().await.unwrap();
+    let err = pool.checkout().await.unwrap_err();
+    assert!(
+        matches!(err, PoolError::Timeout { max_size: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no Lua engine"));
+    drop(held);
+    let s = pool.status();
+    assert_eq!((s.timeouts, s.exhausted, s.active, s.waiting), (1, 1, 0, 0));
+    pool.record_metrics();
+    let system = sink.system.lock();
+    let find = |n: &str| {
+        system
+            .iter()
+            .find(|(name, ..)| name == n)
+            .map(|(_, _, v, _)| *v)
+    };
+    assert_eq!(find("lua.pool.timeout.count"), Some(1.0));
+    assert_eq!(find("lua.pool.exhausted"), Some(1.0));
+    assert_eq!(find("lua.pool.waiting"), Some(1.0)); // the peak since the last sample
+    assert_eq!(find("lua.pool.size"), Some(1.0));
+    assert_eq!(find("lua.engine.created.count"), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_time_split_adds_up_and_lands_where_the_work_is() {
+    let (_dir, _store, svc) = service(Limits {
+        points_per_minute: u32::MAX,
+        burst: u32::MAX,
+        max_points_per_execution: 100_000,
+        ..Limits::default()
+    })
+    .await;
+    let pool = pool(
+        Arc::new(svc.clone()),
+        EngineSettings {
+            time_limit_ms: 5_000,
+            ..EngineSettings::default()
+        },
+        1,
+    );
+    let cpu = Script::new(
+        "cpu.lua",
+        "local x = 0 for i = 1, 3e6 do x = x + i % 7 end return x",
+    );
+    let ex = pool
+        .execute(&cpu, "t", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    let t = ex.timings;
+    assert!(ex.result.is_ok());
+    let parts = t.wait_ms + t.script_ms + t.helpers_ms + t.overhead_ms;
+    assert!((parts - t.total_ms).abs() <= t.total_ms * 0.01, "{t:?}");
+    assert!(t.script_ms > 0.9 * (t.total_ms - t.wait_ms), "{t:?}");
+
+    // Many distinct series: each first sight crosses into Rust for validation, and the
+    // hand-off to the recorder at the end is helper time too.
+    let helpers = Script::new(
+        "helpers.lua",
+        "for i = 1, 3000 do helpers.metrics.count('distinct.series_count', 1, { k = 'v' .. i }) end",
+    );
+    let ex = pool
+        .execute(&helpers, "t", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    let t = ex.timings;
+    assert!(ex.result.is_ok(), "{ex:?}");
+    let parts = t.wait_ms + t.script_ms + t.helpers_ms + t.overhead_ms;
+    assert!((parts - t.total_ms).abs() <= t.total_ms * 0.01, "{t:?}");
+    assert!(t.helpers_ms > t.script_ms, "{t:?}");
+
+    // Marshalling a large event in is overhead.
+    let big: Vec<serde_json::Value> = (0..20_000).map(|i| json!({"i": i, "s": "x"})).collect();
+    let noop = Script::new("noop.lua", "return 1");
+    let ex = pool
+        .execute(&noop, "t", &json!({"items": big}), &json!({}))
+        .await
+        .unwrap();
+    let t = ex.timings;
+    assert!(t.overhead_ms > t.script_ms + t.helpers_ms, "{t:?}");
+}
