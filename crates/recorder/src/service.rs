@@ -746,9 +746,8 @@ impl Inner {
         let chunk = self.config.settings.max_rows_per_transaction.max(1);
         while !pending.is_empty() {
             let n = chunk.min(pending.len());
-            let rows: Vec<WindowRow> = pending.iter().take(n).map(|(r, _)| r.clone()).collect();
             let started = Instant::now();
-            match self.store.create_batch(&rows).await {
+            match self.store.create_batch(pending.iter().take(n).map(row_of)).await {
                 Ok(_) => {
                     let freed: usize = pending.drain(..n).map(|(_, c)| c).sum();
                     self.memory.fetch_sub(freed, Relaxed);
@@ -779,6 +778,11 @@ impl Inner {
         }
         Ok(written)
     }
+}
+
+/// A named fn (not a closure) keeps the flush future `Send` (higher-ranked lifetimes).
+fn row_of(pending: &(WindowRow, usize)) -> &WindowRow {
+    &pending.0
 }
 
 fn to_row(

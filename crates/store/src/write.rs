@@ -52,8 +52,13 @@ impl Store {
 
     /// Writes rows in one transaction with one prepared statement (seed §4.1 `createBatch`).
     /// All or nothing: on error the transaction rolls back and the caller keeps the rows.
-    pub async fn create_batch(&self, rows: &[WindowRow]) -> Result<usize, StoreError> {
-        if rows.is_empty() {
+    pub async fn create_batch<'a, I>(&self, rows: I) -> Result<usize, StoreError>
+    where
+        I: IntoIterator<Item = &'a WindowRow>,
+        I::IntoIter: Send,
+    {
+        let mut rows = rows.into_iter().peekable();
+        if rows.peek().is_none() {
             return Ok(0);
         }
         let conn = self.writer.lock().await;
@@ -66,7 +71,9 @@ impl Store {
                 .prepare(INSERT_METRIC)
                 .await
                 .map_err(StoreError::db("prepare the metric insert"))?;
+            let mut n = 0;
             for row in rows {
+                n += 1;
                 stmt.execute(metric_params(row))
                     .await
                     .map_err(StoreError::db("insert a metric row"))?;
@@ -74,15 +81,15 @@ impl Store {
                 // execute silently re-inserts the first row's values.
                 stmt.reset();
             }
-            Ok::<_, StoreError>(())
+            Ok::<_, StoreError>(n)
         }
         .await;
         match result {
-            Ok(()) => {
+            Ok(n) => {
                 tx.commit()
                     .await
                     .map_err(StoreError::db("commit a flush transaction"))?;
-                Ok(rows.len())
+                Ok(n)
             }
             Err(e) => {
                 // Rollback errors are secondary; the insert error is the one to report.
