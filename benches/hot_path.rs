@@ -9,7 +9,9 @@
 //!   owning an engine (target: at least 85% of the throughput).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use luametrics_engine::{CollectingSink, Engine, EnginePool, EngineSettings, MetricsSink, PoolSettings, Script};
+use luametrics_engine::{
+    CollectingSink, Engine, EnginePool, EngineSettings, MetricsSink, PoolSettings, Script,
+};
 use luametrics_model::{Limits, TagPolicy};
 use serde_json::json;
 use std::sync::Arc;
@@ -19,7 +21,9 @@ const N: usize = 10_000;
 
 fn sink() -> Arc<dyn MetricsSink> {
     Arc::new(CollectingSink::new(TagPolicy::new(
-        luametrics_model::DEFAULT_DENIED_KEYS.iter().map(|s| s.to_string()),
+        luametrics_model::DEFAULT_DENIED_KEYS
+            .iter()
+            .map(|s| s.to_string()),
         Limits {
             max_points_per_execution: u32::MAX,
             ..Limits::default()
@@ -45,9 +49,20 @@ fn loop_script(body: &str) -> Script {
 }
 
 fn hot_path(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let _guard = rt.enter();
-    let pool = EnginePool::new(settings(), PoolSettings { max_size: 1, ..Default::default() }, sink()).unwrap();
+    let pool = EnginePool::new(
+        settings(),
+        PoolSettings {
+            max_size: 1,
+            ..Default::default()
+        },
+        sink(),
+    )
+    .unwrap();
     let mut engine = rt.block_on(pool.checkout()).unwrap();
     let cases = [
         ("baseline_pure_lua", "local tags = { a = x, b = 'y' } local k = 'invoice.processed_count' .. '|' .. tags.a .. '|' .. tags.b agg[k] = (agg[k] or 0) + 1"),
@@ -73,7 +88,10 @@ fn hot_path(c: &mut Criterion) {
 }
 
 fn twenty_lines() -> Script {
-    Script::new("twenty_lines.lua", include_str!("../lua/bench/twenty_lines.lua"))
+    Script::new(
+        "twenty_lines.lua",
+        include_str!("../lua/bench/twenty_lines.lua"),
+    )
 }
 
 fn event() -> serde_json::Value {
@@ -81,7 +99,10 @@ fn event() -> serde_json::Value {
 }
 
 fn pool_vs_held(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let _guard = rt.enter();
     let script = twenty_lines();
     let ev = event();
@@ -89,16 +110,35 @@ fn pool_vs_held(c: &mut Criterion) {
     let sink = sink();
     let mut group = c.benchmark_group("pool");
     {
-        let pool = EnginePool::new(settings(), PoolSettings { max_size: 1, ..Default::default() }, sink.clone()).unwrap();
+        let pool = EnginePool::new(
+            settings(),
+            PoolSettings {
+                max_size: 1,
+                ..Default::default()
+            },
+            sink.clone(),
+        )
+        .unwrap();
         let mut held = rt.block_on(pool.checkout()).unwrap();
         group.bench_function("held_engine", |b| {
             b.iter(|| held.execute(&script, "acme", &ev, &cx))
         });
     }
     {
-        let pool = EnginePool::new(settings(), PoolSettings { max_size: 1, ..Default::default() }, sink.clone()).unwrap();
+        let pool = EnginePool::new(
+            settings(),
+            PoolSettings {
+                max_size: 1,
+                ..Default::default()
+            },
+            sink.clone(),
+        )
+        .unwrap();
         group.bench_function("pooled", |b| {
-            b.iter(|| rt.block_on(pool.execute(&script, "acme", &ev, &cx)).unwrap())
+            b.iter(|| {
+                rt.block_on(pool.execute(&script, "acme", &ev, &cx))
+                    .unwrap()
+            })
         });
     }
     {
@@ -115,10 +155,24 @@ fn pool_vs_held(c: &mut Criterion) {
 
 /// Executions per second: `tasks` concurrent tasks on a pool of 2, 2 worker threads.
 fn pooled_throughput(total: usize, tasks: usize) -> Duration {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let pool = {
         let _g = rt.enter();
-        Arc::new(EnginePool::new(settings(), PoolSettings { max_size: 2, ..Default::default() }, sink()).unwrap())
+        Arc::new(
+            EnginePool::new(
+                settings(),
+                PoolSettings {
+                    max_size: 2,
+                    ..Default::default()
+                },
+                sink(),
+            )
+            .unwrap(),
+        )
     };
     let script = twenty_lines();
     // Warm both engines.
@@ -183,7 +237,10 @@ fn contention(c: &mut Criterion) {
 
 fn idle_heap(_c: &mut Criterion) {
     let e = Engine::new(Arc::new(settings()), sink()).unwrap();
-    println!("idle_engine_heap: {} bytes (target <= 65536)", e.used_memory());
+    println!(
+        "idle_engine_heap: {} bytes (target <= 65536)",
+        e.used_memory()
+    );
 }
 
 criterion_group!(benches, hot_path, pool_vs_held, contention, idle_heap);

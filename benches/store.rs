@@ -31,7 +31,9 @@ fn config() -> RecorderConfig {
             ..Default::default()
         },
         policy: TagPolicy::new(
-            luametrics_model::DEFAULT_DENIED_KEYS.iter().map(|s| s.to_string()),
+            luametrics_model::DEFAULT_DENIED_KEYS
+                .iter()
+                .map(|s| s.to_string()),
             limits(),
         ),
         // A fixed clock: every point lands in one window, flushed only when asked.
@@ -159,8 +161,14 @@ fn record(c: &mut Criterion) {
     group.bench_function("record_user_metric_2_tags", |b| {
         b.iter(|| {
             i += 1;
-            svc.record_user_metric("acme", "invoice.processed_count", 1.0, Kind::Counter, &tags[i % 4])
-                .unwrap()
+            svc.record_user_metric(
+                "acme",
+                "invoice.processed_count",
+                1.0,
+                Kind::Counter,
+                &tags[i % 4],
+            )
+            .unwrap()
         })
     });
     group.finish();

@@ -185,10 +185,18 @@ string_mt.__metatable = false
 -- helpers.metrics
 ---------------------------------------------------------------------------------------------
 
-local verdicts, nverdicts = {}, 0
+-- Verdict cache: per kind, a tree keyed name -> tag key -> tag value -> ... -> END -> leaf,
+-- walked with `next` in the tags table's own order, so the hot path builds no string and
+-- crosses into Rust only the first time a name/tag set is seen on this engine. A leaf is
+-- { verdict, epoch, n, sum, min, max, last, values, name, kind, tags }; it doubles as the
+-- execution's aggregate for its series (reset when its epoch is stale).
+local END = {}
+local roots = { counter = {}, gauge = {}, histogram = {} }
+local nleaves = 0
 
 -- Per-execution state, reset by begin().
-local buf, order, norder = {}, {}, 0
+local epoch = 0
+local order, norder = {}, 0
 local used, budget = 0, 0
 local rejected = {}
 local warned, warnings, nwarnings = {}, {}, 0
@@ -201,100 +209,121 @@ local function reject(reason, name)
     nwarnings = nwarnings + 1
     warnings[nwarnings] = w
   end
-  -- Level 2 is the script line: count/gauge/histogram tail-call record, which tail-calls reject.
+  -- Level 2 is the script line: the helpers tail-call reject.
   if strict then error("helpers.metrics: " .. w, 2) end
   return false, reason
 end
 
-local function record(kind, name, value, tags)
-  if type(name) ~= "string" then return reject("invalid_name", name) end
-  if type(value) ~= "number" or value ~= value or value == huge or value == -huge then
-    return reject("invalid_value", name)
-  end
-  if kind == "counter" and value < 0 then return reject("negative_counter", name) end
-  local key
-  if tags == nil then
-    key = kind .. "\0" .. name
-  elseif type(tags) ~= "table" then
-    return reject("invalid_tags", name)
-  else
-    -- One concatenation for the common shapes (0, 1 or 2 tags); a loop beyond.
-    local k1, v1 = next(tags)
-    if k1 == nil then
-      key = kind .. "\0" .. name
-    else
-      local t1 = type(v1)
-      if type(k1) ~= "string" or (t1 ~= "string" and t1 ~= "number" and t1 ~= "boolean") then
-        return reject("invalid_tags", name)
-      end
-      if t1 ~= "string" then v1 = tostring(v1) end
-      local k2, v2 = next(tags, k1)
-      if k2 == nil then
-        key = kind .. "\0" .. name .. "\0" .. k1 .. "\1" .. v1
-      else
-        local t2 = type(v2)
-        if type(k2) ~= "string" or (t2 ~= "string" and t2 ~= "number" and t2 ~= "boolean") then
-          return reject("invalid_tags", name)
-        end
-        if t2 ~= "string" then v2 = tostring(v2) end
-        key = kind .. "\0" .. name .. "\0" .. k1 .. "\1" .. v1 .. "\0" .. k2 .. "\1" .. v2
-        local k, v = next(tags, k2)
-        while k ~= nil do
-          local tv = type(v)
-          if type(k) ~= "string" or (tv ~= "string" and tv ~= "number" and tv ~= "boolean") then
-            return reject("invalid_tags", name)
-          end
-          key = key .. "\0" .. k .. "\1" .. tostring(v)
-          k, v = next(tags, k)
-        end
-      end
+local function valid_tag_value(v)
+  local t = type(v)
+  return (t == "string" or t == "boolean" or (t == "number" and v == v))
+end
+
+-- First sight of a name/tag set on this engine: check the shapes Lua can check, ask Rust for
+-- the rest, and plant the leaf. Invalid shapes are not cached (their keys may be fresh tables).
+local function plant(kind, name, tags)
+  if type(name) ~= "string" then return nil, "invalid_name" end
+  if tags ~= nil then
+    for k, v in next, tags do
+      if type(k) ~= "string" or not valid_tag_value(v) then return nil, "invalid_tags" end
     end
   end
-  local verdict = verdicts[key]
-  if verdict == nil then
-    verdict = validate(kind, name, tags)
-    if nverdicts >= max_verdicts then verdicts, nverdicts = {}, 0 end
-    verdicts[key] = verdict
-    nverdicts = nverdicts + 1
+  local verdict = validate(kind, name, tags)
+  if nleaves >= max_verdicts then
+    roots = { counter = {}, gauge = {}, histogram = {} }
+    nleaves = 0
   end
-  if verdict ~= true then return reject(verdict, name) end
+  local node = roots[kind]
+  local function step(key)
+    local nx = node[key]
+    if nx == nil then nx = {}; node[key] = nx end
+    node = nx
+  end
+  step(name)
+  local copy = {}
+  if tags ~= nil then
+    for k, v in next, tags do
+      step(k); step(v)
+      copy[k] = tostring(v)
+    end
+  end
+  local leaf = { verdict, -1, 0, 0, 0, 0, 0, false, name, kind, copy }
+  node[END] = leaf
+  nleaves = nleaves + 1
+  return leaf
+end
+
+local function grant(name)
   if used >= max_points then return reject("execution_limit", name) end
-  if used >= budget then
-    -- Leases grow with use (8, 8, 16, 32...): few crossings, little held back from others.
-    local want = used < 8 and 8 or used
-    if want > max_points - used then want = max_points - used end
-    budget = budget + reserve(want)
-    if used >= budget then return reject("rate_limited", name) end
-  end
-  used = used + 1
-  local e = buf[key]
-  if e == nil then
-    local t = {}
-    if tags ~= nil then
-      for k, v in next, tags do t[k] = tostring(v) end
-    end
-    e = { name, kind, t, 1, value, value, value, value, kind == "histogram" and { value } or false }
-    buf[key] = e
-    norder = norder + 1
-    order[norder] = key
-  else
-    e[4] = e[4] + 1
-    e[5] = e[5] + value
-    if value < e[6] then e[6] = value end
-    if value > e[7] then e[7] = value end
-    e[8] = value
-    if kind == "histogram" then local vs = e[9]; vs[#vs + 1] = value end
-  end
+  -- Leases grow with use (8, 8, 16, 32...): few crossings, little held back from others.
+  local want = used < 8 and 8 or used
+  if want > max_points - used then want = max_points - used end
+  budget = budget + reserve(want)
+  if used >= budget then return reject("rate_limited", name) end
   return true
 end
 
+local function make(kind)
+  local is_counter = kind == "counter"
+  local is_hist = kind == "histogram"
+  return function(name, value, tags)
+    if value == nil and is_counter then value = 1 end
+    if type(value) ~= "number" or value ~= value or value == huge or value == -huge then
+      return reject("invalid_value", name)
+    end
+    if is_counter and value < 0 then return reject("negative_counter", name) end
+    local leaf
+    local node = roots[kind][name]
+    if tags == nil then
+      if node then leaf = node[END] end
+    elseif type(tags) ~= "table" then
+      return reject("invalid_tags", name)
+    elseif node then
+      local k, v = next(tags)
+      while k ~= nil do
+        node = node[k]
+        if node == nil then break end
+        node = node[v]
+        if node == nil then break end
+        k, v = next(tags, k)
+      end
+      if node then leaf = node[END] end
+    end
+    if leaf == nil then
+      local reason
+      leaf, reason = plant(kind, name, tags)
+      if leaf == nil then return reject(reason, name) end
+    end
+    local verdict = leaf[1]
+    if verdict ~= true then return reject(verdict, name) end
+    if used >= budget then
+      local ok, reason = grant(name)
+      if not ok then return ok, reason end
+    end
+    used = used + 1
+    if leaf[2] ~= epoch then
+      leaf[2] = epoch
+      leaf[3] = 1; leaf[4] = value; leaf[5] = value; leaf[6] = value; leaf[7] = value
+      if is_hist then leaf[8] = { value } end
+      norder = norder + 1
+      order[norder] = leaf
+    else
+      local n = leaf[3] + 1
+      leaf[3] = n
+      leaf[4] = leaf[4] + value
+      if value < leaf[5] then leaf[5] = value end
+      if value > leaf[6] then leaf[6] = value end
+      leaf[7] = value
+      if is_hist then leaf[8][n] = value end
+    end
+    return true
+  end
+end
+
 local metrics = readonly({
-  count = function(name, value, tags)
-    if value == nil then value = 1 end
-    return record("counter", name, value, tags)
-  end,
-  gauge = function(name, value, tags) return record("gauge", name, value, tags) end,
-  histogram = function(name, value, tags) return record("histogram", name, value, tags) end,
+  count = make("counter"),
+  gauge = make("gauge"),
+  histogram = make("histogram"),
 }, "helpers.metrics")
 
 local helpers = readonly({ metrics = metrics }, "helpers")
@@ -326,24 +355,24 @@ local control = {}
 
 -- Resets the per-execution state; returns a fresh environment.
 function control.begin(event, context)
-  buf, order, norder = {}, {}, 0
+  epoch = epoch + 1
+  order, norder = {}, 0
   used, budget = 0, 0
   rejected = {}
   warned, warnings, nwarnings = {}, {}, 0
   return setmetatable({ event = event, context = context }, env_mt)
 end
 
--- Hands the execution's points to the host: entries in first-seen order, rejections by
+-- Hands the execution's points to the host: leaves in first-seen order, rejections by
 -- reason, warnings, and the unused part of the quota lease.
 function control.drain()
-  local out = {}
-  for i = 1, norder do out[i] = buf[order[i]] end
-  local r, w, unused = rejected, warnings, budget - used
-  buf, order, norder = {}, {}, 0
+  local out, r, w, unused = order, rejected, warnings, budget - used
+  epoch = epoch + 1
+  order, norder = {}, 0
   used, budget = 0, 0
   return out, r, w, unused
 end
 
-function control.verdicts() return nverdicts end
+function control.verdicts() return nleaves end
 
 return control

@@ -1,14 +1,18 @@
 //! The `luametrics` command line: lint and run scripts under the sandbox.
 
 use clap::{Parser, Subcommand};
-use luametrics_engine::{CollectingSink, EngineSettings, EnginePool, PoolSettings, Script};
+use luametrics_engine::{CollectingSink, EnginePool, EngineSettings, PoolSettings, Script};
 use luametrics_model::{Limits, TagPolicy};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "luametrics", version, about = "Lua-embedded user-metrics runtime")]
+#[command(
+    name = "luametrics",
+    version,
+    about = "Lua-embedded user-metrics runtime"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -90,7 +94,9 @@ async fn check(
     let event = read_json(&event)?;
     let context = read_json(&context)?;
     let sink = Arc::new(CollectingSink::new(TagPolicy::new(
-        luametrics_model::DEFAULT_DENIED_KEYS.iter().map(|s| s.to_string()),
+        luametrics_model::DEFAULT_DENIED_KEYS
+            .iter()
+            .map(|s| s.to_string()),
         Limits::default(),
     )));
     let pool = EnginePool::new(
@@ -156,7 +162,10 @@ async fn check(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("luametrics: cannot start the async runtime: {e}");

@@ -24,10 +24,18 @@ fn the_example_script_passes_with_its_event() {
     let root = env!("CARGO_MANIFEST_DIR");
     let out = Command::new(env!("CARGO_BIN_EXE_luametrics"))
         .args(["check", &format!("{root}/lua/scripts/count_logins.lua")])
-        .args(["--event", &format!("{root}/lua/scripts/event.json"), "--json"])
+        .args([
+            "--event",
+            &format!("{root}/lua/scripts/event.json"),
+            "--json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["result"]["context"]["risk"], "high");
     assert_eq!(v["metrics"].as_array().unwrap().len(), 3);
@@ -43,10 +51,16 @@ fn the_example_script_passes_with_its_event() {
 fn syntax_and_runtime_errors_exit_non_zero_with_the_line() {
     let (code, _, err) = check("local a = 1\n\nlocal b = = 2\n", &[]);
     assert_eq!(code, 1);
-    assert!(err.contains("script.lua:3:") && err.contains("syntax_error"), "{err}");
+    assert!(
+        err.contains("script.lua:3:") && err.contains("syntax_error"),
+        "{err}"
+    );
     let (code, _, err) = check("local t = {}\nreturn t.a.b\n", &[]);
     assert_eq!(code, 1);
-    assert!(err.contains("script.lua:2:") && err.contains("runtime_error"), "{err}");
+    assert!(
+        err.contains("script.lua:2:") && err.contains("runtime_error"),
+        "{err}"
+    );
     let (code, _, err) = check("while true do end", &["--time-limit-ms", "20"]);
     assert_eq!(code, 1);
     assert!(err.contains("time limit of 20 ms"), "{err}");
@@ -60,11 +74,20 @@ fn rejected_metrics_are_listed_with_reasons_and_strict_fails() {
     let script = "helpers.metrics.count('auth.hack', 1)\nhelpers.metrics.count('shop.orders_count', 1, { email = 'x' })\nreturn 1\n";
     let (code, out, _) = check(script, &[]);
     assert_eq!(code, 0);
-    assert!(out.contains("rejected: auth.hack: reserved_prefix"), "{out}");
-    assert!(out.contains("rejected: shop.orders_count: pii_tag"), "{out}");
+    assert!(
+        out.contains("rejected: auth.hack: reserved_prefix"),
+        "{out}"
+    );
+    assert!(
+        out.contains("rejected: shop.orders_count: pii_tag"),
+        "{out}"
+    );
     let (code, _, err) = check(script, &["--strict"]);
     assert_eq!(code, 1);
-    assert!(err.contains("script.lua:1:") && err.contains("reserved_prefix"), "{err}");
+    assert!(
+        err.contains("script.lua:1:") && err.contains("reserved_prefix"),
+        "{err}"
+    );
 }
 
 #[test]

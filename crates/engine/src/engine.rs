@@ -514,29 +514,34 @@ impl Engine {
     }
 }
 
-/// Rebuilds a [`BatchPoint`] from a prelude buffer entry
-/// `{name, kind, tags, n, sum, min, max, last, values|false}`.
+/// Rebuilds a [`BatchPoint`] from a prelude leaf
+/// `{verdict, epoch, n, sum, min, max, last, values|false, name, kind, tags}`.
 fn batch_point(e: &Table) -> Option<BatchPoint> {
-    let name: String = e.raw_get(1).ok()?;
-    let kind = kind_of(&e.raw_get::<String>(2).ok()?);
-    let tags_t: Table = e.raw_get(3).ok()?;
+    let name: String = e.raw_get(9).ok()?;
+    let kind = kind_of(&e.raw_get::<String>(10).ok()?);
+    let tags_t: Table = e.raw_get(11).ok()?;
     let mut tags = Tags::new();
     for (k, v) in tags_t.pairs::<String, String>().flatten() {
         tags.insert(k, v);
     }
-    let n: u64 = e.raw_get(4).ok()?;
+    let n: u64 = e.raw_get(3).ok()?;
     let mut summary = Summary::new(kind == Kind::Histogram);
     if kind == Kind::Histogram {
-        let values: Table = e.raw_get(9).ok()?;
-        for (i, v) in values.sequence_values::<f64>().flatten().enumerate() {
+        let values: Table = e.raw_get(8).ok()?;
+        for (i, v) in values
+            .sequence_values::<f64>()
+            .flatten()
+            .take(n as usize)
+            .enumerate()
+        {
             summary.observe(v, i as i64);
         }
     } else {
         summary.samples = n;
-        summary.sum = e.raw_get(5).ok()?;
-        summary.min = e.raw_get(6).ok()?;
-        summary.max = e.raw_get(7).ok()?;
-        summary.last = e.raw_get(8).ok()?;
+        summary.sum = e.raw_get(4).ok()?;
+        summary.min = e.raw_get(5).ok()?;
+        summary.max = e.raw_get(6).ok()?;
+        summary.last = e.raw_get(7).ok()?;
         summary.last_ts = 0;
     }
     Some(BatchPoint {

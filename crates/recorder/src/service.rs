@@ -747,7 +747,11 @@ impl Inner {
         while !pending.is_empty() {
             let n = chunk.min(pending.len());
             let started = Instant::now();
-            match self.store.create_batch(pending.iter().take(n).map(row_of)).await {
+            match self
+                .store
+                .create_batch(pending.iter().take(n).map(row_of))
+                .await
+            {
                 Ok(_) => {
                     let freed: usize = pending.drain(..n).map(|(_, c)| c).sum();
                     self.memory.fetch_sub(freed, Relaxed);
