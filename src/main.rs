@@ -1,11 +1,11 @@
-//! The `luametrics` command line: lint and run scripts under the sandbox.
+//! The `luametrics` command line.
+
+mod cli;
 
 use clap::{Parser, Subcommand};
-use luametrics_engine::{CollectingSink, EnginePool, EngineSettings, PoolSettings, Script};
-use luametrics_model::{Limits, TagPolicy};
+use luametrics::engine::EngineSettings;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +20,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run pipelines over an events file (one JSON object per line:
+    /// {"trigger", "tenant", "event"}) and print a summary.
+    Run {
+        /// The events file (JSON Lines).
+        events: PathBuf,
+        /// Configuration file (default: ./luametrics.toml if present, else defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Executions in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Compile and run a script under the sandbox and its limits; print its result, log,
     /// warnings and the metrics it recorded. Exits 1 when the script fails.
     Check {
@@ -44,120 +59,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// Errors the CLI reports before exiting with status 2.
-#[derive(Debug, thiserror::Error)]
-enum CliError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
+    /// Aggregate a stored metric per time bucket.
+    Query(cli::query::QueryArgs),
+    /// List the metric names in the store.
+    Names {
+        /// Configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
-    #[error("{path} is not valid JSON: {source}")]
-    Json {
-        path: String,
-        source: serde_json::Error,
+    /// Build rollups and apply retention now.
+    Retention {
+        /// Configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
-    #[error("{0}")]
-    Pool(#[from] luametrics_engine::PoolError),
-}
-
-fn read_json(path: &Option<PathBuf>) -> Result<serde_json::Value, CliError> {
-    let Some(path) = path else {
-        return Ok(serde_json::json!({}));
-    };
-    let text = std::fs::read_to_string(path).map_err(|source| CliError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|source| CliError::Json {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn check(
-    script: PathBuf,
-    event: Option<PathBuf>,
-    context: Option<PathBuf>,
-    tenant: String,
-    strict: bool,
-    time_limit_ms: u64,
-    json: bool,
-) -> Result<ExitCode, CliError> {
-    let source = Script::from_file(&script).map_err(|source| CliError::Read {
-        path: script.display().to_string(),
-        source,
-    })?;
-    let event = read_json(&event)?;
-    let context = read_json(&context)?;
-    let sink = Arc::new(CollectingSink::new(TagPolicy::new(
-        luametrics_model::DEFAULT_DENIED_KEYS
-            .iter()
-            .map(|s| s.to_string()),
-        Limits::default(),
-    )));
-    let pool = EnginePool::new(
-        EngineSettings {
-            strict,
-            time_limit_ms,
-            ..EngineSettings::default()
-        },
-        PoolSettings {
-            max_size: 1,
-            ..PoolSettings::default()
-        },
-        sink.clone(),
-    )?;
-    let ex = pool.execute(&source, &tenant, &event, &context).await?;
-    let points: Vec<serde_json::Value> = sink
-        .points
-        .lock()
-        .iter()
-        .map(|(_, p)| {
-            serde_json::json!({
-                "name": p.name, "kind": p.kind, "tags": p.tags,
-                "samples": p.summary.samples, "sum": p.summary.sum,
-            })
-        })
-        .collect();
-    if json {
-        let out = serde_json::json!({
-            "script": source.id(),
-            "ok": ex.result.is_ok(),
-            "result": ex.result.as_ref().ok(),
-            "error": ex.result.as_ref().err().map(|e| serde_json::json!({"code": e.code(), "message": e.to_string(), "detail": e})),
-            "log": ex.log, "warnings": ex.warnings, "metrics": points,
-            "rejected": ex.metrics.rejected, "timings": ex.timings,
-        });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-    } else {
-        for line in &ex.log {
-            println!("log: {line}");
-        }
-        for p in &points {
-            println!("metric: {p}");
-        }
-        for w in &ex.warnings {
-            println!("rejected: {w}");
-        }
-        let t = ex.timings;
-        println!(
-            "time: total {:.3} ms (wait {:.3}, script {:.3}, helpers {:.3}, overhead {:.3})",
-            t.total_ms, t.wait_ms, t.script_ms, t.helpers_ms, t.overhead_ms
-        );
-        match &ex.result {
-            Ok(v) => println!("ok: {v}"),
-            Err(e) => eprintln!("error [{}]: {e}", e.code()),
-        }
-    }
-    Ok(if ex.result.is_ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    /// Write a deterministic events file for `run` (the example pipelines' triggers).
+    GenEvents {
+        /// Number of events.
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Number of tenants.
+        #[arg(long, default_value_t = 5)]
+        tenants: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -174,6 +104,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Run {
+                events,
+                config,
+                concurrency,
+                json,
+            } => cli::run::run(events, config, concurrency, json).await,
             Command::Check {
                 script,
                 event,
@@ -182,7 +118,18 @@ fn main() -> ExitCode {
                 strict,
                 time_limit_ms,
                 json,
-            } => check(script, event, context, tenant, strict, time_limit_ms, json).await,
+            } => {
+                cli::check::check(script, event, context, tenant, strict, time_limit_ms, json).await
+            }
+            Command::Query(args) => cli::query::query(args).await,
+            Command::Names { config } => cli::query::names(config).await,
+            Command::Retention { config } => cli::query::retention(config).await,
+            Command::GenEvents {
+                count,
+                tenants,
+                seed,
+                out,
+            } => cli::gen::gen_events(count, tenants, seed, out),
         }
     });
     match result {

@@ -23,7 +23,7 @@ fn check(script: &str, extra: &[&str]) -> (i32, String, String) {
 fn the_example_script_passes_with_its_event() {
     let root = env!("CARGO_MANIFEST_DIR");
     let out = Command::new(env!("CARGO_BIN_EXE_luametrics"))
-        .args(["check", &format!("{root}/lua/scripts/count_logins.lua")])
+        .args(["check", &format!("{root}/lua/scripts/risk_score.lua")])
         .args([
             "--event",
             &format!("{root}/lua/scripts/event.json"),
@@ -38,7 +38,8 @@ fn the_example_script_passes_with_its_event() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["result"]["context"]["risk"], "high");
-    assert_eq!(v["metrics"].as_array().unwrap().len(), 3);
+    assert_eq!(v["metrics"].as_array().unwrap().len(), 1);
+    assert_eq!(v["metrics"][0]["name"], "logins.risk_score");
     let t = &v["timings"];
     let parts = ["wait_ms", "script_ms", "helpers_ms", "overhead_ms"]
         .iter()

@@ -100,6 +100,8 @@ pub struct Engine {
     sink: Arc<dyn MetricsSink>,
     poisoned: Option<DiscardReason>,
     executions: u64,
+    /// The time limit of the execution in progress.
+    limit_ms: u64,
 }
 
 fn kind_of(s: &str) -> Kind {
@@ -258,6 +260,7 @@ impl Engine {
             sink,
             poisoned: None,
             executions: 0,
+            limit_ms: 0,
         })
     }
 
@@ -342,7 +345,21 @@ impl Engine {
         event: &Json,
         context: &Json,
     ) -> Execution {
+        self.execute_limited(script, tenant, event, context, None)
+    }
+
+    /// Like [`Engine::execute`] with a time limit for this execution (a pipeline node's
+    /// timeout) instead of the engine's default.
+    pub fn execute_limited(
+        &mut self,
+        script: &Script,
+        tenant: &str,
+        event: &Json,
+        context: &Json,
+        time_limit_ms: Option<u64>,
+    ) -> Execution {
         let t0 = Instant::now();
+        self.limit_ms = time_limit_ms.unwrap_or(self.settings.time_limit_ms);
         self.executions += 1;
         let sh = self.shared.clone();
         sh.helpers_ns.store(0, Relaxed);
@@ -411,7 +428,7 @@ impl Engine {
             .map_err(|e| self.classify(script, e))?;
 
         let sh = &self.shared;
-        let limit_ns = self.settings.time_limit_ms.saturating_mul(1_000_000);
+        let limit_ns = self.limit_ms.saturating_mul(1_000_000);
         let helpers_before = sh.helpers_ns.load(Relaxed);
         let start = Instant::now();
         sh.deadline_ns.store(
@@ -439,7 +456,7 @@ impl Engine {
             ABORT_TIME => {
                 return ScriptError::Timeout {
                     script: id,
-                    limit_ms: self.settings.time_limit_ms,
+                    limit_ms: self.limit_ms,
                 }
             }
             ABORT_MEMORY => {

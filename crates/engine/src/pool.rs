@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 #[derive(Default)]
 struct Stats {
     active: AtomicI64,
+    peak_active: AtomicI64,
     waiting: AtomicI64,
     /// Highest `waiting` since the last sample (a gauge sampled each second would miss queues).
     peak_waiting_sample: AtomicI64,
@@ -83,6 +84,8 @@ pub struct PoolStatus {
     pub available: usize,
     /// Engines checked out now.
     pub active: i64,
+    /// Highest number of engines checked out at once since the pool was built.
+    pub peak_active: i64,
     /// Checkouts waiting now.
     pub waiting: i64,
     /// Highest number of waiting checkouts since the pool was built.
@@ -202,7 +205,8 @@ impl EnginePool {
         let wait_ms = start.elapsed().as_secs_f64() * 1000.0;
         match got {
             Ok(object) => {
-                stats.active.fetch_add(1, Relaxed);
+                let now_active = stats.active.fetch_add(1, Relaxed) + 1;
+                stats.peak_active.fetch_max(now_active, Relaxed);
                 stats.checkouts.fetch_add(1, Relaxed);
                 stats
                     .wait
@@ -235,8 +239,21 @@ impl EnginePool {
         event: &Json,
         context: &Json,
     ) -> Result<Execution, PoolError> {
+        self.execute_limited(script, tenant, event, context, None)
+            .await
+    }
+
+    /// Like [`EnginePool::execute`] with a time limit for this execution (a node's timeout).
+    pub async fn execute_limited(
+        &self,
+        script: &Script,
+        tenant: &str,
+        event: &Json,
+        context: &Json,
+        time_limit_ms: Option<u64>,
+    ) -> Result<Execution, PoolError> {
         let mut engine = self.checkout().await?;
-        let mut execution = engine.execute(script, tenant, event, context);
+        let mut execution = engine.execute_limited(script, tenant, event, context, time_limit_ms);
         execution.timings.wait_ms = engine.wait_ms;
         execution.timings.total_ms += engine.wait_ms;
         Ok(execution)
@@ -251,6 +268,7 @@ impl EnginePool {
             size: s.size,
             available: s.available,
             active: st.active.load(Relaxed),
+            peak_active: st.peak_active.load(Relaxed),
             waiting: st.waiting.load(Relaxed),
             peak_waiting: st.peak_waiting.load(Relaxed),
             checkouts: st.checkouts.load(Relaxed),

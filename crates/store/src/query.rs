@@ -450,6 +450,29 @@ impl Store {
         Ok((series, tier))
     }
 
+    /// Points stored per tenant for user metrics (sum of `samples` over raw rows).
+    pub async fn user_samples_by_tenant(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let conn = self.reader().await?;
+        let mut rows = conn
+            .query(
+                "SELECT tenant_id, SUM(samples) FROM metrics WHERE metric_type = 'user' GROUP BY tenant_id",
+                (),
+            )
+            .await
+            .map_err(StoreError::db("sum user samples"))?;
+        let mut out = BTreeMap::new();
+        while let Some(r) = rows
+            .next()
+            .await
+            .map_err(StoreError::db("sum user samples"))?
+        {
+            let tenant: Option<String> = r.get(0).map_err(StoreError::db("sum user samples"))?;
+            let n: i64 = r.get(1).map_err(StoreError::db("sum user samples"))?;
+            out.insert(tenant.unwrap_or_default(), n as u64);
+        }
+        Ok(out)
+    }
+
     /// Metric names present (raw and rolled-up), with their kind and last write.
     pub async fn metric_names(&self) -> Result<Vec<NameInfo>, StoreError> {
         let conn = self.reader().await?;

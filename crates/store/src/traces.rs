@@ -130,6 +130,60 @@ impl Store {
         Ok(())
     }
 
+    /// Stored traces by status (`ok`, `blocked`, `error`).
+    pub async fn trace_counts(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
+        let conn = self.reader().await?;
+        let mut rows = conn
+            .query(
+                "SELECT status, COUNT(*) FROM pipeline_traces GROUP BY status",
+                (),
+            )
+            .await
+            .map_err(StoreError::db("count traces"))?;
+        let mut out = std::collections::BTreeMap::new();
+        while let Some(r) = rows.next().await.map_err(StoreError::db("count traces"))? {
+            let status: String = r.get(0).map_err(StoreError::db("count traces"))?;
+            let n: i64 = r.get(1).map_err(StoreError::db("count traces"))?;
+            out.insert(status, n as u64);
+        }
+        Ok(out)
+    }
+
+    /// Spans of one trace, in node order.
+    pub async fn trace_spans(&self, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError> {
+        let conn = self.reader().await?;
+        let mut rows = conn
+            .query(
+                "SELECT node_id, script_id, status, started_at, total_ms, wait_ms, script_ms,
+                        helpers_ms, overhead_ms, error
+                   FROM pipeline_spans WHERE trace_id = ?1 ORDER BY id",
+                [trace_id],
+            )
+            .await
+            .map_err(StoreError::db("read spans"))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().await.map_err(StoreError::db("read spans"))? {
+            let get_f = |i| r.get::<f64>(i);
+            out.push(SpanRecord {
+                node_id: r.get(0).map_err(StoreError::db("read spans"))?,
+                script_id: r.get(1).map_err(StoreError::db("read spans"))?,
+                status: r.get(2).map_err(StoreError::db("read spans"))?,
+                started_at_ms: r.get(3).map_err(StoreError::db("read spans"))?,
+                total_ms: get_f(4).map_err(StoreError::db("read spans"))?,
+                wait_ms: get_f(5).map_err(StoreError::db("read spans"))?,
+                script_ms: get_f(6).map_err(StoreError::db("read spans"))?,
+                helpers_ms: get_f(7).map_err(StoreError::db("read spans"))?,
+                overhead_ms: get_f(8).map_err(StoreError::db("read spans"))?,
+                error: r
+                    .get::<Option<String>>(9)
+                    .map_err(StoreError::db("read spans"))?,
+            });
+        }
+        Ok(out)
+    }
+
     /// Number of stored traces.
     pub async fn count_traces(&self) -> Result<u64, StoreError> {
         let conn = self.reader().await?;

@@ -1,0 +1,510 @@
+use crate::{OnError, Pipeline, Pipelines, TraceSampler, TraceWriter};
+use luametrics_engine::{EnginePool, Execution, PoolError, ScriptError, Timings};
+use luametrics_model::{Kind, Tags};
+use luametrics_recorder::MetricsService;
+use luametrics_store::{SpanRecord, TraceRecord};
+use serde::Serialize;
+use serde_json::{Map, Value as Json};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the host should do.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "decision", rename_all = "lowercase")]
+pub enum Decision {
+    /// Go ahead.
+    Allow,
+    /// A script refused (`{ allow = false, reason = ... }`).
+    Block {
+        /// The script's reason.
+        reason: String,
+        /// The node that blocked.
+        node: String,
+    },
+    /// A node with `on_error = "fail"` failed.
+    Error {
+        /// The failing node.
+        node: String,
+        /// Stable error code (`runtime_error`, `timeout`, ...).
+        code: String,
+        /// The message.
+        message: String,
+    },
+}
+
+impl Decision {
+    /// `ok`, `blocked` or `error`: the `status` of traces and `pipeline.exec.duration`.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Decision::Allow => "ok",
+            Decision::Block { .. } => "blocked",
+            Decision::Error { .. } => "error",
+        }
+    }
+}
+
+/// One node's part of an outcome.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeReport {
+    /// Node id.
+    pub node: String,
+    /// Script id.
+    pub script: String,
+    /// `ok`, `blocked`, `error`, `timeout` or `skipped`.
+    pub status: String,
+    /// The error, when it failed.
+    pub error: Option<String>,
+    /// Its time split.
+    pub timings: Timings,
+    /// Metric points accepted.
+    pub accepted: u64,
+    /// Metric points rejected, by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// What it printed.
+    pub log: Vec<String>,
+}
+
+/// Where a pipeline execution's time went. `total_ms` is wall time; the other parts are sums
+/// over nodes plus the executor's own work in `overhead_ms`. When nodes ran concurrently, the
+/// node parts can add up to more than the wall time; the spans hold each node's exact split.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PipelineTimings {
+    /// Wall time.
+    pub total_ms: f64,
+    /// Pool checkouts.
+    pub wait_ms: f64,
+    /// Lua VM time.
+    pub script_ms: f64,
+    /// Host helper calls.
+    pub helpers_ms: f64,
+    /// Everything else.
+    pub overhead_ms: f64,
+}
+
+/// The result of `execute(trigger, tenant, event)`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Outcome {
+    /// The pipeline that ran.
+    pub pipeline_id: String,
+    /// Id of its trace (written when sampled).
+    pub trace_id: String,
+    /// Allow, block or error.
+    pub decision: Decision,
+    /// The merged context after the last node.
+    pub context: Json,
+    /// Time split.
+    pub timings: PipelineTimings,
+    /// Rejected metrics and ignored results, one line each.
+    pub warnings: Vec<String>,
+    /// Per node.
+    pub nodes: Vec<NodeReport>,
+}
+
+/// Why an execution could not start.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ExecuteError {
+    /// No pipeline handles the trigger.
+    #[error("no pipeline handles trigger `{0}`")]
+    UnknownTrigger(String),
+    /// The tenant is empty.
+    #[error("the tenant must not be empty")]
+    EmptyTenant,
+}
+
+/// Runs pipelines on the engine pool and reports what happened.
+pub struct Executor {
+    pool: Arc<EnginePool>,
+    metrics: MetricsService,
+    traces: Arc<TraceWriter>,
+    sampler: TraceSampler,
+    sequence: AtomicU64,
+    started: u64,
+}
+
+enum NodeResult {
+    Ran(Box<Execution>),
+    PoolFailed(PoolError, f64),
+}
+
+impl Executor {
+    /// An executor keeping `trace_sample_rate` of successful traces.
+    pub fn new(
+        pool: Arc<EnginePool>,
+        metrics: MetricsService,
+        traces: Arc<TraceWriter>,
+        trace_sample_rate: f64,
+    ) -> Self {
+        Self {
+            pool,
+            started: metrics.now_ms() as u64,
+            metrics,
+            traces,
+            sampler: TraceSampler::new(trace_sample_rate),
+            sequence: AtomicU64::new(0),
+        }
+    }
+
+    fn trace_id(&self) -> String {
+        let n = self.sequence.fetch_add(1, Relaxed);
+        format!("{:012x}-{:08x}", self.started, n)
+    }
+
+    /// Runs the pipeline of `trigger` for `tenant` on `event`.
+    pub async fn execute(
+        &self,
+        pipelines: &Pipelines,
+        trigger: &str,
+        tenant: &str,
+        event: Json,
+    ) -> Result<Outcome, ExecuteError> {
+        if tenant.trim().is_empty() {
+            return Err(ExecuteError::EmptyTenant);
+        }
+        let pipeline = pipelines
+            .for_trigger(trigger)
+            .ok_or_else(|| ExecuteError::UnknownTrigger(trigger.to_string()))?
+            .clone();
+        Ok(self.run(&pipeline, tenant, Arc::new(event)).await)
+    }
+
+    async fn run(&self, pipeline: &Arc<Pipeline>, tenant: &str, event: Arc<Json>) -> Outcome {
+        let start = Instant::now();
+        let started_at = self.metrics.now_ms();
+        let trace_id = self.trace_id();
+        let mut context = Map::new();
+        let mut decision = Decision::Allow;
+        let mut warnings = Vec::new();
+        let mut reports: Vec<Option<NodeReport>> = vec![None; pipeline.nodes.len()];
+        let mut spans: Vec<Option<SpanRecord>> = vec![None; pipeline.nodes.len()];
+        let tenant: Arc<str> = Arc::from(tenant);
+
+        for layer in &pipeline.layers {
+            if decision != Decision::Allow {
+                break;
+            }
+            let ctx = Arc::new(Json::Object(context.clone()));
+            let node_start = self.metrics.now_ms();
+            // One task per node, so independent nodes run on separate engines at once.
+            let mut handles = Vec::with_capacity(layer.len());
+            for &i in layer {
+                let node = &pipeline.nodes[i];
+                let pool = self.pool.clone();
+                let script = node.script.clone();
+                let (tenant, event, ctx) = (tenant.clone(), event.clone(), ctx.clone());
+                let limit = node.timeout_ms;
+                let run = async move {
+                    let t = Instant::now();
+                    match pool
+                        .execute_limited(&script, &tenant, &event, &ctx, limit)
+                        .await
+                    {
+                        Ok(ex) => NodeResult::Ran(Box::new(ex)),
+                        Err(e) => NodeResult::PoolFailed(e, t.elapsed().as_secs_f64() * 1000.0),
+                    }
+                };
+                if layer.len() == 1 {
+                    handles.push((i, None, Some(run.await)));
+                } else {
+                    handles.push((i, Some(tokio::spawn(run)), None));
+                }
+            }
+            for (i, handle, ready) in handles {
+                let result = match (handle, ready) {
+                    (_, Some(r)) => r,
+                    (Some(h), None) => match h.await {
+                        Ok(r) => r,
+                        Err(e) => NodeResult::PoolFailed(
+                            PoolError::Create(format!("node task failed: {e}")),
+                            0.0,
+                        ),
+                    },
+                    (None, None) => continue,
+                };
+                let node = &pipeline.nodes[i];
+                let (report, outcome) =
+                    self.node_report(node.id.as_str(), node.script.id(), result);
+                let span = SpanRecord {
+                    node_id: node.id.clone(),
+                    script_id: node.script.id().to_string(),
+                    status: report.status.clone(),
+                    started_at_ms: node_start,
+                    total_ms: report.timings.total_ms,
+                    wait_ms: report.timings.wait_ms,
+                    script_ms: report.timings.script_ms,
+                    helpers_ms: report.timings.helpers_ms,
+                    overhead_ms: report.timings.overhead_ms,
+                    error: report.error.clone(),
+                };
+                let script_tags =
+                    || Tags::from([("script_id".to_string(), node.script.id().to_string())]);
+                let _ = self.metrics.record_system(
+                    "pipeline.node.overhead",
+                    Kind::Histogram,
+                    report.timings.overhead_ms,
+                    script_tags(),
+                    Some(&tenant),
+                    None,
+                );
+                let _ = self.metrics.record_system(
+                    "script.exec.duration_ms",
+                    Kind::Histogram,
+                    report.timings.script_ms,
+                    script_tags(),
+                    Some(&tenant),
+                    None,
+                );
+                match outcome {
+                    NodeOutcome::Value(v) => {
+                        if let Err(w) = apply_result(&node.id, v, &mut context, &mut decision) {
+                            warnings.push(w);
+                        }
+                    }
+                    NodeOutcome::Failed { code, message } => {
+                        if node.on_error == OnError::Fail
+                            && !matches!(decision, Decision::Error { .. })
+                        {
+                            decision = Decision::Error {
+                                node: node.id.clone(),
+                                code,
+                                message,
+                            };
+                        } else {
+                            warnings.push(format!(
+                                "node `{}` failed ({code}) and was skipped: {message}",
+                                node.id
+                            ));
+                        }
+                    }
+                }
+                warnings.extend(report.warnings_lines());
+                reports[i] = Some(report);
+                spans[i] = Some(span);
+            }
+        }
+        // Nodes never reached (after a block or a failure) are reported as skipped.
+        for (i, node) in pipeline.nodes.iter().enumerate() {
+            if reports[i].is_none() {
+                reports[i] = Some(NodeReport {
+                    node: node.id.clone(),
+                    script: node.script.id().to_string(),
+                    status: "skipped".into(),
+                    error: None,
+                    timings: Timings::default(),
+                    accepted: 0,
+                    rejected: BTreeMap::new(),
+                    log: Vec::new(),
+                });
+            }
+        }
+        let nodes: Vec<NodeReport> = reports.into_iter().flatten().collect();
+        let total_ms = start.elapsed().as_secs_f64() * 1000.0;
+        let sum = |f: fn(&Timings) -> f64| nodes.iter().map(|n| f(&n.timings)).sum::<f64>();
+        let (wait_ms, script_ms, helpers_ms) = (
+            sum(|t| t.wait_ms),
+            sum(|t| t.script_ms),
+            sum(|t| t.helpers_ms),
+        );
+        let timings = PipelineTimings {
+            total_ms,
+            wait_ms,
+            script_ms,
+            helpers_ms,
+            overhead_ms: (total_ms - wait_ms - script_ms - helpers_ms).max(0.0),
+        };
+        let status = decision.status();
+        let _ = self.metrics.record_system(
+            "pipeline.exec.duration",
+            Kind::Histogram,
+            total_ms,
+            Tags::from([
+                ("pipeline_id".to_string(), pipeline.id.clone()),
+                ("status".to_string(), status.to_string()),
+                ("trigger_event".to_string(), pipeline.trigger.clone()),
+            ]),
+            Some(&tenant),
+            None,
+        );
+        if self.sampler.keep(status) {
+            let (reason, error) = match &decision {
+                Decision::Allow => (None, None),
+                Decision::Block { reason, .. } => (Some(reason.clone()), None),
+                Decision::Error {
+                    code,
+                    message,
+                    node,
+                } => (Some(code.clone()), Some(format!("{node}: {message}"))),
+            };
+            self.traces.submit(TraceRecord {
+                id: trace_id.clone(),
+                pipeline_id: pipeline.id.clone(),
+                trigger_event: pipeline.trigger.clone(),
+                tenant: tenant.to_string(),
+                status: status.to_string(),
+                decision: match decision {
+                    Decision::Allow => "allow",
+                    Decision::Block { .. } => "block",
+                    Decision::Error { .. } => "error",
+                }
+                .to_string(),
+                reason,
+                started_at_ms: started_at,
+                total_ms,
+                wait_ms,
+                script_ms,
+                helpers_ms,
+                overhead_ms: timings.overhead_ms,
+                error,
+                warnings: warnings.clone(),
+                spans: spans.into_iter().flatten().collect(),
+            });
+        }
+        Outcome {
+            pipeline_id: pipeline.id.clone(),
+            trace_id,
+            decision,
+            context: Json::Object(context),
+            timings,
+            warnings,
+            nodes,
+        }
+    }
+
+    fn node_report(
+        &self,
+        node: &str,
+        script: &str,
+        result: NodeResult,
+    ) -> (NodeReport, NodeOutcome) {
+        match result {
+            NodeResult::Ran(ex) => {
+                let ex = *ex;
+                let (status, error, outcome) = match ex.result {
+                    Ok(v) => {
+                        let blocked = matches!(&v, Json::Object(m) if m.get("allow") == Some(&Json::Bool(false)));
+                        (
+                            if blocked { "blocked" } else { "ok" },
+                            None,
+                            NodeOutcome::Value(v),
+                        )
+                    }
+                    Err(e) => {
+                        let status = if matches!(e, ScriptError::Timeout { .. }) {
+                            "timeout"
+                        } else {
+                            "error"
+                        };
+                        let message = e.to_string();
+                        (
+                            status,
+                            Some(message.clone()),
+                            NodeOutcome::Failed {
+                                code: e.code().to_string(),
+                                message,
+                            },
+                        )
+                    }
+                };
+                (
+                    NodeReport {
+                        node: node.to_string(),
+                        script: script.to_string(),
+                        status: status.to_string(),
+                        error,
+                        timings: ex.timings,
+                        accepted: ex.metrics.accepted,
+                        rejected: ex.metrics.rejected,
+                        log: ex.log,
+                    }
+                    .with_warnings(ex.warnings),
+                    outcome,
+                )
+            }
+            NodeResult::PoolFailed(e, waited) => {
+                let message = e.to_string();
+                (
+                    NodeReport {
+                        node: node.to_string(),
+                        script: script.to_string(),
+                        status: "error".into(),
+                        error: Some(message.clone()),
+                        timings: Timings {
+                            wait_ms: waited,
+                            total_ms: waited,
+                            ..Timings::default()
+                        },
+                        accepted: 0,
+                        rejected: BTreeMap::new(),
+                        log: Vec::new(),
+                    },
+                    NodeOutcome::Failed {
+                        code: "pool_timeout".into(),
+                        message,
+                    },
+                )
+            }
+        }
+    }
+}
+
+enum NodeOutcome {
+    Value(Json),
+    Failed { code: String, message: String },
+}
+
+impl NodeReport {
+    fn with_warnings(mut self, warnings: Vec<String>) -> Self {
+        // Metric warnings travel in the log-free `warnings` of the outcome; keep them here
+        // prefixed, so the outcome can list them once.
+        self.log
+            .extend(warnings.into_iter().map(|w| format!("\u{1}{w}")));
+        self
+    }
+
+    fn warnings_lines(&self) -> Vec<String> {
+        self.log
+            .iter()
+            .filter_map(|l| l.strip_prefix('\u{1}'))
+            .map(|w| format!("{}: metric rejected: {w}", self.node))
+            .collect()
+    }
+}
+
+/// Interprets a node's return value: nothing, `{ allow = false, reason = ... }` or
+/// `{ context = { ... } }`.
+fn apply_result(
+    node: &str,
+    v: Json,
+    context: &mut Map<String, Json>,
+    decision: &mut Decision,
+) -> Result<(), String> {
+    match v {
+        Json::Null => Ok(()),
+        Json::Object(mut m) => {
+            if m.get("allow") == Some(&Json::Bool(false)) {
+                if !matches!(decision, Decision::Block { .. } | Decision::Error { .. }) {
+                    let reason = match m.remove("reason") {
+                        Some(Json::String(s)) => s,
+                        Some(other) => other.to_string(),
+                        None => "blocked".to_string(),
+                    };
+                    *decision = Decision::Block {
+                        reason,
+                        node: node.to_string(),
+                    };
+                }
+                return Ok(());
+            }
+            match m.remove("context") {
+                Some(Json::Object(c)) => {
+                    context.extend(c);
+                    Ok(())
+                }
+                Some(other) => Err(format!("node `{node}` returned a context that is not a table: {other}")),
+                None => Ok(()),
+            }
+        }
+        other => Err(format!("node `{node}` returned {other}; expected nothing, {{ allow = false }} or {{ context = {{...}} }}")),
+    }
+}

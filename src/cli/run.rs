@@ -1,0 +1,298 @@
+//! `luametrics run`: the main job. Runs the pipelines over an events file with bounded
+//! concurrency, shows progress, and prints a summary that matches what the database holds.
+
+use super::CliError;
+use luametrics::{Config, Runtime};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    trigger: String,
+    tenant: String,
+    #[serde(default)]
+    event: serde_json::Value,
+}
+
+#[derive(Default)]
+struct Collected {
+    by_status: BTreeMap<String, u64>,
+    by_decision: BTreeMap<String, u64>,
+    unknown_trigger: u64,
+    total: Vec<f64>,
+    script: Vec<f64>,
+    overhead: Vec<f64>,
+    wait: Vec<f64>,
+    user_points_by_tenant: BTreeMap<String, u64>,
+}
+
+/// Percentiles of one timing, in ms.
+#[derive(Serialize)]
+struct Percentiles {
+    p50: f64,
+    p95: f64,
+    p99: f64,
+}
+
+fn percentiles(v: &mut [f64]) -> Percentiles {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
+        }
+    };
+    Percentiles {
+        p50: at(0.50),
+        p95: at(0.95),
+        p99: at(0.99),
+    }
+}
+
+/// What `run` prints (as text or JSON).
+#[derive(Serialize)]
+struct Summary {
+    events: u64,
+    malformed_lines: u64,
+    unknown_trigger: u64,
+    executions_by_status: BTreeMap<String, u64>,
+    executions_by_decision: BTreeMap<String, u64>,
+    elapsed_ms: f64,
+    executions_per_second: f64,
+    total_ms: Percentiles,
+    script_ms: Percentiles,
+    overhead_ms: Percentiles,
+    wait_ms: Percentiles,
+    pool_max_size: usize,
+    pool_peak_waiting: i64,
+    pool_exhausted: u64,
+    engines_created: u64,
+    engines_discarded: BTreeMap<String, u64>,
+    user_metrics_accepted: u64,
+    user_metrics_rejected: BTreeMap<String, u64>,
+    user_metrics_dropped: BTreeMap<String, u64>,
+    user_points_by_tenant: BTreeMap<String, u64>,
+    metric_rows_written: u64,
+    traces_written: u64,
+    database: String,
+}
+
+pub(crate) async fn run(
+    events: PathBuf,
+    config: Option<PathBuf>,
+    concurrency: usize,
+    json: bool,
+) -> Result<ExitCode, CliError> {
+    let text = std::fs::read_to_string(&events).map_err(|source| CliError::Read {
+        path: events.display().to_string(),
+        source,
+    })?;
+    let config = Config::load(config.as_deref())?;
+    let database = config.database.url.clone();
+    let runtime = Arc::new(Runtime::start(config).await?);
+    let rows_before = runtime.store().count_rows().await?;
+
+    // Parse first: malformed lines are reported with their number and skipped.
+    let mut jobs = Vec::new();
+    let mut malformed = 0u64;
+    for (i, raw) in text.lines().enumerate() {
+        if raw.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Line>(raw) {
+            Ok(l) => jobs.push(l),
+            Err(e) => {
+                malformed += 1;
+                eprintln!("{}:{}: skipped: {e}", events.display(), i + 1);
+            }
+        }
+    }
+    let n = jobs.len() as u64;
+    let bar = if std::io::stderr().is_terminal() && !json {
+        let pb = indicatif::ProgressBar::new(n);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} events ({per_sec}, eta {eta})",
+        ) {
+            pb.set_style(style);
+        }
+        Some(pb)
+    } else {
+        None
+    };
+
+    let start = Instant::now();
+    let queue = Arc::new(parking_lot::Mutex::new(
+        jobs.into_iter().rev().collect::<Vec<_>>(),
+    ));
+    let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (runtime, queue, done, bar) =
+            (runtime.clone(), queue.clone(), done.clone(), bar.clone());
+        workers.push(tokio::spawn(async move {
+            let mut c = Collected::default();
+            loop {
+                let Some(job) = queue.lock().pop() else { break };
+                match runtime.execute(&job.trigger, &job.tenant, job.event).await {
+                    Ok(o) => {
+                        *c.by_status
+                            .entry(o.decision.status().to_string())
+                            .or_default() += 1;
+                        let decision = match &o.decision {
+                            luametrics::pipeline::Decision::Allow => "allow",
+                            luametrics::pipeline::Decision::Block { .. } => "block",
+                            luametrics::pipeline::Decision::Error { .. } => "error",
+                        };
+                        *c.by_decision.entry(decision.to_string()).or_default() += 1;
+                        c.total.push(o.timings.total_ms);
+                        c.script.push(o.timings.script_ms);
+                        c.overhead.push(o.timings.overhead_ms);
+                        c.wait.push(o.timings.wait_ms);
+                        let points: u64 = o.nodes.iter().map(|n| n.accepted).sum();
+                        *c.user_points_by_tenant
+                            .entry(job.tenant.clone())
+                            .or_default() += points;
+                    }
+                    Err(_) => c.unknown_trigger += 1,
+                }
+                let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                match &bar {
+                    Some(pb) => pb.set_position(d),
+                    None if !json && n >= 10 && d % (n / 10).max(1) == 0 => {
+                        eprintln!(
+                            "progress: {d}/{n} events ({:.0}%)",
+                            d as f64 * 100.0 / n as f64
+                        )
+                    }
+                    None => {}
+                }
+            }
+            c
+        }));
+    }
+    let mut all = Collected::default();
+    for w in workers {
+        let c = w.await.map_err(|e| CliError::Arg {
+            arg: "events",
+            problem: format!("a worker failed: {e}"),
+        })?;
+        for (k, v) in c.by_status {
+            *all.by_status.entry(k).or_default() += v;
+        }
+        for (k, v) in c.by_decision {
+            *all.by_decision.entry(k).or_default() += v;
+        }
+        for (k, v) in c.user_points_by_tenant {
+            *all.user_points_by_tenant.entry(k).or_default() += v;
+        }
+        all.unknown_trigger += c.unknown_trigger;
+        all.total.extend(c.total);
+        all.script.extend(c.script);
+        all.overhead.extend(c.overhead);
+        all.wait.extend(c.wait);
+    }
+    if let Some(pb) = &bar {
+        pb.finish_and_clear();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let pool = runtime.pool_status();
+    let shutdown = runtime.shutdown().await?;
+    let accounting = runtime.accounting();
+    let rows_after = runtime.store().count_rows().await?;
+    let summary = Summary {
+        events: n,
+        malformed_lines: malformed,
+        unknown_trigger: all.unknown_trigger,
+        executions_by_status: all.by_status,
+        executions_by_decision: all.by_decision,
+        elapsed_ms: elapsed * 1000.0,
+        executions_per_second: n as f64 / elapsed.max(1e-9),
+        total_ms: percentiles(&mut all.total),
+        script_ms: percentiles(&mut all.script),
+        overhead_ms: percentiles(&mut all.overhead),
+        wait_ms: percentiles(&mut all.wait),
+        pool_max_size: pool.max_size,
+        pool_peak_waiting: pool.peak_waiting,
+        pool_exhausted: pool.exhausted,
+        engines_created: pool.created,
+        engines_discarded: pool.discarded,
+        user_metrics_accepted: accounting.user.accepted,
+        user_metrics_rejected: accounting.user.rejected,
+        user_metrics_dropped: accounting.user.dropped,
+        user_points_by_tenant: all.user_points_by_tenant,
+        metric_rows_written: rows_after.saturating_sub(rows_before),
+        traces_written: shutdown.traces_written,
+        database,
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
+    } else {
+        print_summary(&summary);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(s: &Summary) {
+    let map = |m: &BTreeMap<String, u64>| {
+        if m.is_empty() {
+            "none".to_string()
+        } else {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    println!(
+        "luametrics run: {} events in {:.2} s ({:.0}/s) into {}",
+        s.events,
+        s.elapsed_ms / 1000.0,
+        s.executions_per_second,
+        s.database
+    );
+    println!("  executions     {}", map(&s.executions_by_status));
+    println!("  decisions      {}", map(&s.executions_by_decision));
+    if s.malformed_lines > 0 || s.unknown_trigger > 0 {
+        println!(
+            "  skipped        malformed lines={}, unknown trigger={}",
+            s.malformed_lines, s.unknown_trigger
+        );
+    }
+    println!("  latency ms     {:>10} {:>10} {:>10}", "p50", "p95", "p99");
+    for (name, p) in [
+        ("total", &s.total_ms),
+        ("script", &s.script_ms),
+        ("overhead", &s.overhead_ms),
+        ("wait", &s.wait_ms),
+    ] {
+        println!(
+            "    {name:<12} {:>10.3} {:>10.3} {:>10.3}",
+            p.p50, p.p95, p.p99
+        );
+    }
+    println!(
+        "  pool           max size {}, peak waiting {}, exhausted {}, engines created {}, discarded {}",
+        s.pool_max_size, s.pool_peak_waiting, s.pool_exhausted, s.engines_created, map(&s.engines_discarded)
+    );
+    println!(
+        "  user metrics   accepted {}, rejected {}, dropped {}",
+        s.user_metrics_accepted,
+        map(&s.user_metrics_rejected),
+        map(&s.user_metrics_dropped)
+    );
+    println!("  per tenant     {}", map(&s.user_points_by_tenant));
+    println!(
+        "  written        {} metric rows, {} traces",
+        s.metric_rows_written, s.traces_written
+    );
+}

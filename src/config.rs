@@ -1,0 +1,271 @@
+use luametrics_engine::{EngineSettings, PoolSettings};
+use luametrics_model::Limits;
+use luametrics_recorder::RecorderSettings;
+use luametrics_store::Retention;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Where the data lives (`[database]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// A file path (embedded libSQL) or a `libsql://` / `http(s)://` URL.
+    pub url: String,
+    /// Auth token for a remote URL.
+    pub auth_token: Option<String>,
+    /// How long a write waits on another writer's lock.
+    pub busy_timeout_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "luametrics.db".into(),
+            auth_token: None,
+            busy_timeout_ms: 2_000,
+        }
+    }
+}
+
+/// Pipelines (`[pipelines]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineSettings {
+    /// The definitions file; script paths in it are relative to it.
+    pub file: PathBuf,
+    /// How often definitions and scripts are checked for changes (0: never; reload by call).
+    pub reload_interval_ms: u64,
+    /// Share of successful executions whose trace is kept (errors and blocks always are).
+    pub trace_sample_rate: f64,
+    /// Traces queued for writing before new ones are dropped (and counted).
+    pub trace_queue: usize,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        Self {
+            file: PathBuf::from("lua/pipelines.toml"),
+            reload_interval_ms: 2_000,
+            trace_sample_rate: 1.0,
+            trace_queue: 10_000,
+        }
+    }
+}
+
+/// Everything in `luametrics.toml`; every table and key is optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[database]`
+    pub database: DatabaseSettings,
+    /// `[recorder]`
+    pub recorder: RecorderSettings,
+    /// `[limits]`: per-tenant user-metric limits.
+    pub limits: Limits,
+    /// `[engine]`
+    pub engine: EngineSettings,
+    /// `[pool]`
+    pub pool: PoolSettings,
+    /// `[pipelines]`
+    pub pipelines: PipelineSettings,
+    /// `[retention]`
+    pub retention: Retention,
+}
+
+/// Why the configuration cannot be used; names the file, key or variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, or a key is unknown or of the wrong type.
+    #[error("config {path}: {message}")]
+    Invalid {
+        /// The file (or `environment`).
+        path: String,
+        /// The parser's message, naming the key.
+        message: String,
+    },
+    /// An environment override does not name a known section.
+    #[error("environment variable {var}: unknown setting (expected LUAMETRICS_<SECTION>_<KEY>, sections: {sections})")]
+    UnknownVariable {
+        /// The variable.
+        var: String,
+        /// The known sections.
+        sections: String,
+    },
+}
+
+const SECTIONS: &[&str] = &[
+    "database",
+    "recorder",
+    "limits",
+    "engine",
+    "pool",
+    "pipelines",
+    "retention",
+];
+
+impl Config {
+    /// Reads `path` if it exists (defaults otherwise), then applies `LUAMETRICS_*` variables.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (text, name) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?,
+                p.display().to_string(),
+            ),
+            None if Path::new("luametrics.toml").exists() => (
+                std::fs::read_to_string("luametrics.toml").map_err(|source| ConfigError::Read {
+                    path: "luametrics.toml".into(),
+                    source,
+                })?,
+                "luametrics.toml".to_string(),
+            ),
+            None => (String::new(), "defaults".to_string()),
+        };
+        Self::from_sources(&text, &name, std::env::vars())
+    }
+
+    /// Parses a config text and applies overrides from `vars` (for tests and hosts).
+    pub fn from_sources(
+        text: &str,
+        name: &str,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut doc: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: name.to_string(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        let mut overridden = false;
+        for (var, value) in vars {
+            let Some(rest) = var.strip_prefix("LUAMETRICS_") else {
+                continue;
+            };
+            let lower = rest.to_ascii_lowercase();
+            let Some(section) = SECTIONS
+                .iter()
+                .find(|s| lower.starts_with(&format!("{s}_")))
+            else {
+                return Err(ConfigError::UnknownVariable {
+                    var,
+                    sections: SECTIONS.join(", "),
+                });
+            };
+            let key = &lower[section.len() + 1..];
+            // Numbers and booleans as such; anything else as a string.
+            let parsed: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .filter(|v| !v.is_table() && !v.is_array())
+                .unwrap_or_else(|| toml::Value::String(value.clone()));
+            let table = doc
+                .entry(section.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(t) = table {
+                t.insert(key.to_string(), parsed);
+                overridden = true;
+            }
+        }
+        let path = if overridden {
+            format!("{name} (with LUAMETRICS_* overrides)")
+        } else {
+            name.to_string()
+        };
+        let config: Config = toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                path: path.clone(),
+                message: e.to_string().trim().replace('\n', " "),
+            })?;
+        config
+            .retention
+            .validate()
+            .map_err(|e| ConfigError::Invalid {
+                path,
+                message: e.to_string(),
+            })?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn defaults_work_without_a_file() {
+        let c = Config::from_sources("", "defaults", vars(&[])).unwrap();
+        assert_eq!(c.database.url, "luametrics.db");
+        assert_eq!(c.pool.max_size, 4);
+        assert_eq!(c.limits.max_points_per_execution, 250);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = Config::from_sources(
+            "[pool]\nmax_size = 2\n[database]\nurl = \"a.db\"\n",
+            "luametrics.toml",
+            vars(&[
+                ("LUAMETRICS_POOL_MAX_SIZE", "8"),
+                ("LUAMETRICS_DATABASE_URL", "libsql://x.turso.io"),
+                ("LUAMETRICS_ENGINE_STRICT", "true"),
+                ("PATH", "/usr/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.pool.max_size, 8);
+        assert_eq!(c.database.url, "libsql://x.turso.io");
+        assert!(c.engine.strict);
+    }
+
+    #[test]
+    fn errors_name_the_bad_key() {
+        let e = Config::from_sources("[pool]\nmax_sise = 2\n", "luametrics.toml", vars(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("luametrics.toml") && e.contains("max_sise"),
+            "{e}"
+        );
+        let e = Config::from_sources(
+            "[pool]\nmax_size = \"many\"\n",
+            "luametrics.toml",
+            vars(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("max_size") || e.contains("many"), "{e}");
+        let e = Config::from_sources("", "x", vars(&[("LUAMETRICS_POOL_MAX_SIZE", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("LUAMETRICS_* overrides"), "{e}");
+        let e = Config::from_sources("", "x", vars(&[("LUAMETRICS_COLOR", "red")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("LUAMETRICS_COLOR"), "{e}");
+        let e = Config::from_sources("[retention]\nraw_days = 60\n", "x", vars(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("raw_days"), "{e}");
+        let e = Config::from_sources("[pool\n", "bad.toml", vars(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad.toml"), "{e}");
+    }
+}

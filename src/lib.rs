@@ -1,0 +1,19 @@
+//! luametrics: a Lua-embedded user-metrics runtime.
+//!
+//! [`Runtime`] is the embedding API: it opens the store, starts the recorder, builds the engine
+//! pool, loads the pipelines, and runs `execute(trigger, tenant, event)`. [`Config`] is
+//! `luametrics.toml` with `LUAMETRICS_*` environment overrides. The crates it composes are
+//! re-exported for hosts that need one part only.
+
+mod config;
+mod runtime;
+
+pub use config::{Config, ConfigError, DatabaseSettings, PipelineSettings};
+pub use runtime::{Runtime, RuntimeBuilder, RuntimeError, ShutdownSummary};
+
+pub use luametrics_engine as engine;
+pub use luametrics_model as model;
+pub use luametrics_pipeline as pipeline;
+pub use luametrics_recorder as recorder;
+pub use luametrics_sketch as sketch;
+pub use luametrics_store as store;

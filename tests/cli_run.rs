@@ -1,0 +1,231 @@
+//! `luametrics run` (the main job) and its companions, as a user runs them: the real binary,
+//! the example pipelines, a temporary database.
+
+use luametrics::store::{Location, Store};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_luametrics");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The binary in an empty directory (no luametrics.toml), configured by environment.
+fn luametrics(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
+        .args(args)
+        .env("LUAMETRICS_DATABASE_URL", dir.join("m.db"))
+        .env(
+            "LUAMETRICS_PIPELINES_FILE",
+            repo().join("lua/pipelines.toml"),
+        )
+        .env("LUAMETRICS_LIMITS_POINTS_PER_MINUTE", "100000000")
+        .env("LUAMETRICS_LIMITS_BURST", "10000000");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn gen(dir: &Path, count: usize) -> PathBuf {
+    let path = dir.join("events.jsonl");
+    let out = luametrics(
+        dir,
+        &[
+            "gen-events",
+            "--count",
+            &count.to_string(),
+            "--out",
+            path.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    path
+}
+
+fn summary(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn store(dir: &Path) -> Store {
+    Store::open(Location::File(dir.join("m.db"))).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_equals_what_the_database_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = gen(dir.path(), 3_000);
+    let s = summary(&luametrics(
+        dir.path(),
+        &[
+            "run",
+            events.to_str().unwrap(),
+            "--json",
+            "--concurrency",
+            "4",
+        ],
+        &[],
+    ));
+    assert_eq!(s["events"], 3_000);
+    let store = store(dir.path()).await;
+    // Executions per status, as traces (every trace kept at the default sample rate).
+    let traces = store.trace_counts().await.unwrap();
+    let by_status: std::collections::BTreeMap<String, u64> =
+        serde_json::from_value(s["executions_by_status"].clone()).unwrap();
+    assert_eq!(traces, by_status);
+    assert!(
+        by_status.get("blocked").copied().unwrap_or(0) > 0,
+        "the example blocks disposable domains"
+    );
+    // User-metric points per tenant.
+    let per_tenant: std::collections::BTreeMap<String, u64> =
+        serde_json::from_value(s["user_points_by_tenant"].clone()).unwrap();
+    assert_eq!(store.user_samples_by_tenant().await.unwrap(), per_tenant);
+    assert_eq!(per_tenant.len(), 5);
+    assert_eq!(
+        per_tenant.values().sum::<u64>(),
+        s["user_metrics_accepted"].as_u64().unwrap()
+    );
+    assert_eq!(
+        s["metric_rows_written"].as_u64().unwrap(),
+        store.count_rows().await.unwrap()
+    );
+    for k in ["total_ms", "script_ms", "overhead_ms", "wait_ms"] {
+        assert!(
+            s[k]["p99"].as_f64().unwrap() >= s[k]["p50"].as_f64().unwrap(),
+            "{k}"
+        );
+    }
+    assert_eq!(s["pool_max_size"], 4);
+
+    // The stored data answers queries through the CLI.
+    let out = luametrics(
+        dir.path(),
+        &[
+            "query",
+            "invoices.amount",
+            "--agg",
+            "p95",
+            "--step",
+            "1h",
+            "--from",
+            "-2h",
+            "--group-by",
+            "currency",
+            "--json",
+        ],
+        &[],
+    );
+    let q = summary(&out);
+    assert_eq!(q["tier"], "hour");
+    assert_eq!(q["series"].as_array().unwrap().len(), 3);
+    let out = luametrics(dir.path(), &["retention"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rolled up"));
+    let out = luametrics(dir.path(), &["names"], &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("logins.by_plan_count"));
+}
+
+#[test]
+fn malformed_lines_are_reported_with_their_number_and_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let good =
+        r#"{"trigger":"token.issue","tenant":"t1","event":{"client":"web","queue_depth":3}}"#;
+    let text = [
+        good,
+        "{ not json",
+        good,
+        r#"{"trigger":"token.issue","event":{}}"#,
+        "",
+        r#"{"trigger":"no.such.trigger","tenant":"t1","event":{}}"#,
+        good,
+    ]
+    .join("\n");
+    let path = dir.path().join("events.jsonl");
+    std::fs::write(&path, text).unwrap();
+    let out = luametrics(dir.path(), &["run", path.to_str().unwrap(), "--json"], &[]);
+    let s = summary(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("events.jsonl:2:"), "{err}");
+    assert!(
+        err.contains("events.jsonl:4:") && err.contains("tenant"),
+        "{err}"
+    );
+    assert_eq!(s["malformed_lines"], 2);
+    assert_eq!(s["events"], 4);
+    assert_eq!(s["unknown_trigger"], 1);
+    assert_eq!(s["executions_by_status"]["ok"], 3);
+}
+
+#[test]
+fn bad_configuration_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = gen(dir.path(), 10);
+    let out = luametrics(
+        dir.path(),
+        &["run", events.to_str().unwrap()],
+        &[("LUAMETRICS_POOL_MAX_SIZE", "lots")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_size") || err.contains("lots"), "{err}");
+    std::fs::write(dir.path().join("luametrics.toml"), "[pool]\nmax_sise = 3\n").unwrap();
+    let out = luametrics(dir.path(), &["run", events.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("luametrics.toml") && err.contains("max_sise"),
+        "{err}"
+    );
+    std::fs::remove_file(dir.path().join("luametrics.toml")).unwrap();
+    let out = luametrics(
+        dir.path(),
+        &["run", events.to_str().unwrap()],
+        &[("LUAMETRICS_DATABASE_URL", "https://db.example")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("auth token"));
+    let out = luametrics(dir.path(), &["run", "/no/such/events.jsonl"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/events.jsonl"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_events_end_with_exact_accounting() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = gen(dir.path(), 100_000);
+    let s = summary(&luametrics(
+        dir.path(),
+        &["run", events.to_str().unwrap(), "--json"],
+        &[("LUAMETRICS_PIPELINES_TRACE_SAMPLE_RATE", "0.01")],
+    ));
+    let outcomes: u64 = s["executions_by_status"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(outcomes + s["unknown_trigger"].as_u64().unwrap(), 100_000);
+    assert_eq!(s["unknown_trigger"], 0);
+    let store = store(dir.path()).await;
+    let stored: u64 = store.user_samples_by_tenant().await.unwrap().values().sum();
+    assert_eq!(stored, s["user_metrics_accepted"].as_u64().unwrap());
+    assert!(
+        s["user_metrics_rejected"].as_object().unwrap().is_empty(),
+        "{}",
+        s["user_metrics_rejected"]
+    );
+    assert!(s["user_metrics_dropped"].as_object().unwrap().is_empty());
+}

@@ -1,0 +1,333 @@
+//! Pipeline semantics through the embedding API: real engines, a real libSQL file.
+
+use luametrics::pipeline::Decision;
+use luametrics::{Config, Runtime};
+use serde_json::json;
+use std::path::Path;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new(pipelines: &str, scripts: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pipelines.toml"), pipelines).unwrap();
+        for (name, src) in scripts {
+            std::fs::write(dir.path().join(name), src).unwrap();
+        }
+        Self { dir }
+    }
+
+    fn config(&self) -> Config {
+        let mut c = Config::default();
+        c.database.url = self.dir.path().join("m.db").display().to_string();
+        c.pipelines.file = self.dir.path().join("pipelines.toml");
+        c.pipelines.reload_interval_ms = 0;
+        c.pool.max_size = 2;
+        c.limits.points_per_minute = 1_000_000;
+        c.limits.burst = 1_000_000;
+        c
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+fn node(id: &str, script: &str, extra: &str) -> String {
+    format!("[[pipeline.node]]\nid = \"{id}\"\nscript = \"{script}\"\n{extra}\n")
+}
+
+fn pipeline(trigger: &str, nodes: &[String]) -> String {
+    format!(
+        "[[pipeline]]\nid = \"p_{}\"\ntrigger = \"{trigger}\"\n{}",
+        trigger.replace('.', "_"),
+        nodes.concat()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_short_circuits_and_context_merges_in_dag_order() {
+    let f = Fixture::new(
+        &[
+            pipeline(
+                "t.block",
+                &[
+                    node("guard", "guard.lua", ""),
+                    node("after_guard", "count.lua", "after = [\"guard\"]"),
+                ],
+            ),
+            pipeline(
+                "t.merge",
+                &[
+                    node("x", "x.lua", ""),
+                    node("y", "y.lua", ""),
+                    node("z", "z.lua", "after = [\"x\", \"y\"]"),
+                ],
+            ),
+        ]
+        .concat(),
+        &[
+            ("guard.lua", "if event.bad then return { allow = false, reason = 'bad event' } end"),
+            ("count.lua", "helpers.metrics.count('t.after_guard_count') return { context = { counted = true } }"),
+            ("x.lua", "return { context = { who = 'x', from_x = 1 } }"),
+            ("y.lua", "return { context = { who = 'y', from_y = 2 } }"),
+            ("z.lua", "return { context = { seen = context.who .. '+' .. context.from_x .. '+' .. context.from_y } }"),
+        ],
+    );
+    let rt = Runtime::start(f.config()).await.unwrap();
+    let o = rt
+        .execute("t.block", "acme", json!({"bad": true}))
+        .await
+        .unwrap();
+    assert_eq!(
+        o.decision,
+        Decision::Block {
+            reason: "bad event".into(),
+            node: "guard".into()
+        }
+    );
+    assert_eq!(o.nodes[1].status, "skipped");
+    assert_eq!(o.nodes[1].accepted, 0);
+    let o = rt.execute("t.block", "acme", json!({})).await.unwrap();
+    assert_eq!(o.decision, Decision::Allow);
+    assert_eq!(o.context, json!({"counted": true}));
+    assert_eq!(o.nodes[1].accepted, 1);
+
+    // x and y run in the first layer; y is declared later, so its keys win; z sees both.
+    let o = rt.execute("t.merge", "acme", json!({})).await.unwrap();
+    assert_eq!(o.context["who"], "y");
+    assert_eq!(o.context["seen"], "y+1+2");
+    assert!(
+        matches!(rt.execute("nope", "acme", json!({})).await, Err(e) if e.to_string().contains("nope"))
+    );
+    assert!(rt.execute("t.merge", " ", json!({})).await.is_err());
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn independent_nodes_run_concurrently_on_separate_engines() {
+    let busy =
+        "local x = 0 for i = 1, 3e6 do x = x + i % 3 end return { context = { [event.key] = x } }";
+    let f = Fixture::new(
+        &pipeline(
+            "t.par",
+            &[
+                node("a", "busy.lua", "timeout_ms = 10000"),
+                node("b", "busy.lua", "timeout_ms = 10000"),
+            ],
+        ),
+        &[("busy.lua", busy)],
+    );
+    let rt = Runtime::start(f.config()).await.unwrap();
+    let o = rt
+        .execute("t.par", "acme", json!({"key": "k"}))
+        .await
+        .unwrap();
+    assert_eq!(o.decision, Decision::Allow);
+    let status = rt.pool_status();
+    assert_eq!(status.peak_active, 2, "{status:?}");
+    assert_eq!(status.created, 2);
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_error_continue_goes_on_and_fail_stops_and_timeouts_are_errors() {
+    let f = Fixture::new(
+        &[
+            pipeline(
+                "t.continue",
+                &[
+                    node("broken", "broken.lua", "on_error = \"continue\""),
+                    node("next", "ok.lua", "after = [\"broken\"]"),
+                ],
+            ),
+            pipeline(
+                "t.fail",
+                &[
+                    node("broken", "broken.lua", "on_error = \"fail\""),
+                    node("next", "ok.lua", "after = [\"broken\"]"),
+                ],
+            ),
+            pipeline("t.slow", &[node("slow", "slow.lua", "timeout_ms = 20")]),
+        ]
+        .concat(),
+        &[
+            ("broken.lua", "local t = nil\nreturn t.field"),
+            ("ok.lua", "return { context = { next_ran = true } }"),
+            ("slow.lua", "while true do end"),
+        ],
+    );
+    let rt = Runtime::start(f.config()).await.unwrap();
+    let o = rt.execute("t.continue", "acme", json!({})).await.unwrap();
+    assert_eq!(o.decision, Decision::Allow);
+    assert_eq!(o.context, json!({"next_ran": true}));
+    assert_eq!(o.nodes[0].status, "error");
+    assert!(
+        o.warnings
+            .iter()
+            .any(|w| w.contains("broken") && w.contains("runtime_error")),
+        "{:?}",
+        o.warnings
+    );
+    let o = rt.execute("t.fail", "acme", json!({})).await.unwrap();
+    match &o.decision {
+        Decision::Error {
+            node,
+            code,
+            message,
+        } => {
+            assert_eq!((node.as_str(), code.as_str()), ("broken", "runtime_error"));
+            assert!(message.contains("broken.lua:2:"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(o.nodes[1].status, "skipped");
+    let o = rt.execute("t.slow", "acme", json!({})).await.unwrap();
+    assert!(
+        matches!(&o.decision, Decision::Error { code, .. } if code == "timeout"),
+        "{:?}",
+        o.decision
+    );
+    assert_eq!(o.nodes[0].status, "timeout");
+    assert!(o.nodes[0].error.as_deref().unwrap_or("").contains("20 ms"));
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_and_spans_are_written_sampled_and_add_up() {
+    let f = Fixture::new(
+        &pipeline("t.trace", &[node("a", "a.lua", ""), node("b", "b.lua", "after = [\"a\"]")]),
+        &[
+            ("a.lua", "if event.block then return { allow = false, reason = 'no' } end helpers.metrics.count('t.a_count')"),
+            ("b.lua", "local s = 0 for i = 1, 1000 do s = s + i end helpers.metrics.histogram('t.b_value', s)"),
+        ],
+    );
+    let mut config = f.config();
+    config.pipelines.trace_sample_rate = 0.5;
+    let rt = Runtime::start(config).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let o = rt
+            .execute("t.trace", "acme", json!({"block": i % 4 == 0}))
+            .await
+            .unwrap();
+        ids.push((o.trace_id, o.decision.status().to_string()));
+    }
+    rt.shutdown().await.unwrap();
+    let counts = rt.store().trace_counts().await.unwrap();
+    // All 10 blocked executions are kept, and exactly half of the 30 successes.
+    assert_eq!(counts.get("blocked"), Some(&10));
+    assert_eq!(counts.get("ok"), Some(&15));
+    let (blocked_id, _) = ids.iter().find(|(_, s)| s == "blocked").unwrap();
+    let spans = rt.store().trace_spans(blocked_id).await.unwrap();
+    assert_eq!(spans.len(), 1, "the skipped node has no span");
+    let mut checked = 0;
+    for (id, status) in &ids {
+        let spans = rt.store().trace_spans(id).await.unwrap();
+        for s in &spans {
+            let parts = s.wait_ms + s.script_ms + s.helpers_ms + s.overhead_ms;
+            assert!(
+                (parts - s.total_ms).abs() <= s.total_ms * 0.01 + 1e-9,
+                "{s:?}"
+            );
+            checked += 1;
+        }
+        if status == "ok" && !spans.is_empty() {
+            assert_eq!(spans.len(), 2);
+            assert_eq!(spans[0].node_id, "a");
+            assert_eq!(spans[1].script_id, "b.lua");
+        }
+    }
+    assert!(checked >= 10 + 30);
+    // The pipeline's system metrics are stored.
+    let names: Vec<String> = rt
+        .store()
+        .metric_names()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    for n in [
+        "pipeline.exec.duration",
+        "pipeline.node.overhead",
+        "script.exec.duration_ms",
+        "lua.pool.size",
+    ] {
+        assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+    }
+}
+
+async fn wait_for(mut check: impl AsyncFnMut() -> bool) -> bool {
+    // Bounded polling (not a timing assertion): the watcher runs every 50 ms.
+    for _ in 0..200 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_and_scripts_reload_without_restart() {
+    let f = Fixture::new(
+        &pipeline("t.r", &[node("a", "a.lua", "")]),
+        &[("a.lua", "return { context = { v = 1 } }")],
+    );
+    let mut config = f.config();
+    config.pipelines.reload_interval_ms = 50;
+    let rt = Runtime::start(config).await.unwrap();
+    assert_eq!(
+        rt.execute("t.r", "acme", json!({})).await.unwrap().context,
+        json!({"v": 1})
+    );
+    // Edit the script: the watcher notices (mtime or size) and the next execution runs the new code.
+    std::fs::write(
+        f.path("a.lua"),
+        "return { context = { v = 2, edited = true } }",
+    )
+    .unwrap();
+    assert!(
+        wait_for(async || rt.execute("t.r", "acme", json!({})).await.unwrap().context["v"] == 2)
+            .await
+    );
+    // A broken edit is refused; the previous definitions stay in force.
+    std::fs::write(f.path("pipelines.toml"), "[[pipeline]]\nid = \"x\"\n").unwrap();
+    let e = rt.reload().unwrap_err();
+    assert!(e.to_string().contains("pipelines.toml"), "{e}");
+    assert_eq!(
+        rt.execute("t.r", "acme", json!({})).await.unwrap().context["v"],
+        2
+    );
+    // A new pipeline appears on explicit reload.
+    std::fs::write(
+        f.path("pipelines.toml"),
+        [
+            pipeline("t.r", &[node("a", "a.lua", "")]),
+            pipeline("t.new", &[node("a", "a.lua", "")]),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    rt.reload().unwrap();
+    assert!(rt.execute("t.new", "acme", json!({})).await.is_ok());
+    rt.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_bad_pipelines_file_stops_start_with_a_precise_error() {
+    let f = Fixture::new(&pipeline("t", &[node("a", "missing.lua", "")]), &[]);
+    let err = Runtime::start(f.config()).await.err().unwrap().to_string();
+    assert!(
+        err.contains("node `a`") && err.contains("field `script`") && err.contains("missing.lua"),
+        "{err}"
+    );
+    let mut c = f.config();
+    c.database.url = "ftp://nope".into();
+    let err = Runtime::start(c).await.err().unwrap().to_string();
+    assert!(err.contains("ftp://nope"), "{err}");
+    let _ = Path::new("");
+}
