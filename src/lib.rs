@@ -5,15 +5,15 @@
 //! `luametrics.toml` with `LUAMETRICS_*` environment overrides. The crates it composes are
 //! re-exported for hosts that need one part only.
 
-mod config;
-mod runtime;
-
-pub use config::{Config, ConfigError, DatabaseSettings, PipelineSettings};
-pub use runtime::{Runtime, RuntimeBuilder, RuntimeError, ShutdownSummary};
+pub use luametrics_runtime::{
+    Config, ConfigError, DatabaseSettings, PipelineSettings, Runtime, RuntimeBuilder, RuntimeError,
+    ServerSettings, ShutdownSummary,
+};
 
 pub use luametrics_engine as engine;
 pub use luametrics_model as model;
 pub use luametrics_pipeline as pipeline;
 pub use luametrics_recorder as recorder;
+pub use luametrics_server as server;
 pub use luametrics_sketch as sketch;
 pub use luametrics_store as store;

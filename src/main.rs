@@ -35,6 +35,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the HTTP API (execute, query, traces, pool, /metrics) until Ctrl-C or SIGTERM,
+    /// then drain requests and flush every accepted point.
+    Serve {
+        /// Configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides server.addr); port 0 picks a free port.
+        #[arg(long)]
+        addr: Option<String>,
+    },
     /// Compile and run a script under the sandbox and its limits; print its result, log,
     /// warnings and the metrics it recorded. Exits 1 when the script fails.
     Check {
@@ -110,6 +120,7 @@ fn main() -> ExitCode {
                 concurrency,
                 json,
             } => cli::run::run(events, config, concurrency, json).await,
+            Command::Serve { config, addr } => cli::serve::serve(config, addr).await,
             Command::Check {
                 script,
                 event,

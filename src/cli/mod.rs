@@ -4,6 +4,7 @@ pub(crate) mod check;
 pub(crate) mod gen;
 pub(crate) mod query;
 pub(crate) mod run;
+pub(crate) mod serve;
 
 /// Errors the CLI reports before exiting with status 2.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,11 @@ pub(crate) enum CliError {
     Config(#[from] luametrics::ConfigError),
     #[error("{0}")]
     Store(#[from] luametrics::store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("invalid argument {arg}: {problem}")]
     Arg { arg: &'static str, problem: String },
 }

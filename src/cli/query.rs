@@ -48,28 +48,7 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn duration_ms(s: &str) -> Option<i64> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
-    let n: f64 = num.parse().ok()?;
-    let mult = match unit {
-        "" | "ms" => 1.0,
-        "s" => 1e3,
-        "m" => 60e3,
-        "h" => 3_600e3,
-        "d" => 86_400e3,
-        _ => return None,
-    };
-    Some((n * mult) as i64)
-}
-
-fn time_ms(s: &str, now: i64) -> Option<i64> {
-    match s.trim() {
-        "now" => Some(now),
-        rel if rel.starts_with('-') => duration_ms(&rel[1..]).map(|d| now - d),
-        abs => abs.parse().ok(),
-    }
-}
+use luametrics::server::time::{parse_duration_ms as duration_ms, parse_time_ms as time_ms};
 
 async fn open_store(config: Option<PathBuf>) -> Result<(Config, Store), CliError> {
     let config = Config::load(config.as_deref())?;

@@ -13,6 +13,7 @@
 mod accounting;
 mod bridge;
 mod config;
+mod exposition;
 mod quota;
 mod series;
 mod service;
@@ -20,6 +21,7 @@ mod service;
 pub use accounting::{Accounting, DropReason, TypeAccounting};
 pub use bridge::MetricsBridge;
 pub use config::{system_clock, Clock, RecorderConfig, RecorderSettings};
+pub use exposition::ExposedSeries;
 pub use service::{
     Accepted, BatchPoint, BatchReport, MetricsService, RecorderError, Rejected, ShutdownReport,
 };

@@ -117,6 +117,7 @@ struct Inner {
     store: Arc<Store>,
     shards: Vec<Mutex<Shard>>,
     registry: Registry,
+    exposition: crate::exposition::Exposition,
     quota: TenantQuota,
     counters: Counters,
     /// Bytes held by accumulators and unwritten rows.
@@ -166,6 +167,7 @@ impl MetricsService {
             store,
             shards,
             registry: Registry::default(),
+            exposition: crate::exposition::Exposition::new(16),
             counters: Counters::default(),
             memory: AtomicUsize::new(0),
             pending: tokio::sync::Mutex::new(VecDeque::new()),
@@ -740,6 +742,9 @@ impl Inner {
                 }
             }
         }
+        for (row, _) in &sealed {
+            self.exposition.fold(row, now);
+        }
         let mut pending = self.pending.lock().await;
         pending.extend(sealed);
         let mut written = 0;
@@ -840,6 +845,7 @@ async fn flusher(inner: Arc<Inner>) {
         let now = (inner.config.clock)();
         if now - last_evict >= evict_every {
             inner.registry.evict_idle(now - s.idle_eviction_ms as i64);
+            inner.exposition.evict_idle(now - s.idle_eviction_ms as i64);
             inner.quota.prune();
             last_evict = now;
         }
@@ -849,13 +855,23 @@ async fn flusher(inner: Arc<Inner>) {
 }
 
 impl MetricsService {
+    /// Every series' cumulative state as of the last flush, for `/metrics`. Reads the
+    /// exposition shard by shard; recording never waits on it.
+    pub fn exposition(&self) -> Vec<crate::ExposedSeries> {
+        self.inner.exposition.snapshot()
+    }
+
+    /// Series held for scrapes.
+    pub fn exposed_series(&self) -> usize {
+        self.inner.exposition.len()
+    }
+
     /// Evicts idle series and prunes limiter state now (the flusher also does it periodically).
     pub fn evict_idle(&self) -> usize {
         let now = self.now_ms();
-        let n = self
-            .inner
-            .registry
-            .evict_idle(now - self.inner.config.settings.idle_eviction_ms as i64);
+        let cutoff = now - self.inner.config.settings.idle_eviction_ms as i64;
+        let n = self.inner.registry.evict_idle(cutoff);
+        self.inner.exposition.evict_idle(cutoff);
         self.inner.quota.prune();
         n
     }

@@ -230,6 +230,37 @@ impl Sketch {
         Some(self.max)
     }
 
+    /// `(representative value, count)` of every non-empty bucket, ascending by value; each
+    /// representative is within the sketch's relative accuracy of the values it stands for.
+    /// Exporters turn these into histogram buckets.
+    pub fn bins(&self) -> Vec<(f64, u64)> {
+        let mut out = Vec::new();
+        for (i, &c) in self.negative.counts.iter().enumerate().rev() {
+            if c > 0 {
+                out.push((-self.value_of(self.negative.offset + i as i32), c));
+            }
+        }
+        if self.zero > 0 {
+            out.push((0.0, self.zero));
+        }
+        for (i, &c) in self.positive.counts.iter().enumerate() {
+            if c > 0 {
+                out.push((self.value_of(self.positive.offset + i as i32), c));
+            }
+        }
+        out
+    }
+
+    /// Smallest value counted (exact).
+    pub fn min(&self) -> Option<f64> {
+        (self.count > 0).then_some(self.min)
+    }
+
+    /// Largest value counted (exact).
+    pub fn max(&self) -> Option<f64> {
+        (self.count > 0).then_some(self.max)
+    }
+
     /// Approximate heap bytes held, for the recorder's memory bound.
     pub fn heap_bytes(&self) -> usize {
         (self.positive.counts.capacity() + self.negative.counts.capacity()) * 8
@@ -389,6 +420,19 @@ mod tests {
             );
         }
         assert_eq!(merged.count(), 100_000);
+    }
+
+    #[test]
+    fn bins_are_ascending_and_count_everything() {
+        let mut s = Sketch::default();
+        for v in [-5.0, 0.0, 1.0, 1.0, 250.0] {
+            s.add(v);
+        }
+        let bins = s.bins();
+        assert!(bins.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(bins.iter().map(|b| b.1).sum::<u64>(), 5);
+        assert_eq!(bins[2], (s.bins()[2].0, 2));
+        assert_eq!((s.min(), s.max()), (Some(-5.0), Some(250.0)));
     }
 
     #[test]

@@ -184,6 +184,65 @@ impl Store {
         Ok(out)
     }
 
+    /// The newest traces (without spans), optionally filtered by status and pipeline.
+    pub async fn list_traces(
+        &self,
+        limit: u32,
+        status: Option<&str>,
+        pipeline_id: Option<&str>,
+    ) -> Result<Vec<TraceRecord>, StoreError> {
+        let conn = self.reader().await?;
+        let mut sql = String::from(
+            "SELECT id, pipeline_id, trigger_event, tenant_id, status, decision, reason, started_at,
+                    total_ms, wait_ms, script_ms, helpers_ms, overhead_ms, error, warnings
+               FROM pipeline_traces WHERE 1 = 1",
+        );
+        let mut params: Vec<Value> = Vec::new();
+        if let Some(s) = status {
+            params.push(Value::Text(s.to_string()));
+            sql.push_str(&format!(" AND status = ?{}", params.len()));
+        }
+        if let Some(p) = pipeline_id {
+            params.push(Value::Text(p.to_string()));
+            sql.push_str(&format!(" AND pipeline_id = ?{}", params.len()));
+        }
+        params.push(Value::Integer(i64::from(limit.clamp(1, 1_000))));
+        sql.push_str(&format!(
+            " ORDER BY started_at DESC, id DESC LIMIT ?{}",
+            params.len()
+        ));
+        let mut rows = conn
+            .query(&sql, params)
+            .await
+            .map_err(StoreError::db("list traces"))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().await.map_err(StoreError::db("list traces"))? {
+            out.push(trace_from_row(&r)?);
+        }
+        Ok(out)
+    }
+
+    /// One trace with its spans.
+    pub async fn get_trace(&self, id: &str) -> Result<Option<TraceRecord>, StoreError> {
+        let conn = self.reader().await?;
+        let mut rows = conn
+            .query(
+                "SELECT id, pipeline_id, trigger_event, tenant_id, status, decision, reason, started_at,
+                        total_ms, wait_ms, script_ms, helpers_ms, overhead_ms, error, warnings
+                   FROM pipeline_traces WHERE id = ?1",
+                [id],
+            )
+            .await
+            .map_err(StoreError::db("read a trace"))?;
+        let Some(r) = rows.next().await.map_err(StoreError::db("read a trace"))? else {
+            return Ok(None);
+        };
+        let mut t = trace_from_row(&r)?;
+        drop(rows);
+        t.spans = self.trace_spans(id).await?;
+        Ok(Some(t))
+    }
+
     /// Number of stored traces.
     pub async fn count_traces(&self) -> Result<u64, StoreError> {
         let conn = self.reader().await?;
@@ -191,4 +250,27 @@ impl Store {
             .await
             .map(|n| n as u64)
     }
+}
+
+fn trace_from_row(r: &libsql::Row) -> Result<TraceRecord, StoreError> {
+    let e = || StoreError::db("decode a trace");
+    let warnings: String = r.get(14).map_err(e())?;
+    Ok(TraceRecord {
+        id: r.get(0).map_err(e())?,
+        pipeline_id: r.get(1).map_err(e())?,
+        trigger_event: r.get(2).map_err(e())?,
+        tenant: r.get(3).map_err(e())?,
+        status: r.get(4).map_err(e())?,
+        decision: r.get(5).map_err(e())?,
+        reason: r.get(6).map_err(e())?,
+        started_at_ms: r.get(7).map_err(e())?,
+        total_ms: r.get(8).map_err(e())?,
+        wait_ms: r.get(9).map_err(e())?,
+        script_ms: r.get(10).map_err(e())?,
+        helpers_ms: r.get(11).map_err(e())?,
+        overhead_ms: r.get(12).map_err(e())?,
+        error: r.get(13).map_err(e())?,
+        warnings: serde_json::from_str(&warnings).unwrap_or_default(),
+        spans: Vec::new(),
+    })
 }

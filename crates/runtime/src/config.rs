@@ -52,6 +52,39 @@ impl Default for PipelineSettings {
     }
 }
 
+/// The HTTP server (`[server]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on.
+    pub addr: String,
+    /// Bearer token for `POST /v1/pipelines/{trigger}/execute` and `POST /v1/metrics`.
+    /// Unset: one is generated at start and printed.
+    pub execute_token: Option<String>,
+    /// Bearer token for queries, traces, pool status and the dashboard.
+    /// Unset: one is generated at start and printed.
+    pub admin_token: Option<String>,
+    /// Whether `GET /metrics` needs the admin token.
+    pub metrics_requires_token: bool,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Longest a request may take before a 503.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:7878".into(),
+            execute_token: None,
+            admin_token: None,
+            metrics_requires_token: false,
+            max_body_bytes: 1024 * 1024,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
 /// Everything in `luametrics.toml`; every table and key is optional.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -70,6 +103,8 @@ pub struct Config {
     pub pipelines: PipelineSettings,
     /// `[retention]`
     pub retention: Retention,
+    /// `[server]`
+    pub server: ServerSettings,
 }
 
 /// Why the configuration cannot be used; names the file, key or variable.
@@ -109,6 +144,7 @@ const SECTIONS: &[&str] = &[
     "pool",
     "pipelines",
     "retention",
+    "server",
 ];
 
 impl Config {

@@ -1,0 +1,113 @@
+//! Cumulative state of every series for scrapes (`/metrics`): counters since start, gauges'
+//! last value, histograms' merged sketch. Folded in by the flusher when windows seal, so the
+//! recording hot path never touches it, and read shard by shard so a scrape of 100k series
+//! never holds a lock that recording needs.
+
+use crate::series::SeriesKey;
+use luametrics_model::{Kind, MetricType, Tags};
+use luametrics_sketch::{Sketch, Summary};
+use luametrics_store::WindowRow;
+use parking_lot::Mutex;
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+/// One series as a scrape sees it.
+#[derive(Debug, Clone)]
+pub struct ExposedSeries {
+    /// System or user.
+    pub metric_type: MetricType,
+    /// Counter, gauge or histogram.
+    pub kind: Kind,
+    /// Tenant (user metrics, or per-tenant system metrics).
+    pub tenant: Option<String>,
+    /// Metric name.
+    pub name: String,
+    /// Tags.
+    pub tags: Tags,
+    /// Counter total since start, or the gauge's last value, or the histogram's sum.
+    pub value: f64,
+    /// Number of points since start.
+    pub count: u64,
+    /// The histogram's distribution since start.
+    pub sketch: Option<Sketch>,
+}
+
+struct Cumulative {
+    summary: Summary,
+    updated_ms: i64,
+}
+
+pub(crate) struct Exposition {
+    shards: Vec<Mutex<HashMap<SeriesKey, Cumulative>>>,
+}
+
+impl Exposition {
+    pub fn new(shards: usize) -> Self {
+        Self {
+            shards: (0..shards.max(1))
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+        }
+    }
+
+    fn shard(&self, key: &SeriesKey) -> &Mutex<HashMap<SeriesKey, Cumulative>> {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        &self.shards[(h.finish() as usize) % self.shards.len()]
+    }
+
+    pub fn fold(&self, row: &WindowRow, now_ms: i64) {
+        let key = SeriesKey {
+            metric_type: row.metric_type,
+            kind: row.kind,
+            tenant: row.tenant.as_deref().map(Arc::from),
+            name: row.name.clone(),
+            tags: row.tags.clone(),
+        };
+        let mut shard = self.shard(&key).lock();
+        let c = shard.entry(key).or_insert_with(|| Cumulative {
+            summary: Summary::new(row.kind == luametrics_model::Kind::Histogram),
+            updated_ms: now_ms,
+        });
+        // Same accuracy everywhere: merging cannot fail.
+        let _ = c.summary.merge(&row.summary);
+        c.updated_ms = now_ms;
+    }
+
+    pub fn snapshot(&self) -> Vec<ExposedSeries> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            // Copy under the shard lock, encode later without it.
+            let shard = shard.lock();
+            out.reserve(shard.len());
+            for (k, c) in shard.iter() {
+                out.push(ExposedSeries {
+                    metric_type: k.metric_type,
+                    kind: k.kind,
+                    tenant: k.tenant.as_ref().map(|t| t.to_string()),
+                    name: k.name.clone(),
+                    tags: k.tags.clone(),
+                    value: match k.kind {
+                        Kind::Gauge => c.summary.last,
+                        _ => c.summary.sum,
+                    },
+                    count: c.summary.samples,
+                    sketch: c.summary.sketch.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    pub fn evict_idle(&self, cutoff_ms: i64) {
+        for shard in &self.shards {
+            shard.lock().retain(|_, c| c.updated_ms >= cutoff_ms);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+}

@@ -1,0 +1,9 @@
+//! The embedding API: [`Runtime`] opens the store, starts the recorder, builds the engine pool,
+//! loads the pipelines and runs `execute(trigger, tenant, event)`; [`Config`] is
+//! `luametrics.toml` with `LUAMETRICS_*` environment overrides.
+
+mod config;
+mod runtime;
+
+pub use config::{Config, ConfigError, DatabaseSettings, PipelineSettings, ServerSettings};
+pub use runtime::{Runtime, RuntimeBuilder, RuntimeError, ShutdownSummary};

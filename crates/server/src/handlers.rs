@@ -1,0 +1,304 @@
+use crate::{prometheus, time, ApiError, AppState};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use luametrics_model::{Kind, MetricType, Tags};
+use luametrics_pipeline::ExecuteError;
+use luametrics_recorder::Rejected;
+use luametrics_store::{Agg, AggregateQuery, FindQuery};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// `Json<T>` whose rejections are our JSON errors (400 malformed/invalid body, 413 too large,
+/// 415 wrong content type).
+pub(crate) struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => {
+                let message = rejection.body_text();
+                Err(match rejection {
+                    JsonRejection::JsonDataError(_) => {
+                        ApiError::bad_request("invalid_body", message)
+                    }
+                    JsonRejection::JsonSyntaxError(_) => {
+                        ApiError::bad_request("malformed_json", message)
+                    }
+                    JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "unsupported_media_type",
+                        message,
+                    ),
+                    other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+                    }
+                    other => ApiError::new(other.status(), "invalid_request", message),
+                })
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExecuteBody {
+    tenant: String,
+    #[serde(default)]
+    event: Value,
+}
+
+pub(crate) async fn execute(
+    State(s): State<AppState>,
+    Path(trigger): Path<String>,
+    ApiJson(body): ApiJson<ExecuteBody>,
+) -> Result<Json<Value>, ApiError> {
+    match s.runtime.execute(&trigger, &body.tenant, body.event).await {
+        Ok(outcome) => Ok(Json(serde_json::to_value(outcome).unwrap_or(Value::Null))),
+        Err(e @ ExecuteError::UnknownTrigger(_)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_trigger",
+            e.to_string(),
+        )),
+        Err(e @ ExecuteError::EmptyTenant) => {
+            Err(ApiError::bad_request("invalid_tenant", e.to_string()))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IngestPoint {
+    name: String,
+    kind: Kind,
+    value: f64,
+    #[serde(default)]
+    tags: Tags,
+    tenant: Option<String>,
+    source: Option<String>,
+    timestamp_ms: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IngestBody {
+    points: Vec<IngestPoint>,
+}
+
+/// Most points in one `POST /v1/metrics`.
+const MAX_POINTS: usize = 10_000;
+
+pub(crate) async fn ingest(
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<IngestBody>,
+) -> Result<Json<Value>, ApiError> {
+    if body.points.len() > MAX_POINTS {
+        return Err(ApiError::bad_request(
+            "too_many_points",
+            format!(
+                "{} points; at most {MAX_POINTS} per request",
+                body.points.len()
+            ),
+        ));
+    }
+    let metrics = s.runtime.metrics();
+    let now = metrics.now_ms();
+    let mut accepted = 0u64;
+    let mut rejected = Vec::new();
+    for (i, p) in body.points.into_iter().enumerate() {
+        let r = metrics.record_system_at(
+            &p.name,
+            p.kind,
+            p.value,
+            p.tags,
+            p.tenant.as_deref(),
+            p.source.as_deref(),
+            p.timestamp_ms.unwrap_or(now),
+        );
+        match r {
+            Ok(_) => accepted += 1,
+            Err(Rejected::Invalid(reason)) => {
+                rejected.push(json!({"index": i, "name": p.name, "reason": reason.as_str()}))
+            }
+            Err(Rejected::Dropped(reason)) => {
+                rejected.push(json!({"index": i, "name": p.name, "reason": reason.as_str()}))
+            }
+        }
+    }
+    Ok(Json(json!({"accepted": accepted, "rejected": rejected})))
+}
+
+pub(crate) async fn names(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let names = s.runtime.store().metric_names().await?;
+    Ok(Json(json!({ "names": names })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct QueryParams {
+    name: String,
+    from: Option<String>,
+    to: Option<String>,
+    step: Option<String>,
+    agg: Option<String>,
+    group_by: Option<String>,
+    tenant: Option<String>,
+    #[serde(rename = "type")]
+    metric_type: Option<String>,
+}
+
+pub(crate) async fn query(
+    State(s): State<AppState>,
+    params: Result<Query<QueryParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let now = s.runtime.metrics().now_ms();
+    let from_s = p.from.as_deref().unwrap_or("-1h");
+    let to_s = p.to.as_deref().unwrap_or("now");
+    let from = time::parse_time_ms(from_s, now).ok_or_else(|| {
+        ApiError::bad_request("invalid_query", format!("`from`: `{from_s}` is not a time"))
+    })?;
+    let to = time::parse_time_ms(to_s, now).ok_or_else(|| {
+        ApiError::bad_request("invalid_query", format!("`to`: `{to_s}` is not a time"))
+    })?;
+    let step_s = p.step.as_deref().unwrap_or("1m");
+    let step = time::parse_duration_ms(step_s)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("`step`: `{step_s}` is not a duration"),
+            )
+        })?;
+    let agg: Agg = p.agg.as_deref().unwrap_or("sum").parse()?;
+    let metric_type: Option<MetricType> = match p.metric_type.as_deref() {
+        None => None,
+        Some(t) => Some(
+            t.parse()
+                .map_err(|m: String| ApiError::bad_request("invalid_query", m))?,
+        ),
+    };
+    let q = AggregateQuery {
+        find: FindQuery {
+            name: p.name.clone(),
+            from_ms: from,
+            to_ms: to + 1,
+            tenant: p.tenant,
+            metric_type,
+            filters: Tags::new(),
+        },
+        agg,
+        step_ms: step,
+        group_by: p.group_by,
+    };
+    let (series, tier) = s.runtime.query(&q).await?;
+    Ok(Json(
+        json!({"name": p.name, "from": from, "to": to, "step_ms": step, "agg": agg, "tier": tier, "series": series}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TraceParams {
+    limit: Option<u32>,
+    status: Option<String>,
+    pipeline_id: Option<String>,
+}
+
+pub(crate) async fn traces(
+    State(s): State<AppState>,
+    params: Result<Query<TraceParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let traces = s
+        .runtime
+        .store()
+        .list_traces(
+            p.limit.unwrap_or(50),
+            p.status.as_deref(),
+            p.pipeline_id.as_deref(),
+        )
+        .await?;
+    Ok(Json(json!({ "traces": traces })))
+}
+
+pub(crate) async fn trace(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match s.runtime.store().get_trace(&id).await? {
+        Some(t) => Ok(Json(serde_json::to_value(t).unwrap_or(Value::Null))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_trace",
+            format!("no trace `{id}` (not sampled, expired or never existed)"),
+        )),
+    }
+}
+
+pub(crate) async fn pool(State(s): State<AppState>) -> Json<Value> {
+    Json(serde_json::to_value(s.runtime.pool_status()).unwrap_or(Value::Null))
+}
+
+pub(crate) async fn prometheus(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let metrics = s.runtime.metrics().clone();
+    // Snapshot shard by shard, then encode off the async workers: recording never waits.
+    let body = tokio::task::spawn_blocking(move || {
+        let series = metrics.exposition();
+        prometheus::encode(&series, &metrics.config().catalog, openmetrics)
+    })
+    .await
+    .unwrap_or_default();
+    let ct = if openmetrics {
+        prometheus::OPENMETRICS_CONTENT_TYPE
+    } else {
+        prometheus::TEXT_CONTENT_TYPE
+    };
+    ([(header::CONTENT_TYPE, ct)], body).into_response()
+}
+
+pub(crate) async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub(crate) async fn readyz(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    s.runtime.store().count_traces().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            e.to_string(),
+        )
+    })?;
+    Ok(Json(
+        json!({"status": "ready", "pipelines": s.runtime.pipelines().len()}),
+    ))
+}
+
+pub(crate) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this endpoint",
+    )
+}

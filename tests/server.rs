@@ -1,0 +1,645 @@
+//! `luametrics serve` as a sidecar: the real binary on a random local port, a temporary
+//! database, real HTTP, `promtool` and a real Prometheus server (Debian `prometheus`).
+
+use luametrics::store::{Location, Store};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const EXEC: &str = "exec-token-1";
+const ADMIN: &str = "admin-token-1";
+
+struct Server {
+    child: Child,
+    base: String,
+    dir: tempfile::TempDir,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn pipelines(dir: &Path) -> PathBuf {
+    let scripts = repo().join("lua/scripts");
+    std::fs::write(dir.join("broken.lua"), "local t = nil\nreturn t.x\n").unwrap();
+    let text = std::fs::read_to_string(repo().join("lua/pipelines.toml"))
+        .unwrap()
+        .replace(
+            "script = \"scripts/",
+            &format!("script = \"{}/", scripts.display()),
+        );
+    let text = format!("{text}\n[[pipeline]]\nid = \"broken\"\ntrigger = \"t.broken\"\n[[pipeline.node]]\nid = \"b\"\nscript = \"broken.lua\"\n");
+    let file = dir.join("pipelines.toml");
+    std::fs::write(&file, text).unwrap();
+    file
+}
+
+impl Server {
+    fn start(env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let file = pipelines(dir.path());
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_luametrics"));
+        cmd.current_dir(dir.path())
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .env("LUAMETRICS_DATABASE_URL", dir.path().join("m.db"))
+            .env("LUAMETRICS_PIPELINES_FILE", &file)
+            .env("LUAMETRICS_SERVER_EXECUTE_TOKEN", EXEC)
+            .env("LUAMETRICS_SERVER_ADMIN_TOKEN", ADMIN)
+            .env("LUAMETRICS_SERVER_MAX_BODY_BYTES", "65536")
+            .env("LUAMETRICS_RECORDER_WINDOW_MS", "200")
+            .env("LUAMETRICS_LIMITS_POINTS_PER_MINUTE", "100000000")
+            .env("LUAMETRICS_LIMITS_BURST", "10000000")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server { child, base, dir }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn stop(mut self) -> tempfile::TempDir {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "serve exited with {status}");
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status and JSON body of a request (errors included).
+fn call(req: ureq::Request, body: Option<Value>) -> (u16, Value) {
+    let res = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    let resp = match res {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("transport error: {e}"),
+    };
+    let status = resp.status();
+    let text = resp.into_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn get(s: &Server, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut r = ureq::get(&s.url(path));
+    if let Some(t) = token {
+        r = r.set("Authorization", &format!("Bearer {t}"));
+    }
+    call(r, None)
+}
+
+fn post(s: &Server, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut r = ureq::post(&s.url(path));
+    if let Some(t) = token {
+        r = r.set("Authorization", &format!("Bearer {t}"));
+    }
+    call(r, Some(body))
+}
+
+fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    // Bounded waiting for background work (flush windows, scrapes); not a timing assertion.
+    for _ in 0..600 {
+        if let Some(v) = f() {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("gave up waiting for {what}");
+}
+
+fn login(s: &Server, tenant: &str, plan: &str) -> (u16, Value) {
+    post(
+        s,
+        "/v1/pipelines/user.login/execute",
+        Some(EXEC),
+        json!({"tenant": tenant, "event": {"email": "a@example.com", "plan": plan, "method": "passkey", "roles": ["dev"]}}),
+    )
+}
+
+#[test]
+fn execute_then_query_and_the_timings_add_up() {
+    let s = Server::start(&[]);
+    let (status, o) = login(&s, "acme", "pro");
+    assert_eq!(status, 200, "{o}");
+    assert_eq!(o["decision"]["decision"], "allow");
+    assert_eq!(o["context"]["risk"], "low");
+    for node in o["nodes"].as_array().unwrap() {
+        let t = &node["timings"];
+        let parts: f64 = ["wait_ms", "script_ms", "helpers_ms", "overhead_ms"]
+            .iter()
+            .map(|k| t[k].as_f64().unwrap())
+            .sum();
+        let total = t["total_ms"].as_f64().unwrap();
+        assert!((parts - total).abs() <= total * 0.01 + 1e-9, "{t}");
+    }
+    let sum = poll("the login count to be flushed", || {
+        let (st, q) = get(
+            &s,
+            "/v1/metrics/query?name=logins.by_plan_count&from=-1h&step=1h&agg=sum&group_by=plan",
+            Some(ADMIN),
+        );
+        assert_eq!(st, 200, "{q}");
+        q["series"]
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .map(|a| a[0]["points"][0][1].as_f64().unwrap())
+    });
+    assert_eq!(sum, 1.0);
+    let (_, names) = get(&s, "/v1/metrics/names", Some(ADMIN));
+    assert!(names["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["name"] == "logins.by_plan_count"));
+    let trace_id = o["trace_id"].as_str().unwrap().to_string();
+    let trace = poll("the trace", || {
+        let (st, t) = get(&s, &format!("/v1/traces/{trace_id}"), Some(ADMIN));
+        (st == 200).then_some(t)
+    });
+    assert_eq!(trace["spans"].as_array().unwrap().len(), 3);
+    let (st, list) = get(&s, "/v1/traces?limit=5&status=ok", Some(ADMIN));
+    assert_eq!(st, 200);
+    assert!(!list["traces"].as_array().unwrap().is_empty());
+    let (st, pool) = get(&s, "/v1/pool", Some(ADMIN));
+    assert_eq!(st, 200);
+    assert!(pool["checkouts"].as_u64().unwrap() >= 3);
+    assert_eq!(get(&s, "/healthz", None).0, 200);
+    assert_eq!(get(&s, "/readyz", None).0, 200);
+}
+
+#[test]
+fn auth_limits_and_errors_are_json_with_stable_codes() {
+    let s = Server::start(&[]);
+    let code = |r: &(u16, Value)| (r.0, r.1["error"]["code"].as_str().unwrap_or("").to_string());
+    assert_eq!(
+        code(&get(&s, "/v1/pool", None)),
+        (401, "missing_token".into())
+    );
+    assert_eq!(
+        code(&get(&s, "/v1/pool", Some("nope"))),
+        (401, "invalid_token".into())
+    );
+    assert_eq!(
+        code(&get(&s, "/v1/pool", Some(EXEC))),
+        (403, "forbidden".into())
+    );
+    assert_eq!(
+        code(&post(
+            &s,
+            "/v1/pipelines/user.login/execute",
+            None,
+            json!({"tenant": "a"})
+        )),
+        (401, "missing_token".into())
+    );
+    // The admin token may execute too.
+    assert_eq!(
+        post(
+            &s,
+            "/v1/pipelines/token.issue/execute",
+            Some(ADMIN),
+            json!({"tenant": "a", "event": {}})
+        )
+        .0,
+        200
+    );
+    let big = json!({"tenant": "a", "event": {"blob": "x".repeat(100_000)}});
+    assert_eq!(
+        code(&post(
+            &s,
+            "/v1/pipelines/user.login/execute",
+            Some(EXEC),
+            big
+        )),
+        (413, "payload_too_large".into())
+    );
+    let r = ureq::post(&s.url("/v1/pipelines/user.login/execute"))
+        .set("Authorization", &format!("Bearer {EXEC}"))
+        .set("Content-Type", "application/json")
+        .send_string("{ not json");
+    let (st, v) = match r {
+        Err(ureq::Error::Status(st, resp)) => (st, resp.into_json::<Value>().unwrap()),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        (st, v["error"]["code"].as_str().unwrap()),
+        (400, "malformed_json")
+    );
+    assert_eq!(
+        code(&post(
+            &s,
+            "/v1/pipelines/user.login/execute",
+            Some(EXEC),
+            json!({"event": {}})
+        )),
+        (400, "invalid_body".into())
+    );
+    assert_eq!(
+        code(&post(
+            &s,
+            "/v1/pipelines/no.such/execute",
+            Some(EXEC),
+            json!({"tenant": "a"})
+        )),
+        (404, "unknown_trigger".into())
+    );
+    assert_eq!(code(&get(&s, "/nope", None)), (404, "not_found".into()));
+    assert_eq!(
+        code(&get(
+            &s,
+            "/v1/metrics/query?name=a.b&step=banana",
+            Some(ADMIN)
+        )),
+        (400, "invalid_query".into())
+    );
+    assert_eq!(
+        code(&get(&s, "/v1/traces/missing", Some(ADMIN))),
+        (404, "unknown_trace".into())
+    );
+    // A script error is a 200 outcome carrying the error, not a 500.
+    let (st, o) = post(
+        &s,
+        "/v1/pipelines/t.broken/execute",
+        Some(EXEC),
+        json!({"tenant": "a"}),
+    );
+    assert_eq!(st, 200, "{o}");
+    assert_eq!(o["decision"]["decision"], "error");
+    assert_eq!(o["decision"]["code"], "runtime_error");
+    assert!(o["decision"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("broken.lua:2:"));
+}
+
+#[test]
+fn hosts_record_system_metrics_validated_against_the_catalog() {
+    let s = Server::start(&[]);
+    let (st, r) = post(
+        &s,
+        "/v1/metrics",
+        Some(EXEC),
+        json!({"points": [
+            {"name": "auth.login.attempt", "kind": "counter", "value": 2, "tags": {"method": "password", "status": "ok"}},
+            {"name": "auth.login.attempt", "kind": "counter", "value": 1, "tags": {"country": "fr"}},
+            {"name": "email.send.duration_ms", "kind": "histogram", "value": 12.5, "tags": {"type": "verify"}},
+            {"name": "host.cache.size", "kind": "gauge", "value": 3, "tags": {"client": "10.0.0.1"}},
+            {"name": "jwks.active_key.age_ms", "kind": "counter", "value": 1}
+        ]}),
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["accepted"], 2);
+    let reasons: Vec<&str> = r["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, vec!["undeclared_tag", "pii_tag", "kind_mismatch"]);
+}
+
+#[test]
+fn the_openapi_document_lists_every_route_and_each_answers() {
+    let s = Server::start(&[]);
+    let (st, doc) = get(&s, "/v1/openapi.json", None);
+    assert_eq!(st, 200);
+    let documented: HashSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, ops)| {
+            ops.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.clone(), p.clone()))
+        })
+        .collect();
+    let routes: HashSet<(String, String)> = luametrics::server::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(documented, routes);
+    for (method, path) in &routes {
+        let concrete = path.replace("{trigger}", "user.login").replace("{id}", "x");
+        let req = if method == "get" {
+            ureq::get(&s.url(&concrete))
+        } else {
+            ureq::post(&s.url(&concrete))
+        };
+        let (_, body) = call(
+            req.set("Authorization", &format!("Bearer {ADMIN}")),
+            (method == "post").then(|| json!({})),
+        );
+        let code = body["error"]["code"].as_str().unwrap_or("");
+        assert!(
+            code != "not_found" && code != "method_not_allowed",
+            "{method} {path}: {body}"
+        );
+    }
+}
+
+/// Our own checks, beyond promtool: HELP and TYPE for every family, `_total` on counters,
+/// cumulative buckets ending in `+Inf` equal to `_count`, and no series printed twice.
+fn check_exposition(text: &str) {
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut helps = HashSet::new();
+    let mut seen = HashSet::new();
+    let mut buckets: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut counts: BTreeMap<String, f64> = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helps.insert(rest.split(' ').next().unwrap().to_string());
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            types.insert(
+                it.next().unwrap().to_string(),
+                it.next().unwrap().to_string(),
+            );
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        assert!(
+            seen.insert(series.to_string()),
+            "series printed twice: {series}"
+        );
+        let value: f64 = value.parse().unwrap();
+        let name = series.split('{').next().unwrap();
+        let labels = series.strip_prefix(name).unwrap_or("");
+        let family = types
+            .keys()
+            .filter(|f| name.starts_with(f.as_str()))
+            .max_by_key(|f| f.len())
+            .unwrap_or_else(|| panic!("no TYPE for {name}"))
+            .clone();
+        assert!(helps.contains(&family), "no HELP for {family}");
+        match types[&family].as_str() {
+            "counter" => assert!(
+                name.ends_with("_total") && family.ends_with("_total"),
+                "{name}"
+            ),
+            "histogram" => {
+                if let Some(base) = name.strip_suffix("_bucket") {
+                    let le = labels
+                        .split("le=\"")
+                        .nth(1)
+                        .unwrap()
+                        .split('"')
+                        .next()
+                        .unwrap();
+                    let le = if le == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        le.parse().unwrap()
+                    };
+                    let key = format!(
+                        "{base}{}",
+                        labels
+                            .replace(
+                                &format!(
+                                    ",le=\"{}\"",
+                                    labels
+                                        .split("le=\"")
+                                        .nth(1)
+                                        .unwrap()
+                                        .split('"')
+                                        .next()
+                                        .unwrap()
+                                ),
+                                ""
+                            )
+                            .replace(
+                                &format!(
+                                    "le=\"{}\"",
+                                    labels
+                                        .split("le=\"")
+                                        .nth(1)
+                                        .unwrap()
+                                        .split('"')
+                                        .next()
+                                        .unwrap()
+                                ),
+                                ""
+                            )
+                    );
+                    buckets.entry(key).or_default().push((le, value));
+                } else if let Some(base) = name.strip_suffix("_count") {
+                    counts.insert(format!("{base}{labels}"), value);
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(!buckets.is_empty());
+    for (key, b) in &buckets {
+        assert!(
+            b.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{key}: not cumulative {b:?}"
+        );
+        let last = b.last().unwrap();
+        assert!(last.0.is_infinite(), "{key}: no +Inf bucket");
+        let plain = key.replace("{}", "").replace("{,", "{");
+        let count = counts
+            .get(&plain)
+            .or_else(|| counts.get(key))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no _count for {key} in {:?}",
+                    counts.keys().take(3).collect::<Vec<_>>()
+                )
+            });
+        assert_eq!(last.1, *count, "{key}: +Inf bucket differs from _count");
+    }
+}
+
+fn promtool() -> &'static str {
+    // Debian's prometheus package ships promtool; .ci/run installs it.
+    "promtool"
+}
+
+#[test]
+fn metrics_pass_promtool_and_our_own_checks() {
+    let s = Server::start(&[]);
+    for (i, plan) in ["free", "pro", "enterprise"].iter().enumerate() {
+        for _ in 0..=i {
+            assert_eq!(login(&s, "acme", plan).0, 200);
+        }
+    }
+    post(
+        &s,
+        "/v1/pipelines/invoice.created/execute",
+        Some(EXEC),
+        json!({"tenant": "globex", "event": {"amount": 42.5, "currency": "EUR", "plan": "pro"}}),
+    );
+    let text = poll("user metrics in /metrics", || {
+        let t = ureq::get(&s.url("/metrics"))
+            .call()
+            .ok()?
+            .into_string()
+            .ok()?;
+        (t.contains("user_logins_by_plan_count_total")
+            && t.contains("user_invoices_amount_bucket")
+            && t.contains("http_request_duration_seconds_bucket"))
+        .then_some(t)
+    });
+    assert!(text.contains("tenant=\"acme\""));
+    check_exposition(&text);
+    let path = s.dir.path().join("metrics.txt");
+    std::fs::write(&path, &text).unwrap();
+    let out = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .output()
+        .expect("promtool (Debian package prometheus) must be installed");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // OpenMetrics on request.
+    let om = ureq::get(&s.url("/metrics"))
+        .set("Accept", "application/openmetrics-text; version=1.0.0")
+        .call()
+        .unwrap();
+    assert!(om.content_type().contains("openmetrics"));
+    assert!(om.into_string().unwrap().ends_with("# EOF\n"));
+    // With metrics_requires_token, a scrape needs the admin token.
+    let locked = Server::start(&[("LUAMETRICS_SERVER_METRICS_REQUIRES_TOKEN", "true")]);
+    assert_eq!(get(&locked, "/metrics", None).0, 401);
+    assert_eq!(
+        ureq::get(&locked.url("/metrics"))
+            .set("Authorization", &format!("Bearer {ADMIN}"))
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_user_metric_with_its_tenant() {
+    let s = Server::start(&[]);
+    assert_eq!(login(&s, "acme", "pro").0, 200);
+    let target = s.base.trim_start_matches("http://").to_string();
+    let port = free_port();
+    let cfg = s.dir.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: luametrics\n    static_configs:\n      - targets: ['{target}']\n"),
+    )
+    .unwrap();
+    let mut prom = Command::new("prometheus")
+        .args([
+            &format!("--config.file={}", cfg.display()),
+            &format!(
+                "--storage.tsdb.path={}",
+                s.dir.path().join("tsdb").display()
+            ),
+            &format!("--web.listen-address=127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian package) must be installed");
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(std::mem::replace(
+        &mut prom,
+        Command::new("true").spawn().unwrap(),
+    ));
+    let result = poll("Prometheus to scrape the user metric", || {
+        let r = ureq::get(&format!("http://127.0.0.1:{port}/api/v1/query"))
+            .query("query", "user_logins_by_plan_count_total")
+            .call()
+            .ok()?;
+        let v: Value = r.into_json().ok()?;
+        let data = v["data"]["result"].as_array()?.clone();
+        (!data.is_empty()).then_some(data)
+    });
+    assert_eq!(result[0]["metric"]["tenant"], "acme");
+    assert_eq!(result[0]["metric"]["plan"], "pro");
+    assert_eq!(result[0]["value"][1], "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_under_load_loses_nothing_accepted() {
+    let s = Server::start(&[("LUAMETRICS_RECORDER_WINDOW_MS", "60000")]);
+    let base = s.base.clone();
+    let mut handles = Vec::new();
+    for t in 0..4 {
+        let base = base.clone();
+        handles.push(std::thread::spawn(move || {
+            let mut accepted = 0u64;
+            for i in 0..2_000 {
+                let r = ureq::post(&format!("{base}/v1/pipelines/token.issue/execute"))
+                    .set("Authorization", &format!("Bearer {EXEC}"))
+                    .timeout(Duration::from_secs(10))
+                    .send_json(json!({"tenant": format!("t{t}"), "event": {"client": "web", "queue_depth": i, "grant_type": "refresh_token"}}));
+                match r {
+                    Ok(resp) => {
+                        let o: Value = resp.into_json().unwrap();
+                        accepted += o["nodes"].as_array().unwrap().iter().map(|n| n["accepted"].as_u64().unwrap()).sum::<u64>();
+                    }
+                    // The listener closed: the signal arrived.
+                    Err(_) => break,
+                }
+            }
+            accepted
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let dir = s.stop();
+    let accepted: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert!(accepted > 0);
+    let store = Store::open(Location::File(dir.path().join("m.db")))
+        .await
+        .unwrap();
+    let stored: u64 = store.user_samples_by_tenant().await.unwrap().values().sum();
+    assert_eq!(stored, accepted);
+}
