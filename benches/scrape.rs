@@ -16,7 +16,11 @@ const BATCH: usize = 10_000;
 
 fn service(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) -> MetricsService {
     rt.block_on(async {
-        let store = Arc::new(Store::open(Location::File(dir.path().join("s.db"))).await.unwrap());
+        let store = Arc::new(
+            Store::open(Location::File(dir.path().join("s.db")))
+                .await
+                .unwrap(),
+        );
         let svc = MetricsService::start(
             store,
             RecorderConfig {
@@ -26,7 +30,9 @@ fn service(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) -> MetricsServ
                     ..Default::default()
                 },
                 policy: TagPolicy::new(
-                    luametrics_model::DEFAULT_DENIED_KEYS.iter().map(|s| s.to_string()),
+                    luametrics_model::DEFAULT_DENIED_KEYS
+                        .iter()
+                        .map(|s| s.to_string()),
                     Limits {
                         points_per_minute: u32::MAX,
                         burst: u32::MAX,
@@ -60,18 +66,30 @@ fn service(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir) -> MetricsServ
 fn record_batch(svc: &MetricsService, tags: &[Tags]) -> Duration {
     let start = Instant::now();
     for i in 0..BATCH {
-        svc.record_user_metric("tenant-1", "invoice.processed_count", 1.0, Kind::Counter, &tags[i % tags.len()])
-            .unwrap();
+        svc.record_user_metric(
+            "tenant-1",
+            "invoice.processed_count",
+            1.0,
+            Kind::Counter,
+            &tags[i % tags.len()],
+        )
+        .unwrap();
     }
     start.elapsed()
 }
 
 fn scrape(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let svc = service(&rt, &dir);
     assert!(svc.exposed_series() >= SERIES);
-    let tags: Vec<Tags> = (0..8).map(|i| Tags::from([("plan".to_string(), format!("p{i}"))])).collect();
+    let tags: Vec<Tags> = (0..8)
+        .map(|i| Tags::from([("plan".to_string(), format!("p{i}"))]))
+        .collect();
     let mut group = c.benchmark_group("scrape");
     group.throughput(Throughput::Elements(BATCH as u64));
     group.sample_size(20);

@@ -77,6 +77,9 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Measure performance on this machine (ratios to baselines measured in the same run).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Build rollups and apply retention now.
     Retention {
         /// Configuration file.
@@ -97,6 +100,18 @@ enum Command {
         /// Output file (default: standard output).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Pool sizes x concurrency: throughput, latency, waits; a recommended size.
+    Pool(cli::bench::PoolArgs),
+    /// SPEC §12 targets 1-3 and 6 as ratios, each next to its target.
+    HotPath {
+        /// Alternating baseline/subject rounds (medians are reported).
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
     },
 }
 
@@ -135,6 +150,8 @@ fn main() -> ExitCode {
             Command::Query(args) => cli::query::query(args).await,
             Command::Names { config } => cli::query::names(config).await,
             Command::Retention { config } => cli::query::retention(config).await,
+            Command::Bench(BenchCommand::Pool(args)) => cli::bench::pool(args).await,
+            Command::Bench(BenchCommand::HotPath { rounds }) => cli::bench::hot_path(rounds).await,
             Command::GenEvents {
                 count,
                 tenants,

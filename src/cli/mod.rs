@@ -1,5 +1,6 @@
 //! The subcommands of the `luametrics` binary.
 
+pub(crate) mod bench;
 pub(crate) mod check;
 pub(crate) mod gen;
 pub(crate) mod query;
@@ -32,6 +33,8 @@ pub(crate) enum CliError {
     Config(#[from] luametrics::ConfigError),
     #[error("{0}")]
     Store(#[from] luametrics::store::StoreError),
+    #[error("{0}")]
+    Recorder(#[from] luametrics::recorder::RecorderError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,

@@ -6,12 +6,10 @@
 use crate::series::SeriesKey;
 use luametrics_model::{Kind, MetricType, Tags};
 use luametrics_sketch::{Sketch, Summary};
-use luametrics_store::WindowRow;
 use parking_lot::Mutex;
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 
 /// One series as a scrape sees it.
 #[derive(Debug, Clone)]
@@ -58,22 +56,33 @@ impl Exposition {
         &self.shards[(h.finish() as usize) % self.shards.len()]
     }
 
-    pub fn fold(&self, row: &WindowRow, now_ms: i64) {
+    /// Folds a sealed window of `key` in (the key is cloned only the first time it is seen).
+    pub fn fold(&self, key: &SeriesKey, summary: &Summary, now_ms: i64) {
+        let mut shard = self.shard(key).lock();
+        if let Some(c) = shard.get_mut(key) {
+            // Same accuracy everywhere: merging cannot fail.
+            let _ = c.summary.merge(summary);
+            c.updated_ms = now_ms;
+            return;
+        }
+        let mut c = Cumulative {
+            summary: Summary::new(key.kind == Kind::Histogram),
+            updated_ms: now_ms,
+        };
+        let _ = c.summary.merge(summary);
+        shard.insert(key.clone(), c);
+    }
+
+    /// Folds a raw-mode row in.
+    pub fn fold_row(&self, row: &luametrics_store::WindowRow, now_ms: i64) {
         let key = SeriesKey {
             metric_type: row.metric_type,
             kind: row.kind,
-            tenant: row.tenant.as_deref().map(Arc::from),
+            tenant: row.tenant.as_deref().map(std::sync::Arc::from),
             name: row.name.clone(),
             tags: row.tags.clone(),
         };
-        let mut shard = self.shard(&key).lock();
-        let c = shard.entry(key).or_insert_with(|| Cumulative {
-            summary: Summary::new(row.kind == luametrics_model::Kind::Histogram),
-            updated_ms: now_ms,
-        });
-        // Same accuracy everywhere: merging cannot fail.
-        let _ = c.summary.merge(&row.summary);
-        c.updated_ms = now_ms;
+        self.fold(&key, &row.summary, now_ms);
     }
 
     pub fn snapshot(&self) -> Vec<ExposedSeries> {

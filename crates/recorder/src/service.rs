@@ -718,32 +718,22 @@ impl Inner {
         self.record_self_metrics(now);
         let window_ms = self.config.settings.window_ms as i64;
         let mut sealed = Vec::new();
+        let mut drained: Vec<((i64, SeriesKey), Entry)> = Vec::new();
         for shard in &self.shards {
             let mut shard = shard.lock();
-            sealed.append(&mut shard.raw);
+            for (row, cost) in shard.raw.drain(..) {
+                self.exposition.fold_row(&row, now);
+                sealed.push((row, cost));
+            }
             if all {
-                sealed.extend(
-                    shard
-                        .windows
-                        .drain()
-                        .map(|((w, k), e)| (to_row(k, w, window_ms, e.summary, e.source), e.cost)),
-                );
+                drained.extend(shard.windows.drain());
             } else {
-                let keys: Vec<(i64, SeriesKey)> = shard
-                    .windows
-                    .keys()
-                    .filter(|(w, _)| w + window_ms <= now)
-                    .cloned()
-                    .collect();
-                for k in keys {
-                    if let Some(e) = shard.windows.remove(&k) {
-                        sealed.push((to_row(k.1, k.0, window_ms, e.summary, e.source), e.cost));
-                    }
-                }
+                drained.extend(shard.windows.extract_if(|(w, _), _| *w + window_ms <= now));
             }
         }
-        for (row, _) in &sealed {
-            self.exposition.fold(row, now);
+        for ((w, k), e) in drained {
+            self.exposition.fold(&k, &e.summary, now);
+            sealed.push((to_row(k, w, window_ms, e.summary, e.source), e.cost));
         }
         let mut pending = self.pending.lock().await;
         pending.extend(sealed);
