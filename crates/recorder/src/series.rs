@@ -124,6 +124,19 @@ impl Registry {
         self.seen.len()
     }
 
+    /// Every tenant with the series it holds, most first.
+    pub fn tenants(&self) -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = self
+            .counts
+            .lock()
+            .per_tenant
+            .iter()
+            .map(|(t, n)| (t.to_string(), *n))
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        v
+    }
+
     /// Series a tenant holds against its limit.
     pub fn tenant_series(&self, tenant: &str) -> usize {
         self.counts

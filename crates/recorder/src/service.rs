@@ -219,6 +219,11 @@ impl MetricsService {
         self.inner.registry.tenant_series(tenant)
     }
 
+    /// Every tenant with the user series it holds against its limit, most first.
+    pub fn tenants_series(&self) -> Vec<(String, usize)> {
+        self.inner.registry.tenants()
+    }
+
     /// Tenants with rate-limiter state.
     pub fn limiter_tenants(&self) -> usize {
         self.inner.quota.tracked_tenants()

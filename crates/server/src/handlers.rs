@@ -154,6 +154,8 @@ pub(crate) struct QueryParams {
     tenant: Option<String>,
     #[serde(rename = "type")]
     metric_type: Option<String>,
+    /// Tag filters `key:value`, comma separated.
+    filter: Option<String>,
 }
 
 pub(crate) async fn query(
@@ -194,7 +196,7 @@ pub(crate) async fn query(
             to_ms: to + 1,
             tenant: p.tenant,
             metric_type,
-            filters: Tags::new(),
+            filters: parse_filters(p.filter.as_deref())?,
         },
         agg,
         step_ms: step,
@@ -301,4 +303,19 @@ pub(crate) async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "method not allowed on this endpoint",
     )
+}
+
+/// `key:value,key2:value2` into tag filters.
+pub(crate) fn parse_filters(text: Option<&str>) -> Result<Tags, ApiError> {
+    let mut tags = Tags::new();
+    for part in text.unwrap_or("").split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once(':').ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("`filter`: `{part}` is not key:value"),
+            )
+        })?;
+        tags.insert(k.to_string(), v.to_string());
+    }
+    Ok(tags)
 }

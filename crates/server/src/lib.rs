@@ -6,6 +6,8 @@
 //! traces and pool endpoints take the admin token; `/metrics` optionally. The server records
 //! its own traffic through [`HttpMetricsLayer`], which hosts can use on their own services.
 
+mod chart;
+pub mod dashboard;
 mod error;
 mod handlers;
 mod layer;
@@ -66,10 +68,14 @@ fn random_token() -> String {
     out
 }
 
+/// What every handler shares.
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub struct AppState {
+    /// The runtime behind the API.
     pub runtime: Arc<Runtime>,
+    /// Tokens in force.
     pub tokens: Tokens,
+    /// Server settings.
     pub settings: ServerSettings,
 }
 
@@ -175,6 +181,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/v1/openapi.json"),
+    ("get", "/"),
+    ("post", "/login"),
 ];
 
 /// The router with every route, its auth, limits and the HTTP metrics layer.
@@ -205,6 +213,8 @@ pub fn router(runtime: Arc<Runtime>, settings: ServerSettings, tokens: Tokens) -
             require_metrics_token,
         ));
     let open = Router::new()
+        .route("/", get(dashboard::page))
+        .route("/login", post(dashboard::login))
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/v1/openapi.json", get(handlers::openapi));

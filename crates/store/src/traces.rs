@@ -243,6 +243,43 @@ impl Store {
         Ok(Some(t))
     }
 
+    /// Per pipeline over a time range: executions and the summed time split, from traces.
+    pub async fn trace_split_by_pipeline(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(String, u64, [f64; 4])>, StoreError> {
+        let conn = self.reader().await?;
+        let mut rows = conn
+            .query(
+                "SELECT pipeline_id, COUNT(*), SUM(wait_ms), SUM(script_ms), SUM(helpers_ms), SUM(overhead_ms)
+                   FROM pipeline_traces WHERE started_at >= ?1 AND started_at < ?2
+                  GROUP BY pipeline_id ORDER BY pipeline_id",
+                [from_ms, to_ms],
+            )
+            .await
+            .map_err(StoreError::db("sum trace timings"))?;
+        let mut out = Vec::new();
+        while let Some(r) = rows
+            .next()
+            .await
+            .map_err(StoreError::db("sum trace timings"))?
+        {
+            let e = || StoreError::db("sum trace timings");
+            out.push((
+                r.get::<String>(0).map_err(e())?,
+                r.get::<i64>(1).map_err(e())? as u64,
+                [
+                    r.get::<f64>(2).map_err(e())?,
+                    r.get::<f64>(3).map_err(e())?,
+                    r.get::<f64>(4).map_err(e())?,
+                    r.get::<f64>(5).map_err(e())?,
+                ],
+            ));
+        }
+        Ok(out)
+    }
+
     /// Number of stored traces.
     pub async fn count_traces(&self) -> Result<u64, StoreError> {
         let conn = self.reader().await?;

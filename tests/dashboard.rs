@@ -1,0 +1,226 @@
+//! The Observability dashboard in a real headless Chromium (Debian `chromium`), served by the
+//! real binary after data went through the pipelines and `POST /v1/metrics`.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::path::Path;
+use std::process::Command;
+
+/// Runs headless Chromium on `url`; returns (stdout, stderr).
+fn chromium(profile: &Path, url: &str, extra: &[&str]) -> (String, String) {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+            &format!("--user-data-dir={}", profile.display()),
+        ])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("chromium (Debian package) must be installed");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn record_data(s: &Server) {
+    for (tenant, plan) in [
+        ("tenant-a", "pro"),
+        ("tenant-b", "free"),
+        ("tenant-a", "enterprise"),
+    ] {
+        assert_eq!(login(s, tenant, plan).0, 200);
+    }
+    let (st, _) = post(
+        s,
+        "/v1/pipelines/invoice.created/execute",
+        Some(EXEC),
+        json!({"tenant": "tenant-a", "event": {"amount": 120.0, "currency": "EUR", "plan": "pro"}}),
+    );
+    assert_eq!(st, 200);
+    let (st, r) = post(
+        s,
+        "/v1/metrics",
+        Some(EXEC),
+        json!({"points": [
+            {"name": "jwks.active_key.age_ms", "kind": "gauge", "value": 3_600_000.0},
+            {"name": "email.send.success", "kind": "counter", "value": 9, "tags": {"type": "verify"}},
+            {"name": "email.send.error", "kind": "counter", "value": 1, "tags": {"type": "verify"}},
+            {"name": "auth.login.attempt", "kind": "counter", "value": 3, "tags": {"method": "password", "status": "fail"}},
+            {"name": "authz.rebac.traversal_depth", "kind": "histogram", "value": 4, "tags": {"entity_type": "doc"}},
+            {"name": "authz.decision.count", "kind": "counter", "value": 5, "tags": {"result": "allow", "source": "rebac"}},
+            {"name": "admin.session.revoke", "kind": "counter", "value": 2, "tags": {"actor_type": "human"}},
+            {"name": "admin.policy.change.count", "kind": "counter", "value": 1, "tags": {"action": "update"}}
+        ]}),
+    );
+    assert_eq!((st, r["accepted"].as_u64()), (200, Some(8)), "{r}");
+}
+
+#[test]
+fn the_dashboard_renders_every_panel_with_its_series_in_a_real_browser() {
+    let s = Server::start(&[]);
+    record_data(&s);
+    poll("the data to be flushed", || {
+        let (_, n) = get(&s, "/v1/metrics/names", Some(ADMIN));
+        let names: Vec<String> = n["names"]
+            .as_array()?
+            .iter()
+            .filter_map(|x| x["name"].as_str().map(str::to_string))
+            .collect();
+        [
+            "pipeline.exec.duration",
+            "logins.by_plan_count",
+            "admin.session.revoke",
+            "http.request.duration_ms",
+            "lua.pool.active",
+        ]
+        .iter()
+        .all(|w| names.iter().any(|n| n == w))
+        .then_some(())
+    });
+    let profile = tempfile::tempdir().unwrap();
+    let url = s.url(&format!("/?range=1h&token={ADMIN}"));
+    let (dom, stderr) = chromium(profile.path(), &url, &["--dump-dom"]);
+    for panel in [
+        "system",
+        "pipelines",
+        "security",
+        "user",
+        "webhooks",
+        "admin",
+    ] {
+        assert!(
+            dom.contains(&format!("data-panel=\"{panel}\"")),
+            "panel {panel} missing"
+        );
+    }
+    for series in [
+        "data-series=\"p95\"",           // API latency
+        "data-series=\"active\"",        // Lua pool
+        "data-series=\"user.login\"",    // executions per minute by trigger
+        "data-part=\"overhead\"",        // overhead vs script, stacked
+        "data-series=\"tenant-a\"",      // user metric per tenant
+        "data-series=\"fail password\"", // login failures
+        "data-series=\"session revokes\"",
+        "data-stat=\"jwks-age\"",
+        "data-table=\"slowest-scripts\"",
+        "data-table=\"quotas\"",
+    ] {
+        assert!(dom.contains(series), "{series} missing from the dashboard");
+    }
+    assert!(dom.contains("badge green"), "a 1 h old key is green");
+    assert!(dom.contains("90.0%"), "e-mail success rate");
+    // The webhook panel has no data: it names its metrics and how to record them.
+    let webhooks = &dom[dom.find("data-panel=\"webhooks\"").unwrap()..];
+    let webhooks = &webhooks[..webhooks.find("</section>").unwrap()];
+    assert!(
+        webhooks.contains("data-hint=\"no-data\"")
+            && webhooks.contains("webhook.emit.count")
+            && webhooks.contains("POST /v1/metrics"),
+        "{webhooks}"
+    );
+    // Each chart links to the JSON query that feeds it, and nothing is fetched from outside.
+    assert!(dom.contains("/v1/metrics/query?name=pipeline.exec.duration"));
+    assert!(
+        !dom.contains("http://") || !dom.contains("<script src"),
+        "external resources"
+    );
+    for bad in ["Uncaught", "Failed to load resource", "ERR_"] {
+        assert!(
+            !stderr
+                .lines()
+                .any(|l| l.contains("CONSOLE") && l.contains(bad)),
+            "console error: {stderr}"
+        );
+    }
+    // A screenshot as a test artifact.
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let _ = std::fs::remove_file(&shot);
+    chromium(
+        profile.path(),
+        &url,
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1400,2600",
+            "--hide-scrollbars",
+        ],
+    );
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(png.len() > 10_000 && png.starts_with(b"\x89PNG"));
+    // Picking a tenant narrows the user panel.
+    let (dom, _) = chromium(
+        profile.path(),
+        &s.url(&format!(
+            "/?range=1h&tenant=tenant-b&metric=logins.by_plan_count&token={ADMIN}"
+        )),
+        &["--dump-dom"],
+    );
+    assert!(dom.contains("data-metric=\"logins.by_plan_count\""));
+    assert!(
+        dom.contains("<option selected=\"\">tenant-b</option>")
+            || dom.contains("<option selected>tenant-b</option>"),
+        "tenant picker"
+    );
+}
+
+#[test]
+fn without_the_token_the_dashboard_is_refused_and_the_login_form_signs_in() {
+    let s = Server::start(&[]);
+    let r = ureq::get(&s.url("/")).call();
+    match r {
+        Err(ureq::Error::Status(401, resp)) => {
+            assert!(resp.into_string().unwrap().contains("name=\"token\""))
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    assert!(matches!(
+        ureq::get(&s.url("/?token=wrong")).call(),
+        Err(ureq::Error::Status(401, _))
+    ));
+    assert!(matches!(
+        ureq::get(&s.url(&format!("/?token={EXEC}"))).call(),
+        Err(ureq::Error::Status(401, _))
+    ));
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let resp = agent
+        .post(&s.url("/login"))
+        .send_form(&[("token", ADMIN)])
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let cookie = resp
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(cookie.starts_with("luametrics_token="));
+    let page = agent
+        .get(&s.url("/"))
+        .set("Cookie", &cookie)
+        .call()
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.into_string().unwrap();
+    assert!(html.contains("data-panel=\"system\""));
+    // A fresh server with no data: every panel explains which metrics feed it.
+    for panel in ["security", "webhooks", "admin"] {
+        let section = &html[html.find(&format!("data-panel=\"{panel}\"")).unwrap()..];
+        assert!(
+            section[..section.find("</section>").unwrap()].contains("data-hint=\"no-data\""),
+            "{panel}"
+        );
+    }
+}
