@@ -125,7 +125,7 @@ async fn limits_end_runaway_scripts_and_the_engine_is_replaced() {
         ("while true do pcall(function() while true do end end) end", Box::new(timeout)),
         ("while true do xpcall(function() while true do end end, function(e) return e end) end", Box::new(timeout)),
         ("error(setmetatable({}, { __tostring = function() while true do end end }))", Box::new(|e: &ScriptError| matches!(e, ScriptError::Timeout { .. } | ScriptError::Runtime { .. }))),
-        ("local t = {} for i = 1, 1e9 do t[i] = ('x'):rep(100) .. i end", Box::new(memory)),
+        ("local t = {} for i = 1, 1e9 do t[i] = ('x'):rep(65536) .. i end", Box::new(memory)),
         ("local s = string.rep('x', 1e9)", Box::new(memory)),
         ("local s = string.rep('x', 1e6) local t = {} for i = 1, 100 do t[i] = s end local u = table.concat(t)", Box::new(memory)),
         ("local t = {} while true do pcall(function() t[#t + 1] = ('y'):rep(4096) .. #t end) end", Box::new(|e: &ScriptError| matches!(e, ScriptError::Memory { .. } | ScriptError::Timeout { .. }))),

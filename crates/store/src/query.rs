@@ -348,42 +348,6 @@ impl Store {
         Ok(out)
     }
 
-    async fn find_rollups(
-        &self,
-        conn: &Connection,
-        q: &FindQuery,
-        tier: Tier,
-    ) -> Result<Vec<StoredRow>, StoreError> {
-        let Some(res) = tier.resolution() else {
-            return Ok(Vec::new());
-        };
-        let bucket = if tier == Tier::Day { DAY_MS } else { HOUR_MS };
-        let mut params = Vec::new();
-        let mut sql = format!(
-            "SELECT {} FROM metric_rollups WHERE {}",
-            ROW_COLUMNS.replace("timestamp, window_ms", "bucket_start, 0"),
-            where_clause(q, "bucket_start", &mut params)
-        );
-        params.push(Value::Text(res.to_string()));
-        sql.push_str(&format!(" AND resolution = ?{}", params.len()));
-        let mut rows = conn
-            .query(&sql, params)
-            .await
-            .map_err(StoreError::db("query rollup rows"))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows
-            .next()
-            .await
-            .map_err(StoreError::db("read rollup rows"))?
-        {
-            let r = decode_row(&row, "metric_rollups", Some(bucket))?;
-            if r.matches(q) {
-                out.push(r);
-            }
-        }
-        Ok(out)
-    }
-
     /// Aggregates one metric per time bucket, from the coarsest tier that serves the step,
     /// merging sketches for percentiles. Returns the series and the tier used.
     pub async fn aggregate(&self, q: &AggregateQuery) -> Result<(Vec<Series>, Tier), StoreError> {
@@ -401,41 +365,49 @@ impl Store {
         }
         let tier = Tier::for_step(q.step_ms);
         let conn = self.reader().await?;
-        let rows = if tier == Tier::Raw {
-            self.find_raw(&conn, &q.find, None).await?
+        let mut groups: BTreeMap<Option<String>, BTreeMap<i64, Summary>> = BTreeMap::new();
+        if tier == Tier::Raw {
+            self.scan(
+                &conn,
+                q,
+                "metrics",
+                "timestamp",
+                q.find.from_ms,
+                None,
+                None,
+                &mut groups,
+            )
+            .await?;
         } else {
             // Rows that the rollup job has not folded in yet are read raw, so answers are fresh
             // and nothing is counted twice.
             let watermark = crate::rollup::watermark(&conn).await?;
             // A rollup bucket that starts before `from` may hold points inside the range only if
             // `from` is not aligned; align the rollup read to the bucket grid.
-            let mut aligned = q.find.clone();
             let bucket = if tier == Tier::Day { DAY_MS } else { HOUR_MS };
-            aligned.from_ms = q.find.from_ms.div_euclid(bucket) * bucket;
-            let mut rows = self.find_rollups(&conn, &aligned, tier).await?;
-            rows.extend(self.find_raw(&conn, &q.find, Some(watermark)).await?);
-            rows
-        };
-        let mut groups: BTreeMap<Option<String>, BTreeMap<i64, Summary>> = BTreeMap::new();
-        for r in rows {
-            let group = q.group_by.as_ref().and_then(|g| {
-                if g == "tenant" {
-                    r.tenant.clone()
-                } else {
-                    r.tags.get(g).cloned()
-                }
-            });
-            let start = r.timestamp_ms.div_euclid(q.step_ms) * q.step_ms;
-            let bucket = groups
-                .entry(group)
-                .or_default()
-                .entry(start)
-                .or_insert_with(|| Summary::new(false));
-            bucket.merge(&r.summary).map_err(|e| StoreError::Corrupt {
-                table: "metrics",
-                id: r.id,
-                problem: e.to_string(),
-            })?;
+            let aligned = q.find.from_ms.div_euclid(bucket) * bucket;
+            self.scan(
+                &conn,
+                q,
+                "metric_rollups",
+                "bucket_start",
+                aligned,
+                tier.resolution(),
+                None,
+                &mut groups,
+            )
+            .await?;
+            self.scan(
+                &conn,
+                q,
+                "metrics",
+                "timestamp",
+                q.find.from_ms,
+                None,
+                Some(watermark),
+                &mut groups,
+            )
+            .await?;
         }
         let series = groups
             .into_iter()
@@ -448,6 +420,161 @@ impl Store {
             })
             .collect();
         Ok((series, tier))
+    }
+
+    /// Folds one table's matching rows into per-group, per-bucket summaries. Sums, counts,
+    /// minima and maxima are aggregated by SQLite (a few rows come back); `last` and
+    /// percentiles read each row's summary (and sketch) and merge here. Tags are filtered and
+    /// grouped with `json_extract`, so no row's tags are parsed in Rust.
+    #[allow(clippy::too_many_arguments)]
+    async fn scan(
+        &self,
+        conn: &Connection,
+        q: &AggregateQuery,
+        table: &str,
+        time_col: &str,
+        from_ms: i64,
+        resolution: Option<&str>,
+        above_id: Option<i64>,
+        groups: &mut BTreeMap<Option<String>, BTreeMap<i64, Summary>>,
+    ) -> Result<(), StoreError> {
+        let tag_path = |k: &str| -> Result<String, StoreError> {
+            if k.is_empty() || !k.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
+                return Err(StoreError::InvalidQuery(format!("`{k}` is not a tag key")));
+            }
+            Ok(format!("json_extract(tags, '$.\"{k}\"')"))
+        };
+        let group_expr = match q.group_by.as_deref() {
+            None => "NULL".to_string(),
+            Some("tenant") => "tenant_id".to_string(),
+            Some(tag) => tag_path(tag)?,
+        };
+        let mut params: Vec<Value> = vec![
+            Value::Text(q.find.name.clone()),
+            Value::Integer(from_ms),
+            Value::Integer(q.find.to_ms),
+        ];
+        let mut cond = format!("name = ?1 AND {time_col} >= ?2 AND {time_col} < ?3");
+        let push = |params: &mut Vec<Value>, cond: &mut String, sql: String, v: Value| {
+            params.push(v);
+            cond.push_str(&format!(" AND {sql} = ?{}", params.len()));
+        };
+        if let Some(r) = resolution {
+            push(
+                &mut params,
+                &mut cond,
+                "resolution".into(),
+                Value::Text(r.into()),
+            );
+            // The narrowest rollup scope that still answers the query.
+            let scope = if !q.find.filters.is_empty()
+                || q.group_by.as_deref().is_some_and(|g| g != "tenant")
+            {
+                "series"
+            } else if q.find.tenant.is_some() || q.group_by.as_deref() == Some("tenant") {
+                "tenant"
+            } else {
+                "name"
+            };
+            push(
+                &mut params,
+                &mut cond,
+                "scope".into(),
+                Value::Text(scope.into()),
+            );
+        }
+        if let Some(t) = &q.find.tenant {
+            push(
+                &mut params,
+                &mut cond,
+                "tenant_id".into(),
+                Value::Text(t.clone()),
+            );
+        }
+        if let Some(mt) = q.find.metric_type {
+            push(
+                &mut params,
+                &mut cond,
+                "metric_type".into(),
+                Value::Text(mt.as_str().into()),
+            );
+        }
+        for (k, v) in &q.find.filters {
+            push(&mut params, &mut cond, tag_path(k)?, Value::Text(v.clone()));
+        }
+        if let Some(id) = above_id {
+            params.push(Value::Integer(id));
+            cond.push_str(&format!(" AND id > ?{}", params.len()));
+        }
+        let per_row = q.agg == Agg::Last || q.agg.quantile().is_some();
+        let sql = if per_row {
+            let sketch = if q.agg.quantile().is_some() {
+                "sketch"
+            } else {
+                "NULL"
+            };
+            format!("SELECT {time_col}, {group_expr}, samples, sum, min, max, last, last_ts, {sketch} FROM {table} WHERE {cond}")
+        } else {
+            params.push(Value::Integer(q.step_ms));
+            let step = params.len();
+            format!(
+                "SELECT ({time_col} / ?{step}) * ?{step}, {group_expr}, SUM(samples), SUM(sum), MIN(min), MAX(max), 0, 0, NULL
+                   FROM {table} WHERE {cond} GROUP BY 1, 2"
+            )
+        };
+        let mut rows = conn
+            .query(&sql, params)
+            .await
+            .map_err(StoreError::db("aggregate metric rows"))?;
+        let bad = |problem: String| StoreError::Corrupt {
+            table: "metrics",
+            id: 0,
+            problem,
+        };
+        let num = |v: Value| match v {
+            Value::Real(f) => Ok(f),
+            Value::Integer(i) => Ok(i as f64),
+            other => Err(bad(format!("expected a number, got {other:?}"))),
+        };
+        while let Some(r) = rows
+            .next()
+            .await
+            .map_err(StoreError::db("read aggregates"))?
+        {
+            let v = |i: i32| r.get_value(i).map_err(|e| bad(e.to_string()));
+            let t = match v(0)? {
+                Value::Integer(t) => t,
+                other => return Err(bad(format!("time: {other:?}"))),
+            };
+            let group = match v(1)? {
+                Value::Text(s) => Some(s),
+                Value::Integer(i) => Some(i.to_string()),
+                Value::Real(f) => Some(f.to_string()),
+                _ => None,
+            };
+            let sketch = match v(8)? {
+                Value::Blob(b) => Some(Sketch::from_bytes(&b).map_err(|e| bad(e.to_string()))?),
+                _ => None,
+            };
+            let summary = Summary {
+                samples: num(v(2)?)? as u64,
+                sum: num(v(3)?)?,
+                min: num(v(4)?)?,
+                max: num(v(5)?)?,
+                last: num(v(6)?)?,
+                last_ts: num(v(7)?)? as i64,
+                sketch,
+            };
+            let start = t.div_euclid(q.step_ms) * q.step_ms;
+            groups
+                .entry(group)
+                .or_default()
+                .entry(start)
+                .or_insert_with(|| Summary::new(false))
+                .merge(&summary)
+                .map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Points stored per tenant for user metrics (sum of `samples` over raw rows).

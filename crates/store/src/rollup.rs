@@ -98,6 +98,33 @@ pub(crate) async fn watermark(conn: &Connection) -> Result<i64, StoreError> {
 struct Bucket {
     row: StoredRow,
     resolution: &'static str,
+    scope: &'static str,
+}
+
+/// The rollup scopes a raw row feeds: its own series, its (name, tenant) and its name.
+fn scopes(r: &StoredRow) -> [(&'static str, String, Option<String>, bool); 3] {
+    use crate::row::series_key;
+    [
+        ("series", r.series_key(), r.tenant.clone(), true),
+        (
+            "tenant",
+            format!(
+                "tenant\u{1e}{}",
+                series_key(r.metric_type, r.tenant.as_deref(), &r.name, r.kind, "{}")
+            ),
+            r.tenant.clone(),
+            false,
+        ),
+        (
+            "name",
+            format!(
+                "name\u{1e}{}",
+                series_key(r.metric_type, None, &r.name, r.kind, "{}")
+            ),
+            None,
+            false,
+        ),
+    ]
 }
 
 impl Store {
@@ -138,25 +165,32 @@ impl Store {
             let r = decode_row(&row, "metrics", None)?;
             max_id = max_id.max(r.id);
             n += 1;
-            let key = r.series_key();
-            for (res, size) in [("hour", HOUR_MS), ("day", DAY_MS)] {
-                let start = r.timestamp_ms.div_euclid(size) * size;
-                match buckets.entry((res, key.clone(), start)) {
-                    std::collections::hash_map::Entry::Occupied(mut e) => {
-                        e.get_mut()
-                            .row
-                            .summary
-                            .merge(&r.summary)
-                            .map_err(|e| corrupt(r.id, e))?;
-                    }
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        let mut row = r.clone();
-                        row.timestamp_ms = start;
-                        row.window_ms = size;
-                        e.insert(Bucket {
-                            row,
-                            resolution: res,
-                        });
+            for (scope, key, tenant, keep_tags) in scopes(&r) {
+                for (res, size) in [("hour", HOUR_MS), ("day", DAY_MS)] {
+                    let start = r.timestamp_ms.div_euclid(size) * size;
+                    match buckets.entry((res, key.clone(), start)) {
+                        std::collections::hash_map::Entry::Occupied(mut e) => {
+                            e.get_mut()
+                                .row
+                                .summary
+                                .merge(&r.summary)
+                                .map_err(|e| corrupt(r.id, e))?;
+                        }
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            let mut row = r.clone();
+                            row.timestamp_ms = start;
+                            row.window_ms = size;
+                            row.tenant = tenant.clone();
+                            if !keep_tags {
+                                row.tags.clear();
+                                row.source = None;
+                            }
+                            e.insert(Bucket {
+                                row,
+                                resolution: res,
+                                scope,
+                            });
+                        }
                     }
                 }
             }
@@ -213,11 +247,12 @@ impl Store {
                 s.sketch
                     .as_ref()
                     .map_or(Value::Null, |k| Value::Blob(k.to_bytes())),
+                Value::Text(b.scope.to_string()),
             ];
             tx.execute(
                 "INSERT INTO metric_rollups (resolution, bucket_start, series_key, name, tenant_id,
-                    metric_type, kind, tags, source, samples, sum, min, max, last, last_ts, sketch)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
+                    metric_type, kind, tags, source, samples, sum, min, max, last, last_ts, sketch, scope)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
                  ON CONFLICT (resolution, series_key, bucket_start) DO UPDATE SET
                     samples = excluded.samples, sum = excluded.sum, min = excluded.min,
                     max = excluded.max, last = excluded.last, last_ts = excluded.last_ts,
