@@ -2,6 +2,8 @@
 //!
 //! - flush: writing N aggregated rows through the recorder's flush vs a bare libSQL prepared
 //!   INSERT of N rows in one transaction into the same table (target: at least 0.7x the speed).
+//!   Two pairs: a first window of new series against an empty table, and the steady state (the
+//!   same series' next window) against a bare insert into a table holding one window already.
 //! - record_user_metric: ns per point with 2 tags, validated, rate-limited, aggregated.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -50,7 +52,9 @@ async fn fresh_store(dir: &tempfile::TempDir, i: u64) -> Arc<Store> {
     )
 }
 
-async fn bare_insert(db_path: &std::path::Path) -> Duration {
+/// `prefill`: insert one window of rows first (untimed), like the steady-state flush whose
+/// table already holds the previous window.
+async fn bare_insert(db_path: &std::path::Path, prefill: bool) -> Duration {
     // A second connection to the same file inserting the same rows (every column the flush
     // writes), binding each row's values as any insert loop does, with nothing around it.
     let db = libsql::Builder::new_local(db_path).build().await.unwrap();
@@ -80,9 +84,11 @@ async fn bare_insert(db_path: &std::path::Path) -> Duration {
             Null,
         ]
     };
-    let start = Instant::now();
-    let tx = conn.transaction().await.unwrap();
-    let stmt = tx
+    let mut elapsed = Duration::ZERO;
+    for round in 0..(1 + usize::from(prefill)) {
+        let start = Instant::now();
+        let tx = conn.transaction().await.unwrap();
+        let stmt = tx
         .prepare(
             "INSERT INTO metrics (name, value, tags, metric_type, timestamp, service, route_id,
              client_id, status, tenant_id, kind, source, window_ms, samples, sum, min, max, last,
@@ -91,12 +97,16 @@ async fn bare_insert(db_path: &std::path::Path) -> Duration {
         )
         .await
         .unwrap();
-    for i in 0..N {
-        stmt.execute(row(i)).await.unwrap();
-        stmt.reset();
+        for i in 0..N {
+            stmt.execute(row(i)).await.unwrap();
+            stmt.reset();
+        }
+        tx.commit().await.unwrap();
+        if round == usize::from(prefill) {
+            elapsed = start.elapsed();
+        }
     }
-    tx.commit().await.unwrap();
-    start.elapsed()
+    elapsed
 }
 
 fn ingest_window(svc: &MetricsService) {
@@ -144,20 +154,25 @@ fn flush(c: &mut Criterion) {
     group.throughput(Throughput::Elements(N as u64));
     group.sample_size(10);
     let mut n = 0u64;
-    group.bench_function("bare_libsql_insert", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                n += 1;
-                total += rt.block_on(async {
-                    // Same schema (migrations ran), then a bare insert on its own connection.
-                    let _store = fresh_store(&dir, n).await;
-                    bare_insert(&dir.path().join(format!("b{n}.db"))).await
-                });
-            }
-            total
-        })
-    });
+    for (name, prefill) in [
+        ("bare_libsql_insert", false),
+        ("bare_libsql_insert_second_window", true),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    n += 1;
+                    total += rt.block_on(async {
+                        // Same schema (migrations ran), then a bare insert on its own connection.
+                        let _store = fresh_store(&dir, n).await;
+                        bare_insert(&dir.path().join(format!("b{n}.db")), prefill).await
+                    });
+                }
+                total
+            })
+        });
+    }
     for (name, steady) in [
         ("recorder_flush_new_series", false),
         ("recorder_flush_steady_series", true),
