@@ -7,9 +7,7 @@ use crate::series::SeriesKey;
 use luametrics_model::{Kind, MetricType, Tags};
 use luametrics_sketch::{Sketch, Summary};
 use parking_lot::Mutex;
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 
 /// One series as a scrape sees it.
 #[derive(Debug, Clone)]
@@ -37,23 +35,25 @@ struct Cumulative {
     updated_ms: i64,
 }
 
+type Map = HashMap<SeriesKey, Cumulative, ahash::RandomState>;
+
 pub(crate) struct Exposition {
-    shards: Vec<Mutex<HashMap<SeriesKey, Cumulative>>>,
+    shards: Vec<Mutex<Map>>,
+    hasher: ahash::RandomState,
 }
 
 impl Exposition {
     pub fn new(shards: usize) -> Self {
         Self {
             shards: (0..shards.max(1))
-                .map(|_| Mutex::new(HashMap::new()))
+                .map(|_| Mutex::new(Map::default()))
                 .collect(),
+            hasher: ahash::RandomState::new(),
         }
     }
 
-    fn shard(&self, key: &SeriesKey) -> &Mutex<HashMap<SeriesKey, Cumulative>> {
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        &self.shards[(h.finish() as usize) % self.shards.len()]
+    fn shard(&self, key: &SeriesKey) -> &Mutex<Map> {
+        &self.shards[(self.hasher.hash_one(key) as usize) % self.shards.len()]
     }
 
     /// Folds a sealed window of `key` in (the key is cloned only the first time it is seen).

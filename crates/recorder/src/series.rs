@@ -45,7 +45,7 @@ struct Counts {
 /// Known user series with their last use; decides whether a new series fits the limits.
 #[derive(Default)]
 pub(crate) struct Registry {
-    seen: DashMap<SeriesKey, AtomicI64>,
+    seen: DashMap<SeriesKey, AtomicI64, ahash::RandomState>,
     /// Taken only when a series is new or evicted, so the limits are exact under concurrency.
     counts: Mutex<Counts>,
 }

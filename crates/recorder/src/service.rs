@@ -7,9 +7,7 @@ use luametrics_model::{Kind, MetricType, RejectReason, Tags};
 use luametrics_sketch::Summary;
 use luametrics_store::{Store, StoreError, WindowRow};
 use parking_lot::Mutex;
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -107,7 +105,8 @@ struct Entry {
 
 #[derive(Default)]
 struct Shard {
-    windows: HashMap<(i64, SeriesKey), Entry>,
+    /// ahash: fast, and seeded per process so tenants cannot craft colliding tags.
+    windows: HashMap<(i64, SeriesKey), Entry, ahash::RandomState>,
     /// Raw mode (window 0): every point is its own row.
     raw: Vec<(WindowRow, usize)>,
 }
@@ -116,6 +115,7 @@ struct Inner {
     config: RecorderConfig,
     store: Arc<Store>,
     shards: Vec<Mutex<Shard>>,
+    hasher: ahash::RandomState,
     registry: Registry,
     exposition: crate::exposition::Exposition,
     quota: TenantQuota,
@@ -166,6 +166,7 @@ impl MetricsService {
             config,
             store,
             shards,
+            hasher: ahash::RandomState::new(),
             registry: Registry::default(),
             exposition: crate::exposition::Exposition::new(16),
             counters: Counters::default(),
@@ -563,9 +564,7 @@ impl Inner {
             Accepted::Stored
         };
         let window = self.window_start(ts);
-        let mut hasher = DefaultHasher::new();
-        key.hash(&mut hasher);
-        let shard = &self.shards[(hasher.finish() as usize) % self.shards.len()];
+        let shard = &self.shards[(self.hasher.hash_one(&key) as usize) % self.shards.len()];
         let max = self.config.settings.max_memory_bytes;
         let cost = ENTRY_OVERHEAD
             + key.heap_bytes()
