@@ -8,6 +8,7 @@ use luametrics_model::{Kind, MetricType, Tags};
 use luametrics_sketch::{Sketch, Summary};
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// One series as a scrape sees it.
 #[derive(Debug, Clone)]
@@ -35,7 +36,7 @@ struct Cumulative {
     updated_ms: i64,
 }
 
-type Map = HashMap<SeriesKey, Cumulative, ahash::RandomState>;
+type Map = HashMap<Arc<SeriesKey>, Cumulative, ahash::RandomState>;
 
 pub(crate) struct Exposition {
     shards: Vec<Mutex<Map>>,
@@ -56,10 +57,10 @@ impl Exposition {
         &self.shards[(self.hasher.hash_one(key) as usize) % self.shards.len()]
     }
 
-    /// Folds a sealed window of `key` in (the key is cloned only the first time it is seen).
-    pub fn fold(&self, key: &SeriesKey, summary: &Summary, now_ms: i64) {
+    /// Folds a sealed window of `key` in (the key is shared, never copied).
+    pub fn fold(&self, key: &Arc<SeriesKey>, summary: &Summary, now_ms: i64) {
         let mut shard = self.shard(key).lock();
-        if let Some(c) = shard.get_mut(key) {
+        if let Some(c) = shard.get_mut(&**key) {
             // Same accuracy everywhere: merging cannot fail.
             let _ = c.summary.merge(summary);
             c.updated_ms = now_ms;
@@ -71,18 +72,6 @@ impl Exposition {
         };
         let _ = c.summary.merge(summary);
         shard.insert(key.clone(), c);
-    }
-
-    /// Folds a raw-mode row in.
-    pub fn fold_row(&self, row: &luametrics_store::WindowRow, now_ms: i64) {
-        let key = SeriesKey {
-            metric_type: row.metric_type,
-            kind: row.kind,
-            tenant: row.tenant.as_deref().map(std::sync::Arc::from),
-            name: row.name.clone(),
-            tags: row.tags.clone(),
-        };
-        self.fold(&key, &row.summary, now_ms);
     }
 
     pub fn snapshot(&self) -> Vec<ExposedSeries> {

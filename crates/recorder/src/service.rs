@@ -5,7 +5,7 @@ use crate::series::{Registry, SeriesKey};
 use crate::Accounting;
 use luametrics_model::{Kind, MetricType, RejectReason, Tags};
 use luametrics_sketch::Summary;
-use luametrics_store::{Store, StoreError, WindowRow};
+use luametrics_store::{RowData, Store, StoreError};
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
@@ -105,10 +105,51 @@ struct Entry {
 
 #[derive(Default)]
 struct Shard {
-    /// ahash: fast, and seeded per process so tenants cannot craft colliding tags.
-    windows: HashMap<(i64, SeriesKey), Entry, ahash::RandomState>,
+    /// Open windows per series (usually one, two around a window boundary). Keys are shared
+    /// by `Arc` with the exposition and the sealed rows, so a flush copies no key. ahash: fast,
+    /// and seeded per process so tenants cannot craft colliding tags.
+    windows: HashMap<Arc<SeriesKey>, Vec<(i64, Entry)>, ahash::RandomState>,
     /// Raw mode (window 0): every point is its own row.
-    raw: Vec<(WindowRow, usize)>,
+    raw: Vec<(Sealed, usize)>,
+}
+
+/// A sealed window on its way to the store.
+pub(crate) struct Sealed {
+    key: Arc<SeriesKey>,
+    window: i64,
+    window_ms: i64,
+    summary: Summary,
+    source: Option<String>,
+}
+
+impl RowData for Sealed {
+    fn name(&self) -> &str {
+        &self.key.name
+    }
+    fn tenant(&self) -> Option<&str> {
+        self.key.tenant.as_deref()
+    }
+    fn metric_type(&self) -> MetricType {
+        self.key.metric_type
+    }
+    fn kind(&self) -> Kind {
+        self.key.kind
+    }
+    fn tags(&self) -> &Tags {
+        &self.key.tags
+    }
+    fn source(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+    fn timestamp_ms(&self) -> i64 {
+        self.window
+    }
+    fn window_ms(&self) -> i64 {
+        self.window_ms
+    }
+    fn summary(&self) -> &Summary {
+        &self.summary
+    }
 }
 
 struct Inner {
@@ -122,7 +163,7 @@ struct Inner {
     counters: Counters,
     /// Bytes held by accumulators and unwritten rows.
     memory: AtomicUsize,
-    pending: tokio::sync::Mutex<VecDeque<(WindowRow, usize)>>,
+    pending: tokio::sync::Mutex<VecDeque<(Sealed, usize)>>,
     /// Self-metric counters not yet recorded.
     flushed_rows: AtomicU64,
     flush_errors: AtomicU64,
@@ -578,25 +619,48 @@ impl Inner {
             if !self.charge(cost, max) {
                 return Err(Rejected::Dropped(DropReason::MemoryBound));
             }
-            let row = to_row(key, window, 0, summary, source);
+            let row = Sealed {
+                key: Arc::new(key),
+                window,
+                window_ms: 0,
+                summary,
+                source,
+            };
             shard.raw.push((row, cost));
             return Ok(accepted);
         }
-        if let Some(entry) = shard.windows.get_mut(&(window, key.clone())) {
-            // Same accuracy everywhere, so a merge cannot fail.
-            let _ = entry.summary.merge(&summary);
+        if let Some(windows) = shard.windows.get_mut(&key) {
+            if let Some((_, entry)) = windows.iter_mut().find(|(w, _)| *w == window) {
+                // Same accuracy everywhere, so a merge cannot fail.
+                let _ = entry.summary.merge(&summary);
+                return Ok(accepted);
+            }
+            if !self.charge(cost, max) {
+                return Err(Rejected::Dropped(DropReason::MemoryBound));
+            }
+            windows.push((
+                window,
+                Entry {
+                    summary,
+                    source,
+                    cost,
+                },
+            ));
             return Ok(accepted);
         }
         if !self.charge(cost, max) {
             return Err(Rejected::Dropped(DropReason::MemoryBound));
         }
         shard.windows.insert(
-            (window, key),
-            Entry {
-                summary,
-                source,
-                cost,
-            },
+            Arc::new(key),
+            vec![(
+                window,
+                Entry {
+                    summary,
+                    source,
+                    cost,
+                },
+            )],
         );
         Ok(accepted)
     }
@@ -721,23 +785,37 @@ impl Inner {
         let now = (self.config.clock)();
         self.record_self_metrics(now);
         let window_ms = self.config.settings.window_ms as i64;
-        let mut sealed = Vec::new();
-        let mut drained: Vec<((i64, SeriesKey), Entry)> = Vec::new();
+        let mut sealed: Vec<(Sealed, usize)> = Vec::new();
         for shard in &self.shards {
-            let mut shard = shard.lock();
-            for (row, cost) in shard.raw.drain(..) {
-                self.exposition.fold_row(&row, now);
-                sealed.push((row, cost));
+            // Take the sealed windows under the shard lock; fold them into the exposition after
+            // releasing it, so recording into this shard waits as little as possible.
+            let start = sealed.len();
+            {
+                let mut shard = shard.lock();
+                sealed.append(&mut shard.raw);
+                shard.windows.retain(|key, windows| {
+                    let mut i = 0;
+                    while i < windows.len() {
+                        if all || windows[i].0 + window_ms <= now {
+                            let (window, e) = windows.swap_remove(i);
+                            let row = Sealed {
+                                key: key.clone(),
+                                window,
+                                window_ms,
+                                summary: e.summary,
+                                source: e.source,
+                            };
+                            sealed.push((row, e.cost));
+                        } else {
+                            i += 1;
+                        }
+                    }
+                    !windows.is_empty()
+                });
             }
-            if all {
-                drained.extend(shard.windows.drain());
-            } else {
-                drained.extend(shard.windows.extract_if(|(w, _), _| *w + window_ms <= now));
+            for (row, _) in &sealed[start..] {
+                self.exposition.fold(&row.key, &row.summary, now);
             }
-        }
-        for ((w, k), e) in drained {
-            self.exposition.fold(&k, &e.summary, now);
-            sealed.push((to_row(k, w, window_ms, e.summary, e.source), e.cost));
         }
         let mut pending = self.pending.lock().await;
         pending.extend(sealed);
@@ -784,28 +862,8 @@ impl Inner {
 }
 
 /// A named fn (not a closure) keeps the flush future `Send` (higher-ranked lifetimes).
-fn row_of(pending: &(WindowRow, usize)) -> &WindowRow {
+fn row_of(pending: &(Sealed, usize)) -> &Sealed {
     &pending.0
-}
-
-fn to_row(
-    key: SeriesKey,
-    window: i64,
-    window_ms: i64,
-    summary: Summary,
-    source: Option<String>,
-) -> WindowRow {
-    WindowRow {
-        name: key.name,
-        tenant: key.tenant.map(|t| t.to_string()),
-        metric_type: key.metric_type,
-        kind: key.kind,
-        tags: key.tags,
-        source,
-        timestamp_ms: window,
-        window_ms,
-        summary,
-    }
 }
 
 /// The background task: flushes sealed windows each tick, retries failures with backoff,

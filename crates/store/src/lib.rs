@@ -23,7 +23,7 @@ pub use error::StoreError;
 pub use location::Location;
 pub use query::{Agg, AggregateQuery, FindQuery, NameInfo, Series, Tier};
 pub use rollup::{Retention, RetentionReport, RollupReport};
-pub use row::{StoredRow, WindowRow};
+pub use row::{RowData, StoredRow, WindowRow};
 pub use traces::{SpanRecord, TraceRecord};
 
 use libsql::{Connection, Database};

@@ -24,17 +24,85 @@ pub struct WindowRow {
     pub summary: Summary,
 }
 
-impl WindowRow {
+/// What the store needs of a window row. [`WindowRow`] is the plain owned form; the recorder
+/// implements it on its sealed windows so a flush writes them without copying their keys.
+pub trait RowData {
+    /// Metric name.
+    fn name(&self) -> &str;
+    /// Tenant.
+    fn tenant(&self) -> Option<&str>;
+    /// System or user.
+    fn metric_type(&self) -> MetricType;
+    /// Counter, gauge or histogram.
+    fn kind(&self) -> Kind;
+    /// Tags of the series.
+    fn tags(&self) -> &Tags;
+    /// Origin such as `service:api`.
+    fn source(&self) -> Option<&str>;
+    /// Window start (ms).
+    fn timestamp_ms(&self) -> i64;
+    /// Window length (ms; 0 for a raw point).
+    fn window_ms(&self) -> i64;
+    /// The folded points.
+    fn summary(&self) -> &Summary;
+
     /// The `value` column: the sum for counters, the last value for gauges, the mean for
     /// histograms; the natural single number for each kind.
-    pub fn value(&self) -> f64 {
-        match self.kind {
-            Kind::Counter => self.summary.sum,
-            Kind::Gauge => self.summary.last,
-            Kind::Histogram => self.summary.mean(),
+    fn value(&self) -> f64 {
+        let s = self.summary();
+        match self.kind() {
+            Kind::Counter => s.sum,
+            Kind::Gauge => s.last,
+            Kind::Histogram => s.mean(),
         }
     }
 
+    /// Values for seed §3.1's first-class filter columns, taken from tags (or the source).
+    fn first_class(&self) -> [Option<&str>; 4] {
+        let tags = self.tags();
+        let tag = |k: &str| tags.get(k).map(String::as_str);
+        let service =
+            tag("service").or_else(|| self.source().and_then(|s| s.strip_prefix("service:")));
+        [
+            service,
+            tag("route_id"),
+            tag("client_id"),
+            tag("status").or_else(|| tag("result")),
+        ]
+    }
+}
+
+impl RowData for WindowRow {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+    fn metric_type(&self) -> MetricType {
+        self.metric_type
+    }
+    fn kind(&self) -> Kind {
+        self.kind
+    }
+    fn tags(&self) -> &Tags {
+        &self.tags
+    }
+    fn source(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+    fn timestamp_ms(&self) -> i64 {
+        self.timestamp_ms
+    }
+    fn window_ms(&self) -> i64 {
+        self.window_ms
+    }
+    fn summary(&self) -> &Summary {
+        &self.summary
+    }
+}
+
+impl WindowRow {
     /// The identity of the series, shared by windows and rollups.
     pub fn series_key(&self) -> String {
         series_key(
@@ -44,22 +112,6 @@ impl WindowRow {
             self.kind,
             &canonical_tags(&self.tags),
         )
-    }
-
-    /// Values for seed §3.1's first-class filter columns, taken from tags (or the source).
-    pub(crate) fn first_class(&self) -> [Option<&str>; 4] {
-        let tag = |k: &str| self.tags.get(k).map(String::as_str);
-        let service = tag("service").or_else(|| {
-            self.source
-                .as_deref()
-                .and_then(|s| s.strip_prefix("service:"))
-        });
-        [
-            service,
-            tag("route_id"),
-            tag("client_id"),
-            tag("status").or_else(|| tag("result")),
-        ]
     }
 }
 

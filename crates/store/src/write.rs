@@ -1,4 +1,4 @@
-use crate::{Store, StoreError, WindowRow};
+use crate::{RowData, Store, StoreError, WindowRow};
 use libsql::Value;
 use luametrics_model::canonical_tags;
 
@@ -11,23 +11,23 @@ fn opt(v: Option<&str>) -> Value {
     v.map_or(Value::Null, |s| Value::Text(s.to_string()))
 }
 
-pub(crate) fn metric_params(row: &WindowRow) -> Vec<Value> {
+pub(crate) fn metric_params<R: RowData + ?Sized>(row: &R) -> Vec<Value> {
     let [service, route_id, client_id, status] = row.first_class();
-    let s = &row.summary;
+    let s = row.summary();
     vec![
-        Value::Text(row.name.clone()),
+        Value::Text(row.name().to_string()),
         Value::Real(row.value()),
-        Value::Text(canonical_tags(&row.tags)),
-        Value::Text(row.metric_type.as_str().to_string()),
-        Value::Integer(row.timestamp_ms),
+        Value::Text(canonical_tags(row.tags())),
+        Value::Text(row.metric_type().as_str().to_string()),
+        Value::Integer(row.timestamp_ms()),
         opt(service),
         opt(route_id),
         opt(client_id),
         opt(status),
-        opt(row.tenant.as_deref()),
-        Value::Text(row.kind.as_str().to_string()),
-        opt(row.source.as_deref()),
-        Value::Integer(row.window_ms),
+        opt(row.tenant()),
+        Value::Text(row.kind().as_str().to_string()),
+        opt(row.source()),
+        Value::Integer(row.window_ms()),
         Value::Integer(s.samples as i64),
         Value::Real(s.sum),
         Value::Real(s.min),
@@ -52,9 +52,10 @@ impl Store {
 
     /// Writes rows in one transaction with one prepared statement (seed §4.1 `createBatch`).
     /// All or nothing: on error the transaction rolls back and the caller keeps the rows.
-    pub async fn create_batch<'a, I>(&self, rows: I) -> Result<usize, StoreError>
+    pub async fn create_batch<'a, R, I>(&self, rows: I) -> Result<usize, StoreError>
     where
-        I: IntoIterator<Item = &'a WindowRow>,
+        R: RowData + Sync + 'a,
+        I: IntoIterator<Item = &'a R>,
         I::IntoIter: Send,
     {
         let mut rows = rows.into_iter().peekable();
