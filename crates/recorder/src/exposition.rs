@@ -74,6 +74,17 @@ impl Exposition {
         shard.insert(key.clone(), c);
     }
 
+    /// Makes room for up to `series` series spread over the shards (no-op when the maps already
+    /// hold that many: reserving beyond the length would rehash them).
+    pub fn reserve(&self, series: usize) {
+        let per_shard = series / self.shards.len();
+        for shard in &self.shards {
+            let mut map = shard.lock();
+            let missing = per_shard.saturating_sub(map.len());
+            map.reserve(missing);
+        }
+    }
+
     pub fn snapshot(&self) -> Vec<ExposedSeries> {
         let mut out = Vec::new();
         for shard in &self.shards {

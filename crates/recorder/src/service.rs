@@ -786,7 +786,13 @@ impl Inner {
         self.record_self_metrics(now);
         let window_ms = self.config.settings.window_ms as i64;
         let mut sealed: Vec<(Sealed, usize)> = Vec::new();
-        for shard in &self.shards {
+        for (i, shard) in self.shards.iter().enumerate() {
+            if i == 0 {
+                // Size both collections once instead of growing them row by row.
+                let open: usize = self.shards.iter().map(|s| s.lock().windows.len()).sum();
+                sealed.reserve(open);
+                self.exposition.reserve(open);
+            }
             // Take the sealed windows under the shard lock; fold them into the exposition after
             // releasing it, so recording into this shard waits as little as possible.
             let start = sealed.len();
