@@ -447,6 +447,20 @@ fn engine(sink: &Arc<dyn MetricsSink>) -> Engine {
 
 pub(crate) async fn hot_path(rounds: usize) -> Result<ExitCode, CliError> {
     let sink: Arc<dyn MetricsSink> = Arc::new(CollectingSink::new(unlimited()));
+    // Preflight: if an engine or a runtime cannot be built here, say so instead of measuring;
+    // the measurement loops below then build them with `expect` on a path known to work.
+    Engine::new(Arc::new(EngineSettings::default()), sink.clone()).map_err(|e| CliError::Arg {
+        arg: "bench hot-path",
+        problem: format!("cannot build a Lua engine: {e}"),
+    })?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Arg {
+            arg: "bench hot-path",
+            problem: format!("cannot start a 2-worker runtime: {e}"),
+        })?;
     let mut rows: Vec<(String, f64, f64, f64, String, bool)> = Vec::new();
     // Target 1: helpers.metrics vs the pure-Lua aggregation loop, same engine.
     let n = 10_000;
