@@ -453,14 +453,23 @@ pub(crate) async fn hot_path(rounds: usize) -> Result<ExitCode, CliError> {
         arg: "bench hot-path",
         problem: format!("cannot build a Lua engine: {e}"),
     })?;
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Arg {
-            arg: "bench hot-path",
-            problem: format!("cannot start a 2-worker runtime: {e}"),
-        })?;
+    // Built (and dropped) on a plain thread: a runtime cannot be dropped inside this one.
+    std::thread::spawn(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map(drop)
+    })
+    .join()
+    .map_err(|_| CliError::Arg {
+        arg: "bench hot-path",
+        problem: "the runtime preflight thread panicked".into(),
+    })?
+    .map_err(|e| CliError::Arg {
+        arg: "bench hot-path",
+        problem: format!("cannot start a 2-worker runtime: {e}"),
+    })?;
     let mut rows: Vec<(String, f64, f64, f64, String, bool)> = Vec::new();
     // Target 1: helpers.metrics vs the pure-Lua aggregation loop, same engine.
     let n = 10_000;

@@ -36,7 +36,26 @@ struct Cumulative {
     updated_ms: i64,
 }
 
-type Map = HashMap<Arc<SeriesKey>, Cumulative, ahash::RandomState>;
+/// A shared series key that compares by pointer first: the accumulators hand the same `Arc`
+/// window after window, so the steady-state lookup never compares key contents.
+#[derive(Clone)]
+struct Shared(Arc<SeriesKey>);
+
+impl PartialEq for Shared {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+    }
+}
+
+impl Eq for Shared {}
+
+impl std::hash::Hash for Shared {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state)
+    }
+}
+
+type Map = HashMap<Shared, Cumulative, ahash::RandomState>;
 
 pub(crate) struct Exposition {
     shards: Vec<Mutex<Map>>,
@@ -60,18 +79,19 @@ impl Exposition {
     /// Folds a sealed window of `key` in (the key is shared, never copied).
     pub fn fold(&self, key: &Arc<SeriesKey>, summary: &Summary, now_ms: i64) {
         let mut shard = self.shard(key).lock();
-        if let Some(c) = shard.get_mut(&**key) {
+        let key = Shared(key.clone());
+        if let Some(c) = shard.get_mut(&key) {
             // Same accuracy everywhere: merging cannot fail.
             let _ = c.summary.merge(summary);
             c.updated_ms = now_ms;
             return;
         }
         let mut c = Cumulative {
-            summary: Summary::new(key.kind == Kind::Histogram),
+            summary: Summary::new(key.0.kind == Kind::Histogram),
             updated_ms: now_ms,
         };
         let _ = c.summary.merge(summary);
-        shard.insert(key.clone(), c);
+        shard.insert(key, c);
     }
 
     /// Makes room for up to `series` series spread over the shards (no-op when the maps already
@@ -91,7 +111,7 @@ impl Exposition {
             // Copy under the shard lock, encode later without it.
             let shard = shard.lock();
             out.reserve(shard.len());
-            for (k, c) in shard.iter() {
+            for (Shared(k), c) in shard.iter() {
                 out.push(ExposedSeries {
                     metric_type: k.metric_type,
                     kind: k.kind,

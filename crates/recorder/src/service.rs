@@ -108,9 +108,19 @@ struct Shard {
     /// Open windows per series (usually one, two around a window boundary). Keys are shared
     /// by `Arc` with the exposition and the sealed rows, so a flush copies no key. ahash: fast,
     /// and seeded per process so tenants cannot craft colliding tags.
-    windows: HashMap<Arc<SeriesKey>, Vec<(i64, Entry)>, ahash::RandomState>,
+    windows: HashMap<Arc<SeriesKey>, Open, ahash::RandomState>,
     /// Raw mode (window 0): every point is its own row.
     raw: Vec<(Sealed, usize)>,
+}
+
+/// The open windows of one series. A series stays here one flush after its last window sealed,
+/// so its next window reuses the same key (and the exposition finds it by pointer).
+#[derive(Default)]
+struct Open {
+    windows: Vec<(i64, Entry)>,
+    idle_flushes: u8,
+    /// Memory charged for the key while it waits idle (the bound covers kept keys too).
+    idle_charge: usize,
 }
 
 /// A sealed window on its way to the store.
@@ -629,7 +639,13 @@ impl Inner {
             shard.raw.push((row, cost));
             return Ok(accepted);
         }
-        if let Some(windows) = shard.windows.get_mut(&key) {
+        if let Some(open) = shard.windows.get_mut(&key) {
+            open.idle_flushes = 0;
+            if open.idle_charge > 0 {
+                self.memory
+                    .fetch_sub(std::mem::take(&mut open.idle_charge), Relaxed);
+            }
+            let windows = &mut open.windows;
             if let Some((_, entry)) = windows.iter_mut().find(|(w, _)| *w == window) {
                 // Same accuracy everywhere, so a merge cannot fail.
                 let _ = entry.summary.merge(&summary);
@@ -653,14 +669,18 @@ impl Inner {
         }
         shard.windows.insert(
             Arc::new(key),
-            vec![(
-                window,
-                Entry {
-                    summary,
-                    source,
-                    cost,
-                },
-            )],
+            Open {
+                windows: vec![(
+                    window,
+                    Entry {
+                        summary,
+                        source,
+                        cost,
+                    },
+                )],
+                idle_flushes: 0,
+                idle_charge: 0,
+            },
         );
         Ok(accepted)
     }
@@ -799,7 +819,8 @@ impl Inner {
             {
                 let mut shard = shard.lock();
                 sealed.append(&mut shard.raw);
-                shard.windows.retain(|key, windows| {
+                shard.windows.retain(|key, open| {
+                    let windows = &mut open.windows;
                     let mut i = 0;
                     while i < windows.len() {
                         if all || windows[i].0 + window_ms <= now {
@@ -816,7 +837,21 @@ impl Inner {
                             i += 1;
                         }
                     }
-                    !windows.is_empty()
+                    if !windows.is_empty() {
+                        return true;
+                    }
+                    if open.idle_flushes == 0 {
+                        // Keep the key one more flush, charged, if the bound allows.
+                        let cost = ENTRY_OVERHEAD + key.heap_bytes();
+                        if self.charge(cost, self.config.settings.max_memory_bytes) {
+                            open.idle_charge = cost;
+                            open.idle_flushes = 1;
+                            return true;
+                        }
+                    }
+                    self.memory
+                        .fetch_sub(std::mem::take(&mut open.idle_charge), Relaxed);
+                    false
                 });
             }
             for (row, _) in &sealed[start..] {
