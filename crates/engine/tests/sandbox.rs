@@ -133,12 +133,8 @@ async fn limits_end_runaway_scripts_and_the_engine_is_replaced() {
     ];
     let mut poisoned = 0;
     for (src, check) in &cases {
+        // The typed error is the proof that the limit ended it (no wall-clock assertion).
         let ex = expect(&pool, &format!("leak = true {src}"), check).await;
-        assert!(
-            ex.timings.total_ms < 5_000.0,
-            "{src} took {} ms",
-            ex.timings.total_ms
-        );
         if ex
             .result
             .as_ref()
