@@ -335,29 +335,8 @@ impl MetricsService {
         tags: Tags,
         summary: Summary,
     ) -> Result<Accepted, Rejected> {
-        let inner = &self.inner;
-        let n = summary.samples.max(1);
-        let check = inner
-            .config
-            .catalog
-            .check(name, kind, &tags)
-            .and_then(|_| inner.config.policy.check_system_tags(&tags));
-        if let Err(reason) = check {
-            inner.counters.reject(MetricType::System, reason, n);
-            return Err(Rejected::Invalid(reason));
-        }
-        if summary.samples == 0 {
-            return Ok(Accepted::Stored);
-        }
-        let key = SeriesKey {
-            metric_type: MetricType::System,
-            kind,
-            tenant: None,
-            name: name.to_string(),
-            tags,
-        };
         let now = self.now_ms();
-        inner.ingest(key, summary, now, None, true)
+        self.ingest_system(name, kind, tags, None, None, summary, now, Ok(()))
     }
 
     /// Records a system point with every option: catalog and PII checks apply; `tenant` is the
@@ -387,18 +366,42 @@ impl MetricsService {
         source: Option<&str>,
         ts: i64,
     ) -> Result<Accepted, Rejected> {
+        let mut summary = Summary::new(kind == Kind::Histogram);
+        summary.observe(value, ts);
+        let value_ok = luametrics_model::TagPolicy::check_value(kind, value);
+        self.ingest_system(name, kind, tags, tenant, source, summary, ts, value_ok)
+    }
+
+    /// The one path for system points: catalog, value and PII checks (in that order), the
+    /// host's tenant as the series' tenant, then the accumulators.
+    #[allow(clippy::too_many_arguments)]
+    fn ingest_system(
+        &self,
+        name: &str,
+        kind: Kind,
+        mut tags: Tags,
+        tenant: Option<&str>,
+        source: Option<&str>,
+        summary: Summary,
+        ts: i64,
+        value_ok: Result<(), RejectReason>,
+    ) -> Result<Accepted, Rejected> {
         let inner = &self.inner;
         let check = inner
             .config
             .catalog
             .check(name, kind, &tags)
-            .and_then(|_| luametrics_model::TagPolicy::check_value(kind, value))
+            .and(value_ok)
             .and_then(|_| inner.config.policy.check_system_tags(&tags));
         if let Err(reason) = check {
-            inner.counters.reject(MetricType::System, reason, 1);
+            inner
+                .counters
+                .reject(MetricType::System, reason, summary.samples.max(1));
             return Err(Rejected::Invalid(reason));
         }
-        let mut tags = tags;
+        if summary.samples == 0 {
+            return Ok(Accepted::Stored);
+        }
         tags.remove("tenant");
         let key = SeriesKey {
             metric_type: MetricType::System,
@@ -407,8 +410,6 @@ impl MetricsService {
             name: name.to_string(),
             tags,
         };
-        let mut summary = Summary::new(kind == Kind::Histogram);
-        summary.observe(value, ts);
         inner.ingest(key, summary, ts, source.map(str::to_string), true)
     }
 

@@ -131,26 +131,17 @@ impl Ctx<'_> {
         }
     }
 
-    /// One number over the whole range.
+    /// One number over the whole range: the same query with a single bucket.
     async fn total(&self, name: &str, agg: Agg, filters: &[(&str, &str)]) -> Option<f64> {
-        let q = AggregateQuery {
-            find: FindQuery {
-                name: name.to_string(),
-                from_ms: self.from,
-                to_ms: self.to,
-                filters: filters
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect::<Tags>(),
-                ..Default::default()
-            },
-            agg,
-            step_ms: (self.to - self.from).max(1),
-            group_by: None,
+        let whole = Ctx {
+            step: (self.to - self.from).max(1),
+            ..*self
         };
-        let (s, _) = self.state.runtime.query(&q).await.ok()?;
-        s.into_iter()
-            .flat_map(|s| s.points)
+        whole
+            .series(name, agg, None, None, filters)
+            .await
+            .into_iter()
+            .flat_map(|(_, points)| points)
             .map(|p| p.1)
             .reduce(|a, b| match agg {
                 Agg::Last => b,
