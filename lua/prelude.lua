@@ -14,7 +14,7 @@ local setmetatable, getmetatable, rawget, rawset = setmetatable, getmetatable, r
 local raw_pcall, raw_xpcall = pcall, xpcall
 local s_byte, s_sub, s_find, s_match, s_gmatch, s_gsub = string.byte, string.sub, string.find,
   string.match, string.gmatch, string.gsub
-local m_log, huge = math.log, math.huge
+local m_log = math.log
 local co_resume, co_close = coroutine.resume, coroutine.close
 
 local validate, reserve, is_abort = host.validate, host.reserve, host.is_abort
@@ -230,7 +230,10 @@ local function plant(kind, name, tags)
   end
   local verdict = validate(kind, name, tags)
   if nleaves >= max_verdicts then
-    roots = { counter = {}, gauge = {}, histogram = {} }
+    -- Cleared in place: the helpers hold these tables as upvalues.
+    for _, root in pairs(roots) do
+      for k in pairs(root) do root[k] = nil end
+    end
     nleaves = 0
   end
   local node = roots[kind]
@@ -266,14 +269,16 @@ end
 local function make(kind)
   local is_counter = kind == "counter"
   local is_hist = kind == "histogram"
+  local root = roots[kind]
   return function(name, value, tags)
     if value == nil and is_counter then value = 1 end
-    if type(value) ~= "number" or value ~= value or value == huge or value == -huge then
+    -- `value - value` is NaN for NaN and for +-inf, 0 for every finite number.
+    if type(value) ~= "number" or value - value ~= 0 then
       return reject("invalid_value", name)
     end
     if is_counter and value < 0 then return reject("negative_counter", name) end
     local leaf
-    local node = roots[kind][name]
+    local node = root[name]
     if tags == nil then
       if node then leaf = node[END] end
     elseif type(tags) ~= "table" then

@@ -434,3 +434,33 @@ async fn the_time_split_adds_up_and_lands_where_the_work_is() {
     let t = ex.timings;
     assert!(t.overhead_ms > t.script_ms + t.helpers_ms, "{t:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verdict_cache_resets_past_its_bound_without_losing_points() {
+    let sink = Arc::new(CollectingSink::new(TagPolicy::default()));
+    let pool = pool(
+        sink.clone(),
+        EngineSettings {
+            max_verdicts: 8,
+            ..EngineSettings::default()
+        },
+        1,
+    );
+    let s = Script::new(
+        "many.lua",
+        "local ok = 0 for i = 1, 50 do if helpers.metrics.count('shop.orders_count', 1, { shop = 's' .. i % 25 }) then ok = ok + 1 end end return ok",
+    );
+    for _ in 0..3 {
+        let ex = pool
+            .execute(&s, "acme", &json!({}), &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(ex.result, Ok(json!(50)));
+        assert_eq!(ex.metrics.accepted, 50);
+    }
+    let points = sink.points.lock();
+    let total: u64 = points.iter().map(|(_, p)| p.summary.samples).sum();
+    assert_eq!(total, 150);
+    let sum: f64 = points.iter().map(|(_, p)| p.summary.sum).sum();
+    assert_eq!(sum, 150.0);
+}
