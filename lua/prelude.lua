@@ -2,9 +2,9 @@
 --
 -- Runs once per engine, in the full Lua state, before any tenant script. It builds the
 -- read-only base environment scripts see (SPEC §6.1) and the Lua side of `helpers.metrics`
--- (SPEC §6.2): points are validated once per distinct name/tag set per engine (the verdict is
--- cached here) and pre-aggregated in Lua, so a script's loop never crosses into Rust per point.
--- The host drains the buffer once at the end of each execution.
+-- (SPEC §6.2): each distinct name/tag set is validated once per engine and its verdict cached
+-- here, in a tree the C helpers walk without building a string; accepted points are
+-- pre-aggregated per execution and the host drains them once at the end.
 --
 -- Arguments: a table of host functions and a table of limits. Returns the control table.
 local host, limits = ...
@@ -17,9 +17,10 @@ local s_byte, s_sub, s_find, s_match, s_gmatch, s_gsub = string.byte, string.sub
 local m_log = math.log
 local co_resume, co_close = coroutine.resume, coroutine.close
 
-local validate, reserve, is_abort = host.validate, host.reserve, host.is_abort
-local max_points = limits.max_points
+local validate, take, reset, bind = host.validate, host.take, host.reset, host.bind
+local is_abort = host.is_abort
 local max_verdicts = limits.max_verdicts
+local max_walk = limits.max_walk
 local strict = limits.strict
 local pattern_budget_log = m_log(limits.pattern_budget)
 
@@ -185,19 +186,16 @@ string_mt.__metatable = false
 -- helpers.metrics
 ---------------------------------------------------------------------------------------------
 
--- Verdict cache: per kind, a tree keyed name -> tag key -> tag value -> ... -> END -> leaf,
--- walked with `next` in the tags table's own order, so the hot path builds no string and
--- crosses into Rust only the first time a name/tag set is seen on this engine. A leaf is
--- { verdict, epoch, n, sum, min, max, last, values, name, kind, tags }; it doubles as the
--- execution's aggregate for its series (reset when its epoch is stale).
-local END = {}
+-- Verdict cache: per kind, a tree keyed name -> tag key -> tag value -> ... -> END -> verdict,
+-- in the tags table's own `next` order, so a lookup builds no string. The verdict is the id
+-- of an accepted series on the Rust side, or the reason it is rejected. The helpers are C
+-- closures (crates/engine/src/hot.rs) that walk this tree and aggregate accepted points on
+-- the Rust side; what they cannot settle comes here, to the slow path.
+local END = host.END
 local roots = { counter = {}, gauge = {}, histogram = {} }
 local nleaves = 0
 
 -- Per-execution state, reset by begin().
-local epoch = 0
-local order, norder = {}, 0
-local used, budget = 0, 0
 local rejected = {}
 local warned, warnings, nwarnings = {}, {}, 0
 
@@ -209,8 +207,8 @@ local function reject(reason, name)
     nwarnings = nwarnings + 1
     warnings[nwarnings] = w
   end
-  -- Level 2 is the script line: the helpers tail-call reject.
-  if strict then error("helpers.metrics: " .. w, 2) end
+  -- Level 3 is the script line: the slow path tail-calls reject, and the C helper called it.
+  if strict then error("helpers.metrics: " .. w, 3) end
   return false, reason
 end
 
@@ -220,22 +218,31 @@ local function valid_tag_value(v)
 end
 
 -- First sight of a name/tag set on this engine: check the shapes Lua can check, ask Rust for
--- the rest, and plant the leaf. Invalid shapes are not cached (their keys may be fresh tables).
+-- the rest, and plant the verdict. Invalid shapes are not cached (their keys may be fresh
+-- tables).
 local function plant(kind, name, tags)
   if type(name) ~= "string" then return nil, "invalid_name" end
+  -- What the series is recorded under: tag values as `tostring` writes them.
+  -- A table past any tag limit (the policy allows far fewer) is refused without planting a
+  -- path for each of its entries.
+  local copy, n = {}, 0
   if tags ~= nil then
     for k, v in next, tags do
       if type(k) ~= "string" or not valid_tag_value(v) then return nil, "invalid_tags" end
+      n = n + 1
+      if n > max_walk then return nil, "too_many_tags" end
+      copy[k] = tostring(v)
     end
   end
-  local verdict = validate(kind, name, tags)
   if nleaves >= max_verdicts then
-    -- Cleared in place: the helpers hold these tables as upvalues.
+    -- Cleared in place (the helpers hold these tables), then the series they named.
     for _, root in pairs(roots) do
       for k in pairs(root) do root[k] = nil end
     end
     nleaves = 0
+    reset()
   end
+  local verdict = validate(kind, name, copy)
   local node = roots[kind]
   local function step(key)
     local nx = node[key]
@@ -243,32 +250,19 @@ local function plant(kind, name, tags)
     node = nx
   end
   step(name)
-  local copy = {}
   if tags ~= nil then
     for k, v in next, tags do
       step(k); step(v)
-      copy[k] = tostring(v)
     end
   end
-  local leaf = { verdict, -1, 0, 0, 0, 0, 0, false, name, kind, copy }
-  node[END] = leaf
+  node[END] = verdict
   nleaves = nleaves + 1
-  return leaf
+  return verdict
 end
 
-local function grant(name)
-  if used >= max_points then return reject("execution_limit", name) end
-  -- Leases grow with use (8, 8, 16, 32...): few crossings, little held back from others.
-  local want = used < 8 and 8 or used
-  if want > max_points - used then want = max_points - used end
-  budget = budget + reserve(want)
-  if used >= budget then return reject("rate_limited", name) end
-  return true
-end
-
-local function make(kind)
+-- The slow path of one kind: argument errors, first sights, rejections and quota leases.
+local function slow_path(kind)
   local is_counter = kind == "counter"
-  local is_hist = kind == "histogram"
   local root = roots[kind]
   return function(name, value, tags)
     if value == nil and is_counter then value = 1 end
@@ -277,10 +271,10 @@ local function make(kind)
       return reject("invalid_value", name)
     end
     if is_counter and value < 0 then return reject("negative_counter", name) end
-    local leaf
+    local verdict
     local node = root[name]
     if tags == nil then
-      if node then leaf = node[END] end
+      if node then verdict = node[END] end
     elseif type(tags) ~= "table" then
       return reject("invalid_tags", name)
     elseif node then
@@ -292,43 +286,28 @@ local function make(kind)
         if node == nil then break end
         k, v = next(tags, k)
       end
-      if node then leaf = node[END] end
+      if node then verdict = node[END] end
     end
-    if leaf == nil then
+    if verdict == nil then
       local reason
-      leaf, reason = plant(kind, name, tags)
-      if leaf == nil then return reject(reason, name) end
+      verdict, reason = plant(kind, name, tags)
+      if verdict == nil then return reject(reason, name) end
     end
-    local verdict = leaf[1]
-    if verdict ~= true then return reject(verdict, name) end
-    if used >= budget then
-      local ok, reason = grant(name)
-      if not ok then return ok, reason end
-    end
-    used = used + 1
-    if leaf[2] ~= epoch then
-      leaf[2] = epoch
-      leaf[3] = 1; leaf[4] = value; leaf[5] = value; leaf[6] = value; leaf[7] = value
-      if is_hist then leaf[8] = { value } end
-      norder = norder + 1
-      order[norder] = leaf
-    else
-      local n = leaf[3] + 1
-      leaf[3] = n
-      leaf[4] = leaf[4] + value
-      if value < leaf[5] then leaf[5] = value end
-      if value > leaf[6] then leaf[6] = value end
-      leaf[7] = value
-      if is_hist then leaf[8][n] = value end
-    end
+    if type(verdict) == "string" then return reject(verdict, name) end
+    local refused = take(verdict, value)
+    if refused then return reject(refused, name) end
     return true
   end
 end
 
+local function helper(kind)
+  return bind(roots[kind], host.hot, slow_path(kind), host.kinds[kind])
+end
+
 local metrics = readonly({
-  count = make("counter"),
-  gauge = make("gauge"),
-  histogram = make("histogram"),
+  count = helper("counter"),
+  gauge = helper("gauge"),
+  histogram = helper("histogram"),
 }, "helpers.metrics")
 
 local helpers = readonly({ metrics = metrics }, "helpers")
@@ -360,24 +339,18 @@ local control = {}
 
 -- Resets the per-execution state; returns a fresh environment.
 function control.begin(event, context)
-  epoch = epoch + 1
-  order, norder = {}, 0
-  used, budget = 0, 0
   rejected = {}
   warned, warnings, nwarnings = {}, {}, 0
   return setmetatable({ event = event, context = context }, env_mt)
 end
 
--- Hands the execution's points to the host: leaves in first-seen order, rejections by
--- reason, warnings, and the unused part of the quota lease.
+-- Hands the execution's rejections by reason and its warnings to the host (the accepted
+-- points are on the Rust side already).
 function control.drain()
-  local out, r, w, unused = order, rejected, warnings, budget - used
-  epoch = epoch + 1
-  order, norder = {}, 0
-  used, budget = 0, 0
-  return out, r, w, unused
+  local r, w = rejected, warnings
+  rejected = {}
+  warned, warnings, nwarnings = {}, {}, 0
+  return r, w
 end
-
-function control.verdicts() return nleaves end
 
 return control

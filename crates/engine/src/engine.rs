@@ -1,8 +1,7 @@
 use crate::convert::{to_lua, FromLua};
+use crate::hot::{self, Hot, HotRef};
 use crate::{DiscardReason, EngineSettings, MetricsSink, Script, ScriptError, PRELUDE};
 use luametrics_model::{Kind, RejectReason, Tags};
-use luametrics_recorder::BatchPoint;
-use luametrics_sketch::Summary;
 use mlua::chunk::ChunkMode;
 use mlua::{
     Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value, Variadic, VmState,
@@ -24,7 +23,8 @@ const ABORT_MEMORY: u8 = 2;
 pub struct Timings {
     /// Waiting for an engine (pool checkout).
     pub wait_ms: f64,
-    /// Lua VM time, host helper calls excluded (prelude Lua code included).
+    /// Lua VM time, host helper calls excluded (prelude Lua code and the helpers' C fast path,
+    /// a few table lookups per point, included: timing each would double its cost).
     pub script_ms: f64,
     /// Inside host helper calls: validation, quota, handing points to the recorder.
     pub helpers_ms: f64,
@@ -102,6 +102,25 @@ pub struct Engine {
     executions: u64,
     /// The time limit of the execution in progress.
     limit_ms: u64,
+    /// The Rust half of `helpers.metrics`; last, so the Lua state pointing at it goes first.
+    hot: HotBox,
+}
+
+/// Owns the engine's [`Hot`] through a raw pointer, because the Lua state and the slow path's
+/// callbacks point at it too (a `Box` would claim unique access).
+struct HotBox(HotRef);
+
+impl HotBox {
+    fn new(hot: Hot) -> Self {
+        Self(HotRef::from_box(Box::new(hot)))
+    }
+}
+
+impl Drop for HotBox {
+    fn drop(&mut self) {
+        // SAFETY: dropped after the Lua state (field order), the only other holder.
+        unsafe { self.0.free() }
+    }
 }
 
 fn kind_of(s: &str) -> Kind {
@@ -135,6 +154,8 @@ impl Engine {
             max_log_lines: settings.max_log_lines,
         });
 
+        let hot = HotBox::new(Hot::new(sink.policy().limits.max_points_per_execution));
+        let hr = hot.0;
         let host = lua.create_table()?;
         {
             let sh = shared.clone();
@@ -142,7 +163,15 @@ impl Engine {
             host.set(
                 "validate",
                 lua.create_function(move |lua, (kind, name, tags): (String, Value, Value)| {
-                    sh.timed(|| validate(lua, sk.as_ref(), &kind, &name, &tags))
+                    sh.timed(|| {
+                        let kind = kind_of(&kind);
+                        match validate(sk.as_ref(), kind, &name, &tags)? {
+                            Ok((name, tags)) => {
+                                Ok(Value::Integer(hr.with(|h| h.plant(name, kind, tags)) as i64))
+                            }
+                            Err(r) => Ok(Value::String(lua.create_string(r.as_str())?)),
+                        }
+                    })
                 })?,
             )?;
         }
@@ -150,15 +179,43 @@ impl Engine {
             let sh = shared.clone();
             let sk = sink.clone();
             host.set(
-                "reserve",
-                lua.create_function(move |_, want: u32| {
-                    Ok(sh.timed(|| {
-                        let tenant = sh.tenant.lock().clone();
-                        sk.reserve_points(&tenant, want)
-                    }))
+                "take",
+                lua.create_function(move |lua, (id, value): (usize, f64)| {
+                    sh.timed(|| {
+                        let taken = hr.with(|h| {
+                            h.take(id, value, |want| {
+                                let tenant = sh.tenant.lock().clone();
+                                sk.reserve_points(&tenant, want)
+                            })
+                        });
+                        match taken {
+                            Ok(()) => Ok(Value::Nil),
+                            Err(r) => Ok(Value::String(lua.create_string(r.reason().as_str())?)),
+                        }
+                    })
                 })?,
             )?;
         }
+        host.set(
+            "reset",
+            lua.create_function(move |_, ()| {
+                hr.with(|h| h.reset());
+                Ok(())
+            })?,
+        )?;
+        // SAFETY: `hot::bind` is a Lua C function that checks its arguments.
+        host.set("bind", unsafe { lua.create_c_function(hot::bind)? })?;
+        host.set("hot", hr.as_light())?;
+        host.set("END", hot::end_key())?;
+        let kinds = lua.create_table()?;
+        for (name, kind) in [
+            ("counter", Kind::Counter),
+            ("gauge", Kind::Gauge),
+            ("histogram", Kind::Histogram),
+        ] {
+            kinds.set(name, hot::kind_code(kind))?;
+        }
+        host.set("kinds", kinds)?;
         {
             let sh = shared.clone();
             host.set(
@@ -210,8 +267,8 @@ impl Engine {
             )?;
         }
         let limits = lua.create_table()?;
-        limits.set("max_points", sink.policy().limits.max_points_per_execution)?;
         limits.set("max_verdicts", settings.max_verdicts)?;
+        limits.set("max_walk", hot::MAX_WALK)?;
         limits.set("strict", settings.strict)?;
         limits.set("pattern_budget", settings.pattern_budget)?;
         let control: Table = lua
@@ -261,6 +318,7 @@ impl Engine {
             poisoned: None,
             executions: 0,
             limit_ms: 0,
+            hot,
         })
     }
 
@@ -419,6 +477,7 @@ impl Engine {
         let ev = to_lua(&self.lua, event, 0, depth).map_err(|p| invalid(format!("event {p}")))?;
         let cx =
             to_lua(&self.lua, context, 0, depth).map_err(|p| invalid(format!("context {p}")))?;
+        self.hot.0.with(|h| h.begin());
         let env: Table = self
             .begin
             .call((ev, cx))
@@ -488,18 +547,21 @@ impl Engine {
 
     fn hand_off(&mut self, tenant: &str) -> (MetricsReport, Vec<String>) {
         let mut report = MetricsReport::default();
-        let drained: mlua::Result<(Table, Table, Table, i64)> = self.drain.call(());
-        let Ok((entries, rejected, warnings_t, unused)) = drained else {
+        let (points, unused) = self.hot.0.with(|h| h.drain());
+        if !points.is_empty() {
+            let r = self.sink.ingest_user_batch(tenant, points);
+            report.accepted = r.accepted;
+            report.dropped = r.dropped;
+        }
+        if unused > 0 {
+            self.sink.release_points(tenant, unused);
+        }
+        let drained: mlua::Result<(Table, Table)> = self.drain.call(());
+        let Ok((rejected, warnings_t)) = drained else {
             // The prelude's state could not be read: never reuse this engine.
             self.poisoned = Some(DiscardReason::Broken);
             return (report, Vec::new());
         };
-        let mut points = Vec::new();
-        for e in entries.sequence_values::<Table>().flatten() {
-            if let Some(p) = batch_point(&e) {
-                points.push(p);
-            }
-        }
         let mut rejections = Vec::new();
         for (reason, n) in rejected.pairs::<String, u64>().flatten() {
             if let Some(r) = RejectReason::parse(&reason) {
@@ -508,14 +570,6 @@ impl Engine {
             report.rejected.insert(reason, n);
         }
         let warnings: Vec<String> = warnings_t.sequence_values::<String>().flatten().collect();
-        if !points.is_empty() {
-            let r = self.sink.ingest_user_batch(tenant, points);
-            report.accepted = r.accepted;
-            report.dropped = r.dropped;
-        }
-        if unused > 0 {
-            self.sink.release_points(tenant, unused as u32);
-        }
         if !rejections.is_empty() {
             self.sink.count_user_rejections(&rejections);
             for (r, n) in &rejections {
@@ -531,64 +585,23 @@ impl Engine {
     }
 }
 
-/// Rebuilds a [`BatchPoint`] from a prelude leaf
-/// `{verdict, epoch, n, sum, min, max, last, values|false, name, kind, tags}`.
-fn batch_point(e: &Table) -> Option<BatchPoint> {
-    let name: String = e.raw_get(9).ok()?;
-    let kind = kind_of(&e.raw_get::<String>(10).ok()?);
-    let tags_t: Table = e.raw_get(11).ok()?;
-    let mut tags = Tags::new();
-    for (k, v) in tags_t.pairs::<String, String>().flatten() {
-        tags.insert(k, v);
-    }
-    let n: u64 = e.raw_get(3).ok()?;
-    let mut summary = Summary::new(kind == Kind::Histogram);
-    if kind == Kind::Histogram {
-        let values: Table = e.raw_get(8).ok()?;
-        for (i, v) in values
-            .sequence_values::<f64>()
-            .flatten()
-            .take(n as usize)
-            .enumerate()
-        {
-            summary.observe(v, i as i64);
-        }
-    } else {
-        summary.samples = n;
-        summary.sum = e.raw_get(4).ok()?;
-        summary.min = e.raw_get(5).ok()?;
-        summary.max = e.raw_get(6).ok()?;
-        summary.last = e.raw_get(7).ok()?;
-        summary.last_ts = 0;
-    }
-    Some(BatchPoint {
-        name,
-        kind,
-        tags,
-        summary,
-    })
-}
-
 /// The host side of a verdict: every rule of the tag policy, once per distinct name/tag set.
+/// `Ok(Ok(name, tags))` is an accepted series; `Ok(Err(reason))` a rejected one.
 fn validate(
-    _lua: &Lua,
     sink: &dyn MetricsSink,
-    kind: &str,
+    kind: Kind,
     name: &Value,
     tags: &Value,
-) -> mlua::Result<Value> {
-    let reason = |r: RejectReason| -> mlua::Result<Value> {
-        Ok(Value::String(_lua.create_string(r.as_str())?))
-    };
+) -> mlua::Result<Result<(String, Tags), RejectReason>> {
     let Value::String(name) = name else {
-        return reason(RejectReason::InvalidName);
+        return Ok(Err(RejectReason::InvalidName));
     };
     let Ok(name) = name.to_str() else {
-        return reason(RejectReason::InvalidName);
+        return Ok(Err(RejectReason::InvalidName));
     };
     let policy = sink.policy();
-    if let Err(r) = policy.check_user_name(&name, kind_of(kind)) {
-        return reason(r);
+    if let Err(r) = policy.check_user_name(&name, kind) {
+        return Ok(Err(r));
     }
     let mut pairs: Vec<(String, String)> = Vec::new();
     if let Value::Table(t) = tags {
@@ -597,28 +610,28 @@ fn validate(
             let key = match &k {
                 Value::String(s) => match s.to_str() {
                     Ok(s) => s.to_string(),
-                    Err(_) => return reason(RejectReason::InvalidTags),
+                    Err(_) => return Ok(Err(RejectReason::InvalidTags)),
                 },
-                _ => return reason(RejectReason::InvalidTags),
+                _ => return Ok(Err(RejectReason::InvalidTags)),
             };
             let value = match &v {
                 Value::String(s) => match s.to_str() {
                     Ok(s) => s.to_string(),
-                    Err(_) => return reason(RejectReason::InvalidTags),
+                    Err(_) => return Ok(Err(RejectReason::InvalidTags)),
                 },
                 Value::Integer(_) | Value::Number(_) | Value::Boolean(_) => v.to_string()?,
-                _ => return reason(RejectReason::InvalidTags),
+                _ => return Ok(Err(RejectReason::InvalidTags)),
             };
             pairs.push((key, value));
-            if pairs.len() > 64 {
-                return reason(RejectReason::TooManyTags);
+            if pairs.len() > hot::MAX_WALK {
+                return Ok(Err(RejectReason::TooManyTags));
             }
         }
     }
-    match policy.check_user_tags(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
-        Ok(()) => Ok(Value::Boolean(true)),
-        Err(r) => reason(r),
+    if let Err(r) = policy.check_user_tags(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+        return Ok(Err(r));
     }
+    Ok(Ok((name.to_string(), pairs.into_iter().collect())))
 }
 
 fn root(e: &mlua::Error) -> &mlua::Error {

@@ -7,15 +7,17 @@
 //! the allocator, pattern complexity) end an execution with a typed [`ScriptError`], and an
 //! engine that hit one is discarded, never reused.
 //!
-//! `helpers.metrics` is pure Lua on the hot path: it validates each distinct name/tag set once
-//! per engine (asking Rust, then caching the verdict) and pre-aggregates per execution; the
-//! host drains the buffer once at the end and hands it to a [`MetricsSink`]. The engine knows
-//! nothing of SQL.
+//! `helpers.metrics` validates each distinct name/tag set once per engine (asking Rust, then
+//! caching the verdict in a Lua tree) and pre-aggregates per execution: its three functions are
+//! Lua C closures that walk the tree and add into Rust-side aggregates without an mlua
+//! crossing or an allocation; the host drains them once at the end and hands them to a
+//! [`MetricsSink`]. The engine knows nothing of SQL.
 
 mod config;
 mod convert;
 mod engine;
 mod error;
+mod hot;
 mod pool;
 mod script;
 mod sink;

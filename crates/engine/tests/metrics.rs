@@ -464,3 +464,258 @@ async fn the_verdict_cache_resets_past_its_bound_without_losing_points() {
     let sum: f64 = points.iter().map(|(_, p)| p.summary.sum).sum();
     assert_eq!(sum, 150.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_verdicts_give_the_same_answers_as_first_sights() {
+    // One engine: the second and third runs meet every name/tag set in the verdict cache, so
+    // the C fast path and the slow path it hands rejections to answer them.
+    let (_dir, _store, svc) = service(Limits::default()).await;
+    let pool = pool(Arc::new(svc.clone()), EngineSettings::default(), 1);
+    let s = Script::new("reasons.lua", REASONS);
+    let first = pool
+        .execute(&s, "acme", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let again = pool
+            .execute(&s, "acme", &json!({}), &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(again.result, first.result);
+        assert_eq!(again.metrics, first.metrics);
+        assert_eq!(again.warnings, first.warnings);
+    }
+}
+
+fn collecting() -> Arc<CollectingSink> {
+    Arc::new(CollectingSink::new(TagPolicy::default()))
+}
+
+/// A point as the tests compare it: `(name, tags, samples, sum)`.
+type Seen = (String, Vec<(String, String)>, u64, f64);
+
+/// Points the sink got, sorted.
+fn collected(sink: &CollectingSink) -> Vec<Seen> {
+    let mut out: Vec<_> = sink
+        .points
+        .lock()
+        .iter()
+        .map(|(_, p)| {
+            (
+                p.name.clone(),
+                p.tags.clone().into_iter().collect::<Vec<_>>(),
+                p.summary.samples,
+                p.summary.sum,
+            )
+        })
+        .collect();
+    out.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_tables_built_in_any_order_are_one_series() {
+    let sink = collecting();
+    let pool = pool(sink.clone(), EngineSettings::default(), 1);
+    // Built in different orders, and with a number where another call has its string: the
+    // tables may iterate differently, but their tags are the same.
+    let s = Script::new(
+        "orders.lua",
+        r#"
+        local m = helpers.metrics
+        for i = 1, 20 do
+          m.count("shop.orders_count", 1, { a = "1", b = "2", c = "3" })
+          local t = {} t.c = "3" t.b = "2" t.a = "1"
+          m.count("shop.orders_count", 1, t)
+          m.count("shop.orders_count", 1, { c = 3, a = 1, b = 2 })
+        end
+        return true
+        "#,
+    );
+    for _ in 0..2 {
+        let ex = pool
+            .execute(&s, "acme", &json!({}), &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(ex.result, Ok(json!(true)));
+        assert_eq!(ex.metrics.accepted, 60);
+    }
+    let tags = vec![
+        ("a".to_string(), "1".to_string()),
+        ("b".to_string(), "2".to_string()),
+        ("c".to_string(), "3".to_string()),
+    ];
+    // One point per execution, not one per table layout.
+    assert_eq!(
+        collected(&sink),
+        vec![
+            ("shop.orders_count".to_string(), tags.clone(), 60, 60.0),
+            ("shop.orders_count".to_string(), tags, 60, 60.0),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_misses_of_a_cached_series_are_told_apart() {
+    let sink = collecting();
+    let pool = pool(sink.clone(), EngineSettings::default(), 1);
+    // Every call after the first of each line meets a cached prefix of its path: a tag more,
+    // a tag less, no tags, another value, or an argument the cached series would not accept.
+    let s = Script::new(
+        "near.lua",
+        r#"
+        local m = helpers.metrics
+        local function r(ok, reason) return ok and "ok" or reason end
+        local out = {}
+        for i = 1, 3 do
+          m.count("n.hits_count", 1, { a = "x", b = "y" })
+          m.count("n.hits_count", 1, { a = "x" })
+          m.count("n.hits_count", 1, { a = "x", b = "y", c = "z" })
+          m.count("n.hits_count", 2)
+          m.count("n.hits_count", 1, { a = "x", b = "w" })
+          m.gauge("n.level", i, { a = "x", b = "y" })
+          m.histogram("n.size", i * 10, { a = "x", b = "y" })
+          out = {
+            extra_bad_key = r(m.count("n.hits_count", 1, { a = "x", b = "y", [1] = "z" })),
+            nan_tag = r(m.count("n.hits_count", 1, { a = "x", b = 0/0 })),
+            string_value = r(m.count("n.hits_count", "1", { a = "x", b = "y" })),
+            negative = r(m.count("n.hits_count", -1, { a = "x", b = "y" })),
+            infinite_gauge = r(m.gauge("n.level", -math.huge, { a = "x", b = "y" })),
+            tags_not_table = r(m.count("n.hits_count", 1, "a=x")),
+            default_value = r(m.count("n.hits_count", nil, { a = "x", b = "y" })),
+            in_coroutine = r(coroutine.wrap(function()
+              return m.count("n.hits_count", 1, { a = "x", b = "y" })
+            end)()),
+            through_pcall = select(2, pcall(m.count, "n.hits_count", 1, { a = "x", b = "y" })),
+          }
+        end
+        return out
+        "#,
+    );
+    let ex = pool
+        .execute(&s, "acme", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        ex.result,
+        Ok(json!({
+            "extra_bad_key": "invalid_tags", "nan_tag": "invalid_tags",
+            "string_value": "invalid_value", "negative": "negative_counter",
+            "infinite_gauge": "invalid_value", "tags_not_table": "invalid_tags",
+            "default_value": "ok", "in_coroutine": "ok", "through_pcall": true,
+        }))
+    );
+    let s2 = |k: &str, v: &str| (k.to_string(), v.to_string());
+    assert_eq!(
+        collected(&sink),
+        vec![
+            ("n.hits_count".into(), vec![], 3, 6.0),
+            ("n.hits_count".into(), vec![s2("a", "x")], 3, 3.0),
+            (
+                "n.hits_count".into(),
+                vec![s2("a", "x"), s2("b", "w")],
+                3,
+                3.0
+            ),
+            // 3 plain calls, and per iteration the default value, the coroutine and pcall.
+            (
+                "n.hits_count".into(),
+                vec![s2("a", "x"), s2("b", "y")],
+                12,
+                12.0
+            ),
+            (
+                "n.hits_count".into(),
+                vec![s2("a", "x"), s2("b", "y"), s2("c", "z")],
+                3,
+                3.0
+            ),
+            ("n.level".into(), vec![s2("a", "x"), s2("b", "y")], 3, 6.0),
+            ("n.size".into(), vec![s2("a", "x"), s2("b", "y")], 3, 60.0),
+        ]
+    );
+    assert_eq!(ex.metrics.rejected.values().sum::<u64>(), 18);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_blames_the_script_line_for_a_cached_rejection() {
+    let sink = collecting();
+    let pool = pool(
+        sink,
+        EngineSettings {
+            strict: true,
+            ..EngineSettings::default()
+        },
+        1,
+    );
+    let s = Script::new(
+        "strict.lua",
+        "local ok = pcall(helpers.metrics.count, 'auth.x', 1)\n\nhelpers.metrics.count('auth.x', 1)\n",
+    );
+    let ex = pool
+        .execute(&s, "acme", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    match ex.result {
+        Err(ScriptError::Runtime { line, message, .. }) => {
+            assert_eq!(line, Some(3));
+            assert!(message.contains("auth.x: reserved_prefix"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_inside_the_helpers_and_huge_tag_tables_are_refused() {
+    let sink = collecting();
+    let pool = pool(
+        sink.clone(),
+        EngineSettings {
+            time_limit_ms: 200,
+            ..EngineSettings::default()
+        },
+        1,
+    );
+    // Endless first sights: the time limit ends it inside the slow path.
+    let endless = Script::new(
+        "endless.lua",
+        "local i = 0 while true do i = i + 1 helpers.metrics.count('x.y_count', 1, { k = 'v' .. i }) end",
+    );
+    let ex = pool
+        .execute(&endless, "acme", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    assert!(
+        matches!(ex.result, Err(ScriptError::Timeout { .. })),
+        "{:?}",
+        ex.result
+    );
+    // What was accepted before the limit is kept (within the execution's 250 points).
+    assert_eq!(ex.metrics.accepted, 250);
+
+    // A tags table of 100,000 entries is refused without walking it into the cache.
+    let huge = Script::new(
+        "huge.lua",
+        r#"
+        local t = {}
+        for i = 1, 100000 do t["k" .. i] = "v" end
+        local a, b = helpers.metrics.count("x.y_count", 1, t)
+        local c, d = helpers.metrics.count("x.y_count", 1, t)
+        return { b, d }
+        "#,
+    );
+    let ex = pool
+        .execute(&huge, "globex", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(ex.result, Ok(json!(["too_many_tags", "too_many_tags"])));
+    let ok = Script::new(
+        "ok.lua",
+        "return helpers.metrics.count('x.y_count', 1, { k = 'v' })",
+    );
+    let ex = pool
+        .execute(&ok, "initech", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(ex.result, Ok(json!(true)));
+}
