@@ -57,16 +57,11 @@ struct Series {
     slot: usize,
 }
 
-/// One series' points in the current execution.
+/// One series' points in the current execution, folded as they come (a histogram's values go
+/// into its sketch, so an execution's memory does not grow with its points).
 struct Slot {
     identity: Arc<Identity>,
-    n: u64,
-    sum: f64,
-    min: f64,
-    max: f64,
-    last: f64,
-    /// Every value, for histograms (bounded by the points an execution may record).
-    values: Vec<f64>,
+    summary: Summary,
 }
 
 /// Why [`Hot::take`] refused a point.
@@ -168,7 +163,8 @@ impl Hot {
                 return Err(Refusal::RateLimited);
             }
         }
-        self.add(id, value);
+        let added = self.add(id, value);
+        debug_assert!(added, "the verdict tree holds series {id}, unknown to Hot");
         Ok(())
     }
 
@@ -179,30 +175,19 @@ impl Hot {
             return false;
         };
         self.used += 1;
-        let histogram = series.identity.kind == Kind::Histogram;
         if series.epoch == self.epoch {
             if let Some(slot) = self.slots.get_mut(series.slot) {
-                slot.n += 1;
-                slot.sum += value;
-                slot.min = slot.min.min(value);
-                slot.max = slot.max.max(value);
-                slot.last = value;
-                if histogram {
-                    slot.values.push(value);
-                }
+                slot.summary.observe(value, 0);
                 return true;
             }
         }
         series.epoch = self.epoch;
         series.slot = self.slots.len();
+        let mut summary = Summary::new(series.identity.kind == Kind::Histogram);
+        summary.observe(value, 0);
         self.slots.push(Slot {
             identity: series.identity.clone(),
-            n: 1,
-            sum: value,
-            min: value,
-            max: value,
-            last: value,
-            values: if histogram { vec![value] } else { Vec::new() },
+            summary,
         });
         true
     }
@@ -217,27 +202,11 @@ impl Hot {
         let points = self
             .slots
             .drain(..)
-            .map(|s| {
-                let kind = s.identity.kind;
-                let mut summary = Summary::new(kind == Kind::Histogram);
-                if kind == Kind::Histogram {
-                    for (i, v) in s.values.iter().enumerate() {
-                        summary.observe(*v, i as i64);
-                    }
-                } else {
-                    summary.samples = s.n;
-                    summary.sum = s.sum;
-                    summary.min = s.min;
-                    summary.max = s.max;
-                    summary.last = s.last;
-                    summary.last_ts = 0;
-                }
-                BatchPoint {
-                    name: s.identity.name.clone(),
-                    kind,
-                    tags: s.identity.tags.clone(),
-                    summary,
-                }
+            .map(|s| BatchPoint {
+                name: s.identity.name.clone(),
+                kind: s.identity.kind,
+                tags: s.identity.tags.clone(),
+                summary: s.summary,
             })
             .collect();
         (points, unused)
