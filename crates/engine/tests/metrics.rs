@@ -727,3 +727,88 @@ async fn limits_hold_inside_the_helpers_and_huge_tag_tables_are_refused() {
         .unwrap();
     assert_eq!(ex.result, Ok(json!(true)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_arguments_never_break_the_helpers_and_accounting_is_exact() {
+    let sink = Arc::new(CollectingSink::new(TagPolicy::new(
+        Vec::<String>::new(),
+        Limits {
+            max_points_per_execution: u32::MAX,
+            ..Limits::default()
+        },
+    )));
+    let pool = pool(
+        sink.clone(),
+        EngineSettings {
+            time_limit_ms: 20_000,
+            ..EngineSettings::default()
+        },
+        1,
+    );
+    // Arguments drawn from every Lua type, odd numbers, odd tables (metatables, sequences,
+    // nested, the helpers themselves), across all three helpers; each call must return true or
+    // false plus a reason, and the host must count exactly the points the script saw accepted.
+    let s = Script::new(
+        "fuzz.lua",
+        r#"
+        local m = helpers.metrics
+        local fns = { m.count, m.gauge, m.histogram }
+        local seed = event.seed
+        local function rnd(n) seed = (seed * 1103515245 + 12345) % 2147483648 return seed % n + 1 end
+        local names = { "fz.a_count", "fz.b", "fz.c.total", "Bad Name", "", 42, true, {}, nil, "auth.x" }
+        local values = { 1, 0, -1, 2.5, 1e308, 0/0, math.huge, -math.huge, "1", true, {}, nil,
+                         math.maxinteger, math.mininteger, -0.0 }
+        local proxy = setmetatable({}, { __index = function() return "x" end,
+                                        __pairs = function() error("no") end })
+        local function tags()
+          local k = rnd(12)
+          if k == 1 then return nil end
+          if k == 2 then return { a = "x" } end
+          if k == 3 then return { b = "y", a = "x" } end
+          if k == 4 then return { a = "x", b = rnd(3) } end
+          if k == 5 then return { a = rnd(2) == 1 } end
+          if k == 6 then return { "seq", "uence" } end
+          if k == 7 then return { a = { nested = "x" } } end
+          if k == 8 then return proxy end
+          if k == 9 then return helpers end
+          if k == 10 then return "a=x" end
+          if k == 11 then return { [{}] = "x" } end
+          return { a = "x", b = "y", c = "z" .. rnd(4) }
+        end
+        local accepted, rejected = 0, 0
+        for i = 1, 20000 do
+          local f = fns[rnd(3)]
+          local nargs = rnd(5) - 1
+          local a, b = f(table.unpack({ names[rnd(10)], values[rnd(15)], tags(), "extra" }, 1, nargs))
+          if a == true and b == nil then accepted = accepted + 1
+          elseif a == false and type(b) == "string" then rejected = rejected + 1
+          else error("unexpected result " .. tostring(a) .. " " .. tostring(b)) end
+        end
+        return { accepted = accepted, rejected = rejected }
+        "#,
+    );
+    let mut points = 0;
+    for seed in 1..=4 {
+        let ex = pool
+            .execute(&s, "acme", &json!({"seed": seed}), &json!({}))
+            .await
+            .unwrap();
+        let Ok(result) = &ex.result else {
+            panic!("{ex:?}")
+        };
+        let accepted = result["accepted"].as_u64().unwrap();
+        let rejected = result["rejected"].as_u64().unwrap();
+        assert_eq!(accepted + rejected, 20_000);
+        assert!(accepted > 1000 && rejected > 1000, "{result}");
+        assert_eq!(ex.metrics.accepted, accepted);
+        assert_eq!(ex.metrics.rejected.values().sum::<u64>(), rejected);
+        points += accepted;
+    }
+    let total: u64 = sink
+        .points
+        .lock()
+        .iter()
+        .map(|(_, p)| p.summary.samples)
+        .sum();
+    assert_eq!(total, points);
+}
