@@ -195,11 +195,18 @@ local END = host.END
 local roots = { counter = {}, gauge = {}, histogram = {} }
 local nleaves = 0
 
--- Per-execution state, reset by begin().
+-- Per-execution rejections, handed over and reset by drain(). The host calls drain only after
+-- an execution that rejected something (`pending`), so the common case costs no call.
 local rejected = {}
 local warned, warnings, nwarnings = {}, {}, 0
+local pending = false
+local mark_rejected = host.mark_rejected
 
 local function reject(reason, name)
+  if not pending then
+    mark_rejected() -- first: an interrupted reject may mark twice, never leave a count unseen
+    pending = true
+  end
   rejected[reason] = (rejected[reason] or 0) + 1
   local w = tostring(name) .. ": " .. reason
   if not warned[w] and nwarnings < 32 then
@@ -337,10 +344,8 @@ local env_mt = { __index = base, __metatable = false }
 
 local control = {}
 
--- Resets the per-execution state; returns a fresh environment.
+-- Returns a fresh environment for an execution.
 function control.begin(event, context)
-  rejected = {}
-  warned, warnings, nwarnings = {}, {}, 0
   return setmetatable({ event = event, context = context }, env_mt)
 end
 
@@ -350,6 +355,7 @@ function control.drain()
   local r, w = rejected, warnings
   rejected = {}
   warned, warnings, nwarnings = {}, {}, 0
+  pending = false
   return r, w
 end
 

@@ -197,6 +197,13 @@ impl Engine {
             )?;
         }
         host.set(
+            "mark_rejected",
+            lua.create_function(move |_, ()| {
+                hr.with(|h| h.rejections_pending = true);
+                Ok(())
+            })?,
+        )?;
+        host.set(
             "reset",
             lua.create_function(move |_, ()| {
                 hr.with(|h| h.reset());
@@ -555,6 +562,13 @@ impl Engine {
         }
         if unused > 0 {
             self.sink.release_points(tenant, unused);
+        }
+        if !self
+            .hot
+            .0
+            .with(|h| std::mem::take(&mut h.rejections_pending))
+        {
+            return (report, Vec::new());
         }
         let drained: mlua::Result<(Table, Table)> = self.drain.call(());
         let Ok((rejected, warnings_t)) = drained else {

@@ -93,6 +93,8 @@ pub(crate) struct Hot {
     /// tree, and `{n = 1}` and `{n = "1"}` are the same tags; they all share one series.
     index: HashMap<Arc<Identity>, usize>,
     slots: Vec<Slot>,
+    /// The prelude holds rejections of this execution (its `drain` has something to say).
+    pub(crate) rejections_pending: bool,
 }
 
 impl Hot {
@@ -105,6 +107,7 @@ impl Hot {
             series: Vec::new(),
             index: HashMap::new(),
             slots: Vec::new(),
+            rejections_pending: false,
         }
     }
 
