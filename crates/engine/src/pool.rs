@@ -117,12 +117,16 @@ pub struct PooledEngine {
     stats: Arc<Stats>,
     /// Time the checkout waited (ms).
     pub wait_ms: f64,
+    /// Whether the checkout found the pool exhausted (at max size, no idle engine) and queued:
+    /// what `lua.pool.exhausted` counts.
+    pub queued: bool,
 }
 
 impl std::fmt::Debug for PooledEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PooledEngine")
             .field("wait_ms", &self.wait_ms)
+            .field("queued", &self.queued)
             .finish()
     }
 }
@@ -192,16 +196,25 @@ impl EnginePool {
     /// Checks out an engine, waiting up to the configured timeout.
     pub async fn checkout(&self) -> Result<PooledEngine, PoolError> {
         let stats = &self.stats;
-        let status = self.pool.status();
-        if status.available == 0 && status.size >= status.max_size {
-            stats.exhausted.fetch_add(1, Relaxed);
-        }
-        let now_waiting = stats.waiting.fetch_add(1, Relaxed) + 1;
-        stats.peak_waiting_sample.fetch_max(now_waiting, Relaxed);
-        stats.peak_waiting.fetch_max(now_waiting, Relaxed);
         let start = Instant::now();
-        let got = self.pool.get().await;
-        stats.waiting.fetch_sub(1, Relaxed);
+        // First without waiting: no timer to arm, and a refusal is exactly "exhausted" (every
+        // permit is out: the pool is at max size with no idle engine).
+        let mut timeouts = self.pool.timeouts();
+        timeouts.wait = Some(Duration::ZERO);
+        let mut queued = false;
+        let got = match self.pool.timeout_get(&timeouts).await {
+            Err(managed::PoolError::Timeout(managed::TimeoutType::Wait)) => {
+                queued = true;
+                stats.exhausted.fetch_add(1, Relaxed);
+                let now_waiting = stats.waiting.fetch_add(1, Relaxed) + 1;
+                stats.peak_waiting_sample.fetch_max(now_waiting, Relaxed);
+                stats.peak_waiting.fetch_max(now_waiting, Relaxed);
+                let got = self.pool.get().await;
+                stats.waiting.fetch_sub(1, Relaxed);
+                got
+            }
+            other => other,
+        };
         let wait_ms = start.elapsed().as_secs_f64() * 1000.0;
         match got {
             Ok(object) => {
@@ -217,6 +230,7 @@ impl EnginePool {
                     object: Some(object),
                     stats: stats.clone(),
                     wait_ms,
+                    queued,
                 })
             }
             Err(managed::PoolError::Timeout(_)) => {

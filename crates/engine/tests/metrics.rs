@@ -241,7 +241,9 @@ async fn rate_limits_apply_per_tenant_and_strict_mode_raises() {
     assert_eq!(ex.metrics.accepted, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Four workers for eight tasks on two engines: an execution holds its worker while it runs,
+// so with two workers no checkout would ever find both engines out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_thousand_executions_with_random_failures_on_a_pool_of_two() {
     let (_dir, _store, svc) = service(Limits {
         points_per_minute: u32::MAX,
@@ -271,6 +273,7 @@ async fn ten_thousand_executions_with_random_failures_on_a_pool_of_two() {
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(worker);
             let mut counts = [0u64; 4];
+            let mut queued = 0u64;
             for i in 0..1_250u64 {
                 let roll = rng.gen_range(0..1000);
                 let pick = if roll < 940 {
@@ -282,15 +285,14 @@ async fn ten_thousand_executions_with_random_failures_on_a_pool_of_two() {
                 } else {
                     3
                 };
-                let ex = pool
-                    .execute(
-                        &scripts[pick],
-                        &format!("t{}", i % 5),
-                        &json!({"i": i}),
-                        &json!({}),
-                    )
-                    .await
-                    .unwrap();
+                let mut engine = pool.checkout().await.unwrap();
+                queued += engine.queued as u64;
+                let ex = engine.execute(
+                    &scripts[pick],
+                    &format!("t{}", i % 5),
+                    &json!({"i": i}),
+                    &json!({}),
+                );
                 let status = pool.status();
                 assert!(status.size <= 2 && status.active <= 2, "{status:?}");
                 match (pick, &ex.result) {
@@ -301,17 +303,20 @@ async fn ten_thousand_executions_with_random_failures_on_a_pool_of_two() {
                     (3, Err(ScriptError::Memory { .. } | ScriptError::Timeout { .. })) => {}
                     other => panic!("unexpected {other:?}"),
                 }
+                drop(engine);
                 counts[pick] += 1;
             }
-            counts
+            (counts, queued)
         }));
     }
     let mut counts = [0u64; 4];
+    let mut queued = 0;
     for t in tasks {
-        let c = t.await.unwrap();
+        let (c, q) = t.await.unwrap();
         for i in 0..4 {
             counts[i] += c[i];
         }
+        queued += q;
     }
     let status = pool.status();
     assert_eq!(counts.iter().sum::<u64>(), 10_000);
@@ -319,7 +324,9 @@ async fn ten_thousand_executions_with_random_failures_on_a_pool_of_two() {
     assert_eq!(status.waiting, 0);
     assert_eq!(status.timeouts, 0);
     assert_eq!(status.checkouts, 10_000);
-    assert!(status.exhausted > 0 && status.exhausted <= 10_000);
+    // Exhaustion is what the checkouts met, and with four runners on two engines it happens.
+    assert_eq!(status.exhausted, queued);
+    assert!(queued > 0, "{status:?}");
     assert!(
         status.peak_waiting >= 1 && status.peak_waiting <= 8,
         "{status:?}"
@@ -485,6 +492,23 @@ async fn cached_verdicts_give_the_same_answers_as_first_sights() {
         assert_eq!(again.metrics, first.metrics);
         assert_eq!(again.warnings, first.warnings);
     }
+    // Rejections belong to their execution: a clean one after them reports none.
+    let clean = Script::new(
+        "clean.lua",
+        "return helpers.metrics.count('invoice.processed_count')",
+    );
+    let ex = pool
+        .execute(&clean, "acme", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(ex.result, Ok(json!(true)));
+    assert!(ex.metrics.rejected.is_empty(), "{:?}", ex.metrics);
+    assert!(ex.warnings.is_empty(), "{:?}", ex.warnings);
+    let again = pool
+        .execute(&s, "acme", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(again.metrics, first.metrics);
 }
 
 fn collecting() -> Arc<CollectingSink> {
