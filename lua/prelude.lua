@@ -308,7 +308,9 @@ local function slow_path(kind)
 end
 
 local function helper(kind)
-  return bind(roots[kind], host.hot, slow_path(kind), host.kinds[kind])
+  -- bind returns nothing for arguments it does not expect: fail the engine's construction.
+  return assert(bind(roots[kind], host.hot, slow_path(kind), host.kinds[kind]),
+    "cannot bind helpers.metrics." .. kind)
 end
 
 local metrics = readonly({
