@@ -509,7 +509,7 @@ impl Engine {
         let values = out.map_err(|e| self.classify(script, e))?;
         let first = values.into_iter().next().unwrap_or(Value::Nil);
         FromLua::new(depth, self.settings.max_result_nodes)
-            .convert(&first, "result")
+            .convert(&self.lua, first, "result")
             .map_err(|problem| ScriptError::InvalidResult {
                 script: script.id().to_string(),
                 problem,

@@ -313,3 +313,58 @@ async fn edited_scripts_take_effect_on_the_next_execution() {
     let engine = pool.checkout().await.unwrap();
     assert_eq!(engine.cached_scripts(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_keep_their_shape_and_errors_name_the_path() {
+    let (pool, _) = pool_with(fast_limits(), 1);
+    let run = |src: &'static str| {
+        let pool = &pool;
+        async move {
+            pool.execute(&Script::new("shape.lua", src), "t", &json!({}), &json!({}))
+                .await
+                .unwrap()
+                .result
+        }
+    };
+    assert_eq!(run("return nil").await, Ok(json!(null)));
+    assert_eq!(run("return 'é'").await, Ok(json!("é")));
+    assert_eq!(run("return 2^53").await, Ok(json!(9007199254740992.0)));
+    assert_eq!(run("return math.mininteger").await, Ok(json!(i64::MIN)));
+    assert_eq!(run("return {}").await, Ok(json!({})));
+    assert_eq!(
+        run("return { 'a', { true, false }, 3.5 }").await,
+        Ok(json!(["a", [true, false], 3.5]))
+    );
+    // Not a sequence: an object with the keys as text.
+    assert_eq!(
+        run("return { [1] = 'a', [3] = 'c', [true] = 1, [2.5] = 'x' }").await,
+        Ok(json!({"1": "a", "3": "c", "true": 1, "2.5": "x"}))
+    );
+    // A metatable changes nothing: tables are read raw.
+    assert_eq!(
+        run("return setmetatable({ a = 1 }, { __index = function() return 2 end, __pairs = function() error('no') end })").await,
+        Ok(json!({"a": 1}))
+    );
+    let problem = |r: Result<serde_json::Value, ScriptError>| match r {
+        Err(ScriptError::InvalidResult { problem, .. }) => problem,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        problem(run("return { context = { list = { 1, 0/0 } } }").await),
+        "result.context.list[2] is not a finite number"
+    );
+    assert_eq!(
+        problem(run("return { a = { [{}] = 1 } }").await),
+        "result.a has a table key; only strings and numbers can be returned"
+    );
+    assert_eq!(
+        problem(run("return { co = coroutine.create(print) }").await),
+        "result.co is a thread and cannot be returned"
+    );
+    let shared = run("local s = { 1 } return { a = s, b = s }").await;
+    assert_eq!(
+        shared,
+        Ok(json!({"a": [1], "b": [1]})),
+        "a shared table is not a cycle"
+    );
+}
