@@ -3,42 +3,78 @@
 
 use mlua::{ffi, Lua, Value};
 use serde_json::{Map, Number, Value as Json};
-use std::os::raw::{c_int, c_void};
+use std::os::raw::{c_char, c_int, c_void};
 use std::ptr;
 
-/// Builds the Lua value for a JSON value (`null` becomes nil).
-pub(crate) fn to_lua(lua: &Lua, v: &Json, depth: usize, max_depth: usize) -> Result<Value, String> {
+/// Builds the Lua value for a JSON value (`null` becomes nil), with the raw Lua C API: through
+/// mlua's safe API each value cost a registry reference and several locks.
+///
+/// The builder runs inside `exec_raw`, a protected call: a memory error raised while it
+/// allocates unwinds to there, through frames that own nothing (references and borrowing
+/// iterators only), and comes back as an `Err`.
+pub(crate) fn to_lua(lua: &Lua, v: &Json, max_depth: usize) -> Result<Value, String> {
+    let mut problem = None;
+    // SAFETY: see above; `push` leaves exactly one value on the stack or returns its problem.
+    let built: mlua::Result<Value> = unsafe {
+        lua.exec_raw((), |l| {
+            let base = ffi::lua_gettop(l);
+            if let Err(p) = push(l, v, 0, max_depth) {
+                problem = Some(p);
+                ffi::lua_settop(l, base);
+            }
+        })
+    };
+    match (problem, built) {
+        (Some(p), _) => Err(p),
+        (None, Ok(v)) => Ok(v),
+        (None, Err(e)) => Err(e.to_string()),
+    }
+}
+
+unsafe fn push(
+    l: *mut ffi::lua_State,
+    v: &Json,
+    depth: usize,
+    max_depth: usize,
+) -> Result<(), String> {
     if depth > max_depth {
         return Err(format!("nested deeper than {max_depth} levels"));
     }
-    let err = |e: mlua::Error| e.to_string();
-    Ok(match v {
-        Json::Null => Value::Nil,
-        Json::Bool(b) => Value::Boolean(*b),
+    match v {
+        Json::Null => ffi::lua_pushnil(l),
+        Json::Bool(b) => ffi::lua_pushboolean(l, *b as c_int),
         Json::Number(n) => match n.as_i64() {
-            Some(i) => Value::Integer(i),
-            None => Value::Number(n.as_f64().unwrap_or(f64::NAN)),
+            Some(i) => ffi::lua_pushinteger(l, i),
+            None => ffi::lua_pushnumber(l, n.as_f64().unwrap_or(f64::NAN)),
         },
-        Json::String(s) => Value::String(lua.create_string(s).map_err(err)?),
+        Json::String(s) => {
+            ffi::lua_pushlstring(l, s.as_ptr() as *const c_char, s.len());
+        }
         Json::Array(items) => {
-            let t = lua
-                .create_table_with_capacity(items.len(), 0)
-                .map_err(err)?;
-            for (i, item) in items.iter().enumerate() {
-                t.raw_set(i + 1, to_lua(lua, item, depth + 1, max_depth)?)
-                    .map_err(err)?;
+            // The table, an item being built and its key: never raises, says no when the
+            // stack cannot grow.
+            if ffi::lua_checkstack(l, 3) == 0 {
+                return Err("nested too deeply to build".into());
             }
-            Value::Table(t)
+            ffi::lua_createtable(l, c_int::try_from(items.len()).unwrap_or(0), 0);
+            for (i, item) in items.iter().enumerate() {
+                push(l, item, depth + 1, max_depth)?;
+                ffi::lua_rawseti(l, -2, i as ffi::lua_Integer + 1);
+            }
         }
         Json::Object(map) => {
-            let t = lua.create_table_with_capacity(0, map.len()).map_err(err)?;
-            for (k, item) in map {
-                t.raw_set(k.as_str(), to_lua(lua, item, depth + 1, max_depth)?)
-                    .map_err(err)?;
+            if ffi::lua_checkstack(l, 3) == 0 {
+                return Err("nested too deeply to build".into());
             }
-            Value::Table(t)
+            ffi::lua_createtable(l, 0, c_int::try_from(map.len()).unwrap_or(0));
+            for (k, item) in map {
+                ffi::lua_pushlstring(l, k.as_ptr() as *const c_char, k.len());
+                push(l, item, depth + 1, max_depth)?;
+                ffi::lua_rawset(l, -3);
+            }
         }
-    })
+    }
+    Ok(())
 }
 
 /// Reads a script's result into JSON with the raw Lua C API.

@@ -481,9 +481,8 @@ impl Engine {
         let function = self.compiled(script)?;
         let depth = self.settings.max_depth;
         let invalid = |problem: String| ScriptError::InvalidEvent { problem };
-        let ev = to_lua(&self.lua, event, 0, depth).map_err(|p| invalid(format!("event {p}")))?;
-        let cx =
-            to_lua(&self.lua, context, 0, depth).map_err(|p| invalid(format!("context {p}")))?;
+        let ev = to_lua(&self.lua, event, depth).map_err(|p| invalid(format!("event {p}")))?;
+        let cx = to_lua(&self.lua, context, depth).map_err(|p| invalid(format!("context {p}")))?;
         self.hot.0.with(|h| h.begin());
         let env: Table = self
             .begin

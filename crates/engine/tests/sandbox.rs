@@ -368,3 +368,28 @@ async fn results_keep_their_shape_and_errors_name_the_path() {
         "a shared table is not a cycle"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_larger_than_the_memory_limit_is_a_typed_error() {
+    let (pool, _) = pool_with(fast_limits(), 1);
+    // ~12 MiB of strings against a 4 MiB engine: building it in Lua runs out of memory.
+    let big: Vec<String> = (0..100_000).map(|i| format!("{i:0>120}")).collect();
+    let s = Script::new("e.lua", "return #event.items");
+    let ex = pool
+        .execute(&s, "t", &json!({ "items": big }), &json!({}))
+        .await
+        .unwrap();
+    match &ex.result {
+        Err(ScriptError::InvalidEvent { problem }) => {
+            assert!(problem.starts_with("event "), "{problem}");
+            assert!(problem.contains("memory"), "{problem}");
+        }
+        other => panic!("{other:?}"),
+    }
+    canary(&pool, "victim").await;
+    let ex = pool
+        .execute(&s, "t", &json!({ "items": ["a", "b"] }), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(ex.result, Ok(json!(2)));
+}
