@@ -393,3 +393,60 @@ async fn an_event_larger_than_the_memory_limit_is_a_typed_error() {
         .unwrap();
     assert_eq!(ex.result, Ok(json!(2)));
 }
+
+/// A random JSON value that survives a trip through Lua unchanged: no nulls (nil is absence in
+/// Lua) and no empty arrays (an empty table reads back as an object).
+fn random_json(rng: &mut rand::rngs::StdRng, depth: usize) -> serde_json::Value {
+    use rand::Rng;
+    let leaf = depth >= 5 || rng.gen_bool(0.4);
+    match if leaf {
+        rng.gen_range(0..4)
+    } else {
+        rng.gen_range(4..6)
+    } {
+        0 => json!(rng.gen::<bool>()),
+        1 => json!(rng.gen::<i64>() >> rng.gen_range(0..63)),
+        2 => json!(rng.gen_range(-1e12..1e12f64)),
+        3 => {
+            let chars = ['a', 'Z', '0', ' ', 'é', '✓', '😀', '"', '\\', '\n'];
+            let n = rng.gen_range(0..12);
+            json!((0..n)
+                .map(|_| chars[rng.gen_range(0..chars.len())])
+                .collect::<String>())
+        }
+        4 => {
+            let n = rng.gen_range(1..6);
+            json!((0..n)
+                .map(|_| random_json(rng, depth + 1))
+                .collect::<Vec<_>>())
+        }
+        _ => {
+            let n = rng.gen_range(0..6);
+            let mut map = serde_json::Map::new();
+            for i in 0..n {
+                map.insert(
+                    format!("k{i}_{}", rng.gen::<u16>()),
+                    random_json(rng, depth + 1),
+                );
+            }
+            serde_json::Value::Object(map)
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_events_and_contexts_round_trip_through_lua() {
+    use rand::SeedableRng;
+    let (pool, _) = pool_with(fast_limits(), 1);
+    let s = Script::new("echo.lua", "return { event = event, context = context }");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for _ in 0..500 {
+        let mut ev = serde_json::Map::new();
+        ev.insert("v".into(), random_json(&mut rng, 0));
+        let mut cx = serde_json::Map::new();
+        cx.insert("c".into(), random_json(&mut rng, 0));
+        let (ev, cx) = (serde_json::Value::Object(ev), serde_json::Value::Object(cx));
+        let ex = pool.execute(&s, "t", &ev, &cx).await.unwrap();
+        assert_eq!(ex.result, Ok(json!({ "event": ev, "context": cx })));
+    }
+}
