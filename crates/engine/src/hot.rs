@@ -11,14 +11,16 @@
 //! [`Hot`] through ordinary mlua callbacks.
 //!
 //! # Safety
-//! - [`Hot`] lives in a `Box` owned by the engine, next to (and dropped after) the Lua state
-//!   whose closures point at it; the closures run only while the engine runs Lua.
+//! - [`Hot`] is a heap allocation the engine owns through a raw pointer (`HotBox`, its last
+//!   field, freed after the Lua state whose closures point at it); the closures run only while
+//!   the engine runs Lua.
 //! - Every access makes a short-lived `&mut Hot` that never spans a call into Lua: the slow path
 //!   (which reaches `Hot` again through the mlua callbacks) is called with no borrow alive.
 //! - The fast path's frame holds no value with a destructor, so an error raised by the slow
 //!   path (a strict-mode rejection, a time or memory limit) may unwind through it with
 //!   `longjmp`, as Lua errors do through any C function.
-//! - The fast path pushes at most 5 values, within the 20 slots Lua guarantees a C function.
+//! - The fast path pushes at most 5 values above its 3 arguments, within the 20 slots Lua
+//!   guarantees a C function.
 
 use luametrics_model::{Kind, RejectReason, Tags};
 use luametrics_recorder::BatchPoint;
