@@ -309,7 +309,7 @@ end
 
 local function helper(kind)
   -- bind returns nothing for arguments it does not expect: fail the engine's construction.
-  return assert(bind(roots[kind], host.hot, slow_path(kind), host.kinds[kind]),
+  return assert(bind(roots[kind], host.hot, slow_path(kind), kind),
     "cannot bind helpers.metrics." .. kind)
 end
 

@@ -190,7 +190,7 @@ impl Engine {
                         });
                         match taken {
                             Ok(()) => Ok(Value::Nil),
-                            Err(r) => Ok(Value::String(lua.create_string(r.reason().as_str())?)),
+                            Err(r) => Ok(Value::String(lua.create_string(r.as_str())?)),
                         }
                     })
                 })?,
@@ -214,15 +214,6 @@ impl Engine {
         host.set("bind", unsafe { lua.create_c_function(hot::bind)? })?;
         host.set("hot", hr.as_light())?;
         host.set("END", hot::end_key())?;
-        let kinds = lua.create_table()?;
-        for (name, kind) in [
-            ("counter", Kind::Counter),
-            ("gauge", Kind::Gauge),
-            ("histogram", Kind::Histogram),
-        ] {
-            kinds.set(name, hot::kind_code(kind))?;
-        }
-        host.set("kinds", kinds)?;
         {
             let sh = shared.clone();
             host.set(

@@ -66,23 +66,6 @@ struct Slot {
     summary: Summary,
 }
 
-/// Why [`Hot::take`] refused a point.
-pub(crate) enum Refusal {
-    /// The execution used its `max_points_per_execution`.
-    ExecutionLimit,
-    /// The tenant's quota gave no more points.
-    RateLimited,
-}
-
-impl Refusal {
-    pub(crate) fn reason(&self) -> RejectReason {
-        match self {
-            Refusal::ExecutionLimit => RejectReason::ExecutionLimit,
-            Refusal::RateLimited => RejectReason::RateLimited,
-        }
-    }
-}
-
 /// The Rust half of `helpers.metrics`: the verdict cache's series, this execution's
 /// aggregates and its quota lease.
 pub(crate) struct Hot {
@@ -157,15 +140,15 @@ impl Hot {
         id: usize,
         value: f64,
         reserve: impl FnOnce(u32) -> u32,
-    ) -> Result<(), Refusal> {
+    ) -> Result<(), RejectReason> {
         if !self.has_budget() {
             if self.used >= self.max_points {
-                return Err(Refusal::ExecutionLimit);
+                return Err(RejectReason::ExecutionLimit);
             }
             let want = self.used.max(8).min(self.max_points - self.used);
             self.budget += reserve(want);
             if !self.has_budget() {
-                return Err(Refusal::RateLimited);
+                return Err(RejectReason::RateLimited);
             }
         }
         let added = self.add(id, value);
@@ -258,17 +241,9 @@ const COUNTER: i64 = 0;
 const GAUGE: i64 = 1;
 const HISTOGRAM: i64 = 2;
 
-/// The kind code the prelude passes to [`bind`].
-pub(crate) fn kind_code(kind: Kind) -> i64 {
-    match kind {
-        Kind::Counter => COUNTER,
-        Kind::Gauge => GAUGE,
-        Kind::Histogram => HISTOGRAM,
-    }
-}
-
 /// `bind(root, hot, slow, kind)`: the prelude's constructor of one helper, a C closure over
-/// the kind's verdict tree, the engine's `Hot` and the kind's Lua slow path.
+/// the kind's verdict tree, the engine's `Hot` and the kind's Lua slow path; `kind` is the
+/// kind's name (`"counter"`, `"gauge"`, `"histogram"`).
 ///
 /// # Safety
 /// Called by Lua only, with a light userdata that points at the engine's `Hot`.
@@ -279,15 +254,25 @@ pub(crate) unsafe extern "C-unwind" fn bind(l: *mut ffi::lua_State) -> c_int {
     {
         return 0;
     }
-    let f: ffi::lua_CFunction = match ffi::lua_tointegerx(l, 4, std::ptr::null_mut()) {
-        COUNTER => record::<COUNTER>,
-        GAUGE => record::<GAUGE>,
-        HISTOGRAM => record::<HISTOGRAM>,
+    let f: ffi::lua_CFunction = match string_arg(l, 4) {
+        Some(b"counter") => record::<COUNTER>,
+        Some(b"gauge") => record::<GAUGE>,
+        Some(b"histogram") => record::<HISTOGRAM>,
         _ => return 0,
     };
     ffi::lua_settop(l, 3);
     ffi::lua_pushcclosure(l, f, 3);
     1
+}
+
+/// The bytes of a string argument (no conversion of numbers).
+unsafe fn string_arg<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a [u8]> {
+    if ffi::lua_type(l, idx) != ffi::LUA_TSTRING {
+        return None;
+    }
+    let mut len = 0usize;
+    let p = ffi::lua_tolstring(l, idx, &mut len);
+    (!p.is_null()).then(|| std::slice::from_raw_parts(p as *const u8, len))
 }
 
 /// `count`, `gauge` or `histogram` (`KIND`): settles a point whose series is in the verdict

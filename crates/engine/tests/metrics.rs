@@ -42,6 +42,33 @@ fn pool(sink: Arc<dyn MetricsSink>, engine: EngineSettings, size: usize) -> Engi
     .unwrap()
 }
 
+/// A pool of one engine whose helpers raise instead of returning `false, reason`.
+fn strict_pool(sink: Arc<dyn MetricsSink>) -> EnginePool {
+    pool(
+        sink,
+        EngineSettings {
+            strict: true,
+            ..EngineSettings::default()
+        },
+        1,
+    )
+}
+
+/// The line and message of an execution's runtime error.
+fn runtime_error(ex: &Execution) -> (Option<u32>, &str) {
+    match &ex.result {
+        Err(ScriptError::Runtime { line, message, .. }) => (*line, message.as_str()),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Runs `script` for `tenant` with an empty event and context.
+async fn run(pool: &EnginePool, script: &Script, tenant: &str) -> Execution {
+    pool.execute(script, tenant, &json!({}), &json!({}))
+        .await
+        .unwrap()
+}
+
 const REASONS: &str = r#"
 local m = helpers.metrics
 local function r(ok, reason) return ok and "ok" or reason end
@@ -78,10 +105,7 @@ async fn every_reason_and_accepted_points_reach_the_store() {
     let (_dir, store, svc) = service(Limits::default()).await;
     let pool = pool(Arc::new(svc.clone()), EngineSettings::default(), 2);
     let s = Script::new("reasons.lua", REASONS);
-    let ex = pool
-        .execute(&s, "acme", &json!({}), &json!({}))
-        .await
-        .unwrap();
+    let ex = run(&pool, &s, "acme").await;
     let want = json!({
         "ok_count": "ok", "ok_default": "ok", "ok_gauge": "ok", "ok_hist": "ok",
         "invalid_name": "invalid_name", "invalid_name_type": "invalid_name",
@@ -118,10 +142,7 @@ async fn every_reason_and_accepted_points_reach_the_store() {
         return { ok = ok, last = last }
         "#,
     );
-    let ex = pool
-        .execute(&s, "acme", &json!({}), &json!({}))
-        .await
-        .unwrap();
+    let ex = run(&pool, &s, "acme").await;
     assert_eq!(ex.result, Ok(json!({"ok": 250, "last": "execution_limit"})));
 
     svc.flush().await.unwrap();
@@ -203,40 +224,23 @@ async fn rate_limits_apply_per_tenant_and_strict_mode_raises() {
         return { ok = ok, reason = reason }
         "#,
     );
-    let ex = p.execute(&s, "acme", &json!({}), &json!({})).await.unwrap();
+    let ex = run(&p, &s, "acme").await;
     assert_eq!(ex.result, Ok(json!({"ok": 20, "reason": "rate_limited"})));
     // Spent: the next execution of the same tenant is limited; another tenant is not.
-    let ex = p.execute(&s, "acme", &json!({}), &json!({})).await.unwrap();
+    let ex = run(&p, &s, "acme").await;
     assert_eq!(ex.result, Ok(json!({"ok": 0, "reason": "rate_limited"})));
-    let ex = p
-        .execute(&s, "globex", &json!({}), &json!({}))
-        .await
-        .unwrap();
+    let ex = run(&p, &s, "globex").await;
     assert_eq!(ex.result, Ok(json!({"ok": 20, "reason": "rate_limited"})));
 
-    let strict = pool(
-        sink,
-        EngineSettings {
-            strict: true,
-            ..EngineSettings::default()
-        },
-        1,
-    );
+    let strict = strict_pool(sink);
     let s = Script::new(
         "strict.lua",
         "helpers.metrics.count('fine.events_count')\nhelpers.metrics.count('auth.x', 1)\n",
     );
-    let ex = strict
-        .execute(&s, "initech", &json!({}), &json!({}))
-        .await
-        .unwrap();
-    match ex.result {
-        Err(ScriptError::Runtime { line, message, .. }) => {
-            assert_eq!(line, Some(2));
-            assert!(message.contains("reserved_prefix"), "{message}");
-        }
-        other => panic!("{other:?}"),
-    }
+    let ex = run(&strict, &s, "initech").await;
+    let (line, message) = runtime_error(&ex);
+    assert_eq!(line, Some(2));
+    assert!(message.contains("reserved_prefix"), "{message}");
     // What was accepted before the error stays accepted.
     assert_eq!(ex.metrics.accepted, 1);
 }
@@ -405,10 +409,7 @@ async fn the_time_split_adds_up_and_lands_where_the_work_is() {
         "cpu.lua",
         "local x = 0 for i = 1, 3e6 do x = x + i % 7 end return x",
     );
-    let ex = pool
-        .execute(&cpu, "t", &json!({}), &json!({}))
-        .await
-        .unwrap();
+    let ex = run(&pool, &cpu, "t").await;
     let t = ex.timings;
     assert!(ex.result.is_ok());
     let parts = t.wait_ms + t.script_ms + t.helpers_ms + t.overhead_ms;
@@ -421,10 +422,7 @@ async fn the_time_split_adds_up_and_lands_where_the_work_is() {
         "helpers.lua",
         "for i = 1, 3000 do helpers.metrics.count('distinct.series_count', 1, { k = 'v' .. i }) end",
     );
-    let ex = pool
-        .execute(&helpers, "t", &json!({}), &json!({}))
-        .await
-        .unwrap();
+    let ex = run(&pool, &helpers, "t").await;
     let t = ex.timings;
     assert!(ex.result.is_ok(), "{ex:?}");
     let parts = t.wait_ms + t.script_ms + t.helpers_ms + t.overhead_ms;
@@ -458,10 +456,7 @@ async fn the_verdict_cache_resets_past_its_bound_without_losing_points() {
         "local ok = 0 for i = 1, 50 do if helpers.metrics.count('shop.orders_count', 1, { shop = 's' .. i % 25 }) then ok = ok + 1 end end return ok",
     );
     for _ in 0..3 {
-        let ex = pool
-            .execute(&s, "acme", &json!({}), &json!({}))
-            .await
-            .unwrap();
+        let ex = run(&pool, &s, "acme").await;
         assert_eq!(ex.result, Ok(json!(50)));
         assert_eq!(ex.metrics.accepted, 50);
     }
@@ -479,15 +474,9 @@ async fn cached_verdicts_give_the_same_answers_as_first_sights() {
     let (_dir, _store, svc) = service(Limits::default()).await;
     let pool = pool(Arc::new(svc.clone()), EngineSettings::default(), 1);
     let s = Script::new("reasons.lua", REASONS);
-    let first = pool
-        .execute(&s, "acme", &json!({}), &json!({}))
-        .await
-        .unwrap();
+    let first = run(&pool, &s, "acme").await;
     for _ in 0..2 {
-        let again = pool
-            .execute(&s, "acme", &json!({}), &json!({}))
-            .await
-            .unwrap();
+        let again = run(&pool, &s, "acme").await;
         assert_eq!(again.result, first.result);
         assert_eq!(again.metrics, first.metrics);
         assert_eq!(again.warnings, first.warnings);
@@ -497,17 +486,11 @@ async fn cached_verdicts_give_the_same_answers_as_first_sights() {
         "clean.lua",
         "return helpers.metrics.count('invoice.processed_count')",
     );
-    let ex = pool
-        .execute(&clean, "acme", &json!({}), &json!({}))
-        .await
-        .unwrap();
+    let ex = run(&pool, &clean, "acme").await;
     assert_eq!(ex.result, Ok(json!(true)));
     assert!(ex.metrics.rejected.is_empty(), "{:?}", ex.metrics);
     assert!(ex.warnings.is_empty(), "{:?}", ex.warnings);
-    let again = pool
-        .execute(&s, "acme", &json!({}), &json!({}))
-        .await
-        .unwrap();
+    let again = run(&pool, &s, "acme").await;
     assert_eq!(again.metrics, first.metrics);
 }
 
@@ -557,10 +540,7 @@ async fn tag_tables_built_in_any_order_are_one_series() {
         "#,
     );
     for _ in 0..2 {
-        let ex = pool
-            .execute(&s, "acme", &json!({}), &json!({}))
-            .await
-            .unwrap();
+        let ex = run(&pool, &s, "acme").await;
         assert_eq!(ex.result, Ok(json!(true)));
         assert_eq!(ex.metrics.accepted, 60);
     }
@@ -616,10 +596,7 @@ async fn near_misses_of_a_cached_series_are_told_apart() {
         return out
         "#,
     );
-    let ex = pool
-        .execute(&s, "acme", &json!({}), &json!({}))
-        .await
-        .unwrap();
+    let ex = run(&pool, &s, "acme").await;
     assert_eq!(
         ex.result,
         Ok(json!({
@@ -671,30 +648,15 @@ async fn near_misses_of_a_cached_series_are_told_apart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_mode_blames_the_script_line_for_a_cached_rejection() {
-    let sink = collecting();
-    let pool = pool(
-        sink,
-        EngineSettings {
-            strict: true,
-            ..EngineSettings::default()
-        },
-        1,
-    );
+    let pool = strict_pool(collecting());
     let s = Script::new(
         "strict.lua",
         "local ok = pcall(helpers.metrics.count, 'auth.x', 1)\n\nhelpers.metrics.count('auth.x', 1)\n",
     );
-    let ex = pool
-        .execute(&s, "acme", &json!({}), &json!({}))
-        .await
-        .unwrap();
-    match ex.result {
-        Err(ScriptError::Runtime { line, message, .. }) => {
-            assert_eq!(line, Some(3));
-            assert!(message.contains("auth.x: reserved_prefix"), "{message}");
-        }
-        other => panic!("{other:?}"),
-    }
+    let ex = run(&pool, &s, "acme").await;
+    let (line, message) = runtime_error(&ex);
+    assert_eq!(line, Some(3));
+    assert!(message.contains("auth.x: reserved_prefix"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -713,10 +675,7 @@ async fn limits_hold_inside_the_helpers_and_huge_tag_tables_are_refused() {
         "endless.lua",
         "local i = 0 while true do i = i + 1 helpers.metrics.count('x.y_count', 1, { k = 'v' .. i }) end",
     );
-    let ex = pool
-        .execute(&endless, "acme", &json!({}), &json!({}))
-        .await
-        .unwrap();
+    let ex = run(&pool, &endless, "acme").await;
     assert!(
         matches!(ex.result, Err(ScriptError::Timeout { .. })),
         "{:?}",
@@ -736,19 +695,13 @@ async fn limits_hold_inside_the_helpers_and_huge_tag_tables_are_refused() {
         return { b, d }
         "#,
     );
-    let ex = pool
-        .execute(&huge, "globex", &json!({}), &json!({}))
-        .await
-        .unwrap();
+    let ex = run(&pool, &huge, "globex").await;
     assert_eq!(ex.result, Ok(json!(["too_many_tags", "too_many_tags"])));
     let ok = Script::new(
         "ok.lua",
         "return helpers.metrics.count('x.y_count', 1, { k = 'v' })",
     );
-    let ex = pool
-        .execute(&ok, "initech", &json!({}), &json!({}))
-        .await
-        .unwrap();
+    let ex = run(&pool, &ok, "initech").await;
     assert_eq!(ex.result, Ok(json!(true)));
 }
 
