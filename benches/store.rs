@@ -1,18 +1,191 @@
-//! SPEC §12 target 4 and the recorder's Rust-side cost. Run: `cargo bench --bench store`.
+//! SPEC §12 target 4, the recorder's Rust-side cost, target 5 and target 6's memory bound.
+//! Run: `cargo bench --bench store [-- FILTER]` (FILTER: `flush`, `recorder`, `query`,
+//! `memory`; `LUAMETRICS_BENCH_ROUNDS=N` sets the rounds of the hand-rolled comparisons).
 //!
-//! - flush: writing N aggregated rows through the recorder's flush vs a bare libSQL prepared
-//!   INSERT of N rows in one transaction into the same table (target: at least 0.7x the speed).
-//!   Two pairs: a first window of new series against an empty table, and the steady state (the
-//!   same series' next window) against a bare insert into a table holding one window already.
-//! - record_user_metric: ns per point with 2 tags, validated, rate-limited, aggregated.
+//! - flush (target 4): writing N aggregated rows through the recorder's flush vs a bare libSQL
+//!   prepared INSERT of the same N rows in one transaction into the same table (target: at
+//!   least 0.7x the speed). Two pairs: a first window of new series against an empty table, and
+//!   the steady state (the same series' next window) against a bare insert into a table holding
+//!   one window already. Both sides write through a connection with the store's settings (WAL,
+//!   `synchronous=NORMAL`, the same busy timeout), do all their set-up before the clock, and
+//!   run in alternating rounds (hand-rolled harness below); a ratio is taken per round.
+//! - recorder (criterion): ns per point of `record_user_metric` with 2 tags, validated,
+//!   rate-limited, aggregated (a reference figure, no target).
+//! - query_30d_100_series (criterion, target 5): p95 at a 1-hour step over 30 days x 100
+//!   series from rollups (under 50 ms), next to `count` over the same rows.
+//! - memory (target 6): 1M series offered to a recorder bounded at 64 MiB; the figure judged
+//!   is the growth of the process's resident memory (`VmRSS` in /proc/self/status), measured
+//!   in a child process of its own so nothing measured before skews it, not the recorder's
+//!   own estimate (which is what enforces the bound and so always fits it).
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use luametrics_model::{Kind, Limits, TagPolicy, Tags};
 use luametrics_recorder::{BatchPoint, MetricsService, RecorderConfig, RecorderSettings};
 use luametrics_sketch::Summary;
 use luametrics_store::{Location, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+// ---- harness: the same block in every hand-rolled bench of this directory ----
+
+/// `cargo bench --bench NAME [-- FILTER]`. Without `--bench` (as `cargo test --benches` runs
+/// a bench) each comparison runs one small round, to prove it still works.
+struct Args {
+    filter: Option<String>,
+    quick: bool,
+    rounds: Option<usize>,
+}
+
+impl Args {
+    fn parse() -> Self {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        Self {
+            quick: !args.iter().any(|a| a == "--bench"),
+            filter: args.into_iter().find(|a| !a.starts_with('-')),
+            rounds: std::env::var("LUAMETRICS_BENCH_ROUNDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0),
+        }
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.filter.as_deref().is_none_or(|f| name.contains(f))
+    }
+
+    fn rounds(&self, default: usize) -> usize {
+        if self.quick {
+            1
+        } else {
+            self.rounds.unwrap_or(default)
+        }
+    }
+}
+
+/// Median and range of samples.
+#[derive(Clone, Copy)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn spread(xs: &[f64]) -> Spread {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    };
+    Spread {
+        median,
+        min: v.first().copied().unwrap_or(f64::NAN),
+        max: v.last().copied().unwrap_or(f64::NAN),
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = f.precision().unwrap_or(2);
+        write!(
+            f,
+            "{:.p$} [{:.p$}-{:.p$}]",
+            self.median,
+            self.min,
+            self.max,
+            p = p
+        )
+    }
+}
+
+/// Runs every side once per round, the first side rotating from round to round; returns
+/// each side's samples in round order.
+fn alternate(rounds: usize, sides: &mut [&mut dyn FnMut() -> f64]) -> Vec<Vec<f64>> {
+    let n = sides.len();
+    let mut out = vec![Vec::with_capacity(rounds); n];
+    for r in 0..rounds {
+        for k in 0..n {
+            let i = (r + k) % n;
+            out[i].push((sides[i])());
+        }
+    }
+    out
+}
+
+// The block is shared: not every bench uses both variants.
+#[allow(dead_code)]
+#[derive(Clone, Copy)]
+enum Goal {
+    AtMost(f64),
+    AtLeast(f64),
+}
+
+impl Goal {
+    fn met(self, ratio: f64) -> bool {
+        match self {
+            Goal::AtMost(t) => ratio <= t,
+            Goal::AtLeast(t) => ratio >= t,
+        }
+    }
+}
+
+impl std::fmt::Display for Goal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Goal::AtMost(t) => write!(f, "<= {t}x"),
+            Goal::AtLeast(t) => write!(f, ">= {t}x"),
+        }
+    }
+}
+
+/// One side of a comparison: its name, unit and samples.
+struct Side<'a> {
+    name: &'a str,
+    unit: &'a str,
+    samples: &'a [f64],
+}
+
+/// Prints both sides (median [min-max]) and the ratio `ratio(baseline, subject)` taken per
+/// round, with its verdict at the median and how many rounds met the goal.
+fn compare(
+    label: &str,
+    base: Side,
+    subject: Side,
+    ratio: impl Fn(f64, f64) -> f64,
+    goal: Goal,
+) -> bool {
+    let ratios: Vec<f64> = base
+        .samples
+        .iter()
+        .zip(subject.samples)
+        .map(|(b, s)| ratio(*b, *s))
+        .collect();
+    let r = spread(&ratios);
+    let met = goal.met(r.median);
+    let rounds_met = ratios.iter().filter(|x| goal.met(**x)).count();
+    println!("{label}");
+    println!("  {:<34} {} {}", base.name, spread(base.samples), base.unit);
+    println!(
+        "  {:<34} {} {}",
+        subject.name,
+        spread(subject.samples),
+        subject.unit
+    );
+    println!(
+        "  ratio {:.2}x [{:.2}-{:.2}] over {} alternating rounds; target {goal}: {} ({rounds_met}/{} rounds meet)",
+        r.median,
+        r.min,
+        r.max,
+        ratios.len(),
+        if met { "meets" } else { "MISSES" },
+        ratios.len()
+    );
+    met
+}
+
+// ---- end of harness ----
 
 const N: usize = 10_000;
 
@@ -52,13 +225,40 @@ async fn fresh_store(dir: &tempfile::TempDir, i: u64) -> Arc<Store> {
     )
 }
 
-/// `prefill`: insert one window of rows first (untimed), like the steady-state flush whose
-/// table already holds the previous window.
-async fn bare_insert(db_path: &std::path::Path, prefill: bool) -> Duration {
-    // A second connection to the same file inserting the same rows (every column the flush
-    // writes), binding each row's values as any insert loop does, with nothing around it.
-    let db = libsql::Builder::new_local(db_path).build().await.unwrap();
+/// A second connection to a store's file, set up as the store sets up its own
+/// (`Store::connect_db` in crates/store/src/lib.rs): busy timeout, WAL, `synchronous=NORMAL`.
+/// Without the last one SQLite's default `FULL` would make the baseline alone sync the WAL on
+/// every commit. Both settings are read back.
+async fn bare_connection(path: &std::path::Path) -> (libsql::Database, libsql::Connection) {
+    let db = libsql::Builder::new_local(path).build().await.unwrap();
     let conn = db.connect().unwrap();
+    conn.busy_timeout(Duration::from_millis(2_000)).unwrap();
+    let pragma = |sql: &'static str| {
+        let conn = conn.clone();
+        async move {
+            let mut rows = conn.query(sql, ()).await.unwrap();
+            let row = rows.next().await.unwrap().unwrap();
+            row.get_value(0).unwrap()
+        }
+    };
+    assert_eq!(
+        pragma("PRAGMA journal_mode=WAL").await,
+        libsql::Value::Text("wal".into())
+    );
+    conn.execute("PRAGMA synchronous=NORMAL", ()).await.unwrap();
+    // 1 = NORMAL (2 = FULL, SQLite's default).
+    assert_eq!(
+        pragma("PRAGMA synchronous").await,
+        libsql::Value::Integer(1)
+    );
+    // Load the schema before the clock, as the store's connection has (it ran the migrations).
+    pragma("SELECT COUNT(*) FROM metrics").await;
+    (db, conn)
+}
+
+/// One bare transaction: the flush's insert with every column it writes, each row's values
+/// bound as any insert loop binds them, nothing around it.
+async fn bare_insert(conn: &libsql::Connection) -> Duration {
     let row = |i: usize| {
         use libsql::Value::*;
         vec![
@@ -84,11 +284,9 @@ async fn bare_insert(db_path: &std::path::Path, prefill: bool) -> Duration {
             Null,
         ]
     };
-    let mut elapsed = Duration::ZERO;
-    for round in 0..(1 + usize::from(prefill)) {
-        let start = Instant::now();
-        let tx = conn.transaction().await.unwrap();
-        let stmt = tx
+    let start = Instant::now();
+    let tx = conn.transaction().await.unwrap();
+    let stmt = tx
         .prepare(
             "INSERT INTO metrics (name, value, tags, metric_type, timestamp, service, route_id,
              client_id, status, tenant_id, kind, source, window_ms, samples, sum, min, max, last,
@@ -97,15 +295,27 @@ async fn bare_insert(db_path: &std::path::Path, prefill: bool) -> Duration {
         )
         .await
         .unwrap();
-        for i in 0..N {
-            stmt.execute(row(i)).await.unwrap();
-            stmt.reset();
-        }
-        tx.commit().await.unwrap();
-        if round == usize::from(prefill) {
-            elapsed = start.elapsed();
-        }
+    for i in 0..N {
+        stmt.execute(row(i)).await.unwrap();
+        stmt.reset();
     }
+    tx.commit().await.unwrap();
+    start.elapsed()
+}
+
+/// The baseline side: a fresh database (migrations run), a bare connection set up as the
+/// store's, and with `prefill` one window inserted first; then one timed transaction.
+async fn bare_side(dir: &tempfile::TempDir, n: u64, prefill: bool) -> Duration {
+    let store = fresh_store(dir, n).await;
+    let (_db, conn) = bare_connection(&dir.path().join(format!("b{n}.db"))).await;
+    if prefill {
+        bare_insert(&conn).await;
+    }
+    let elapsed = bare_insert(&conn).await;
+    assert_eq!(
+        store.count_rows().await.unwrap(),
+        (N * (1 + usize::from(prefill))) as u64
+    );
     elapsed
 }
 
@@ -125,10 +335,12 @@ fn ingest_window(svc: &MetricsService) {
     }
 }
 
-/// `steady`: the series were already flushed once (the usual case: the same series window
-/// after window); otherwise every series is new to the recorder.
-async fn recorder_flush(store: Arc<Store>, steady: bool) -> Duration {
-    let svc = MetricsService::start(store, config());
+/// The subject side: a fresh database and recorder, with `steady` one window of the same
+/// series flushed first (the usual case, window after window), the next window ingested;
+/// then one timed flush.
+async fn recorder_side(dir: &tempfile::TempDir, n: u64, steady: bool) -> Duration {
+    let store = fresh_store(dir, n).await;
+    let svc = MetricsService::start(store.clone(), config());
     if steady {
         ingest_window(&svc);
         svc.flush().await.unwrap();
@@ -138,59 +350,73 @@ async fn recorder_flush(store: Arc<Store>, steady: bool) -> Duration {
     let rows = svc.flush().await.unwrap();
     let elapsed = start.elapsed();
     assert!(rows >= N);
-    // Stop its flusher so finished iterations do not tick in the background of later ones.
+    // Stop its flusher so finished rounds do not tick in the background of later ones.
     svc.shutdown().await.unwrap();
+    // The N series' rows of each window are in the table (plus the recorder's own metrics).
+    let user_rows = store
+        .find_metrics(&luametrics_store::FindQuery {
+            name: "shop.orders_count".into(),
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(user_rows, N * (1 + usize::from(steady)));
     elapsed
 }
 
-fn flush(c: &mut Criterion) {
+/// Target 4: the recorder's flush against a bare insert of the same rows, alternating rounds.
+fn flush(args: &Args) {
+    let rounds = args.rounds(15);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut group = c.benchmark_group("flush");
-    group.throughput(Throughput::Elements(N as u64));
-    group.sample_size(10);
-    let mut n = 0u64;
-    for (name, prefill) in [
-        ("bare_libsql_insert", false),
-        ("bare_libsql_insert_second_window", true),
+    let n = std::cell::Cell::new(0u64);
+    let next = || {
+        n.set(n.get() + 1);
+        n.get()
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for (label, later) in [
+        ("first window of new series, empty table", false),
+        (
+            "steady state: the same series' next window, one window already stored",
+            true,
+        ),
     ] {
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    n += 1;
-                    total += rt.block_on(async {
-                        // Same schema (migrations ran), then a bare insert on its own connection.
-                        let _store = fresh_store(&dir, n).await;
-                        bare_insert(&dir.path().join(format!("b{n}.db")), prefill).await
-                    });
-                }
-                total
-            })
-        });
+        let mut bare = || ms(rt.block_on(bare_side(&dir, next(), later)));
+        let mut recorder = || ms(rt.block_on(recorder_side(&dir, next(), later)));
+        let s = alternate(rounds, &mut [&mut bare, &mut recorder]);
+        compare(
+            &format!("target 4, flush: {N} rows, {label}"),
+            Side {
+                name: if later {
+                    "bare_libsql_insert_second_window"
+                } else {
+                    "bare_libsql_insert"
+                },
+                unit: "ms",
+                samples: &s[0],
+            },
+            Side {
+                name: if later {
+                    "recorder_flush_steady_series"
+                } else {
+                    "recorder_flush_new_series"
+                },
+                unit: "ms",
+                samples: &s[1],
+            },
+            // Speed relative to the bare insert: its time over the flush's.
+            |b, s| b / s,
+            Goal::AtLeast(0.7),
+        );
     }
-    for (name, steady) in [
-        ("recorder_flush_new_series", false),
-        ("recorder_flush_steady_series", true),
-    ] {
-        group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    n += 1;
-                    total += rt.block_on(async {
-                        recorder_flush(fresh_store(&dir, n).await, steady).await
-                    });
-                }
-                total
-            })
-        });
-    }
-    group.finish();
 }
 
 fn record(c: &mut Criterion) {
@@ -292,60 +518,138 @@ fn query(c: &mut Criterion) {
     group.finish();
 }
 
-/// Target 6: the accumulators stay under their bound (default 64 MiB) with 1M series offered.
-fn memory(c: &mut Criterion) {
+/// Set in the child process that measures target 6's memory; its value is the series count.
+const MEMORY_CHILD: &str = "LUAMETRICS_BENCH_MEMORY_CHILD";
+const BOUND: usize = 64 * 1024 * 1024;
+
+/// A field of /proc/self/status in bytes (`VmRSS`, `VmHWM`), if this system has one.
+fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The child: a recorder bounded at 64 MiB is offered `series` distinct series (one point
+/// each); prints one `memory:` line with the resident memory before and after.
+fn memory_child(series: u64) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut group = c.benchmark_group("memory");
-    group.sample_size(10);
-    group.throughput(Throughput::Elements(1_000_000));
-    let mut n = 10_000u64;
-    group.bench_function("offer_1m_series_64mib_bound", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                n += 1;
-                let svc = rt.block_on(async {
-                    let mut config = config();
-                    config.settings.max_memory_bytes = 64 * 1024 * 1024;
-                    MetricsService::start(fresh_store(&dir, n).await, config)
-                });
-                let start = Instant::now();
-                for i in 0..1_000_000u64 {
-                    let mut s = Summary::new(false);
-                    s.observe(1.0, 0);
-                    svc.ingest_user_batch(
-                        "acme",
-                        vec![BatchPoint {
-                            name: "shop.orders_count".into(),
-                            kind: Kind::Counter,
-                            tags: Tags::from([("shop".to_string(), format!("s{i}"))]),
-                            summary: s,
-                        }],
-                    );
-                }
-                total += start.elapsed();
-                let used = svc.memory_used();
-                let _ = rt.block_on(svc.shutdown());
-                let acc = svc.accounting();
-                assert!(used <= 64 * 1024 * 1024, "{used} bytes held");
-                assert!(acc.user.balances());
-                println!(
-                    "accumulators: {:.1} MiB held (bound 64 MiB), accepted {}, dropped {}",
-                    used as f64 / 1048576.0,
-                    acc.user.accepted,
-                    acc.user.dropped_total()
-                );
-            }
-            total
-        })
+    let svc = rt.block_on(async {
+        let mut config = config();
+        config.settings.max_memory_bytes = BOUND;
+        MetricsService::start(fresh_store(&dir, 0).await, config)
     });
-    group.finish();
+    let rss_before = proc_status_bytes("VmRSS:").unwrap();
+    let start = Instant::now();
+    for i in 0..series {
+        let mut s = Summary::new(false);
+        s.observe(1.0, 0);
+        svc.ingest_user_batch(
+            "acme",
+            vec![BatchPoint {
+                name: "shop.orders_count".into(),
+                kind: Kind::Counter,
+                tags: Tags::from([("shop".to_string(), format!("s{i}"))]),
+                summary: s,
+            }],
+        );
+    }
+    let offer_s = start.elapsed().as_secs_f64();
+    let rss_after = proc_status_bytes("VmRSS:").unwrap();
+    let hwm_after = proc_status_bytes("VmHWM:").unwrap();
+    let estimate = svc.memory_used();
+    let tracked = svc.series_tracked();
+    let _ = rt.block_on(svc.shutdown());
+    let acc = svc.accounting();
+    assert!(acc.user.balances());
+    assert_eq!(acc.user.offered, series);
+    println!(
+        "memory: rss_before={rss_before} rss_after={rss_after} hwm_after={hwm_after} \
+         estimate={estimate} tracked={tracked} accepted={} dropped={} offer_s={offer_s:.3}",
+        acc.user.accepted,
+        acc.user.dropped_total()
+    );
 }
 
-criterion_group!(benches, flush, record, query, memory);
-criterion_main!(benches);
+/// Target 6 (recorder half): the resident memory a recorder bounded at 64 MiB grows by when
+/// 1M series are offered, each run in a fresh child process.
+fn memory(args: &Args) {
+    if proc_status_bytes("VmRSS:").is_none() {
+        println!("target 6, memory: skipped (no /proc/self/status on this system)");
+        return;
+    }
+    let rounds = args.rounds(3);
+    let series: u64 = if args.quick { 20_000 } else { 1_000_000 };
+    let exe = std::env::current_exe().unwrap();
+    let mib = |b: f64| b / 1048576.0;
+    let (mut growth, mut peak, mut estimate) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last = String::new();
+    for _ in 0..rounds {
+        let out = std::process::Command::new(&exe)
+            .env(MEMORY_CHILD, series.to_string())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("memory: "))
+            .unwrap_or_else(|| panic!("no memory line in {stdout}"))
+            .to_string();
+        let field = |k: &str| -> f64 {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {k} in {line}"))
+        };
+        growth.push(mib(field("rss_after") - field("rss_before")));
+        peak.push(mib(field("hwm_after") - field("rss_before")));
+        estimate.push(mib(field("estimate")));
+        last = line;
+    }
+    let g = spread(&growth);
+    println!("target 6, memory: {series} series offered to a recorder bounded at 64 MiB ({rounds} child processes)");
+    println!("  resident memory growth (VmRSS after - before)  {g:.1} MiB");
+    println!(
+        "  peak growth (VmHWM after - VmRSS before)       {:.1} MiB",
+        spread(&peak)
+    );
+    println!(
+        "  the recorder's own estimate (the bound it enforces) {:.1} MiB",
+        spread(&estimate)
+    );
+    println!("  last child: {last}");
+    println!(
+        "  target: growth <= 64 MiB: {} ({}/{} runs meet)",
+        if g.median <= 64.0 { "meets" } else { "MISSES" },
+        growth.iter().filter(|x| **x <= 64.0).count(),
+        growth.len()
+    );
+}
+
+criterion_group!(benches, record, query);
+
+fn main() {
+    if let Ok(series) = std::env::var(MEMORY_CHILD) {
+        memory_child(series.parse().unwrap());
+        return;
+    }
+    let args = Args::parse();
+    if args.wants("flush") {
+        flush(&args);
+    }
+    benches();
+    if args.wants("memory") {
+        memory(&args);
+    }
+    Criterion::default().configure_from_args().final_summary();
+}
