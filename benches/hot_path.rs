@@ -1,5 +1,7 @@
 //! SPEC §12 targets 1, 2, 3 and 6 for the engine: each subject next to its baseline, measured
-//! in the same run. Run: `cargo bench --bench hot_path`.
+//! in the same run, in alternating rounds. Run: `cargo bench --bench hot_path [-- FILTER]`
+//! (FILTER: `hot_path`, `pool`, `contention` or `idle_heap`; `LUAMETRICS_BENCH_ROUNDS=N` sets
+//! the rounds).
 //!
 //! - hot_path: `helpers.metrics.{count,gauge,histogram}(name, v, {a=x, b=y})` in a Lua loop vs
 //!   the pure-Lua aggregation loop `agg[k] = (agg[k] or 0) + 1` on the same engine (target 1.5x).
@@ -7,35 +9,254 @@
 //!   sandboxed state per execution (target: pool at least 10x faster).
 //! - contention: 64 concurrent executions on a pool of 2 (2 worker threads) vs 2 threads each
 //!   owning an engine (target: at least 85% of the throughput).
+//! - idle_heap: the Lua heap of an idle engine (target: at most 64 KiB).
+//!
+//! A hand-rolled harness instead of criterion's: criterion measures one function after the
+//! other, so a slow phase of a shared machine lands on one side of a ratio only. Here every
+//! round runs each side once, the starting side rotating; a ratio is taken per round (its two
+//! sides ran back to back) and the report gives medians with their min-max over the rounds.
+//! Every side gets the same engine settings, the same kind of sink, and builds and warms its
+//! engines (and threads or tasks) before its clock starts.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use luametrics_engine::{
-    CollectingSink, Engine, EnginePool, EngineSettings, MetricsSink, PoolSettings, Script,
-};
-use luametrics_model::{Limits, TagPolicy};
+use luametrics_engine::{Engine, EnginePool, EngineSettings, MetricsSink, PoolSettings, Script};
+use luametrics_model::{Kind, Limits, RejectReason, TagPolicy, Tags};
+use luametrics_recorder::{BatchPoint, BatchReport};
+use luametrics_sketch::Summary;
 use serde_json::json;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Barrier};
+use std::time::Instant;
+
+// ---- harness: the same block in every hand-rolled bench of this directory ----
+
+/// `cargo bench --bench NAME [-- FILTER]`. Without `--bench` (as `cargo test --benches` runs
+/// a bench) each comparison runs one small round, to prove it still works.
+struct Args {
+    filter: Option<String>,
+    quick: bool,
+    rounds: Option<usize>,
+}
+
+impl Args {
+    fn parse() -> Self {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        Self {
+            quick: !args.iter().any(|a| a == "--bench"),
+            filter: args.into_iter().find(|a| !a.starts_with('-')),
+            rounds: std::env::var("LUAMETRICS_BENCH_ROUNDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0),
+        }
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.filter.as_deref().is_none_or(|f| name.contains(f))
+    }
+
+    fn rounds(&self, default: usize) -> usize {
+        if self.quick {
+            1
+        } else {
+            self.rounds.unwrap_or(default)
+        }
+    }
+}
+
+/// Median and range of samples.
+#[derive(Clone, Copy)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn spread(xs: &[f64]) -> Spread {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    };
+    Spread {
+        median,
+        min: v.first().copied().unwrap_or(f64::NAN),
+        max: v.last().copied().unwrap_or(f64::NAN),
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = f.precision().unwrap_or(2);
+        write!(
+            f,
+            "{:.p$} [{:.p$}-{:.p$}]",
+            self.median,
+            self.min,
+            self.max,
+            p = p
+        )
+    }
+}
+
+/// Runs every side once per round, the first side rotating from round to round; returns
+/// each side's samples in round order.
+fn alternate(rounds: usize, sides: &mut [&mut dyn FnMut() -> f64]) -> Vec<Vec<f64>> {
+    let n = sides.len();
+    let mut out = vec![Vec::with_capacity(rounds); n];
+    for r in 0..rounds {
+        for k in 0..n {
+            let i = (r + k) % n;
+            out[i].push((sides[i])());
+        }
+    }
+    out
+}
+
+// The block is shared: not every bench uses both variants.
+#[allow(dead_code)]
+#[derive(Clone, Copy)]
+enum Goal {
+    AtMost(f64),
+    AtLeast(f64),
+}
+
+impl Goal {
+    fn met(self, ratio: f64) -> bool {
+        match self {
+            Goal::AtMost(t) => ratio <= t,
+            Goal::AtLeast(t) => ratio >= t,
+        }
+    }
+}
+
+impl std::fmt::Display for Goal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Goal::AtMost(t) => write!(f, "<= {t}x"),
+            Goal::AtLeast(t) => write!(f, ">= {t}x"),
+        }
+    }
+}
+
+/// One side of a comparison: its name, unit and samples.
+struct Side<'a> {
+    name: &'a str,
+    unit: &'a str,
+    samples: &'a [f64],
+}
+
+/// Prints both sides (median [min-max]) and the ratio `ratio(baseline, subject)` taken per
+/// round, with its verdict at the median and how many rounds met the goal.
+fn compare(
+    label: &str,
+    base: Side,
+    subject: Side,
+    ratio: impl Fn(f64, f64) -> f64,
+    goal: Goal,
+) -> bool {
+    let ratios: Vec<f64> = base
+        .samples
+        .iter()
+        .zip(subject.samples)
+        .map(|(b, s)| ratio(*b, *s))
+        .collect();
+    let r = spread(&ratios);
+    let met = goal.met(r.median);
+    let rounds_met = ratios.iter().filter(|x| goal.met(**x)).count();
+    println!("{label}");
+    println!("  {:<34} {} {}", base.name, spread(base.samples), base.unit);
+    println!(
+        "  {:<34} {} {}",
+        subject.name,
+        spread(subject.samples),
+        subject.unit
+    );
+    println!(
+        "  ratio {:.2}x [{:.2}-{:.2}] over {} alternating rounds; target {goal}: {} ({rounds_met}/{} rounds meet)",
+        r.median,
+        r.min,
+        r.max,
+        ratios.len(),
+        if met { "meets" } else { "MISSES" },
+        ratios.len()
+    );
+    met
+}
+
+// ---- end of harness ----
 
 const N: usize = 10_000;
 
-fn sink() -> Arc<dyn MetricsSink> {
-    Arc::new(CollectingSink::new(TagPolicy::new(
-        luametrics_model::DEFAULT_DENIED_KEYS
-            .iter()
-            .map(|s| s.to_string()),
-        Limits {
-            max_points_per_execution: u32::MAX,
-            ..Limits::default()
-        },
-    )))
+/// Accepts and counts every point, keeps none: a sink that costs the same on every side and
+/// does not grow with the executions measured before.
+struct CountingSink {
+    policy: TagPolicy,
+    accepted: AtomicU64,
 }
 
+impl MetricsSink for CountingSink {
+    fn policy(&self) -> &TagPolicy {
+        &self.policy
+    }
+    fn reserve_points(&self, _tenant: &str, want: u32) -> u32 {
+        want
+    }
+    fn release_points(&self, _tenant: &str, _unused: u32) {}
+    fn ingest_user_batch(&self, _tenant: &str, points: Vec<BatchPoint>) -> BatchReport {
+        let accepted = points.iter().map(|p| p.summary.samples).sum();
+        self.accepted.fetch_add(accepted, Relaxed);
+        BatchReport {
+            accepted,
+            ..Default::default()
+        }
+    }
+    fn count_user_rejections(&self, _rejected: &[(RejectReason, u64)]) {}
+    fn record_system(&self, _name: &str, _kind: Kind, _value: f64, _tags: Tags) {}
+    fn record_system_summary(&self, _name: &str, _kind: Kind, _tags: Tags, _summary: Summary) {}
+}
+
+fn sink() -> Arc<CountingSink> {
+    Arc::new(CountingSink {
+        policy: TagPolicy::new(
+            luametrics_model::DEFAULT_DENIED_KEYS
+                .iter()
+                .map(|s| s.to_string()),
+            Limits {
+                points_per_minute: u32::MAX,
+                burst: u32::MAX,
+                max_points_per_execution: u32::MAX,
+                ..Limits::default()
+            },
+        ),
+        accepted: AtomicU64::new(0),
+    })
+}
+
+/// The one engine configuration of every side.
 fn settings() -> EngineSettings {
     EngineSettings {
         time_limit_ms: 60_000,
         ..EngineSettings::default()
     }
+}
+
+fn engine(sink: &Arc<CountingSink>) -> Engine {
+    Engine::new(Arc::new(settings()), sink.clone()).unwrap()
+}
+
+fn pool(size: usize, sink: &Arc<CountingSink>) -> EnginePool {
+    EnginePool::new(
+        settings(),
+        PoolSettings {
+            max_size: size,
+            ..Default::default()
+        },
+        sink.clone(),
+    )
+    .unwrap()
 }
 
 fn loop_script(body: &str) -> Script {
@@ -46,45 +267,6 @@ fn loop_script(body: &str) -> Script {
              for i = 1, {N} do\n  local x = xs[i % 4 + 1]\n  {body}\nend\nreturn 1"
         ),
     )
-}
-
-fn hot_path(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let _guard = rt.enter();
-    let pool = EnginePool::new(
-        settings(),
-        PoolSettings {
-            max_size: 1,
-            ..Default::default()
-        },
-        sink(),
-    )
-    .unwrap();
-    let mut engine = rt.block_on(pool.checkout()).unwrap();
-    let cases = [
-        ("baseline_pure_lua", "local tags = { a = x, b = 'y' } local k = 'invoice.processed_count' .. '|' .. tags.a .. '|' .. tags.b agg[k] = (agg[k] or 0) + 1"),
-        ("count", "m.count('invoice.processed_count', 1, { a = x, b = 'y' })"),
-        ("gauge", "m.gauge('queue.depth', i, { a = x, b = 'y' })"),
-        ("histogram", "m.histogram('invoice.amount', i, { a = x, b = 'y' })"),
-    ];
-    let mut group = c.benchmark_group("hot_path");
-    group.throughput(Throughput::Elements(N as u64));
-    for (name, body) in cases {
-        let script = loop_script(body);
-        // Histograms keep every value of an execution for the sketch: a bounded execution
-        // (250 points by default) holds at most that.
-        let ev = json!({});
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                let ex = engine.execute(&script, "acme", &ev, &ev);
-                assert!(ex.result.is_ok(), "{:?}", ex.result);
-            })
-        });
-    }
-    group.finish();
 }
 
 fn twenty_lines() -> Script {
@@ -98,7 +280,72 @@ fn event() -> serde_json::Value {
     json!({"method": "passkey", "user": {"plan": "pro", "email": "jane@example.com", "roles": ["admin", "dev", "ops"]}})
 }
 
-fn pool_vs_held(c: &mut Criterion) {
+/// Target 1: the helpers against the pure-Lua aggregation loop, all four on one engine, each
+/// round running the four scripts in rotating order.
+fn hot_path(args: &Args) {
+    let rounds = args.rounds(21);
+    let reps = if args.quick { 1 } else { 20 };
+    let sink = sink();
+    let mut engine = engine(&sink);
+    let cases = [
+        ("baseline_pure_lua", "local tags = { a = x, b = 'y' } local k = 'invoice.processed_count' .. '|' .. tags.a .. '|' .. tags.b agg[k] = (agg[k] or 0) + 1"),
+        ("count", "m.count('invoice.processed_count', 1, { a = x, b = 'y' })"),
+        ("gauge", "m.gauge('queue.depth', i, { a = x, b = 'y' })"),
+        ("histogram", "m.histogram('invoice.amount', i, { a = x, b = 'y' })"),
+    ];
+    let scripts: Vec<Script> = cases.iter().map(|(_, body)| loop_script(body)).collect();
+    let ev = json!({});
+    // Compile each script once before any clock runs.
+    for s in &scripts {
+        assert!(engine.execute(s, "acme", &ev, &ev).result.is_ok());
+    }
+    let engine = std::cell::RefCell::new(engine);
+    let ns_per_call = |s: &Script| {
+        let mut e = engine.borrow_mut();
+        let t = Instant::now();
+        for _ in 0..reps {
+            let ex = e.execute(s, "acme", &ev, &ev);
+            assert!(ex.result.is_ok(), "{:?}", ex.result);
+        }
+        t.elapsed().as_nanos() as f64 / (reps * N) as f64
+    };
+    let before = sink.accepted.load(Relaxed);
+    let (mut a, mut b, mut c, mut d) = (
+        || ns_per_call(&scripts[0]),
+        || ns_per_call(&scripts[1]),
+        || ns_per_call(&scripts[2]),
+        || ns_per_call(&scripts[3]),
+    );
+    let samples = alternate(rounds, &mut [&mut a, &mut b, &mut c, &mut d]);
+    // Every helper call landed in the sink: 3 helpers x N calls x reps per round.
+    assert_eq!(
+        sink.accepted.load(Relaxed) - before,
+        (3 * N * reps * rounds) as u64
+    );
+    for (i, (name, _)) in cases.iter().enumerate().skip(1) {
+        compare(
+            &format!("target 1, hot_path/{name}: helpers.metrics.{name} in a loop vs pure Lua"),
+            Side {
+                name: cases[0].0,
+                unit: "ns/call",
+                samples: &samples[0],
+            },
+            Side {
+                name,
+                unit: "ns/call",
+                samples: &samples[i],
+            },
+            |b, s| s / b,
+            Goal::AtMost(1.5),
+        );
+    }
+}
+
+/// Target 2: the 20-line script on a held engine, through a pool of 1, and on a fresh
+/// sandboxed state per execution, in alternating rounds.
+fn pool_vs_held(args: &Args) {
+    let rounds = args.rounds(21);
+    let (reps, fresh_reps) = if args.quick { (50, 5) } else { (2_000, 100) };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -107,152 +354,213 @@ fn pool_vs_held(c: &mut Criterion) {
     let script = twenty_lines();
     let ev = event();
     let cx = json!({"seen": 1});
-    // Each subject gets its own sink: a collecting sink grows with every execution, and a
-    // shared one would make whichever subject runs later pay for the earlier one's points.
-    let mut group = c.benchmark_group("pool");
-    {
-        let pool = EnginePool::new(
-            settings(),
-            PoolSettings {
-                max_size: 1,
-                ..Default::default()
-            },
-            sink(),
-        )
-        .unwrap();
-        let mut held = rt.block_on(pool.checkout()).unwrap();
-        group.bench_function("held_engine", |b| {
-            b.iter(|| held.execute(&script, "acme", &ev, &cx))
-        });
-    }
-    {
-        let pool = EnginePool::new(
-            settings(),
-            PoolSettings {
-                max_size: 1,
-                ..Default::default()
-            },
-            sink(),
-        )
-        .unwrap();
-        // The loop runs inside one `block_on`: entering the runtime per iteration would add
-        // its own cost, which is not the pool's (the held engine pays nothing like it).
-        group.bench_function("pooled", |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let t = Instant::now();
-                    for _ in 0..iters {
-                        pool.execute(&script, "acme", &ev, &cx).await.unwrap();
-                    }
-                    t.elapsed()
-                })
-            })
-        });
-    }
-    {
-        let settings = Arc::new(settings());
-        let sink = sink();
-        group.bench_function("fresh_state", |b| {
-            b.iter(|| {
-                let mut e = Engine::new(settings.clone(), sink.clone()).unwrap();
-                e.execute(&script, "acme", &ev, &cx)
-            })
-        });
-    }
-    group.finish();
+    let (held_sink, pool_sink, fresh_sink) = (sink(), sink(), sink());
+    let mut held = engine(&held_sink);
+    assert!(held.execute(&script, "acme", &ev, &cx).result.is_ok());
+    let pool = pool(1, &pool_sink);
+    rt.block_on(async {
+        let mut e = pool.checkout().await.unwrap();
+        assert!(e.execute(&script, "acme", &ev, &cx).result.is_ok());
+    });
+    let fresh_settings = Arc::new(settings());
+    let fresh_dyn: Arc<dyn MetricsSink> = fresh_sink.clone();
+    let mut held_us = || {
+        let t = Instant::now();
+        for _ in 0..reps {
+            held.execute(&script, "acme", &ev, &cx);
+        }
+        t.elapsed().as_secs_f64() * 1e6 / reps as f64
+    };
+    // The loop runs inside one `block_on`: entering the runtime per execution would add a
+    // cost that is not the pool's.
+    let mut pooled_us = || {
+        rt.block_on(async {
+            let t = Instant::now();
+            for _ in 0..reps {
+                pool.execute(&script, "acme", &ev, &cx).await.unwrap();
+            }
+            t.elapsed().as_secs_f64() * 1e6 / reps as f64
+        })
+    };
+    let mut fresh_us = || {
+        let t = Instant::now();
+        for _ in 0..fresh_reps {
+            let mut e = Engine::new(fresh_settings.clone(), fresh_dyn.clone()).unwrap();
+            e.execute(&script, "acme", &ev, &cx);
+        }
+        t.elapsed().as_secs_f64() * 1e6 / fresh_reps as f64
+    };
+    let s = alternate(rounds, &mut [&mut held_us, &mut pooled_us, &mut fresh_us]);
+    // One point per execution on every side.
+    assert_eq!(held_sink.accepted.load(Relaxed), (1 + reps * rounds) as u64);
+    assert_eq!(pool_sink.accepted.load(Relaxed), (1 + reps * rounds) as u64);
+    assert_eq!(
+        fresh_sink.accepted.load(Relaxed),
+        (fresh_reps * rounds) as u64
+    );
+    let side = |name, samples| Side {
+        name,
+        unit: "us/execution",
+        samples,
+    };
+    compare(
+        "target 2a, pool/pooled vs pool/held_engine: the 20-line script",
+        side("held_engine", &s[0]),
+        side("pooled", &s[1]),
+        |b, s| s / b,
+        Goal::AtMost(1.3),
+    );
+    compare(
+        "target 2b, pool/fresh_state vs pool/pooled: how much faster the pool is",
+        side("pooled", &s[1]),
+        side("fresh_state", &s[2]),
+        |b, s| s / b,
+        Goal::AtLeast(10.0),
+    );
 }
 
-/// Executions per second: `tasks` concurrent tasks on a pool of 2, 2 worker threads.
-fn pooled_throughput(total: usize, tasks: usize) -> Duration {
+/// Executions per second of 2 threads each owning an engine. Engines built and warmed, and
+/// both threads started and parked on a barrier, before the clock starts.
+fn owned_throughput(total: usize) -> f64 {
+    let script = twenty_lines();
+    // One sink for both engines, as the pool's engines share theirs.
+    let sink = sink();
+    let engines: Vec<Engine> = (0..2)
+        .map(|_| {
+            let mut e = engine(&sink);
+            assert!(e
+                .execute(&script, "acme", &event(), &json!({}))
+                .result
+                .is_ok());
+            e
+        })
+        .collect();
+    let start = Barrier::new(3);
+    let done = AtomicU64::new(0);
+    let elapsed = std::thread::scope(|s| {
+        for mut e in engines {
+            let (script, start, done) = (&script, &start, &done);
+            s.spawn(move || {
+                let (ev, cx) = (event(), json!({}));
+                start.wait();
+                let mut n = 0;
+                for _ in 0..total / 2 {
+                    n += u64::from(e.execute(script, "acme", &ev, &cx).result.is_ok());
+                }
+                done.fetch_add(n, Relaxed);
+            });
+        }
+        start.wait();
+        let t = Instant::now();
+        // Leaving the scope joins both threads.
+        t
+    })
+    .elapsed();
+    assert_eq!(done.load(Relaxed), total as u64);
+    assert_eq!(sink.accepted.load(Relaxed), 2 + total as u64);
+    total as f64 / elapsed.as_secs_f64()
+}
+
+/// Executions per second of 64 tasks on a pool of 2 with 2 worker threads. Runtime and pool
+/// built, both engines warmed, and all 64 tasks spawned and parked on a barrier, before the
+/// clock starts.
+fn pooled_throughput(total: usize, tasks: usize) -> f64 {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
+    let sink = sink();
     let pool = {
         let _g = rt.enter();
-        Arc::new(
-            EnginePool::new(
-                settings(),
-                PoolSettings {
-                    max_size: 2,
-                    ..Default::default()
-                },
-                sink(),
-            )
-            .unwrap(),
-        )
+        Arc::new(pool(2, &sink))
     };
     let script = twenty_lines();
-    // Warm both engines.
-    rt.block_on(async {
-        let a = pool.checkout().await.unwrap();
-        let b = pool.checkout().await.unwrap();
-        drop((a, b));
-    });
-    let start = Instant::now();
-    rt.block_on(async {
+    let rate = rt.block_on(async {
+        {
+            let (mut a, mut b) = (
+                pool.checkout().await.unwrap(),
+                pool.checkout().await.unwrap(),
+            );
+            for e in [&mut a, &mut b] {
+                assert!(e
+                    .execute(&script, "acme", &event(), &json!({}))
+                    .result
+                    .is_ok());
+            }
+        }
+        let start = Arc::new(tokio::sync::Barrier::new(tasks + 1));
         let mut handles = Vec::new();
         for _ in 0..tasks {
-            let pool = pool.clone();
-            let script = script.clone();
+            let (pool, script, start) = (pool.clone(), script.clone(), start.clone());
             handles.push(tokio::spawn(async move {
-                let ev = event();
-                let cx = json!({});
+                let (ev, cx) = (event(), json!({}));
+                start.wait().await;
+                let mut n = 0u64;
                 for _ in 0..total / tasks {
-                    pool.execute(&script, "acme", &ev, &cx).await.unwrap();
+                    let ex = pool.execute(&script, "acme", &ev, &cx).await.unwrap();
+                    n += u64::from(ex.result.is_ok());
                 }
+                n
             }));
         }
+        start.wait().await;
+        let t = Instant::now();
+        let mut done = 0;
         for h in handles {
-            h.await.unwrap();
+            done += h.await.unwrap();
         }
+        let elapsed = t.elapsed();
+        assert_eq!(done, total as u64);
+        total as f64 / elapsed.as_secs_f64()
     });
-    start.elapsed()
+    assert_eq!(sink.accepted.load(Relaxed), 2 + total as u64);
+    rate
 }
 
-fn owned_throughput(total: usize) -> Duration {
-    let script = twenty_lines();
-    // One sink for both engines, as the pool's engines share theirs.
-    let sink = sink();
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            let (script, sink) = (script.clone(), sink.clone());
-            s.spawn(move || {
-                let mut e = Engine::new(Arc::new(settings()), sink).unwrap();
-                let ev = event();
-                let cx = json!({});
-                for _ in 0..total / 2 {
-                    e.execute(&script, "acme", &ev, &cx);
-                }
-            });
-        }
-    });
-    start.elapsed()
-}
-
-fn contention(c: &mut Criterion) {
-    let mut group = c.benchmark_group("contention");
-    let total = 6_400;
-    group.throughput(Throughput::Elements(total as u64));
-    group.sample_size(10);
-    group.bench_function(BenchmarkId::new("owned_2_threads", total), |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| owned_throughput(total)).sum())
-    });
-    group.bench_function(BenchmarkId::new("pool_2_x_64_tasks", total), |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| pooled_throughput(total, 64)).sum())
-    });
-    group.finish();
-}
-
-fn idle_heap(_c: &mut Criterion) {
-    let e = Engine::new(Arc::new(settings()), sink()).unwrap();
-    println!(
-        "idle_engine_heap: {} bytes (target <= 65536)",
-        e.used_memory()
+/// Target 3: 64 concurrent executions on a pool of 2 vs 2 owned engines, alternating rounds.
+fn contention(args: &Args) {
+    let rounds = args.rounds(11);
+    let total = if args.quick { 640 } else { 64_000 };
+    let mut owned = || owned_throughput(total);
+    let mut pooled = || pooled_throughput(total, 64);
+    let s = alternate(rounds, &mut [&mut owned, &mut pooled]);
+    let side = |name, samples| Side {
+        name,
+        unit: "executions/s",
+        samples,
+    };
+    compare(
+        &format!("target 3, contention: {total} executions, 64 tasks on a pool of 2 (2 workers) vs 2 owned engines"),
+        side("owned_2_threads", &s[0]),
+        side("pool_2_x_64_tasks", &s[1]),
+        |b, s| s / b,
+        Goal::AtLeast(0.85),
     );
 }
 
-criterion_group!(benches, hot_path, pool_vs_held, contention, idle_heap);
-criterion_main!(benches);
+/// Target 6 (engine half): the Lua heap of an idle engine.
+fn idle_heap() {
+    let used = engine(&sink()).used_memory();
+    println!(
+        "target 6, idle_heap: {used} bytes ({:.1} KiB); target <= 65536: {}",
+        used as f64 / 1024.0,
+        if used <= 65_536 { "meets" } else { "MISSES" }
+    );
+}
+
+fn main() {
+    let args = Args::parse();
+    if args.wants("hot_path") {
+        hot_path(&args);
+    }
+    if args.wants("pool") {
+        pool_vs_held(&args);
+    }
+    if args.wants("contention") {
+        contention(&args);
+    }
+    if args.wants("idle_heap") {
+        idle_heap();
+    }
+}
