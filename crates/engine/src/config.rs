@@ -1,3 +1,4 @@
+use crate::Clock;
 use serde::{Deserialize, Serialize};
 
 /// Per-engine limits and behaviour (the `[engine]` table of `luametrics.toml`).
@@ -26,6 +27,10 @@ pub struct EngineSettings {
     pub max_verdicts: usize,
     /// An engine whose heap stays above this after a collection is discarded, not reused.
     pub recycle_memory_bytes: usize,
+    /// What the time split is measured with: real time, or a ticking clock so tests of the
+    /// split do not depend on the machine's speed. Not a setting of the file.
+    #[serde(skip)]
+    pub clock: Clock,
 }
 
 impl Default for EngineSettings {
@@ -42,6 +47,7 @@ impl Default for EngineSettings {
             pattern_budget: 5e7,
             max_verdicts: 4_096,
             recycle_memory_bytes: 4 * 1024 * 1024,
+            clock: Clock::real(),
         }
     }
 }

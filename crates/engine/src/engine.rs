@@ -1,6 +1,6 @@
 use crate::convert::{to_lua, FromLua};
 use crate::hot::{self, Hot, HotRef};
-use crate::{DiscardReason, EngineSettings, MetricsSink, Script, ScriptError, PRELUDE};
+use crate::{Clock, DiscardReason, EngineSettings, MetricsSink, Script, ScriptError, PRELUDE};
 use luametrics_model::{Kind, RejectReason, Tags};
 use mlua::chunk::ChunkMode;
 use mlua::{
@@ -72,14 +72,20 @@ struct Shared {
     tenant: Mutex<Arc<str>>,
     log: Mutex<Vec<String>>,
     max_log_lines: usize,
+    /// What the time split is measured with (the deadline always uses real time).
+    clock: Clock,
 }
 
 impl Shared {
+    fn now_ns(&self) -> u64 {
+        self.clock.now_ns(self.epoch)
+    }
+
     fn timed<R>(&self, f: impl FnOnce() -> R) -> R {
-        let t = Instant::now();
+        let t = self.now_ns();
         let r = f();
         self.helpers_ns
-            .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+            .fetch_add(self.now_ns().saturating_sub(t), Relaxed);
         r
     }
 }
@@ -123,6 +129,17 @@ impl Drop for HotBox {
     }
 }
 
+/// Clock readings of one execution, for the time split.
+#[derive(Default)]
+struct Marks {
+    /// When the script's function was called (None: it never was).
+    call_start: Option<u64>,
+    /// When it returned or raised.
+    call_end: Option<u64>,
+    /// The call's duration less the helper time inside it.
+    script_ns: u64,
+}
+
 fn kind_of(s: &str) -> Kind {
     match s {
         "counter" => Kind::Counter,
@@ -152,6 +169,7 @@ impl Engine {
             tenant: Mutex::new(Arc::from("")),
             log: Mutex::new(Vec::new()),
             max_log_lines: settings.max_log_lines,
+            clock: settings.clock.clone(),
         });
 
         let hot = HotBox::new(Hot::new(sink.policy().limits.max_points_per_execution));
@@ -414,10 +432,10 @@ impl Engine {
         context: &Json,
         time_limit_ms: Option<u64>,
     ) -> Execution {
-        let t0 = Instant::now();
+        let sh = self.shared.clone();
+        let t0 = sh.now_ns();
         self.limit_ms = time_limit_ms.unwrap_or(self.settings.time_limit_ms);
         self.executions += 1;
-        let sh = self.shared.clone();
         sh.helpers_ns.store(0, Relaxed);
         sh.abort.store(ABORT_NONE, Relaxed);
         {
@@ -426,16 +444,19 @@ impl Engine {
                 *t = Arc::from(tenant);
             }
         }
-        let mut script_ns = 0u64;
-        let result = self.run(script, event, context, &mut script_ns);
+        // Each part of the split is measured on its own intervals; the total is measured
+        // separately, so a part left unmeasured shows as a sum short of the total.
+        let mut marks = Marks::default();
+        let result = self.run(script, event, context, &mut marks);
         sh.deadline_ns.store(0, Relaxed);
 
         // Hand the buffered points over (helper time), whatever the outcome: what a script
         // recorded before failing was accepted and stays accepted.
-        let hand_off = Instant::now();
+        let hand_off = sh.now_ns();
         let (metrics, warnings) = self.hand_off(tenant);
+        let handed = sh.now_ns();
         sh.helpers_ns
-            .fetch_add(hand_off.elapsed().as_nanos() as u64, Relaxed);
+            .fetch_add(handed.saturating_sub(hand_off), Relaxed);
 
         if let Err(e) = &result {
             if let Some(reason) = e.poisons_engine() {
@@ -443,10 +464,16 @@ impl Engine {
             }
         }
         let log = std::mem::take(&mut *sh.log.lock());
-        let total_ns = t0.elapsed().as_nanos() as u64;
+        let end = sh.now_ns();
         let helpers_ns = sh.helpers_ns.load(Relaxed);
+        // Overhead: before the call (compile, marshal in, environment), after it (result out),
+        // and after the hand-off (teardown). Without a call, everything up to the hand-off.
+        let call_start = marks.call_start.unwrap_or(hand_off);
+        let call_end = marks.call_end.unwrap_or(hand_off);
+        let overhead_ns = call_start.saturating_sub(t0)
+            + hand_off.saturating_sub(call_end)
+            + end.saturating_sub(handed);
         let ms = |ns: u64| ns as f64 / 1e6;
-        let overhead_ns = total_ns.saturating_sub(script_ns + helpers_ns);
         Execution {
             result,
             warnings,
@@ -454,10 +481,10 @@ impl Engine {
             metrics,
             timings: Timings {
                 wait_ms: 0.0,
-                script_ms: ms(script_ns),
+                script_ms: ms(marks.script_ns),
                 helpers_ms: ms(helpers_ns),
                 overhead_ms: ms(overhead_ns),
-                total_ms: ms(script_ns + helpers_ns + overhead_ns),
+                total_ms: ms(end.saturating_sub(t0)),
             },
         }
     }
@@ -467,7 +494,7 @@ impl Engine {
         script: &Script,
         event: &Json,
         context: &Json,
-        script_ns: &mut u64,
+        marks: &mut Marks,
     ) -> Result<Json, ScriptError> {
         let function = self.compiled(script)?;
         let depth = self.settings.max_depth;
@@ -486,16 +513,18 @@ impl Engine {
         let sh = &self.shared;
         let limit_ns = self.limit_ms.saturating_mul(1_000_000);
         let helpers_before = sh.helpers_ns.load(Relaxed);
-        let start = Instant::now();
+        let start = sh.now_ns();
+        marks.call_start = Some(start);
         sh.deadline_ns.store(
             sh.epoch.elapsed().as_nanos() as u64 + limit_ns.max(1),
             Relaxed,
         );
         let out = function.call::<MultiValue>(());
         sh.deadline_ns.store(0, Relaxed);
-        let elapsed = start.elapsed().as_nanos() as u64;
+        let end = sh.now_ns();
+        marks.call_end = Some(end);
         let helpers_in_call = sh.helpers_ns.load(Relaxed) - helpers_before;
-        *script_ns = elapsed.saturating_sub(helpers_in_call);
+        marks.script_ns = end.saturating_sub(start).saturating_sub(helpers_in_call);
         let values = out.map_err(|e| self.classify(script, e))?;
         let first = values.into_iter().next().unwrap_or(Value::Nil);
         FromLua::new(depth, self.settings.max_result_nodes)

@@ -13,6 +13,7 @@
 //! crossing or an allocation; the host drains them once at the end and hands them to a
 //! [`MetricsSink`]. The engine knows nothing of SQL.
 
+mod clock;
 mod config;
 mod convert;
 mod engine;
@@ -22,6 +23,7 @@ mod pool;
 mod script;
 mod sink;
 
+pub use clock::Clock;
 pub use config::{EngineSettings, PoolSettings};
 pub use engine::{Engine, Execution, MetricsReport, Timings};
 pub use error::{DiscardReason, PoolError, ScriptError};
