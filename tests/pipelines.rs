@@ -1,9 +1,15 @@
 //! Pipeline semantics through the embedding API: real engines, a real libSQL file.
 
-use luametrics::pipeline::Decision;
+use luametrics::engine::{EnginePool, EngineSettings, MetricsSink, PoolSettings};
+use luametrics::model::{Kind, RejectReason, TagPolicy, Tags};
+use luametrics::pipeline::{Decision, Executor, Pipelines, TraceWriter};
+use luametrics::recorder::{BatchPoint, BatchReport, MetricsService, RecorderConfig};
+use luametrics::sketch::Summary;
+use luametrics::store::{Location, Store};
 use luametrics::{Config, Runtime};
 use serde_json::json;
 use std::path::Path;
+use std::sync::Arc;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -106,30 +112,98 @@ async fn block_short_circuits_and_context_merges_in_dag_order() {
     rt.shutdown().await.unwrap();
 }
 
+/// A sink that holds each quota request at a rendezvous of two: an execution passes only when
+/// another one is inside the same call, so two executions finish only if they ran at once.
+struct Rendezvous {
+    inner: MetricsService,
+    arrived: std::sync::Mutex<usize>,
+    all_here: std::sync::Condvar,
+}
+
+impl Rendezvous {
+    fn meet(&self) {
+        let mut n = self.arrived.lock().unwrap();
+        *n += 1;
+        self.all_here.notify_all();
+        // A generous cap that only catches a hang (never a performance assertion): nodes run
+        // one after the other would wait here forever.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while *n < 2 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "the two nodes never ran at the same time");
+            n = self.all_here.wait_timeout(n, left).unwrap().0;
+        }
+    }
+}
+
+impl MetricsSink for Rendezvous {
+    fn policy(&self) -> &TagPolicy {
+        MetricsSink::policy(&self.inner)
+    }
+    fn reserve_points(&self, tenant: &str, want: u32) -> u32 {
+        self.meet();
+        MetricsSink::reserve_points(&self.inner, tenant, want)
+    }
+    fn release_points(&self, tenant: &str, unused: u32) {
+        MetricsSink::release_points(&self.inner, tenant, unused)
+    }
+    fn ingest_user_batch(&self, tenant: &str, points: Vec<BatchPoint>) -> BatchReport {
+        MetricsSink::ingest_user_batch(&self.inner, tenant, points)
+    }
+    fn count_user_rejections(&self, rejected: &[(RejectReason, u64)]) {
+        MetricsSink::count_user_rejections(&self.inner, rejected)
+    }
+    fn record_system(&self, name: &str, kind: Kind, value: f64, tags: Tags) {
+        MetricsSink::record_system(&self.inner, name, kind, value, tags)
+    }
+    fn record_system_summary(&self, name: &str, kind: Kind, tags: Tags, summary: Summary) {
+        MetricsSink::record_system_summary(&self.inner, name, kind, tags, summary)
+    }
+}
+
+// Each node records a point, and the first point of an execution asks for a quota lease: the
+// rendezvous there lets the pipeline finish only if both nodes were running at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn independent_nodes_run_concurrently_on_separate_engines() {
-    let busy =
-        "local x = 0 for i = 1, 3e6 do x = x + i % 3 end return { context = { [event.key] = x } }";
+    let script = "helpers.metrics.count('par.node_count', 1, { node = event.key }) return { context = { [event.key .. '_done'] = true } }";
     let f = Fixture::new(
         &pipeline(
             "t.par",
-            &[
-                node("a", "busy.lua", "timeout_ms = 10000"),
-                node("b", "busy.lua", "timeout_ms = 10000"),
-            ],
+            &[node("a", "par.lua", ""), node("b", "par.lua", "")],
         ),
-        &[("busy.lua", busy)],
+        &[("par.lua", script)],
     );
-    let rt = Runtime::start(f.config()).await.unwrap();
-    let o = rt
-        .execute("t.par", "acme", json!({"key": "k"}))
+    let store = Arc::new(Store::open(Location::File(f.path("m.db"))).await.unwrap());
+    let metrics = MetricsService::start(store.clone(), RecorderConfig::default());
+    let sink = Arc::new(Rendezvous {
+        inner: metrics.clone(),
+        arrived: std::sync::Mutex::new(0),
+        all_here: std::sync::Condvar::new(),
+    });
+    let pool = Arc::new(
+        EnginePool::new(
+            EngineSettings::default(),
+            PoolSettings {
+                max_size: 2,
+                ..PoolSettings::default()
+            },
+            sink.clone(),
+        )
+        .unwrap(),
+    );
+    let traces = Arc::new(TraceWriter::start(store.clone(), metrics.clone(), 16));
+    let executor = Executor::new(pool.clone(), metrics.clone(), traces, 1.0);
+    let pipelines = Pipelines::load(&f.path("pipelines.toml")).unwrap();
+    let o = executor
+        .execute(&pipelines, "t.par", "acme", json!({"key": "k"}))
         .await
         .unwrap();
-    assert_eq!(o.decision, Decision::Allow);
-    let status = rt.pool_status();
-    assert_eq!(status.peak_active, 2, "{status:?}");
-    assert_eq!(status.created, 2);
-    rt.shutdown().await.unwrap();
+    assert_eq!(o.decision, Decision::Allow, "{o:?}");
+    assert_eq!(o.context, json!({"k_done": true}));
+    assert_eq!(*sink.arrived.lock().unwrap(), 2);
+    let status = pool.status();
+    assert_eq!((status.peak_active, status.created), (2, 2), "{status:?}");
+    assert_eq!(o.nodes.iter().map(|n| n.accepted).sum::<u64>(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,15 +17,16 @@ fn execute_then_query_and_the_timings_add_up() {
     assert_eq!(status, 200, "{o}");
     assert_eq!(o["decision"]["decision"], "allow");
     assert_eq!(o["context"]["risk"], "low");
-    for node in o["nodes"].as_array().unwrap() {
-        let t = &node["timings"];
-        let parts: f64 = ["wait_ms", "script_ms", "helpers_ms", "overhead_ms"]
-            .iter()
-            .map(|k| t[k].as_f64().unwrap())
-            .sum();
-        let total = t["total_ms"].as_f64().unwrap();
-        assert!((parts - total).abs() <= total * 0.01 + 1e-9, "{t}");
-    }
+    // The nodes run one after another, each timed by its engine; the pipeline's total is
+    // measured separately around all of them, so it bounds their sum.
+    let node_total: f64 = o["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["timings"]["total_ms"].as_f64().unwrap())
+        .sum();
+    let pipeline_total = o["timings"]["total_ms"].as_f64().unwrap();
+    assert!(node_total > 0.0 && node_total <= pipeline_total, "{o}");
     let sum = poll("the login count to be flushed", || {
         let (st, q) = get(
             &s,
@@ -485,9 +486,12 @@ fn a_real_prometheus_scrapes_the_user_metric_with_its_tenant() {
 async fn graceful_shutdown_under_load_loses_nothing_accepted() {
     let s = Server::start(&[("LUAMETRICS_RECORDER_WINDOW_MS", "60000")]);
     let base = s.base.clone();
+    // Responses received so far: the signal is sent once enough are in, whatever the speed.
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut handles = Vec::new();
     for t in 0..4 {
         let base = base.clone();
+        let answered = answered.clone();
         handles.push(std::thread::spawn(move || {
             let mut accepted = 0u64;
             for i in 0..2_000 {
@@ -499,6 +503,7 @@ async fn graceful_shutdown_under_load_loses_nothing_accepted() {
                     Ok(resp) => {
                         let o: Value = resp.into_json().unwrap();
                         accepted += o["nodes"].as_array().unwrap().iter().map(|n| n["accepted"].as_u64().unwrap()).sum::<u64>();
+                        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     // The listener closed: the signal arrived.
                     Err(_) => break,
@@ -507,7 +512,9 @@ async fn graceful_shutdown_under_load_loses_nothing_accepted() {
             accepted
         }));
     }
-    std::thread::sleep(Duration::from_millis(700));
+    poll("200 answered requests before the signal", || {
+        (answered.load(std::sync::atomic::Ordering::Relaxed) >= 200).then_some(())
+    });
     let dir = s.stop();
     let accepted: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
     assert!(accepted > 0);

@@ -30,6 +30,8 @@ pub fn pipelines(dir: &Path) -> PathBuf {
             "script = \"scripts/",
             &format!("script = \"{}/", scripts.display()),
         );
+    // Time limits far above the work, so a loaded machine cannot turn a node into a timeout.
+    let text = text.replace("timeout_ms = 20\n", "timeout_ms = 20000\n");
     let text = format!("{text}\n[[pipeline]]\nid = \"broken\"\ntrigger = \"t.broken\"\n[[pipeline.node]]\nid = \"b\"\nscript = \"broken.lua\"\n");
     let file = dir.join("pipelines.toml");
     std::fs::write(&file, text).unwrap();
@@ -51,6 +53,7 @@ impl Server {
             .env("LUAMETRICS_RECORDER_WINDOW_MS", "200")
             .env("LUAMETRICS_LIMITS_POINTS_PER_MINUTE", "100000000")
             .env("LUAMETRICS_LIMITS_BURST", "10000000")
+            .env("LUAMETRICS_ENGINE_TIME_LIMIT_MS", "20000")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {
