@@ -176,6 +176,8 @@ struct Inner {
     pending: tokio::sync::Mutex<VecDeque<(Sealed, usize)>>,
     /// Self-metric counters not yet recorded.
     flushed_rows: AtomicU64,
+    /// Metric rows the store confirmed written, over the service's life.
+    rows_written_total: AtomicU64,
     flush_errors: AtomicU64,
     last_reported: Mutex<Accounting>,
     closing: AtomicBool,
@@ -224,6 +226,7 @@ impl MetricsService {
             memory: AtomicUsize::new(0),
             pending: tokio::sync::Mutex::new(VecDeque::new()),
             flushed_rows: AtomicU64::new(0),
+            rows_written_total: AtomicU64::new(0),
             flush_errors: AtomicU64::new(0),
             last_reported: Mutex::new(Accounting::default()),
             closing: AtomicBool::new(false),
@@ -254,6 +257,12 @@ impl MetricsService {
     /// Exact point accounting since start.
     pub fn accounting(&self) -> Accounting {
         self.inner.counters.snapshot()
+    }
+
+    /// Metric rows the store confirmed written since the service started: the flusher's own
+    /// count, to compare with what the database holds.
+    pub fn rows_written(&self) -> u64 {
+        self.inner.rows_written_total.load(Relaxed)
     }
 
     /// Bytes held by accumulators and unwritten rows.
@@ -876,6 +885,7 @@ impl Inner {
                     self.memory.fetch_sub(freed, Relaxed);
                     written += n;
                     self.flushed_rows.fetch_add(n as u64, Relaxed);
+                    self.rows_written_total.fetch_add(n as u64, Relaxed);
                     let ms = started.elapsed().as_secs_f64() * 1000.0;
                     let key = SeriesKey {
                         metric_type: MetricType::System,
