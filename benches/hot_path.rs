@@ -283,8 +283,9 @@ fn event() -> serde_json::Value {
 /// Target 1: the helpers against the pure-Lua aggregation loop, all four on one engine, each
 /// round running the four scripts in rotating order.
 fn hot_path(args: &Args) {
-    let rounds = args.rounds(21);
-    let reps = if args.quick { 1 } else { 20 };
+    // Short samples, many rounds: the two sides of a ratio run close together in time.
+    let rounds = args.rounds(41);
+    let reps = if args.quick { 1 } else { 5 };
     let sink = sink();
     let mut engine = engine(&sink);
     let cases = [
@@ -520,8 +521,8 @@ fn pooled_throughput(total: usize, tasks: usize) -> f64 {
 
 /// Target 3: 64 concurrent executions on a pool of 2 vs 2 owned engines, alternating rounds.
 fn contention(args: &Args) {
-    let rounds = args.rounds(11);
-    let total = if args.quick { 640 } else { 64_000 };
+    let rounds = args.rounds(15);
+    let total = if args.quick { 640 } else { 32_000 };
     let mut owned = || owned_throughput(total);
     let mut pooled = || pooled_throughput(total, 64);
     let s = alternate(rounds, &mut [&mut owned, &mut pooled]);
