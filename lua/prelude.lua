@@ -11,18 +11,21 @@ local host, limits = ...
 
 local type, pairs, next, tostring, error, select = type, pairs, next, tostring, error, select
 local setmetatable, getmetatable, rawget, rawset = setmetatable, getmetatable, rawget, rawset
-local raw_pcall, raw_xpcall = pcall, xpcall
+local rawlen = rawlen
+local raw_pcall = pcall
 local s_byte, s_sub, s_find, s_match, s_gmatch, s_gsub = string.byte, string.sub, string.find,
   string.match, string.gmatch, string.gsub
 local m_log = math.log
-local co_resume, co_close = coroutine.resume, coroutine.close
 
 local validate, take, reset, bind = host.validate, host.take, host.reset, host.bind
-local is_abort = host.is_abort
 local max_verdicts = limits.max_verdicts
 local max_walk = limits.max_walk
 local strict = limits.strict
 local pattern_budget_log = m_log(limits.pattern_budget)
+local max_string = limits.max_string_bytes
+local max_elements = limits.max_table_elements
+local max_sort = limits.max_sort_elements
+local max_date_format = 256
 
 ---------------------------------------------------------------------------------------------
 -- Read-only tables
@@ -61,30 +64,47 @@ local function copy(t, except)
 end
 
 ---------------------------------------------------------------------------------------------
--- Errors that must end the execution: time or memory limits. pcall, xpcall and
--- coroutine.resume catch errors; these wrappers re-raise the limit ones, so a script cannot
--- swallow its own termination.
+-- Limits a script cannot catch. pcall, xpcall and coroutine.resume are the host's guarded
+-- versions (crates/engine/src/guard.rs): a time, memory or stack limit is re-raised, never
+-- turned into `false, message`, and once one fired every later instruction of the execution
+-- raises (the watchdog's hook), so no handler, `__close` or protected code gets a new budget.
+-- Coroutines are registered with the watchdog (it must hook the thread that is running) and
+-- kept reachable until the execution ends.
 ---------------------------------------------------------------------------------------------
 
-local function rethrow_if_abort(ok, ...)
-  if not ok and is_abort((...)) then error((...), 0) end
-  return ok, ...
+local co_create, co_close = coroutine.create, coroutine.close
+local guarded_resume, track = host.resume, host.track
+local threads, nthreads = {}, 0
+
+local function create(f)
+  local co = co_create(f)
+  nthreads = nthreads + 1
+  threads[nthreads] = co
+  track(co)
+  return co
 end
 
-local function safe_pcall(f, ...)
-  return rethrow_if_abort(raw_pcall(f, ...))
-end
-
-local function safe_xpcall(f, handler, ...)
-  return rethrow_if_abort(raw_xpcall(f, function(e)
-    if is_abort(e) then return e end
-    return handler(e)
-  end, ...))
+-- coroutine.wrap on the guarded resume: errors propagate with the caller's position, and the
+-- coroutine is closed, as Lua's own wrap does.
+local function wrap_results(co, ok, ...)
+  if ok then return ... end
+  local err = ...
+  co_close(co)
+  if type(err) == "string" then error(err, 2) end
+  error(err, 0)
 end
 
 local safe_coroutine = copy(coroutine)
-safe_coroutine.resume = function(co, ...) return rethrow_if_abort(co_resume(co, ...)) end
-safe_coroutine.close = function(co) return rethrow_if_abort(co_close(co)) end
+safe_coroutine.create = create
+safe_coroutine.resume = guarded_resume
+safe_coroutine.wrap = function(f)
+  local co = create(f)
+  return function(...) return wrap_results(co, guarded_resume(co, ...)) end
+end
+
+-- Tables a script gave a metatable: their length may be a lying `__len`, so the table
+-- functions below measure it once and never let C measure it again.
+local metatabled = setmetatable({}, { __mode = "k" })
 
 -- Finalizers would run later, in another tenant's execution or outside any time limit.
 local function safe_setmetatable(t, mt)
@@ -93,6 +113,7 @@ local function safe_setmetatable(t, mt)
   end
   local ok, res = raw_pcall(setmetatable, t, mt)
   if not ok then error(res, 2) end -- blame the script's line, not the prelude's
+  if mt ~= nil and type(t) == "table" then metatabled[t] = true end
   return res
 end
 
@@ -102,26 +123,182 @@ local function safe_rawset(t, k, v)
 end
 
 ---------------------------------------------------------------------------------------------
--- Patterns: Lua's matcher runs in C, where the time limit cannot interrupt it, and
--- backtracking is exponential in the number of quantifiers. Refuse a match whose worst case
--- (subject length ^ (quantifiers + 1 when unanchored)) exceeds the budget.
+-- C library functions run in C, where no hook can interrupt them: each is bounded before it
+-- runs, for any arguments. A refusal is an ordinary error naming the limit.
+---------------------------------------------------------------------------------------------
+
+local tointeger, m_type = math.tointeger, math.type
+local s_rep, s_format = string.rep, string.format
+local t_insert, t_remove, t_move, t_concat, t_unpack, t_sort =
+  table.insert, table.remove, table.move, table.concat, table.unpack, table.sort
+local os_date = os.date
+
+local function refuse(what, n, limit)
+  error(what .. " (" .. tostring(n) .. ") exceeds the sandbox limit of " .. limit, 3)
+end
+
+-- A script-visible length: `#t` once (a lying `__len` is asked once, in Lua, under the time
+-- limit), which must be an integer within the element limit.
+local function measured_len(t, what)
+  local n = #t
+  local k = tointeger(n)
+  if k == nil then error("object length is not an integer", 3) end
+  if k > max_elements then refuse(what .. ": table length", k, max_elements) end
+  return k
+end
+
+local function string_len_of(v)
+  local tv = type(v)
+  if tv == "string" then return #v end
+  if tv == "number" then return #tostring(v) end
+  return nil
+end
+
+local function safe_rep(s, n, sep)
+  local k = tointeger(n)
+  local ls, lsep = string_len_of(s), sep == nil and 0 or string_len_of(sep)
+  if k and k > 0 and ls and lsep then
+    -- Each repetition is a step even when it adds nothing (an empty string, an empty sep).
+    if k > max_string then refuse("string.rep count", k, max_string) end
+    local size = ls * k + lsep * (k - 1)
+    if size > max_string then refuse("string.rep result size", size, max_string) end
+  end
+  return s_rep(s, n, sep)
+end
+
+local function safe_insert(t, ...)
+  local nargs = select("#", ...)
+  if type(t) ~= "table" or (nargs ~= 1 and nargs ~= 2) then return t_insert(t, ...) end
+  if nargs == 1 then
+    if not metatabled[t] then return t_insert(t, ...) end -- an append: O(1) in C
+    local n = measured_len(t, "table.insert")
+    t[n + 1] = ...
+    return
+  end
+  local pos, v = ...
+  local p = tointeger(pos)
+  if p == nil then return t_insert(t, pos, v) end -- C raises its own argument error
+  local n = metatabled[t] and measured_len(t, "table.insert") or rawlen(t)
+  if p < 1 or p > n + 1 then error("bad argument #2 to 'insert' (position out of bounds)", 2) end
+  if n - p + 1 > max_elements then refuse("table.insert: elements to shift", n - p + 1, max_elements) end
+  if not metatabled[t] then return t_insert(t, p, v) end
+  for i = n, p, -1 do t[i + 1] = t[i] end
+  t[p] = v
+end
+
+local function safe_remove(t, ...)
+  local nargs = select("#", ...)
+  if type(t) ~= "table" or nargs > 1 then return t_remove(t, ...) end
+  local n = metatabled[t] and measured_len(t, "table.remove") or rawlen(t)
+  local p = n
+  if nargs == 1 then
+    p = tointeger((...))
+    if p == nil then return t_remove(t, ...) end -- C raises its own argument error
+  end
+  if nargs == 1 and n + 1 ~= p and (p < 1 or p > n + 1) and not (n == 0 and p == 0) then
+    error("bad argument #2 to 'remove' (position out of bounds)", 2)
+  end
+  if n - p > max_elements then refuse("table.remove: elements to shift", n - p, max_elements) end
+  if not metatabled[t] then return t_remove(t, p) end
+  local v = t[p]
+  for i = p, n - 1 do t[i] = t[i + 1] end
+  if p <= n then t[n] = nil end
+  return v
+end
+
+-- The number of indices from i to j, as a float (no integer overflow on extreme bounds).
+local function span(i, j)
+  return (j + 0.0) - i + 1
+end
+
+local function safe_move(a1, f, e, t, a2)
+  local fi, ei = tointeger(f), tointeger(e)
+  if fi and ei and ei >= fi and span(fi, ei) > max_elements then
+    refuse("table.move: elements", span(fi, ei), max_elements)
+  end
+  return t_move(a1, f, e, t, a2)
+end
+
+local function bounds(t, i, j, what)
+  if i == nil then i = 1 end
+  if j == nil then j = metatabled[t] and measured_len(t, what) or rawlen(t) end
+  local ii, jj = tointeger(i), tointeger(j)
+  if ii and jj and jj >= ii and span(ii, jj) > max_elements then
+    refuse(what .. ": elements", span(ii, jj), max_elements)
+  end
+  return i, j
+end
+
+local function safe_concat(t, sep, i, j)
+  if type(t) ~= "table" then return t_concat(t, sep, i, j) end
+  i, j = bounds(t, i, j, "table.concat")
+  return t_concat(t, sep == nil and "" or sep, i, j)
+end
+
+local function safe_unpack(t, i, j)
+  if type(t) ~= "table" then return t_unpack(t, i, j) end
+  i, j = bounds(t, i, j, "table.unpack")
+  return t_unpack(t, i, j)
+end
+
+local function safe_sort(t, comp)
+  if type(t) ~= "table" then return t_sort(t, comp) end
+  if not metatabled[t] then
+    local n = rawlen(t)
+    if n > max_sort then refuse("table.sort: elements", n, max_sort) end
+    return t_sort(t, comp)
+  end
+  -- Sorted through a plain copy, so C never asks a metatable for the length again.
+  local n = measured_len(t, "table.sort")
+  if n > max_sort then refuse("table.sort: elements", n, max_sort) end
+  local c = {}
+  for i = 1, n do c[i] = t[i] end
+  t_sort(c, comp)
+  for i = 1, n do t[i] = c[i] end
+end
+
+local function safe_date(format, time)
+  if type(format) == "string" and #format > max_date_format then
+    refuse("os.date format length", #format, max_date_format)
+  end
+  return os_date(format, time)
+end
+
+local function safe_format(fmt, ...)
+  -- Lua refuses widths and precisions over two digits itself; the format text is bounded here.
+  if type(fmt) == "string" and #fmt > max_string then
+    refuse("string.format format length", #fmt, max_string)
+  end
+  return s_format(fmt, ...)
+end
+
+---------------------------------------------------------------------------------------------
+-- Patterns: Lua's matcher runs in C, where no hook can interrupt it. Its worst case is charged
+-- before it runs: (start positions) x (pattern length: each item, a long character class
+-- included, is tested per position) x (subject length per quantifier or back-reference:
+-- backtracking). A plain find (or a pattern without specials) costs subject x pattern
+-- length. A match whose worst case exceeds the budget is refused.
 ---------------------------------------------------------------------------------------------
 
 local qcache, qcount = {}, 0
 
-local function quantifiers(p)
-  local q = qcache[p]
-  if q then return q end
-  q = 0
+-- Quantifiers and back-references of a pattern, and whether it has any special character.
+local function pattern_cost(p)
+  local c = qcache[p]
+  if c then return c end
+  local q, special = 0, false
   local i, n = 1, #p
   while i <= n do
-    local c = s_byte(p, i)
-    if c == 37 then -- %
+    local b = s_byte(p, i)
+    if b == 37 then -- %
+      special = true
       local d = s_byte(p, i + 1)
       if d == 98 then q = q + 1; i = i + 4 -- %bxy
       elseif d == 102 then i = i + 2 -- %f[set]: the set follows
+      elseif d and d >= 49 and d <= 57 then q = q + 1; i = i + 2 -- %1-%9: a back-reference
       else i = i + 2 end
-    elseif c == 91 then -- [set]
+    elseif b == 91 then -- [set]
+      special = true
       i = i + 1
       if s_byte(p, i) == 94 then i = i + 1 end
       if s_byte(p, i) == 93 then i = i + 1 end
@@ -130,30 +307,44 @@ local function quantifiers(p)
         i = i + 1
       end
       i = i + 1
-    elseif c == 42 or c == 43 or c == 45 or c == 63 then -- * + - ?
+    elseif b == 42 or b == 43 or b == 45 or b == 63 then -- * + - ?
+      special = true
       q = q + 1; i = i + 1
+    elseif b == 94 or b == 36 or b == 46 or b == 40 or b == 41 then -- ^ $ . ( )
+      special = true
+      i = i + 1
     else
       i = i + 1
     end
   end
+  c = special and q or -1
   if qcount > 1024 then qcache, qcount = {}, 0 end
-  qcache[p] = q
+  qcache[p] = c
   qcount = qcount + 1
-  return q
+  return c
 end
 
 local function check_pattern(s, p, anchorable, plain)
-  if plain or type(p) ~= "string" then return end
+  if type(p) ~= "string" then
+    if type(p) ~= "number" then return end -- the C function raises its own error
+    p = tostring(p)
+  end
   local st = type(s)
   if st ~= "string" then
-    if st ~= "number" then return end -- the C function raises its own error
+    if st ~= "number" then return end
     s = tostring(s)
   end
-  local n = #s
-  if n < 2 then return end
-  local q = quantifiers(p)
-  if not (anchorable and s_byte(p, 1) == 94) then q = q + 1 end
-  if q * m_log(n) > pattern_budget_log then
+  local n, m = #s, #p
+  if n < 2 or m == 0 then return end
+  local cost
+  local q = (plain and -1) or pattern_cost(p)
+  if q < 0 then
+    cost = m_log(n) + m_log(m) -- plain search: every position, every pattern byte
+  else
+    local starts = (anchorable and s_byte(p, 1) == 94) and 0 or 1
+    cost = m_log(m) + (q + starts) * m_log(n)
+  end
+  if cost > pattern_budget_log then
     error("pattern too complex for a subject of " .. n .. " bytes (sandbox limit)", 3)
   end
 end
@@ -175,6 +366,8 @@ safe_string.gsub = function(s, p, r, n)
   check_pattern(s, p, true)
   return s_gsub(s, p, r, n)
 end
+safe_string.rep = safe_rep
+safe_string.format = safe_format
 
 -- Method calls on strings (`("x"):upper()`) go through the string metatable: point it at the
 -- safe copy and hide it from getmetatable.
@@ -326,18 +519,22 @@ local helpers = readonly({ metrics = metrics }, "helpers")
 -- whose __index is this one, so what a script sets is gone with its environment.
 ---------------------------------------------------------------------------------------------
 
+local safe_table = copy(table)
+safe_table.insert, safe_table.remove, safe_table.move = safe_insert, safe_remove, safe_move
+safe_table.concat, safe_table.unpack, safe_table.sort = safe_concat, safe_unpack, safe_sort
+
 local base = {
   assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
-  pcall = safe_pcall, select = select, tonumber = tonumber, tostring = tostring, type = type,
-  xpcall = safe_xpcall, rawequal = rawequal, rawget = rawget, rawlen = rawlen,
+  pcall = host.pcall, select = select, tonumber = tonumber, tostring = tostring, type = type,
+  xpcall = host.xpcall, rawequal = rawequal, rawget = rawget, rawlen = rawlen,
   rawset = safe_rawset, setmetatable = safe_setmetatable, getmetatable = getmetatable,
-  unpack = table.unpack,
+  unpack = safe_unpack,
   string = readonly(safe_string, "string"),
-  table = readonly(copy(table), "table"),
+  table = readonly(safe_table, "table"),
   math = readonly(copy(math), "math"),
   utf8 = readonly(copy(utf8), "utf8"),
   coroutine = readonly(safe_coroutine, "coroutine"),
-  os = readonly({ time = os.time, clock = os.clock, date = os.date }, "os"),
+  os = readonly({ time = os.time, clock = os.clock, date = safe_date }, "os"),
   helpers = helpers,
   print = host.print,
 }
@@ -348,6 +545,7 @@ local control = {}
 
 -- Returns a fresh environment for an execution.
 function control.begin(event, context)
+  threads, nthreads = {}, 0
   return setmetatable({ event = event, context = context }, env_mt)
 end
 

@@ -21,8 +21,21 @@ pub struct EngineSettings {
     pub max_log_lines: usize,
     /// Compiled scripts kept per engine.
     pub compile_cache_size: usize,
-    /// Worst-case steps a pattern match may take (subject length ^ quantifiers).
+    /// Worst-case steps a pattern match may take (start positions x pattern length x subject
+    /// length per quantifier or back-reference), so a match in C costs a fraction of the time
+    /// limit.
     pub pattern_budget: f64,
+    /// Largest string `string.rep` may build, and most repetitions it may run (an empty string
+    /// repeated still costs a step each).
+    pub max_string_bytes: usize,
+    /// Most elements one C table function (`table.insert`/`remove` shifts, `move`, `concat`,
+    /// `unpack`) may touch: each runs in C, where the time limit cannot interrupt it.
+    pub max_table_elements: usize,
+    /// Most elements `table.sort` may sort (n log n comparisons in C).
+    pub max_sort_elements: usize,
+    /// How long past its time limit an execution that does not return (stuck in a C function)
+    /// is waited for before the pool writes its engine off and answers `timeout`.
+    pub abandon_grace_ms: u64,
     /// Distinct metric name/tag sets whose verdict an engine caches.
     pub max_verdicts: usize,
     /// An engine whose heap stays above this after a collection is discarded, not reused.
@@ -44,7 +57,11 @@ impl Default for EngineSettings {
             max_depth: 32,
             max_log_lines: 64,
             compile_cache_size: 256,
-            pattern_budget: 5e7,
+            pattern_budget: 2e7,
+            max_string_bytes: 4 * 1024 * 1024,
+            max_table_elements: 100_000,
+            max_sort_elements: 20_000,
+            abandon_grace_ms: 1_000,
             max_verdicts: 4_096,
             recycle_memory_bytes: 4 * 1024 * 1024,
             clock: Clock::real(),
@@ -62,6 +79,9 @@ pub struct PoolSettings {
     pub wait_timeout_ms: u64,
     /// How often pool gauges and counters are recorded.
     pub sample_interval_ms: u64,
+    /// Abandoned executions still stuck on their threads past which `/readyz` reports the
+    /// service not ready (each holds a thread and a Lua state until its C call returns).
+    pub max_abandoned: usize,
 }
 
 impl Default for PoolSettings {
@@ -70,6 +90,7 @@ impl Default for PoolSettings {
             max_size: 4,
             wait_timeout_ms: 5_000,
             sample_interval_ms: 1_000,
+            max_abandoned: 2,
         }
     }
 }

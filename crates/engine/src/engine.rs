@@ -1,22 +1,21 @@
 use crate::convert::{to_lua, FromLua};
+use crate::guard::{self, Heap};
 use crate::hot::{self, Hot, HotRef};
+use crate::watchdog::{self, Slot, ABORT_MEMORY, ABORT_STACK, ABORT_TIME};
 use crate::{Clock, DiscardReason, EngineSettings, MetricsSink, Script, ScriptError, PRELUDE};
 use luametrics_model::{Kind, RejectReason, Tags};
 use mlua::chunk::ChunkMode;
-use mlua::{
-    Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value, Variadic, VmState,
-};
+use mlua::{ffi, Function, Lua, LuaOptions, MultiValue, StdLib, Table, Value, Variadic};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value as Json;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
-const ABORT_NONE: u8 = 0;
-const ABORT_TIME: u8 = 1;
-const ABORT_MEMORY: u8 = 2;
+/// Bytes of one `print` line kept (cut on a character boundary).
+const MAX_LINE_BYTES: usize = 1024;
 
 /// Where the time of one execution went (SPEC §6.5); the parts add up to `total_ms`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -65,9 +64,6 @@ pub struct Execution {
 /// State shared between the engine and the host functions it gave to Lua.
 struct Shared {
     epoch: Instant,
-    /// Nanoseconds since `epoch` after which the hook ends the execution; 0: no execution.
-    deadline_ns: AtomicU64,
-    abort: AtomicU8,
     helpers_ns: AtomicU64,
     tenant: Mutex<Arc<str>>,
     log: Mutex<Vec<String>>,
@@ -98,6 +94,12 @@ struct Compiled {
 /// One sandboxed Lua state. Not shared: one execution at a time (the pool hands it out).
 pub struct Engine {
     lua: Lua,
+    /// The Lua state's main thread, where scripts start (for the watchdog's hook).
+    main: MainThread,
+    /// Runs a script's function under the guards' message handler.
+    runner: Function,
+    /// The execution's deadline and abort state, watched by the watchdog thread.
+    slot: Arc<Slot>,
     begin: Function,
     drain: Function,
     cache: HashMap<u64, Compiled>,
@@ -108,8 +110,49 @@ pub struct Engine {
     executions: u64,
     /// The time limit of the execution in progress.
     limit_ms: u64,
+    /// The Lua state's allocator state; after `lua`, which uses it until it is closed.
+    heap: HeapBox,
     /// The Rust half of `helpers.metrics`; last, so the Lua state pointing at it goes first.
     hot: HotBox,
+}
+
+/// The main thread of an engine's Lua state.
+struct MainThread(*mut ffi::lua_State);
+
+// SAFETY: the engine is used by one thread at a time; the pointer is only handed to Lua's API
+// from that thread (and to the watchdog, which may set a hook from any thread).
+unsafe impl Send for MainThread {}
+
+/// Owns the allocator state the Lua state's allocator points at.
+struct HeapBox(*mut Heap);
+
+// SAFETY: only the Lua state (on the thread running the engine) and the engine use it.
+unsafe impl Send for HeapBox {}
+
+impl HeapBox {
+    fn heap(&self) -> &Heap {
+        // SAFETY: valid until drop; read between executions only.
+        unsafe { &*self.0 }
+    }
+}
+
+impl Drop for HeapBox {
+    fn drop(&mut self) {
+        // SAFETY: dropped after the Lua state (field order), the only other user.
+        drop(unsafe { Box::from_raw(self.0) })
+    }
+}
+
+/// A guard C function bound to the engine's slot (its first upvalue).
+fn guard_fn(lua: &Lua, slot: &Arc<Slot>, f: ffi::lua_CFunction) -> mlua::Result<Function> {
+    let ptr = Arc::as_ptr(slot) as *mut std::ffi::c_void;
+    // SAFETY: pushes one closure; the slot outlives the state (the engine owns both).
+    unsafe {
+        lua.exec_raw((), |l| {
+            ffi::lua_pushlightuserdata(l, ptr);
+            ffi::lua_pushcclosure(l, f, 1);
+        })
+    }
 }
 
 /// Owns the engine's [`Hot`] through a raw pointer, because the Lua state and the slow path's
@@ -163,8 +206,6 @@ impl Engine {
         let lua = Lua::new_with(libs, LuaOptions::new())?;
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
-            deadline_ns: AtomicU64::new(0),
-            abort: AtomicU8::new(ABORT_NONE),
             helpers_ns: AtomicU64::new(0),
             tenant: Mutex::new(Arc::from("")),
             log: Mutex::new(Vec::new()),
@@ -232,38 +273,23 @@ impl Engine {
         host.set("bind", unsafe { lua.create_c_function(hot::bind)? })?;
         host.set("hot", hr.as_light())?;
         host.set("END", hot::end_key())?;
-        {
-            let sh = shared.clone();
-            host.set(
-                "is_abort",
-                lua.create_function(move |_, err: Value| {
-                    Ok(sh.timed(|| {
-                        if sh.abort.load(Relaxed) != ABORT_NONE {
-                            return true;
-                        }
-                        let is_oom = match &err {
-                            Value::String(s) => s.as_bytes().starts_with(b"not enough memory"),
-                            Value::Error(e) => matches!(**e, mlua::Error::MemoryError(_)),
-                            _ => false,
-                        };
-                        if is_oom {
-                            sh.abort.store(ABORT_MEMORY, Relaxed);
-                        }
-                        is_oom
-                    }))
-                })?,
-            )?;
-        }
+        let slot = Slot::new();
+        host.set("pcall", guard_fn(&lua, &slot, guard::pcall)?)?;
+        host.set("xpcall", guard_fn(&lua, &slot, guard::xpcall)?)?;
+        host.set("resume", guard_fn(&lua, &slot, guard::resume)?)?;
+        host.set("track", guard_fn(&lua, &slot, guard::track)?)?;
+        let runner = guard_fn(&lua, &slot, guard::run)?;
         {
             let sh = shared.clone();
             host.set(
                 "print",
                 lua.create_function(move |_, args: Variadic<Value>| {
                     sh.timed(|| {
-                        let mut log = sh.log.lock();
-                        if log.len() >= sh.max_log_lines {
+                        if sh.log.lock().len() >= sh.max_log_lines {
                             return Ok(());
                         }
+                        // The line is built before the log's lock is taken: `__tostring` may
+                        // run Lua that prints again.
                         let mut line = String::new();
                         for (i, a) in args.iter().enumerate() {
                             if i > 0 {
@@ -271,12 +297,15 @@ impl Engine {
                             }
                             // tostring semantics; a failing __tostring fails the print.
                             line.push_str(&a.to_string()?);
-                            if line.len() > 1024 {
-                                line.truncate(1024);
+                            if line.len() > MAX_LINE_BYTES {
                                 break;
                             }
                         }
-                        log.push(line);
+                        truncate_at_char(&mut line, MAX_LINE_BYTES);
+                        let mut log = sh.log.lock();
+                        if log.len() < sh.max_log_lines {
+                            log.push(line);
+                        }
                         Ok(())
                     })
                 })?,
@@ -287,6 +316,9 @@ impl Engine {
         limits.set("max_walk", hot::MAX_WALK)?;
         limits.set("strict", settings.strict)?;
         limits.set("pattern_budget", settings.pattern_budget)?;
+        limits.set("max_string_bytes", settings.max_string_bytes)?;
+        limits.set("max_table_elements", settings.max_table_elements)?;
+        limits.set("max_sort_elements", settings.max_sort_elements)?;
         let control: Table = lua
             .load(PRELUDE)
             .set_name("=luametrics/prelude.lua")
@@ -306,25 +338,31 @@ impl Engine {
             globals.raw_set(k, Value::Nil)?;
         }
 
-        let sh = shared.clone();
-        lua.set_global_hook(
-            HookTriggers::new().every_nth_instruction(settings.hook_instructions.max(1)),
-            move |_, _| {
-                let deadline = sh.deadline_ns.load(Relaxed);
-                if deadline != 0
-                    && (sh.abort.load(Relaxed) == ABORT_TIME
-                        || sh.epoch.elapsed().as_nanos() as u64 > deadline)
-                {
-                    sh.abort.store(ABORT_TIME, Relaxed);
-                    return Err(mlua::Error::runtime("time limit exceeded"));
-                }
-                Ok(VmState::Continue)
-            },
-        )?;
         lua.gc_collect()?;
-        lua.set_memory_limit(settings.memory_limit_bytes)?;
+        // From here on the engine's own allocator: the heap limit, and a memory abort the
+        // script cannot catch (blocks allocated so far are freed the same way).
+        let heap = HeapBox(Box::into_raw(Box::new(Heap::new(
+            lua.used_memory(),
+            settings.memory_limit_bytes,
+            Arc::as_ptr(&slot),
+        ))));
+        let heap_ptr = heap.0 as *mut std::ffi::c_void;
+        let mut main = std::ptr::null_mut();
+        // SAFETY: swaps the allocator of a state with no Lua running; the heap outlives it.
+        unsafe {
+            lua.exec_raw::<()>((), |l| {
+                ffi::lua_setallocf(l, guard::allocate, heap_ptr);
+                ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, ffi::LUA_RIDX_MAINTHREAD);
+                main = ffi::lua_tothread(l, -1);
+                ffi::lua_pop(l, 1);
+            })?;
+        }
         Ok(Self {
             lua,
+            main: MainThread(main),
+            runner,
+            slot,
+            heap,
             begin,
             drain,
             cache: HashMap::new(),
@@ -338,9 +376,9 @@ impl Engine {
         })
     }
 
-    /// Lua heap in use.
+    /// Lua heap in use (as the engine's allocator counts it).
     pub fn used_memory(&self) -> usize {
-        self.lua.used_memory()
+        self.heap.heap().used()
     }
 
     /// Why this engine must not be reused, if it must not.
@@ -363,10 +401,10 @@ impl Engine {
         if let Some(p) = self.poisoned {
             return Some(p);
         }
-        if self.lua.used_memory() > self.settings.recycle_memory_bytes {
+        if self.used_memory() > self.settings.recycle_memory_bytes {
             if self.lua.gc_collect().is_err() {
                 self.poisoned = Some(DiscardReason::Broken);
-            } else if self.lua.used_memory() > self.settings.recycle_memory_bytes {
+            } else if self.used_memory() > self.settings.recycle_memory_bytes {
                 self.poisoned = Some(DiscardReason::HeapTooLarge);
             }
         }
@@ -432,12 +470,72 @@ impl Engine {
         context: &Json,
         time_limit_ms: Option<u64>,
     ) -> Execution {
+        let t0 = self.shared.now_ns();
+        // A panic in a host function must not cross the execution: the engine is written off
+        // and the caller gets a typed error.
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.execute_inner(script, tenant, event, context, time_limit_ms, t0)
+        }));
+        match run {
+            Ok(execution) => execution,
+            Err(panic) => {
+                if self.slot.end() {
+                    // SAFETY: the engine's own main thread; no Lua runs on it now.
+                    unsafe { watchdog::unhook(self.main.0) };
+                }
+                self.poisoned = Some(DiscardReason::Panic);
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a host function panicked".to_string());
+                let total_ms = self.shared.now_ns().saturating_sub(t0) as f64 / 1e6;
+                Execution {
+                    result: Err(ScriptError::Internal {
+                        script: script.id().to_string(),
+                        message: bounded_text(&message, MAX_LINE_BYTES),
+                    }),
+                    warnings: Vec::new(),
+                    log: Vec::new(),
+                    metrics: MetricsReport::default(),
+                    timings: Timings {
+                        overhead_ms: total_ms,
+                        total_ms,
+                        ..Timings::default()
+                    },
+                }
+            }
+        }
+    }
+
+    /// Everything one execution leaves behind is reset before it starts, whatever the previous
+    /// execution did or however it ended: log, per-execution aggregates and quota lease,
+    /// pending rejections and warnings.
+    fn start_clean(&mut self) {
+        self.shared.log.lock().clear();
+        self.shared.helpers_ns.store(0, Relaxed);
+        let leftover = self.hot.0.with(|h| {
+            h.begin();
+            std::mem::take(&mut h.rejections_pending)
+        });
+        if leftover && self.drain.call::<(Table, Table)>(()).is_err() {
+            self.poisoned = Some(DiscardReason::Broken);
+        }
+    }
+
+    fn execute_inner(
+        &mut self,
+        script: &Script,
+        tenant: &str,
+        event: &Json,
+        context: &Json,
+        time_limit_ms: Option<u64>,
+        t0: u64,
+    ) -> Execution {
         let sh = self.shared.clone();
-        let t0 = sh.now_ns();
         self.limit_ms = time_limit_ms.unwrap_or(self.settings.time_limit_ms);
         self.executions += 1;
-        sh.helpers_ns.store(0, Relaxed);
-        sh.abort.store(ABORT_NONE, Relaxed);
+        self.start_clean();
         {
             let mut t = sh.tenant.lock();
             if **t != *tenant {
@@ -448,7 +546,6 @@ impl Engine {
         // separately, so a part left unmeasured shows as a sum short of the total.
         let mut marks = Marks::default();
         let result = self.run(script, event, context, &mut marks);
-        sh.deadline_ns.store(0, Relaxed);
 
         // Hand the buffered points over (helper time), whatever the outcome: what a script
         // recorded before failing was accepted and stays accepted.
@@ -501,7 +598,6 @@ impl Engine {
         let invalid = |problem: String| ScriptError::InvalidEvent { problem };
         let ev = to_lua(&self.lua, event, depth).map_err(|p| invalid(format!("event {p}")))?;
         let cx = to_lua(&self.lua, context, depth).map_err(|p| invalid(format!("context {p}")))?;
-        self.hot.0.with(|h| h.begin());
         let env: Table = self
             .begin
             .call((ev, cx))
@@ -511,20 +607,26 @@ impl Engine {
             .map_err(|e| self.classify(script, e))?;
 
         let sh = &self.shared;
-        let limit_ns = self.limit_ms.saturating_mul(1_000_000);
+        let limit_ns = self.limit_ms.saturating_mul(1_000_000).max(1);
         let helpers_before = sh.helpers_ns.load(Relaxed);
         let start = sh.now_ns();
         marks.call_start = Some(start);
-        sh.deadline_ns.store(
-            sh.epoch.elapsed().as_nanos() as u64 + limit_ns.max(1),
-            Relaxed,
-        );
-        let out = function.call::<MultiValue>(());
-        sh.deadline_ns.store(0, Relaxed);
+        self.slot
+            .begin(self.main.0, watchdog::now_ns().saturating_add(limit_ns));
+        let out = self.runner.call::<MultiValue>(function);
+        if self.slot.end() {
+            // The abort hook stays off the main thread so the host can drain the prelude.
+            // SAFETY: the engine's own main thread; no Lua runs on it now.
+            unsafe { watchdog::unhook(self.main.0) };
+        }
         let end = sh.now_ns();
         marks.call_end = Some(end);
         let helpers_in_call = sh.helpers_ns.load(Relaxed) - helpers_before;
         marks.script_ns = end.saturating_sub(start).saturating_sub(helpers_in_call);
+        if let Some(error) = self.aborted(script) {
+            // A limit fired, even if the script then returned: its verdict stands.
+            return Err(error);
+        }
         let values = out.map_err(|e| self.classify(script, e))?;
         let first = values.into_iter().next().unwrap_or(Value::Nil);
         FromLua::new(depth, self.settings.max_result_nodes)
@@ -535,39 +637,43 @@ impl Engine {
             })
     }
 
-    fn classify(&self, script: &Script, e: mlua::Error) -> ScriptError {
+    /// The typed error of the limit that ended the execution, if one did: set by the host
+    /// (watchdog, allocator, stack probe), never read from an error message.
+    fn aborted(&self, script: &Script) -> Option<ScriptError> {
         let id = script.id().to_string();
-        match self.shared.abort.load(Relaxed) {
-            ABORT_TIME => {
-                return ScriptError::Timeout {
-                    script: id,
-                    limit_ms: self.limit_ms,
-                }
-            }
-            ABORT_MEMORY => {
-                return ScriptError::Memory {
-                    script: id,
-                    limit_bytes: self.settings.memory_limit_bytes,
-                }
-            }
-            _ => {}
+        match self.slot.abort() {
+            ABORT_TIME => Some(ScriptError::Timeout {
+                script: id,
+                limit_ms: self.limit_ms,
+            }),
+            ABORT_MEMORY => Some(ScriptError::Memory {
+                script: id,
+                limit_bytes: self.settings.memory_limit_bytes,
+            }),
+            ABORT_STACK => Some(ScriptError::StackOverflow { script: id }),
+            _ => None,
         }
-        let text = root_message(&e);
-        if matches!(root(&e), mlua::Error::MemoryError(_)) || text.starts_with("not enough memory")
-        {
+    }
+
+    fn classify(&self, script: &Script, e: mlua::Error) -> ScriptError {
+        if let Some(error) = self.aborted(script) {
+            return error;
+        }
+        let id = script.id().to_string();
+        // A memory error outside a script's run (building its environment): typed by Lua's
+        // status (mlua's MemoryError), not by the message.
+        if matches!(root(&e), mlua::Error::MemoryError(_)) {
             return ScriptError::Memory {
                 script: id,
                 limit_bytes: self.settings.memory_limit_bytes,
             };
         }
-        if text.contains("stack overflow") {
-            return ScriptError::StackOverflow { script: id };
-        }
+        let text = root_message(&e);
         let (line, message) = split_location(&text, script.id());
         ScriptError::Runtime {
             script: id,
             line,
-            message,
+            message: bounded_text(&message, MAX_LINE_BYTES),
         }
     }
 
@@ -697,4 +803,26 @@ fn split_location(text: &str, id: &str) -> (Option<u32>, String) {
         }
     }
     (None, first.trim().to_string())
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn truncate_at_char(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, with a marker when cut.
+fn bounded_text(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut t = s.to_string();
+    truncate_at_char(&mut t, max);
+    t.push_str("…[truncated]");
+    t
 }

@@ -61,6 +61,15 @@ pub enum ScriptError {
         /// What is wrong with it.
         problem: String,
     },
+    /// The host failed while running the script (a panic in a host function): the engine is
+    /// written off, nothing of the execution is kept.
+    #[error("{script}: internal error: {message}")]
+    Internal {
+        /// Script id.
+        script: String,
+        /// What failed.
+        message: String,
+    },
 }
 
 impl ScriptError {
@@ -74,6 +83,7 @@ impl ScriptError {
             ScriptError::StackOverflow { .. } => "stack_overflow",
             ScriptError::InvalidResult { .. } => "invalid_result",
             ScriptError::InvalidEvent { .. } => "invalid_event",
+            ScriptError::Internal { .. } => "internal_error",
         }
     }
 
@@ -83,6 +93,7 @@ impl ScriptError {
             ScriptError::Timeout { .. } => Some(DiscardReason::Timeout),
             ScriptError::Memory { .. } => Some(DiscardReason::Memory),
             ScriptError::StackOverflow { .. } => Some(DiscardReason::StackOverflow),
+            ScriptError::Internal { .. } => Some(DiscardReason::Panic),
             _ => None,
         }
     }
@@ -102,16 +113,23 @@ pub enum DiscardReason {
     HeapTooLarge,
     /// The engine's state could not be reset.
     Broken,
+    /// A host function panicked during an execution.
+    Panic,
+    /// An execution did not return within its time limit and grace: the engine was written
+    /// off while still running and replaced.
+    Abandoned,
 }
 
 impl DiscardReason {
     /// Every reason, for reporting.
-    pub const ALL: [DiscardReason; 5] = [
+    pub const ALL: [DiscardReason; 7] = [
         DiscardReason::Timeout,
         DiscardReason::Memory,
         DiscardReason::StackOverflow,
         DiscardReason::HeapTooLarge,
         DiscardReason::Broken,
+        DiscardReason::Panic,
+        DiscardReason::Abandoned,
     ];
 
     /// Stable code (the `reason` tag of `lua.engine.discarded.count`).
@@ -122,6 +140,8 @@ impl DiscardReason {
             DiscardReason::StackOverflow => "stack_overflow",
             DiscardReason::HeapTooLarge => "heap_too_large",
             DiscardReason::Broken => "broken",
+            DiscardReason::Panic => "panic",
+            DiscardReason::Abandoned => "abandoned",
         }
     }
 }

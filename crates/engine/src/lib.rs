@@ -1,11 +1,15 @@
 //! Sandboxed Lua 5.4 engines and their pool (SPEC §6).
 //!
-//! Tenants' scripts run on a deadpool pool of [`Engine`]s. Each engine is a Lua state whose
+//! Tenants' scripts run on a pool of [`Engine`]s, each execution on a blocking thread that
+//! owns its engine while it runs (never on an async worker). Each engine is a Lua state whose
 //! globals are wiped after a prelude (`lua/prelude.lua`) has built a read-only base
 //! environment; every execution gets a fresh environment table on top of it, so nothing a
-//! script sets survives it. Limits (time via an instruction hook on every coroutine, memory via
-//! the allocator, pattern complexity) end an execution with a typed [`ScriptError`], and an
-//! engine that hit one is discarded, never reused.
+//! script sets survives it. Limits end an execution with a typed [`ScriptError`] and cannot be
+//! caught by the script: time by a watchdog thread that interrupts the running state at its
+//! deadline, memory by the engine's allocator, stack overflows by a probe in the guarded
+//! `pcall`/`xpcall`/`coroutine.resume`; C library functions are bounded before they run. An
+//! engine that hit a limit is discarded, never reused; one stuck past its limit and a grace
+//! period is abandoned and replaced.
 //!
 //! `helpers.metrics` validates each distinct name/tag set once per engine (asking Rust, then
 //! caching the verdict in a Lua tree) and pre-aggregates per execution: its three functions are
@@ -18,16 +22,18 @@ mod config;
 mod convert;
 mod engine;
 mod error;
+mod guard;
 mod hot;
 mod pool;
 mod script;
 mod sink;
+mod watchdog;
 
 pub use clock::Clock;
 pub use config::{EngineSettings, PoolSettings};
 pub use engine::{Engine, Execution, MetricsReport, Timings};
 pub use error::{DiscardReason, PoolError, ScriptError};
-pub use pool::{EnginePool, PoolStatus, PooledEngine};
+pub use pool::{EnginePool, Job, PoolStatus, PooledEngine};
 pub use script::Script;
 pub use sink::{CollectingSink, MetricsSink};
 

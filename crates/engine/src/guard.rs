@@ -1,0 +1,343 @@
+//! The limits a script cannot catch: the engine's allocator, and the `pcall`, `xpcall` and
+//! `coroutine.resume` the sandbox gives scripts instead of Lua's own.
+//!
+//! Lua's `pcall` catches every error, limits included; the message a limit raises ("not
+//! enough memory", "stack overflow") is text a script can also raise itself. So the host sets
+//! the abort kind itself ([`Slot::fire`]) from facts, never from text:
+//! - **memory**: the allocator below refused an allocation while a script ran;
+//! - **stack**: a guarded call saw an error *and* the stack really is at its limit: the Lua
+//!   stack cannot grow (Lua moved it to its error-handling size) or the C stack has fewer than
+//!   [`C_STACK_MARGIN`] nested calls left (probed by nesting protected calls);
+//! - **time**: the watchdog.
+//!
+//! Once a kind is set, the guards re-raise whatever they caught, and the abort hook makes every
+//! later instruction raise, so the script cannot carry on.
+//!
+//! # Safety
+//! These are Lua C functions written against the raw API. Their frames hold no value with a
+//! destructor when they call anything that may raise (`lua_error`, `lua_call`, allocation),
+//! so Lua's `longjmp` may cross them. The [`Slot`] they reach through their first upvalue (a
+//! light userdata) is owned by the engine, which outlives its Lua state's functions.
+
+use crate::watchdog::{Slot, ABORT_MEMORY, ABORT_STACK};
+use mlua::ffi;
+use std::alloc::{self, Layout};
+use std::os::raw::{c_int, c_void};
+
+/// A guard probing the C stack nests this many protected calls: an error on the way means the
+/// C stack is within this many calls of Lua's limit (LUAI_MAXCCALLS, 200).
+const C_STACK_MARGIN: i64 = 24;
+
+/// Free slots the Lua stack must still be able to grow by: Lua gives a stack that overflowed
+/// only 200 extra slots (ERRORSTACKSIZE) and refuses to grow it further.
+const LUA_STACK_MARGIN: c_int = 400;
+
+/// The engine's allocator state: its heap limit and the slot to fire when the limit refuses an
+/// allocation during an execution.
+pub(crate) struct Heap {
+    used: usize,
+    limit: usize,
+    slot: *const Slot,
+}
+
+impl Heap {
+    pub(crate) fn new(used: usize, limit: usize, slot: *const Slot) -> Self {
+        Self { used, limit, slot }
+    }
+
+    /// Bytes in use.
+    pub(crate) fn used(&self) -> usize {
+        self.used
+    }
+}
+
+/// Lua's allocator for engines: the same layout as mlua's (so blocks mlua allocated before the
+/// switch are freed correctly), a heap limit, and a memory abort when the limit refuses an
+/// allocation while a script runs (outside an execution, e.g. while building an event, a
+/// refusal is only the error it raises).
+///
+/// # Safety
+/// `ud` is the engine's `Heap`, which outlives the Lua state.
+pub(crate) unsafe extern "C" fn allocate(
+    ud: *mut c_void,
+    ptr: *mut c_void,
+    osize: usize,
+    nsize: usize,
+) -> *mut c_void {
+    // SAFETY: see above; Lua calls its allocator from the thread running the state only.
+    let heap = unsafe { &mut *(ud as *mut Heap) };
+    let align = ffi::SYS_MIN_ALIGN;
+    if nsize == 0 {
+        if !ptr.is_null() {
+            // SAFETY: allocated by this allocator or mlua's, with this layout.
+            unsafe {
+                alloc::dealloc(
+                    ptr as *mut u8,
+                    Layout::from_size_align_unchecked(osize, align),
+                )
+            };
+            heap.used = heap.used.saturating_sub(osize);
+        }
+        return std::ptr::null_mut();
+    }
+    if nsize > isize::MAX as usize / 2 {
+        return std::ptr::null_mut();
+    }
+    // For a new block `osize` is the object's type, not a size.
+    let old = if ptr.is_null() { 0 } else { osize };
+    if nsize > old && heap.used + (nsize - old) > heap.limit {
+        // SAFETY: the slot outlives the state (see `Heap`).
+        let slot = unsafe { &*heap.slot };
+        if slot.is_running() {
+            slot.fire(ABORT_MEMORY);
+        }
+        return std::ptr::null_mut();
+    }
+    let new = if ptr.is_null() {
+        match Layout::from_size_align(nsize, align) {
+            // SAFETY: a non-zero size.
+            Ok(layout) => unsafe { alloc::alloc(layout) },
+            Err(_) => return std::ptr::null_mut(),
+        }
+    } else {
+        // SAFETY: `ptr` was allocated with this layout of `osize` bytes.
+        unsafe {
+            alloc::realloc(
+                ptr as *mut u8,
+                Layout::from_size_align_unchecked(osize, align),
+                nsize,
+            )
+        }
+    };
+    if !new.is_null() {
+        heap.used = heap.used + nsize - old;
+    }
+    new as *mut c_void
+}
+
+/// The slot of the running guard (its first upvalue).
+///
+/// # Safety
+/// Called from a C function created with the slot as its first upvalue.
+unsafe fn slot<'a>(l: *mut ffi::lua_State) -> &'a Slot {
+    unsafe { &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const Slot) }
+}
+
+/// One level of the C-stack probe: nests `n` protected calls; pushes whether all succeeded.
+unsafe extern "C-unwind" fn probe_level(l: *mut ffi::lua_State) -> c_int {
+    unsafe {
+        let n = ffi::lua_tointeger(l, 1);
+        let mut ok = true;
+        if n > 0 {
+            if ffi::lua_checkstack(l, 3) == 0 {
+                ok = false;
+            } else {
+                ffi::lua_pushcfunction(l, probe_level);
+                ffi::lua_pushinteger(l, n - 1);
+                ok = ffi::lua_pcall(l, 1, 1, 0) == ffi::LUA_OK && ffi::lua_toboolean(l, -1) != 0;
+            }
+        }
+        ffi::lua_pushboolean(l, ok as c_int);
+        1
+    }
+}
+
+/// Whether the C stack of `l` is within [`C_STACK_MARGIN`] calls of its limit.
+unsafe fn c_stack_exhausted(l: *mut ffi::lua_State) -> bool {
+    unsafe {
+        if ffi::lua_checkstack(l, 3) == 0 {
+            return true;
+        }
+        ffi::lua_pushcfunction(l, probe_level);
+        ffi::lua_pushinteger(l, C_STACK_MARGIN);
+        let ok = ffi::lua_pcall(l, 1, 1, 0) == ffi::LUA_OK && ffi::lua_toboolean(l, -1) != 0;
+        ffi::lua_pop(l, 1);
+        !ok
+    }
+}
+
+/// Whether the error on top of `l`'s stack is a real stack overflow: it says so, and the Lua
+/// stack of `thread` (where it was raised) cannot grow or the C stack of `l` is exhausted.
+unsafe fn is_stack_overflow(l: *mut ffi::lua_State, thread: *mut ffi::lua_State) -> bool {
+    unsafe {
+        let mut len = 0usize;
+        if ffi::lua_type(l, -1) != ffi::LUA_TSTRING {
+            return false;
+        }
+        let text = ffi::lua_tolstring(l, -1, &mut len);
+        if text.is_null() {
+            return false;
+        }
+        let bytes = std::slice::from_raw_parts(text as *const u8, len);
+        if !bytes.ends_with(b"stack overflow") {
+            return false;
+        }
+        ffi::lua_checkstack(thread, LUA_STACK_MARGIN) == 0 || c_stack_exhausted(l)
+    }
+}
+
+/// The message handler of guarded calls: runs where the error was raised, before the stack
+/// unwinds, so it can tell a real overflow from a message. Upvalues: the slot, and for
+/// `xpcall` the script's handler, which it calls unless a limit fired.
+unsafe extern "C-unwind" fn on_error(l: *mut ffi::lua_State) -> c_int {
+    unsafe {
+        let slot = slot(l);
+        if !slot.aborted() && is_stack_overflow(l, l) {
+            slot.fire(ABORT_STACK);
+        }
+        if !slot.aborted() && ffi::lua_type(l, ffi::lua_upvalueindex(2)) != ffi::LUA_TNONE {
+            ffi::lua_settop(l, 1);
+            ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
+            ffi::lua_insert(l, 1);
+            ffi::lua_call(l, 1, 1);
+        }
+        ffi::lua_settop(l, 1);
+        1
+    }
+}
+
+/// After a guarded call: re-raises when a limit fired, else returns like Lua's `pcall`.
+/// Stack: `true, handler, results...` or `true, handler, error`.
+unsafe extern "C-unwind" fn finish(
+    l: *mut ffi::lua_State,
+    status: c_int,
+    _: ffi::lua_KContext,
+) -> c_int {
+    unsafe {
+        let slot = slot(l);
+        if status != ffi::LUA_OK && status != ffi::LUA_YIELD {
+            if slot.aborted() {
+                ffi::lua_error(l);
+            }
+            ffi::lua_pushboolean(l, 0);
+            ffi::lua_pushvalue(l, -2);
+            return 2;
+        }
+        ffi::lua_remove(l, 2);
+        ffi::lua_gettop(l)
+    }
+}
+
+/// `pcall(f, ...)`, guarded: limits are not caught.
+pub(crate) unsafe extern "C-unwind" fn pcall(l: *mut ffi::lua_State) -> c_int {
+    unsafe {
+        ffi::luaL_checkany(l, 1);
+        if slot(l).aborted() {
+            ffi::lua_pushliteral(l, c"luametrics: execution aborted by a limit");
+            ffi::lua_error(l);
+        }
+        ffi::luaL_checkstack(l, 3, std::ptr::null());
+        ffi::lua_pushboolean(l, 1);
+        ffi::lua_insert(l, 1);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+        ffi::lua_pushcclosure(l, on_error, 1);
+        ffi::lua_insert(l, 2);
+        let nargs = ffi::lua_gettop(l) - 3;
+        let status = ffi::lua_pcallk(l, nargs, ffi::LUA_MULTRET, 2, 0, Some(finish));
+        finish(l, status, 0)
+    }
+}
+
+/// `xpcall(f, handler, ...)`, guarded: limits are not caught, and the script's handler does
+/// not run for them.
+pub(crate) unsafe extern "C-unwind" fn xpcall(l: *mut ffi::lua_State) -> c_int {
+    unsafe {
+        ffi::luaL_checktype(l, 2, ffi::LUA_TFUNCTION);
+        if slot(l).aborted() {
+            ffi::lua_pushliteral(l, c"luametrics: execution aborted by a limit");
+            ffi::lua_error(l);
+        }
+        ffi::luaL_checkstack(l, 3, std::ptr::null());
+        // f, handler, args... -> true, on_error(slot, handler), f, args...
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+        ffi::lua_pushvalue(l, 2);
+        ffi::lua_pushcclosure(l, on_error, 2);
+        ffi::lua_replace(l, 2);
+        ffi::lua_pushboolean(l, 1);
+        ffi::lua_insert(l, 1);
+        // true, f, on_error, args... -> true, on_error, f, args...
+        ffi::lua_pushvalue(l, 3);
+        ffi::lua_remove(l, 3);
+        ffi::lua_insert(l, 2);
+        let nargs = ffi::lua_gettop(l) - 3;
+        let status = ffi::lua_pcallk(l, nargs, ffi::LUA_MULTRET, 2, 0, Some(finish));
+        finish(l, status, 0)
+    }
+}
+
+/// Runs the script's main function (its only argument) under the guard's message handler, so
+/// an overflow the script does not catch is typed too; re-raises any error.
+pub(crate) unsafe extern "C-unwind" fn run(l: *mut ffi::lua_State) -> c_int {
+    unsafe {
+        ffi::luaL_checkstack(l, 2, std::ptr::null());
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+        ffi::lua_pushcclosure(l, on_error, 1);
+        ffi::lua_insert(l, 1);
+        let nargs = ffi::lua_gettop(l) - 2;
+        if ffi::lua_pcall(l, nargs, ffi::LUA_MULTRET, 1) != ffi::LUA_OK {
+            ffi::lua_error(l);
+        }
+        ffi::lua_remove(l, 1);
+        ffi::lua_gettop(l)
+    }
+}
+
+/// `coroutine.resume(co, ...)`, guarded: a limit inside the coroutine is not turned into
+/// `false, message`; it is raised in the resumer.
+pub(crate) unsafe extern "C-unwind" fn resume(l: *mut ffi::lua_State) -> c_int {
+    unsafe {
+        let co = ffi::lua_tothread(l, 1);
+        if co.is_null() {
+            ffi::luaL_checktype(l, 1, ffi::LUA_TTHREAD);
+            return 0;
+        }
+        let slot = slot(l);
+        if slot.aborted() {
+            ffi::lua_pushliteral(l, c"luametrics: execution aborted by a limit");
+            ffi::lua_error(l);
+        }
+        let narg = ffi::lua_gettop(l) - 1;
+        if ffi::lua_checkstack(co, narg) == 0 {
+            ffi::lua_pushboolean(l, 0);
+            ffi::lua_pushliteral(l, c"too many arguments to resume");
+            return 2;
+        }
+        ffi::lua_xmove(l, co, narg);
+        let mut nres: c_int = 0;
+        let status = ffi::lua_resume(co, l, narg, &mut nres);
+        if status == ffi::LUA_OK || status == ffi::LUA_YIELD {
+            if ffi::lua_checkstack(l, nres + 1) == 0 {
+                ffi::lua_pop(co, nres);
+                ffi::lua_pushboolean(l, 0);
+                ffi::lua_pushliteral(l, c"too many results to resume");
+                return 2;
+            }
+            ffi::lua_pushboolean(l, 1);
+            ffi::lua_xmove(co, l, nres);
+            return nres + 1;
+        }
+        // The coroutine's stack is left as it was at the error, for the Lua-stack probe; a
+        // C-stack overflow is counted on the resumer, probed here.
+        ffi::lua_xmove(co, l, 1);
+        if !slot.aborted() && is_stack_overflow(l, co) {
+            slot.fire(ABORT_STACK);
+        }
+        if slot.aborted() {
+            ffi::lua_error(l);
+        }
+        ffi::lua_pushboolean(l, 0);
+        ffi::lua_insert(l, -2);
+        2
+    }
+}
+
+/// Registers a coroutine of the execution with the watchdog (its only argument).
+pub(crate) unsafe extern "C-unwind" fn track(l: *mut ffi::lua_State) -> c_int {
+    unsafe {
+        let co = ffi::lua_tothread(l, 1);
+        if !co.is_null() {
+            slot(l).track(co);
+        }
+        0
+    }
+}
