@@ -106,6 +106,7 @@ async fn run_cell(
             max_size: size,
             wait_timeout_ms: 60_000,
             sample_interval_ms: 1_000,
+            ..PoolSettings::default()
         },
         sink,
     )?);

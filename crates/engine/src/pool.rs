@@ -1,16 +1,33 @@
+//! The pool of sandboxed engines, and where executions run.
+//!
+//! Lua never runs on an async worker: [`EnginePool::run`] checks an engine out on the async
+//! side (waiting costs no thread), then hands the execution to a blocking thread
+//! (`tokio::task::spawn_blocking`) and awaits it. A script stuck in a C function past its time
+//! limit therefore blocks only that thread; past the limit plus a grace period the pool stops
+//! waiting for it: the caller gets a typed timeout, the engine is written off (dropped by its
+//! thread whenever the call returns) and its place in the pool is freed for a new engine
+//! (`lua.engine.abandoned.count`).
+//!
+//! The pool is ours rather than deadpool's because writing off an engine that is still
+//! running, handing a freed place straight to the next waiter, and counting exactly which
+//! checkouts queued need control of the permits deadpool keeps private. Waiters are served in
+//! arrival order; an engine returned healthy goes to the first waiter, a discarded one leaves
+//! its place to the first waiter (who builds a new engine).
+
 use crate::{
     DiscardReason, Engine, EngineSettings, Execution, MetricsSink, PoolError, PoolSettings, Script,
+    ScriptError, Timings,
 };
-use deadpool::managed::{self, Metrics, Object, Pool, RecycleError, RecycleResult};
 use luametrics_model::{Kind, Tags};
 use luametrics_sketch::Summary;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value as Json;
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 #[derive(Default)]
 struct Stats {
@@ -26,6 +43,10 @@ struct Stats {
     timeouts: AtomicU64,
     created: AtomicU64,
     discarded: [AtomicU64; DiscardReason::ALL.len()],
+    /// Executions given up on (past their limit and grace).
+    abandoned: AtomicU64,
+    /// Abandoned executions whose thread is still running.
+    abandoned_running: AtomicI64,
     wait: Mutex<Option<Summary>>,
     /// Counter values already recorded, to record deltas.
     reported: Mutex<Reported>,
@@ -36,6 +57,7 @@ struct Reported {
     exhausted: u64,
     timeouts: u64,
     created: u64,
+    abandoned: u64,
     discarded: [u64; DiscardReason::ALL.len()],
 }
 
@@ -45,30 +67,63 @@ impl Stats {
     }
 }
 
-struct Manager {
-    settings: Arc<EngineSettings>,
-    sink: Arc<dyn MetricsSink>,
-    stats: Arc<Stats>,
+/// A place in the pool: an idle engine, or the right to build one.
+type Grant = Option<Engine>;
+
+struct Waiter {
+    id: u64,
+    tx: oneshot::Sender<Grant>,
 }
 
-impl managed::Manager for Manager {
-    type Type = Engine;
-    type Error = String;
+#[derive(Default)]
+struct State {
+    idle: Vec<Engine>,
+    /// Places taken: engines idle or checked out, and places granted for an engine being
+    /// built. Abandoned engines no longer count.
+    live: usize,
+    waiters: VecDeque<Waiter>,
+    next_waiter: u64,
+}
 
-    async fn create(&self) -> Result<Engine, String> {
-        let engine =
-            Engine::new(self.settings.clone(), self.sink.clone()).map_err(|e| e.to_string())?;
+struct Inner {
+    settings: PoolSettings,
+    engine: Arc<EngineSettings>,
+    sink: Arc<dyn MetricsSink>,
+    state: Mutex<State>,
+    stats: Stats,
+}
+
+impl Inner {
+    fn build(&self) -> Result<Engine, PoolError> {
+        let engine = Engine::new(self.engine.clone(), self.sink.clone())
+            .map_err(|e| PoolError::Create(e.to_string()))?;
         self.stats.created.fetch_add(1, Relaxed);
         Ok(engine)
     }
 
-    async fn recycle(&self, engine: &mut Engine, _: &Metrics) -> RecycleResult<String> {
-        match engine.health() {
-            None => Ok(()),
+    /// Takes a place back: a healthy engine returns to the first waiter or to the idle list; a
+    /// discarded engine (or a place whose engine was never built, or was abandoned) goes to
+    /// the first waiter as the right to build one, or frees the place.
+    fn give_back(&self, engine: Grant) {
+        let mut grant = engine.and_then(|mut e| match e.health() {
+            None => Some(e),
             Some(reason) => {
                 self.stats.discard(reason);
-                Err(RecycleError::message(reason.as_str()))
+                None
             }
+        });
+        let mut state = self.state.lock();
+        while let Some(w) = state.waiters.pop_front() {
+            self.stats.waiting.fetch_sub(1, Relaxed);
+            match w.tx.send(grant) {
+                Ok(()) => return,
+                // That waiter gave up (timed out, or its caller went away): next one.
+                Err(back) => grant = back,
+            }
+        }
+        match grant {
+            Some(e) => state.idle.push(e),
+            None => state.live = state.live.saturating_sub(1),
         }
     }
 }
@@ -78,7 +133,7 @@ impl managed::Manager for Manager {
 pub struct PoolStatus {
     /// Configured maximum.
     pub max_size: usize,
-    /// Engines alive.
+    /// Engines alive (idle, checked out or being built), abandoned ones excluded.
     pub size: usize,
     /// Engines idle.
     pub available: usize,
@@ -92,7 +147,7 @@ pub struct PoolStatus {
     pub peak_waiting: i64,
     /// Checkouts served.
     pub checkouts: u64,
-    /// Checkouts that found no idle engine with the pool at max size.
+    /// Checkouts that found no idle engine with the pool at max size (and queued).
     pub exhausted: u64,
     /// Checkouts that timed out.
     pub timeouts: u64,
@@ -100,21 +155,39 @@ pub struct PoolStatus {
     pub created: u64,
     /// Engines discarded, by reason.
     pub discarded: BTreeMap<String, u64>,
+    /// Executions given up on past their time limit and grace (their engines written off).
+    pub abandoned: u64,
+    /// Abandoned executions still running on their threads (stuck in C): what `/readyz`
+    /// bounds.
+    pub abandoned_running: i64,
 }
 
-/// The deadpool pool of sandboxed engines, with its gauges and counters (SPEC §6.3).
+/// One execution for [`EnginePool::run`]: everything it needs, owned, so it can move to the
+/// thread that runs it.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The script.
+    pub script: Script,
+    /// The tenant the script runs for.
+    pub tenant: Arc<str>,
+    /// The trigger payload (`event` in Lua).
+    pub event: Arc<Json>,
+    /// What earlier nodes added (`context` in Lua).
+    pub context: Arc<Json>,
+    /// A time limit for this execution instead of the engine's default.
+    pub time_limit_ms: Option<u64>,
+}
+
+/// The pool of sandboxed engines, with its gauges and counters.
 pub struct EnginePool {
-    pool: Pool<Manager>,
-    stats: Arc<Stats>,
-    settings: PoolSettings,
-    sink: Arc<dyn MetricsSink>,
+    inner: Arc<Inner>,
 }
 
-/// An engine checked out of the pool; returns to it on drop (or is discarded if a limit
-/// poisoned it).
+/// An engine checked out of the pool for a caller that runs it on its own (blocking) thread;
+/// returns to the pool on drop, or is discarded if a limit poisoned it.
 pub struct PooledEngine {
-    object: Option<Object<Manager>>,
-    stats: Arc<Stats>,
+    engine: Option<Engine>,
+    inner: Arc<Inner>,
     /// Time the checkout waited (ms).
     pub wait_ms: f64,
     /// Whether the checkout found the pool exhausted (at max size, no idle engine) and queued:
@@ -134,118 +207,265 @@ impl std::fmt::Debug for PooledEngine {
 impl std::ops::Deref for PooledEngine {
     type Target = Engine;
     fn deref(&self) -> &Engine {
-        // Present until drop.
-        self.object.as_deref().expect("engine present until drop")
+        // Present from checkout until drop.
+        self.engine.as_ref().expect("engine present until drop")
     }
 }
 
 impl std::ops::DerefMut for PooledEngine {
     fn deref_mut(&mut self) -> &mut Engine {
-        self.object
-            .as_deref_mut()
-            .expect("engine present until drop")
+        self.engine.as_mut().expect("engine present until drop")
     }
 }
 
 impl Drop for PooledEngine {
     fn drop(&mut self) {
-        self.stats.active.fetch_sub(1, Relaxed);
-        if let Some(object) = self.object.take() {
-            if let Some(reason) = object.poisoned() {
-                self.stats.discard(reason);
-                // Out of the pool for good: the next checkout builds a fresh engine.
-                drop(Object::take(object));
-            }
+        self.inner.stats.active.fetch_sub(1, Relaxed);
+        self.inner.give_back(self.engine.take());
+    }
+}
+
+/// A place held by an execution's thread. Given back once: with the engine when the
+/// execution returns, by the waiting side at once when it abandons the execution, or on drop
+/// (the thread ended with nobody waiting for it: a cancelled caller), whichever comes first.
+struct Held {
+    inner: Arc<Inner>,
+    released: Arc<AtomicBool>,
+}
+
+impl Held {
+    fn release(&self, engine: Grant) {
+        if !self.released.swap(true, Relaxed) {
+            self.inner.stats.active.fetch_sub(1, Relaxed);
+            self.inner.give_back(engine);
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.release(None);
+    }
+}
+
+/// Decrements the count of abandoned executions still running when the thread of one ends.
+struct AbandonWatch {
+    abandoned: AtomicBool,
+    inner: Arc<Inner>,
+}
+
+impl Drop for AbandonWatch {
+    fn drop(&mut self) {
+        if self.abandoned.load(Relaxed) {
+            self.inner.stats.abandoned_running.fetch_sub(1, Relaxed);
         }
     }
 }
 
 impl EnginePool {
     /// A pool of at most `pool.max_size` engines built with `engine` settings, recording
-    /// through `sink`. Engines are created lazily. Must be called inside a tokio runtime.
+    /// through `sink`. Engines are created lazily.
     pub fn new(
         engine: EngineSettings,
         pool: PoolSettings,
         sink: Arc<dyn MetricsSink>,
     ) -> Result<Self, PoolError> {
-        let stats = Arc::new(Stats::default());
-        let manager = Manager {
-            settings: Arc::new(engine),
-            sink: sink.clone(),
-            stats: stats.clone(),
-        };
-        let inner = Pool::builder(manager)
-            .max_size(pool.max_size.max(1))
-            .wait_timeout(Some(Duration::from_millis(pool.wait_timeout_ms)))
-            .runtime(deadpool::Runtime::Tokio1)
-            .build()
-            .map_err(|e| PoolError::Create(e.to_string()))?;
         Ok(Self {
-            pool: inner,
-            stats,
-            settings: pool,
-            sink,
+            inner: Arc::new(Inner {
+                settings: pool,
+                engine: Arc::new(engine),
+                sink,
+                state: Mutex::new(State::default()),
+                stats: Stats::default(),
+            }),
         })
     }
 
     /// The pool settings.
     pub fn settings(&self) -> &PoolSettings {
-        &self.settings
+        &self.inner.settings
     }
 
-    /// Checks out an engine, waiting up to the configured timeout.
-    pub async fn checkout(&self) -> Result<PooledEngine, PoolError> {
-        let stats = &self.stats;
+    /// Takes a place: an idle engine, the right to build one, or a wait in line for either
+    /// (up to the configured timeout). Returns the place, the wait in ms and whether it queued.
+    async fn acquire(&self) -> Result<(Grant, f64, bool), PoolError> {
+        let inner = &self.inner;
+        let stats = &inner.stats;
         let start = Instant::now();
-        // First without waiting: no timer to arm, and a refusal is exactly "exhausted" (every
-        // permit is out: the pool is at max size with no idle engine).
-        let mut timeouts = self.pool.timeouts();
-        timeouts.wait = Some(Duration::ZERO);
-        let mut queued = false;
-        let got = match self.pool.timeout_get(&timeouts).await {
-            Err(managed::PoolError::Timeout(managed::TimeoutType::Wait)) => {
-                queued = true;
-                stats.exhausted.fetch_add(1, Relaxed);
-                let now_waiting = stats.waiting.fetch_add(1, Relaxed) + 1;
-                stats.peak_waiting_sample.fetch_max(now_waiting, Relaxed);
-                stats.peak_waiting.fetch_max(now_waiting, Relaxed);
-                let got = self.pool.get().await;
-                stats.waiting.fetch_sub(1, Relaxed);
-                got
+        let (id, mut rx) = {
+            let mut state = inner.state.lock();
+            if let Some(e) = state.idle.pop() {
+                drop(state);
+                return Ok((Some(e), self.checked_out(0.0), false));
             }
-            other => other,
+            if state.live < inner.settings.max_size.max(1) {
+                state.live += 1;
+                drop(state);
+                return Ok((None, self.checked_out(0.0), false));
+            }
+            // Exhausted: in line.
+            stats.exhausted.fetch_add(1, Relaxed);
+            let now_waiting = stats.waiting.fetch_add(1, Relaxed) + 1;
+            stats.peak_waiting_sample.fetch_max(now_waiting, Relaxed);
+            stats.peak_waiting.fetch_max(now_waiting, Relaxed);
+            let (tx, rx) = oneshot::channel();
+            let id = state.next_waiter;
+            state.next_waiter += 1;
+            state.waiters.push_back(Waiter { id, tx });
+            (id, rx)
+        };
+        let timeout = Duration::from_millis(inner.settings.wait_timeout_ms);
+        let got = match tokio::time::timeout(timeout, &mut rx).await {
+            Ok(r) => r.ok(),
+            Err(_) => {
+                let mut state = inner.state.lock();
+                if let Some(pos) = state.waiters.iter().position(|w| w.id == id) {
+                    state.waiters.remove(pos);
+                    stats.waiting.fetch_sub(1, Relaxed);
+                    None
+                } else {
+                    // Granted while the timer fired: the grant is in the channel already.
+                    drop(state);
+                    rx.try_recv().ok()
+                }
+            }
         };
         let wait_ms = start.elapsed().as_secs_f64() * 1000.0;
         match got {
-            Ok(object) => {
-                let now_active = stats.active.fetch_add(1, Relaxed) + 1;
-                stats.peak_active.fetch_max(now_active, Relaxed);
-                stats.checkouts.fetch_add(1, Relaxed);
-                stats
-                    .wait
-                    .lock()
-                    .get_or_insert_with(|| Summary::new(true))
-                    .observe(wait_ms, 0);
-                Ok(PooledEngine {
-                    object: Some(object),
-                    stats: stats.clone(),
-                    wait_ms,
-                    queued,
-                })
-            }
-            Err(managed::PoolError::Timeout(_)) => {
+            Some(grant) => Ok((grant, self.checked_out(wait_ms), true)),
+            None => {
                 stats.timeouts.fetch_add(1, Relaxed);
                 Err(PoolError::Timeout {
                     waited_ms: wait_ms as u64,
-                    max_size: self.settings.max_size,
+                    max_size: inner.settings.max_size,
                 })
             }
-            Err(managed::PoolError::Closed) => Err(PoolError::Closed),
-            Err(other) => Err(PoolError::Create(other.to_string())),
         }
     }
 
-    /// Checks out an engine, runs the script, returns the engine; the timings include the wait.
+    fn checked_out(&self, wait_ms: f64) -> f64 {
+        let stats = &self.inner.stats;
+        let now_active = stats.active.fetch_add(1, Relaxed) + 1;
+        stats.peak_active.fetch_max(now_active, Relaxed);
+        stats.checkouts.fetch_add(1, Relaxed);
+        stats
+            .wait
+            .lock()
+            .get_or_insert_with(|| Summary::new(true))
+            .observe(wait_ms, 0);
+        wait_ms
+    }
+
+    /// Checks out an engine for a caller that runs it itself, on a thread meant to block
+    /// (building one if the pool has room), waiting up to the configured timeout.
+    pub async fn checkout(&self) -> Result<PooledEngine, PoolError> {
+        let (grant, wait_ms, queued) = self.acquire().await?;
+        let engine = match grant {
+            Some(e) => e,
+            None => match self.inner.build() {
+                Ok(e) => e,
+                Err(err) => {
+                    self.inner.stats.active.fetch_sub(1, Relaxed);
+                    self.inner.give_back(None);
+                    return Err(err);
+                }
+            },
+        };
+        Ok(PooledEngine {
+            engine: Some(engine),
+            inner: self.inner.clone(),
+            wait_ms,
+            queued,
+        })
+    }
+
+    /// Runs one execution: checks out an engine, runs the script on a blocking thread, returns
+    /// the engine. The timings include the wait. An execution that has not returned by its
+    /// time limit plus the grace period is abandoned: a typed timeout, and its engine written
+    /// off.
+    pub async fn run(&self, job: Job) -> Result<Execution, PoolError> {
+        let (grant, wait_ms, _) = self.acquire().await?;
+        let released = Arc::new(AtomicBool::new(false));
+        let held = Held {
+            inner: self.inner.clone(),
+            released: released.clone(),
+        };
+        let limit_ms = job.time_limit_ms.unwrap_or(self.inner.engine.time_limit_ms);
+        let watch = Arc::new(AbandonWatch {
+            abandoned: AtomicBool::new(false),
+            inner: self.inner.clone(),
+        });
+        let inner = self.inner.clone();
+        let job_watch = watch.clone();
+        let script_id = job.script.id().to_string();
+        let task = tokio::task::spawn_blocking(move || {
+            let _watch = job_watch;
+            let mut engine = match grant {
+                Some(e) => e,
+                None => inner.build()?,
+            };
+            let execution = engine.execute_limited(
+                &job.script,
+                &job.tenant,
+                &job.event,
+                &job.context,
+                job.time_limit_ms,
+            );
+            Ok::<_, PoolError>((engine, execution, held))
+        });
+        let patience =
+            Duration::from_millis(limit_ms.saturating_add(self.inner.engine.abandon_grace_ms));
+        match tokio::time::timeout(patience, task).await {
+            Ok(Ok(Ok((engine, mut execution, held)))) => {
+                held.release(Some(engine));
+                execution.timings.wait_ms = wait_ms;
+                execution.timings.total_ms += wait_ms;
+                Ok(execution)
+            }
+            // The place was given back when the job's `Held` dropped.
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(join)) => {
+                // Engine::execute catches panics itself; this is a panic outside it.
+                self.inner.stats.discard(DiscardReason::Panic);
+                Err(PoolError::Create(format!(
+                    "the execution's thread failed: {join}"
+                )))
+            }
+            Err(_) => {
+                // Still running (stuck in a C function): write it off. Its thread drops the
+                // engine when the call returns; its place goes to the next waiter now.
+                let stats = &self.inner.stats;
+                watch.abandoned.store(true, Relaxed);
+                stats.abandoned.fetch_add(1, Relaxed);
+                stats.abandoned_running.fetch_add(1, Relaxed);
+                stats.discard(DiscardReason::Abandoned);
+                Held {
+                    inner: self.inner.clone(),
+                    released,
+                }
+                .release(None);
+                let total_ms = wait_ms + patience.as_secs_f64() * 1000.0;
+                Ok(Execution {
+                    result: Err(ScriptError::Timeout {
+                        script: script_id,
+                        limit_ms,
+                    }),
+                    warnings: Vec::new(),
+                    log: Vec::new(),
+                    metrics: Default::default(),
+                    timings: Timings {
+                        wait_ms,
+                        overhead_ms: total_ms - wait_ms,
+                        total_ms,
+                        ..Timings::default()
+                    },
+                })
+            }
+        }
+    }
+
+    /// Checks out an engine, runs the script on a blocking thread, returns the engine; the
+    /// timings include the wait.
     pub async fn execute(
         &self,
         script: &Script,
@@ -266,21 +486,27 @@ impl EnginePool {
         context: &Json,
         time_limit_ms: Option<u64>,
     ) -> Result<Execution, PoolError> {
-        let mut engine = self.checkout().await?;
-        let mut execution = engine.execute_limited(script, tenant, event, context, time_limit_ms);
-        execution.timings.wait_ms = engine.wait_ms;
-        execution.timings.total_ms += engine.wait_ms;
-        Ok(execution)
+        self.run(Job {
+            script: script.clone(),
+            tenant: Arc::from(tenant),
+            event: Arc::new(event.clone()),
+            context: Arc::new(context.clone()),
+            time_limit_ms,
+        })
+        .await
     }
 
     /// Current gauges and counters.
     pub fn status(&self) -> PoolStatus {
-        let s = self.pool.status();
-        let st = &self.stats;
+        let st = &self.inner.stats;
+        let (size, available) = {
+            let s = self.inner.state.lock();
+            (s.live, s.idle.len())
+        };
         PoolStatus {
-            max_size: s.max_size,
-            size: s.size,
-            available: s.available,
+            max_size: self.inner.settings.max_size,
+            size,
+            available,
             active: st.active.load(Relaxed),
             peak_active: st.peak_active.load(Relaxed),
             waiting: st.waiting.load(Relaxed),
@@ -296,15 +522,17 @@ impl EnginePool {
                     (n > 0).then(|| (r.as_str().to_string(), n))
                 })
                 .collect(),
+            abandoned: st.abandoned.load(Relaxed),
+            abandoned_running: st.abandoned_running.load(Relaxed),
         }
     }
 
     /// Records the pool's system metrics once: gauges (`lua.pool.waiting` is the peak since
     /// the previous sample), counter deltas and the wait histogram.
     pub fn record_metrics(&self) {
-        let st = &self.stats;
-        let s = self.pool.status();
-        let sink = &self.sink;
+        let st = &self.inner.stats;
+        let size = self.inner.state.lock().live;
+        let sink = &self.inner.sink;
         let none = Tags::new;
         sink.record_system(
             "lua.pool.active",
@@ -318,7 +546,7 @@ impl EnginePool {
             .swap(now_waiting, Relaxed)
             .max(now_waiting);
         sink.record_system("lua.pool.waiting", Kind::Gauge, peak as f64, none());
-        sink.record_system("lua.pool.size", Kind::Gauge, s.size as f64, none());
+        sink.record_system("lua.pool.size", Kind::Gauge, size as f64, none());
         let mut rep = st.reported.lock();
         let delta = |name: &str, cur: u64, prev: &mut u64, tags: Tags| {
             if cur > *prev {
@@ -344,6 +572,12 @@ impl EnginePool {
             &mut rep.created,
             none(),
         );
+        delta(
+            "lua.engine.abandoned.count",
+            st.abandoned.load(Relaxed),
+            &mut rep.abandoned,
+            none(),
+        );
         for r in DiscardReason::ALL {
             let cur = st.discarded[r as usize].load(Relaxed);
             delta(
@@ -362,7 +596,7 @@ impl EnginePool {
     /// Records the pool's metrics every `sample_interval_ms` until the pool is dropped.
     pub fn start_sampler(self: &Arc<Self>) {
         let weak: Weak<Self> = Arc::downgrade(self);
-        let every = Duration::from_millis(self.settings.sample_interval_ms.max(10));
+        let every = Duration::from_millis(self.inner.settings.sample_interval_ms.max(10));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;

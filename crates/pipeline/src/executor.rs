@@ -1,5 +1,5 @@
 use crate::{OnError, Pipeline, Pipelines, TraceSampler, TraceWriter};
-use luametrics_engine::{EnginePool, Execution, PoolError, ScriptError, Timings};
+use luametrics_engine::{EnginePool, Execution, Job, PoolError, ScriptError, Timings};
 use luametrics_model::{Kind, Tags};
 use luametrics_recorder::MetricsService;
 use luametrics_store::{SpanRecord, TraceRecord};
@@ -196,10 +196,14 @@ impl Executor {
                 let limit = node.timeout_ms;
                 let run = async move {
                     let t = Instant::now();
-                    match pool
-                        .execute_limited(&script, &tenant, &event, &ctx, limit)
-                        .await
-                    {
+                    let job = Job {
+                        script,
+                        tenant,
+                        event,
+                        context: ctx,
+                        time_limit_ms: limit,
+                    };
+                    match pool.run(job).await {
                         Ok(ex) => NodeResult::Ran(Box::new(ex)),
                         Err(e) => NodeResult::PoolFailed(e, t.elapsed().as_secs_f64() * 1000.0),
                     }

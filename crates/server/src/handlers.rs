@@ -277,6 +277,20 @@ pub(crate) async fn healthz() -> Json<Value> {
 }
 
 pub(crate) async fn readyz(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    // Engines stuck in C past their limit hold a thread and a Lua state each: past the
+    // configured bound the service stops taking traffic until they return.
+    let pool = s.runtime.pool_status();
+    let bound = s.runtime.config().pool.max_abandoned as i64;
+    if pool.abandoned_running > bound {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "engines_abandoned",
+            format!(
+                "{} abandoned executions are still running (bound {bound})",
+                pool.abandoned_running
+            ),
+        ));
+    }
     s.runtime.store().count_traces().await.map_err(|e| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
