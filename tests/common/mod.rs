@@ -24,6 +24,12 @@ pub fn repo() -> PathBuf {
 pub fn pipelines(dir: &Path) -> PathBuf {
     let scripts = repo().join("lua/scripts");
     std::fs::write(dir.join("broken.lua"), "local t = nil\nreturn t.x\n").unwrap();
+    // A tenant's script that never ends, with a to-be-closed variable that never ends either.
+    std::fs::write(
+        dir.join("spin.lua"),
+        "local x <close> = setmetatable({}, { __close = function() while true do end end })\nwhile true do pcall(function() while true do end end) end\n",
+    )
+    .unwrap();
     let text = std::fs::read_to_string(repo().join("lua/pipelines.toml"))
         .unwrap()
         .replace(
@@ -32,7 +38,7 @@ pub fn pipelines(dir: &Path) -> PathBuf {
         );
     // Time limits far above the work, so a loaded machine cannot turn a node into a timeout.
     let text = text.replace("timeout_ms = 20\n", "timeout_ms = 20000\n");
-    let text = format!("{text}\n[[pipeline]]\nid = \"broken\"\ntrigger = \"t.broken\"\n[[pipeline.node]]\nid = \"b\"\nscript = \"broken.lua\"\n");
+    let text = format!("{text}\n[[pipeline]]\nid = \"broken\"\ntrigger = \"t.broken\"\n[[pipeline.node]]\nid = \"b\"\nscript = \"broken.lua\"\n\n[[pipeline]]\nid = \"spin\"\ntrigger = \"t.spin\"\n[[pipeline.node]]\nid = \"s\"\nscript = \"spin.lua\"\n");
     let file = dir.join("pipelines.toml");
     std::fs::write(&file, text).unwrap();
     file

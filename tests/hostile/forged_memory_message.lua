@@ -1,0 +1,2 @@
+-- expect: runtime_error: not enough memory
+error("not enough memory")

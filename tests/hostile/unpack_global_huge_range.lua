@@ -1,0 +1,2 @@
+-- expect: runtime_error: table.unpack: elements
+return unpack({}, -1e12, 1e12)

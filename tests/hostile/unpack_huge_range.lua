@@ -1,0 +1,2 @@
+-- expect: runtime_error: table.unpack: elements
+return table.unpack({}, 1, 1e8)
