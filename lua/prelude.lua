@@ -15,7 +15,7 @@ local rawlen = rawlen
 local raw_pcall = pcall
 local s_byte, s_sub, s_find, s_match, s_gmatch, s_gsub = string.byte, string.sub, string.find,
   string.match, string.gmatch, string.gsub
-local m_log = math.log
+local m_log, m_randomseed = math.log, math.randomseed
 
 local validate, take, reset, bind = host.validate, host.take, host.reset, host.bind
 local max_verdicts = limits.max_verdicts
@@ -379,17 +379,38 @@ string_mt.__metatable = false
 -- helpers.metrics
 ---------------------------------------------------------------------------------------------
 
--- Verdict cache: per kind, a tree keyed name -> tag key -> tag value -> ... -> END -> verdict,
--- in the tags table's own `next` order, so a lookup builds no string. The verdict is the id
--- of an accepted series on the Rust side, or the reason it is rejected. The helpers are C
--- closures (crates/engine/src/hot.rs) that walk this tree and aggregate accepted points on
--- the Rust side; what they cannot settle comes here, to the slow path.
+-- Verdict cache: per tenant and kind, a tree keyed name -> tag key -> tag value -> ... -> END
+-- -> series id, in the tags table's own `next` order, so a lookup builds no string. Only
+-- accepted series are planted (a rejected name or value is never kept: nothing a tenant sends
+-- can pin memory on the engine), and each tenant has its own trees, so whether a series is
+-- cached (a fast call) says nothing about what other tenants recorded. The helpers are C
+-- closures (crates/engine/src/hot.rs) bound to the running tenant's trees at the start of
+-- each execution; they walk the tree and aggregate accepted points on the Rust side; what they
+-- cannot settle comes here, to the slow path.
 local END = host.END
-local roots = { counter = {}, gauge = {}, histogram = {} }
+local rebind = host.rebind
+local trees, ntrees = {}, 0
+local current -- the running tenant's trees: { counter = {}, gauge = {}, histogram = {} }
+local current_tenant
 local nleaves = 0
+local max_trees = 1024
+local bound = {} -- kind -> the helper's C closure
+
+local function new_tree()
+  return { counter = {}, gauge = {}, histogram = {} }
+end
+
+-- Points the helpers at `tree`.
+local function use_tree(tree)
+  current = tree
+  for kind, f in pairs(bound) do rebind(f, tree[kind]) end
+end
 
 -- Per-execution rejections, handed over and reset by drain(). The host calls drain only after
 -- an execution that rejected something (`pending`), so the common case costs no call.
+-- Warnings are data: one entry per distinct (metric, reason) with its count.
+local max_warnings = 32
+local max_warning_name = 128
 local rejected = {}
 local warned, warnings, nwarnings = {}, {}, 0
 local pending = false
@@ -401,14 +422,20 @@ local function reject(reason, name)
     pending = true
   end
   rejected[reason] = (rejected[reason] or 0) + 1
-  local w = tostring(name) .. ": " .. reason
-  if not warned[w] and nwarnings < 32 then
-    warned[w] = true
+  local metric = type(name) == "string" and name or ("<" .. type(name) .. ">")
+  if #metric > max_warning_name then metric = s_sub(metric, 1, max_warning_name) .. "..." end
+  local key = metric .. "\0" .. reason
+  local w = warned[key]
+  if w then
+    w.count = w.count + 1
+  elseif nwarnings < max_warnings then
+    w = { metric = metric, reason = reason, count = 1 }
+    warned[key] = w
     nwarnings = nwarnings + 1
     warnings[nwarnings] = w
   end
   -- Level 3 is the script line: the slow path tail-calls reject, and the C helper called it.
-  if strict then error("helpers.metrics: " .. w, 3) end
+  if strict then error("helpers.metrics: " .. metric .. ": " .. reason, 3) end
   return false, reason
 end
 
@@ -417,12 +444,11 @@ local function valid_tag_value(v)
   return (t == "string" or t == "boolean" or (t == "number" and v == v))
 end
 
--- First sight of a name/tag set on this engine: check the shapes Lua can check, ask Rust for
--- the rest, and plant the verdict. Invalid shapes are not cached (their keys may be fresh
--- tables).
+-- First sight of a name/tag set for this tenant: check the shapes Lua can check, ask Rust
+-- for the rest (which writes each tag value's canonical text), and plant an accepted verdict.
+-- Invalid shapes and rejections are not cached.
 local function plant(kind, name, tags)
   if type(name) ~= "string" then return nil, "invalid_name" end
-  -- What the series is recorded under: tag values as `tostring` writes them.
   -- A table past any tag limit (the policy allows far fewer) is refused without planting a
   -- path for each of its entries.
   local copy, n = {}, 0
@@ -431,19 +457,22 @@ local function plant(kind, name, tags)
       if type(k) ~= "string" or not valid_tag_value(v) then return nil, "invalid_tags" end
       n = n + 1
       if n > max_walk then return nil, "too_many_tags" end
-      copy[k] = tostring(v)
+      copy[k] = v
     end
-  end
-  if nleaves >= max_verdicts then
-    -- Cleared in place (the helpers hold these tables), then the series they named.
-    for _, root in pairs(roots) do
-      for k in pairs(root) do root[k] = nil end
-    end
-    nleaves = 0
-    reset()
   end
   local verdict = validate(kind, name, copy)
-  local node = roots[kind]
+  if type(verdict) == "string" then return verdict end
+  if nleaves >= max_verdicts then
+    -- Every tenant's trees go, then the series they named; the helpers get fresh trees.
+    trees, ntrees, nleaves = {}, 0, 0
+    reset()
+    local tree = new_tree()
+    if current_tenant ~= nil then trees[current_tenant] = tree; ntrees = 1 end
+    use_tree(tree)
+    verdict = validate(kind, name, copy)
+    if type(verdict) == "string" then return verdict end
+  end
+  local node = current[kind]
   local function step(key)
     local nx = node[key]
     if nx == nil then nx = {}; node[key] = nx end
@@ -463,7 +492,6 @@ end
 -- The slow path of one kind: argument errors, first sights, rejections and quota leases.
 local function slow_path(kind)
   local is_counter = kind == "counter"
-  local root = roots[kind]
   return function(name, value, tags)
     if value == nil and is_counter then value = 1 end
     -- `value - value` is NaN for NaN and for +-inf, 0 for every finite number.
@@ -472,7 +500,7 @@ local function slow_path(kind)
     end
     if is_counter and value < 0 then return reject("negative_counter", name) end
     local verdict
-    local node = root[name]
+    local node = current[kind][name]
     if tags == nil then
       if node then verdict = node[END] end
     elseif type(tags) ~= "table" then
@@ -500,10 +528,14 @@ local function slow_path(kind)
   end
 end
 
+current = new_tree()
+
 local function helper(kind)
   -- bind returns nothing for arguments it does not expect: fail the engine's construction.
-  return assert(bind(roots[kind], host.hot, slow_path(kind), kind),
+  local f = assert(bind(current[kind], host.hot, slow_path(kind), kind),
     "cannot bind helpers.metrics." .. kind)
+  bound[kind] = f
+  return f
 end
 
 local metrics = readonly({
@@ -544,8 +576,20 @@ local env_mt = { __index = base, __metatable = false }
 local control = {}
 
 -- Returns a fresh environment for an execution.
-function control.begin(event, context)
+-- `tenant` selects the verdict trees; `seed` is this execution's random state, chosen by the
+-- host, so no tenant's `math.randomseed` reaches the next execution.
+function control.begin(event, context, tenant, seed)
   threads, nthreads = {}, 0
+  m_randomseed(seed)
+  local tree = trees[tenant]
+  if tree == nil then
+    if ntrees >= max_trees then trees, ntrees = {}, 0 end
+    tree = new_tree()
+    trees[tenant] = tree
+    ntrees = ntrees + 1
+  end
+  current_tenant = tenant
+  if tree ~= current then use_tree(tree) end
   return setmetatable({ event = event, context = context }, env_mt)
 end
 

@@ -241,7 +241,7 @@ async fn on_error_continue_goes_on_and_fail_stops_and_timeouts_are_errors() {
     assert!(
         o.warnings
             .iter()
-            .any(|w| w.contains("broken") && w.contains("runtime_error")),
+            .any(|w| w.node == "broken" && w.code == "node_failed" && w.reason == "runtime_error"),
         "{:?}",
         o.warnings
     );

@@ -84,7 +84,7 @@ pub(crate) async fn check(
             println!("metric: {p}");
         }
         for w in &ex.warnings {
-            println!("rejected: {w}");
+            println!("rejected: {}: {} (x{})", w.metric, w.reason, w.count);
         }
         let t = ex.timings;
         println!(

@@ -45,15 +45,26 @@ pub struct MetricsReport {
     pub rejected: BTreeMap<String, u64>,
 }
 
+/// A metric point the helpers rejected: data, never a line of the print log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Warning {
+    /// The metric name as the script gave it (cut to 128 bytes, control characters escaped).
+    pub metric: String,
+    /// Why it was rejected (a `helpers.metrics` reason code).
+    pub reason: String,
+    /// How many points of this metric were rejected for this reason in the execution.
+    pub count: u64,
+}
+
 /// The outcome of one script execution: its result or typed error, with what it logged,
 /// its metric warnings and its time split.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Execution {
     /// The returned value as JSON (`null` when nothing was returned), or why it failed.
     pub result: Result<Json, ScriptError>,
-    /// One line per distinct rejected metric (`name: reason`).
-    pub warnings: Vec<String>,
-    /// What the script printed.
+    /// One entry per distinct rejected metric and reason (at most 32).
+    pub warnings: Vec<Warning>,
+    /// What the script printed (control characters escaped).
     pub log: Vec<String>,
     /// Metric points accepted and rejected.
     pub metrics: MetricsReport,
@@ -110,6 +121,8 @@ pub struct Engine {
     executions: u64,
     /// The time limit of the execution in progress.
     limit_ms: u64,
+    /// The state the next execution's random seed is drawn from (splitmix64).
+    seed: u64,
     /// The Lua state's allocator state; after `lua`, which uses it until it is closed.
     heap: HeapBox,
     /// The Rust half of `helpers.metrics`; last, so the Lua state pointing at it goes first.
@@ -226,7 +239,10 @@ impl Engine {
                         let kind = kind_of(&kind);
                         match validate(sk.as_ref(), kind, &name, &tags)? {
                             Ok((name, tags)) => {
-                                Ok(Value::Integer(hr.with(|h| h.plant(name, kind, tags)) as i64))
+                                let tenant = sh.tenant.lock().clone();
+                                Ok(Value::Integer(
+                                    hr.with(|h| h.plant(tenant, name, kind, tags)) as i64,
+                                ))
                             }
                             Err(r) => Ok(Value::String(lua.create_string(r.as_str())?)),
                         }
@@ -269,8 +285,9 @@ impl Engine {
                 Ok(())
             })?,
         )?;
-        // SAFETY: `hot::bind` is a Lua C function that checks its arguments.
+        // SAFETY: `hot::bind` and `hot::rebind` are Lua C functions that check their arguments.
         host.set("bind", unsafe { lua.create_c_function(hot::bind)? })?;
+        host.set("rebind", unsafe { lua.create_c_function(hot::rebind)? })?;
         host.set("hot", hr.as_light())?;
         host.set("END", hot::end_key())?;
         let slot = Slot::new();
@@ -302,6 +319,7 @@ impl Engine {
                             }
                         }
                         truncate_at_char(&mut line, MAX_LINE_BYTES);
+                        let line = printable(&line);
                         let mut log = sh.log.lock();
                         if log.len() < sh.max_log_lines {
                             log.push(line);
@@ -357,6 +375,13 @@ impl Engine {
                 ffi::lua_pop(l, 1);
             })?;
         }
+        let seed = {
+            use std::hash::{BuildHasher, Hasher};
+            // A process- and engine-specific start, so tenants cannot predict seeds.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(Arc::as_ptr(&slot) as usize);
+            h.finish()
+        };
         Ok(Self {
             lua,
             main: MainThread(main),
@@ -372,6 +397,7 @@ impl Engine {
             poisoned: None,
             executions: 0,
             limit_ms: 0,
+            seed,
             hot,
         })
     }
@@ -394,6 +420,16 @@ impl Engine {
     /// Scripts compiled and cached on this engine.
     pub fn cached_scripts(&self) -> usize {
         self.cache.len()
+    }
+
+    /// A fresh random seed for an execution, chosen by the host: a script's
+    /// `math.randomseed` lasts only until its execution ends.
+    fn next_seed(&mut self) -> i64 {
+        self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) as i64
     }
 
     /// Checks the engine can be reused; collects garbage when the heap is large.
@@ -596,11 +632,13 @@ impl Engine {
         let function = self.compiled(script)?;
         let depth = self.settings.max_depth;
         let invalid = |problem: String| ScriptError::InvalidEvent { problem };
+        let seed = self.next_seed();
+        let tenant = self.shared.tenant.lock().clone();
         let ev = to_lua(&self.lua, event, depth).map_err(|p| invalid(format!("event {p}")))?;
         let cx = to_lua(&self.lua, context, depth).map_err(|p| invalid(format!("context {p}")))?;
         let env: Table = self
             .begin
-            .call((ev, cx))
+            .call((ev, cx, &*tenant, seed))
             .map_err(|e| self.classify(script, e))?;
         function
             .set_environment(env)
@@ -677,7 +715,7 @@ impl Engine {
         }
     }
 
-    fn hand_off(&mut self, tenant: &str) -> (MetricsReport, Vec<String>) {
+    fn hand_off(&mut self, tenant: &str) -> (MetricsReport, Vec<Warning>) {
         let mut report = MetricsReport::default();
         let (points, unused) = self.hot.0.with(|h| h.drain());
         if !points.is_empty() {
@@ -708,7 +746,15 @@ impl Engine {
             }
             report.rejected.insert(reason, n);
         }
-        let warnings: Vec<String> = warnings_t.sequence_values::<String>().flatten().collect();
+        let warnings: Vec<Warning> = warnings_t
+            .sequence_values::<Table>()
+            .flatten()
+            .map(|w| Warning {
+                metric: printable(&w.get::<String>("metric").unwrap_or_default()),
+                reason: w.get::<String>("reason").unwrap_or_default(),
+                count: w.get::<u64>("count").unwrap_or(0),
+            })
+            .collect();
         if !rejections.is_empty() {
             self.sink.count_user_rejections(&rejections);
             for (r, n) in &rejections {
@@ -758,7 +804,9 @@ fn validate(
                     Ok(s) => s.to_string(),
                     Err(_) => return Ok(Err(RejectReason::InvalidTags)),
                 },
-                Value::Integer(_) | Value::Number(_) | Value::Boolean(_) => v.to_string()?,
+                Value::Integer(i) => i.to_string(),
+                Value::Number(f) => canonical_number(*f),
+                Value::Boolean(b) => b.to_string(),
                 _ => return Ok(Err(RejectReason::InvalidTags)),
             };
             pairs.push((key, value));
@@ -825,4 +873,32 @@ fn bounded_text(s: &str, max: usize) -> String {
     truncate_at_char(&mut t, max);
     t.push_str("…[truncated]");
     t
+}
+
+/// `s` with control characters (tab excepted) written as `\u{..}` escapes: what a script
+/// prints or names reaches API clients and logs as text, never as terminal controls.
+pub(crate) fn printable(s: &str) -> String {
+    if !s.chars().any(|c| c.is_control() && c != '\t') {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() && c != '\t' {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The one text of a numeric tag value, whatever its Lua type or history: integral floats as
+/// integers (`1.0` -> `1`, `-0.0` -> `0`), other floats in their shortest round-trip form.
+/// Lua folds `1.0` and `1` into one table key, so they must also be one label.
+pub fn canonical_number(f: f64) -> String {
+    if f.fract() == 0.0 && f.abs() < 9.2e18 {
+        return (f as i64).to_string();
+    }
+    // Debug formatting is Rust's shortest round-trip form (exponent for very large or small).
+    format!("{f:?}")
 }

@@ -4,7 +4,9 @@
 //! Lua's `pcall` catches every error, limits included; the message a limit raises ("not
 //! enough memory", "stack overflow") is text a script can also raise itself. So the host sets
 //! the abort kind itself ([`Slot::fire`]) from facts, never from text:
-//! - **memory**: the allocator below refused an allocation while a script ran;
+//! - **memory**: the allocator below refused an allocation while a script ran (withdrawn when
+//!   Lua's emergency collection makes its retry fit), or a guarded call saw Lua's `LUA_ERRMEM`
+//!   status;
 //! - **stack**: a guarded call saw an error *and* the stack really is at its limit: the Lua
 //!   stack cannot grow (Lua moved it to its error-handling size) or the C stack has fewer than
 //!   [`C_STACK_MARGIN`] nested calls left (probed by nesting protected calls);
@@ -38,11 +40,20 @@ pub(crate) struct Heap {
     used: usize,
     limit: usize,
     slot: *const Slot,
+    /// The last refused request (block, old size, new size): Lua answers a refusal with an
+    /// emergency collection and asks again; only a second refusal of the same request is
+    /// final.
+    refused: Option<(usize, usize, usize)>,
 }
 
 impl Heap {
     pub(crate) fn new(used: usize, limit: usize, slot: *const Slot) -> Self {
-        Self { used, limit, slot }
+        Self {
+            used,
+            limit,
+            slot,
+            refused: None,
+        }
     }
 
     /// Bytes in use.
@@ -85,13 +96,25 @@ pub(crate) unsafe extern "C" fn allocate(
     }
     // For a new block `osize` is the object's type, not a size.
     let old = if ptr.is_null() { 0 } else { osize };
+    // SAFETY: the slot outlives the state (see `Heap`).
+    let slot = unsafe { &*heap.slot };
+    let request = (ptr as usize, osize, nsize);
     if nsize > old && heap.used + (nsize - old) > heap.limit {
-        // SAFETY: the slot outlives the state (see `Heap`).
-        let slot = unsafe { &*heap.slot };
-        if slot.is_running() {
+        // The abort fires at once, so that no Lua runs after a refusal (`__close` handlers
+        // unwinding the error included). Lua answers a refusal with an emergency collection
+        // (no Lua runs during it: finalizers are not allowed) and asks once more: if that
+        // second request fits, the abort is withdrawn.
+        if slot.is_running() && heap.refused != Some(request) {
             slot.fire(ABORT_MEMORY);
         }
+        heap.refused = Some(request);
         return std::ptr::null_mut();
+    }
+    if nsize > old {
+        if heap.refused == Some(request) {
+            slot.withdraw(ABORT_MEMORY);
+        }
+        heap.refused = None;
     }
     let new = if ptr.is_null() {
         match Layout::from_size_align(nsize, align) {
@@ -205,6 +228,10 @@ unsafe extern "C-unwind" fn finish(
 ) -> c_int {
     unsafe {
         let slot = slot(l);
+        if status == ffi::LUA_ERRMEM {
+            // Lua's status, not the message: a memory error the script may not catch.
+            slot.fire(ABORT_MEMORY);
+        }
         if status != ffi::LUA_OK && status != ffi::LUA_YIELD {
             if slot.aborted() {
                 ffi::lua_error(l);
@@ -274,7 +301,11 @@ pub(crate) unsafe extern "C-unwind" fn run(l: *mut ffi::lua_State) -> c_int {
         ffi::lua_pushcclosure(l, on_error, 1);
         ffi::lua_insert(l, 1);
         let nargs = ffi::lua_gettop(l) - 2;
-        if ffi::lua_pcall(l, nargs, ffi::LUA_MULTRET, 1) != ffi::LUA_OK {
+        let status = ffi::lua_pcall(l, nargs, ffi::LUA_MULTRET, 1);
+        if status == ffi::LUA_ERRMEM {
+            slot(l).fire(ABORT_MEMORY);
+        }
+        if status != ffi::LUA_OK {
             ffi::lua_error(l);
         }
         ffi::lua_remove(l, 1);
@@ -315,6 +346,9 @@ pub(crate) unsafe extern "C-unwind" fn resume(l: *mut ffi::lua_State) -> c_int {
             ffi::lua_pushboolean(l, 1);
             ffi::lua_xmove(co, l, nres);
             return nres + 1;
+        }
+        if status == ffi::LUA_ERRMEM {
+            slot.fire(ABORT_MEMORY);
         }
         // The coroutine's stack is left as it was at the error, for the Lua-stack probe; a
         // C-stack overflow is counted on the resumer, probed here.

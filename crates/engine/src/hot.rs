@@ -46,6 +46,8 @@ pub(crate) const MAX_WALK: usize = 64;
 /// A validated name/tag set: what a drained point is recorded under.
 #[derive(PartialEq, Eq, Hash)]
 struct Identity {
+    /// Each tenant's series are its own: nothing of one tenant's cache serves another's.
+    tenant: Arc<str>,
     name: String,
     kind: Kind,
     tags: Tags,
@@ -105,8 +107,19 @@ impl Hot {
     }
 
     /// Registers a validated name/tag set; returns the id the Lua tree keeps.
-    pub(crate) fn plant(&mut self, name: String, kind: Kind, tags: Tags) -> usize {
-        let identity = Identity { name, kind, tags };
+    pub(crate) fn plant(
+        &mut self,
+        tenant: Arc<str>,
+        name: String,
+        kind: Kind,
+        tags: Tags,
+    ) -> usize {
+        let identity = Identity {
+            tenant,
+            name,
+            kind,
+            tags,
+        };
         if let Some(&id) = self.index.get(&identity) {
             return id;
         }
@@ -263,6 +276,21 @@ pub(crate) unsafe extern "C-unwind" fn bind(l: *mut ffi::lua_State) -> c_int {
     ffi::lua_settop(l, 3);
     ffi::lua_pushcclosure(l, f, 3);
     1
+}
+
+/// `rebind(helper, tree)`: points a helper (a closure made by [`bind`]) at another verdict
+/// tree, its first upvalue: the prelude binds the running tenant's trees at the start of each
+/// execution.
+///
+/// # Safety
+/// Called by the prelude only, with one of the helpers `bind` made and a table.
+pub(crate) unsafe extern "C-unwind" fn rebind(l: *mut ffi::lua_State) -> c_int {
+    if ffi::lua_iscfunction(l, 1) == 0 || ffi::lua_type(l, 2) != ffi::LUA_TTABLE {
+        return 0;
+    }
+    ffi::lua_settop(l, 2);
+    ffi::lua_setupvalue(l, 1, 1);
+    0
 }
 
 /// The bytes of a string argument (no conversion of numbers).

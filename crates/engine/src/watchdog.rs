@@ -153,6 +153,26 @@ impl Slot {
         }
     }
 
+    /// Withdraws an abort of `kind` fired by a refusal that Lua's emergency collection then
+    /// made good (no Lua ran in between): the execution goes on. Any other abort stands.
+    pub(crate) fn withdraw(&self, kind: u8) {
+        let mut r = self.running.lock();
+        if r.deadline_ns == 0
+            || self
+                .abort
+                .compare_exchange(kind, ABORT_NONE, Relaxed, Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if std::mem::take(&mut r.hooked) {
+            for t in &r.threads {
+                // SAFETY: listed threads are alive (see `fire`).
+                unsafe { ffi::lua_sethook(t.0, None, 0, 0) };
+            }
+        }
+    }
+
     fn fire_if_late(&self, now: u64) {
         let deadline = self.deadline_ns.load(Relaxed);
         if deadline == 0 || now <= deadline {

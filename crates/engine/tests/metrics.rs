@@ -124,9 +124,9 @@ async fn every_reason_and_accepted_points_reach_the_store() {
     assert_eq!(ex.metrics.accepted, 4);
     assert_eq!(ex.metrics.rejected.values().sum::<u64>(), 18);
     assert!(
-        ex.warnings
-            .iter()
-            .any(|w| w == "auth.login.attempt: reserved_prefix"),
+        ex.warnings.iter().any(|w| w.metric == "auth.login.attempt"
+            && w.reason == "reserved_prefix"
+            && w.count == 1),
         "{:?}",
         ex.warnings
     );

@@ -1,5 +1,7 @@
 use crate::{OnError, Pipeline, Pipelines, TraceSampler, TraceWriter};
-use luametrics_engine::{EnginePool, Execution, Job, PoolError, ScriptError, Timings};
+use luametrics_engine::{
+    EnginePool, Execution, Job, PoolError, ScriptError, Timings, Warning as EngineWarning,
+};
 use luametrics_model::{Kind, Tags};
 use luametrics_recorder::MetricsService;
 use luametrics_store::{SpanRecord, TraceRecord};
@@ -64,6 +66,27 @@ pub struct NodeReport {
     pub rejected: BTreeMap<String, u64>,
     /// What it printed.
     pub log: Vec<String>,
+    /// Its rejected metrics, as data.
+    pub warnings: Vec<EngineWarning>,
+}
+
+/// Something an execution did not do as asked, as data: a rejected metric, a node that failed
+/// and was skipped (`on_error = "continue"`), a result that was ignored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Warning {
+    /// The node it concerns.
+    pub node: String,
+    /// `metric_rejected`, `node_failed` or `result_ignored`.
+    pub code: String,
+    /// The rejected metric's name (for `metric_rejected`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// The reason code: a `helpers.metrics` reason, or the failed node's error code.
+    pub reason: String,
+    /// How many times it happened in the execution.
+    pub count: u64,
+    /// The same, as one line of text.
+    pub message: String,
 }
 
 /// Where a pipeline execution's time went. `total_ms` is wall time; the other parts are sums
@@ -96,8 +119,8 @@ pub struct Outcome {
     pub context: Json,
     /// Time split.
     pub timings: PipelineTimings,
-    /// Rejected metrics and ignored results, one line each.
-    pub warnings: Vec<String>,
+    /// Rejected metrics, skipped nodes and ignored results, as data.
+    pub warnings: Vec<Warning>,
     /// Per node.
     pub nodes: Vec<NodeReport>,
 }
@@ -262,7 +285,14 @@ impl Executor {
                 match outcome {
                     NodeOutcome::Value(v) => {
                         if let Err(w) = apply_result(&node.id, v, &mut context, &mut decision) {
-                            warnings.push(w);
+                            warnings.push(Warning {
+                                node: node.id.clone(),
+                                code: "result_ignored".into(),
+                                metric: None,
+                                reason: "invalid_result".into(),
+                                count: 1,
+                                message: w,
+                            });
                         }
                     }
                     NodeOutcome::Failed { code, message } => {
@@ -275,14 +305,31 @@ impl Executor {
                                 message,
                             };
                         } else {
-                            warnings.push(format!(
-                                "node `{}` failed ({code}) and was skipped: {message}",
-                                node.id
-                            ));
+                            warnings.push(Warning {
+                                node: node.id.clone(),
+                                code: "node_failed".into(),
+                                metric: None,
+                                message: format!(
+                                    "node `{}` failed ({code}) and was skipped: {message}",
+                                    node.id
+                                ),
+                                reason: code,
+                                count: 1,
+                            });
                         }
                     }
                 }
-                warnings.extend(report.warnings_lines());
+                warnings.extend(report.warnings.iter().map(|w| Warning {
+                    node: node.id.clone(),
+                    code: "metric_rejected".into(),
+                    metric: Some(w.metric.clone()),
+                    reason: w.reason.clone(),
+                    count: w.count,
+                    message: format!(
+                        "{}: metric rejected: {}: {} (x{})",
+                        node.id, w.metric, w.reason, w.count
+                    ),
+                }));
                 reports[i] = Some(report);
                 spans[i] = Some(span);
             }
@@ -299,6 +346,7 @@ impl Executor {
                     accepted: 0,
                     rejected: BTreeMap::new(),
                     log: Vec::new(),
+                    warnings: Vec::new(),
                 });
             }
         }
@@ -360,7 +408,7 @@ impl Executor {
                 helpers_ms,
                 overhead_ms: timings.overhead_ms,
                 error,
-                warnings: warnings.clone(),
+                warnings: warnings.iter().map(|w| w.message.clone()).collect(),
                 spans: spans.into_iter().flatten().collect(),
             });
         }
@@ -420,8 +468,8 @@ impl Executor {
                         accepted: ex.metrics.accepted,
                         rejected: ex.metrics.rejected,
                         log: ex.log,
-                    }
-                    .with_warnings(ex.warnings),
+                        warnings: ex.warnings,
+                    },
                     outcome,
                 )
             }
@@ -441,6 +489,7 @@ impl Executor {
                         accepted: 0,
                         rejected: BTreeMap::new(),
                         log: Vec::new(),
+                        warnings: Vec::new(),
                     },
                     NodeOutcome::Failed {
                         code: "pool_timeout".into(),
@@ -455,24 +504,6 @@ impl Executor {
 enum NodeOutcome {
     Value(Json),
     Failed { code: String, message: String },
-}
-
-impl NodeReport {
-    fn with_warnings(mut self, warnings: Vec<String>) -> Self {
-        // Metric warnings travel in the log-free `warnings` of the outcome; keep them here
-        // prefixed, so the outcome can list them once.
-        self.log
-            .extend(warnings.into_iter().map(|w| format!("\u{1}{w}")));
-        self
-    }
-
-    fn warnings_lines(&self) -> Vec<String> {
-        self.log
-            .iter()
-            .filter_map(|l| l.strip_prefix('\u{1}'))
-            .map(|w| format!("{}: metric rejected: {w}", self.node))
-            .collect()
-    }
 }
 
 /// Interprets a node's return value: nothing, `{ allow = false, reason = ... }` or
@@ -505,10 +536,24 @@ fn apply_result(
                     context.extend(c);
                     Ok(())
                 }
-                Some(other) => Err(format!("node `{node}` returned a context that is not a table: {other}")),
+                Some(other) => Err(format!("node `{node}` returned a context that is not a table: {}", preview(&other))),
                 None => Ok(()),
             }
         }
-        other => Err(format!("node `{node}` returned {other}; expected nothing, {{ allow = false }} or {{ context = {{...}} }}")),
+        other => Err(format!("node `{node}` returned {}; expected nothing, {{ allow = false }} or {{ context = {{...}} }}", preview(&other))),
     }
+}
+
+/// A returned value as at most 120 bytes of JSON, for a warning: a script's result must not
+/// make a warning (or the trace that keeps it) as large as the result.
+fn preview(v: &Json) -> String {
+    let text = v.to_string();
+    if text.len() <= 120 {
+        return text;
+    }
+    let mut cut = 120;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...", &text[..cut])
 }

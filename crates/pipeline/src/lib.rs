@@ -13,6 +13,8 @@ mod registry;
 mod traces;
 
 pub use definition::{Node, OnError, Pipeline, PipelineError, Pipelines};
-pub use executor::{Decision, ExecuteError, Executor, NodeReport, Outcome, PipelineTimings};
+pub use executor::{
+    Decision, ExecuteError, Executor, NodeReport, Outcome, PipelineTimings, Warning,
+};
 pub use registry::Registry;
 pub use traces::{TraceSampler, TraceWriter};

@@ -1,0 +1,227 @@
+//! Tenant isolation on a shared engine: a pool of one engine, tenant A acts, tenant B's
+//! execution, outcome, points, labels and timings show nothing of A.
+
+use luametrics_engine::*;
+use luametrics_model::TagPolicy;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn pool(settings: EngineSettings) -> (EnginePool, Arc<CollectingSink>) {
+    let sink = Arc::new(CollectingSink::new(TagPolicy::default()));
+    let pool = EnginePool::new(
+        settings,
+        PoolSettings {
+            max_size: 1,
+            ..PoolSettings::default()
+        },
+        sink.clone(),
+    )
+    .unwrap();
+    (pool, sink)
+}
+
+fn roomy() -> EngineSettings {
+    EngineSettings {
+        time_limit_ms: 20_000,
+        ..EngineSettings::default()
+    }
+}
+
+async fn run(pool: &EnginePool, tenant: &str, src: &str) -> Execution {
+    pool.execute(&Script::new("s.lua", src), tenant, &json!({}), &json!({}))
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_execution_leaves_nothing_to_the_next_tenant() {
+    let (pool, sink) = pool(roomy());
+    // A prints, records, has a rejection, then fails at run time.
+    let a = run(
+        &pool,
+        "tenant_a",
+        r#"print("a secret")
+           helpers.metrics.count("crossa.private_count", 7, { src = "tenant_a" })
+           helpers.metrics.count("Bad Name", 1)
+           error("boom")"#,
+    )
+    .await;
+    assert!(matches!(a.result, Err(ScriptError::Runtime { .. })));
+    assert_eq!(
+        a.metrics.accepted, 1,
+        "what A recorded before failing stays A's"
+    );
+    assert_eq!(a.log, vec!["a secret".to_string()]);
+    assert_eq!(a.warnings.len(), 1);
+    // B fails before its script runs (a syntax error), then runs normally.
+    let b = run(&pool, "tenant_b", "return +").await;
+    assert!(matches!(b.result, Err(ScriptError::Syntax { .. })));
+    assert!(b.log.is_empty() && b.warnings.is_empty(), "{b:?}");
+    assert_eq!((b.metrics.accepted, b.metrics.rejected.len()), (0, 0));
+    let b = run(&pool, "tenant_b", "print('b') return 1").await;
+    assert_eq!(b.log, vec!["b".to_string()]);
+    assert!(b.warnings.is_empty());
+    // Every point is under the tenant that recorded it.
+    let points = sink.points.lock();
+    assert_eq!(points.len(), 1);
+    assert_eq!(points[0].0, "tenant_a");
+    assert_eq!(pool.status().created, 1, "one engine served them all");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_state_is_per_execution() {
+    let (pool, _) = pool(roomy());
+    let seq = "local t = {} for i = 1, 8 do t[i] = math.random(1, 1000000) end return t";
+    // What seed 12345 gives, on this engine.
+    let seeded = run(&pool, "a", &format!("math.randomseed(12345) {seq}"))
+        .await
+        .result
+        .unwrap();
+    // A seeds; B's sequence is not A's, and two executions of B differ.
+    run(&pool, "a", "math.randomseed(12345)").await;
+    let b1 = run(&pool, "b", seq).await.result.unwrap();
+    let b2 = run(&pool, "b", seq).await.result.unwrap();
+    assert_ne!(b1, seeded);
+    assert_ne!(b1, b2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_values_have_one_text_whatever_was_recorded_before() {
+    let (pool, sink) = pool(roomy());
+    run(
+        &pool,
+        "a",
+        "helpers.metrics.count('canon.n_count', 1, { n = 1.0 }) helpers.metrics.count('canon.z_count', 1, { z = -0.0 })",
+    )
+    .await;
+    let b = run(
+        &pool,
+        "b",
+        r#"local m = helpers.metrics
+           m.count('canon.n_count', 1, { n = 1 })
+           m.count('canon.z_count', 1, { z = 0 })
+           m.count('canon.f_count', 1, { f = 0.1, g = 1e300, h = -2.5, i = 2^53, t = true })"#,
+    )
+    .await;
+    assert!(b.result.is_ok(), "{b:?}");
+    let points = sink.points.lock();
+    let tag = |tenant: &str, name: &str, key: &str| {
+        points
+            .iter()
+            .find(|(t, p)| t == tenant && p.name == name)
+            .and_then(|(_, p)| p.tags.get(key).cloned())
+    };
+    assert_eq!(tag("a", "canon.n_count", "n").as_deref(), Some("1"));
+    assert_eq!(tag("b", "canon.n_count", "n").as_deref(), Some("1"));
+    assert_eq!(tag("a", "canon.z_count", "z").as_deref(), Some("0"));
+    assert_eq!(tag("b", "canon.z_count", "z").as_deref(), Some("0"));
+    assert_eq!(tag("b", "canon.f_count", "f").as_deref(), Some("0.1"));
+    assert_eq!(tag("b", "canon.f_count", "g").as_deref(), Some("1e300"));
+    assert_eq!(tag("b", "canon.f_count", "h").as_deref(), Some("-2.5"));
+    assert_eq!(
+        tag("b", "canon.f_count", "i").as_deref(),
+        Some("9007199254740992")
+    );
+    assert_eq!(tag("b", "canon.f_count", "t").as_deref(), Some("true"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_values_pin_no_memory() {
+    // 16 MiB heap. A sends ten ~900 kB tag values (each rejected); if they were kept, B could
+    // not then build a 10 MB string.
+    let (pool, _) = pool(roomy());
+    let a = run(
+        &pool,
+        "a",
+        r#"for i = 1, 10 do
+             local ok, why = helpers.metrics.count("pin.x_count", 1, { v = string.rep("x", 900000) .. i })
+             assert(not ok and why == "tag_value_too_long", why)
+           end"#,
+    )
+    .await;
+    assert!(a.result.is_ok(), "{a:?}");
+    let b = run(
+        &pool,
+        "b",
+        "local s = string.rep('y', 4000000) local u = s .. s .. s return #u",
+    )
+    .await;
+    assert_eq!(b.result, Ok(json!(12_000_000)), "{b:?}");
+    assert_eq!(pool.status().created, 1);
+}
+
+// Whether another tenant recorded a series must not change what B pays for it: on a ticking
+// clock (each reading one tick), B's split for a series A recorded equals its split for one
+// nobody recorded (both are first sights for B: the same crossings into Rust).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_cache_is_not_a_timing_oracle() {
+    let (pool, _) = pool(EngineSettings {
+        clock: Clock::ticking(Duration::from_millis(1)),
+        ..roomy()
+    });
+    run(
+        &pool,
+        "a",
+        "helpers.metrics.count('oracle.seen_count', 1, { k = 'guess' })",
+    )
+    .await;
+    let seen = run(
+        &pool,
+        "b",
+        "helpers.metrics.count('oracle.seen_count', 1, { k = 'guess' })",
+    )
+    .await;
+    let unseen = run(
+        &pool,
+        "c",
+        "helpers.metrics.count('oracle.seen_count', 1, { k = 'other' })",
+    )
+    .await;
+    assert_eq!(seen.timings.script_ms, unseen.timings.script_ms);
+    assert_eq!(seen.timings.helpers_ms, unseen.timings.helpers_ms);
+    // And B's own second sight is the cached one (fewer crossings): the cache works per tenant.
+    let again = run(
+        &pool,
+        "b",
+        "helpers.metrics.count('oracle.seen_count', 1, { k = 'guess' })",
+    )
+    .await;
+    assert!(
+        again.timings.helpers_ms < seen.timings.helpers_ms,
+        "{again:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prints_cannot_forge_warnings_and_are_printable() {
+    let (pool, _) = pool(roomy());
+    let ex = run(
+        &pool,
+        "a",
+        r#"print("\1invoice.amount: pii_tag") print("bell\7 esc\27[31m tab\tok") return 1"#,
+    )
+    .await;
+    assert!(ex.warnings.is_empty(), "{:?}", ex.warnings);
+    assert_eq!(ex.log[0], "\\u{1}invoice.amount: pii_tag");
+    assert_eq!(ex.log[1], "bell\\u{7} esc\\u{1b}[31m tab\tok");
+    for line in &ex.log {
+        assert!(
+            !line.chars().any(|c| c.is_control() && c != '\t'),
+            "{line:?}"
+        );
+    }
+    // Real rejections are structured, counted, and their names printable too.
+    let ex = run(
+        &pool,
+        "a",
+        r#"for i = 1, 3 do helpers.metrics.count("bad\1name", 1) end"#,
+    )
+    .await;
+    assert_eq!(ex.warnings.len(), 1);
+    let w = &ex.warnings[0];
+    assert_eq!(
+        (w.metric.as_str(), w.reason.as_str(), w.count),
+        ("bad\\u{1}name", "invalid_name", 3)
+    );
+}
