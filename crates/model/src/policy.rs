@@ -183,6 +183,9 @@ impl TagPolicy {
         if user && HOST_ONLY_KEYS.contains(&key) {
             return Err(RejectReason::InvalidTags);
         }
+        if user && crate::is_reserved_label(key) {
+            return Err(RejectReason::ReservedTag);
+        }
         if self.is_denied_key(key) {
             return Err(RejectReason::PiiTag);
         }

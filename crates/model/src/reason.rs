@@ -30,11 +30,17 @@ pub enum RejectReason {
     UndeclaredTag,
     /// The kind contradicts the catalog or the name's suffix.
     KindMismatch,
+    /// A tag key the exposition uses itself (`le`, `quantile`, `job`, `instance`, `tenant`,
+    /// `__`-prefixed): it would make `/metrics` invalid.
+    ReservedTag,
+    /// The metric's exported names collide with another metric's (another kind, or another
+    /// name that maps to the same Prometheus name): it would make `/metrics` invalid.
+    NameConflict,
 }
 
 impl RejectReason {
     /// Every reason, for exhaustive reporting.
-    pub const ALL: [RejectReason; 13] = [
+    pub const ALL: [RejectReason; 15] = [
         RejectReason::InvalidName,
         RejectReason::InvalidValue,
         RejectReason::InvalidTags,
@@ -48,6 +54,8 @@ impl RejectReason {
         RejectReason::ExecutionLimit,
         RejectReason::UndeclaredTag,
         RejectReason::KindMismatch,
+        RejectReason::ReservedTag,
+        RejectReason::NameConflict,
     ];
 
     /// The stable snake_case code.
@@ -66,6 +74,8 @@ impl RejectReason {
             RejectReason::ExecutionLimit => "execution_limit",
             RejectReason::UndeclaredTag => "undeclared_tag",
             RejectReason::KindMismatch => "kind_mismatch",
+            RejectReason::ReservedTag => "reserved_tag",
+            RejectReason::NameConflict => "name_conflict",
         }
     }
 

@@ -225,9 +225,26 @@ impl Config {
             .retention
             .validate()
             .map_err(|e| ConfigError::Invalid {
-                path,
+                path: path.clone(),
                 message: e.to_string(),
             })?;
+        // An empty token would let an empty bearer (or `?token=`) in.
+        for (key, token) in [
+            ("server.execute_token", &config.server.execute_token),
+            ("server.admin_token", &config.server.admin_token),
+        ] {
+            if let Some(t) = token {
+                if t.trim().is_empty() || t.chars().any(char::is_control) {
+                    return Err(ConfigError::Invalid {
+                        path,
+                        message: format!(
+                            "{key} is set but empty or blank (or holds control characters): \
+                             set a real token, or unset it to have one generated"
+                        ),
+                    });
+                }
+            }
+        }
         Ok(config)
     }
 }
@@ -242,6 +259,33 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<Vec<_>>()
             .into_iter()
+    }
+
+    #[test]
+    fn empty_or_blank_tokens_are_refused_at_start() {
+        for value in ["", "   ", "\t"] {
+            let e = Config::from_sources(
+                "",
+                "defaults",
+                vars(&[("LUAMETRICS_SERVER_ADMIN_TOKEN", value)]),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("server.admin_token"), "{value:?}: {e}");
+        }
+        let e = Config::from_sources("[server]\nexecute_token = \" \"\n", "f.toml", vars(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.execute_token") && e.contains("f.toml"),
+            "{e}"
+        );
+        let ok = Config::from_sources(
+            "",
+            "d",
+            vars(&[("LUAMETRICS_SERVER_ADMIN_TOKEN", "s3cret")]),
+        );
+        assert_eq!(ok.unwrap().server.admin_token.as_deref(), Some("s3cret"));
     }
 
     #[test]

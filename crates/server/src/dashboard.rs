@@ -59,7 +59,7 @@ fn authorized(state: &AppState, headers: &HeaderMap, query_token: Option<&str>) 
     ]
     .into_iter()
     .flatten()
-    .any(|t| t == state.tokens.admin)
+    .any(|t| crate::token_eq(&t, &state.tokens.admin))
 }
 
 const STYLE: &str = "body{font-family:sans-serif;margin:0;background:#f6f7f9;color:#222}header{background:#243447;color:#fff;padding:10px 18px}header form{display:inline;margin-left:24px}main{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:14px;padding:14px}section.panel{background:#fff;border:1px solid #dde;border-radius:6px;padding:10px}section.panel h2{font-size:16px;margin:0 0 8px}.chart .title{font-size:12px;font-weight:bold}.chart .tick,.chart .legend{font-size:10px}.chart .grid{stroke:#eee}.chart .axis{stroke:#999}.hint{background:#fff8e1;border:1px solid #f0d98c;padding:8px;font-size:13px}.hint code{background:#f3f3f3}a.json{font-size:11px}.stat{display:inline-block;margin:4px 14px 4px 0;font-size:13px}.badge{padding:2px 8px;border-radius:10px;color:#fff}.green{background:#2e7d32}.amber{background:#f9a825}.red{background:#c62828}.grey{background:#888}table{border-collapse:collapse;font-size:12px}td,th{padding:2px 8px;border-bottom:1px solid #eee;text-align:left}";
@@ -79,7 +79,7 @@ pub(crate) struct Login {
 }
 
 pub(crate) async fn login(State(state): State<AppState>, Form(form): Form<Login>) -> Response {
-    if form.token != state.tokens.admin {
+    if !crate::token_eq(&form.token, &state.tokens.admin) {
         return login_page("That token is not the admin token.");
     }
     let cookie = format!(

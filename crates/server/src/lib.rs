@@ -50,6 +50,19 @@ impl Tokens {
     }
 }
 
+/// Compares a presented token with a configured one in time that does not depend on where
+/// they differ (nor, beyond its length, on the presented token), so response timing tells an
+/// attacker nothing about the token.
+pub(crate) fn token_eq(presented: &str, expected: &str) -> bool {
+    let (a, b) = (presented.as_bytes(), expected.as_bytes());
+    let mut diff = (a.len() != b.len()) as u8;
+    for (i, &e) in b.iter().enumerate() {
+        let p = a.get(i).copied().unwrap_or(0);
+        diff |= p ^ e;
+    }
+    std::hint::black_box(diff) == 0 && !expected.is_empty()
+}
+
 fn random_token() -> String {
     use std::collections::hash_map::RandomState;
     use std::hash::{BuildHasher, Hasher};
@@ -104,8 +117,8 @@ fn check(state: &AppState, req: &Request, need: Access) -> Result<(), ApiError> 
             "this endpoint needs `Authorization: Bearer <token>`",
         ));
     };
-    let is_admin = token == state.tokens.admin;
-    let is_execute = token == state.tokens.execute;
+    let is_admin = token_eq(token, &state.tokens.admin);
+    let is_execute = token_eq(token, &state.tokens.execute);
     match (need, is_admin, is_execute) {
         (_, true, _) => Ok(()),
         (Access::Execute, _, true) => Ok(()),
@@ -267,5 +280,26 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::token_eq;
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(token_eq("s3cret-token", "s3cret-token"));
+        for other in [
+            "",
+            "s3cret-toke",
+            "s3cret-tokenX",
+            "S3cret-token",
+            "s3cret-tokeN",
+        ] {
+            assert!(!token_eq(other, "s3cret-token"), "{other:?}");
+        }
+        // An empty configured token never matches, even an empty presented one.
+        assert!(!token_eq("", ""));
     }
 }
