@@ -73,11 +73,13 @@ end
 ---------------------------------------------------------------------------------------------
 
 local co_create, co_close = coroutine.create, coroutine.close
-local guarded_resume, track = host.resume, host.track
+local guarded_resume, track, guarded_body = host.resume, host.track, host.body
 local threads, nthreads = {}, 0
 
 local function create(f)
-  local co = co_create(f)
+  -- The body runs under the guard's message handler on the coroutine's own thread, so a stack
+  -- overflow inside it is probed where it happens, before the coroutine dies.
+  local co = co_create(function(...) return guarded_body(f, ...) end)
   nthreads = nthreads + 1
   threads[nthreads] = co
   track(co)
@@ -241,11 +243,25 @@ local function safe_unpack(t, i, j)
   return t_unpack(t, i, j)
 end
 
+-- Comparing two strings costs up to their length in C: n log n comparisons of the longest
+-- string must fit the same budget as a pattern match.
+local function check_sort_cost(t, n)
+  local longest = 0
+  for i = 1, n do
+    local v = rawget(t, i)
+    if type(v) == "string" and #v > longest then longest = #v end
+  end
+  if longest > 0 and n > 1 and m_log(n) + m_log(m_log(n) / m_log(2) + 1) + m_log(longest) > pattern_budget_log then
+    error("table.sort: " .. n .. " strings of up to " .. longest .. " bytes exceed the sandbox's comparison budget", 3)
+  end
+end
+
 local function safe_sort(t, comp)
   if type(t) ~= "table" then return t_sort(t, comp) end
   if not metatabled[t] then
     local n = rawlen(t)
     if n > max_sort then refuse("table.sort: elements", n, max_sort) end
+    check_sort_cost(t, n)
     return t_sort(t, comp)
   end
   -- Sorted through a plain copy, so C never asks a metatable for the length again.
@@ -253,6 +269,7 @@ local function safe_sort(t, comp)
   if n > max_sort then refuse("table.sort: elements", n, max_sort) end
   local c = {}
   for i = 1, n do c[i] = t[i] end
+  check_sort_cost(c, n)
   t_sort(c, comp)
   for i = 1, n do t[i] = c[i] end
 end
@@ -265,9 +282,19 @@ local function safe_date(format, time)
 end
 
 local function safe_format(fmt, ...)
-  -- Lua refuses widths and precisions over two digits itself; the format text is bounded here.
+  -- Lua refuses widths and precisions over two digits itself; the format text is bounded
+  -- here, and so are the bytes of string arguments (each `%s` scans its whole argument, even
+  -- with a precision that prints none of it).
   if type(fmt) == "string" and #fmt > max_string then
     refuse("string.format format length", #fmt, max_string)
+  end
+  local total, args = 0, { ... }
+  for i = 1, select("#", ...) do
+    local v = args[i]
+    if type(v) == "string" then
+      total = total + #v
+      if total > max_string then refuse("string.format argument bytes", total, max_string) end
+    end
   end
   return s_format(fmt, ...)
 end
@@ -335,7 +362,8 @@ local function check_pattern(s, p, anchorable, plain)
     s = tostring(s)
   end
   local n, m = #s, #p
-  if n < 2 or m == 0 then return end
+  if n < 2 then return end
+  if m == 0 then m = 1 end -- an empty pattern still matches at every position
   local cost
   local q = (plain and -1) or pattern_cost(p)
   if q < 0 then
@@ -364,6 +392,18 @@ safe_string.gmatch = function(s, p, init)
 end
 safe_string.gsub = function(s, p, r, n)
   check_pattern(s, p, true)
+  -- A replacement string is walked once per match (`%0`..`%9` copy captures): up to
+  -- (subject length + 1) x replacement length steps, even when nothing is produced.
+  local rl = string_len_of(r)
+  local sl = string_len_of(s)
+  if rl and sl and rl > 0 then
+    local matches = sl + 1
+    local k = tointeger(n)
+    if k and k >= 0 and k < matches then matches = k end
+    if matches > 0 and m_log(matches) + m_log(rl) > pattern_budget_log then
+      error("string.gsub replacement too costly for a subject of " .. sl .. " bytes (sandbox limit)", 2)
+    end
+  end
   return s_gsub(s, p, r, n)
 end
 safe_string.rep = safe_rep

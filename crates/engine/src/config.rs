@@ -15,6 +15,8 @@ pub struct EngineSettings {
     pub strict: bool,
     /// Values (tables, strings, numbers...) a script's result may hold.
     pub max_result_nodes: usize,
+    /// Bytes of text (strings and keys) a script's result may hold once copied out.
+    pub max_result_bytes: usize,
     /// Nesting depth of a script's result and of an event.
     pub max_depth: usize,
     /// `print` lines kept per execution.
@@ -54,6 +56,7 @@ impl Default for EngineSettings {
             hook_instructions: 1_000,
             strict: false,
             max_result_nodes: 10_000,
+            max_result_bytes: 1024 * 1024,
             max_depth: 32,
             max_log_lines: 64,
             compile_cache_size: 256,

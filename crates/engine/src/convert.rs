@@ -87,7 +87,11 @@ unsafe fn push(
 pub(crate) struct FromLua {
     pub max_depth: usize,
     pub max_nodes: usize,
+    /// Bytes of strings (values and keys) a result may hold: a table of 10,000 references to
+    /// one 4 MiB string is 40 GB once copied out.
+    pub max_bytes: usize,
     nodes: usize,
+    bytes: usize,
     path: Vec<*const c_void>,
 }
 
@@ -100,13 +104,24 @@ enum Key {
 }
 
 impl FromLua {
-    pub fn new(max_depth: usize, max_nodes: usize) -> Self {
+    pub fn new(max_depth: usize, max_nodes: usize, max_bytes: usize) -> Self {
         Self {
             max_depth,
             max_nodes,
+            max_bytes,
             nodes: 0,
+            bytes: 0,
             path: Vec::new(),
         }
+    }
+
+    /// Charges `n` bytes of string to the result's budget.
+    fn charge(&mut self, n: usize) -> Result<(), String> {
+        self.bytes = self.bytes.saturating_add(n);
+        if self.bytes > self.max_bytes {
+            return Err(format!("more than {} bytes of text", self.max_bytes));
+        }
+        Ok(())
     }
 
     /// Converts a script's result (`at` names it in errors).
@@ -149,11 +164,12 @@ impl FromLua {
                     )
                 }
             }
-            ffi::LUA_TSTRING => Json::String(
-                string_at(l, idx)
-                    .ok_or_else(|| format!("{} is not valid UTF-8", at()))?
-                    .to_string(),
-            ),
+            ffi::LUA_TSTRING => {
+                let text =
+                    string_at(l, idx).ok_or_else(|| format!("{} is not valid UTF-8", at()))?;
+                self.charge(text.len())?;
+                Json::String(text.to_string())
+            }
             ffi::LUA_TTABLE => self.table(l, idx, at)?,
             t => {
                 return Err(format!(
@@ -197,11 +213,12 @@ impl FromLua {
                 }
                 ffi::LUA_TNUMBER => Key::Float(ffi::lua_tonumberx(l, k, ptr::null_mut())),
                 ffi::LUA_TBOOLEAN => Key::Bool(ffi::lua_toboolean(l, k) != 0),
-                ffi::LUA_TSTRING => Key::Str(
-                    string_at(l, k)
-                        .ok_or_else(|| format!("a key of {} is not valid UTF-8", at()))?
-                        .to_string(),
-                ),
+                ffi::LUA_TSTRING => {
+                    let text = string_at(l, k)
+                        .ok_or_else(|| format!("a key of {} is not valid UTF-8", at()))?;
+                    self.charge(text.len())?;
+                    Key::Str(text.to_string())
+                }
                 t => {
                     return Err(format!(
                         "{} has a {} key; only strings and numbers can be returned",

@@ -295,7 +295,8 @@ impl Engine {
         host.set("xpcall", guard_fn(&lua, &slot, guard::xpcall)?)?;
         host.set("resume", guard_fn(&lua, &slot, guard::resume)?)?;
         host.set("track", guard_fn(&lua, &slot, guard::track)?)?;
-        let runner = guard_fn(&lua, &slot, guard::run)?;
+        host.set("body", guard_fn(&lua, &slot, guard::body)?)?;
+        let runner = guard_fn(&lua, &slot, guard::body)?;
         {
             let sh = shared.clone();
             host.set(
@@ -667,12 +668,16 @@ impl Engine {
         }
         let values = out.map_err(|e| self.classify(script, e))?;
         let first = values.into_iter().next().unwrap_or(Value::Nil);
-        FromLua::new(depth, self.settings.max_result_nodes)
-            .convert(&self.lua, first, "result")
-            .map_err(|problem| ScriptError::InvalidResult {
-                script: script.id().to_string(),
-                problem,
-            })
+        FromLua::new(
+            depth,
+            self.settings.max_result_nodes,
+            self.settings.max_result_bytes,
+        )
+        .convert(&self.lua, first, "result")
+        .map_err(|problem| ScriptError::InvalidResult {
+            script: script.id().to_string(),
+            problem,
+        })
     }
 
     /// The typed error of the limit that ended the execution, if one did: set by the host

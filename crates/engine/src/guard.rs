@@ -40,10 +40,15 @@ pub(crate) struct Heap {
     used: usize,
     limit: usize,
     slot: *const Slot,
-    /// The last refused request (block, old size, new size): Lua answers a refusal with an
-    /// emergency collection and asks again; only a second refusal of the same request is
-    /// final.
+    /// A refused request (block, old size, new size) whose retry may still come: Lua answers
+    /// a refusal with an emergency collection and asks once more, at once.
     refused: Option<(usize, usize, usize)>,
+    /// The abort hook's raise count at that refusal: a withdrawal needs it unchanged (no Lua
+    /// ran between the refusal and the retry).
+    raises_at_refusal: u64,
+    /// Memory was freed since that refusal: the emergency collection ran (a retry without a
+    /// collection in between is not Lua's retry).
+    freed_since_refusal: bool,
 }
 
 impl Heap {
@@ -53,6 +58,8 @@ impl Heap {
             limit,
             slot,
             refused: None,
+            raises_at_refusal: 0,
+            freed_since_refusal: false,
         }
     }
 
@@ -88,6 +95,7 @@ pub(crate) unsafe extern "C" fn allocate(
                 )
             };
             heap.used = heap.used.saturating_sub(osize);
+            heap.freed_since_refusal = true;
         }
         return std::ptr::null_mut();
     }
@@ -104,14 +112,26 @@ pub(crate) unsafe extern "C" fn allocate(
         // unwinding the error included). Lua answers a refusal with an emergency collection
         // (no Lua runs during it: finalizers are not allowed) and asks once more: if that
         // second request fits, the abort is withdrawn.
-        if slot.is_running() && heap.refused != Some(request) {
+        if heap.refused == Some(request) {
+            // The retry failed too: the abort is final.
+            heap.refused = None;
+        } else if slot.is_running() && !slot.aborted() {
+            // This refusal owns the abort: only its own retry may withdraw it.
             slot.fire(ABORT_MEMORY);
+            heap.refused = Some(request);
+            heap.raises_at_refusal = crate::watchdog::hook_raises();
+            heap.freed_since_refusal = false;
+        } else {
+            // Outside a script, or an execution already aborted: nothing to withdraw later.
+            heap.refused = None;
         }
-        heap.refused = Some(request);
         return std::ptr::null_mut();
     }
     if nsize > old {
-        if heap.refused == Some(request) {
+        if heap.refused == Some(request)
+            && heap.freed_since_refusal
+            && crate::watchdog::hook_raises() == heap.raises_at_refusal
+        {
             slot.withdraw(ABORT_MEMORY);
         }
         heap.refused = None;
@@ -292,24 +312,37 @@ pub(crate) unsafe extern "C-unwind" fn xpcall(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
-/// Runs the script's main function (its only argument) under the guard's message handler, so
-/// an overflow the script does not catch is typed too; re-raises any error.
-pub(crate) unsafe extern "C-unwind" fn run(l: *mut ffi::lua_State) -> c_int {
+/// After a guarded body: a memory status is an abort; any error is raised on.
+unsafe extern "C-unwind" fn finish_body(
+    l: *mut ffi::lua_State,
+    status: c_int,
+    _: ffi::lua_KContext,
+) -> c_int {
+    unsafe {
+        if status == ffi::LUA_ERRMEM {
+            slot(l).fire(ABORT_MEMORY);
+        }
+        if status != ffi::LUA_OK && status != ffi::LUA_YIELD {
+            ffi::lua_error(l);
+        }
+        ffi::lua_remove(l, 1);
+        ffi::lua_gettop(l)
+    }
+}
+
+/// `body(f, ...)`: runs `f` under the guards' message handler and raises any error on. The
+/// script's main function runs this way (an overflow it does not catch is typed too), and so
+/// does every coroutine's body, on the coroutine's own thread (an overflow inside a coroutine
+/// is probed where it happens, before the coroutine dies). Yields pass through.
+pub(crate) unsafe extern "C-unwind" fn body(l: *mut ffi::lua_State) -> c_int {
     unsafe {
         ffi::luaL_checkstack(l, 2, std::ptr::null());
         ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
         ffi::lua_pushcclosure(l, on_error, 1);
         ffi::lua_insert(l, 1);
         let nargs = ffi::lua_gettop(l) - 2;
-        let status = ffi::lua_pcall(l, nargs, ffi::LUA_MULTRET, 1);
-        if status == ffi::LUA_ERRMEM {
-            slot(l).fire(ABORT_MEMORY);
-        }
-        if status != ffi::LUA_OK {
-            ffi::lua_error(l);
-        }
-        ffi::lua_remove(l, 1);
-        ffi::lua_gettop(l)
+        let status = ffi::lua_pcallk(l, nargs, ffi::LUA_MULTRET, 1, 0, Some(finish_body));
+        finish_body(l, status, 0)
     }
 }
 

@@ -202,11 +202,22 @@ pub(crate) unsafe fn unhook(thread: *mut ffi::lua_State) {
 /// a raw C hook with `lua_error` (no stack truncation inside the hook, unlike mlua's hook error
 /// path, which ran the interrupted frame's `__close` handlers with hooks disabled).
 unsafe extern "C-unwind" fn abort_hook(l: *mut ffi::lua_State, _ar: *mut ffi::lua_Debug) {
+    HOOK_RAISES.fetch_add(1, Relaxed);
     // SAFETY: called by Lua with a valid state; a hook may raise.
     unsafe {
         ffi::lua_pushliteral(l, c"luametrics: execution aborted by a limit");
         ffi::lua_error(l);
     }
+}
+
+/// Times the abort hook raised, in the whole process: each raise means Lua of an aborted
+/// execution tried to run.
+static HOOK_RAISES: AtomicU64 = AtomicU64::new(0);
+
+/// The abort hook's raise count so far (the allocator withdraws a memory abort only if no Lua
+/// ran since it fired).
+pub(crate) fn hook_raises() -> u64 {
+    HOOK_RAISES.load(Relaxed)
 }
 
 struct Watchdog {
