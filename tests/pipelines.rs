@@ -159,6 +159,9 @@ impl MetricsSink for Rendezvous {
     fn record_system_summary(&self, name: &str, kind: Kind, tags: Tags, summary: Summary) {
         MetricsSink::record_system_summary(&self.inner, name, kind, tags, summary)
     }
+    fn claim_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason> {
+        MetricsSink::claim_name(&self.inner, name, kind)
+    }
 }
 
 // Each node records a point, and the first point of an execution asks for a quota lease: the

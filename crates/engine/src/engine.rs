@@ -472,7 +472,7 @@ impl Engine {
                 ScriptError::Syntax {
                     script: script.id().to_string(),
                     line,
-                    message,
+                    message: bounded_text(&message, MAX_LINE_BYTES),
                 }
             })?;
         self.cache.insert(
@@ -821,6 +821,10 @@ fn validate(
         }
     }
     if let Err(r) = policy.check_user_tags(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+        return Ok(Err(r));
+    }
+    // Last: a name is claimed only for a point that passes every other rule.
+    if let Err(r) = sink.claim_name(&name, kind) {
         return Ok(Err(r));
     }
     Ok(Ok((name.to_string(), pairs.into_iter().collect())))

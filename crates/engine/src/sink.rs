@@ -1,4 +1,4 @@
-use luametrics_model::{Kind, RejectReason, TagPolicy, Tags};
+use luametrics_model::{Kind, MetricType, RejectReason, TagPolicy, Tags};
 use luametrics_recorder::{BatchPoint, BatchReport, MetricsService};
 use luametrics_sketch::Summary;
 use parking_lot::Mutex;
@@ -21,6 +21,9 @@ pub trait MetricsSink: Send + Sync + 'static {
     fn record_system(&self, name: &str, kind: Kind, value: f64, tags: Tags);
     /// Records many observations of a system metric at once (the pool's wait histogram).
     fn record_system_summary(&self, name: &str, kind: Kind, tags: Tags, summary: Summary);
+    /// Claims the exported (Prometheus) names of a user metric, or refuses one whose names
+    /// another metric holds (`name_conflict`): asked once per new name/kind by the helpers.
+    fn claim_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason>;
 }
 
 impl MetricsSink for MetricsService {
@@ -46,6 +49,9 @@ impl MetricsSink for MetricsService {
     fn record_system_summary(&self, name: &str, kind: Kind, tags: Tags, summary: Summary) {
         let _ = MetricsService::record_system_summary(self, name, kind, tags, summary);
     }
+    fn claim_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason> {
+        MetricsService::claim_user_name(self, name, kind)
+    }
 }
 
 /// A sink that keeps everything in memory, with no quota: what a script would record.
@@ -58,6 +64,7 @@ pub struct CollectingSink {
     pub rejected: Mutex<Vec<(RejectReason, u64)>>,
     /// System metrics as `(name, kind, value, tags)`.
     pub system: Mutex<Vec<(String, Kind, f64, Tags)>>,
+    names: luametrics_model::ExportedNames,
 }
 
 impl CollectingSink {
@@ -100,5 +107,13 @@ impl MetricsSink for CollectingSink {
         self.system
             .lock()
             .push((name.to_string(), kind, summary.sum, tags));
+    }
+    fn claim_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason> {
+        self.names.claim(
+            MetricType::User,
+            name,
+            kind,
+            luametrics_model::infer_unit(name),
+        )
     }
 }

@@ -82,6 +82,9 @@ impl MetricsSink for Hostile {
     fn record_system_summary(&self, name: &str, kind: Kind, tags: Tags, summary: Summary) {
         self.inner.record_system_summary(name, kind, tags, summary)
     }
+    fn claim_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason> {
+        self.inner.claim_name(name, kind)
+    }
 }
 
 fn pool(sink: Arc<Hostile>, time_limit_ms: u64) -> EnginePool {

@@ -225,3 +225,42 @@ async fn prints_cannot_forge_warnings_and_are_printable() {
         ("bad\\u{1}name", "invalid_name", 3)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_and_names_that_would_break_the_exposition_are_refused() {
+    let (pool, sink) = pool(roomy());
+    let ex = run(
+        &pool,
+        "a",
+        r#"local m = helpers.metrics
+           local function r(ok, why) return ok and "ok" or why end
+           return {
+             le = r(m.count("x.y_count", 1, { le = "x", tag_le = "y" })),
+             tag_le = r(m.count("x.y_count", 1, { tag_le = "y" })),
+             job = r(m.gauge("x.depth", 1, { job = "j" })),
+             dunder = r(m.gauge("x.depth", 1, { __name__ = "n" })),
+             hist = r(m.histogram("clash.h", 1)),
+             sum = r(m.gauge("clash.h_sum", 1)),
+             counter = r(m.count("clash.x", 1)),
+             total = r(m.gauge("clash.x_total", 1)),
+           }"#,
+    )
+    .await;
+    assert_eq!(
+        ex.result,
+        Ok(
+            json!({"le": "reserved_tag", "tag_le": "ok", "job": "reserved_tag",
+                  "dunder": "invalid_tags", "hist": "ok", "sum": "name_conflict",
+                  "counter": "ok", "total": "name_conflict"})
+        )
+    );
+    // Another tenant on the same engine meets the same claims (the exposition is shared).
+    let b = run(
+        &pool,
+        "b",
+        "return select(2, helpers.metrics.gauge('clash.h', 1))",
+    )
+    .await;
+    assert_eq!(b.result, Ok(json!("name_conflict")));
+    assert_eq!(sink.points.lock().len(), 3);
+}

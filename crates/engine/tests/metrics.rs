@@ -875,7 +875,8 @@ async fn random_arguments_never_break_the_helpers_and_accounting_is_exact() {
         let accepted = result["accepted"].as_u64().unwrap();
         let rejected = result["rejected"].as_u64().unwrap();
         assert_eq!(accepted + rejected, 20_000);
-        assert!(accepted > 1000 && rejected > 1000, "{result}");
+        // Names reused with other kinds are refused (name_conflict): fewer accepted, all told.
+        assert!(accepted > 100 && rejected > 1000, "{result}");
         assert_eq!(ex.metrics.accepted, accepted);
         assert_eq!(ex.metrics.rejected.values().sum::<u64>(), rejected);
         points += accepted;

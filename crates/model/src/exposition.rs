@@ -8,7 +8,9 @@
 //! `_total` (and `_created` in OpenMetrics); histograms add `_bucket`, `_sum`, `_count`,
 //! `_created`.
 
-use crate::{Kind, MetricType, Unit};
+use crate::{Kind, MetricType, RejectReason, Unit};
+use std::collections::{HashMap, HashSet};
+use std::sync::RwLock;
 
 /// Label names the exposition itself uses or Prometheus reserves: a tag may not take them.
 pub const RESERVED_LABELS: &[&str] = &["le", "quantile", "job", "instance", "tenant", "tenant_id"];
@@ -57,6 +59,56 @@ pub fn exported_names(metric_type: MetricType, name: &str, kind: Kind, unit: Uni
         Kind::Histogram => &["", "_bucket", "_sum", "_count", "_created"],
     };
     suffixes.iter().map(|s| format!("{base}{s}")).collect()
+}
+
+/// Which metric holds each exported name. A metric whose names another metric (another kind,
+/// or another name mapping to the same Prometheus name) already holds is refused with
+/// [`RejectReason::NameConflict`], so the exposition never prints two families under one name.
+/// Names are claimed for the life of the process (the exposition keeps them as long).
+#[derive(Debug, Default)]
+pub struct ExportedNames {
+    inner: RwLock<Names>,
+}
+
+#[derive(Debug, Default)]
+struct Names {
+    /// Exported name -> the metric holding it.
+    owners: HashMap<String, (MetricType, String, Kind)>,
+    /// Metrics whose names are all held: the common case answers from here.
+    claimed: HashSet<(MetricType, String, Kind)>,
+}
+
+impl ExportedNames {
+    /// Claims every exported name of a metric, or says which rule it breaks.
+    pub fn claim(
+        &self,
+        metric_type: MetricType,
+        name: &str,
+        kind: Kind,
+        unit: Unit,
+    ) -> Result<(), RejectReason> {
+        let key = (metric_type, name.to_string(), kind);
+        {
+            let names = self.inner.read().unwrap_or_else(|e| e.into_inner());
+            if names.claimed.contains(&key) {
+                return Ok(());
+            }
+        }
+        let exported = exported_names(metric_type, name, kind, unit);
+        let mut names = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        for n in &exported {
+            if let Some(owner) = names.owners.get(n) {
+                if *owner != key {
+                    return Err(RejectReason::NameConflict);
+                }
+            }
+        }
+        for n in exported {
+            names.owners.insert(n, key.clone());
+        }
+        names.claimed.insert(key);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

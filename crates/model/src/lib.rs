@@ -12,7 +12,9 @@ mod policy;
 mod reason;
 
 pub use catalog::{Catalog, CatalogEntry, CatalogError};
-pub use exposition::{exported_names, family_base, is_reserved_label, RESERVED_LABELS};
+pub use exposition::{
+    exported_names, family_base, is_reserved_label, ExportedNames, RESERVED_LABELS,
+};
 pub use name::{infer_kind, infer_unit, validate_name, MAX_NAME_LEN};
 pub use point::{canonical_tags, Kind, MetricType, Point, Tags, Unit};
 pub use policy::{looks_sensitive, Limits, TagPolicy, DEFAULT_DENIED_KEYS, RESERVED_PREFIXES};

@@ -178,6 +178,8 @@ struct Inner {
     flushed_rows: AtomicU64,
     /// Metric rows the store confirmed written, over the service's life.
     rows_written_total: AtomicU64,
+    /// Exported names held by user metrics.
+    names: luametrics_model::ExportedNames,
     flush_errors: AtomicU64,
     last_reported: Mutex<Accounting>,
     closing: AtomicBool,
@@ -227,6 +229,7 @@ impl MetricsService {
             pending: tokio::sync::Mutex::new(VecDeque::new()),
             flushed_rows: AtomicU64::new(0),
             rows_written_total: AtomicU64::new(0),
+            names: Default::default(),
             flush_errors: AtomicU64::new(0),
             last_reported: Mutex::new(Accounting::default()),
             closing: AtomicBool::new(false),
@@ -257,6 +260,17 @@ impl MetricsService {
     /// Exact point accounting since start.
     pub fn accounting(&self) -> Accounting {
         self.inner.counters.snapshot()
+    }
+
+    /// Claims the exported Prometheus names of a user metric: refused (`name_conflict`) when
+    /// another metric already holds one of them, so `/metrics` stays valid for any input.
+    pub fn claim_user_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason> {
+        self.inner.names.claim(
+            MetricType::User,
+            name,
+            kind,
+            luametrics_model::infer_unit(name),
+        )
     }
 
     /// Metric rows the store confirmed written since the service started: the flusher's own
@@ -438,6 +452,10 @@ impl MetricsService {
             .policy
             .check_user_point(name, kind, value, tags)
         {
+            inner.counters.reject(MetricType::User, reason, 1);
+            return Err(Rejected::Invalid(reason));
+        }
+        if let Err(reason) = self.claim_user_name(name, kind) {
             inner.counters.reject(MetricType::User, reason, 1);
             return Err(Rejected::Invalid(reason));
         }

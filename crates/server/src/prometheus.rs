@@ -5,7 +5,7 @@
 //! with a `tenant` label. Every family has HELP and TYPE; histogram buckets are cumulative and
 //! end with `+Inf`; two source names that map to one family never print a series twice.
 
-use luametrics_model::{infer_unit, Catalog, Kind, MetricType, Unit};
+use luametrics_model::{family_base, infer_unit, Catalog, Kind, MetricType};
 use luametrics_recorder::ExposedSeries;
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -45,26 +45,8 @@ fn base_name(s: &ExposedSeries, catalog: &Catalog) -> (String, f64, Option<&'sta
         .then(|| catalog.get(&s.name))
         .flatten();
     let unit = entry.map_or_else(|| infer_unit(&s.name), |e| e.unit);
-    let mut base = s.name.replace('.', "_");
-    if s.metric_type == MetricType::User {
-        base = format!("user_{base}");
-    }
-    let (scale, unit_name) = match unit {
-        Unit::Milliseconds => {
-            if let Some(stripped) = base.strip_suffix("_ms") {
-                base = stripped.to_string();
-            }
-            base.push_str("_seconds");
-            (0.001, Some("seconds"))
-        }
-        Unit::Bytes => {
-            if !base.ends_with("_bytes") {
-                base.push_str("_bytes");
-            }
-            (1.0, Some("bytes"))
-        }
-        _ => (1.0, None),
-    };
+    // The same rules the recorder claims names with (model's exposition module).
+    let (base, scale, unit_name) = family_base(s.metric_type, &s.name, unit);
     let help = match entry {
         Some(e) if !e.help.is_empty() => e.help.clone(),
         _ if s.metric_type == MetricType::User => {
