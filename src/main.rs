@@ -107,7 +107,8 @@ enum Command {
 enum BenchCommand {
     /// Pool sizes x concurrency: throughput, latency, waits; a recommended size.
     Pool(cli::bench::PoolArgs),
-    /// SPEC §12 targets 1-3 and 6 as ratios, each next to its target.
+    /// SPEC §12 targets 1-3 and 6 as ratios, each next to its target; exits 1 naming every
+    /// target that misses.
     HotPath {
         /// Alternating baseline/subject rounds (medians are reported).
         #[arg(long, default_value_t = 7)]

@@ -472,7 +472,7 @@ impl Engine {
                 ScriptError::Syntax {
                     script: script.id().to_string(),
                     line,
-                    message: bounded_text(&message, MAX_LINE_BYTES),
+                    message: bounded_text(&printable(&message), MAX_LINE_BYTES),
                 }
             })?;
         self.cache.insert(
@@ -716,7 +716,7 @@ impl Engine {
         ScriptError::Runtime {
             script: id,
             line,
-            message: bounded_text(&message, MAX_LINE_BYTES),
+            message: bounded_text(&printable(&message), MAX_LINE_BYTES),
         }
     }
 

@@ -264,3 +264,22 @@ async fn labels_and_names_that_would_break_the_exposition_are_refused() {
     assert_eq!(b.result, Ok(json!("name_conflict")));
     assert_eq!(sink.points.lock().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_messages_are_printable_and_bounded() {
+    let (pool, _) = pool(roomy());
+    let ex = run(
+        &pool,
+        "a",
+        r#"error("\1forged\27[2J" .. string.rep("€", 2000))"#,
+    )
+    .await;
+    match &ex.result {
+        Err(ScriptError::Runtime { message, .. }) => {
+            assert!(message.starts_with("\\u{1}forged\\u{1b}[2J"), "{message}");
+            assert!(!message.chars().any(|c| c.is_control()), "{message}");
+            assert!(message.len() <= 1024 + 32, "{}", message.len());
+        }
+        other => panic!("{other:?}"),
+    }
+}

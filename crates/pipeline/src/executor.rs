@@ -519,9 +519,10 @@ fn apply_result(
         Json::Object(mut m) => {
             if m.get("allow") == Some(&Json::Bool(false)) {
                 if !matches!(decision, Decision::Block { .. } | Decision::Error { .. }) {
+                    // A script's text for operators and traces: printable, at most 256 bytes.
                     let reason = match m.remove("reason") {
-                        Some(Json::String(s)) => s,
-                        Some(other) => other.to_string(),
+                        Some(Json::String(s)) => clip(&printable(&s), 256),
+                        Some(other) => preview(&other),
                         None => "blocked".to_string(),
                     };
                     *decision = Decision::Block {
@@ -547,13 +548,30 @@ fn apply_result(
 /// A returned value as at most 120 bytes of JSON, for a warning: a script's result must not
 /// make a warning (or the trace that keeps it) as large as the result.
 fn preview(v: &Json) -> String {
-    let text = v.to_string();
-    if text.len() <= 120 {
-        return text;
+    clip(&v.to_string(), 120)
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, with a marker when cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
     }
-    let mut cut = 120;
+    let mut cut = max;
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
     format!("{}...", &text[..cut])
+}
+
+/// `s` with control characters (tab excepted) escaped as `\u{..}`.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() && c != '\t' {
+                format!("\\u{{{:x}}}", c as u32).chars().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
