@@ -82,7 +82,11 @@ pub(crate) struct PoolArgs {
 pub(crate) struct Cell {
     pool_size: usize,
     concurrency: usize,
+    /// Executions that ran to completion (throughput and latencies count these).
     executions: u64,
+    /// Executions that ended with a script error (a time limit on a loaded machine, say):
+    /// reported, not counted as throughput.
+    failed: u64,
     throughput_per_s: f64,
     p50_total_ms: f64,
     p95_total_ms: f64,
@@ -126,26 +130,31 @@ async fn run_cell(
             let ev = event();
             let cx = json!({});
             let mut samples = Vec::new();
+            let mut failed = 0u64;
             while !stop.load(Relaxed) {
                 match pool.execute(&script, "bench", &ev, &cx).await {
-                    Ok(ex) => samples.push((
+                    Ok(ex) if ex.result.is_ok() => samples.push((
                         ex.timings.total_ms,
                         ex.timings.wait_ms,
                         ex.timings.overhead_ms,
                         ex.timings.script_ms,
                     )),
+                    Ok(_) => failed += 1,
                     Err(_) => break,
                 }
                 tokio::task::yield_now().await;
             }
-            samples
+            (samples, failed)
         }));
     }
     tokio::time::sleep(cell).await;
     stop.store(true, Relaxed);
     let mut all = Vec::new();
+    let mut failed = 0;
     for t in tasks {
-        all.extend(t.await.unwrap_or_default());
+        let (samples, f) = t.await.unwrap_or_default();
+        all.extend(samples);
+        failed += f;
     }
     let elapsed = start.elapsed().as_secs_f64();
     let status = pool.status();
@@ -158,6 +167,7 @@ async fn run_cell(
         pool_size: size,
         concurrency,
         executions: all.len() as u64,
+        failed,
         throughput_per_s: all.len() as f64 / elapsed,
         p50_total_ms: pct(&mut total, 0.50),
         p95_total_ms: pct(&mut total, 0.95),
