@@ -1,8 +1,9 @@
 //! The pool of sandboxed engines, and where executions run.
 //!
 //! Lua never runs on an async worker: [`EnginePool::run`] checks an engine out on the async
-//! side (waiting costs no thread), then hands the execution to a blocking thread
-//! (`tokio::task::spawn_blocking`) and awaits it. A script stuck in a C function past its time
+//! side (waiting costs no thread), then hands the execution to one of the pool's runner
+//! threads (`runner.rs`: threads meant to block, awake between back-to-back executions) and
+//! awaits it. A script stuck in a C function past its time
 //! limit therefore blocks only that thread; past the limit plus a grace period the pool stops
 //! waiting for it: the caller gets a typed timeout, the engine is written off (dropped by its
 //! thread whenever the call returns) and its place in the pool is freed for a new engine
@@ -86,6 +87,8 @@ struct State {
 }
 
 struct Inner {
+    /// The threads executions run on.
+    runners: Arc<crate::runner::Runners>,
     settings: PoolSettings,
     engine: Arc<EngineSettings>,
     sink: Arc<dyn MetricsSink>,
@@ -272,6 +275,7 @@ impl EnginePool {
     ) -> Result<Self, PoolError> {
         Ok(Self {
             inner: Arc::new(Inner {
+                runners: Arc::default(),
                 settings: pool,
                 engine: Arc::new(engine),
                 sink,
@@ -398,7 +402,10 @@ impl EnginePool {
         let inner = self.inner.clone();
         let job_watch = watch.clone();
         let script_id = job.script.id().to_string();
-        let task = tokio::task::spawn_blocking(move || {
+        // Runners: one per place, plus one per abandoned execution still holding its thread.
+        let max_threads = self.inner.settings.max_size.max(1)
+            + self.inner.stats.abandoned_running.load(Relaxed).max(0) as usize;
+        let task = self.inner.runners.run(max_threads, move || {
             let _watch = job_watch;
             let mut engine = match grant {
                 Some(e) => e,
@@ -416,21 +423,25 @@ impl EnginePool {
         let patience =
             Duration::from_millis(limit_ms.saturating_add(self.inner.engine.abandon_grace_ms));
         match tokio::time::timeout(patience, task).await {
-            Ok(Ok(Ok((engine, mut execution, held)))) => {
+            Ok(Ok(Ok(Ok((engine, mut execution, held))))) => {
                 held.release(Some(engine));
                 execution.timings.wait_ms = wait_ms;
                 execution.timings.total_ms += wait_ms;
                 Ok(execution)
             }
             // The place was given back when the job's `Held` dropped.
-            Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(join)) => {
+            Ok(Ok(Ok(Err(e)))) => Err(e),
+            Ok(Ok(Err(panicked))) => {
                 // Engine::execute catches panics itself; this is a panic outside it.
                 self.inner.stats.discard(DiscardReason::Panic);
                 Err(PoolError::Create(format!(
-                    "the execution's thread failed: {join}"
+                    "the execution's thread failed: {}",
+                    panicked.0
                 )))
             }
+            Ok(Err(_)) => Err(PoolError::Create(
+                "the execution's thread ended without an answer".into(),
+            )),
             Err(_) => {
                 // Still running (stuck in a C function): write it off. Its thread drops the
                 // engine when the call returns; its place goes to the next waiter now.
