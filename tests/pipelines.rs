@@ -407,4 +407,27 @@ async fn a_bad_pipelines_file_stops_start_with_a_precise_error() {
     let err = Runtime::start(c).await.err().unwrap().to_string();
     assert!(err.contains("ftp://nope"), "{err}");
     let _ = Path::new("");
+
+    // A script that does not compile stops the start, naming the node, the file and the line.
+    let f = Fixture::new(
+        &pipeline("t", &[node("a", "broken.lua", "")]),
+        &[("broken.lua", "local x = 1\nreturn x +\n")],
+    );
+    let err = Runtime::start(f.config()).await.err().unwrap().to_string();
+    assert!(
+        err.contains("node `a`") && err.contains("broken.lua") && err.contains("broken.lua:3:"),
+        "{err}"
+    );
+    // A file without a pipeline is refused unless allowed.
+    let f = Fixture::new("# nothing yet\n", &[]);
+    let err = Runtime::start(f.config()).await.err().unwrap().to_string();
+    assert!(
+        err.contains("defines no pipeline") && err.contains("allow_empty"),
+        "{err}"
+    );
+    let mut c = f.config();
+    c.pipelines.allow_empty = true;
+    let rt = Runtime::start(c).await.unwrap();
+    assert!(rt.pipelines().is_empty());
+    rt.shutdown().await.unwrap();
 }

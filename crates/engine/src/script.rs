@@ -47,4 +47,46 @@ impl Script {
     pub fn hash(&self) -> u64 {
         self.hash
     }
+
+    /// Compiles the script (text only, nothing run) in a bare Lua state, so a definitions file
+    /// whose script does not compile is refused when it is loaded, with the script's line,
+    /// rather than failing every execution of its node.
+    pub fn check_syntax(&self) -> Result<(), crate::ScriptError> {
+        let syntax = |line: Option<u32>, message: String| crate::ScriptError::Syntax {
+            script: self.id.to_string(),
+            line,
+            message,
+        };
+        let lua = mlua::Lua::new_with(mlua::StdLib::NONE, mlua::LuaOptions::new())
+            .map_err(|e| syntax(None, format!("cannot build a Lua state to compile it: {e}")))?;
+        match lua
+            .load(&*self.source)
+            .set_name(format!("={}", self.id))
+            .set_mode(mlua::chunk::ChunkMode::Text)
+            .into_function()
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let text = match &e {
+                    mlua::Error::SyntaxError { message, .. } => message.clone(),
+                    other => other.to_string(),
+                };
+                let first = text.lines().next().unwrap_or("").to_string();
+                let rest = first
+                    .strip_prefix(&*self.id)
+                    .and_then(|r| r.strip_prefix(':'))
+                    .and_then(|r| r.split_once(':'))
+                    .and_then(|(n, m)| n.parse::<u32>().ok().map(|n| (n, m.trim().to_string())));
+                let mut message = rest.as_ref().map_or(first.clone(), |(_, m)| m.clone());
+                if message.len() > 512 {
+                    let mut cut = 512;
+                    while !message.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    message.truncate(cut);
+                }
+                Err(syntax(rest.map(|(n, _)| n), message))
+            }
+        }
+    }
 }

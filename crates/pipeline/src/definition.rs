@@ -215,6 +215,13 @@ impl Pipelines {
                         format!("cannot read `{}`: {e}", path.display()),
                     )
                 })?;
+                script.check_syntax().map_err(|e| {
+                    bad(
+                        Some(&n.id),
+                        "script",
+                        format!("`{}` does not compile: {e}", path.display()),
+                    )
+                })?;
                 out.sources.push(path.clone());
                 nodes.push(Node {
                     id: n.id.clone(),

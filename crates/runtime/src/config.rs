@@ -39,6 +39,9 @@ pub struct PipelineSettings {
     pub trace_sample_rate: f64,
     /// Traces queued for writing before new ones are dropped (and counted).
     pub trace_queue: usize,
+    /// Whether a definitions file with no pipeline may start the runtime (by default it is a
+    /// mistake: every execution would fail with an unknown trigger).
+    pub allow_empty: bool,
 }
 
 impl Default for PipelineSettings {
@@ -48,6 +51,7 @@ impl Default for PipelineSettings {
             reload_interval_ms: 2_000,
             trace_sample_rate: 1.0,
             trace_queue: 10_000,
+            allow_empty: false,
         }
     }
 }

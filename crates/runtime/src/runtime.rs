@@ -125,6 +125,16 @@ impl Runtime {
             .await?,
         );
         let registry = Arc::new(Registry::load(&config.pipelines.file)?);
+        if registry.current().is_empty() && !config.pipelines.allow_empty {
+            return Err(RuntimeError::Pipelines(PipelineError::Invalid {
+                file: config.pipelines.file.display().to_string(),
+                pipeline: "(none)".into(),
+                node: None,
+                field: "pipeline".into(),
+                problem: "the file defines no pipeline (set pipelines.allow_empty = true to start anyway)"
+                    .into(),
+            }));
+        }
         let metrics = MetricsService::start(
             store.clone(),
             RecorderConfig {
