@@ -516,10 +516,7 @@ impl Engine {
         match run {
             Ok(execution) => execution,
             Err(panic) => {
-                if self.slot.end() {
-                    // SAFETY: the engine's own main thread; no Lua runs on it now.
-                    unsafe { watchdog::unhook(self.main.0) };
-                }
+                self.end_run();
                 self.poisoned = Some(DiscardReason::Panic);
                 let message = panic
                     .downcast_ref::<&str>()
@@ -542,6 +539,15 @@ impl Engine {
                     },
                 }
             }
+        }
+    }
+
+    /// Ends the watchdog's view of the running execution; the abort hook, if it fired, comes
+    /// off the main thread so the host can run its own Lua (the prelude's drain) again.
+    fn end_run(&self) {
+        if self.slot.end() {
+            // SAFETY: the engine's own main thread; no Lua runs on it now.
+            unsafe { watchdog::unhook(self.main.0) };
         }
     }
 
@@ -653,11 +659,7 @@ impl Engine {
         self.slot
             .begin(self.main.0, watchdog::now_ns().saturating_add(limit_ns));
         let out = self.runner.call::<MultiValue>(function);
-        if self.slot.end() {
-            // The abort hook stays off the main thread so the host can drain the prelude.
-            // SAFETY: the engine's own main thread; no Lua runs on it now.
-            unsafe { watchdog::unhook(self.main.0) };
-        }
+        self.end_run();
         let end = sh.now_ns();
         marks.call_end = Some(end);
         let helpers_in_call = sh.helpers_ns.load(Relaxed) - helpers_before;
@@ -886,7 +888,7 @@ fn bounded_text(s: &str, max: usize) -> String {
 
 /// `s` with control characters (tab excepted) written as `\u{..}` escapes: what a script
 /// prints or names reaches API clients and logs as text, never as terminal controls.
-pub(crate) fn printable(s: &str) -> String {
+pub fn printable(s: &str) -> String {
     if !s.chars().any(|c| c.is_control() && c != '\t') {
         return s.to_string();
     }

@@ -32,7 +32,7 @@ mod watchdog;
 
 pub use clock::Clock;
 pub use config::{EngineSettings, PoolSettings};
-pub use engine::{canonical_number, Engine, Execution, MetricsReport, Timings, Warning};
+pub use engine::{canonical_number, printable, Engine, Execution, MetricsReport, Timings, Warning};
 pub use error::{DiscardReason, PoolError, ScriptError};
 pub use pool::{EnginePool, Job, PoolStatus, PooledEngine};
 pub use script::Script;

@@ -1,6 +1,7 @@
 use crate::{OnError, Pipeline, Pipelines, TraceSampler, TraceWriter};
 use luametrics_engine::{
-    EnginePool, Execution, Job, PoolError, ScriptError, Timings, Warning as EngineWarning,
+    printable, EnginePool, Execution, Job, PoolError, ScriptError, Timings,
+    Warning as EngineWarning,
 };
 use luametrics_model::{Kind, Tags};
 use luametrics_recorder::MetricsService;
@@ -561,17 +562,4 @@ fn clip(text: &str, max: usize) -> String {
         cut -= 1;
     }
     format!("{}...", &text[..cut])
-}
-
-/// `s` with control characters (tab excepted) escaped as `\u{..}`.
-fn printable(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if c.is_control() && c != '\t' {
-                format!("\\u{{{:x}}}", c as u32).chars().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
 }
