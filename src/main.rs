@@ -118,6 +118,13 @@ enum BenchCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The library reports faults (failing writes, recoveries, a deleted database) through
+    // `tracing`; the binary prints them on stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_max_level(tracing::Level::INFO)
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -163,6 +170,11 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => code,
+        // Accepted data that could not be written before the shutdown deadline.
+        Err(e @ cli::CliError::Runtime(luametrics::RuntimeError::Unwritten { .. })) => {
+            eprintln!("luametrics: {e}");
+            ExitCode::from(3)
+        }
         Err(e) => {
             eprintln!("luametrics: {e}");
             ExitCode::from(2)

@@ -15,6 +15,8 @@ pub struct Server {
     pub child: Child,
     pub base: String,
     pub dir: tempfile::TempDir,
+    /// What the process wrote on stderr, when started with [`Server::start_capturing`].
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 pub fn repo() -> PathBuf {
@@ -46,7 +48,16 @@ pub fn pipelines(dir: &Path) -> PathBuf {
 
 impl Server {
     pub fn start(env: &[(&str, &str)]) -> Server {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), env, false)
+    }
+
+    /// Like [`Server::start`], keeping stderr in [`Server::stderr`].
+    pub fn start_capturing(env: &[(&str, &str)]) -> Server {
+        Self::start_in(tempfile::tempdir().unwrap(), env, true)
+    }
+
+    /// Starts in an existing directory (its `m.db` is reused: a restart).
+    pub fn start_in(dir: tempfile::TempDir, env: &[(&str, &str)], capture: bool) -> Server {
         let file = pipelines(dir.path());
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_luametrics"));
         cmd.current_dir(dir.path())
@@ -61,11 +72,27 @@ impl Server {
             .env("LUAMETRICS_LIMITS_BURST", "10000000")
             .env("LUAMETRICS_ENGINE_TIME_LIMIT_MS", "20000")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(if capture {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            });
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(err) = child.stderr.take() {
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    eprintln!("[serve] {line}");
+                    let mut s = sink.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
@@ -74,7 +101,12 @@ impl Server {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
-        Server { child, base, dir }
+        Server {
+            child,
+            base,
+            dir,
+            stderr,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

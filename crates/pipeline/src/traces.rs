@@ -3,7 +3,7 @@ use luametrics_recorder::MetricsService;
 use luametrics_store::{Store, TraceRecord};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Keeps errors and blocks always and a fixed share of successes, deterministically (every
@@ -39,25 +39,67 @@ impl TraceSampler {
 
 const BATCH: usize = 500;
 
+/// How the writer task learns of the shutdown deadline.
+#[derive(Default)]
+struct Stop {
+    deadline: parking_lot::Mutex<Option<Instant>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Stop {
+    fn deadline(&self) -> Option<Instant> {
+        *self.deadline.lock()
+    }
+}
+
+/// Counts shared by the writer task and its handle.
+#[derive(Default)]
+struct Counts {
+    written: AtomicU64,
+    /// Submitted and not yet written or dropped.
+    queued: AtomicU64,
+    dropped_full: AtomicU64,
+    dropped_shutdown: AtomicU64,
+}
+
 /// Writes traces in batches on a background task so executions never wait for the database.
 /// The queue is bounded: when it is full, traces are dropped and counted
-/// (`luametrics.traces.dropped.count`).
+/// (`luametrics.traces.dropped.count{reason="queue_full"}`). A failing database is retried
+/// with backoff until it recovers or the shutdown deadline passes; what is unwritten then is
+/// counted too (`reason="shutdown"`). No trace goes uncounted.
 pub struct TraceWriter {
     tx: parking_lot::Mutex<Option<mpsc::Sender<TraceRecord>>>,
     task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     metrics: MetricsService,
-    written: Arc<AtomicU64>,
-    dropped: AtomicU64,
+    counts: Arc<Counts>,
+    stop: Arc<Stop>,
+}
+
+fn count_dropped(metrics: &MetricsService, reason: &str, n: u64) {
+    if n == 0 {
+        return;
+    }
+    let tags = Tags::from([("reason".to_string(), reason.to_string())]);
+    let _ = metrics.record_system(
+        "luametrics.traces.dropped.count",
+        Kind::Counter,
+        n as f64,
+        tags,
+        None,
+        None,
+    );
 }
 
 impl TraceWriter {
     /// Starts the writer task (inside a tokio runtime).
     pub fn start(store: Arc<Store>, metrics: MetricsService, capacity: usize) -> Self {
         let (tx, mut rx) = mpsc::channel::<TraceRecord>(capacity.max(1));
-        let written = Arc::new(AtomicU64::new(0));
-        let w = written.clone();
+        let counts = Arc::new(Counts::default());
+        let stop = Arc::new(Stop::default());
+        let (c, st, m) = (counts.clone(), stop.clone(), metrics.clone());
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
+            let mut failing = false;
             while let Some(first) = rx.recv().await {
                 batch.push(first);
                 while batch.len() < BATCH {
@@ -67,21 +109,52 @@ impl TraceWriter {
                     }
                 }
                 let mut delay = Duration::from_millis(50);
-                let mut attempts = 0;
                 loop {
+                    if st.deadline().is_some_and(|d| Instant::now() >= d) {
+                        // Past the deadline: this batch and everything queued is unwritten.
+                        rx.close();
+                        let mut n = batch.len() as u64;
+                        while rx.try_recv().is_ok() {
+                            n += 1;
+                        }
+                        c.dropped_shutdown.fetch_add(n, Relaxed);
+                        c.queued.fetch_sub(n, Relaxed);
+                        count_dropped(&m, "shutdown", n);
+                        tracing::error!(
+                            traces = n,
+                            "luametrics: shutdown deadline passed; unwritten traces dropped (reason shutdown)"
+                        );
+                        return;
+                    }
                     match store.insert_traces(&batch).await {
                         Ok(()) => {
-                            w.fetch_add(batch.len() as u64, Relaxed);
+                            c.written.fetch_add(batch.len() as u64, Relaxed);
+                            c.queued.fetch_sub(batch.len() as u64, Relaxed);
+                            if std::mem::take(&mut failing) {
+                                tracing::warn!("luametrics: trace writes recovered");
+                            }
                             break;
                         }
-                        // A transient database fault: retry a few times, then let the batch go
-                        // (traces are diagnostics; metrics carry the totals).
-                        Err(_) if attempts < 20 => {
-                            attempts += 1;
-                            tokio::time::sleep(delay).await;
+                        // Retried until the database recovers or shutdown's deadline: the
+                        // bounded queue, not a retry count, limits what waits.
+                        Err(e) => {
+                            if !std::mem::replace(&mut failing, true) {
+                                tracing::error!(
+                                    error = %e,
+                                    batch = batch.len(),
+                                    "luametrics: trace writes are failing; retrying"
+                                );
+                            }
+                            let sleep = match st.deadline() {
+                                Some(d) => delay.min(d.saturating_duration_since(Instant::now())),
+                                None => delay,
+                            };
+                            tokio::select! {
+                                _ = tokio::time::sleep(sleep) => {}
+                                _ = st.notify.notified() => {}
+                            }
                             delay = (delay * 2).min(Duration::from_secs(2));
                         }
-                        Err(_) => break,
                     }
                 }
                 batch.clear();
@@ -91,46 +164,67 @@ impl TraceWriter {
             tx: parking_lot::Mutex::new(Some(tx)),
             task: tokio::sync::Mutex::new(Some(task)),
             metrics,
-            written,
-            dropped: AtomicU64::new(0),
+            counts,
+            stop,
         }
     }
 
     /// Queues a trace; never waits.
     pub fn submit(&self, trace: TraceRecord) {
+        self.counts.queued.fetch_add(1, Relaxed);
         let sent = match &*self.tx.lock() {
             Some(tx) => tx.try_send(trace).is_ok(),
             None => false,
         };
         if !sent {
-            self.dropped.fetch_add(1, Relaxed);
-            let _ = self.metrics.record_system(
-                "luametrics.traces.dropped.count",
-                Kind::Counter,
-                1.0,
-                Tags::new(),
-                None,
-                None,
-            );
+            self.counts.queued.fetch_sub(1, Relaxed);
+            self.counts.dropped_full.fetch_add(1, Relaxed);
+            count_dropped(&self.metrics, "queue_full", 1);
         }
     }
 
     /// Traces written so far.
     pub fn written(&self) -> u64 {
-        self.written.load(Relaxed)
+        self.counts.written.load(Relaxed)
     }
 
-    /// Traces dropped because the queue was full or closed.
+    /// Traces dropped, for any reason (queue full or closed, shutdown deadline).
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Relaxed)
+        self.counts.dropped_full.load(Relaxed) + self.counts.dropped_shutdown.load(Relaxed)
     }
 
-    /// Stops accepting traces and waits until the queued ones are written.
-    pub async fn shutdown(&self) {
+    /// Traces still unwritten when the shutdown deadline passed.
+    pub fn dropped_at_shutdown(&self) -> u64 {
+        self.counts.dropped_shutdown.load(Relaxed)
+    }
+
+    /// Stops accepting traces and writes the queued ones, retrying a failing database until
+    /// `deadline`; what is unwritten then is counted as dropped (reason `shutdown`).
+    pub async fn shutdown_by(&self, deadline: Instant) {
         self.tx.lock().take();
-        if let Some(task) = self.task.lock().await.take() {
-            let _ = task.await;
+        *self.stop.deadline.lock() = Some(deadline);
+        self.stop.notify.notify_waiters();
+        let Some(mut task) = self.task.lock().await.take() else {
+            return;
+        };
+        // The task keeps the deadline itself, give or take one write (whose lock wait the
+        // recorder keeps short); past a grace it is stopped and its queue counted here.
+        let grace = deadline + Duration::from_millis(500);
+        if tokio::time::timeout_at(grace.into(), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+            let n = self.counts.queued.swap(0, Relaxed);
+            self.counts.dropped_shutdown.fetch_add(n, Relaxed);
+            count_dropped(&self.metrics, "shutdown", n);
         }
+    }
+
+    /// Stops accepting traces and waits until the queued ones are written (no deadline).
+    pub async fn shutdown(&self) {
+        self.shutdown_by(Instant::now() + Duration::from_secs(3600))
+            .await
     }
 }
 

@@ -25,12 +25,35 @@ impl DropReason {
     }
 }
 
+/// Why accepted points never reached the database (they were counted as accepted first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LostReason {
+    /// Still unwritten when the shutdown deadline passed.
+    Shutdown,
+    /// Written into a database file that was then deleted or replaced under the service.
+    DatabaseGone,
+}
+
+impl LostReason {
+    const ALL: [LostReason; 2] = [LostReason::Shutdown, LostReason::DatabaseGone];
+
+    /// Stable snake_case code (the `reason` tag of `luametrics.points.lost.count`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LostReason::Shutdown => "shutdown",
+            LostReason::DatabaseGone => "database_gone",
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct TypeCounters {
     pub offered: AtomicU64,
     pub accepted: AtomicU64,
     pub rejected: [AtomicU64; RejectReason::ALL.len()],
     pub dropped: [AtomicU64; 2],
+    pub lost: [AtomicU64; 2],
 }
 
 /// Exact point accounting, per metric type: offered = accepted + rejected + dropped.
@@ -66,6 +89,10 @@ impl Counters {
         c.dropped[reason as usize].fetch_add(n, Relaxed);
     }
 
+    pub fn lose(&self, t: MetricType, reason: LostReason, n: u64) {
+        self.of(t).lost[reason as usize].fetch_add(n, Relaxed);
+    }
+
     pub fn snapshot(&self) -> Accounting {
         Accounting {
             system: snap(&self.system),
@@ -92,6 +119,13 @@ fn snap(c: &TypeCounters) -> TypeAccounting {
                 (n > 0).then(|| (r.as_str().to_string(), n))
             })
             .collect(),
+        lost: LostReason::ALL
+            .iter()
+            .filter_map(|r| {
+                let n = c.lost[*r as usize].load(Relaxed);
+                (n > 0).then(|| (r.as_str().to_string(), n))
+            })
+            .collect(),
     }
 }
 
@@ -106,6 +140,9 @@ pub struct TypeAccounting {
     pub rejected: BTreeMap<String, u64>,
     /// Valid points not kept, by reason code.
     pub dropped: BTreeMap<String, u64>,
+    /// Accepted points that never reached the database, by reason code (`shutdown`,
+    /// `database_gone`): a subset of `accepted`, so stored = accepted - lost once flushed.
+    pub lost: BTreeMap<String, u64>,
 }
 
 impl TypeAccounting {
@@ -117,6 +154,11 @@ impl TypeAccounting {
     /// Total dropped.
     pub fn dropped_total(&self) -> u64 {
         self.dropped.values().sum()
+    }
+
+    /// Total lost after acceptance.
+    pub fn lost_total(&self) -> u64 {
+        self.lost.values().sum()
     }
 
     /// Whether offered = accepted + rejected + dropped.

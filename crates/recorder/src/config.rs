@@ -33,8 +33,15 @@ pub struct RecorderSettings {
     pub retry_max_ms: u64,
     /// Rows per flush transaction.
     pub max_rows_per_transaction: usize,
-    /// How long shutdown keeps retrying a failing database before giving up.
+    /// The whole shutdown's deadline (drain, traces, final flush): past it, what is unwritten
+    /// is counted as lost (reason `shutdown`) and reported.
     pub shutdown_timeout_ms: u64,
+    /// Every this many ms the flusher checkpoints the write-ahead log into the database file
+    /// and truncates it (0: only after writes recover from errors).
+    pub checkpoint_interval_ms: u64,
+    /// Share of `max_memory_bytes` held by accumulators and unwritten rows past which
+    /// `/readyz` reports not ready.
+    pub ready_memory_share: f64,
 }
 
 impl Default for RecorderSettings {
@@ -48,6 +55,8 @@ impl Default for RecorderSettings {
             retry_max_ms: 5_000,
             max_rows_per_transaction: 20_000,
             shutdown_timeout_ms: 10_000,
+            checkpoint_interval_ms: 60_000,
+            ready_memory_share: 0.8,
         }
     }
 }

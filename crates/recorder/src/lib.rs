@@ -6,22 +6,31 @@
 //! Accounting is exact: offered = accepted + rejected (by reason) + dropped (by reason).
 //!
 //! Invariants:
-//! - A point counted as accepted is written by a later flush, or reported by `shutdown` as
-//!   unwritten; a failed flush keeps its rows and retries with backoff.
+//! - A point counted as accepted is written by a later flush, or counted as lost with its
+//!   reason (`shutdown` past the deadline, `database_gone` when the file it was written to was
+//!   deleted or replaced): accepted = stored + lost, exactly. A failed flush keeps its rows and
+//!   retries with backoff.
+//! - The accounting exported on `/metrics` is read from the counters themselves, not from
+//!   stored points; the stored copies are recorded with reserved room under the memory bound
+//!   and a counter's delta is marked reported only once it was taken in.
+//! - Every database call runs off the async workers (the store sees to it), so recording and
+//!   requests never wait for a flush, a lock or a full disk.
 //! - The tenant of a user point comes from the host's call, never from tags.
 
 mod accounting;
 mod bridge;
 mod config;
 mod exposition;
+mod health;
 mod quota;
 mod series;
 mod service;
 
-pub use accounting::{Accounting, DropReason, TypeAccounting};
+pub use accounting::{Accounting, DropReason, LostReason, TypeAccounting};
 pub use bridge::MetricsBridge;
 pub use config::{system_clock, Clock, RecorderConfig, RecorderSettings};
 pub use exposition::ExposedSeries;
+pub use health::Health;
 pub use service::{
     Accepted, BatchPoint, BatchReport, MetricsService, RecorderError, Rejected, ShutdownReport,
 };

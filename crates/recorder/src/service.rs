@@ -1,4 +1,4 @@
-use crate::accounting::{Counters, DropReason};
+use crate::accounting::{Counters, DropReason, LostReason};
 use crate::config::RecorderConfig;
 use crate::quota::TenantQuota;
 use crate::series::{Registry, SeriesKey};
@@ -8,7 +8,9 @@ use luametrics_sketch::Summary;
 use luametrics_store::{RowData, Store, StoreError};
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -17,6 +19,14 @@ use tokio::sync::Notify;
 const ENTRY_OVERHEAD: usize = 160;
 /// Bytes reserved per histogram entry for its sketch's buckets.
 const SKETCH_RESERVE: usize = 2_048;
+/// Room above the memory bound kept for the service's own metrics (a few dozen series), so
+/// the stored accounting is never dropped by the bound it reports on.
+const SELF_RESERVE: usize = 256 * 1024;
+/// Longest a flush waits on another connection's lock before it fails and retries: short, so
+/// shutdown keeps its deadline during a lock (the flusher retries with backoff anyway).
+const WRITE_WAIT: Duration = Duration::from_millis(500);
+/// No timestamp yet.
+const NEVER: i64 = i64::MIN;
 
 /// What happened to an accepted point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,14 +61,16 @@ pub enum RecorderError {
         source: StoreError,
     },
     /// Shutdown gave up on a database that stayed unwritable.
-    #[error("shutdown gave up after {waited_ms} ms: {rows} rows ({points} points) not written: {source}")]
+    #[error("shutdown gave up after {waited_ms} ms: {rows} rows ({points} points, {user_points} of them user points) not written, counted as lost: {source}")]
     Unflushed {
         /// How long shutdown retried.
         waited_ms: u64,
         /// Rows not written.
         rows: usize,
-        /// Points in those rows.
+        /// Accounted points in those rows.
         points: u64,
+        /// Of which user points.
+        user_points: u64,
         /// The last database error.
         #[source]
         source: StoreError,
@@ -97,10 +109,22 @@ pub struct ShutdownReport {
     pub rows_written: usize,
 }
 
+/// Points of both types (system, user).
+fn type_index(t: MetricType) -> usize {
+    match t {
+        MetricType::System => 0,
+        MetricType::User => 1,
+    }
+}
+
+const TYPES: [MetricType; 2] = [MetricType::System, MetricType::User];
+
 struct Entry {
     summary: Summary,
     source: Option<String>,
     cost: usize,
+    /// Counted in the accounting (false for the service's own metrics).
+    accounted: bool,
 }
 
 #[derive(Default)]
@@ -130,6 +154,18 @@ pub(crate) struct Sealed {
     window_ms: i64,
     summary: Summary,
     source: Option<String>,
+    accounted: bool,
+}
+
+impl Sealed {
+    /// Points this row carries that the accounting counted as accepted.
+    fn accounted_points(&self) -> u64 {
+        if self.accounted {
+            self.summary.samples
+        } else {
+            0
+        }
+    }
 }
 
 impl RowData for Sealed {
@@ -181,7 +217,21 @@ struct Inner {
     /// Exported names held by user metrics.
     names: luametrics_model::ExportedNames,
     flush_errors: AtomicU64,
-    last_reported: Mutex<Accounting>,
+    /// Per self-metric counter (name, type, reason): the value already taken into a stored
+    /// point. Advanced only when the point was taken in, so nothing is marked reported that was
+    /// not recorded.
+    last_reported: Mutex<HashMap<(&'static str, MetricType, String), u64>>,
+    /// Rows in `pending`, and the accounted points they carry per type.
+    backlog_rows: AtomicUsize,
+    backlog_points: [AtomicU64; 2],
+    /// Accounted points written into the database file now open, per type (lost with it if
+    /// it is deleted), and its rows.
+    file_points: [AtomicU64; 2],
+    file_rows: AtomicU64,
+    health: Mutex<crate::health::State>,
+    last_memory_drop_ms: AtomicI64,
+    /// A checkpoint is wanted (after writes recovered).
+    checkpoint_due: AtomicBool,
     closing: AtomicBool,
     inflight: AtomicUsize,
     wake: Notify,
@@ -231,7 +281,14 @@ impl MetricsService {
             rows_written_total: AtomicU64::new(0),
             names: Default::default(),
             flush_errors: AtomicU64::new(0),
-            last_reported: Mutex::new(Accounting::default()),
+            last_reported: Mutex::new(HashMap::new()),
+            backlog_rows: AtomicUsize::new(0),
+            backlog_points: Default::default(),
+            file_points: Default::default(),
+            file_rows: AtomicU64::new(0),
+            health: Mutex::new(Default::default()),
+            last_memory_drop_ms: AtomicI64::new(NEVER),
+            checkpoint_due: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             wake: Notify::new(),
@@ -260,6 +317,24 @@ impl MetricsService {
     /// Exact point accounting since start.
     pub fn accounting(&self) -> Accounting {
         self.inner.counters.snapshot()
+    }
+
+    /// The database's health as the flusher sees it, and the backlog: what `/readyz` reports.
+    pub fn health(&self) -> crate::Health {
+        let inner = &self.inner;
+        let state = inner.health.lock();
+        let drop_at = inner.last_memory_drop_ms.load(Relaxed);
+        crate::Health {
+            failing_since_ms: state.failing_since_ms,
+            last_error: state.last_error.clone(),
+            backlog_rows: inner.backlog_rows.load(Relaxed),
+            memory_used: inner.memory.load(Relaxed),
+            memory_bound: inner.config.settings.max_memory_bytes,
+            ready_memory_share: inner.config.settings.ready_memory_share,
+            last_memory_drop_ms: (drop_at != NEVER).then_some(drop_at),
+            database_file: state.file_fault.map(str::to_string),
+            now_ms: (inner.config.clock)(),
+        }
     }
 
     /// Claims the exported Prometheus names of a user metric: refused (`name_conflict`) when
@@ -535,15 +610,25 @@ impl MetricsService {
         self.inner.flush(true).await
     }
 
-    /// Stops accepting points, then flushes everything, retrying a failing database until the
-    /// shutdown timeout. Idempotent.
+    /// Stops accepting points, then flushes everything, retrying a failing database until
+    /// `shutdown_timeout_ms` from now. See [`MetricsService::shutdown_by`].
     pub async fn shutdown(&self) -> Result<ShutdownReport, RecorderError> {
+        let timeout = Duration::from_millis(self.inner.config.settings.shutdown_timeout_ms);
+        self.shutdown_by(Instant::now() + timeout).await
+    }
+
+    /// Stops accepting points, then flushes everything, retrying a failing database until
+    /// `deadline`: no lock wait runs past it. What is still unwritten then is counted as lost
+    /// (reason `shutdown`) and returned as [`RecorderError::Unflushed`].
+    pub async fn shutdown_by(&self, deadline: Instant) -> Result<ShutdownReport, RecorderError> {
         let inner = &self.inner;
+        let started = Instant::now();
         inner.closing.store(true, SeqCst);
         // Points that passed the closing check before it was set land before the final flush.
         while inner.inflight.load(SeqCst) > 0 {
             tokio::task::yield_now().await;
         }
+        // The flusher ends after its current attempt, whose lock wait is short (WRITE_WAIT).
         inner.wake.notify_one();
         while !inner.flusher_done.load(SeqCst) {
             let stopped = inner.stopped.notified();
@@ -553,29 +638,26 @@ impl MetricsService {
             let _ = tokio::time::timeout(Duration::from_millis(50), stopped).await;
             inner.wake.notify_one();
         }
-        let started = Instant::now();
-        let timeout = Duration::from_millis(inner.config.settings.shutdown_timeout_ms);
         let mut delay = Duration::from_millis(inner.config.settings.retry_initial_ms.max(1));
-        let mut written = 0;
         loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            // No lock wait of the final flush outlives the deadline.
+            let wait = inner
+                .store
+                .busy_timeout()
+                .min(remaining)
+                .max(Duration::from_millis(1));
+            let _ = inner.store.set_write_wait(wait).await;
             match inner.flush(true).await {
                 Ok(n) => {
-                    written += n;
-                    return Ok(ShutdownReport {
-                        rows_written: written,
-                    });
+                    return Ok(ShutdownReport { rows_written: n });
                 }
                 Err(RecorderError::Flush { source, .. }) => {
-                    if started.elapsed() >= timeout {
-                        let pending = inner.pending.lock().await;
-                        return Err(RecorderError::Unflushed {
-                            waited_ms: started.elapsed().as_millis() as u64,
-                            rows: pending.len(),
-                            points: pending.iter().map(|(r, _)| r.summary.samples).sum(),
-                            source,
-                        });
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        return Err(inner.give_up(started.elapsed(), source).await);
                     }
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep(delay.min(remaining)).await;
                     delay =
                         (delay * 2).min(Duration::from_millis(inner.config.settings.retry_max_ms));
                 }
@@ -614,6 +696,10 @@ impl Inner {
         self.inflight.fetch_add(1, SeqCst);
         let result = self.ingest_inner(key, summary, ts, source, false);
         self.inflight.fetch_sub(1, SeqCst);
+        if let Err(Rejected::Dropped(DropReason::MemoryBound)) = result {
+            self.last_memory_drop_ms
+                .store((self.config.clock)(), Relaxed);
+        }
         if account {
             match result {
                 Ok(_) => self.counters.accept(metric_type, samples),
@@ -644,7 +730,9 @@ impl Inner {
         };
         let window = self.window_start(ts);
         let shard = &self.shards[(self.hasher.hash_one(&key) as usize) % self.shards.len()];
-        let max = self.config.settings.max_memory_bytes;
+        // The service's own metrics have reserved room above the bound.
+        let max = self.config.settings.max_memory_bytes + if internal { SELF_RESERVE } else { 0 };
+        let accounted = !internal;
         let cost = ENTRY_OVERHEAD
             + key.heap_bytes()
             + if key.kind == Kind::Histogram {
@@ -663,6 +751,7 @@ impl Inner {
                 window_ms: 0,
                 summary,
                 source,
+                accounted,
             };
             shard.raw.push((row, cost));
             return Ok(accepted);
@@ -688,6 +777,7 @@ impl Inner {
                     summary,
                     source,
                     cost,
+                    accounted,
                 },
             ));
             return Ok(accepted);
@@ -704,6 +794,7 @@ impl Inner {
                         summary,
                         source,
                         cost,
+                        accounted,
                     },
                 )],
                 idle_flushes: 0,
@@ -729,103 +820,90 @@ impl Inner {
         }
     }
 
-    /// Records the service's own counters as system metrics (outside the accounting).
+    /// Records the service's own counters as system metrics (outside the accounting). A
+    /// counter's delta is marked reported only once its point was taken in; the points have
+    /// reserved room above the memory bound, so a full recorder delays them at worst.
     fn record_self_metrics(&self, now: i64) {
         let snap = self.counters.snapshot();
-        let mut last = self.last_reported.lock();
-        let mut points: Vec<(&'static str, Kind, f64, Tags)> = Vec::new();
-        for (mt, cur, prev) in [
-            (MetricType::System, &snap.system, &last.system),
-            (MetricType::User, &snap.user, &last.user),
+        // (name, type, reason tag, cumulative value)
+        let mut counters: Vec<(&'static str, MetricType, Option<&str>, u64)> = Vec::new();
+        for (mt, cur) in [
+            (MetricType::System, &snap.system),
+            (MetricType::User, &snap.user),
         ] {
-            let t = |extra: Option<(&str, &str)>| {
-                let mut tags = Tags::from([("metric_type".to_string(), mt.as_str().to_string())]);
-                if let Some((k, v)) = extra {
-                    tags.insert(k.to_string(), v.to_string());
-                }
-                tags
-            };
-            let d = |a: u64, b: u64| a.saturating_sub(b) as f64;
-            if cur.offered > prev.offered {
-                points.push((
-                    "luametrics.points.offered.count",
-                    Kind::Counter,
-                    d(cur.offered, prev.offered),
-                    t(None),
-                ));
-            }
-            if cur.accepted > prev.accepted {
-                points.push((
-                    "luametrics.points.accepted.count",
-                    Kind::Counter,
-                    d(cur.accepted, prev.accepted),
-                    t(None),
-                ));
-            }
-            for (name, now_map, prev_map) in [
-                (
-                    "luametrics.points.rejected.count",
-                    &cur.rejected,
-                    &prev.rejected,
-                ),
-                (
-                    "luametrics.points.dropped.count",
-                    &cur.dropped,
-                    &prev.dropped,
-                ),
+            counters.push(("luametrics.points.offered.count", mt, None, cur.offered));
+            counters.push(("luametrics.points.accepted.count", mt, None, cur.accepted));
+            for (name, map) in [
+                ("luametrics.points.rejected.count", &cur.rejected),
+                ("luametrics.points.dropped.count", &cur.dropped),
+                ("luametrics.points.lost.count", &cur.lost),
             ] {
-                for (reason, n) in now_map {
-                    let before = prev_map.get(reason).copied().unwrap_or(0);
-                    if *n > before {
-                        points.push((
-                            name,
-                            Kind::Counter,
-                            d(*n, before),
-                            t(Some(("reason", reason))),
-                        ));
-                    }
+                for (reason, n) in map {
+                    counters.push((name, mt, Some(reason.as_str()), *n));
                 }
             }
         }
-        *last = snap;
+        let mut last = self.last_reported.lock();
+        for (name, mt, reason, cur) in counters {
+            let slot = last
+                .entry((name, mt, reason.unwrap_or("").to_string()))
+                .or_insert(0);
+            if cur <= *slot {
+                continue;
+            }
+            let mut tags = Tags::from([("metric_type".to_string(), mt.as_str().to_string())]);
+            if let Some(r) = reason {
+                tags.insert("reason".to_string(), r.to_string());
+            }
+            if self.ingest_self(name, Kind::Counter, (cur - *slot) as f64, tags, now) {
+                *slot = cur;
+            }
+        }
         drop(last);
-        let rows = self.flushed_rows.swap(0, Relaxed);
-        if rows > 0 {
-            points.push((
-                "luametrics.flush.rows.count",
-                Kind::Counter,
-                rows as f64,
-                Tags::new(),
-            ));
+        for (name, counter) in [
+            ("luametrics.flush.rows.count", &self.flushed_rows),
+            ("luametrics.flush.errors.count", &self.flush_errors),
+        ] {
+            let n = counter.swap(0, Relaxed);
+            if n > 0 && !self.ingest_self(name, Kind::Counter, n as f64, Tags::new(), now) {
+                counter.fetch_add(n, Relaxed);
+            }
         }
-        let errors = self.flush_errors.swap(0, Relaxed);
-        if errors > 0 {
-            points.push((
-                "luametrics.flush.errors.count",
-                Kind::Counter,
-                errors as f64,
-                Tags::new(),
-            ));
-        }
-        points.push((
+        self.ingest_self(
             "luametrics.series.active",
             Kind::Gauge,
             self.registry.len() as f64,
             Tags::new(),
-        ));
-        for (name, kind, value, tags) in points {
-            let key = SeriesKey {
-                metric_type: MetricType::System,
-                kind,
-                tenant: None,
-                name: name.to_string(),
-                tags,
-            };
-            let mut s = Summary::new(false);
-            s.observe(value, now);
-            // Self-metrics are best effort under the memory bound, and never accounted.
-            let _ = self.ingest_inner(key, s, now, None, true);
-        }
+            now,
+        );
+        self.ingest_self(
+            "luametrics.flush.backlog_rows",
+            Kind::Gauge,
+            self.backlog_rows.load(Relaxed) as f64,
+            Tags::new(),
+            now,
+        );
+    }
+
+    /// One point of the service's own metrics; whether it was taken in.
+    fn ingest_self(
+        &self,
+        name: &'static str,
+        kind: Kind,
+        value: f64,
+        tags: Tags,
+        now: i64,
+    ) -> bool {
+        let key = SeriesKey {
+            metric_type: MetricType::System,
+            kind,
+            tenant: None,
+            name: name.to_string(),
+            tags,
+        };
+        let mut s = Summary::new(kind == Kind::Histogram);
+        s.observe(value, now);
+        self.ingest_inner(key, s, now, None, true).is_ok()
     }
 
     /// Moves sealed windows (all windows when `all`) to the pending queue, then writes pending.
@@ -859,6 +937,7 @@ impl Inner {
                                 window_ms,
                                 summary: e.summary,
                                 source: e.source,
+                                accounted: e.accounted,
                             };
                             sealed.push((row, e.cost));
                         } else {
@@ -887,8 +966,18 @@ impl Inner {
             }
         }
         let mut pending = self.pending.lock().await;
+        for (row, _) in &sealed {
+            self.backlog_points[type_index(row.key.metric_type)]
+                .fetch_add(row.accounted_points(), Relaxed);
+        }
         pending.extend(sealed);
+        self.backlog_rows.store(pending.len(), Relaxed);
+        // A deleted or replaced file is noticed even when there is nothing to write.
+        if let Err(e) = self.store.check_file().await {
+            self.file_gone(&e, pending.len()).await?;
+        }
         let mut written = 0;
+        let mut recreated = false;
         let chunk = self.config.settings.max_rows_per_transaction.max(1);
         while !pending.is_empty() {
             let n = chunk.min(pending.len());
@@ -899,27 +988,42 @@ impl Inner {
                 .await
             {
                 Ok(_) => {
-                    let freed: usize = pending.drain(..n).map(|(_, c)| c).sum();
+                    let mut freed = 0;
+                    let mut points = [0u64; 2];
+                    for (row, cost) in pending.drain(..n) {
+                        freed += cost;
+                        points[type_index(row.key.metric_type)] += row.accounted_points();
+                    }
+                    for (i, p) in points.into_iter().enumerate() {
+                        self.backlog_points[i].fetch_sub(p, Relaxed);
+                        self.file_points[i].fetch_add(p, Relaxed);
+                    }
+                    self.file_rows.fetch_add(n as u64, Relaxed);
+                    self.backlog_rows.store(pending.len(), Relaxed);
                     self.memory.fetch_sub(freed, Relaxed);
                     written += n;
                     self.flushed_rows.fetch_add(n as u64, Relaxed);
                     self.rows_written_total.fetch_add(n as u64, Relaxed);
+                    self.wrote(pending.len());
                     let ms = started.elapsed().as_secs_f64() * 1000.0;
-                    let key = SeriesKey {
-                        metric_type: MetricType::System,
-                        kind: Kind::Histogram,
-                        tenant: None,
-                        name: "luametrics.flush.duration_ms".into(),
-                        tags: Tags::new(),
-                    };
-                    let mut s = Summary::new(true);
-                    s.observe(ms, now);
                     if !self.closing.load(SeqCst) {
-                        let _ = self.ingest_inner(key, s, now, None, true);
+                        self.ingest_self(
+                            "luametrics.flush.duration_ms",
+                            Kind::Histogram,
+                            ms,
+                            Tags::new(),
+                            now,
+                        );
                     }
+                }
+                // The file went away between the check and the write: recreate it once.
+                Err(e @ StoreError::Gone { .. }) if !recreated => {
+                    recreated = true;
+                    self.file_gone(&e, pending.len()).await?;
                 }
                 Err(source) => {
                     self.flush_errors.fetch_add(1, Relaxed);
+                    self.failed(&source, pending.len());
                     return Err(RecorderError::Flush {
                         rows: pending.len(),
                         source,
@@ -928,6 +1032,121 @@ impl Inner {
             }
         }
         Ok(written)
+    }
+
+    /// A write failed: logged once when writes start failing, then kept in the health state.
+    fn failed(&self, error: &StoreError, backlog_rows: usize) {
+        let mut h = self.health.lock();
+        h.failures += 1;
+        h.last_error = Some(error.to_string());
+        if h.failing_since_ms.is_none() {
+            h.failing_since_ms = Some((self.config.clock)());
+            tracing::error!(
+                error = %error,
+                backlog_rows,
+                memory_used = self.memory.load(Relaxed),
+                "luametrics: writes to the database are failing; rows are kept and retried"
+            );
+        }
+    }
+
+    /// A write succeeded: a recovery is logged once, and a checkpoint follows it.
+    fn wrote(&self, backlog_rows: usize) {
+        let mut h = self.health.lock();
+        h.file_fault = None;
+        if let Some(since) = h.failing_since_ms.take() {
+            tracing::warn!(
+                failed_for_ms = (self.config.clock)() - since,
+                failed_attempts = h.failures,
+                backlog_rows,
+                "luametrics: writes to the database recovered"
+            );
+            h.failures = 0;
+            h.last_error = None;
+            self.checkpoint_due.store(true, Relaxed);
+        }
+    }
+
+    /// The database file was deleted or replaced: what this process wrote to it is lost with
+    /// it (counted and logged), and a new database is created and migrated at the path for the
+    /// rows still held.
+    async fn file_gone(
+        &self,
+        error: &StoreError,
+        backlog_rows: usize,
+    ) -> Result<(), RecorderError> {
+        let fault = match error {
+            StoreError::Gone { fault, .. } => fault.as_str(),
+            _ => "unreadable",
+        };
+        {
+            let mut h = self.health.lock();
+            if h.file_fault.is_none() {
+                tracing::error!(
+                    error = %error,
+                    backlog_rows,
+                    "luametrics: the database file was {fault} while open"
+                );
+            }
+            h.file_fault = Some(fault);
+        }
+        if let Err(source) = self.store.reopen().await {
+            self.flush_errors.fetch_add(1, Relaxed);
+            self.failed(&source, backlog_rows);
+            return Err(RecorderError::Flush {
+                rows: backlog_rows,
+                source,
+            });
+        }
+        let rows = self.file_rows.swap(0, Relaxed);
+        let mut lost = [0u64; 2];
+        for (i, t) in TYPES.into_iter().enumerate() {
+            lost[i] = self.file_points[i].swap(0, Relaxed);
+            self.counters.lose(t, LostReason::DatabaseGone, lost[i]);
+        }
+        tracing::error!(
+            lost_rows = rows,
+            lost_system_points = lost[0],
+            lost_user_points = lost[1],
+            backlog_rows,
+            "luametrics: recreated the database at its path; the rows this process had written \
+             to the {fault} file (and its traces) are lost with it and counted as lost \
+             (reason database_gone); writing the rows still held"
+        );
+        Ok(())
+    }
+
+    /// Gives up on every row still unwritten at the shutdown deadline: counted as lost with
+    /// reason `shutdown`, their memory released.
+    async fn give_up(&self, waited: Duration, source: StoreError) -> RecorderError {
+        let mut pending = self.pending.lock().await;
+        let rows = pending.len();
+        let mut points = [0u64; 2];
+        let mut freed = 0;
+        for (row, cost) in pending.drain(..) {
+            freed += cost;
+            points[type_index(row.key.metric_type)] += row.accounted_points();
+        }
+        for (i, t) in TYPES.into_iter().enumerate() {
+            self.counters.lose(t, LostReason::Shutdown, points[i]);
+            self.backlog_points[i].fetch_sub(points[i], Relaxed);
+        }
+        self.backlog_rows.store(0, Relaxed);
+        self.memory.fetch_sub(freed, Relaxed);
+        tracing::error!(
+            rows,
+            system_points = points[0],
+            user_points = points[1],
+            error = %source,
+            "luametrics: shutdown deadline passed; unwritten rows counted as lost (reason shutdown)"
+        );
+        RecorderError::Unflushed {
+            waited_ms: waited.as_millis() as u64,
+            rows,
+            points: points[0] + points[1],
+            user_points: points[1],
+            source,
+        }
     }
 }
 
@@ -946,7 +1165,14 @@ async fn flusher(inner: Arc<Inner>) {
         s.window_ms.clamp(50, 1_000)
     });
     let mut delay = Duration::from_millis(s.retry_initial_ms.max(1));
+    // A flush never waits long on another connection's lock: it fails and retries instead.
+    let _ = inner
+        .store
+        .set_write_wait(inner.store.busy_timeout().min(WRITE_WAIT))
+        .await;
     let mut last_evict = (inner.config.clock)();
+    let mut last_checkpoint = Instant::now();
+    let checkpoint_every = Duration::from_millis(s.checkpoint_interval_ms);
     let evict_every = (s.idle_eviction_ms as i64 / 10).clamp(1_000, 60_000);
     loop {
         let wait = tokio::time::timeout(tick, inner.wake.notified());
@@ -964,6 +1190,20 @@ async fn flusher(inner: Arc<Inner>) {
                 delay = (delay * 2).min(Duration::from_millis(s.retry_max_ms.max(1)));
             }
         }
+        // Checkpoints under the service's control: periodically, and once writes recover, so
+        // the write-ahead log cannot fill a small volume and a full disk recovers once space
+        // is freed.
+        let periodic =
+            s.checkpoint_interval_ms > 0 && last_checkpoint.elapsed() >= checkpoint_every;
+        if periodic || inner.checkpoint_due.swap(false, Relaxed) {
+            match inner.store.checkpoint().await {
+                Ok(_) => last_checkpoint = Instant::now(),
+                Err(e) => {
+                    inner.checkpoint_due.store(true, Relaxed);
+                    tracing::debug!(error = %e, "luametrics: checkpoint failed; retried later");
+                }
+            }
+        }
         let now = (inner.config.clock)();
         if now - last_evict >= evict_every {
             inner.registry.evict_idle(now - s.idle_eviction_ms as i64);
@@ -979,8 +1219,68 @@ async fn flusher(inner: Arc<Inner>) {
 impl MetricsService {
     /// Every series' cumulative state as of the last flush, for `/metrics`. Reads the
     /// exposition shard by shard; recording never waits on it.
+    ///
+    /// The accounting counters (`luametrics.points.*`) and the flush backlog come from the
+    /// service's own state at the time of the call, not from stored points: exact under the
+    /// memory bound and while the database fails.
     pub fn exposition(&self) -> Vec<crate::ExposedSeries> {
-        self.inner.exposition.snapshot()
+        let mut series = self.inner.exposition.snapshot();
+        series.retain(|s| {
+            !(s.metric_type == MetricType::System
+                && (s.name.starts_with("luametrics.points.")
+                    || s.name == "luametrics.flush.backlog_rows"))
+        });
+        let live = |name: &str, kind: Kind, value: f64, tags: Tags| crate::ExposedSeries {
+            metric_type: MetricType::System,
+            kind,
+            tenant: None,
+            name: name.to_string(),
+            tags,
+            value,
+            count: 1,
+            sketch: None,
+        };
+        let acc = self.accounting();
+        for (mt, a) in [
+            (MetricType::System, &acc.system),
+            (MetricType::User, &acc.user),
+        ] {
+            let tags = |reason: Option<&str>| {
+                let mut t = Tags::from([("metric_type".to_string(), mt.as_str().to_string())]);
+                if let Some(r) = reason {
+                    t.insert("reason".to_string(), r.to_string());
+                }
+                t
+            };
+            series.push(live(
+                "luametrics.points.offered.count",
+                Kind::Counter,
+                a.offered as f64,
+                tags(None),
+            ));
+            series.push(live(
+                "luametrics.points.accepted.count",
+                Kind::Counter,
+                a.accepted as f64,
+                tags(None),
+            ));
+            for (name, map) in [
+                ("luametrics.points.rejected.count", &a.rejected),
+                ("luametrics.points.dropped.count", &a.dropped),
+                ("luametrics.points.lost.count", &a.lost),
+            ] {
+                for (reason, n) in map {
+                    series.push(live(name, Kind::Counter, *n as f64, tags(Some(reason))));
+                }
+            }
+        }
+        series.push(live(
+            "luametrics.flush.backlog_rows",
+            Kind::Gauge,
+            self.inner.backlog_rows.load(Relaxed) as f64,
+            Tags::new(),
+        ));
+        series
     }
 
     /// Series held for scrapes.

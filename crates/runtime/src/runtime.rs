@@ -11,7 +11,7 @@ use luametrics_store::{
 use serde_json::Value as Json;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Why the runtime could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,15 @@ pub enum RuntimeError {
     /// Shutdown could not write everything.
     #[error("recorder: {0}")]
     Recorder(#[from] RecorderError),
+    /// The shutdown deadline passed with points or traces unwritten; they are counted as lost
+    /// (points) and dropped (traces) with reason `shutdown`.
+    #[error("shutdown deadline passed: {} points ({} user points, {} rows) and {} traces not written, counted with reason `shutdown`{}", .summary.points_unwritten, .summary.user_points_unwritten, .summary.rows_unwritten, .summary.traces_unwritten, .cause.as_deref().map(|c| format!(": {c}")).unwrap_or_default())]
+    Unwritten {
+        /// What the shutdown did write, and what it did not.
+        summary: ShutdownSummary,
+        /// The last database error, if the recorder gave up on one.
+        cause: Option<String>,
+    },
 }
 
 /// What a clean shutdown wrote.
@@ -40,8 +49,16 @@ pub struct ShutdownSummary {
     pub final_rows: usize,
     /// Traces written over the runtime's life.
     pub traces_written: u64,
-    /// Traces dropped (queue full).
+    /// Traces dropped over the runtime's life (queue full, or unwritten at the deadline).
     pub traces_dropped: u64,
+    /// Traces still unwritten at the shutdown deadline (part of `traces_dropped`).
+    pub traces_unwritten: u64,
+    /// Accepted points still unwritten at the shutdown deadline (counted as lost).
+    pub points_unwritten: u64,
+    /// Of which user points.
+    pub user_points_unwritten: u64,
+    /// Rows holding those points.
+    pub rows_unwritten: usize,
 }
 
 /// The embedding API: one per process, shared by reference (`Arc<Runtime>`).
@@ -248,18 +265,57 @@ impl Runtime {
     }
 
     /// Stops the watcher, writes queued traces and the pool's last sample, then flushes every
-    /// accepted point.
+    /// accepted point, all within `recorder.shutdown_timeout_ms` from now.
     pub async fn shutdown(&self) -> Result<ShutdownSummary, RuntimeError> {
+        let timeout = Duration::from_millis(self.config.recorder.shutdown_timeout_ms);
+        self.shutdown_by(Instant::now() + timeout).await
+    }
+
+    /// Like [`Runtime::shutdown`] with an explicit deadline (a server starts it when the
+    /// signal arrives, so draining requests counts too). Whatever the database does, this
+    /// returns by the deadline plus at most one short lock wait: traces get the first half of
+    /// the time left, the final flush the rest. Anything unwritten at the deadline is counted
+    /// (reason `shutdown`) and returned as [`RuntimeError::Unwritten`].
+    pub async fn shutdown_by(&self, deadline: Instant) -> Result<ShutdownSummary, RuntimeError> {
         if let Some(w) = self.watcher.lock().take() {
             w.abort();
         }
-        self.traces.shutdown().await;
+        let now = Instant::now();
+        let traces_deadline = now + deadline.saturating_duration_since(now) / 2;
+        self.traces.shutdown_by(traces_deadline).await;
         self.pool.record_metrics();
-        let report = self.metrics.shutdown().await?;
-        Ok(ShutdownSummary {
-            final_rows: report.rows_written,
+        let result = self.metrics.shutdown_by(deadline).await;
+        let mut summary = ShutdownSummary {
+            final_rows: 0,
             traces_written: self.traces.written(),
             traces_dropped: self.traces.dropped(),
-        })
+            traces_unwritten: self.traces.dropped_at_shutdown(),
+            points_unwritten: 0,
+            user_points_unwritten: 0,
+            rows_unwritten: 0,
+        };
+        let cause = match result {
+            Ok(report) => {
+                summary.final_rows = report.rows_written;
+                None
+            }
+            Err(RecorderError::Unflushed {
+                rows,
+                points,
+                user_points,
+                source,
+                ..
+            }) => {
+                summary.points_unwritten = points;
+                summary.user_points_unwritten = user_points;
+                summary.rows_unwritten = rows;
+                Some(source.to_string())
+            }
+            Err(other) => return Err(other.into()),
+        };
+        if cause.is_some() || summary.traces_unwritten > 0 {
+            return Err(RuntimeError::Unwritten { summary, cause });
+        }
+        Ok(summary)
     }
 }

@@ -291,16 +291,41 @@ pub(crate) async fn readyz(State(s): State<AppState>) -> Result<Json<Value>, Api
             ),
         ));
     }
-    s.runtime.store().count_traces().await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            e.to_string(),
-        )
-    })?;
-    Ok(Json(
-        json!({"status": "ready", "pipelines": s.runtime.pipelines().len()}),
-    ))
+    // The recorder's own view: no database call here, so a lock or a deleted file cannot make
+    // readiness hang, and no connection can create an empty file at the path.
+    let mut problems: Vec<(&'static str, String)> = Vec::new();
+    if let Some(fault) = s.runtime.store().file_fault() {
+        problems.push((
+            "database_gone",
+            format!("the database file was {fault} while open"),
+        ));
+    }
+    let health = s.runtime.metrics().health();
+    for (code, message) in health.problems() {
+        if !problems.iter().any(|(c, _)| *c == code) {
+            problems.push((code, message));
+        }
+    }
+    if let Some(&(code, _)) = problems.first() {
+        let message = problems
+            .iter()
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let list: Vec<Value> = problems
+            .iter()
+            .map(|(c, m)| json!({"code": c, "message": m}))
+            .collect();
+        return Err(
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+                .with_details(json!({"problems": list, "health": health})),
+        );
+    }
+    Ok(Json(json!({
+        "status": "ready",
+        "pipelines": s.runtime.pipelines().len(),
+        "backlog_rows": health.backlog_rows,
+    })))
 }
 
 pub(crate) async fn openapi() -> Response {

@@ -15,6 +15,28 @@ pub enum StoreError {
         /// What the filesystem said.
         reason: String,
     },
+    /// The database file was deleted or replaced under the open store: writes would land in a
+    /// file nobody can read again.
+    #[error(
+        "database file `{path}` was {fault} while open: writes are refused until it is recreated"
+    )]
+    Gone {
+        /// The configured path.
+        path: String,
+        /// What happened to it.
+        fault: crate::FileFault,
+    },
+    /// The database could not be opened or migrated at start.
+    #[error("cannot open database `{path}`: {source}{hint}")]
+    Open {
+        /// The configured path or URL.
+        path: String,
+        /// The likely cause, when the error suggests one (starts with a separator).
+        hint: &'static str,
+        /// What failed.
+        #[source]
+        source: Box<StoreError>,
+    },
     /// libSQL reported an error.
     #[error("database error while trying to {context}: {source}")]
     Db {
@@ -69,6 +91,41 @@ impl StoreError {
         move |source| StoreError::Db { context, source }
     }
 
+    /// Names the database and the likely cause of an error met while opening it.
+    pub(crate) fn opening(self, location: &crate::Location) -> StoreError {
+        let path = match location {
+            crate::Location::File(p) => p.display().to_string(),
+            crate::Location::Remote { url, .. } => url.clone(),
+        };
+        match self {
+            // These already name the path.
+            StoreError::Unwritable { .. } | StoreError::Open { .. } | StoreError::Gone { .. } => {
+                self
+            }
+            other => {
+                let text = other.to_string().to_ascii_lowercase();
+                let hint = if text.contains("not a database") {
+                    " (the file exists but is not a libSQL/SQLite database: point database.url at another path, or move the file away)"
+                } else if text.contains("readonly") || text.contains("read-only") {
+                    " (the file or its directory is read-only for this user: luametrics writes the file and its -wal and -shm files next to it)"
+                } else if text.contains("unable to open") {
+                    " (check that the directory exists and that this user may create files in it)"
+                } else if text.contains("locked") || text.contains("busy") {
+                    " (another process holds a lock on it: stop it or raise database.busy_timeout_ms)"
+                } else if text.contains("malformed") || text.contains("corrupt") {
+                    " (the file is damaged: restore it from a backup or move it away)"
+                } else {
+                    ""
+                };
+                StoreError::Open {
+                    path,
+                    hint,
+                    source: Box::new(other),
+                }
+            }
+        }
+    }
+
     /// Whether retrying later may succeed (locked, busy, read-only, full, unreachable).
     pub fn is_transient(&self) -> bool {
         match self {
@@ -81,6 +138,8 @@ impl StoreError {
                 libsql::Error::ConnectionFailed(_) | libsql::Error::Hrana(_) => true,
                 _ => false,
             },
+            // The recorder recreates the file and retries.
+            StoreError::Gone { .. } => true,
             _ => false,
         }
     }

@@ -11,6 +11,7 @@
 //! - Retention never deletes a raw row that the rollup has not folded in yet.
 
 mod error;
+mod file;
 mod location;
 mod query;
 mod rollup;
@@ -27,18 +28,38 @@ pub use row::{RowData, StoredRow, WindowRow};
 pub use traces::{SpanRecord, TraceRecord};
 
 use libsql::{Connection, Database};
+use std::future::Future;
 use std::time::Duration;
 use tokio::sync::Mutex;
+
+pub use file::FileFault;
 
 /// How long a connection waits on a lock held by another writer before reporting `busy`.
 const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_millis(2_000);
 
-/// An open luametrics database (embedded file or remote libSQL server).
-pub struct Store {
-    db: Database,
+/// The open database and its writer, replaced together when the file is recreated.
+struct Handle {
+    db: std::sync::Arc<Database>,
     /// All writes go through one connection: SQLite has one writer anyway, and a single
     /// connection keeps transactions from interleaving.
-    writer: Mutex<Connection>,
+    writer: Connection,
+    /// Identity of the file this handle opened (local stores), to notice a deleted or
+    /// replaced file: SQLite keeps writing into an unlinked inode without an error.
+    identity: Option<file::Identity>,
+}
+
+/// An open luametrics database (embedded file or remote libSQL server).
+///
+/// Every libSQL call of a local store runs off tokio's async workers (libSQL's local calls are
+/// synchronous under their async API, and a lock wait sleeps for up to the busy timeout): on a
+/// multi-threaded runtime the calling worker hands its other tasks to another thread first
+/// (`block_in_place`), so no request waits behind a flush, a query or a lock.
+pub struct Store {
+    handle: Mutex<Handle>,
+    /// A clone of the current database, for readers that must not wait on the writer lock.
+    db: parking_lot::RwLock<std::sync::Arc<Database>>,
+    /// The open file's identity, readable without waiting for the writer.
+    identity: parking_lot::Mutex<Option<file::Identity>>,
     location: Location,
     busy_timeout: Duration,
 }
@@ -51,6 +72,11 @@ impl std::fmt::Debug for Store {
     }
 }
 
+thread_local! {
+    /// Set while this thread runs a store call off the workers, so nested calls run inline.
+    static OFF_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 impl Store {
     /// Opens (creating if needed) the database and runs pending migrations.
     pub async fn open(location: Location) -> Result<Self, StoreError> {
@@ -59,18 +85,45 @@ impl Store {
 
     /// Like [`Store::open`], with the time a write waits on another writer's lock.
     pub async fn open_with(location: Location, busy_timeout: Duration) -> Result<Self, StoreError> {
-        let db = location.build().await?;
-        let store = Self {
-            writer: Mutex::new(Self::connect_db(&db, &location, busy_timeout).await?),
-            db,
+        let opened = off_worker(
+            location.is_local(),
+            Self::open_handle(&location, busy_timeout),
+        )
+        .await
+        .map_err(|e| e.opening(&location))?;
+        let db = opened.db.clone();
+        Ok(Self {
+            identity: parking_lot::Mutex::new(opened.identity),
+            handle: Mutex::new(opened),
+            db: parking_lot::RwLock::new(db),
             location,
             busy_timeout,
+        })
+    }
+
+    async fn open_handle(
+        location: &Location,
+        busy_timeout: Duration,
+    ) -> Result<Handle, StoreError> {
+        let db = location.build().await?;
+        let writer = Self::connect_db(&db, location, busy_timeout).await?;
+        schema::migrate(&writer).await?;
+        let identity = match location {
+            Location::File(path) => {
+                Some(
+                    file::Identity::of(path).map_err(|reason| StoreError::Unwritable {
+                        path: path.display().to_string(),
+                        reason: reason.to_string(),
+                    })?,
+                )
+            }
+            Location::Remote { .. } => None,
         };
-        {
-            let conn = store.writer.lock().await;
-            schema::migrate(&conn).await?;
-        }
-        Ok(store)
+        Ok(Handle {
+            db: std::sync::Arc::new(db),
+            writer,
+            identity,
+        })
     }
 
     async fn connect_db(
@@ -100,9 +153,56 @@ impl Store {
         Ok(conn)
     }
 
-    /// A fresh connection for reads, so long queries never hold the writer.
+    /// Runs a store call off the async workers (local stores on a multi-threaded runtime).
+    pub(crate) async fn off_worker<T>(&self, fut: impl Future<Output = T>) -> T {
+        off_worker(self.location.is_local(), fut).await
+    }
+
+    /// The writer connection, after checking that the file it writes is still the one at the
+    /// path: a deleted or replaced file is a write failure, not a silent loss.
+    pub(crate) async fn writer(&self) -> Result<tokio::sync::MutexGuard<'_, Handle>, StoreError> {
+        let handle = self.handle.lock().await;
+        if let (Location::File(path), Some(id)) = (&self.location, &handle.identity) {
+            id.check(path)?;
+        }
+        Ok(handle)
+    }
+
+    /// A fresh connection for reads, so long queries never hold the writer. Never creates the
+    /// file: a reader of a deleted database gets an error, not a new empty file.
     pub(crate) async fn reader(&self) -> Result<Connection, StoreError> {
-        Self::connect_db(&self.db, &self.location, self.busy_timeout).await
+        let db = self
+            .db
+            .read()
+            .connect()
+            .map_err(StoreError::db("connect"))?;
+        if let Location::File(path) = &self.location {
+            if !path.exists() {
+                return Err(StoreError::Gone {
+                    path: path.display().to_string(),
+                    fault: FileFault::Deleted,
+                });
+            }
+        }
+        Self::configure(&db, &self.location, self.busy_timeout).await?;
+        Ok(db)
+    }
+
+    async fn configure(
+        conn: &Connection,
+        location: &Location,
+        busy_timeout: Duration,
+    ) -> Result<(), StoreError> {
+        if location.is_local() {
+            conn.busy_timeout(busy_timeout)
+                .map_err(StoreError::db("set busy_timeout"))?;
+        }
+        Ok(())
+    }
+
+    /// How long connections wait on another connection's lock (`database.busy_timeout_ms`).
+    pub fn busy_timeout(&self) -> Duration {
+        self.busy_timeout
     }
 
     /// Where this store lives.
@@ -110,26 +210,163 @@ impl Store {
         &self.location
     }
 
+    /// Checks that the database file at the path is the one this store writes (local stores):
+    /// `Err(Gone)` when it was deleted or replaced since it was opened.
+    pub async fn check_file(&self) -> Result<(), StoreError> {
+        self.writer().await.map(|_| ())
+    }
+
+    /// What happened to the database file, if it is no longer the one this store opened (a
+    /// `stat` of the path; never waits for the writer, never creates a file).
+    pub fn file_fault(&self) -> Option<FileFault> {
+        let Location::File(path) = &self.location else {
+            return None;
+        };
+        let id = (*self.identity.lock())?;
+        match id.check(path) {
+            Ok(()) => None,
+            Err(StoreError::Gone { fault, .. }) => Some(fault),
+            Err(_) => Some(FileFault::Deleted),
+        }
+    }
+
+    /// Recreates the database at its path after the file was deleted or replaced: a new file,
+    /// migrated, becomes the one every later write and read uses. Local stores only; a no-op
+    /// when the file is still the one open.
+    pub async fn reopen(&self) -> Result<(), StoreError> {
+        self.off_worker(async {
+            let mut handle = self.handle.lock().await;
+            let Location::File(path) = &self.location else {
+                return Ok(());
+            };
+            if let Some(id) = &handle.identity {
+                if id.check(path).is_ok() {
+                    return Ok(());
+                }
+            }
+            let fresh = Self::open_handle(&self.location, self.busy_timeout)
+                .await
+                .map_err(|e| e.opening(&self.location))?;
+            *self.db.write() = fresh.db.clone();
+            *self.identity.lock() = fresh.identity;
+            *handle = fresh;
+            Ok(())
+        })
+        .await
+    }
+
+    /// How long the writer waits on another connection's lock before a write fails with
+    /// `busy`; the recorder shortens it so shutdown keeps its deadline during a lock.
+    pub async fn set_write_wait(&self, wait: Duration) -> Result<(), StoreError> {
+        if !self.location.is_local() {
+            return Ok(());
+        }
+        let handle = self.handle.lock().await;
+        handle
+            .writer
+            .busy_timeout(wait)
+            .map_err(StoreError::db("set busy_timeout"))
+    }
+
+    /// Moves the write-ahead log into the database file and truncates it
+    /// (`wal_checkpoint(TRUNCATE)`), so the log cannot grow until it fills a small volume.
+    /// Returns whether the checkpoint completed (`false`: readers or a lock kept part of it).
+    pub async fn checkpoint(&self) -> Result<bool, StoreError> {
+        if !self.location.is_local() {
+            return Ok(true);
+        }
+        self.off_worker(async {
+            let handle = self.writer().await?;
+            let mut rows = handle
+                .writer
+                .query("PRAGMA wal_checkpoint(TRUNCATE)", ())
+                .await
+                .map_err(StoreError::db("checkpoint the write-ahead log"))?;
+            let mut busy = false;
+            while let Some(row) = rows
+                .next()
+                .await
+                .map_err(StoreError::db("checkpoint the write-ahead log"))?
+            {
+                busy |= row.get::<i64>(0).unwrap_or(1) != 0;
+            }
+            Ok(!busy)
+        })
+        .await
+    }
+
     /// Makes the writer refuse writes (`PRAGMA query_only`), as a read-only database would;
     /// lets hosts and tests exercise the recorder's retry path. Local databases only.
     pub async fn set_query_only(&self, on: bool) -> Result<(), StoreError> {
-        let conn = self.writer.lock().await;
         let sql = if on {
             "PRAGMA query_only=ON"
         } else {
             "PRAGMA query_only=OFF"
         };
-        conn.execute(sql, ())
-            .await
-            .map_err(StoreError::db("set query_only"))?;
-        Ok(())
+        self.writer_pragma(sql, "set query_only").await
+    }
+
+    /// Caps the database file at `pages` pages (`PRAGMA max_page_count`; `None` lifts the
+    /// cap): writes past it fail as on a full disk. Lets operators and tests rehearse a full
+    /// volume without filling one. Local databases only.
+    pub async fn set_max_pages(&self, pages: Option<u64>) -> Result<(), StoreError> {
+        let sql = format!("PRAGMA max_page_count={}", pages.unwrap_or(4_294_967_294));
+        self.writer_pragma(&sql, "set max_page_count").await
+    }
+
+    async fn writer_pragma(&self, sql: &str, context: &'static str) -> Result<(), StoreError> {
+        self.off_worker(async {
+            let handle = self.handle.lock().await;
+            let mut rows = handle
+                .writer
+                .query(sql, ())
+                .await
+                .map_err(StoreError::db(context))?;
+            while rows
+                .next()
+                .await
+                .map_err(StoreError::db(context))?
+                .is_some()
+            {}
+            Ok(())
+        })
+        .await
     }
 
     /// Number of rows in `metrics` (all windows, all series).
     pub async fn count_rows(&self) -> Result<u64, StoreError> {
-        let conn = self.reader().await?;
-        query::scalar_i64(&conn, "SELECT COUNT(*) FROM metrics", ())
-            .await
-            .map(|n| n as u64)
+        self.off_worker(async {
+            let conn = self.reader().await?;
+            query::scalar_i64(&conn, "SELECT COUNT(*) FROM metrics", ())
+                .await
+                .map(|n| n as u64)
+        })
+        .await
     }
+}
+
+/// Runs `fut` to completion off tokio's async workers when it would block one (a local
+/// libSQL call on a multi-threaded runtime); elsewhere (remote calls, which really are async,
+/// or a current-thread runtime that the host chose) it is awaited in place.
+async fn off_worker<T>(local: bool, fut: impl Future<Output = T>) -> T {
+    use tokio::runtime::{Handle as Rt, RuntimeFlavor};
+    if local && !OFF_WORKER.with(|f| f.get()) {
+        if let Ok(rt) = Rt::try_current() {
+            if rt.runtime_flavor() == RuntimeFlavor::MultiThread {
+                return tokio::task::block_in_place(|| {
+                    /// Clears the flag however the call ends (a panic included).
+                    struct Reset;
+                    impl Drop for Reset {
+                        fn drop(&mut self) {
+                            OFF_WORKER.with(|f| f.set(false));
+                        }
+                    }
+                    OFF_WORKER.with(|f| f.set(true));
+                    let _reset = Reset;
+                    rt.block_on(fut)
+                });
+            }
+        }
+    }
+    fut.await
 }

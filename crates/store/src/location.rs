@@ -58,7 +58,11 @@ impl Location {
         match self {
             Location::File(path) => {
                 check_writable(path)?;
+                // The file exists now (check_writable created it): never let libSQL create one,
+                // so a connection opened after the file was deleted fails instead of quietly
+                // starting an empty database at the path.
                 Builder::new_local(path)
+                    .flags(libsql::OpenFlags::SQLITE_OPEN_READ_WRITE)
                     .build()
                     .await
                     .map_err(|e| StoreError::Unwritable {

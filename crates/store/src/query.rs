@@ -310,8 +310,11 @@ fn where_clause(q: &FindQuery, time_col: &str, params: &mut Vec<Value>) -> Strin
 impl Store {
     /// Raw window rows of one metric in a time range (seed §4.1 `findMetrics`).
     pub async fn find_metrics(&self, q: &FindQuery) -> Result<Vec<StoredRow>, StoreError> {
-        let conn = self.reader().await?;
-        self.find_raw(&conn, q, None).await
+        self.off_worker(async {
+            let conn = self.reader().await?;
+            self.find_raw(&conn, q, None).await
+        })
+        .await
     }
 
     async fn find_raw(
@@ -351,75 +354,78 @@ impl Store {
     /// Aggregates one metric per time bucket, from the coarsest tier that serves the step,
     /// merging sketches for percentiles. Returns the series and the tier used.
     pub async fn aggregate(&self, q: &AggregateQuery) -> Result<(Vec<Series>, Tier), StoreError> {
-        if q.step_ms <= 0 {
-            return Err(StoreError::InvalidQuery("step must be positive".into()));
-        }
-        if q.find.to_ms <= q.find.from_ms {
-            return Err(StoreError::InvalidQuery("`to` must be after `from`".into()));
-        }
-        let buckets = (q.find.to_ms - q.find.from_ms) / q.step_ms;
-        if buckets > 100_000 {
-            return Err(StoreError::InvalidQuery(format!(
-                "{buckets} buckets requested; at most 100000 (use a larger step)"
-            )));
-        }
-        let tier = Tier::for_step(q.step_ms);
-        let conn = self.reader().await?;
-        let mut groups: BTreeMap<Option<String>, BTreeMap<i64, Summary>> = BTreeMap::new();
-        if tier == Tier::Raw {
-            self.scan(
-                &conn,
-                q,
-                "metrics",
-                "timestamp",
-                q.find.from_ms,
-                None,
-                None,
-                &mut groups,
-            )
-            .await?;
-        } else {
-            // Rows that the rollup job has not folded in yet are read raw, so answers are fresh
-            // and nothing is counted twice.
-            let watermark = crate::rollup::watermark(&conn).await?;
-            // A rollup bucket that starts before `from` may hold points inside the range only if
-            // `from` is not aligned; align the rollup read to the bucket grid.
-            let bucket = if tier == Tier::Day { DAY_MS } else { HOUR_MS };
-            let aligned = q.find.from_ms.div_euclid(bucket) * bucket;
-            self.scan(
-                &conn,
-                q,
-                "metric_rollups",
-                "bucket_start",
-                aligned,
-                tier.resolution(),
-                None,
-                &mut groups,
-            )
-            .await?;
-            self.scan(
-                &conn,
-                q,
-                "metrics",
-                "timestamp",
-                q.find.from_ms,
-                None,
-                Some(watermark),
-                &mut groups,
-            )
-            .await?;
-        }
-        let series = groups
-            .into_iter()
-            .map(|(group, buckets)| Series {
-                group,
-                points: buckets
-                    .into_iter()
-                    .filter_map(|(t, s)| q.agg.compute(&s, q.step_ms).map(|v| (t, v)))
-                    .collect(),
-            })
-            .collect();
-        Ok((series, tier))
+        self.off_worker(async {
+            if q.step_ms <= 0 {
+                return Err(StoreError::InvalidQuery("step must be positive".into()));
+            }
+            if q.find.to_ms <= q.find.from_ms {
+                return Err(StoreError::InvalidQuery("`to` must be after `from`".into()));
+            }
+            let buckets = (q.find.to_ms - q.find.from_ms) / q.step_ms;
+            if buckets > 100_000 {
+                return Err(StoreError::InvalidQuery(format!(
+                    "{buckets} buckets requested; at most 100000 (use a larger step)"
+                )));
+            }
+            let tier = Tier::for_step(q.step_ms);
+            let conn = self.reader().await?;
+            let mut groups: BTreeMap<Option<String>, BTreeMap<i64, Summary>> = BTreeMap::new();
+            if tier == Tier::Raw {
+                self.scan(
+                    &conn,
+                    q,
+                    "metrics",
+                    "timestamp",
+                    q.find.from_ms,
+                    None,
+                    None,
+                    &mut groups,
+                )
+                .await?;
+            } else {
+                // Rows that the rollup job has not folded in yet are read raw, so answers are fresh
+                // and nothing is counted twice.
+                let watermark = crate::rollup::watermark(&conn).await?;
+                // A rollup bucket that starts before `from` may hold points inside the range only if
+                // `from` is not aligned; align the rollup read to the bucket grid.
+                let bucket = if tier == Tier::Day { DAY_MS } else { HOUR_MS };
+                let aligned = q.find.from_ms.div_euclid(bucket) * bucket;
+                self.scan(
+                    &conn,
+                    q,
+                    "metric_rollups",
+                    "bucket_start",
+                    aligned,
+                    tier.resolution(),
+                    None,
+                    &mut groups,
+                )
+                .await?;
+                self.scan(
+                    &conn,
+                    q,
+                    "metrics",
+                    "timestamp",
+                    q.find.from_ms,
+                    None,
+                    Some(watermark),
+                    &mut groups,
+                )
+                .await?;
+            }
+            let series = groups
+                .into_iter()
+                .map(|(group, buckets)| Series {
+                    group,
+                    points: buckets
+                        .into_iter()
+                        .filter_map(|(t, s)| q.agg.compute(&s, q.step_ms).map(|v| (t, v)))
+                        .collect(),
+                })
+                .collect();
+            Ok((series, tier))
+        })
+        .await
     }
 
     /// Folds one table's matching rows into per-group, per-bucket summaries. Sums, counts,
@@ -579,63 +585,69 @@ impl Store {
 
     /// Points stored per tenant for user metrics (sum of `samples` over raw rows).
     pub async fn user_samples_by_tenant(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        let conn = self.reader().await?;
-        let mut rows = conn
-            .query(
-                "SELECT tenant_id, SUM(samples) FROM metrics WHERE metric_type = 'user' GROUP BY tenant_id",
-                (),
-            )
-            .await
-            .map_err(StoreError::db("sum user samples"))?;
-        let mut out = BTreeMap::new();
-        while let Some(r) = rows
-            .next()
-            .await
-            .map_err(StoreError::db("sum user samples"))?
-        {
-            let tenant: Option<String> = r.get(0).map_err(StoreError::db("sum user samples"))?;
-            let n: i64 = r.get(1).map_err(StoreError::db("sum user samples"))?;
-            out.insert(tenant.unwrap_or_default(), n as u64);
-        }
-        Ok(out)
+        self.off_worker(async {
+            let conn = self.reader().await?;
+            let mut rows = conn
+                .query(
+                    "SELECT tenant_id, SUM(samples) FROM metrics WHERE metric_type = 'user' GROUP BY tenant_id",
+                    (),
+                )
+                .await
+                .map_err(StoreError::db("sum user samples"))?;
+            let mut out = BTreeMap::new();
+            while let Some(r) = rows
+                .next()
+                .await
+                .map_err(StoreError::db("sum user samples"))?
+            {
+                let tenant: Option<String> = r.get(0).map_err(StoreError::db("sum user samples"))?;
+                let n: i64 = r.get(1).map_err(StoreError::db("sum user samples"))?;
+                out.insert(tenant.unwrap_or_default(), n as u64);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Metric names present (raw and rolled-up), with their kind and last write.
     pub async fn metric_names(&self) -> Result<Vec<NameInfo>, StoreError> {
-        let conn = self.reader().await?;
-        let mut rows = conn
-            .query(
-                "SELECT name, metric_type, kind, SUM(n), MAX(last_ms) FROM (
-                   SELECT name, metric_type, kind, COUNT(*) AS n, MAX(timestamp) AS last_ms
-                     FROM metrics GROUP BY name, metric_type, kind
-                   UNION ALL
-                   SELECT name, metric_type, kind, 0, MAX(bucket_start)
-                     FROM metric_rollups GROUP BY name, metric_type, kind)
-                 GROUP BY name, metric_type, kind ORDER BY name",
-                (),
-            )
-            .await
-            .map_err(StoreError::db("list metric names"))?;
-        let mut out = Vec::new();
-        while let Some(row) = rows
-            .next()
-            .await
-            .map_err(StoreError::db("list metric names"))?
-        {
-            let bad = |p: String| StoreError::Corrupt {
-                table: "metrics",
-                id: 0,
-                problem: p,
-            };
-            let get_text = |i| row.get::<String>(i).map_err(|e| bad(e.to_string()));
-            out.push(NameInfo {
-                name: get_text(0)?,
-                metric_type: get_text(1)?.parse().map_err(bad)?,
-                kind: get_text(2)?.parse().map_err(bad)?,
-                rows: row.get::<i64>(3).map_err(|e| bad(e.to_string()))? as u64,
-                last_ms: row.get::<i64>(4).map_err(|e| bad(e.to_string()))?,
-            });
-        }
-        Ok(out)
+        self.off_worker(async {
+            let conn = self.reader().await?;
+            let mut rows = conn
+                .query(
+                    "SELECT name, metric_type, kind, SUM(n), MAX(last_ms) FROM (
+                       SELECT name, metric_type, kind, COUNT(*) AS n, MAX(timestamp) AS last_ms
+                         FROM metrics GROUP BY name, metric_type, kind
+                       UNION ALL
+                       SELECT name, metric_type, kind, 0, MAX(bucket_start)
+                         FROM metric_rollups GROUP BY name, metric_type, kind)
+                     GROUP BY name, metric_type, kind ORDER BY name",
+                    (),
+                )
+                .await
+                .map_err(StoreError::db("list metric names"))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows
+                .next()
+                .await
+                .map_err(StoreError::db("list metric names"))?
+            {
+                let bad = |p: String| StoreError::Corrupt {
+                    table: "metrics",
+                    id: 0,
+                    problem: p,
+                };
+                let get_text = |i| row.get::<String>(i).map_err(|e| bad(e.to_string()));
+                out.push(NameInfo {
+                    name: get_text(0)?,
+                    metric_type: get_text(1)?.parse().map_err(bad)?,
+                    kind: get_text(2)?.parse().map_err(bad)?,
+                    rows: row.get::<i64>(3).map_err(|e| bad(e.to_string()))? as u64,
+                    last_ms: row.get::<i64>(4).map_err(|e| bad(e.to_string()))?,
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 }

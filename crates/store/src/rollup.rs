@@ -131,17 +131,21 @@ impl Store {
     /// Folds raw rows above the watermark into hourly and daily rollups. Idempotent and safe to
     /// run at any time: late rows (a flush retried after an outage) are folded in when they land.
     pub async fn rollup(&self) -> Result<RollupReport, StoreError> {
-        let mut report = RollupReport::default();
-        loop {
-            let n = self.rollup_batch(&mut report).await?;
-            if n < ROLLUP_BATCH as u64 {
-                return Ok(report);
+        self.off_worker(async {
+            let mut report = RollupReport::default();
+            loop {
+                let n = self.rollup_batch(&mut report).await?;
+                if n < ROLLUP_BATCH as u64 {
+                    return Ok(report);
+                }
             }
-        }
+        })
+        .await
     }
 
     async fn rollup_batch(&self, report: &mut RollupReport) -> Result<u64, StoreError> {
-        let conn = self.writer.lock().await;
+        let handle = self.writer().await?;
+        let conn = &handle.writer;
         let tx = conn
             .transaction()
             .await
@@ -285,57 +289,60 @@ impl Store {
         policy: &Retention,
         now_ms: i64,
     ) -> Result<RetentionReport, StoreError> {
-        policy.validate()?;
-        let rollup = self.rollup().await?;
-        let horizon = |days: u32| now_ms - i64::from(days) * DAY_MS;
-        let batch = i64::from(policy.batch);
-        let raw_deleted = self
-            .delete_batched(
-                "DELETE FROM metrics WHERE id IN (SELECT id FROM metrics WHERE timestamp < ?1 AND id <= ?2 LIMIT ?3)",
-                horizon(policy.raw_days),
-                rollup.watermark,
-                batch,
-            )
-            .await?;
-        let hourly_deleted = self
-            .delete_batched(
-                "DELETE FROM metric_rollups WHERE id IN (SELECT id FROM metric_rollups WHERE resolution = 'hour' AND bucket_start < ?1 AND ?2 = ?2 LIMIT ?3)",
-                horizon(policy.hourly_days),
-                0,
-                batch,
-            )
-            .await?;
-        let daily_deleted = self
-            .delete_batched(
-                "DELETE FROM metric_rollups WHERE id IN (SELECT id FROM metric_rollups WHERE resolution = 'day' AND bucket_start < ?1 AND ?2 = ?2 LIMIT ?3)",
-                horizon(policy.daily_days),
-                0,
-                batch,
-            )
-            .await?;
-        let trace_horizon = horizon(policy.trace_days);
-        self.delete_batched(
-            "DELETE FROM pipeline_spans WHERE id IN (SELECT s.id FROM pipeline_spans s JOIN pipeline_traces t ON t.id = s.trace_id WHERE t.started_at < ?1 AND ?2 = ?2 LIMIT ?3)",
-            trace_horizon,
-            0,
-            batch,
-        )
-        .await?;
-        let traces_deleted = self
-            .delete_batched(
-                "DELETE FROM pipeline_traces WHERE id IN (SELECT id FROM pipeline_traces WHERE started_at < ?1 AND ?2 = ?2 LIMIT ?3)",
+        self.off_worker(async {
+            policy.validate()?;
+            let rollup = self.rollup().await?;
+            let horizon = |days: u32| now_ms - i64::from(days) * DAY_MS;
+            let batch = i64::from(policy.batch);
+            let raw_deleted = self
+                .delete_batched(
+                    "DELETE FROM metrics WHERE id IN (SELECT id FROM metrics WHERE timestamp < ?1 AND id <= ?2 LIMIT ?3)",
+                    horizon(policy.raw_days),
+                    rollup.watermark,
+                    batch,
+                )
+                .await?;
+            let hourly_deleted = self
+                .delete_batched(
+                    "DELETE FROM metric_rollups WHERE id IN (SELECT id FROM metric_rollups WHERE resolution = 'hour' AND bucket_start < ?1 AND ?2 = ?2 LIMIT ?3)",
+                    horizon(policy.hourly_days),
+                    0,
+                    batch,
+                )
+                .await?;
+            let daily_deleted = self
+                .delete_batched(
+                    "DELETE FROM metric_rollups WHERE id IN (SELECT id FROM metric_rollups WHERE resolution = 'day' AND bucket_start < ?1 AND ?2 = ?2 LIMIT ?3)",
+                    horizon(policy.daily_days),
+                    0,
+                    batch,
+                )
+                .await?;
+            let trace_horizon = horizon(policy.trace_days);
+            self.delete_batched(
+                "DELETE FROM pipeline_spans WHERE id IN (SELECT s.id FROM pipeline_spans s JOIN pipeline_traces t ON t.id = s.trace_id WHERE t.started_at < ?1 AND ?2 = ?2 LIMIT ?3)",
                 trace_horizon,
                 0,
                 batch,
             )
             .await?;
-        Ok(RetentionReport {
-            rollup,
-            raw_deleted,
-            hourly_deleted,
-            daily_deleted,
-            traces_deleted,
+            let traces_deleted = self
+                .delete_batched(
+                    "DELETE FROM pipeline_traces WHERE id IN (SELECT id FROM pipeline_traces WHERE started_at < ?1 AND ?2 = ?2 LIMIT ?3)",
+                    trace_horizon,
+                    0,
+                    batch,
+                )
+                .await?;
+            Ok(RetentionReport {
+                rollup,
+                raw_deleted,
+                hourly_deleted,
+                daily_deleted,
+                traces_deleted,
+            })
         })
+        .await
     }
 
     async fn delete_batched(
@@ -348,7 +355,8 @@ impl Store {
         let mut total = 0;
         loop {
             let n = {
-                let conn = self.writer.lock().await;
+                let handle = self.writer().await?;
+                let conn = &handle.writer;
                 conn.execute(sql, [horizon, extra, batch])
                     .await
                     .map_err(StoreError::db("delete expired rows"))?

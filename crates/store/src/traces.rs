@@ -67,121 +67,131 @@ pub struct SpanRecord {
 impl Store {
     /// Writes traces and their spans in one transaction.
     pub async fn insert_traces(&self, traces: &[TraceRecord]) -> Result<(), StoreError> {
-        if traces.is_empty() {
-            return Ok(());
-        }
-        let conn = self.writer.lock().await;
-        let tx = conn
-            .transaction()
-            .await
-            .map_err(StoreError::db("begin a trace transaction"))?;
-        for t in traces {
-            tx.execute(
-                "INSERT INTO pipeline_traces (id, pipeline_id, trigger_event, tenant_id, status,
-                    decision, reason, started_at, total_ms, wait_ms, script_ms, helpers_ms,
-                    overhead_ms, error, warnings)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                vec![
-                    Value::Text(t.id.clone()),
-                    Value::Text(t.pipeline_id.clone()),
-                    Value::Text(t.trigger_event.clone()),
-                    Value::Text(t.tenant.clone()),
-                    Value::Text(t.status.clone()),
-                    Value::Text(t.decision.clone()),
-                    t.reason.clone().map_or(Value::Null, Value::Text),
-                    Value::Integer(t.started_at_ms),
-                    Value::Real(t.total_ms),
-                    Value::Real(t.wait_ms),
-                    Value::Real(t.script_ms),
-                    Value::Real(t.helpers_ms),
-                    Value::Real(t.overhead_ms),
-                    t.error.clone().map_or(Value::Null, Value::Text),
-                    Value::Text(serde_json::to_string(&t.warnings).unwrap_or_else(|_| "[]".into())),
-                ],
-            )
-            .await
-            .map_err(StoreError::db("insert a trace"))?;
-            for s in &t.spans {
+        self.off_worker(async {
+            if traces.is_empty() {
+                return Ok(());
+            }
+            let handle = self.writer().await?;
+            let conn = &handle.writer;
+            let tx = conn
+                .transaction()
+                .await
+                .map_err(StoreError::db("begin a trace transaction"))?;
+            for t in traces {
                 tx.execute(
-                    "INSERT INTO pipeline_spans (trace_id, node_id, script_id, status, started_at,
-                        total_ms, wait_ms, script_ms, helpers_ms, overhead_ms, error)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    "INSERT INTO pipeline_traces (id, pipeline_id, trigger_event, tenant_id, status,
+                        decision, reason, started_at, total_ms, wait_ms, script_ms, helpers_ms,
+                        overhead_ms, error, warnings)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                     vec![
                         Value::Text(t.id.clone()),
-                        Value::Text(s.node_id.clone()),
-                        Value::Text(s.script_id.clone()),
-                        Value::Text(s.status.clone()),
-                        Value::Integer(s.started_at_ms),
-                        Value::Real(s.total_ms),
-                        Value::Real(s.wait_ms),
-                        Value::Real(s.script_ms),
-                        Value::Real(s.helpers_ms),
-                        Value::Real(s.overhead_ms),
-                        s.error.clone().map_or(Value::Null, Value::Text),
+                        Value::Text(t.pipeline_id.clone()),
+                        Value::Text(t.trigger_event.clone()),
+                        Value::Text(t.tenant.clone()),
+                        Value::Text(t.status.clone()),
+                        Value::Text(t.decision.clone()),
+                        t.reason.clone().map_or(Value::Null, Value::Text),
+                        Value::Integer(t.started_at_ms),
+                        Value::Real(t.total_ms),
+                        Value::Real(t.wait_ms),
+                        Value::Real(t.script_ms),
+                        Value::Real(t.helpers_ms),
+                        Value::Real(t.overhead_ms),
+                        t.error.clone().map_or(Value::Null, Value::Text),
+                        Value::Text(serde_json::to_string(&t.warnings).unwrap_or_else(|_| "[]".into())),
                     ],
                 )
                 .await
-                .map_err(StoreError::db("insert a span"))?;
+                .map_err(StoreError::db("insert a trace"))?;
+                for s in &t.spans {
+                    tx.execute(
+                        "INSERT INTO pipeline_spans (trace_id, node_id, script_id, status, started_at,
+                            total_ms, wait_ms, script_ms, helpers_ms, overhead_ms, error)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                        vec![
+                            Value::Text(t.id.clone()),
+                            Value::Text(s.node_id.clone()),
+                            Value::Text(s.script_id.clone()),
+                            Value::Text(s.status.clone()),
+                            Value::Integer(s.started_at_ms),
+                            Value::Real(s.total_ms),
+                            Value::Real(s.wait_ms),
+                            Value::Real(s.script_ms),
+                            Value::Real(s.helpers_ms),
+                            Value::Real(s.overhead_ms),
+                            s.error.clone().map_or(Value::Null, Value::Text),
+                        ],
+                    )
+                    .await
+                    .map_err(StoreError::db("insert a span"))?;
+                }
             }
-        }
-        tx.commit()
-            .await
-            .map_err(StoreError::db("commit a trace transaction"))?;
-        Ok(())
+            tx.commit()
+                .await
+                .map_err(StoreError::db("commit a trace transaction"))?;
+            Ok(())
+        })
+        .await
     }
 
     /// Stored traces by status (`ok`, `blocked`, `error`).
     pub async fn trace_counts(
         &self,
     ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
-        let conn = self.reader().await?;
-        let mut rows = conn
-            .query(
-                "SELECT status, COUNT(*) FROM pipeline_traces GROUP BY status",
-                (),
-            )
-            .await
-            .map_err(StoreError::db("count traces"))?;
-        let mut out = std::collections::BTreeMap::new();
-        while let Some(r) = rows.next().await.map_err(StoreError::db("count traces"))? {
-            let status: String = r.get(0).map_err(StoreError::db("count traces"))?;
-            let n: i64 = r.get(1).map_err(StoreError::db("count traces"))?;
-            out.insert(status, n as u64);
-        }
-        Ok(out)
+        self.off_worker(async {
+            let conn = self.reader().await?;
+            let mut rows = conn
+                .query(
+                    "SELECT status, COUNT(*) FROM pipeline_traces GROUP BY status",
+                    (),
+                )
+                .await
+                .map_err(StoreError::db("count traces"))?;
+            let mut out = std::collections::BTreeMap::new();
+            while let Some(r) = rows.next().await.map_err(StoreError::db("count traces"))? {
+                let status: String = r.get(0).map_err(StoreError::db("count traces"))?;
+                let n: i64 = r.get(1).map_err(StoreError::db("count traces"))?;
+                out.insert(status, n as u64);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Spans of one trace, in node order.
     pub async fn trace_spans(&self, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError> {
-        let conn = self.reader().await?;
-        let mut rows = conn
-            .query(
-                "SELECT node_id, script_id, status, started_at, total_ms, wait_ms, script_ms,
-                        helpers_ms, overhead_ms, error
-                   FROM pipeline_spans WHERE trace_id = ?1 ORDER BY id",
-                [trace_id],
-            )
-            .await
-            .map_err(StoreError::db("read spans"))?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next().await.map_err(StoreError::db("read spans"))? {
-            let get_f = |i| r.get::<f64>(i);
-            out.push(SpanRecord {
-                node_id: r.get(0).map_err(StoreError::db("read spans"))?,
-                script_id: r.get(1).map_err(StoreError::db("read spans"))?,
-                status: r.get(2).map_err(StoreError::db("read spans"))?,
-                started_at_ms: r.get(3).map_err(StoreError::db("read spans"))?,
-                total_ms: get_f(4).map_err(StoreError::db("read spans"))?,
-                wait_ms: get_f(5).map_err(StoreError::db("read spans"))?,
-                script_ms: get_f(6).map_err(StoreError::db("read spans"))?,
-                helpers_ms: get_f(7).map_err(StoreError::db("read spans"))?,
-                overhead_ms: get_f(8).map_err(StoreError::db("read spans"))?,
-                error: r
-                    .get::<Option<String>>(9)
-                    .map_err(StoreError::db("read spans"))?,
-            });
-        }
-        Ok(out)
+        self.off_worker(async {
+            let conn = self.reader().await?;
+            let mut rows = conn
+                .query(
+                    "SELECT node_id, script_id, status, started_at, total_ms, wait_ms, script_ms,
+                            helpers_ms, overhead_ms, error
+                       FROM pipeline_spans WHERE trace_id = ?1 ORDER BY id",
+                    [trace_id],
+                )
+                .await
+                .map_err(StoreError::db("read spans"))?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().await.map_err(StoreError::db("read spans"))? {
+                let get_f = |i| r.get::<f64>(i);
+                out.push(SpanRecord {
+                    node_id: r.get(0).map_err(StoreError::db("read spans"))?,
+                    script_id: r.get(1).map_err(StoreError::db("read spans"))?,
+                    status: r.get(2).map_err(StoreError::db("read spans"))?,
+                    started_at_ms: r.get(3).map_err(StoreError::db("read spans"))?,
+                    total_ms: get_f(4).map_err(StoreError::db("read spans"))?,
+                    wait_ms: get_f(5).map_err(StoreError::db("read spans"))?,
+                    script_ms: get_f(6).map_err(StoreError::db("read spans"))?,
+                    helpers_ms: get_f(7).map_err(StoreError::db("read spans"))?,
+                    overhead_ms: get_f(8).map_err(StoreError::db("read spans"))?,
+                    error: r
+                        .get::<Option<String>>(9)
+                        .map_err(StoreError::db("read spans"))?,
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// The newest traces (without spans), optionally filtered by status and pipeline.
@@ -191,56 +201,62 @@ impl Store {
         status: Option<&str>,
         pipeline_id: Option<&str>,
     ) -> Result<Vec<TraceRecord>, StoreError> {
-        let conn = self.reader().await?;
-        let mut sql = String::from(
-            "SELECT id, pipeline_id, trigger_event, tenant_id, status, decision, reason, started_at,
-                    total_ms, wait_ms, script_ms, helpers_ms, overhead_ms, error, warnings
-               FROM pipeline_traces WHERE 1 = 1",
-        );
-        let mut params: Vec<Value> = Vec::new();
-        if let Some(s) = status {
-            params.push(Value::Text(s.to_string()));
-            sql.push_str(&format!(" AND status = ?{}", params.len()));
-        }
-        if let Some(p) = pipeline_id {
-            params.push(Value::Text(p.to_string()));
-            sql.push_str(&format!(" AND pipeline_id = ?{}", params.len()));
-        }
-        params.push(Value::Integer(i64::from(limit.clamp(1, 1_000))));
-        sql.push_str(&format!(
-            " ORDER BY started_at DESC, id DESC LIMIT ?{}",
-            params.len()
-        ));
-        let mut rows = conn
-            .query(&sql, params)
-            .await
-            .map_err(StoreError::db("list traces"))?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next().await.map_err(StoreError::db("list traces"))? {
-            out.push(trace_from_row(&r)?);
-        }
-        Ok(out)
+        self.off_worker(async {
+            let conn = self.reader().await?;
+            let mut sql = String::from(
+                "SELECT id, pipeline_id, trigger_event, tenant_id, status, decision, reason, started_at,
+                        total_ms, wait_ms, script_ms, helpers_ms, overhead_ms, error, warnings
+                   FROM pipeline_traces WHERE 1 = 1",
+            );
+            let mut params: Vec<Value> = Vec::new();
+            if let Some(s) = status {
+                params.push(Value::Text(s.to_string()));
+                sql.push_str(&format!(" AND status = ?{}", params.len()));
+            }
+            if let Some(p) = pipeline_id {
+                params.push(Value::Text(p.to_string()));
+                sql.push_str(&format!(" AND pipeline_id = ?{}", params.len()));
+            }
+            params.push(Value::Integer(i64::from(limit.clamp(1, 1_000))));
+            sql.push_str(&format!(
+                " ORDER BY started_at DESC, id DESC LIMIT ?{}",
+                params.len()
+            ));
+            let mut rows = conn
+                .query(&sql, params)
+                .await
+                .map_err(StoreError::db("list traces"))?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().await.map_err(StoreError::db("list traces"))? {
+                out.push(trace_from_row(&r)?);
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// One trace with its spans.
     pub async fn get_trace(&self, id: &str) -> Result<Option<TraceRecord>, StoreError> {
-        let conn = self.reader().await?;
-        let mut rows = conn
-            .query(
-                "SELECT id, pipeline_id, trigger_event, tenant_id, status, decision, reason, started_at,
-                        total_ms, wait_ms, script_ms, helpers_ms, overhead_ms, error, warnings
-                   FROM pipeline_traces WHERE id = ?1",
-                [id],
-            )
-            .await
-            .map_err(StoreError::db("read a trace"))?;
-        let Some(r) = rows.next().await.map_err(StoreError::db("read a trace"))? else {
-            return Ok(None);
-        };
-        let mut t = trace_from_row(&r)?;
-        drop(rows);
-        t.spans = self.trace_spans(id).await?;
-        Ok(Some(t))
+        self.off_worker(async {
+            let conn = self.reader().await?;
+            let mut rows = conn
+                .query(
+                    "SELECT id, pipeline_id, trigger_event, tenant_id, status, decision, reason, started_at,
+                            total_ms, wait_ms, script_ms, helpers_ms, overhead_ms, error, warnings
+                       FROM pipeline_traces WHERE id = ?1",
+                    [id],
+                )
+                .await
+                .map_err(StoreError::db("read a trace"))?;
+            let Some(r) = rows.next().await.map_err(StoreError::db("read a trace"))? else {
+                return Ok(None);
+            };
+            let mut t = trace_from_row(&r)?;
+            drop(rows);
+            t.spans = self.trace_spans(id).await?;
+            Ok(Some(t))
+        })
+        .await
     }
 
     /// Per pipeline over a time range: executions and the summed time split, from traces.
@@ -249,43 +265,49 @@ impl Store {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<(String, u64, [f64; 4])>, StoreError> {
-        let conn = self.reader().await?;
-        let mut rows = conn
-            .query(
-                "SELECT pipeline_id, COUNT(*), SUM(wait_ms), SUM(script_ms), SUM(helpers_ms), SUM(overhead_ms)
-                   FROM pipeline_traces WHERE started_at >= ?1 AND started_at < ?2
-                  GROUP BY pipeline_id ORDER BY pipeline_id",
-                [from_ms, to_ms],
-            )
-            .await
-            .map_err(StoreError::db("sum trace timings"))?;
-        let mut out = Vec::new();
-        while let Some(r) = rows
-            .next()
-            .await
-            .map_err(StoreError::db("sum trace timings"))?
-        {
-            let e = || StoreError::db("sum trace timings");
-            out.push((
-                r.get::<String>(0).map_err(e())?,
-                r.get::<i64>(1).map_err(e())? as u64,
-                [
-                    r.get::<f64>(2).map_err(e())?,
-                    r.get::<f64>(3).map_err(e())?,
-                    r.get::<f64>(4).map_err(e())?,
-                    r.get::<f64>(5).map_err(e())?,
-                ],
-            ));
-        }
-        Ok(out)
+        self.off_worker(async {
+            let conn = self.reader().await?;
+            let mut rows = conn
+                .query(
+                    "SELECT pipeline_id, COUNT(*), SUM(wait_ms), SUM(script_ms), SUM(helpers_ms), SUM(overhead_ms)
+                       FROM pipeline_traces WHERE started_at >= ?1 AND started_at < ?2
+                      GROUP BY pipeline_id ORDER BY pipeline_id",
+                    [from_ms, to_ms],
+                )
+                .await
+                .map_err(StoreError::db("sum trace timings"))?;
+            let mut out = Vec::new();
+            while let Some(r) = rows
+                .next()
+                .await
+                .map_err(StoreError::db("sum trace timings"))?
+            {
+                let e = || StoreError::db("sum trace timings");
+                out.push((
+                    r.get::<String>(0).map_err(e())?,
+                    r.get::<i64>(1).map_err(e())? as u64,
+                    [
+                        r.get::<f64>(2).map_err(e())?,
+                        r.get::<f64>(3).map_err(e())?,
+                        r.get::<f64>(4).map_err(e())?,
+                        r.get::<f64>(5).map_err(e())?,
+                    ],
+                ));
+            }
+            Ok(out)
+        })
+        .await
     }
 
     /// Number of stored traces.
     pub async fn count_traces(&self) -> Result<u64, StoreError> {
-        let conn = self.reader().await?;
-        crate::query::scalar_i64(&conn, "SELECT COUNT(*) FROM pipeline_traces", ())
-            .await
-            .map(|n| n as u64)
+        self.off_worker(async {
+            let conn = self.reader().await?;
+            crate::query::scalar_i64(&conn, "SELECT COUNT(*) FROM pipeline_traces", ())
+                .await
+                .map(|n| n as u64)
+        })
+        .await
     }
 }
 

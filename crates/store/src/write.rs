@@ -43,11 +43,15 @@ pub(crate) fn metric_params<R: RowData + ?Sized>(row: &R) -> Vec<Value> {
 impl Store {
     /// Writes one row (seed §4.1 `create`); returns its id.
     pub async fn create(&self, row: &WindowRow) -> Result<i64, StoreError> {
-        let conn = self.writer.lock().await;
-        conn.execute(INSERT_METRIC, metric_params(row))
-            .await
-            .map_err(StoreError::db("insert a metric row"))?;
-        Ok(conn.last_insert_rowid())
+        self.off_worker(async {
+            let handle = self.writer().await?;
+            let conn = &handle.writer;
+            conn.execute(INSERT_METRIC, metric_params(row))
+                .await
+                .map_err(StoreError::db("insert a metric row"))?;
+            Ok(conn.last_insert_rowid())
+        })
+        .await
     }
 
     /// Writes rows in one transaction with one prepared statement (seed §4.1 `createBatch`).
@@ -58,45 +62,49 @@ impl Store {
         I: IntoIterator<Item = &'a R>,
         I::IntoIter: Send,
     {
-        let mut rows = rows.into_iter().peekable();
-        if rows.peek().is_none() {
-            return Ok(0);
-        }
-        let conn = self.writer.lock().await;
-        let tx = conn
-            .transaction()
-            .await
-            .map_err(StoreError::db("begin a flush transaction"))?;
-        let result = async {
-            let stmt = tx
-                .prepare(INSERT_METRIC)
+        self.off_worker(async {
+            let mut rows = rows.into_iter().peekable();
+            if rows.peek().is_none() {
+                return Ok(0);
+            }
+            let handle = self.writer().await?;
+            let conn = &handle.writer;
+            let tx = conn
+                .transaction()
                 .await
-                .map_err(StoreError::db("prepare the metric insert"))?;
-            let mut n = 0;
-            for row in rows {
-                n += 1;
-                stmt.execute(metric_params(row))
+                .map_err(StoreError::db("begin a flush transaction"))?;
+            let result = async {
+                let stmt = tx
+                    .prepare(INSERT_METRIC)
                     .await
-                    .map_err(StoreError::db("insert a metric row"))?;
-                // libsql 0.10 does not reset a statement after execute: without this the next
-                // execute silently re-inserts the first row's values.
-                stmt.reset();
+                    .map_err(StoreError::db("prepare the metric insert"))?;
+                let mut n = 0;
+                for row in rows {
+                    n += 1;
+                    stmt.execute(metric_params(row))
+                        .await
+                        .map_err(StoreError::db("insert a metric row"))?;
+                    // libsql 0.10 does not reset a statement after execute: without this the next
+                    // execute silently re-inserts the first row's values.
+                    stmt.reset();
+                }
+                Ok::<_, StoreError>(n)
             }
-            Ok::<_, StoreError>(n)
-        }
-        .await;
-        match result {
-            Ok(n) => {
-                tx.commit()
-                    .await
-                    .map_err(StoreError::db("commit a flush transaction"))?;
-                Ok(n)
+            .await;
+            match result {
+                Ok(n) => {
+                    tx.commit()
+                        .await
+                        .map_err(StoreError::db("commit a flush transaction"))?;
+                    Ok(n)
+                }
+                Err(e) => {
+                    // Rollback errors are secondary; the insert error is the one to report.
+                    let _ = tx.rollback().await;
+                    Err(e)
+                }
             }
-            Err(e) => {
-                // Rollback errors are secondary; the insert error is the one to report.
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        }
+        })
+        .await
     }
 }
