@@ -63,7 +63,7 @@ async fn sigterm_during_a_lock_keeps_the_deadline_and_reports_what_it_could_not_
     let mut s = Server::start_capturing(&[
         ("LUAMETRICS_RECORDER_SHUTDOWN_TIMEOUT_MS", "2000"),
         // Long enough that a shutdown waiting in SQLite's busy wait would blow the deadline.
-        ("LUAMETRICS_DATABASE_BUSY_TIMEOUT_MS", "60000"),
+        ("LUAMETRICS_DATABASE_BUSY_TIMEOUT_MS", "120000"),
     ]);
     let db = s.dir.path().join("m.db");
     logins(&s, 20);

@@ -405,7 +405,7 @@ impl EnginePool {
         // Runners: one per place, plus one per abandoned execution still holding its thread.
         let max_threads = self.inner.settings.max_size.max(1)
             + self.inner.stats.abandoned_running.load(Relaxed).max(0) as usize;
-        let task = self.inner.runners.run(max_threads, move || {
+        let (mut task, hot) = self.inner.runners.run(max_threads, move || {
             let _watch = job_watch;
             let mut engine = match grant {
                 Some(e) => e,
@@ -422,7 +422,15 @@ impl EnginePool {
         });
         let patience =
             Duration::from_millis(limit_ms.saturating_add(self.inner.engine.abandon_grace_ms));
-        match tokio::time::timeout(patience, task).await {
+        // An awake runner took the job at once: spin briefly for the answer, so a short
+        // execution comes back without parking and waking this worker (the costly part of the
+        // hand-off). Bounded: past SPIN_BACK the task parks like any other.
+        let early = if hot { spin_for(&mut task) } else { None };
+        let back = match early {
+            Some(done) => Ok(done),
+            None => tokio::time::timeout(patience, task).await,
+        };
+        match back {
             Ok(Ok(Ok(Ok((engine, mut execution, held))))) => {
                 held.release(Some(engine));
                 execution.timings.wait_ms = wait_ms;
@@ -475,7 +483,7 @@ impl EnginePool {
         }
     }
 
-    /// Checks out an engine, runs the script on a blocking thread, returns the engine; the
+    /// Checks out an engine, runs the script on a runner thread, returns the engine; the
     /// timings include the wait.
     pub async fn execute(
         &self,
@@ -617,5 +625,28 @@ impl EnginePool {
                 }
             }
         });
+    }
+}
+
+/// Longest an async caller spins for an execution an awake runner took at once. Short next to
+/// a worker's usual slice of work; long enough for the small scripts pipelines are made of.
+const SPIN_BACK: Duration = Duration::from_micros(40);
+
+/// Polls `rx` without parking for up to [`SPIN_BACK`]; `None` if the answer is not there yet
+/// (the caller then awaits it normally).
+fn spin_for<T>(rx: &mut oneshot::Receiver<T>) -> Option<Result<T, oneshot::error::RecvError>> {
+    let until = Instant::now() + SPIN_BACK;
+    loop {
+        for _ in 0..32 {
+            match rx.try_recv() {
+                Ok(v) => return Some(Ok(v)),
+                Err(oneshot::error::TryRecvError::Empty) => std::hint::spin_loop(),
+                // Closed: let the await path report the lost answer.
+                Err(oneshot::error::TryRecvError::Closed) => return None,
+            }
+        }
+        if Instant::now() >= until {
+            return None;
+        }
     }
 }

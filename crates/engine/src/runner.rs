@@ -39,12 +39,14 @@ pub(crate) struct Runners {
 pub(crate) struct Panicked(pub(crate) String);
 
 impl Runners {
-    /// Runs `f` on a runner thread; `max_threads` bounds how many runners may exist.
+    /// Runs `f` on a runner thread; `max_threads` bounds how many runners may exist. Also
+    /// says whether an awake runner takes the task at once (no queue, no wake-up): then the
+    /// result is usually back within microseconds, and the caller may spin for it.
     pub(crate) fn run<R: Send + 'static>(
         self: &Arc<Self>,
         max_threads: usize,
         f: impl FnOnce() -> R + Send + 'static,
-    ) -> oneshot::Receiver<Result<R, Panicked>> {
+    ) -> (oneshot::Receiver<Result<R, Panicked>>, bool) {
         let (tx, rx) = oneshot::channel();
         let task: Task = Box::new(move || {
             let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
@@ -65,11 +67,11 @@ impl Runners {
         // Pushed first, read second: a runner that stops spinning checks the queue under its
         // lock before it sleeps, so no task is left with every runner asleep.
         if self.spinning.load(SeqCst) >= waiting {
-            return rx;
+            return (rx, waiting == 1);
         }
         if self.sleeping.load(SeqCst) > 0 {
             self.wake.notify_one();
-            return rx;
+            return (rx, false);
         }
         if self.threads.load(SeqCst) < max_threads.max(1) {
             self.threads.fetch_add(1, SeqCst);
@@ -83,7 +85,7 @@ impl Runners {
                 self.threads.fetch_sub(1, SeqCst);
             }
         }
-        rx
+        (rx, false)
     }
 
     fn work(self: Arc<Self>) {

@@ -60,6 +60,17 @@ struct Counts {
     queued: AtomicU64,
     dropped_full: AtomicU64,
     dropped_shutdown: AtomicU64,
+    /// Shutdown counted what was left; the task must not count it again.
+    settled: std::sync::atomic::AtomicBool,
+}
+
+impl Counts {
+    /// `queued -= n`, never below zero (shutdown may have taken the count already).
+    fn dequeue(&self, n: u64) {
+        let _ = self
+            .queued
+            .fetch_update(Relaxed, Relaxed, |q| Some(q.saturating_sub(n)));
+    }
 }
 
 /// Writes traces in batches on a background task so executions never wait for the database.
@@ -117,9 +128,11 @@ impl TraceWriter {
                         while rx.try_recv().is_ok() {
                             n += 1;
                         }
-                        c.dropped_shutdown.fetch_add(n, Relaxed);
-                        c.queued.fetch_sub(n, Relaxed);
-                        count_dropped(&m, "shutdown", n);
+                        if !c.settled.swap(true, Relaxed) {
+                            c.dropped_shutdown.fetch_add(n, Relaxed);
+                            c.dequeue(n);
+                            count_dropped(&m, "shutdown", n);
+                        }
                         tracing::error!(
                             traces = n,
                             "luametrics: shutdown deadline passed; unwritten traces dropped (reason shutdown)"
@@ -129,7 +142,7 @@ impl TraceWriter {
                     match store.insert_traces(&batch).await {
                         Ok(()) => {
                             c.written.fetch_add(batch.len() as u64, Relaxed);
-                            c.queued.fetch_sub(batch.len() as u64, Relaxed);
+                            c.dequeue(batch.len() as u64);
                             if std::mem::take(&mut failing) {
                                 tracing::warn!("luametrics: trace writes recovered");
                             }
@@ -177,7 +190,7 @@ impl TraceWriter {
             None => false,
         };
         if !sent {
-            self.counts.queued.fetch_sub(1, Relaxed);
+            self.counts.dequeue(1);
             self.counts.dropped_full.fetch_add(1, Relaxed);
             count_dropped(&self.metrics, "queue_full", 1);
         }
@@ -208,13 +221,15 @@ impl TraceWriter {
             return;
         };
         // The task keeps the deadline itself, give or take one write (whose lock wait the
-        // recorder keeps short); past a grace it is stopped and its queue counted here.
-        let grace = deadline + Duration::from_millis(500);
+        // recorder keeps at most 500 ms). Past a grace, shutdown stops waiting for it: what is
+        // still queued is counted here, once (`settled` keeps the task from counting it too;
+        // a write that lands after that is counted written as well as dropped).
+        let grace = deadline + Duration::from_secs(1);
         if tokio::time::timeout_at(grace.into(), &mut task)
             .await
             .is_err()
+            && !self.counts.settled.swap(true, Relaxed)
         {
-            task.abort();
             let n = self.counts.queued.swap(0, Relaxed);
             self.counts.dropped_shutdown.fetch_add(n, Relaxed);
             count_dropped(&self.metrics, "shutdown", n);

@@ -61,7 +61,7 @@ pub enum RecorderError {
         source: StoreError,
     },
     /// Shutdown gave up on a database that stayed unwritable.
-    #[error("shutdown gave up after {waited_ms} ms: {rows} rows ({points} points, {user_points} of them user points) not written, counted as lost: {source}")]
+    #[error("shutdown gave up after {waited_ms} ms: {rows} rows ({points} points, {user_points} of them user points) not written, counted as lost: {cause}")]
     Unflushed {
         /// How long shutdown retried.
         waited_ms: u64,
@@ -71,9 +71,17 @@ pub enum RecorderError {
         points: u64,
         /// Of which user points.
         user_points: u64,
-        /// The last database error.
+        /// Why: the last database error, or the deadline itself.
+        cause: String,
+        /// The last database error, if one stopped the final flush.
         #[source]
-        source: StoreError,
+        source: Option<Box<StoreError>>,
+    },
+    /// A flush stopped at the shutdown deadline with rows left to write.
+    #[error("the shutdown deadline passed with {rows} rows unwritten")]
+    DeadlinePassed {
+        /// Rows still waiting.
+        rows: usize,
     },
 }
 
@@ -232,6 +240,8 @@ struct Inner {
     last_memory_drop_ms: AtomicI64,
     /// A checkpoint is wanted (after writes recovered).
     checkpoint_due: AtomicBool,
+    /// Shutdown's deadline, once shutdown started: flushes stop and lock waits end by it.
+    deadline: Mutex<Option<Instant>>,
     closing: AtomicBool,
     inflight: AtomicUsize,
     wake: Notify,
@@ -289,6 +299,7 @@ impl MetricsService {
             health: Mutex::new(Default::default()),
             last_memory_drop_ms: AtomicI64::new(NEVER),
             checkpoint_due: AtomicBool::new(false),
+            deadline: Mutex::new(None),
             closing: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             wake: Notify::new(),
@@ -621,8 +632,16 @@ impl MetricsService {
     /// `deadline`: no lock wait runs past it. What is still unwritten then is counted as lost
     /// (reason `shutdown`) and returned as [`RecorderError::Unflushed`].
     pub async fn shutdown_by(&self, deadline: Instant) -> Result<ShutdownReport, RecorderError> {
+        let result = self.shutdown_inner(deadline).await;
+        // The deadline bounds this shutdown only; a host's later explicit flush has none.
+        *self.inner.deadline.lock() = None;
+        result
+    }
+
+    async fn shutdown_inner(&self, deadline: Instant) -> Result<ShutdownReport, RecorderError> {
         let inner = &self.inner;
         let started = Instant::now();
+        *inner.deadline.lock() = Some(deadline);
         inner.closing.store(true, SeqCst);
         // Points that passed the closing check before it was set land before the final flush.
         while inner.inflight.load(SeqCst) > 0 {
@@ -640,22 +659,18 @@ impl MetricsService {
         }
         let mut delay = Duration::from_millis(inner.config.settings.retry_initial_ms.max(1));
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            // No lock wait of the final flush outlives the deadline.
-            let wait = inner
-                .store
-                .busy_timeout()
-                .min(remaining)
-                .max(Duration::from_millis(1));
-            let _ = inner.store.set_write_wait(wait).await;
+            // Each chunk of the final flush clips its lock wait to the time left (see flush).
             match inner.flush(true).await {
                 Ok(n) => {
                     return Ok(ShutdownReport { rows_written: n });
                 }
+                Err(RecorderError::DeadlinePassed { .. }) => {
+                    return Err(inner.give_up(started.elapsed(), None).await);
+                }
                 Err(RecorderError::Flush { source, .. }) => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     if remaining.is_zero() {
-                        return Err(inner.give_up(started.elapsed(), source).await);
+                        return Err(inner.give_up(started.elapsed(), Some(source)).await);
                     }
                     tokio::time::sleep(delay.min(remaining)).await;
                     delay =
@@ -973,13 +988,29 @@ impl Inner {
         pending.extend(sealed);
         self.backlog_rows.store(pending.len(), Relaxed);
         // A deleted or replaced file is noticed even when there is nothing to write.
-        if let Err(e) = self.store.check_file().await {
+        if let Err(e @ StoreError::Gone { .. }) = self.store.check_file().await {
             self.file_gone(&e, pending.len()).await?;
         }
         let mut written = 0;
         let mut recreated = false;
         let chunk = self.config.settings.max_rows_per_transaction.max(1);
         while !pending.is_empty() {
+            // During shutdown no chunk starts past the deadline, and none waits on a lock
+            // beyond it.
+            let deadline = *self.deadline.lock();
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(RecorderError::DeadlinePassed {
+                        rows: pending.len(),
+                    });
+                }
+                let wait = self.store.busy_timeout().min(WRITE_WAIT).min(left);
+                let _ = self
+                    .store
+                    .set_write_wait(wait.max(Duration::from_millis(1)))
+                    .await;
+            }
             let n = chunk.min(pending.len());
             let started = Instant::now();
             match self
@@ -1004,7 +1035,9 @@ impl Inner {
                     written += n;
                     self.flushed_rows.fetch_add(n as u64, Relaxed);
                     self.rows_written_total.fetch_add(n as u64, Relaxed);
-                    self.wrote(pending.len());
+                    if pending.is_empty() {
+                        self.wrote(0);
+                    }
                     let ms = started.elapsed().as_secs_f64() * 1000.0;
                     if !self.closing.load(SeqCst) {
                         self.ingest_self(
@@ -1067,58 +1100,60 @@ impl Inner {
         }
     }
 
-    /// The database file was deleted or replaced: what this process wrote to it is lost with
-    /// it (counted and logged), and a new database is created and migrated at the path for the
-    /// rows still held.
+    /// The database file was deleted or replaced (`StoreError::Gone`): what this process wrote
+    /// to it is lost with it (counted and logged at once, whether or not a new file can be
+    /// made), then a new database is created and migrated at the path for the rows still held.
     async fn file_gone(
         &self,
         error: &StoreError,
         backlog_rows: usize,
     ) -> Result<(), RecorderError> {
-        let fault = match error {
-            StoreError::Gone { fault, .. } => fault.as_str(),
-            _ => "unreadable",
-        };
-        {
+        if let StoreError::Gone { fault, .. } = error {
+            let fault = fault.as_str();
+            let rows = self.file_rows.swap(0, Relaxed);
+            let mut lost = [0u64; 2];
+            for (i, t) in TYPES.into_iter().enumerate() {
+                lost[i] = self.file_points[i].swap(0, Relaxed);
+                self.counters.lose(t, LostReason::DatabaseGone, lost[i]);
+            }
             let mut h = self.health.lock();
             if h.file_fault.is_none() {
                 tracing::error!(
                     error = %error,
+                    lost_rows = rows,
+                    lost_system_points = lost[0],
+                    lost_user_points = lost[1],
                     backlog_rows,
-                    "luametrics: the database file was {fault} while open"
+                    "luametrics: the database file was {fault} while open: the rows this \
+                     process had written to it (and its traces) are lost with it, counted as \
+                     lost (reason database_gone); recreating the database at its path"
                 );
             }
             h.file_fault = Some(fault);
         }
-        if let Err(source) = self.store.reopen().await {
-            self.flush_errors.fetch_add(1, Relaxed);
-            self.failed(&source, backlog_rows);
-            return Err(RecorderError::Flush {
-                rows: backlog_rows,
-                source,
-            });
+        match self.store.reopen().await {
+            Ok(true) => {
+                tracing::warn!(
+                    backlog_rows,
+                    "luametrics: recreated the database at its path; writing the rows still held"
+                );
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(source) => {
+                self.flush_errors.fetch_add(1, Relaxed);
+                self.failed(&source, backlog_rows);
+                Err(RecorderError::Flush {
+                    rows: backlog_rows,
+                    source,
+                })
+            }
         }
-        let rows = self.file_rows.swap(0, Relaxed);
-        let mut lost = [0u64; 2];
-        for (i, t) in TYPES.into_iter().enumerate() {
-            lost[i] = self.file_points[i].swap(0, Relaxed);
-            self.counters.lose(t, LostReason::DatabaseGone, lost[i]);
-        }
-        tracing::error!(
-            lost_rows = rows,
-            lost_system_points = lost[0],
-            lost_user_points = lost[1],
-            backlog_rows,
-            "luametrics: recreated the database at its path; the rows this process had written \
-             to the {fault} file (and its traces) are lost with it and counted as lost \
-             (reason database_gone); writing the rows still held"
-        );
-        Ok(())
     }
 
     /// Gives up on every row still unwritten at the shutdown deadline: counted as lost with
     /// reason `shutdown`, their memory released.
-    async fn give_up(&self, waited: Duration, source: StoreError) -> RecorderError {
+    async fn give_up(&self, waited: Duration, source: Option<StoreError>) -> RecorderError {
         let mut pending = self.pending.lock().await;
         let rows = pending.len();
         let mut points = [0u64; 2];
@@ -1137,7 +1172,7 @@ impl Inner {
             rows,
             system_points = points[0],
             user_points = points[1],
-            error = %source,
+            error = source.as_ref().map(|e| e.to_string()).unwrap_or_default(),
             "luametrics: shutdown deadline passed; unwritten rows counted as lost (reason shutdown)"
         );
         RecorderError::Unflushed {
@@ -1145,7 +1180,10 @@ impl Inner {
             rows,
             points: points[0] + points[1],
             user_points: points[1],
-            source,
+            cause: source
+                .as_ref()
+                .map_or_else(|| "the deadline passed".to_string(), |e| e.to_string()),
+            source: source.map(Box::new),
         }
     }
 }

@@ -297,11 +297,23 @@ async fn shutdown_during_a_lock_keeps_its_deadline_and_counts_the_rest() {
     .await;
     let mut accepted = record(&h, 100, 10, 0);
     h.service.flush().await.unwrap();
+    // The file is recreated first: the new writer must keep the short lock wait too.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", h.path.display()));
+    }
+    accepted += record(&h, 50, 5, 0);
+    h.service.flush().await.unwrap();
+    let gone = h.service.accounting().user.lost["database_gone"];
+    assert_eq!(gone, 100);
     let other = lock(&h.path).await;
     accepted += record(&h, 300, 30, 0);
-    let result = tokio::time::timeout(Duration::from_secs(30), h.service.shutdown())
+    // On its own task, so the hang detector's timer can fire while shutdown blocks.
+    let svc = h.service.clone();
+    let shutdown = tokio::spawn(async move { svc.shutdown().await });
+    let result = tokio::time::timeout(Duration::from_secs(30), shutdown)
         .await
-        .expect("shutdown hung past its deadline");
+        .expect("shutdown hung past its deadline")
+        .unwrap();
     match result {
         Err(RecorderError::Unflushed { points, .. }) => assert!(points >= 300),
         other => panic!("expected Unflushed, got {other:?}"),
@@ -311,7 +323,7 @@ async fn shutdown_during_a_lock_keeps_its_deadline_and_counts_the_rest() {
     let lost = acc.user.lost.get("shutdown").copied().unwrap_or(0);
     assert_eq!(lost, 300);
     assert_eq!(
-        stored_points(&h.store, "shop.sales", MetricType::User).await + lost,
+        stored_points(&h.store, "shop.sales", MetricType::User).await + lost + gone,
         accepted
     );
 }

@@ -36,7 +36,7 @@ pub enum RuntimeError {
     #[error("shutdown deadline passed: {} points ({} user points, {} rows) and {} traces not written, counted with reason `shutdown`{}", .summary.points_unwritten, .summary.user_points_unwritten, .summary.rows_unwritten, .summary.traces_unwritten, .cause.as_deref().map(|c| format!(": {c}")).unwrap_or_default())]
     Unwritten {
         /// What the shutdown did write, and what it did not.
-        summary: ShutdownSummary,
+        summary: Box<ShutdownSummary>,
         /// The last database error, if the recorder gave up on one.
         cause: Option<String>,
     },
@@ -303,18 +303,21 @@ impl Runtime {
                 rows,
                 points,
                 user_points,
-                source,
+                cause,
                 ..
             }) => {
                 summary.points_unwritten = points;
                 summary.user_points_unwritten = user_points;
                 summary.rows_unwritten = rows;
-                Some(source.to_string())
+                Some(cause)
             }
             Err(other) => return Err(other.into()),
         };
         if cause.is_some() || summary.traces_unwritten > 0 {
-            return Err(RuntimeError::Unwritten { summary, cause });
+            return Err(RuntimeError::Unwritten {
+                summary: Box::new(summary),
+                cause,
+            });
         }
         Ok(summary)
     }

@@ -62,6 +62,8 @@ pub struct Store {
     identity: parking_lot::Mutex<Option<file::Identity>>,
     location: Location,
     busy_timeout: Duration,
+    /// The writer's lock wait in ms (`set_write_wait`), kept so a recreated writer has it too.
+    write_wait_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -98,15 +100,14 @@ impl Store {
             db: parking_lot::RwLock::new(db),
             location,
             busy_timeout,
+            write_wait_ms: (busy_timeout.as_millis() as u64).into(),
         })
     }
 
-    async fn open_handle(
-        location: &Location,
-        busy_timeout: Duration,
-    ) -> Result<Handle, StoreError> {
+    /// Opens the database and its writer (whose lock wait is `write_wait`), and migrates it.
+    async fn open_handle(location: &Location, write_wait: Duration) -> Result<Handle, StoreError> {
         let db = location.build().await?;
-        let writer = Self::connect_db(&db, location, busy_timeout).await?;
+        let writer = Self::connect_db(&db, location, write_wait).await?;
         schema::migrate(&writer).await?;
         let identity = match location {
             Location::File(path) => {
@@ -231,26 +232,32 @@ impl Store {
     }
 
     /// Recreates the database at its path after the file was deleted or replaced: a new file,
-    /// migrated, becomes the one every later write and read uses. Local stores only; a no-op
-    /// when the file is still the one open.
-    pub async fn reopen(&self) -> Result<(), StoreError> {
+    /// migrated, becomes the one every later write and read uses. Local stores only. Returns
+    /// whether it recreated anything (`false`: the file open is still the one at the path).
+    pub async fn reopen(&self) -> Result<bool, StoreError> {
         self.off_worker(async {
             let mut handle = self.handle.lock().await;
             let Location::File(path) = &self.location else {
-                return Ok(());
+                return Ok(false);
             };
             if let Some(id) = &handle.identity {
                 if id.check(path).is_ok() {
-                    return Ok(());
+                    return Ok(false);
                 }
             }
-            let fresh = Self::open_handle(&self.location, self.busy_timeout)
+            // The recreated writer keeps the lock wait the recorder set (shutdown's deadline
+            // depends on it).
+            let wait = Duration::from_millis(
+                self.write_wait_ms
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            let fresh = Self::open_handle(&self.location, wait)
                 .await
                 .map_err(|e| e.opening(&self.location))?;
             *self.db.write() = fresh.db.clone();
             *self.identity.lock() = fresh.identity;
             *handle = fresh;
-            Ok(())
+            Ok(true)
         })
         .await
     }
@@ -261,6 +268,10 @@ impl Store {
         if !self.location.is_local() {
             return Ok(());
         }
+        self.write_wait_ms.store(
+            wait.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let handle = self.handle.lock().await;
         handle
             .writer

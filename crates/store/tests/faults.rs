@@ -87,7 +87,7 @@ async fn a_deleted_file_is_refused_then_recreated_and_never_recreated_by_readers
     assert!(store.count_rows().await.is_err());
     assert!(store.check_file().await.is_err());
     assert!(!path.exists(), "a reader created a file at the path");
-    store.reopen().await.unwrap();
+    assert!(store.reopen().await.unwrap(), "recreated");
     assert_eq!(store.file_fault(), None);
     assert_eq!(store.create_batch(&[row(3), row(4)]).await.unwrap(), 2);
     assert_eq!(store.count_rows().await.unwrap(), 2);
@@ -114,7 +114,7 @@ async fn a_replaced_file_is_noticed() {
     assert_eq!(store.file_fault(), Some(FileFault::Replaced));
     let err = store.create_batch(&[row(2)]).await.unwrap_err();
     assert!(err.to_string().contains("replaced"), "{err}");
-    store.reopen().await.unwrap();
+    assert!(store.reopen().await.unwrap(), "recreated");
     store.create_batch(&[row(3)]).await.unwrap();
     assert_eq!(store.count_rows().await.unwrap(), 1);
 }
