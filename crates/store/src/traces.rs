@@ -77,13 +77,27 @@ impl Store {
                 .transaction()
                 .await
                 .map_err(StoreError::db("begin a trace transaction"))?;
-            for t in traces {
-                tx.execute(
+            // One transaction, two statements prepared once for the whole batch.
+            let trace_stmt = tx
+                .prepare(
                     "INSERT INTO pipeline_traces (id, pipeline_id, trigger_event, tenant_id, status,
                         decision, reason, started_at, total_ms, wait_ms, script_ms, helpers_ms,
                         overhead_ms, error, warnings)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                    vec![
+                )
+                .await
+                .map_err(StoreError::db("prepare the trace insert"))?;
+            let span_stmt = tx
+                .prepare(
+                    "INSERT INTO pipeline_spans (trace_id, node_id, script_id, status, started_at,
+                        total_ms, wait_ms, script_ms, helpers_ms, overhead_ms, error)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .await
+                .map_err(StoreError::db("prepare the span insert"))?;
+            for t in traces {
+                trace_stmt
+                    .execute(vec![
                         Value::Text(t.id.clone()),
                         Value::Text(t.pipeline_id.clone()),
                         Value::Text(t.trigger_event.clone()),
@@ -98,17 +112,17 @@ impl Store {
                         Value::Real(t.helpers_ms),
                         Value::Real(t.overhead_ms),
                         t.error.clone().map_or(Value::Null, Value::Text),
-                        Value::Text(serde_json::to_string(&t.warnings).unwrap_or_else(|_| "[]".into())),
-                    ],
-                )
-                .await
-                .map_err(StoreError::db("insert a trace"))?;
+                        Value::Text(
+                            serde_json::to_string(&t.warnings).unwrap_or_else(|_| "[]".into()),
+                        ),
+                    ])
+                    .await
+                    .map_err(StoreError::db("insert a trace"))?;
+                // libsql 0.10 does not reset a statement after execute (see write.rs).
+                trace_stmt.reset();
                 for s in &t.spans {
-                    tx.execute(
-                        "INSERT INTO pipeline_spans (trace_id, node_id, script_id, status, started_at,
-                            total_ms, wait_ms, script_ms, helpers_ms, overhead_ms, error)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                        vec![
+                    span_stmt
+                        .execute(vec![
                             Value::Text(t.id.clone()),
                             Value::Text(s.node_id.clone()),
                             Value::Text(s.script_id.clone()),
@@ -120,12 +134,14 @@ impl Store {
                             Value::Real(s.helpers_ms),
                             Value::Real(s.overhead_ms),
                             s.error.clone().map_or(Value::Null, Value::Text),
-                        ],
-                    )
-                    .await
-                    .map_err(StoreError::db("insert a span"))?;
+                        ])
+                        .await
+                        .map_err(StoreError::db("insert a span"))?;
+                    span_stmt.reset();
                 }
             }
+            drop(trace_stmt);
+            drop(span_stmt);
             tx.commit()
                 .await
                 .map_err(StoreError::db("commit a trace transaction"))?;

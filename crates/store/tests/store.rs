@@ -457,3 +457,54 @@ async fn invalid_queries_are_typed_errors() {
     assert!("median".parse::<Agg>().is_err());
     let _ = Tags::new();
 }
+
+/// A batch of traces, each with several spans, reads back value for value: the prepared
+/// statements are reset between rows (libsql 0.10 re-inserts the first row's values otherwise).
+#[tokio::test]
+async fn a_trace_batch_reads_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let traces: Vec<TraceRecord> = (0..50)
+        .map(|i| TraceRecord {
+            id: format!("trace-{i}"),
+            pipeline_id: format!("p{}", i % 3),
+            trigger_event: "t.x".into(),
+            tenant: format!("tenant-{i}"),
+            status: if i % 5 == 0 { "error" } else { "ok" }.into(),
+            decision: "allow".into(),
+            reason: (i % 7 == 0).then(|| format!("reason {i}")),
+            started_at_ms: 1_700_000_000_000 + i,
+            total_ms: i as f64,
+            wait_ms: 0.5,
+            script_ms: i as f64 / 2.0,
+            helpers_ms: 0.25,
+            overhead_ms: 0.125,
+            error: (i % 5 == 0).then(|| format!("boom {i}")),
+            warnings: vec![format!("w{i}")],
+            spans: (0..3)
+                .map(|n| SpanRecord {
+                    node_id: format!("node-{i}-{n}"),
+                    script_id: format!("s{n}"),
+                    status: "ok".into(),
+                    started_at_ms: 1_700_000_000_000 + i * 10 + n,
+                    total_ms: (i * 10 + n) as f64,
+                    wait_ms: 0.0,
+                    script_ms: n as f64,
+                    helpers_ms: 0.0,
+                    overhead_ms: 0.0,
+                    error: None,
+                })
+                .collect(),
+        })
+        .collect();
+    store.insert_traces(&traces).await.unwrap();
+    assert_eq!(store.count_traces().await.unwrap(), 50);
+    for t in &traces {
+        let mut back = store.get_trace(&t.id).await.unwrap().expect("stored");
+        if back.spans.is_empty() {
+            back.spans = store.trace_spans(&t.id).await.unwrap();
+        }
+        back.spans.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        assert_eq!(&back, t);
+    }
+}
