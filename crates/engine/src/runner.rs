@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Queue polls a runner makes before it sleeps (a few tens of microseconds).
-const SPIN: usize = 200;
+const SPIN: usize = 50;
 /// An idle runner ends after this long without work.
 const IDLE: Duration = Duration::from_secs(30);
 
