@@ -128,6 +128,18 @@ async fn a_deleted_database_is_recreated_and_the_loss_is_reported() {
     poll("the first points stored", || {
         (futures_block(stored(&db)) == before).then_some(())
     });
+    // Every execution's trace is in the file too (sampling 1.0).
+    poll("the first traces stored", || {
+        let n = futures_block(async {
+            Store::open(Location::File(db.clone()))
+                .await
+                .unwrap()
+                .count_traces()
+                .await
+                .unwrap()
+        });
+        (n == 15).then_some(())
+    });
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
     }
@@ -137,6 +149,16 @@ async fn a_deleted_database_is_recreated_and_the_loss_is_reported() {
             "luametrics_points_lost_count_total",
             Some("database_gone"),
         ) == before)
+            .then_some(())
+    });
+    poll("the lost traces counted", || {
+        let text = ureq::get(&s.url("/metrics"))
+            .call()
+            .ok()?
+            .into_string()
+            .ok()?;
+        text.lines()
+            .any(|l| l == "luametrics_traces_dropped_count_total{reason=\"database_gone\"} 15")
             .then_some(())
     });
     logins(&s, 15);

@@ -1116,17 +1116,29 @@ impl Inner {
                 lost[i] = self.file_points[i].swap(0, Relaxed);
                 self.counters.lose(t, LostReason::DatabaseGone, lost[i]);
             }
+            let traces = self.store.take_file_traces();
+            if traces > 0 {
+                let tags = Tags::from([("reason".to_string(), "database_gone".to_string())]);
+                let _ = self.ingest_self(
+                    "luametrics.traces.dropped.count",
+                    Kind::Counter,
+                    traces as f64,
+                    tags,
+                    (self.config.clock)(),
+                );
+            }
             let mut h = self.health.lock();
             if h.file_fault.is_none() {
                 tracing::error!(
                     error = %error,
+                    lost_traces = traces,
                     lost_rows = rows,
                     lost_system_points = lost[0],
                     lost_user_points = lost[1],
                     backlog_rows,
-                    "luametrics: the database file was {fault} while open: the rows this \
-                     process had written to it (and its traces) are lost with it, counted as \
-                     lost (reason database_gone); recreating the database at its path"
+                    "luametrics: the database file was {fault} while open: the rows and traces \
+                     this process had written to it are lost with it, counted (reason \
+                     database_gone); recreating the database at its path"
                 );
             }
             h.file_fault = Some(fault);

@@ -64,6 +64,8 @@ pub struct Store {
     busy_timeout: Duration,
     /// The writer's lock wait in ms (`set_write_wait`), kept so a recreated writer has it too.
     write_wait_ms: std::sync::atomic::AtomicU64,
+    /// Traces written into the file now open (lost with it if it is deleted).
+    pub(crate) file_traces: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -101,6 +103,7 @@ impl Store {
             location,
             busy_timeout,
             write_wait_ms: (busy_timeout.as_millis() as u64).into(),
+            file_traces: 0.into(),
         })
     }
 
@@ -229,6 +232,13 @@ impl Store {
             Err(StoreError::Gone { fault, .. }) => Some(fault),
             Err(_) => Some(FileFault::Deleted),
         }
+    }
+
+    /// Takes the count of traces written into the file now open since it was opened or last
+    /// taken: when the file was deleted or replaced, they are lost with it.
+    pub fn take_file_traces(&self) -> u64 {
+        self.file_traces
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Recreates the database at its path after the file was deleted or replaced: a new file,

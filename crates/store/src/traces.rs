@@ -145,6 +145,8 @@ impl Store {
             tx.commit()
                 .await
                 .map_err(StoreError::db("commit a trace transaction"))?;
+            self.file_traces
+                .fetch_add(traces.len() as u64, std::sync::atomic::Ordering::Relaxed);
             Ok(())
         })
         .await
