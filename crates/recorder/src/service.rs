@@ -1100,58 +1100,42 @@ impl Inner {
         }
     }
 
-    /// The database file was deleted or replaced (`StoreError::Gone`): what this process wrote
-    /// to it is lost with it (counted and logged at once, whether or not a new file can be
-    /// made), then a new database is created and migrated at the path for the rows still held.
+    /// The database file was deleted or replaced (`StoreError::Gone`): a new database is
+    /// created and migrated at the path for the rows still held, and what this process wrote
+    /// to the vanished file is counted lost (reason `database_gone`) and logged, once the loss
+    /// is certain: when a new file replaced it, or at shutdown if it never came back. If the
+    /// very same file comes back (a directory renamed away and back), nothing was lost.
     async fn file_gone(
         &self,
         error: &StoreError,
         backlog_rows: usize,
     ) -> Result<(), RecorderError> {
         if let StoreError::Gone { fault, .. } = error {
-            let fault = fault.as_str();
-            let rows = self.file_rows.swap(0, Relaxed);
-            let mut lost = [0u64; 2];
-            for (i, t) in TYPES.into_iter().enumerate() {
-                lost[i] = self.file_points[i].swap(0, Relaxed);
-                self.counters.lose(t, LostReason::DatabaseGone, lost[i]);
-            }
-            let traces = self.store.take_file_traces();
-            if traces > 0 {
-                let tags = Tags::from([("reason".to_string(), "database_gone".to_string())]);
-                let _ = self.ingest_self(
-                    "luametrics.traces.dropped.count",
-                    Kind::Counter,
-                    traces as f64,
-                    tags,
-                    (self.config.clock)(),
-                );
-            }
             let mut h = self.health.lock();
             if h.file_fault.is_none() {
                 tracing::error!(
                     error = %error,
-                    lost_traces = traces,
-                    lost_rows = rows,
-                    lost_system_points = lost[0],
-                    lost_user_points = lost[1],
                     backlog_rows,
-                    "luametrics: the database file was {fault} while open: the rows and traces \
-                     this process had written to it are lost with it, counted (reason \
-                     database_gone); recreating the database at its path"
+                    "luametrics: the database file was {} while open; recreating it at its path",
+                    fault.as_str()
                 );
             }
-            h.file_fault = Some(fault);
+            h.file_fault = Some(fault.as_str());
         }
         match self.store.reopen().await {
             Ok(true) => {
+                self.count_file_lost(backlog_rows);
                 tracing::warn!(
                     backlog_rows,
                     "luametrics: recreated the database at its path; writing the rows still held"
                 );
                 Ok(())
             }
-            Ok(false) => Ok(()),
+            // The file open is the one at the path again: nothing was lost.
+            Ok(false) => {
+                self.health.lock().file_fault = None;
+                Ok(())
+            }
             Err(source) => {
                 self.flush_errors.fetch_add(1, Relaxed);
                 self.failed(&source, backlog_rows);
@@ -1163,9 +1147,45 @@ impl Inner {
         }
     }
 
+    /// Counts (and logs) the points, rows and traces this process wrote into a database file
+    /// that is gone for good.
+    fn count_file_lost(&self, backlog_rows: usize) {
+        let rows = self.file_rows.swap(0, Relaxed);
+        let mut lost = [0u64; 2];
+        for (i, t) in TYPES.into_iter().enumerate() {
+            lost[i] = self.file_points[i].swap(0, Relaxed);
+            self.counters.lose(t, LostReason::DatabaseGone, lost[i]);
+        }
+        let traces = self.store.take_file_traces();
+        if traces > 0 {
+            let tags = Tags::from([("reason".to_string(), "database_gone".to_string())]);
+            let _ = self.ingest_self(
+                "luametrics.traces.dropped.count",
+                Kind::Counter,
+                traces as f64,
+                tags,
+                (self.config.clock)(),
+            );
+        }
+        tracing::error!(
+            lost_traces = traces,
+            lost_rows = rows,
+            lost_system_points = lost[0],
+            lost_user_points = lost[1],
+            backlog_rows,
+            "luametrics: the rows and traces this process had written to the vanished database \
+             file are lost with it, counted (reason database_gone)"
+        );
+    }
+
     /// Gives up on every row still unwritten at the shutdown deadline: counted as lost with
     /// reason `shutdown`, their memory released.
     async fn give_up(&self, waited: Duration, source: Option<StoreError>) -> RecorderError {
+        if self.health.lock().file_fault.is_some() {
+            // The database file never came back: what was written to it is lost too.
+            self.count_file_lost(0);
+        }
+        let last_error = self.health.lock().last_error.clone();
         let mut pending = self.pending.lock().await;
         let rows = pending.len();
         let mut points = [0u64; 2];
@@ -1184,7 +1204,11 @@ impl Inner {
             rows,
             system_points = points[0],
             user_points = points[1],
-            error = source.as_ref().map(|e| e.to_string()).unwrap_or_default(),
+            error = source
+                .as_ref()
+                .map(|e| e.to_string())
+                .or(last_error.clone())
+                .unwrap_or_default(),
             "luametrics: shutdown deadline passed; unwritten rows counted as lost (reason shutdown)"
         );
         RecorderError::Unflushed {
@@ -1192,9 +1216,11 @@ impl Inner {
             rows,
             points: points[0] + points[1],
             user_points: points[1],
-            cause: source
-                .as_ref()
-                .map_or_else(|| "the deadline passed".to_string(), |e| e.to_string()),
+            cause: match (&source, last_error) {
+                (Some(e), _) => e.to_string(),
+                (None, Some(last)) => format!("the deadline passed; last write error: {last}"),
+                (None, None) => "the deadline passed".to_string(),
+            },
             source: source.map(Box::new),
         }
     }

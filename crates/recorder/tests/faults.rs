@@ -327,3 +327,55 @@ async fn shutdown_during_a_lock_keeps_its_deadline_and_counts_the_rest() {
         accepted
     );
 }
+
+/// A directory renamed away and back: the file that returns is the one written to, so nothing
+/// is counted lost (and nothing stored is counted twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_renamed_away_and_back_loses_nothing() {
+    let h = harness(RecorderSettings::default(), Duration::from_millis(50)).await;
+    let mut accepted = record(&h, 200, 20, 0);
+    h.service.flush().await.unwrap();
+    let dir = h.dir.path().to_path_buf();
+    let moved = dir.with_extension("moved");
+    std::fs::rename(&dir, &moved).unwrap();
+    accepted += record(&h, 100, 10, 0);
+    assert!(h.service.flush().await.is_err(), "the directory is gone");
+    assert!(codes(&h).contains(&"database_gone"), "{:?}", codes(&h));
+    std::fs::rename(&moved, &dir).unwrap();
+    h.service.flush().await.unwrap();
+    let acc = h.service.accounting();
+    assert_eq!(acc.user.lost_total(), 0, "{acc:?}");
+    assert!(h.service.health().ready(), "{:?}", h.service.health());
+    assert_eq!(
+        stored_points(&h.store, "shop.sales", MetricType::User).await,
+        accepted
+    );
+}
+
+/// The file deleted for good while shutdown runs: what was written to it is counted lost at the
+/// deadline, with what was never written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_never_comes_back_is_counted_at_shutdown() {
+    let h = harness(
+        RecorderSettings {
+            shutdown_timeout_ms: 300,
+            retry_initial_ms: 10,
+            ..Default::default()
+        },
+        Duration::from_millis(50),
+    )
+    .await;
+    let first = record(&h, 120, 12, 0);
+    h.service.flush().await.unwrap();
+    let dir = h.dir.path().to_path_buf();
+    let moved = dir.with_extension("gone");
+    std::fs::rename(&dir, &moved).unwrap();
+    let second = record(&h, 80, 8, 0);
+    let err = h.service.shutdown().await.unwrap_err();
+    assert!(matches!(err, RecorderError::Unflushed { .. }), "{err}");
+    let acc = h.service.accounting();
+    assert_eq!(acc.user.lost.get("database_gone"), Some(&first), "{acc:?}");
+    assert_eq!(acc.user.lost.get("shutdown"), Some(&second), "{acc:?}");
+    assert_eq!(acc.user.accepted, first + second);
+    std::fs::rename(&moved, &dir).unwrap();
+}
