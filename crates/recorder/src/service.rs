@@ -840,36 +840,15 @@ impl Inner {
     /// reserved room above the memory bound, so a full recorder delays them at worst.
     fn record_self_metrics(&self, now: i64) {
         let snap = self.counters.snapshot();
-        // (name, type, reason tag, cumulative value)
-        let mut counters: Vec<(&'static str, MetricType, Option<&str>, u64)> = Vec::new();
-        for (mt, cur) in [
-            (MetricType::System, &snap.system),
-            (MetricType::User, &snap.user),
-        ] {
-            counters.push(("luametrics.points.offered.count", mt, None, cur.offered));
-            counters.push(("luametrics.points.accepted.count", mt, None, cur.accepted));
-            for (name, map) in [
-                ("luametrics.points.rejected.count", &cur.rejected),
-                ("luametrics.points.dropped.count", &cur.dropped),
-                ("luametrics.points.lost.count", &cur.lost),
-            ] {
-                for (reason, n) in map {
-                    counters.push((name, mt, Some(reason.as_str()), *n));
-                }
-            }
-        }
         let mut last = self.last_reported.lock();
-        for (name, mt, reason, cur) in counters {
+        for (name, mt, reason, cur) in accounting_counters(&snap) {
             let slot = last
                 .entry((name, mt, reason.unwrap_or("").to_string()))
                 .or_insert(0);
             if cur <= *slot {
                 continue;
             }
-            let mut tags = Tags::from([("metric_type".to_string(), mt.as_str().to_string())]);
-            if let Some(r) = reason {
-                tags.insert("reason".to_string(), r.to_string());
-            }
+            let tags = counter_tags(mt, reason);
             if self.ingest_self(name, Kind::Counter, (cur - *slot) as f64, tags, now) {
                 *slot = cur;
             }
@@ -1226,6 +1205,38 @@ impl Inner {
     }
 }
 
+/// Every accounting counter as (metric name, type, reason tag, cumulative value): the one list
+/// both the stored copies and the live exposition are made from.
+fn accounting_counters(acc: &Accounting) -> Vec<(&'static str, MetricType, Option<&str>, u64)> {
+    let mut out = Vec::new();
+    for (mt, a) in [
+        (MetricType::System, &acc.system),
+        (MetricType::User, &acc.user),
+    ] {
+        out.push(("luametrics.points.offered.count", mt, None, a.offered));
+        out.push(("luametrics.points.accepted.count", mt, None, a.accepted));
+        for (name, map) in [
+            ("luametrics.points.rejected.count", &a.rejected),
+            ("luametrics.points.dropped.count", &a.dropped),
+            ("luametrics.points.lost.count", &a.lost),
+        ] {
+            for (reason, n) in map {
+                out.push((name, mt, Some(reason.as_str()), *n));
+            }
+        }
+    }
+    out
+}
+
+/// Tags of an accounting counter's series.
+fn counter_tags(mt: MetricType, reason: Option<&str>) -> Tags {
+    let mut tags = Tags::from([("metric_type".to_string(), mt.as_str().to_string())]);
+    if let Some(r) = reason {
+        tags.insert("reason".to_string(), r.to_string());
+    }
+    tags
+}
+
 /// A named fn (not a closure) keeps the flush future `Send` (higher-ranked lifetimes).
 fn row_of(pending: &(Sealed, usize)) -> &Sealed {
     &pending.0
@@ -1317,38 +1328,13 @@ impl MetricsService {
             sketch: None,
         };
         let acc = self.accounting();
-        for (mt, a) in [
-            (MetricType::System, &acc.system),
-            (MetricType::User, &acc.user),
-        ] {
-            let tags = |reason: Option<&str>| {
-                let mut t = Tags::from([("metric_type".to_string(), mt.as_str().to_string())]);
-                if let Some(r) = reason {
-                    t.insert("reason".to_string(), r.to_string());
-                }
-                t
-            };
+        for (name, mt, reason, n) in accounting_counters(&acc) {
             series.push(live(
-                "luametrics.points.offered.count",
+                name,
                 Kind::Counter,
-                a.offered as f64,
-                tags(None),
+                n as f64,
+                counter_tags(mt, reason),
             ));
-            series.push(live(
-                "luametrics.points.accepted.count",
-                Kind::Counter,
-                a.accepted as f64,
-                tags(None),
-            ));
-            for (name, map) in [
-                ("luametrics.points.rejected.count", &a.rejected),
-                ("luametrics.points.dropped.count", &a.dropped),
-                ("luametrics.points.lost.count", &a.lost),
-            ] {
-                for (reason, n) in map {
-                    series.push(live(name, Kind::Counter, *n as f64, tags(Some(reason))));
-                }
-            }
         }
         series.push(live(
             "luametrics.flush.backlog_rows",
