@@ -85,6 +85,9 @@ pub struct PoolSettings {
     /// Abandoned executions still stuck on their threads past which `/readyz` reports the
     /// service not ready (each holds a thread and a Lua state until its C call returns).
     pub max_abandoned: usize,
+    /// Executions one tenant may have waiting for an engine; past it the next is refused
+    /// (`queue_full`) instead of lengthening everyone's wait.
+    pub max_queued_per_tenant: usize,
 }
 
 impl Default for PoolSettings {
@@ -94,6 +97,7 @@ impl Default for PoolSettings {
             wait_timeout_ms: 5_000,
             sample_interval_ms: 1_000,
             max_abandoned: 2,
+            max_queued_per_tenant: 1_024,
         }
     }
 }

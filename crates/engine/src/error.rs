@@ -157,10 +157,29 @@ pub enum PoolError {
         /// The pool's size.
         max_size: usize,
     },
+    /// The tenant already had its most executions waiting for an engine.
+    #[error("tenant `{tenant}` already has {limit} executions waiting for an engine")]
+    QueueFull {
+        /// The tenant refused.
+        tenant: String,
+        /// `pool.max_queued_per_tenant`.
+        limit: usize,
+    },
     /// A new engine could not be built.
     #[error("cannot create a Lua engine: {0}")]
     Create(String),
     /// The pool was closed.
     #[error("the engine pool is closed")]
     Closed,
+}
+
+impl PoolError {
+    /// The stable code an outcome or an HTTP error carries for this failure.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Timeout { .. } => "pool_timeout",
+            Self::QueueFull { .. } => "queue_full",
+            Self::Create(_) | Self::Closed => "engine_unavailable",
+        }
+    }
 }

@@ -25,6 +25,7 @@ mod error;
 mod guard;
 mod hot;
 mod pool;
+mod queue;
 mod runner;
 mod script;
 mod sink;

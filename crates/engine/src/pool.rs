@@ -1,20 +1,21 @@
 //! The pool of sandboxed engines, and where executions run.
 //!
-//! Lua never runs on an async worker: [`EnginePool::run`] checks an engine out on the async
-//! side (waiting costs no thread), then hands the execution to one of the pool's runner
-//! threads (`runner.rs`: threads meant to block, awake between back-to-back executions) and
-//! awaits it. A script stuck in a C function past its time
-//! limit therefore blocks only that thread; past the limit plus a grace period the pool stops
-//! waiting for it: the caller gets a typed timeout, the engine is written off (dropped by its
-//! thread whenever the call returns) and its place in the pool is freed for a new engine
-//! (`lua.engine.abandoned.count`).
+//! Lua never runs on an async worker. [`EnginePool::run`] hands an execution to one of the
+//! pool's runner threads (`runner.rs`: threads meant to block) and awaits the answer. With an
+//! engine free, the execution goes to a runner at once; with every engine busy it waits in the
+//! pool's queue (`queue.rs`: one line per tenant, served in turn, each bounded), and the
+//! runner that finishes an execution takes the next waiting one itself, with the engine it
+//! holds: under load engines never leave their threads, and no async task sits between two
+//! executions. A script stuck in a C function past its time limit blocks only its runner; past
+//! the limit plus a grace period the caller stops waiting for it: it gets a typed timeout, the
+//! engine is written off (dropped by its runner whenever the call returns) and its place in
+//! the pool goes to the next waiting work (`lua.engine.abandoned.count`).
 //!
 //! The pool is ours rather than deadpool's because writing off an engine that is still
-//! running, handing a freed place straight to the next waiter, and counting exactly which
-//! checkouts queued need control of the permits deadpool keeps private. Waiters are served in
-//! arrival order; an engine returned healthy goes to the first waiter, a discarded one leaves
-//! its place to the first waiter (who builds a new engine).
+//! running, handing a freed place straight to the next waiter, serving tenants in turn and
+//! counting exactly which checkouts queued need control of the permits deadpool keeps private.
 
+use crate::queue::FairQueue;
 use crate::{
     DiscardReason, Engine, EngineSettings, Execution, MetricsSink, PoolError, PoolSettings, Script,
     ScriptError, Timings,
@@ -24,7 +25,7 @@ use luametrics_sketch::Summary;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value as Json;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -42,6 +43,8 @@ struct Stats {
     checkouts: AtomicU64,
     exhausted: AtomicU64,
     timeouts: AtomicU64,
+    /// Executions refused because their tenant's line was full.
+    queue_full: AtomicU64,
     created: AtomicU64,
     discarded: [AtomicU64; DiscardReason::ALL.len()],
     /// Executions given up on (past their limit and grace).
@@ -71,9 +74,25 @@ impl Stats {
 /// A place in the pool: an idle engine, or the right to build one.
 type Grant = Option<Engine>;
 
-struct Waiter {
-    id: u64,
-    tx: oneshot::Sender<Grant>,
+/// What an execution's caller gets back from the runner.
+type Answer = Result<Execution, PoolError>;
+
+/// Work waiting for a place, in the pool's fair queue.
+enum Pending {
+    /// An execution: runs on a runner thread with the place it is given.
+    Run(Box<RunJob>),
+    /// A checkout: the place goes to the waiting caller (with the time it waited, in ms).
+    Checkout(oneshot::Sender<(Grant, f64)>, Instant),
+}
+
+/// An execution on its way to a runner, with what its caller shares with it.
+struct RunJob {
+    job: Job,
+    reply: oneshot::Sender<Answer>,
+    ticket: Arc<Ticket>,
+    enqueued: Instant,
+    /// Whether it waited in the queue (its checkout is counted when it starts).
+    queued: bool,
 }
 
 #[derive(Default)]
@@ -82,7 +101,8 @@ struct State {
     /// Places taken: engines idle or checked out, and places granted for an engine being
     /// built. Abandoned engines no longer count.
     live: usize,
-    waiters: VecDeque<Waiter>,
+    /// Executions and checkouts waiting for a place, per tenant, served in turn.
+    queue: FairQueue<Pending>,
     next_waiter: u64,
 }
 
@@ -94,6 +114,8 @@ struct Inner {
     sink: Arc<dyn MetricsSink>,
     state: Mutex<State>,
     stats: Stats,
+    /// What `RunJob::started` counts from.
+    epoch: Instant,
 }
 
 impl Inner {
@@ -104,10 +126,24 @@ impl Inner {
         Ok(engine)
     }
 
-    /// Takes a place back: a healthy engine returns to the first waiter or to the idle list; a
-    /// discarded engine (or a place whose engine was never built, or was abandoned) goes to
-    /// the first waiter as the right to build one, or frees the place.
-    fn give_back(&self, engine: Grant) {
+    /// Runners allowed: one per place, plus one per abandoned execution still holding its
+    /// thread.
+    fn max_threads(&self) -> usize {
+        self.settings.max_size.max(1) + self.stats.abandoned_running.load(Relaxed).max(0) as usize
+    }
+
+    fn note_queue(&self, state: &State) {
+        let now = state.queue.len() as i64;
+        self.stats.waiting.store(now, Relaxed);
+        self.stats.peak_waiting_sample.fetch_max(now, Relaxed);
+        self.stats.peak_waiting.fetch_max(now, Relaxed);
+    }
+
+    /// Passes a place on: a healthy engine (or the right to build one) goes to the next
+    /// waiting work in the tenants' turn, else back to the idle list (or the place is freed).
+    /// A waiting checkout is served here, on this thread; a waiting execution is returned for
+    /// the caller to run on a runner thread.
+    fn pass_on(&self, engine: Grant) -> Option<(Grant, Box<RunJob>)> {
         let mut grant = engine.and_then(|mut e| match e.health() {
             None => Some(e),
             Some(reason) => {
@@ -115,19 +151,126 @@ impl Inner {
                 None
             }
         });
-        let mut state = self.state.lock();
-        while let Some(w) = state.waiters.pop_front() {
-            self.stats.waiting.fetch_sub(1, Relaxed);
-            match w.tx.send(grant) {
-                Ok(()) => return,
-                // That waiter gave up (timed out, or its caller went away): next one.
-                Err(back) => grant = back,
+        loop {
+            let mut state = self.state.lock();
+            let next = state.queue.pop();
+            if next.is_some() {
+                self.note_queue(&state);
+            }
+            match next {
+                None => {
+                    match grant {
+                        Some(e) => state.idle.push(e),
+                        None => state.live = state.live.saturating_sub(1),
+                    }
+                    return None;
+                }
+                Some(Pending::Run(job)) => return Some((grant, job)),
+                Some(Pending::Checkout(tx, enqueued)) => {
+                    drop(state);
+                    let waited = enqueued.elapsed().as_secs_f64() * 1000.0;
+                    match tx.send((grant, waited)) {
+                        Ok(()) => return None,
+                        // That waiter gave up (timed out, or its caller went away): next one.
+                        Err((back, _)) => grant = back,
+                    }
+                }
             }
         }
-        match grant {
-            Some(e) => state.idle.push(e),
-            None => state.live = state.live.saturating_sub(1),
+    }
+
+    /// Gives a place back from any thread: waiting work gets it, an execution on a runner.
+    fn give_back(self: &Arc<Self>, engine: Grant) {
+        if let Some((grant, job)) = self.pass_on(engine) {
+            self.spawn_serve(grant, job);
         }
+    }
+
+    /// Starts serving on a runner thread: `job` with `grant`, then whatever waits next.
+    /// Returns whether an awake runner took it at once.
+    fn spawn_serve(self: &Arc<Self>, grant: Grant, job: Box<RunJob>) -> bool {
+        let me = self.clone();
+        self.runners
+            .run(self.max_threads(), Box::new(move || me.serve(grant, job)))
+    }
+
+    /// Runs `job` with `grant` on this (runner) thread, then keeps the engine and runs the
+    /// next waiting execution with it, until nothing waits: back-to-back executions pay no
+    /// hand-off. Each answer is sent after the place is passed on, so a caller that submits
+    /// its next execution at once finds the engine where it expects it.
+    // Jobs come boxed from the queue and go on boxed; unboxing here would only move them.
+    #[allow(clippy::boxed_local)]
+    fn serve(self: &Arc<Self>, mut grant: Grant, mut job: Box<RunJob>) {
+        loop {
+            let (place, answer) = self.run_one(grant, *job);
+            let next = place.and_then(|g| self.pass_on(g));
+            if let Some((reply, answer)) = answer {
+                // A caller that went away no longer wants it.
+                let _ = reply.send(answer);
+            }
+            match next {
+                Some((g, j)) => (grant, job) = (g, j),
+                None => return,
+            }
+        }
+    }
+
+    /// Runs one execution with the place given. Returns the place to pass on (`None` when
+    /// the waiting side already did: an abandoned execution) and the answer to send.
+    #[allow(clippy::type_complexity)]
+    fn run_one(
+        self: &Arc<Self>,
+        grant: Grant,
+        job: RunJob,
+    ) -> (Option<Grant>, Option<(oneshot::Sender<Answer>, Answer)>) {
+        let RunJob {
+            job,
+            reply,
+            ticket,
+            enqueued,
+            queued,
+        } = job;
+        if ticket.released.load(Relaxed) {
+            // Given up on before it started: the waiting side passed the place on already.
+            return (None, None);
+        }
+        if reply.is_closed() {
+            // Its caller went away while it waited: nothing to run.
+            return (Some(grant), None);
+        }
+        let wait_ms = if queued {
+            let waited = enqueued.elapsed().as_secs_f64() * 1000.0;
+            checked_out(&self.stats, waited);
+            waited
+        } else {
+            0.0
+        };
+        ticket.mark_started(self.epoch);
+        let held = Held(ticket);
+        let mut engine = match grant {
+            Some(e) => e,
+            None => match self.build() {
+                Ok(e) => e,
+                Err(err) => {
+                    let place = held.take().then_some(None);
+                    return (place, Some((reply, Err(err))));
+                }
+            },
+        };
+        let mut execution = engine.execute_limited(
+            &job.script,
+            &job.tenant,
+            &job.event,
+            &job.context,
+            job.time_limit_ms,
+        );
+        if !held.take() {
+            // Abandoned meanwhile: its place went on without it; the engine is written off.
+            return (None, None);
+        }
+        execution.timings.wait_ms = wait_ms;
+        execution.timings.total_ms += wait_ms;
+        (Some(Some(engine)), Some((reply, Ok(execution))))
     }
 }
 
@@ -228,39 +371,61 @@ impl Drop for PooledEngine {
     }
 }
 
-/// A place held by an execution's thread. Given back once: with the engine when the
-/// execution returns, by the waiting side at once when it abandons the execution, or on drop
-/// (the thread ended with nobody waiting for it: a cancelled caller), whichever comes first.
-struct Held {
+/// What an execution's caller and its runner share: who gave the place back, whether the
+/// caller gave up on it, when it started.
+struct Ticket {
     inner: Arc<Inner>,
-    released: Arc<AtomicBool>,
+    /// Set by whichever side gives the place back first (see [`Held`]).
+    released: AtomicBool,
+    /// Set when the caller gives up on the execution (it is still running).
+    abandoned: AtomicBool,
+    /// Nanoseconds since the pool's epoch when it started, plus one; 0 before.
+    started: AtomicU64,
 }
 
-impl Held {
-    fn release(&self, engine: Grant) {
-        if !self.released.swap(true, Relaxed) {
-            self.inner.stats.active.fetch_sub(1, Relaxed);
-            self.inner.give_back(engine);
+impl Ticket {
+    fn mark_started(&self, epoch: Instant) {
+        self.started
+            .store(epoch.elapsed().as_nanos() as u64 + 1, Relaxed);
+    }
+
+    fn started_at(&self, epoch: Instant) -> Option<Instant> {
+        match self.started.load(Relaxed) {
+            0 => None,
+            ns => Some(epoch + Duration::from_nanos(ns - 1)),
         }
+    }
+}
+
+impl Drop for Ticket {
+    /// Dropped by the last of caller and runner: after an abandoned execution's call returned.
+    fn drop(&mut self) {
+        if self.abandoned.load(Relaxed) {
+            self.inner.stats.abandoned_running.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+/// A place held by an execution. Given back once: by the runner with the engine when the
+/// execution returns, by the waiting side at once when it abandons the execution, or on drop
+/// (the runner unwound), whichever comes first.
+struct Held(Arc<Ticket>);
+
+impl Held {
+    /// Claims the right to pass the place on; `false` if the other side did already.
+    fn take(&self) -> bool {
+        let mine = !self.0.released.swap(true, Relaxed);
+        if mine {
+            self.0.inner.stats.active.fetch_sub(1, Relaxed);
+        }
+        mine
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.release(None);
-    }
-}
-
-/// Decrements the count of abandoned executions still running when the thread of one ends.
-struct AbandonWatch {
-    abandoned: AtomicBool,
-    inner: Arc<Inner>,
-}
-
-impl Drop for AbandonWatch {
-    fn drop(&mut self) {
-        if self.abandoned.load(Relaxed) {
-            self.inner.stats.abandoned_running.fetch_sub(1, Relaxed);
+        if self.take() {
+            self.0.inner.give_back(None);
         }
     }
 }
@@ -281,6 +446,7 @@ impl EnginePool {
                 sink,
                 state: Mutex::new(State::default()),
                 stats: Stats::default(),
+                epoch: Instant::now(),
             }),
         })
     }
@@ -290,80 +456,107 @@ impl EnginePool {
         &self.inner.settings
     }
 
-    /// Takes a place: an idle engine, the right to build one, or a wait in line for either
-    /// (up to the configured timeout). Returns the place, the wait in ms and whether it queued.
-    async fn acquire(&self) -> Result<(Grant, f64, bool), PoolError> {
+    /// Takes a place at once (an idle engine, or the right to build one) if there is one.
+    fn take_place(state: &mut State, max_size: usize) -> Option<Grant> {
+        if let Some(e) = state.idle.pop() {
+            return Some(Some(e));
+        }
+        if state.live < max_size.max(1) {
+            state.live += 1;
+            return Some(None);
+        }
+        None
+    }
+
+    /// Queues `item` for `tenant` if the tenant's line has room; counts the exhaustion.
+    fn enqueue(
+        &self,
+        state: &mut State,
+        tenant: &Arc<str>,
+        item: Pending,
+    ) -> Result<u64, PoolError> {
         let inner = &self.inner;
-        let stats = &inner.stats;
+        let limit = inner.settings.max_queued_per_tenant;
+        if state.queue.len_of(tenant) >= limit {
+            inner.stats.queue_full.fetch_add(1, Relaxed);
+            return Err(PoolError::QueueFull {
+                tenant: tenant.to_string(),
+                limit,
+            });
+        }
+        inner.stats.exhausted.fetch_add(1, Relaxed);
+        let id = state.next_waiter;
+        state.next_waiter += 1;
+        state.queue.push(tenant, id, item);
+        inner.note_queue(state);
+        Ok(id)
+    }
+
+    /// Takes `id` out of the queue if it still waits there (its waiter gave up).
+    fn dequeue(&self, tenant: &str, id: u64) -> Option<Pending> {
+        let mut state = self.inner.state.lock();
+        let item = state.queue.remove(tenant, id);
+        if item.is_some() {
+            self.inner.note_queue(&state);
+        }
+        item
+    }
+
+    fn timed_out(&self, waited: Duration) -> PoolError {
+        self.inner.stats.timeouts.fetch_add(1, Relaxed);
+        PoolError::Timeout {
+            waited_ms: waited.as_millis() as u64,
+            max_size: self.inner.settings.max_size,
+        }
+    }
+
+    /// Checks out an engine for a caller that runs it itself, on a thread meant to block
+    /// (building one if the pool has room), waiting up to the configured timeout. Waiting
+    /// checkouts take their turn as the host's (tenant `""`) in the fair queue.
+    pub async fn checkout(&self) -> Result<PooledEngine, PoolError> {
+        let inner = &self.inner;
         let start = Instant::now();
+        let host: Arc<str> = Arc::from("");
         let (id, mut rx) = {
             let mut state = inner.state.lock();
-            if let Some(e) = state.idle.pop() {
-                drop(state);
-                return Ok((Some(e), self.checked_out(0.0), false));
+            match Self::take_place(&mut state, inner.settings.max_size) {
+                Some(grant) => {
+                    drop(state);
+                    checked_out(&inner.stats, 0.0);
+                    return self.with_engine(grant, 0.0, false);
+                }
+                None => {
+                    let (tx, rx) = oneshot::channel();
+                    let id = self.enqueue(&mut state, &host, Pending::Checkout(tx, start))?;
+                    (id, rx)
+                }
             }
-            if state.live < inner.settings.max_size.max(1) {
-                state.live += 1;
-                drop(state);
-                return Ok((None, self.checked_out(0.0), false));
-            }
-            // Exhausted: in line.
-            stats.exhausted.fetch_add(1, Relaxed);
-            let now_waiting = stats.waiting.fetch_add(1, Relaxed) + 1;
-            stats.peak_waiting_sample.fetch_max(now_waiting, Relaxed);
-            stats.peak_waiting.fetch_max(now_waiting, Relaxed);
-            let (tx, rx) = oneshot::channel();
-            let id = state.next_waiter;
-            state.next_waiter += 1;
-            state.waiters.push_back(Waiter { id, tx });
-            (id, rx)
         };
         let timeout = Duration::from_millis(inner.settings.wait_timeout_ms);
         let got = match tokio::time::timeout(timeout, &mut rx).await {
             Ok(r) => r.ok(),
-            Err(_) => {
-                let mut state = inner.state.lock();
-                if let Some(pos) = state.waiters.iter().position(|w| w.id == id) {
-                    state.waiters.remove(pos);
-                    stats.waiting.fetch_sub(1, Relaxed);
-                    None
-                } else {
-                    // Granted while the timer fired: the grant is in the channel already.
-                    drop(state);
-                    rx.try_recv().ok()
-                }
-            }
+            Err(_) => match self.dequeue(&host, id) {
+                Some(_) => None,
+                // Granted while the timer fired: the grant is in the channel already.
+                None => rx.try_recv().ok(),
+            },
         };
-        let wait_ms = start.elapsed().as_secs_f64() * 1000.0;
         match got {
-            Some(grant) => Ok((grant, self.checked_out(wait_ms), true)),
-            None => {
-                stats.timeouts.fetch_add(1, Relaxed);
-                Err(PoolError::Timeout {
-                    waited_ms: wait_ms as u64,
-                    max_size: inner.settings.max_size,
-                })
+            Some((grant, waited)) => {
+                checked_out(&inner.stats, waited);
+                self.with_engine(grant, waited, true)
             }
+            None => Err(self.timed_out(start.elapsed())),
         }
     }
 
-    fn checked_out(&self, wait_ms: f64) -> f64 {
-        let stats = &self.inner.stats;
-        let now_active = stats.active.fetch_add(1, Relaxed) + 1;
-        stats.peak_active.fetch_max(now_active, Relaxed);
-        stats.checkouts.fetch_add(1, Relaxed);
-        stats
-            .wait
-            .lock()
-            .get_or_insert_with(|| Summary::new(true))
-            .observe(wait_ms, 0);
-        wait_ms
-    }
-
-    /// Checks out an engine for a caller that runs it itself, on a thread meant to block
-    /// (building one if the pool has room), waiting up to the configured timeout.
-    pub async fn checkout(&self) -> Result<PooledEngine, PoolError> {
-        let (grant, wait_ms, queued) = self.acquire().await?;
+    /// Wraps a checked-out place, building its engine if it has none.
+    fn with_engine(
+        &self,
+        grant: Grant,
+        wait_ms: f64,
+        queued: bool,
+    ) -> Result<PooledEngine, PoolError> {
         let engine = match grant {
             Some(e) => e,
             None => match self.inner.build() {
@@ -383,105 +576,122 @@ impl EnginePool {
         })
     }
 
-    /// Runs one execution: checks out an engine, runs the script on a blocking thread, returns
-    /// the engine. The timings include the wait. An execution that has not returned by its
-    /// time limit plus the grace period is abandoned: a typed timeout, and its engine written
-    /// off.
+    /// Runs one execution on a runner thread with an engine of the pool. With an engine free
+    /// it goes to a runner at once; otherwise it waits in its tenant's line (bounded:
+    /// [`PoolError::QueueFull`]) for a runner that finishes an execution to take it with the
+    /// engine it holds, up to the wait timeout. The timings include the wait. An execution
+    /// that has not returned by its time limit plus the grace period is abandoned: a typed
+    /// timeout, and its engine written off.
     pub async fn run(&self, job: Job) -> Result<Execution, PoolError> {
-        let (grant, wait_ms, _) = self.acquire().await?;
-        let released = Arc::new(AtomicBool::new(false));
-        let held = Held {
-            inner: self.inner.clone(),
-            released: released.clone(),
-        };
-        let limit_ms = job.time_limit_ms.unwrap_or(self.inner.engine.time_limit_ms);
-        let watch = Arc::new(AbandonWatch {
-            abandoned: AtomicBool::new(false),
-            inner: self.inner.clone(),
-        });
-        let inner = self.inner.clone();
-        let job_watch = watch.clone();
-        let script_id = job.script.id().to_string();
-        // Runners: one per place, plus one per abandoned execution still holding its thread.
-        let max_threads = self.inner.settings.max_size.max(1)
-            + self.inner.stats.abandoned_running.load(Relaxed).max(0) as usize;
-        let (mut task, hot) = self.inner.runners.run(max_threads, move || {
-            let _watch = job_watch;
-            let mut engine = match grant {
-                Some(e) => e,
-                None => inner.build()?,
-            };
-            let execution = engine.execute_limited(
-                &job.script,
-                &job.tenant,
-                &job.event,
-                &job.context,
-                job.time_limit_ms,
-            );
-            Ok::<_, PoolError>((engine, execution, held))
-        });
+        let inner = &self.inner;
+        let limit_ms = job.time_limit_ms.unwrap_or(inner.engine.time_limit_ms);
         let patience =
-            Duration::from_millis(limit_ms.saturating_add(self.inner.engine.abandon_grace_ms));
+            Duration::from_millis(limit_ms.saturating_add(inner.engine.abandon_grace_ms));
+        let script = job.script.clone();
+        let tenant = job.tenant.clone();
+        let (tx, mut rx) = oneshot::channel();
+        let ticket = Arc::new(Ticket {
+            inner: inner.clone(),
+            released: AtomicBool::new(false),
+            abandoned: AtomicBool::new(false),
+            started: AtomicU64::new(0),
+        });
+        let enqueued = Instant::now();
+        let mut run_job = Box::new(RunJob {
+            job,
+            reply: tx,
+            ticket: ticket.clone(),
+            enqueued,
+            queued: false,
+        });
+        let (queued_id, hot) = {
+            let mut state = inner.state.lock();
+            match Self::take_place(&mut state, inner.settings.max_size) {
+                Some(grant) => {
+                    drop(state);
+                    checked_out(&inner.stats, 0.0);
+                    // Not queued: its patience runs from now.
+                    ticket.mark_started(inner.epoch);
+                    (None, inner.spawn_serve(grant, run_job))
+                }
+                None => {
+                    run_job.queued = true;
+                    (
+                        Some(self.enqueue(&mut state, &tenant, Pending::Run(run_job))?),
+                        false,
+                    )
+                }
+            }
+        };
         // An awake runner took the job at once: spin briefly for the answer, so a short
         // execution comes back without parking and waking this worker (the costly part of the
         // hand-off). Bounded: past SPIN_BACK the task parks like any other.
         // Only when nothing else runs: under load the spin would take a core from the
         // runners (measured: a third of the CPU of a 64-way `luametrics run`).
-        let alone = self.inner.stats.active.load(Relaxed) <= 1;
+        let alone = inner.stats.active.load(Relaxed) <= 1;
         let early = if hot && alone {
-            spin_for(&mut task)
+            spin_for(&mut rx)
         } else {
             None
         };
+        let wait_timeout = Duration::from_millis(inner.settings.wait_timeout_ms);
         let back = match early {
-            Some(done) => Ok(done),
-            None => tokio::time::timeout(patience, task).await,
+            Some(done) => Some(done),
+            None => {
+                // When a runner took it from the queue just as its wait ran out (its start
+                // not yet marked): treated as started then.
+                let mut taken_at = None;
+                loop {
+                    let now = Instant::now();
+                    let started_at = ticket.started_at(inner.epoch).or(taken_at);
+                    let deadline = match started_at {
+                        Some(s) => s + patience,
+                        None => (enqueued + wait_timeout).min(now + patience),
+                    };
+                    match tokio::time::timeout_at(deadline.into(), &mut rx).await {
+                        Ok(answer) => break Some(answer),
+                        Err(_)
+                            if ticket.started_at(inner.epoch).is_some() && started_at.is_none() => {
+                        }
+                        Err(_) if started_at.is_some() => break None,
+                        Err(_) if enqueued.elapsed() < wait_timeout => {}
+                        Err(_) => match queued_id.and_then(|id| self.dequeue(&tenant, id)) {
+                            Some(_) => return Err(self.timed_out(enqueued.elapsed())),
+                            None => taken_at = Some(Instant::now()),
+                        },
+                    }
+                }
+            }
         };
         match back {
-            Ok(Ok(Ok(Ok((engine, mut execution, held))))) => {
-                held.release(Some(engine));
-                execution.timings.wait_ms = wait_ms;
-                execution.timings.total_ms += wait_ms;
-                Ok(execution)
-            }
-            // The place was given back when the job's `Held` dropped.
-            Ok(Ok(Ok(Err(e)))) => Err(e),
-            Ok(Ok(Err(panicked))) => {
-                // Engine::execute catches panics itself; this is a panic outside it.
-                self.inner.stats.discard(DiscardReason::Panic);
-                Err(PoolError::Create(format!(
-                    "the execution's thread failed: {}",
-                    panicked.0
-                )))
-            }
-            Ok(Err(_)) => Err(PoolError::Create(
-                "the execution's thread ended without an answer".into(),
+            Some(Ok(answer)) => answer,
+            Some(Err(_)) => Err(PoolError::Create(
+                "the execution's runner ended without an answer".into(),
             )),
-            Err(_) => {
-                // Still running (stuck in a C function): write it off. Its thread drops the
+            None => {
+                // Still running (stuck in a C function): write it off. Its runner drops the
                 // engine when the call returns; its place goes to the next waiter now.
-                let stats = &self.inner.stats;
-                watch.abandoned.store(true, Relaxed);
+                let stats = &inner.stats;
+                ticket.abandoned.store(true, Relaxed);
                 stats.abandoned.fetch_add(1, Relaxed);
                 stats.abandoned_running.fetch_add(1, Relaxed);
                 stats.discard(DiscardReason::Abandoned);
-                Held {
-                    inner: self.inner.clone(),
-                    released,
-                }
-                .release(None);
-                let total_ms = wait_ms + patience.as_secs_f64() * 1000.0;
+                let waited_ms = ticket.started_at(inner.epoch).map_or(0.0, |s| {
+                    s.saturating_duration_since(enqueued).as_secs_f64() * 1000.0
+                });
+                drop(Held(ticket));
+                let total_ms = enqueued.elapsed().as_secs_f64() * 1000.0;
                 Ok(Execution {
                     result: Err(ScriptError::Timeout {
-                        script: script_id,
+                        script: script.id().to_string(),
                         limit_ms,
                     }),
                     warnings: Vec::new(),
                     log: Vec::new(),
                     metrics: Default::default(),
                     timings: Timings {
-                        wait_ms,
-                        overhead_ms: total_ms - wait_ms,
+                        wait_ms: waited_ms,
+                        overhead_ms: total_ms - waited_ms,
                         total_ms,
                         ..Timings::default()
                     },
@@ -633,6 +843,18 @@ impl EnginePool {
             }
         });
     }
+}
+
+/// Counts a checkout served after `wait_ms` of waiting.
+fn checked_out(stats: &Stats, wait_ms: f64) {
+    let now_active = stats.active.fetch_add(1, Relaxed) + 1;
+    stats.peak_active.fetch_max(now_active, Relaxed);
+    stats.checkouts.fetch_add(1, Relaxed);
+    stats
+        .wait
+        .lock()
+        .get_or_insert_with(|| Summary::new(true))
+        .observe(wait_ms, 0);
 }
 
 /// Longest an async caller spins for an execution an awake runner took at once. Short next to

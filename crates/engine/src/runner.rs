@@ -2,10 +2,11 @@
 //!
 //! Handing each execution to tokio's blocking pool cost two cross-thread wake-ups (the blocking
 //! thread, then the awaiting task's worker), tens of microseconds on a virtual machine against
-//! an execution of ten. A runner that just finished an execution stays awake for a short while
-//! (`SPIN`), taking the next one from the queue without being woken; only an idle runner
-//! sleeps. A runner stuck in a C function simply stays busy: the queue is served by the
-//! others, and a new runner is started whenever work waits with no runner awake and fewer
+//! an execution of ten. A runner that just finished its work stays awake for a short while
+//! (`SPIN`), taking the next task without being woken; only an idle runner sleeps. Under load
+//! a runner rarely comes back here at all: the pool's task keeps it serving the pool's queue
+//! with the engine it holds. A runner stuck in a C function simply stays busy: the others
+//! serve, and a new runner is started whenever a task waits with no runner awake and fewer
 //! runners than the pool may need (its places plus the abandoned executions still running).
 
 use parking_lot::{Condvar, Mutex};
@@ -13,14 +14,13 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
 
 /// Queue polls a runner makes before it sleeps (a few tens of microseconds).
 const SPIN: usize = 50;
 /// An idle runner ends after this long without work.
 const IDLE: Duration = Duration::from_secs(30);
 
-type Task = Box<dyn FnOnce() + Send + 'static>;
+pub(crate) type Task = Box<dyn FnOnce() + Send + 'static>;
 
 #[derive(Default)]
 pub(crate) struct Runners {
@@ -34,31 +34,11 @@ pub(crate) struct Runners {
     threads: AtomicUsize,
 }
 
-/// Why a task's result did not come back: it panicked (its runner goes on).
-#[derive(Debug)]
-pub(crate) struct Panicked(pub(crate) String);
-
 impl Runners {
-    /// Runs `f` on a runner thread; `max_threads` bounds how many runners may exist. Also
-    /// says whether an awake runner takes the task at once (no queue, no wake-up): then the
-    /// result is usually back within microseconds, and the caller may spin for it.
-    pub(crate) fn run<R: Send + 'static>(
-        self: &Arc<Self>,
-        max_threads: usize,
-        f: impl FnOnce() -> R + Send + 'static,
-    ) -> (oneshot::Receiver<Result<R, Panicked>>, bool) {
-        let (tx, rx) = oneshot::channel();
-        let task: Task = Box::new(move || {
-            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
-                Panicked(
-                    p.downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "a runner task panicked".into()),
-                )
-            });
-            let _ = tx.send(out);
-        });
+    /// Runs `task` on a runner thread; `max_threads` bounds how many runners may exist.
+    /// Returns whether an awake runner takes the task at once (no queue, no wake-up): then
+    /// its result is usually ready within microseconds, and the caller may spin for it.
+    pub(crate) fn run(self: &Arc<Self>, max_threads: usize, task: Task) -> bool {
         let waiting = {
             let mut q = self.queue.lock();
             q.push_back(task);
@@ -67,11 +47,11 @@ impl Runners {
         // Pushed first, read second: a runner that stops spinning checks the queue under its
         // lock before it sleeps, so no task is left with every runner asleep.
         if self.spinning.load(SeqCst) >= waiting {
-            return (rx, waiting == 1);
+            return waiting == 1;
         }
         if self.sleeping.load(SeqCst) > 0 {
             self.wake.notify_one();
-            return (rx, false);
+            return false;
         }
         if self.threads.load(SeqCst) < max_threads.max(1) {
             self.threads.fetch_add(1, SeqCst);
@@ -85,7 +65,7 @@ impl Runners {
                 self.threads.fetch_sub(1, SeqCst);
             }
         }
-        (rx, false)
+        false
     }
 
     fn work(self: Arc<Self>) {
@@ -119,7 +99,9 @@ impl Runners {
                     }
                 }
             };
-            task();
+            // A task that panics (the pool's own code, not a script: engines catch those)
+            // unwinds its guards, which give its place back; the runner goes on.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
         }
     }
 }

@@ -476,6 +476,7 @@ impl Executor {
             }
             NodeResult::PoolFailed(e, waited) => {
                 let message = e.to_string();
+                let code = e.code();
                 (
                     NodeReport {
                         node: node.to_string(),
@@ -493,7 +494,7 @@ impl Executor {
                         warnings: Vec::new(),
                     },
                     NodeOutcome::Failed {
-                        code: "pool_timeout".into(),
+                        code: code.into(),
                         message,
                     },
                 )

@@ -1,0 +1,169 @@
+//! The pool's queue: engines go to waiting tenants in turn, a tenant's line is bounded, and
+//! an execution whose caller gave up never runs.
+
+use luametrics_engine::*;
+use luametrics_model::TagPolicy;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn pool(sink: Arc<CollectingSink>, max_queued_per_tenant: usize) -> Arc<EnginePool> {
+    Arc::new(
+        EnginePool::new(
+            EngineSettings::default(),
+            PoolSettings {
+                max_size: 1,
+                wait_timeout_ms: 60_000,
+                max_queued_per_tenant,
+                ..PoolSettings::default()
+            },
+            sink,
+        )
+        .unwrap(),
+    )
+}
+
+/// Each execution leaves one point, so the sink's order is the order they ran in.
+fn marker() -> Script {
+    Script::new(
+        "mark.lua",
+        "helpers.metrics.count('test.ran', 1, { n = event.n }) return event.n",
+    )
+}
+
+/// Bounded polling until `n` executions wait (a hang detector, not a timing assertion).
+async fn until_waiting(pool: &EnginePool, n: i64) {
+    for _ in 0..4_000 {
+        if pool.status().waiting == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("never {n} waiting: {:?}", pool.status());
+}
+
+fn spawn_run(
+    pool: &Arc<EnginePool>,
+    tenant: &str,
+    n: u64,
+) -> tokio::task::JoinHandle<Result<Execution, PoolError>> {
+    let pool = pool.clone();
+    let tenant = tenant.to_string();
+    tokio::spawn(async move {
+        pool.execute(&marker(), &tenant, &json!({ "n": n }), &json!({}))
+            .await
+    })
+}
+
+/// Tenants in the order their executions ran.
+fn ran(sink: &CollectingSink) -> Vec<String> {
+    sink.points.lock().iter().map(|(t, _)| t.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_tenant_waits_behind_its_own_work_not_in_front_of_others() {
+    let sink = Arc::new(CollectingSink::new(TagPolicy::default()));
+    let pool = pool(sink.clone(), 64);
+    let held = pool.checkout().await.unwrap();
+    let mut calls = Vec::new();
+    for n in 0..6 {
+        calls.push(spawn_run(&pool, "flood", n));
+        until_waiting(&pool, n as i64 + 1).await;
+    }
+    calls.push(spawn_run(&pool, "calm", 100));
+    until_waiting(&pool, 7).await;
+    drop(held);
+    for c in calls {
+        let ex = c.await.unwrap().unwrap();
+        assert!(ex.result.is_ok(), "{:?}", ex.result);
+        assert!(
+            ex.timings.wait_ms > 0.0,
+            "a queued execution reports its wait"
+        );
+    }
+    // Arrival order would run `calm` last; in turn it runs second.
+    assert_eq!(
+        ran(&sink),
+        ["flood", "calm", "flood", "flood", "flood", "flood", "flood"]
+    );
+    let s = pool.status();
+    assert_eq!((s.waiting, s.active, s.exhausted), (0, 0, 7), "{s:?}");
+    assert_eq!(s.peak_waiting, 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_line_refuses_that_tenant_only() {
+    let sink = Arc::new(CollectingSink::new(TagPolicy::default()));
+    let pool = pool(sink.clone(), 2);
+    let held = pool.checkout().await.unwrap();
+    let a1 = spawn_run(&pool, "flood", 1);
+    let a2 = spawn_run(&pool, "flood", 2);
+    until_waiting(&pool, 2).await;
+    let refused = pool
+        .execute(&marker(), "flood", &json!({ "n": 3 }), &json!({}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, PoolError::QueueFull { tenant, limit: 2 } if tenant == "flood"),
+        "{refused}"
+    );
+    assert!(refused.to_string().contains("flood"), "{refused}");
+    let b = spawn_run(&pool, "calm", 4);
+    until_waiting(&pool, 3).await;
+    drop(held);
+    for c in [a1, a2, b] {
+        assert!(c.await.unwrap().unwrap().result.is_ok());
+    }
+    assert_eq!(ran(&sink).len(), 3, "the refused execution never ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_whose_caller_went_away_never_runs() {
+    let sink = Arc::new(CollectingSink::new(TagPolicy::default()));
+    let pool = pool(sink.clone(), 64);
+    let held = pool.checkout().await.unwrap();
+    let gone = spawn_run(&pool, "a", 1);
+    until_waiting(&pool, 1).await;
+    let stays = spawn_run(&pool, "b", 2);
+    until_waiting(&pool, 2).await;
+    gone.abort();
+    assert!(gone.await.unwrap_err().is_cancelled());
+    drop(held);
+    assert_eq!(stays.await.unwrap().unwrap().result.unwrap(), json!(2));
+    assert_eq!(ran(&sink), ["b"]);
+    // Its place went on: the pool is whole again.
+    let s = pool.status();
+    assert_eq!((s.active, s.size, s.available), (0, 1, 1), "{s:?}");
+    let ex = pool
+        .execute(&marker(), "a", &json!({ "n": 3 }), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(ex.result.unwrap(), json!(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_execution_times_out_with_the_pool_wait() {
+    let sink = Arc::new(CollectingSink::new(TagPolicy::default()));
+    let pool = Arc::new(
+        EnginePool::new(
+            EngineSettings::default(),
+            PoolSettings {
+                max_size: 1,
+                wait_timeout_ms: 50,
+                ..PoolSettings::default()
+            },
+            sink.clone(),
+        )
+        .unwrap(),
+    );
+    let held = pool.checkout().await.unwrap();
+    let err = pool
+        .execute(&marker(), "a", &json!({ "n": 1 }), &json!({}))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PoolError::Timeout { .. }), "{err}");
+    drop(held);
+    let s = pool.status();
+    assert_eq!((s.timeouts, s.waiting, s.active), (1, 0, 0), "{s:?}");
+    assert!(ran(&sink).is_empty(), "a timed-out execution never runs");
+}
