@@ -114,6 +114,9 @@ enum BenchCommand {
         #[arg(long, default_value_t = 7)]
         rounds: usize,
     },
+    /// SPEC §15 targets E1-E4: the login pipeline through the library and over HTTP against
+    /// its scripts alone, as ratios; exits 1 naming every target that misses.
+    E2e(cli::bench::E2eArgs),
 }
 
 fn main() -> ExitCode {
@@ -160,6 +163,7 @@ fn main() -> ExitCode {
             Command::Retention { config } => cli::query::retention(config).await,
             Command::Bench(BenchCommand::Pool(args)) => cli::bench::pool(args).await,
             Command::Bench(BenchCommand::HotPath { rounds }) => cli::bench::hot_path(rounds).await,
+            Command::Bench(BenchCommand::E2e(args)) => cli::bench::e2e(args).await,
             Command::GenEvents {
                 count,
                 tenants,

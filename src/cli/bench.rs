@@ -1,4 +1,4 @@
-//! `luametrics bench pool` and `luametrics bench hot-path`: performance on the operator's own
+//! `luametrics bench pool`, `bench hot-path` and `bench e2e`: performance on the operator's own
 //! machine, always as ratios to a baseline measured in the same run.
 //!
 //! `bench hot-path` runs each target's baseline and subject in alternating rounds (the first
@@ -7,6 +7,9 @@
 //! ratio missed (2 on errors).
 
 use super::CliError;
+
+mod e2e;
+pub(crate) use e2e::{e2e, E2eArgs};
 use luametrics::engine::{Engine, EnginePool, EngineSettings, MetricsSink, PoolSettings, Script};
 use luametrics::model::{Kind, Limits, RejectReason, TagPolicy, Tags, DEFAULT_DENIED_KEYS};
 use luametrics::recorder::{BatchPoint, BatchReport, MetricsService, RecorderConfig};
@@ -869,15 +872,22 @@ pub(crate) async fn hot_path(rounds: usize) -> Result<ExitCode, CliError> {
         goal: Goal::AtMost(1.0),
     });
 
+    Ok(report("SPEC §12 target", "bench hot-path", &rows, rounds))
+}
+
+/// Prints the rows with their verdicts; the exit code names whether every target was met
+/// (1 otherwise, with each miss on stderr).
+fn report(title: &str, command: &str, rows: &[Row], rounds: usize) -> ExitCode {
+    let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(56);
     println!(
-        "{:<56} {:>26} {:>26} {:>20} {:>8} {:>7}  verdict",
-        "SPEC §12 target", "baseline", "subject", "ratio", "target", "rounds"
+        "{:<width$} {:>26} {:>26} {:>20} {:>8} {:>7}  verdict",
+        title, "baseline", "subject", "ratio", "target", "rounds"
     );
-    for row in &rows {
+    for row in rows {
         let ratios = row.ratios();
         let met = ratios.iter().filter(|r| row.goal.met(**r)).count();
         println!(
-            "{:<56} {:>26} {:>26} {:>20} {:>8} {:>7}  {}",
+            "{:<width$} {:>26} {:>26} {:>20} {:>8} {:>7}  {}",
             row.name,
             format!("{:.2}", spread(&row.baseline)),
             format!("{:.2}", spread(&row.subject)),
@@ -894,11 +904,11 @@ pub(crate) async fn hot_path(rounds: usize) -> Result<ExitCode, CliError> {
         "(median [min-max] of {rounds} alternating rounds on this machine; ratio = subject / baseline \
          per round; a verdict judges the median ratio; rounds: how many rounds met the target)"
     );
-    match missed(&rows) {
-        None => Ok(ExitCode::SUCCESS),
+    match missed(rows) {
+        None => ExitCode::SUCCESS,
         Some(lines) => {
-            eprintln!("luametrics bench hot-path: targets missed on this machine:\n  {lines}");
-            Ok(ExitCode::from(1))
+            eprintln!("luametrics {command}: targets missed on this machine:\n  {lines}");
+            ExitCode::from(1)
         }
     }
 }
