@@ -431,3 +431,162 @@ async fn a_bad_pipelines_file_stops_start_with_a_precise_error() {
     assert!(rt.pipelines().is_empty());
     rt.shutdown().await.unwrap();
 }
+
+/// Blocks a tenant's first quota ask until the gate opens: a host call no hook interrupts,
+/// so the node asking is stuck past its limit.
+struct Gate {
+    inner: MetricsService,
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+}
+
+impl MetricsSink for Gate {
+    fn policy(&self) -> &TagPolicy {
+        MetricsSink::policy(&self.inner)
+    }
+    fn reserve_points(&self, tenant: &str, want: u32) -> u32 {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+        drop(open);
+        MetricsSink::reserve_points(&self.inner, tenant, want)
+    }
+    fn release_points(&self, tenant: &str, unused: u32) {
+        MetricsSink::release_points(&self.inner, tenant, unused)
+    }
+    fn ingest_user_batch(&self, tenant: &str, points: Vec<BatchPoint>) -> BatchReport {
+        MetricsSink::ingest_user_batch(&self.inner, tenant, points)
+    }
+    fn count_user_rejections(&self, rejected: &[(RejectReason, u64)]) {
+        MetricsSink::count_user_rejections(&self.inner, rejected)
+    }
+    fn record_system(&self, name: &str, kind: Kind, value: f64, tags: Tags) {
+        MetricsSink::record_system(&self.inner, name, kind, value, tags)
+    }
+    fn record_system_summary(&self, name: &str, kind: Kind, tags: Tags, summary: Summary) {
+        MetricsSink::record_system_summary(&self.inner, name, kind, tags, summary)
+    }
+    fn claim_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason> {
+        MetricsSink::claim_name(&self.inner, name, kind)
+    }
+}
+
+// A pipeline of one node per layer runs on one engine in one hand-off; one with a layer of
+// two nodes takes an engine per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_nodes_takes_one_engine_once_and_a_wide_layer_one_per_node() {
+    let f = Fixture::new(
+        &[
+            pipeline(
+                "t.chain",
+                &[
+                    node("a", "a.lua", ""),
+                    node("b", "b.lua", "after = [\"a\"]"),
+                    node("c", "c.lua", "after = [\"b\"]"),
+                ],
+            ),
+            pipeline(
+                "t.wide",
+                &[
+                    node("a", "a.lua", ""),
+                    node("b", "b.lua", ""),
+                    node("c", "c.lua", "after = [\"a\", \"b\"]"),
+                ],
+            ),
+        ]
+        .concat(),
+        &[
+            ("a.lua", "return { context = { a = 1 } }"),
+            ("b.lua", "return { context = { b = (context.a or 0) + 1 } }"),
+            ("c.lua", "return { context = { c = context.b } }"),
+        ],
+    );
+    let rt = Runtime::start(f.config()).await.unwrap();
+    let o = rt.execute("t.chain", "acme", json!({})).await.unwrap();
+    assert_eq!(o.decision, Decision::Allow, "{o:?}");
+    assert_eq!(o.context, json!({"a": 1, "b": 2, "c": 2}));
+    assert!(o.nodes.iter().all(|n| n.status == "ok"), "{o:?}");
+    assert_eq!(rt.pool_status().checkouts, 1, "three nodes, one checkout");
+    let o = rt.execute("t.wide", "acme", json!({})).await.unwrap();
+    assert_eq!(o.context, json!({"a": 1, "b": 1, "c": 1}));
+    assert_eq!(rt.pool_status().checkouts, 1 + 3);
+    rt.shutdown().await.unwrap();
+}
+
+// A node of a chain stuck in host code past its limit is abandoned alone: the nodes before it
+// keep their results, it is a `timeout`, and the nodes after it run on another engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_node_in_a_chain_times_out_alone_and_the_rest_runs() {
+    let f = Fixture::new(
+        &pipeline(
+            "t.stuck",
+            &[
+                node("a", "a.lua", ""),
+                node(
+                    "b",
+                    "b.lua",
+                    "after = [\"a\"]\ntimeout_ms = 30\non_error = \"continue\"",
+                ),
+                node("c", "c.lua", "after = [\"b\"]"),
+            ],
+        ),
+        &[
+            ("a.lua", "return { context = { a = 1 } }"),
+            (
+                "b.lua",
+                "helpers.metrics.count('stuck.node_count') return { context = { b = 1 } }",
+            ),
+            ("c.lua", "return { context = { c = context.a } }"),
+        ],
+    );
+    let store = Arc::new(Store::open(Location::File(f.path("m.db"))).await.unwrap());
+    let metrics = MetricsService::start(store.clone(), RecorderConfig::default());
+    let gate = Arc::new(Gate {
+        inner: metrics.clone(),
+        open: std::sync::Mutex::new(false),
+        opened: std::sync::Condvar::new(),
+    });
+    let pool = Arc::new(
+        EnginePool::new(
+            EngineSettings {
+                abandon_grace_ms: 100,
+                ..EngineSettings::default()
+            },
+            PoolSettings {
+                max_size: 1,
+                ..PoolSettings::default()
+            },
+            gate.clone(),
+        )
+        .unwrap(),
+    );
+    let traces = Arc::new(TraceWriter::start(store.clone(), metrics.clone(), 16));
+    let executor = Executor::new(pool.clone(), metrics.clone(), traces, 1.0);
+    let pipelines = Pipelines::load(&f.path("pipelines.toml")).unwrap();
+    let o = executor
+        .execute(&pipelines, "t.stuck", "mallory", json!({}))
+        .await
+        .unwrap();
+    gate.open();
+    let status: Vec<&str> = o.nodes.iter().map(|n| n.status.as_str()).collect();
+    assert_eq!(status, ["ok", "timeout", "ok"], "{o:?}");
+    assert_eq!(o.decision, Decision::Allow, "{o:?}");
+    assert_eq!(o.context, json!({"a": 1, "c": 1}));
+    assert!(
+        o.warnings
+            .iter()
+            .any(|w| w.node == "b" && w.reason == "timeout"),
+        "{:?}",
+        o.warnings
+    );
+    let s = pool.status();
+    assert_eq!((s.abandoned, s.created), (1, 2), "{s:?}");
+}

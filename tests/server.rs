@@ -57,7 +57,8 @@ fn execute_then_query_and_the_timings_add_up() {
     assert!(!list["traces"].as_array().unwrap().is_empty());
     let (st, pool) = get(&s, "/v1/pool", Some(ADMIN));
     assert_eq!(st, 200);
-    assert!(pool["checkouts"].as_u64().unwrap() >= 3);
+    // The login pipeline is a chain: its three nodes share one checkout.
+    assert!(pool["checkouts"].as_u64().unwrap() >= 1, "{pool}");
     assert_eq!(get(&s, "/healthz", None).0, 200);
     assert_eq!(get(&s, "/readyz", None).0, 200);
 }

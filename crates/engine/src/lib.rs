@@ -35,7 +35,7 @@ pub use clock::Clock;
 pub use config::{EngineSettings, PoolSettings};
 pub use engine::{canonical_number, printable, Engine, Execution, MetricsReport, Timings, Warning};
 pub use error::{DiscardReason, PoolError, ScriptError};
-pub use pool::{EnginePool, Job, PoolStatus, PooledEngine};
+pub use pool::{EnginePool, Job, PoolStatus, PooledEngine, Ran};
 pub use script::Script;
 pub use sink::{CollectingSink, MetricsSink};
 

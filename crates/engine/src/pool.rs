@@ -74,8 +74,12 @@ impl Stats {
 /// A place in the pool: an idle engine, or the right to build one.
 type Grant = Option<Engine>;
 
-/// What an execution's caller gets back from the runner.
-type Answer = Result<Execution, PoolError>;
+/// What a runner does with the engine it got (or why it got none) and the time the work
+/// waited (ms); returns the delivery of the result to the caller, made once the place is
+/// passed on.
+type Work = Box<dyn FnOnce(Result<&mut Engine, PoolError>, f64) -> Deliver + Send>;
+/// Sends a finished piece of work's result to its caller.
+type Deliver = Box<dyn FnOnce() + Send>;
 
 /// Work waiting for a place, in the pool's fair queue.
 enum Pending {
@@ -87,8 +91,7 @@ enum Pending {
 
 /// An execution on its way to a runner, with what its caller shares with it.
 struct RunJob {
-    job: Job,
-    reply: oneshot::Sender<Answer>,
+    work: Work,
     ticket: Arc<Ticket>,
     enqueued: Instant,
     /// Whether it waited in the queue (its checkout is counted when it starts).
@@ -202,11 +205,10 @@ impl Inner {
     #[allow(clippy::boxed_local)]
     fn serve(self: &Arc<Self>, mut grant: Grant, mut job: Box<RunJob>) {
         loop {
-            let (place, answer) = self.run_one(grant, *job);
+            let (place, deliver) = self.run_one(grant, *job);
             let next = place.and_then(|g| self.pass_on(g));
-            if let Some((reply, answer)) = answer {
-                // A caller that went away no longer wants it.
-                let _ = reply.send(answer);
+            if let Some(deliver) = deliver {
+                deliver();
             }
             match next {
                 Some((g, j)) => (grant, job) = (g, j),
@@ -215,17 +217,11 @@ impl Inner {
         }
     }
 
-    /// Runs one execution with the place given. Returns the place to pass on (`None` when
-    /// the waiting side already did: an abandoned execution) and the answer to send.
-    #[allow(clippy::type_complexity)]
-    fn run_one(
-        self: &Arc<Self>,
-        grant: Grant,
-        job: RunJob,
-    ) -> (Option<Grant>, Option<(oneshot::Sender<Answer>, Answer)>) {
+    /// Runs one piece of work with the place given. Returns the place to pass on (`None` when
+    /// the waiting side already did: abandoned work) and the delivery of its result.
+    fn run_one(self: &Arc<Self>, grant: Grant, job: RunJob) -> (Option<Grant>, Option<Deliver>) {
         let RunJob {
-            job,
-            reply,
+            work,
             ticket,
             enqueued,
             queued,
@@ -234,7 +230,7 @@ impl Inner {
             // Given up on before it started: the waiting side passed the place on already.
             return (None, None);
         }
-        if reply.is_closed() {
+        if ticket.gone.load(Relaxed) {
             // Its caller went away while it waited: nothing to run.
             return (Some(grant), None);
         }
@@ -252,25 +248,18 @@ impl Inner {
             None => match self.build() {
                 Ok(e) => e,
                 Err(err) => {
+                    let deliver = work(Err(err), wait_ms);
                     let place = held.take().then_some(None);
-                    return (place, Some((reply, Err(err))));
+                    return (place, Some(deliver));
                 }
             },
         };
-        let mut execution = engine.execute_limited(
-            &job.script,
-            &job.tenant,
-            &job.event,
-            &job.context,
-            job.time_limit_ms,
-        );
+        let deliver = work(Ok(&mut engine), wait_ms);
         if !held.take() {
             // Abandoned meanwhile: its place went on without it; the engine is written off.
             return (None, None);
         }
-        execution.timings.wait_ms = wait_ms;
-        execution.timings.total_ms += wait_ms;
-        (Some(Some(engine)), Some((reply, Ok(execution))))
+        (Some(Some(engine)), Some(deliver))
     }
 }
 
@@ -306,6 +295,21 @@ pub struct PoolStatus {
     /// Abandoned executions still running on their threads (stuck in C): what `/readyz`
     /// bounds.
     pub abandoned_running: i64,
+}
+
+/// How work given to [`EnginePool::run_with`] ended.
+#[derive(Debug)]
+pub enum Ran<R> {
+    /// It returned this.
+    Done(R),
+    /// It had not returned by its limit plus the grace period: given up on, its engine
+    /// written off (`lua.engine.abandoned.count`).
+    Abandoned {
+        /// Time it waited for an engine (ms).
+        wait_ms: f64,
+        /// Time from the call until it was given up on (ms).
+        total_ms: f64,
+    },
 }
 
 /// One execution for [`EnginePool::run`]: everything it needs, owned, so it can move to the
@@ -381,6 +385,17 @@ struct Ticket {
     abandoned: AtomicBool,
     /// Nanoseconds since the pool's epoch when it started, plus one; 0 before.
     started: AtomicU64,
+    /// Set when the caller stops waiting (its future dropped): work not started is skipped.
+    gone: AtomicBool,
+}
+
+/// Marks the ticket's caller gone when its future ends, however it ends.
+struct CallerGuard(Arc<Ticket>);
+
+impl Drop for CallerGuard {
+    fn drop(&mut self) {
+        self.0.gone.store(true, Relaxed);
+    }
 }
 
 impl Ticket {
@@ -454,6 +469,12 @@ impl EnginePool {
     /// The pool settings.
     pub fn settings(&self) -> &PoolSettings {
         &self.inner.settings
+    }
+
+    /// The settings its engines are built with (their default time limit, for callers that
+    /// bound several executions at once).
+    pub fn engine_settings(&self) -> &EngineSettings {
+        &self.inner.engine
     }
 
     /// Takes a place at once (an idle engine, or the right to build one) if there is one.
@@ -583,23 +604,77 @@ impl EnginePool {
     /// that has not returned by its time limit plus the grace period is abandoned: a typed
     /// timeout, and its engine written off.
     pub async fn run(&self, job: Job) -> Result<Execution, PoolError> {
-        let inner = &self.inner;
-        let limit_ms = job.time_limit_ms.unwrap_or(inner.engine.time_limit_ms);
-        let patience =
-            Duration::from_millis(limit_ms.saturating_add(inner.engine.abandon_grace_ms));
+        let limit_ms = job.time_limit_ms.unwrap_or(self.inner.engine.time_limit_ms);
         let script = job.script.clone();
         let tenant = job.tenant.clone();
-        let (tx, mut rx) = oneshot::channel();
+        let ran = self
+            .run_with(tenant, limit_ms, move |engine, wait_ms| {
+                let mut execution = engine.execute_limited(
+                    &job.script,
+                    &job.tenant,
+                    &job.event,
+                    &job.context,
+                    job.time_limit_ms,
+                );
+                execution.timings.wait_ms = wait_ms;
+                execution.timings.total_ms += wait_ms;
+                execution
+            })
+            .await?;
+        Ok(match ran {
+            Ran::Done(execution) => execution,
+            Ran::Abandoned { wait_ms, total_ms } => Execution {
+                result: Err(ScriptError::Timeout {
+                    script: script.id().to_string(),
+                    limit_ms,
+                }),
+                warnings: Vec::new(),
+                log: Vec::new(),
+                metrics: Default::default(),
+                timings: Timings {
+                    wait_ms,
+                    overhead_ms: total_ms - wait_ms,
+                    total_ms,
+                    ..Timings::default()
+                },
+            },
+        })
+    }
+
+    /// Runs `work` on a runner thread with an engine of the pool, for `tenant`, as
+    /// [`EnginePool::run`] runs one execution: at once or in the tenant's line, with the time
+    /// it waited (ms). `work` is given `limit_ms` plus the grace period to return before it
+    /// is abandoned and its engine written off; it should run only what that bounds (engine
+    /// executions with their own limits, and plain host code). Several executions of one
+    /// caller (a pipeline's nodes) in one `work` pay one hand-off instead of one each.
+    pub async fn run_with<R: Send + 'static>(
+        &self,
+        tenant: Arc<str>,
+        limit_ms: u64,
+        work: impl FnOnce(&mut Engine, f64) -> R + Send + 'static,
+    ) -> Result<Ran<R>, PoolError> {
+        let inner = &self.inner;
+        let patience =
+            Duration::from_millis(limit_ms.saturating_add(inner.engine.abandon_grace_ms));
+        let (tx, mut rx) = oneshot::channel::<Result<R, PoolError>>();
         let ticket = Arc::new(Ticket {
             inner: inner.clone(),
             released: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
             started: AtomicU64::new(0),
+            gone: AtomicBool::new(false),
         });
+        let _caller = CallerGuard(ticket.clone());
         let enqueued = Instant::now();
+        let work: Work = Box::new(move |engine, wait_ms| {
+            let out = engine.map(|e| work(e, wait_ms));
+            Box::new(move || {
+                // A caller that went away no longer wants it.
+                let _ = tx.send(out);
+            })
+        });
         let mut run_job = Box::new(RunJob {
-            job,
-            reply: tx,
+            work,
             ticket: ticket.clone(),
             enqueued,
             queued: false,
@@ -664,7 +739,7 @@ impl EnginePool {
             }
         };
         match back {
-            Some(Ok(answer)) => answer,
+            Some(Ok(answer)) => answer.map(Ran::Done),
             Some(Err(_)) => Err(PoolError::Create(
                 "the execution's runner ended without an answer".into(),
             )),
@@ -676,25 +751,13 @@ impl EnginePool {
                 stats.abandoned.fetch_add(1, Relaxed);
                 stats.abandoned_running.fetch_add(1, Relaxed);
                 stats.discard(DiscardReason::Abandoned);
-                let waited_ms = ticket.started_at(inner.epoch).map_or(0.0, |s| {
+                let wait_ms = ticket.started_at(inner.epoch).map_or(0.0, |s| {
                     s.saturating_duration_since(enqueued).as_secs_f64() * 1000.0
                 });
                 drop(Held(ticket));
-                let total_ms = enqueued.elapsed().as_secs_f64() * 1000.0;
-                Ok(Execution {
-                    result: Err(ScriptError::Timeout {
-                        script: script.id().to_string(),
-                        limit_ms,
-                    }),
-                    warnings: Vec::new(),
-                    log: Vec::new(),
-                    metrics: Default::default(),
-                    timings: Timings {
-                        wait_ms: waited_ms,
-                        overhead_ms: total_ms - waited_ms,
-                        total_ms,
-                        ..Timings::default()
-                    },
+                Ok(Ran::Abandoned {
+                    wait_ms,
+                    total_ms: enqueued.elapsed().as_secs_f64() * 1000.0,
                 })
             }
         }

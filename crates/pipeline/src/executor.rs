@@ -1,6 +1,6 @@
 use crate::{OnError, Pipeline, Pipelines, TraceSampler, TraceWriter};
 use luametrics_engine::{
-    printable, EnginePool, Execution, Job, PoolError, ScriptError, Timings,
+    printable, Engine, EnginePool, Execution, Job, PoolError, Ran, ScriptError, Timings,
     Warning as EngineWarning,
 };
 use luametrics_model::{Kind, Tags};
@@ -9,7 +9,7 @@ use luametrics_store::{SpanRecord, TraceRecord};
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -197,18 +197,19 @@ impl Executor {
         let start = Instant::now();
         let started_at = self.metrics.now_ms();
         let trace_id = self.trace_id();
-        let mut context = Map::new();
-        let mut decision = Decision::Allow;
-        let mut warnings = Vec::new();
-        let mut reports: Vec<Option<NodeReport>> = vec![None; pipeline.nodes.len()];
-        let mut spans: Vec<Option<SpanRecord>> = vec![None; pipeline.nodes.len()];
         let tenant: Arc<str> = Arc::from(tenant);
-
-        for layer in &pipeline.layers {
-            if decision != Decision::Allow {
+        let mut first = 0;
+        let mut progress = Progress::new(pipeline.nodes.len());
+        // A pipeline of one node per layer runs on one engine in one hand-off; layers of
+        // several nodes run each node on its own engine, at once.
+        if pipeline.layers.iter().all(|l| l.len() == 1) {
+            (progress, first) = self.run_chain(pipeline, &tenant, &event, progress).await;
+        }
+        for layer in &pipeline.layers[first.min(pipeline.layers.len())..] {
+            if progress.decision != Decision::Allow {
                 break;
             }
-            let ctx = Arc::new(Json::Object(context.clone()));
+            let ctx = Arc::new(Json::Object(progress.context.clone()));
             let node_start = self.metrics.now_ms();
             // One task per node, so independent nodes run on separate engines at once.
             let mut handles = Vec::with_capacity(layer.len());
@@ -250,91 +251,16 @@ impl Executor {
                     },
                     (None, None) => continue,
                 };
-                let node = &pipeline.nodes[i];
-                let (report, outcome) =
-                    self.node_report(node.id.as_str(), node.script.id(), result);
-                let span = SpanRecord {
-                    node_id: node.id.clone(),
-                    script_id: node.script.id().to_string(),
-                    status: report.status.clone(),
-                    started_at_ms: node_start,
-                    total_ms: report.timings.total_ms,
-                    wait_ms: report.timings.wait_ms,
-                    script_ms: report.timings.script_ms,
-                    helpers_ms: report.timings.helpers_ms,
-                    overhead_ms: report.timings.overhead_ms,
-                    error: report.error.clone(),
-                };
-                let script_tags =
-                    || Tags::from([("script_id".to_string(), node.script.id().to_string())]);
-                let _ = self.metrics.record_system(
-                    "pipeline.node.overhead",
-                    Kind::Histogram,
-                    report.timings.overhead_ms,
-                    script_tags(),
-                    Some(&tenant),
-                    None,
-                );
-                let _ = self.metrics.record_system(
-                    "script.exec.duration_ms",
-                    Kind::Histogram,
-                    report.timings.script_ms,
-                    script_tags(),
-                    Some(&tenant),
-                    None,
-                );
-                match outcome {
-                    NodeOutcome::Value(v) => {
-                        if let Err(w) = apply_result(&node.id, v, &mut context, &mut decision) {
-                            warnings.push(Warning {
-                                node: node.id.clone(),
-                                code: "result_ignored".into(),
-                                metric: None,
-                                reason: "invalid_result".into(),
-                                count: 1,
-                                message: w,
-                            });
-                        }
-                    }
-                    NodeOutcome::Failed { code, message } => {
-                        if node.on_error == OnError::Fail
-                            && !matches!(decision, Decision::Error { .. })
-                        {
-                            decision = Decision::Error {
-                                node: node.id.clone(),
-                                code,
-                                message,
-                            };
-                        } else {
-                            warnings.push(Warning {
-                                node: node.id.clone(),
-                                code: "node_failed".into(),
-                                metric: None,
-                                message: format!(
-                                    "node `{}` failed ({code}) and was skipped: {message}",
-                                    node.id
-                                ),
-                                reason: code,
-                                count: 1,
-                            });
-                        }
-                    }
-                }
-                warnings.extend(report.warnings.iter().map(|w| Warning {
-                    node: node.id.clone(),
-                    code: "metric_rejected".into(),
-                    metric: Some(w.metric.clone()),
-                    reason: w.reason.clone(),
-                    count: w.count,
-                    message: format!(
-                        "{}: metric rejected: {}: {} (x{})",
-                        node.id, w.metric, w.reason, w.count
-                    ),
-                }));
-                reports[i] = Some(report);
-                spans[i] = Some(span);
+                progress.settle(&self.metrics, &tenant, pipeline, i, node_start, result);
             }
         }
+        let Progress {
+            context,
+            decision,
+            warnings,
+            mut reports,
+            spans,
+        } = progress;
         // Nodes never reached (after a block or a failure) are reported as skipped.
         for (i, node) in pipeline.nodes.iter().enumerate() {
             if reports[i].is_none() {
@@ -424,12 +350,237 @@ impl Executor {
         }
     }
 
-    fn node_report(
+    /// Runs the nodes of a pipeline of one node per layer in one piece of work on one
+    /// engine, each node with its own time limit, settling each result on the runner as it
+    /// comes. Returns the progress and the first layer still to run: past the end when the
+    /// chain finished or stopped; after the stuck node when it was abandoned (that node is a
+    /// `timeout`, later nodes run as usual); 0 when no engine was had (nothing ran).
+    async fn run_chain(
         &self,
-        node: &str,
-        script: &str,
+        pipeline: &Arc<Pipeline>,
+        tenant: &Arc<str>,
+        event: &Arc<Json>,
+        progress: Progress,
+    ) -> (Progress, usize) {
+        let default_limit = self.pool.engine_settings().time_limit_ms;
+        let limit_of = |i: usize| pipeline.nodes[i].timeout_ms.unwrap_or(default_limit);
+        let budget: u64 = pipeline.layers.iter().flatten().map(|&i| limit_of(i)).sum();
+        let shared = Arc::new(parking_lot::Mutex::new(Some(progress)));
+        let at = Arc::new(AtomicUsize::new(0));
+        let work = {
+            let (shared, at) = (shared.clone(), at.clone());
+            let (pipeline, tenant, event) = (pipeline.clone(), tenant.clone(), event.clone());
+            let metrics = self.metrics.clone();
+            move |engine: &mut Engine, mut wait_ms: f64| {
+                for (li, layer) in pipeline.layers.iter().enumerate() {
+                    let i = layer[0];
+                    let ctx = match shared.lock().as_ref() {
+                        Some(p) if p.decision == Decision::Allow => Json::Object(p.context.clone()),
+                        _ => return,
+                    };
+                    at.store(li, Relaxed);
+                    let node = &pipeline.nodes[i];
+                    let node_start = metrics.now_ms();
+                    let mut ex = engine.execute_limited(
+                        &node.script,
+                        &tenant,
+                        &event,
+                        &ctx,
+                        node.timeout_ms,
+                    );
+                    ex.timings.wait_ms = wait_ms;
+                    ex.timings.total_ms += wait_ms;
+                    wait_ms = 0.0;
+                    match shared.lock().as_mut() {
+                        Some(p) => p.settle(
+                            &metrics,
+                            &tenant,
+                            &pipeline,
+                            i,
+                            node_start,
+                            NodeResult::Ran(Box::new(ex)),
+                        ),
+                        // Given up on while this node ran: the caller settled it.
+                        None => return,
+                    }
+                }
+            }
+        };
+        let t = Instant::now();
+        let node_start = self.metrics.now_ms();
+        let ran = self.pool.run_with(tenant.clone(), budget, work).await;
+        let mut progress = match shared.lock().take() {
+            Some(p) => p,
+            // Unreachable: only this function takes it, once.
+            None => Progress::new(pipeline.nodes.len()),
+        };
+        match ran {
+            Ok(Ran::Done(())) => (progress, pipeline.layers.len()),
+            Ok(Ran::Abandoned { wait_ms, total_ms }) => {
+                let li = at.load(Relaxed);
+                let i = pipeline.layers[li][0];
+                let node = &pipeline.nodes[i];
+                let timed_out = Execution {
+                    result: Err(ScriptError::Timeout {
+                        script: node.script.id().to_string(),
+                        limit_ms: limit_of(i),
+                    }),
+                    warnings: Vec::new(),
+                    log: Vec::new(),
+                    metrics: Default::default(),
+                    timings: Timings {
+                        wait_ms,
+                        overhead_ms: total_ms - wait_ms,
+                        total_ms,
+                        ..Timings::default()
+                    },
+                };
+                progress.settle(
+                    &self.metrics,
+                    tenant,
+                    pipeline,
+                    i,
+                    node_start,
+                    NodeResult::Ran(Box::new(timed_out)),
+                );
+                (progress, li + 1)
+            }
+            Err(e) => {
+                let i = pipeline.layers[0][0];
+                let waited = t.elapsed().as_secs_f64() * 1000.0;
+                progress.settle(
+                    &self.metrics,
+                    tenant,
+                    pipeline,
+                    i,
+                    node_start,
+                    NodeResult::PoolFailed(e, waited),
+                );
+                (progress, 1)
+            }
+        }
+    }
+}
+
+/// What a pipeline run has gathered so far: the merged context, the decision, warnings, and
+/// each node's report and span once it ran.
+struct Progress {
+    context: Map<String, Json>,
+    decision: Decision,
+    warnings: Vec<Warning>,
+    reports: Vec<Option<NodeReport>>,
+    spans: Vec<Option<SpanRecord>>,
+}
+
+impl Progress {
+    fn new(nodes: usize) -> Self {
+        Self {
+            context: Map::new(),
+            decision: Decision::Allow,
+            warnings: Vec::new(),
+            reports: vec![None; nodes],
+            spans: vec![None; nodes],
+        }
+    }
+
+    /// Takes node `i`'s result in: its report, span and system metrics, and its effect on the
+    /// context and the decision. Runs where the node ran (a runner, for a chain).
+    fn settle(
+        &mut self,
+        metrics: &MetricsService,
+        tenant: &Arc<str>,
+        pipeline: &Pipeline,
+        i: usize,
+        node_start: i64,
         result: NodeResult,
-    ) -> (NodeReport, NodeOutcome) {
+    ) {
+        let node = &pipeline.nodes[i];
+        let (report, outcome) = node_report(node.id.as_str(), node.script.id(), result);
+        let span = SpanRecord {
+            node_id: node.id.clone(),
+            script_id: node.script.id().to_string(),
+            status: report.status.clone(),
+            started_at_ms: node_start,
+            total_ms: report.timings.total_ms,
+            wait_ms: report.timings.wait_ms,
+            script_ms: report.timings.script_ms,
+            helpers_ms: report.timings.helpers_ms,
+            overhead_ms: report.timings.overhead_ms,
+            error: report.error.clone(),
+        };
+        let script_tags = || Tags::from([("script_id".to_string(), node.script.id().to_string())]);
+        let _ = metrics.record_system(
+            "pipeline.node.overhead",
+            Kind::Histogram,
+            report.timings.overhead_ms,
+            script_tags(),
+            Some(tenant),
+            None,
+        );
+        let _ = metrics.record_system(
+            "script.exec.duration_ms",
+            Kind::Histogram,
+            report.timings.script_ms,
+            script_tags(),
+            Some(tenant),
+            None,
+        );
+        let (context, decision, warnings) =
+            (&mut self.context, &mut self.decision, &mut self.warnings);
+        match outcome {
+            NodeOutcome::Value(v) => {
+                if let Err(w) = apply_result(&node.id, v, context, decision) {
+                    warnings.push(Warning {
+                        node: node.id.clone(),
+                        code: "result_ignored".into(),
+                        metric: None,
+                        reason: "invalid_result".into(),
+                        count: 1,
+                        message: w,
+                    });
+                }
+            }
+            NodeOutcome::Failed { code, message } => {
+                if node.on_error == OnError::Fail && !matches!(decision, Decision::Error { .. }) {
+                    *decision = Decision::Error {
+                        node: node.id.clone(),
+                        code,
+                        message,
+                    };
+                } else {
+                    warnings.push(Warning {
+                        node: node.id.clone(),
+                        code: "node_failed".into(),
+                        metric: None,
+                        message: format!(
+                            "node `{}` failed ({code}) and was skipped: {message}",
+                            node.id
+                        ),
+                        reason: code,
+                        count: 1,
+                    });
+                }
+            }
+        }
+        warnings.extend(report.warnings.iter().map(|w| Warning {
+            node: node.id.clone(),
+            code: "metric_rejected".into(),
+            metric: Some(w.metric.clone()),
+            reason: w.reason.clone(),
+            count: w.count,
+            message: format!(
+                "{}: metric rejected: {}: {} (x{})",
+                node.id, w.metric, w.reason, w.count
+            ),
+        }));
+        self.reports[i] = Some(report);
+        self.spans[i] = Some(span);
+    }
+}
+
+/// A node's report and what its result means for the pipeline.
+fn node_report(node: &str, script: &str, result: NodeResult) -> (NodeReport, NodeOutcome) {
+    {
         match result {
             NodeResult::Ran(ex) => {
                 let ex = *ex;
