@@ -525,3 +525,48 @@ async fn graceful_shutdown_under_load_loses_nothing_accepted() {
     let stored: u64 = store.user_samples_by_tenant().await.unwrap().values().sum();
     assert_eq!(stored, accepted);
 }
+
+// A tenant past its engine-time budget is refused before it takes an engine: 429 with
+// Retry-After and a stable code, counted per tenant on /metrics; another tenant still runs.
+#[test]
+fn a_tenant_over_its_engine_time_budget_gets_429_with_retry_after() {
+    // A budget refilling at 1 µs of engine time per second: the first execution spends it
+    // (any execution measures more than 1 µs of script time) and nothing refills it within
+    // the test.
+    let s = Server::start(&[
+        ("LUAMETRICS_POOL_TENANT_ENGINE_MS_PER_S", "0.001"),
+        ("LUAMETRICS_POOL_TENANT_ENGINE_BURST_MS", "0.001"),
+    ]);
+    assert_eq!(login(&s, "greedy", "pro").0, 200);
+    let r = ureq::post(&s.url("/v1/pipelines/user.login/execute"))
+        .set("Authorization", &format!("Bearer {EXEC}"))
+        .send_json(json!({"tenant": "greedy", "event": {"email": "a@b.example", "plan": "pro"}}));
+    let r = match r {
+        Err(ureq::Error::Status(429, r)) => r,
+        other => panic!("expected 429, got {other:?}"),
+    };
+    let retry: u64 = r.header("Retry-After").unwrap().parse().unwrap();
+    assert!(retry >= 1, "{retry}");
+    let body: Value = r.into_json().unwrap();
+    assert_eq!(body["error"]["code"], "tenant_budget", "{body}");
+    assert_eq!(body["error"]["details"]["tenant"], "greedy", "{body}");
+    assert!(body["error"]["details"]["retry_after_ms"].as_u64().unwrap() >= 1);
+    assert_eq!(login(&s, "modest", "free").0, 200, "another tenant runs");
+    let text = poll("the throttled counter", || {
+        let t = ureq::get(&s.url("/metrics"))
+            .set("Authorization", &format!("Bearer {ADMIN}"))
+            .call()
+            .ok()?
+            .into_string()
+            .ok()?;
+        t.lines()
+            .any(|l| l.starts_with("lua_tenant_throttled") && l.contains("tenant=\"greedy\""))
+            .then_some(t)
+    });
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("lua_tenant_throttled") && l.contains("tenant=\"modest\"")),
+        "only the refused tenant is counted"
+    );
+}

@@ -110,6 +110,8 @@ async fn run_cell(
     let pool = Arc::new(EnginePool::new(
         EngineSettings::default(),
         PoolSettings {
+            // One tenant saturates the pool on purpose: no engine-time budget.
+            tenant_engine_ms_per_s: 0.0,
             max_size: size,
             wait_timeout_ms: 60_000,
             sample_interval_ms: 1_000,
@@ -667,6 +669,8 @@ fn pooled_throughput(script: &Script, total: usize) -> Result<f64, CliError> {
             let pool = Arc::new(EnginePool::new(
                 bench_settings(),
                 PoolSettings {
+                    // One tenant saturates the pool on purpose: no engine-time budget.
+                    tenant_engine_ms_per_s: 0.0,
                     max_size: 2,
                     ..PoolSettings::default()
                 },
@@ -785,6 +789,8 @@ pub(crate) async fn hot_path(rounds: usize) -> Result<ExitCode, CliError> {
     let pool = EnginePool::new(
         bench_settings(),
         PoolSettings {
+            // One tenant saturates the pool on purpose: no engine-time budget.
+            tenant_engine_ms_per_s: 0.0,
             max_size: 1,
             ..PoolSettings::default()
         },

@@ -30,6 +30,7 @@ struct Collected {
     overhead: Vec<f64>,
     wait: Vec<f64>,
     user_points_by_tenant: BTreeMap<String, u64>,
+    throttled: u64,
 }
 
 /// Percentiles of one timing, in ms.
@@ -62,6 +63,9 @@ struct Summary {
     events: u64,
     malformed_lines: u64,
     unknown_trigger: u64,
+    /// Executions refused for their tenant's engine-time budget, then retried after the wait
+    /// the refusal named.
+    throttled_retries: u64,
     executions_by_status: BTreeMap<String, u64>,
     executions_by_decision: BTreeMap<String, u64>,
     elapsed_ms: f64,
@@ -139,7 +143,24 @@ pub(crate) async fn run(
             let mut c = Collected::default();
             loop {
                 let Some(job) = queue.lock().pop() else { break };
-                match runtime.execute(&job.trigger, &job.tenant, job.event).await {
+                // A tenant over its engine-time budget waits its turn: a replay loses nothing.
+                let result = loop {
+                    match runtime
+                        .execute(&job.trigger, &job.tenant, job.event.clone())
+                        .await
+                    {
+                        Err(luametrics::pipeline::ExecuteError::TenantBudget {
+                            retry_after_ms,
+                            ..
+                        }) => {
+                            c.throttled += 1;
+                            tokio::time::sleep(std::time::Duration::from_millis(retry_after_ms))
+                                .await;
+                        }
+                        other => break other,
+                    }
+                };
+                match result {
                     Ok(o) => {
                         *c.by_status
                             .entry(o.decision.status().to_string())
@@ -192,6 +213,7 @@ pub(crate) async fn run(
             *all.user_points_by_tenant.entry(k).or_default() += v;
         }
         all.unknown_trigger += c.unknown_trigger;
+        all.throttled += c.throttled;
         all.total.extend(c.total);
         all.script.extend(c.script);
         all.overhead.extend(c.overhead);
@@ -211,6 +233,7 @@ pub(crate) async fn run(
         events: n,
         malformed_lines: malformed,
         unknown_trigger: all.unknown_trigger,
+        throttled_retries: all.throttled,
         executions_by_status: all.by_status,
         executions_by_decision: all.by_decision,
         elapsed_ms: elapsed * 1000.0,
@@ -267,6 +290,12 @@ fn print_summary(s: &Summary) {
         println!(
             "  skipped        malformed lines={}, unknown trigger={}",
             s.malformed_lines, s.unknown_trigger
+        );
+    }
+    if s.throttled_retries > 0 {
+        println!(
+            "  throttled      {} executions waited for their tenant's engine-time budget (pool.tenant_engine_ms_per_s)",
+            s.throttled_retries
         );
     }
     println!("  latency ms     {:>10} {:>10} {:>10}", "p50", "p95", "p99");

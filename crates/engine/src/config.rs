@@ -88,6 +88,12 @@ pub struct PoolSettings {
     /// Executions one tenant may have waiting for an engine; past it the next is refused
     /// (`queue_full`) instead of lengthening everyone's wait.
     pub max_queued_per_tenant: usize,
+    /// Engine milliseconds (script + helpers time) one tenant may use per second; past it
+    /// the tenant's executions are refused (`tenant_budget`) until the budget refills.
+    /// 0: no budget.
+    pub tenant_engine_ms_per_s: f64,
+    /// Engine milliseconds one tenant may use at once after idling (the bucket's size).
+    pub tenant_engine_burst_ms: f64,
 }
 
 impl Default for PoolSettings {
@@ -98,6 +104,8 @@ impl Default for PoolSettings {
             sample_interval_ms: 1_000,
             max_abandoned: 2,
             max_queued_per_tenant: 1_024,
+            tenant_engine_ms_per_s: 1_000.0,
+            tenant_engine_burst_ms: 2_000.0,
         }
     }
 }

@@ -119,6 +119,8 @@ pub struct Engine {
     sink: Arc<dyn MetricsSink>,
     poisoned: Option<DiscardReason>,
     executions: u64,
+    /// Script and helper time of every execution so far (ns): what tenants are charged.
+    busy_ns: u64,
     /// The time limit of the execution in progress.
     limit_ms: u64,
     /// The state the next execution's random seed is drawn from (splitmix64).
@@ -397,10 +399,17 @@ impl Engine {
             sink,
             poisoned: None,
             executions: 0,
+            busy_ns: 0,
             limit_ms: 0,
             seed,
             hot,
         })
+    }
+
+    /// Script and helper time of every execution this engine ran (ns, by its clock): the
+    /// engine time tenants are charged with.
+    pub fn busy_ns(&self) -> u64 {
+        self.busy_ns
     }
 
     /// Lua heap in use (as the engine's allocator counts it).
@@ -614,6 +623,7 @@ impl Engine {
             + hand_off.saturating_sub(call_end)
             + end.saturating_sub(handed);
         let ms = |ns: u64| ns as f64 / 1e6;
+        self.busy_ns += marks.script_ns + helpers_ns;
         Execution {
             result,
             warnings,

@@ -165,6 +165,14 @@ pub enum PoolError {
         /// `pool.max_queued_per_tenant`.
         limit: usize,
     },
+    /// The tenant used its engine-time budget; it may retry after `retry_after_ms`.
+    #[error("tenant `{tenant}` used its engine-time budget; retry in {retry_after_ms} ms")]
+    TenantBudget {
+        /// The tenant refused.
+        tenant: String,
+        /// When its budget has room again.
+        retry_after_ms: u64,
+    },
     /// A new engine could not be built.
     #[error("cannot create a Lua engine: {0}")]
     Create(String),
@@ -179,6 +187,7 @@ impl PoolError {
         match self {
             Self::Timeout { .. } => "pool_timeout",
             Self::QueueFull { .. } => "queue_full",
+            Self::TenantBudget { .. } => "tenant_budget",
             Self::Create(_) | Self::Closed => "engine_unavailable",
         }
     }

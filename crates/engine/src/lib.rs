@@ -17,6 +17,7 @@
 //! crossing or an allocation; the host drains them once at the end and hands them to a
 //! [`MetricsSink`]. The engine knows nothing of SQL.
 
+mod budget;
 mod clock;
 mod config;
 mod convert;
@@ -31,6 +32,7 @@ mod script;
 mod sink;
 mod watchdog;
 
+pub use budget::TenantEngineUsage;
 pub use clock::Clock;
 pub use config::{EngineSettings, PoolSettings};
 pub use engine::{canonical_number, printable, Engine, Execution, MetricsReport, Timings, Warning};

@@ -15,6 +15,7 @@
 //! running, handing a freed place straight to the next waiter, serving tenants in turn and
 //! counting exactly which checkouts queued need control of the permits deadpool keeps private.
 
+use crate::budget::{Budgets, TenantEngineUsage};
 use crate::queue::FairQueue;
 use crate::{
     DiscardReason, Engine, EngineSettings, Execution, MetricsSink, PoolError, PoolSettings, Script,
@@ -92,6 +93,8 @@ enum Pending {
 /// An execution on its way to a runner, with what its caller shares with it.
 struct RunJob {
     work: Work,
+    /// Who is charged for the engine time.
+    tenant: Arc<str>,
     ticket: Arc<Ticket>,
     enqueued: Instant,
     /// Whether it waited in the queue (its checkout is counted when it starts).
@@ -119,6 +122,8 @@ struct Inner {
     stats: Stats,
     /// What `RunJob::started` counts from.
     epoch: Instant,
+    /// Per-tenant engine-time budgets.
+    budgets: Budgets,
 }
 
 impl Inner {
@@ -222,6 +227,7 @@ impl Inner {
     fn run_one(self: &Arc<Self>, grant: Grant, job: RunJob) -> (Option<Grant>, Option<Deliver>) {
         let RunJob {
             work,
+            tenant,
             ticket,
             enqueued,
             queued,
@@ -254,7 +260,10 @@ impl Inner {
                 }
             },
         };
+        let busy = engine.busy_ns();
         let deliver = work(Ok(&mut engine), wait_ms);
+        self.budgets
+            .charge(&tenant, engine.busy_ns().saturating_sub(busy) as f64 / 1e6);
         if !held.take() {
             // Abandoned meanwhile: its place went on without it; the engine is written off.
             return (None, None);
@@ -453,6 +462,7 @@ impl EnginePool {
         pool: PoolSettings,
         sink: Arc<dyn MetricsSink>,
     ) -> Result<Self, PoolError> {
+        let budgets = Budgets::new(pool.tenant_engine_ms_per_s, pool.tenant_engine_burst_ms);
         Ok(Self {
             inner: Arc::new(Inner {
                 runners: Arc::default(),
@@ -462,6 +472,7 @@ impl EnginePool {
                 state: Mutex::new(State::default()),
                 stats: Stats::default(),
                 epoch: Instant::now(),
+                budgets,
             }),
         })
     }
@@ -597,6 +608,24 @@ impl EnginePool {
         })
     }
 
+    /// Refuses `tenant` when it has used its engine-time budget
+    /// ([`PoolError::TenantBudget`], with when to retry). [`EnginePool::run`] asks before
+    /// every execution; a caller of [`EnginePool::run_with`] asks once for its work.
+    pub fn admit(&self, tenant: &str) -> Result<(), PoolError> {
+        self.inner
+            .budgets
+            .admit(tenant)
+            .map_err(|retry_after_ms| PoolError::TenantBudget {
+                tenant: tenant.to_string(),
+                retry_after_ms,
+            })
+    }
+
+    /// `tenant`'s engine-time budget and use.
+    pub fn tenant_usage(&self, tenant: &str) -> TenantEngineUsage {
+        self.inner.budgets.usage(tenant)
+    }
+
     /// Runs one execution on a runner thread with an engine of the pool. With an engine free
     /// it goes to a runner at once; otherwise it waits in its tenant's line (bounded:
     /// [`PoolError::QueueFull`]) for a runner that finishes an execution to take it with the
@@ -604,6 +633,7 @@ impl EnginePool {
     /// that has not returned by its time limit plus the grace period is abandoned: a typed
     /// timeout, and its engine written off.
     pub async fn run(&self, job: Job) -> Result<Execution, PoolError> {
+        self.admit(&job.tenant)?;
         let limit_ms = job.time_limit_ms.unwrap_or(self.inner.engine.time_limit_ms);
         let script = job.script.clone();
         let tenant = job.tenant.clone();
@@ -643,7 +673,8 @@ impl EnginePool {
 
     /// Runs `work` on a runner thread with an engine of the pool, for `tenant`, as
     /// [`EnginePool::run`] runs one execution: at once or in the tenant's line, with the time
-    /// it waited (ms). `work` is given `limit_ms` plus the grace period to return before it
+    /// it waited (ms), the engine time it used charged to the tenant (the budget is not
+    /// asked: see [`EnginePool::admit`]). `work` is given `limit_ms` plus the grace period to return before it
     /// is abandoned and its engine written off; it should run only what that bounds (engine
     /// executions with their own limits, and plain host code). Several executions of one
     /// caller (a pipeline's nodes) in one `work` pay one hand-off instead of one each.
@@ -675,6 +706,7 @@ impl EnginePool {
         });
         let mut run_job = Box::new(RunJob {
             work,
+            tenant: tenant.clone(),
             ticket: ticket.clone(),
             enqueued,
             queued: false,

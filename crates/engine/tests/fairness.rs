@@ -167,3 +167,71 @@ async fn a_queued_execution_times_out_with_the_pool_wait() {
     assert_eq!((s.timeouts, s.waiting, s.active), (1, 0, 0), "{s:?}");
     assert!(ran(&sink).is_empty(), "a timed-out execution never runs");
 }
+
+// Engine time is charged as each execution measured it (a ticking clock makes it exact here);
+// once a tenant's bucket is spent its executions are refused before they take an engine, and
+// other tenants are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_engine_time_budget_refuses_that_tenant_before_checkout() {
+    let sink = Arc::new(CollectingSink::new(TagPolicy::default()));
+    let pool = EnginePool::new(
+        EngineSettings {
+            clock: Clock::ticking(Duration::from_millis(1)),
+            ..EngineSettings::default()
+        },
+        PoolSettings {
+            max_size: 1,
+            // 1 µs per second: no refill within the test; 2 ms at once.
+            tenant_engine_ms_per_s: 0.001,
+            tenant_engine_burst_ms: 2.0,
+            ..PoolSettings::default()
+        },
+        sink.clone(),
+    )
+    .unwrap();
+    let mut ran = 0;
+    let refused = loop {
+        match pool
+            .execute(&marker(), "greedy", &json!({ "n": ran }), &json!({}))
+            .await
+        {
+            Ok(ex) => {
+                assert!(ex.result.is_ok(), "{:?}", ex.result);
+                ran += 1;
+                assert!(
+                    ran < 100,
+                    "never refused: {:?}",
+                    pool.tenant_usage("greedy")
+                );
+            }
+            Err(e) => break e,
+        }
+    };
+    // Each execution measures at least a tick (1 ms) of script time: the 2 ms last at most
+    // two executions.
+    assert!((1..=2).contains(&ran), "{ran}");
+    match &refused {
+        PoolError::TenantBudget {
+            tenant,
+            retry_after_ms,
+        } => {
+            assert_eq!(tenant, "greedy");
+            assert!(*retry_after_ms > 1_000, "{retry_after_ms}");
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(refused.code(), "tenant_budget");
+    let usage = pool.tenant_usage("greedy");
+    assert_eq!(usage.throttled, 1, "{usage:?}");
+    assert!(
+        usage.used_ms >= 2.0 && usage.available_ms <= 0.0,
+        "{usage:?}"
+    );
+    assert_eq!(pool.status().checkouts, ran, "a refusal takes no engine");
+    let other = pool
+        .execute(&marker(), "modest", &json!({ "n": 1 }), &json!({}))
+        .await
+        .unwrap();
+    assert!(other.result.is_ok());
+    assert_eq!(pool.tenant_usage("modest").throttled, 0);
+}

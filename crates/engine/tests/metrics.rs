@@ -33,6 +33,8 @@ fn pool(sink: Arc<dyn MetricsSink>, engine: EngineSettings, size: usize) -> Engi
     EnginePool::new(
         engine,
         PoolSettings {
+            // One tenant saturates the pool on purpose: no engine-time budget.
+            tenant_engine_ms_per_s: 0.0,
             max_size: size,
             wait_timeout_ms: 30_000,
             sample_interval_ms: 1_000,
@@ -406,6 +408,8 @@ async fn pool_wait_timeouts_and_exhaustion_are_counted() {
     let pool = EnginePool::new(
         EngineSettings::default(),
         PoolSettings {
+            // One tenant saturates the pool on purpose: no engine-time budget.
+            tenant_engine_ms_per_s: 0.0,
             max_size: 1,
             wait_timeout_ms: 50,
             sample_interval_ms: 1_000,

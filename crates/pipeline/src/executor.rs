@@ -135,6 +135,25 @@ pub enum ExecuteError {
     /// The tenant is empty.
     #[error("the tenant must not be empty")]
     EmptyTenant,
+    /// The tenant used its engine-time budget (`pool.tenant_engine_ms_per_s`); nothing ran.
+    #[error("tenant `{tenant}` used its engine-time budget; retry in {retry_after_ms} ms")]
+    TenantBudget {
+        /// The tenant refused.
+        tenant: String,
+        /// When its budget has room again.
+        retry_after_ms: u64,
+    },
+}
+
+impl ExecuteError {
+    /// The stable code the HTTP API and `luametrics run` report it with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownTrigger(_) => "unknown_trigger",
+            Self::EmptyTenant => "invalid_tenant",
+            Self::TenantBudget { .. } => "tenant_budget",
+        }
+    }
 }
 
 /// Runs pipelines on the engine pool and reports what happened.
@@ -190,6 +209,24 @@ impl Executor {
             .for_trigger(trigger)
             .ok_or_else(|| ExecuteError::UnknownTrigger(trigger.to_string()))?
             .clone();
+        if let Err(PoolError::TenantBudget {
+            tenant,
+            retry_after_ms,
+        }) = self.pool.admit(tenant)
+        {
+            let _ = self.metrics.record_system(
+                "lua.tenant.throttled.count",
+                Kind::Counter,
+                1.0,
+                Tags::new(),
+                Some(&tenant),
+                None,
+            );
+            return Err(ExecuteError::TenantBudget {
+                tenant,
+                retry_after_ms,
+            });
+        }
         Ok(self.run(&pipeline, tenant, Arc::new(event)).await)
     }
 

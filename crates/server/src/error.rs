@@ -14,6 +14,8 @@ pub struct ApiError {
     pub message: String,
     /// Structured detail for clients that act on it (e.g. `/readyz`'s problems).
     pub details: Option<serde_json::Value>,
+    /// Seconds a client should wait before retrying (`Retry-After`), for 429s.
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -24,7 +26,15 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            retry_after_s: None,
         }
+    }
+
+    /// The same error telling the client to retry in `ms` (rounded up to whole seconds, the
+    /// unit of `Retry-After`).
+    pub fn with_retry_after(mut self, ms: u64) -> Self {
+        self.retry_after_s = Some(ms.div_ceil(1000).max(1));
+        self
     }
 
     /// The same error with structured detail under `error.details`.
@@ -46,7 +56,13 @@ impl IntoResponse for ApiError {
             error["details"] = d;
         }
         let body = serde_json::json!({ "error": error });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(s) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        response
     }
 }
 

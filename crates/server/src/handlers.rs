@@ -72,6 +72,19 @@ pub(crate) async fn execute(
         Err(e @ ExecuteError::EmptyTenant) => {
             Err(ApiError::bad_request("invalid_tenant", e.to_string()))
         }
+        Err(
+            ref e @ ExecuteError::TenantBudget {
+                ref tenant,
+                retry_after_ms,
+            },
+        ) => Err(
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.code(), e.to_string())
+                .with_details(serde_json::json!({
+                    "tenant": tenant,
+                    "retry_after_ms": retry_after_ms,
+                }))
+                .with_retry_after(retry_after_ms),
+        ),
     }
 }
 
