@@ -117,6 +117,10 @@ enum BenchCommand {
     /// SPEC §15 targets E1-E4: the login pipeline through the library and over HTTP against
     /// its scripts alone, as ratios; exits 1 naming every target that misses.
     E2e(cli::bench::E2eArgs),
+    /// One tenant flooding the pool against another's modest load: the second tenant's p99
+    /// and completions with and without the flood, and the first's engine time against its
+    /// budget; exits 1 naming every target that misses.
+    Fairness(cli::bench::FairnessArgs),
 }
 
 fn main() -> ExitCode {
@@ -164,6 +168,7 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::Pool(args)) => cli::bench::pool(args).await,
             Command::Bench(BenchCommand::HotPath { rounds }) => cli::bench::hot_path(rounds).await,
             Command::Bench(BenchCommand::E2e(args)) => cli::bench::e2e(args).await,
+            Command::Bench(BenchCommand::Fairness(args)) => cli::bench::fairness(args).await,
             Command::GenEvents {
                 count,
                 tenants,

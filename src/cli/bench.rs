@@ -9,7 +9,9 @@
 use super::CliError;
 
 mod e2e;
+mod fairness;
 pub(crate) use e2e::{e2e, E2eArgs};
+pub(crate) use fairness::{fairness, FairnessArgs};
 use luametrics::engine::{Engine, EnginePool, EngineSettings, MetricsSink, PoolSettings, Script};
 use luametrics::model::{Kind, Limits, RejectReason, TagPolicy, Tags, DEFAULT_DENIED_KEYS};
 use luametrics::recorder::{BatchPoint, BatchReport, MetricsService, RecorderConfig};
@@ -482,12 +484,15 @@ impl std::fmt::Display for Spread {
 enum Goal {
     AtMost(f64),
     AtLeast(f64),
+    /// Within `[lo, hi]`.
+    Between(f64, f64),
 }
 
 impl Goal {
     fn met(self, ratio: f64) -> bool {
         match self {
             Goal::AtMost(t) => ratio <= t,
+            Goal::Between(lo, hi) => (lo..=hi).contains(&ratio),
             Goal::AtLeast(t) => ratio >= t,
         }
     }
@@ -498,6 +503,7 @@ impl std::fmt::Display for Goal {
         let s = match self {
             Goal::AtMost(t) => format!("<= {t}x"),
             Goal::AtLeast(t) => format!(">= {t}x"),
+            Goal::Between(lo, hi) => format!("{lo}-{hi}x"),
         };
         f.pad(&s)
     }
