@@ -1,6 +1,7 @@
 //! `luametrics bench pool` on a tiny matrix: the table, the JSON, the SVG and the
 //! recommendation, checked against what the store holds and what the test asked for;
-//! `bench hot-path`: every target printed, and an exit status that agrees with the verdicts.
+//! `bench hot-path`, `bench e2e` and `bench fairness`: every target printed, and an exit status
+//! that agrees with the verdicts.
 
 use luametrics::store::{FindQuery, Location, Store};
 use std::process::Command;
@@ -163,22 +164,70 @@ async fn bench_pool_writes_table_json_svg_and_agrees_with_the_store() {
 /// every target meets, 1 when one misses, with every missed target named on stderr.
 #[test]
 fn bench_hot_path_prints_every_target_and_exits_non_zero_when_one_misses() {
+    verdicts_agree_with_exit_status(
+        &["bench", "hot-path", "--rounds", "1"],
+        &[
+            "1. helpers.metrics.count",
+            "1. helpers.metrics.gauge",
+            "1. helpers.metrics.histogram",
+            "2a. pooled",
+            "2b. fresh",
+            "3. 64 tasks",
+            "6. idle engine",
+        ],
+    );
+}
+
+#[test]
+fn bench_e2e_prints_every_target_and_exits_non_zero_when_one_misses() {
+    let stdout = verdicts_agree_with_exit_status(
+        &[
+            "bench",
+            "e2e",
+            "--rounds",
+            "1",
+            "--seconds",
+            "0.3",
+            "--connections",
+            "4",
+        ],
+        &[
+            "E1. ",
+            "E2. HTTP vs library",
+            "E2. HTTP p99",
+            "E3. ",
+            "E4. ",
+        ],
+    );
+    assert!(stdout.contains("library: "), "{stdout}");
+}
+
+#[test]
+fn bench_fairness_prints_every_target_and_exits_non_zero_when_one_misses() {
+    let stdout = verdicts_agree_with_exit_status(
+        &["bench", "fairness", "--rounds", "1", "--seconds", "0.5"],
+        &[
+            "B's p99 latency",
+            "B's executions completed",
+            "engine time granted to A",
+        ],
+    );
+    assert!(stdout.contains("A throttled"), "{stdout}");
+}
+
+/// Runs a bench command from the repository (its example configuration and events) and checks
+/// every named target is printed with a verdict, and that the exit status agrees with them:
+/// 0 when every target meets, 1 when one misses, each missed target named on stderr.
+fn verdicts_agree_with_exit_status(args: &[&str], targets: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_luametrics"))
-        .args(["bench", "hot-path", "--rounds", "1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let mut missed = Vec::new();
-    for needle in [
-        "1. helpers.metrics.count",
-        "1. helpers.metrics.gauge",
-        "1. helpers.metrics.histogram",
-        "2a. pooled",
-        "2b. fresh",
-        "3. 64 tasks",
-        "6. idle engine",
-    ] {
+    for needle in targets {
         let line = stdout
             .lines()
             .find(|l| l.starts_with(needle))
@@ -200,6 +249,7 @@ fn bench_hot_path_prints_every_target_and_exits_non_zero_when_one_misses() {
             assert!(stderr.contains(needle), "{needle} not named: {stderr}");
         }
     }
+    stdout
 }
 
 #[test]
