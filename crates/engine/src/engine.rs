@@ -774,6 +774,8 @@ impl Engine {
             .collect();
         if !rejections.is_empty() {
             self.sink.count_user_rejections(&rejections);
+            self.sink
+                .count_tenant_rejections(tenant, &rejections, &warnings);
             for (r, n) in &rejections {
                 self.sink.record_system(
                     "helpers.metrics.rejected.count",

@@ -17,6 +17,15 @@ pub trait MetricsSink: Send + Sync + 'static {
     fn ingest_user_batch(&self, tenant: &str, points: Vec<BatchPoint>) -> BatchReport;
     /// Counts points the helpers rejected.
     fn count_user_rejections(&self, rejected: &[(RejectReason, u64)]);
+    /// Tells the tenant's own ledger what the helpers rejected for it: totals by reason, and
+    /// the metric names involved (an execution's warnings). Sinks with no tenant view ignore it.
+    fn count_tenant_rejections(
+        &self,
+        _tenant: &str,
+        _rejected: &[(RejectReason, u64)],
+        _warnings: &[crate::Warning],
+    ) {
+    }
     /// Records a system metric (pool gauges, engine counters, rejection counters).
     fn record_system(&self, name: &str, kind: Kind, value: f64, tags: Tags);
     /// Records many observations of a system metric at once (the pool's wait histogram).
@@ -41,6 +50,21 @@ impl MetricsSink for MetricsService {
     }
     fn count_user_rejections(&self, rejected: &[(RejectReason, u64)]) {
         MetricsService::count_user_rejections(self, rejected)
+    }
+    fn count_tenant_rejections(
+        &self,
+        tenant: &str,
+        rejected: &[(RejectReason, u64)],
+        warnings: &[crate::Warning],
+    ) {
+        MetricsService::count_tenant_rejections(
+            self,
+            tenant,
+            rejected,
+            warnings
+                .iter()
+                .map(|w| (w.metric.as_str(), w.reason.as_str(), w.count)),
+        )
     }
     fn record_system(&self, name: &str, kind: Kind, value: f64, tags: Tags) {
         // A refused system point is counted by the service; it never fails an execution.

@@ -25,6 +25,7 @@ mod health;
 mod quota;
 mod series;
 mod service;
+mod tenants;
 
 pub use accounting::{Accounting, DropReason, LostReason, TypeAccounting};
 pub use bridge::MetricsBridge;
@@ -34,3 +35,4 @@ pub use health::Health;
 pub use service::{
     Accepted, BatchPoint, BatchReport, MetricsService, RecorderError, Rejected, ShutdownReport,
 };
+pub use tenants::{MetricTrouble, TenantPoints, MAX_NAMES as MAX_TENANT_TROUBLE_NAMES};

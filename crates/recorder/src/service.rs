@@ -229,6 +229,8 @@ struct Inner {
     /// point. Advanced only when the point was taken in, so nothing is marked reported that was
     /// not recorded.
     last_reported: Mutex<HashMap<(&'static str, MetricType, String), u64>>,
+    /// What happened to each tenant's points (the tenant's own view).
+    tenants: crate::tenants::TenantLedger,
     /// Rows in `pending`, and the accounted points they carry per type.
     backlog_rows: AtomicUsize,
     backlog_points: [AtomicU64; 2],
@@ -292,6 +294,7 @@ impl MetricsService {
             names: Default::default(),
             flush_errors: AtomicU64::new(0),
             last_reported: Mutex::new(HashMap::new()),
+            tenants: Default::default(),
             backlog_rows: AtomicUsize::new(0),
             backlog_points: Default::default(),
             file_points: Default::default(),
@@ -603,17 +606,55 @@ impl MetricsService {
                 name: p.name,
                 tags: p.tags,
             };
+            let name = key.name.clone();
             match inner.ingest(key, p.summary, now, None, true) {
                 Ok(a) => {
                     report.accepted += samples;
                     if a == Accepted::Overflow {
                         report.overflowed += samples;
+                        inner.tenants.trouble(&tenant, &name, "overflow", samples);
                     }
                 }
-                Err(_) => report.dropped += samples,
+                Err(e) => {
+                    report.dropped += samples;
+                    let reason = match e {
+                        Rejected::Dropped(r) => r.as_str(),
+                        Rejected::Invalid(r) => r.as_str(),
+                    };
+                    inner.tenants.count(&tenant, "dropped", reason, samples);
+                }
             }
         }
+        inner
+            .tenants
+            .count(&tenant, "accepted", "", report.accepted);
+        inner
+            .tenants
+            .count(&tenant, "overflowed", "", report.overflowed);
         report
+    }
+
+    /// Counts a tenant's points the helpers rejected, by reason, and which metric names were
+    /// involved (`by_metric`: `(metric, reason, points)`), for the tenant's own usage view.
+    pub fn count_tenant_rejections<'a>(
+        &self,
+        tenant: &str,
+        rejected: &[(RejectReason, u64)],
+        by_metric: impl IntoIterator<Item = (&'a str, &'a str, u64)>,
+    ) {
+        let ledger = &self.inner.tenants;
+        for &(reason, n) in rejected {
+            ledger.count(tenant, "rejected", reason.as_str(), n);
+        }
+        for (metric, reason, n) in by_metric {
+            ledger.trouble(tenant, metric, reason, n);
+        }
+    }
+
+    /// `tenant`'s points since the process started: accepted, overflowed, rejected and dropped
+    /// by reason, and the metric names involved.
+    pub fn tenant_points(&self, tenant: &str) -> crate::TenantPoints {
+        self.inner.tenants.points(tenant)
     }
 
     /// Writes every accumulated point now, the current window included; returns rows written.
@@ -854,6 +895,22 @@ impl Inner {
             }
         }
         drop(last);
+        self.tenants.report(|tenant, result, reason, n| {
+            let mut tags = Tags::from([("result".to_string(), result.to_string())]);
+            if !reason.is_empty() {
+                tags.insert("reason".to_string(), reason.to_string());
+            }
+            let key = SeriesKey {
+                metric_type: MetricType::System,
+                kind: Kind::Counter,
+                tenant: Some(Arc::from(tenant)),
+                name: "luametrics.tenant.points.count".to_string(),
+                tags,
+            };
+            let mut s = Summary::new(false);
+            s.observe(n as f64, now);
+            self.ingest_inner(key, s, now, None, true).is_ok()
+        });
         for (name, counter) in [
             ("luametrics.flush.rows.count", &self.flushed_rows),
             ("luametrics.flush.errors.count", &self.flush_errors),

@@ -74,6 +74,9 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Longest a request may take before a 503.
     pub request_timeout_ms: u64,
+    /// Read tokens of tenants (`tenant = "token"`): each sees only its own tenant's metrics,
+    /// traces and usage. More can be minted with `POST /v1/tenants/{tenant}/tokens`.
+    pub tenant_tokens: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ServerSettings {
@@ -85,6 +88,7 @@ impl Default for ServerSettings {
             metrics_requires_token: false,
             max_body_bytes: 1024 * 1024,
             request_timeout_ms: 10_000,
+            tenant_tokens: Default::default(),
         }
     }
 }

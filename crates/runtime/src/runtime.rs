@@ -218,6 +218,11 @@ impl Runtime {
             .await
     }
 
+    /// `tenant`'s engine-time budget and use (`pool.tenant_engine_ms_per_s`).
+    pub fn tenant_engine_usage(&self, tenant: &str) -> luametrics_engine::TenantEngineUsage {
+        self.pool.tenant_usage(tenant)
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.config

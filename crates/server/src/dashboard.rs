@@ -4,7 +4,7 @@
 //! form, or a `token` query parameter for scripts).
 
 use crate::chart::{esc, lines, stacked};
-use crate::AppState;
+use crate::{AppState, Who};
 use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -46,27 +46,24 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
         .next()
 }
 
-fn authorized(state: &AppState, headers: &HeaderMap, query_token: Option<&str>) -> bool {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
+/// Who the request's token (bearer header, login cookie or `token` parameter) belongs to.
+fn signed_in(state: &AppState, headers: &HeaderMap, query_token: Option<&str>) -> Option<Who> {
     [
-        bearer,
+        crate::bearer(headers).map(str::to_string),
         cookie_token(headers),
         query_token.map(str::to_string),
     ]
     .into_iter()
     .flatten()
-    .any(|t| crate::token_eq(&t, &state.tokens.admin))
+    .find_map(|t| crate::who(state, &t))
+    .filter(|w| *w != Who::Execute)
 }
 
 const STYLE: &str = "body{font-family:sans-serif;margin:0;background:#f6f7f9;color:#222}header{background:#243447;color:#fff;padding:10px 18px}header form{display:inline;margin-left:24px}main{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:14px;padding:14px}section.panel{background:#fff;border:1px solid #dde;border-radius:6px;padding:10px}section.panel h2{font-size:16px;margin:0 0 8px}.chart .title{font-size:12px;font-weight:bold}.chart .tick,.chart .legend{font-size:10px}.chart .grid{stroke:#eee}.chart .axis{stroke:#999}.hint{background:#fff8e1;border:1px solid #f0d98c;padding:8px;font-size:13px}.hint code{background:#f3f3f3}a.json{font-size:11px}.stat{display:inline-block;margin:4px 14px 4px 0;font-size:13px}.badge{padding:2px 8px;border-radius:10px;color:#fff}.green{background:#2e7d32}.amber{background:#f9a825}.red{background:#c62828}.grey{background:#888}table{border-collapse:collapse;font-size:12px}td,th{padding:2px 8px;border-bottom:1px solid #eee;text-align:left}";
 
 fn login_page(message: &str) -> Response {
     let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>luametrics: sign in</title><style>{STYLE}</style></head><body><header>luametrics Observability</header><main><section class=\"panel\" id=\"login\"><h2>Admin token required</h2><p>{}</p><form method=\"post\" action=\"/login\"><input type=\"password\" name=\"token\" placeholder=\"admin token\" autofocus> <button type=\"submit\">Sign in</button></form></section></main></body></html>",
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>luametrics: sign in</title><style>{STYLE}</style></head><body><header>luametrics Observability</header><main><section class=\"panel\" id=\"login\"><h2>Token required</h2><p>{}</p><form method=\"post\" action=\"/login\"><input type=\"password\" name=\"token\" placeholder=\"admin or tenant token\" autofocus> <button type=\"submit\">Sign in</button></form></section></main></body></html>",
         esc(message)
     );
     (StatusCode::UNAUTHORIZED, Html(html)).into_response()
@@ -79,8 +76,11 @@ pub(crate) struct Login {
 }
 
 pub(crate) async fn login(State(state): State<AppState>, Form(form): Form<Login>) -> Response {
-    if !crate::token_eq(&form.token, &state.tokens.admin) {
-        return login_page("That token is not the admin token.");
+    if !matches!(
+        crate::who(&state, &form.token),
+        Some(Who::Admin | Who::Tenant(_))
+    ) {
+        return login_page("That token is neither the admin token nor a tenant's read token.");
     }
     let cookie = format!(
         "luametrics_token={}; HttpOnly; SameSite=Strict; Path=/",
@@ -802,25 +802,7 @@ pub async fn render(
     refresh: Option<u32>,
     token: Option<&str>,
 ) -> String {
-    let span = RANGES
-        .iter()
-        .find(|r| r.0 == range)
-        .map_or(3_600_000, |r| r.1);
-    let to = state.runtime.metrics().now_ms();
-    let from = to - span;
-    let step = STEPS
-        .iter()
-        .copied()
-        .find(|s| *s >= span / 90)
-        .unwrap_or(86_400_000);
-    let to = to.div_euclid(step) * step + step;
-    let from = from.div_euclid(step) * step;
-    let ctx = Ctx {
-        state,
-        from,
-        to,
-        step,
-    };
+    let (ctx, range) = context(state, range);
     let names = state
         .runtime
         .store()
@@ -846,6 +828,42 @@ pub async fn render(
         webhook_panel(&ctx),
         admin_panel(&ctx),
     );
+    page_html(
+        refresh,
+        &picker(range, refresh, token),
+        &format!("{system}{pipelines}{security}{user}{webhooks}{admin}"),
+    )
+}
+
+/// The time frame of a page for a range name (an unknown name is 1h), and the range shown.
+fn context<'a>(state: &'a AppState, range: &str) -> (Ctx<'a>, &'static str) {
+    let (name, span) = RANGES
+        .iter()
+        .find(|r| r.0 == range)
+        .copied()
+        .unwrap_or(("1h", 3_600_000));
+    let to = state.runtime.metrics().now_ms();
+    let from = to - span;
+    let step = STEPS
+        .iter()
+        .copied()
+        .find(|s| *s >= span / 90)
+        .unwrap_or(86_400_000);
+    let to = to.div_euclid(step) * step + step;
+    let from = from.div_euclid(step) * step;
+    (
+        Ctx {
+            state,
+            from,
+            to,
+            step,
+        },
+        name,
+    )
+}
+
+/// The range and auto-refresh form of the header.
+fn picker(range: &str, refresh: Option<u32>, token: Option<&str>) -> String {
     let mut picker = String::from("<form method=\"get\" action=\"/\" id=\"range-picker\"><label>range <select name=\"range\">");
     for (r, _) in RANGES {
         let sel = if *r == range { " selected" } else { "" };
@@ -869,12 +887,17 @@ pub async fn render(
         );
     }
     picker.push_str(" <button type=\"submit\">apply</button></form>");
+    picker
+}
+
+/// The whole document around the panels.
+fn page_html(refresh: Option<u32>, picker: &str, panels: &str) -> String {
     let meta = match refresh {
         Some(s) if s > 0 => format!("<meta http-equiv=\"refresh\" content=\"{s}\">"),
         _ => String::new(),
     };
     format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\">{meta}<title>luametrics Observability</title><style>{STYLE}</style></head><body><header><b>luametrics Observability</b>{picker}</header><main>{system}{pipelines}{security}{user}{webhooks}{admin}</main></body></html>"
+        "<!doctype html><html><head><meta charset=\"utf-8\">{meta}<title>luametrics Observability</title><style>{STYLE}</style></head><body><header><b>luametrics Observability</b>{picker}</header><main>{panels}</main></body></html>"
     )
 }
 
@@ -883,19 +906,234 @@ pub(crate) async fn page(
     headers: HeaderMap,
     Query(p): Query<Params>,
 ) -> Response {
-    if !authorized(&state, &headers, p.token.as_deref()) {
-        return login_page("Sign in with the admin token (or pass ?token=... for scripts).");
-    }
+    let Some(who) = signed_in(&state, &headers, p.token.as_deref()) else {
+        return login_page(
+            "Sign in with the admin token or a tenant's read token (or pass ?token=... for scripts).",
+        );
+    };
     let range = p.range.as_deref().unwrap_or("1h");
-    let tenant = p.tenant.as_deref().filter(|t| !t.is_empty());
-    let html = render(
-        &state,
-        range,
-        tenant,
-        p.metric.as_deref(),
-        p.refresh,
-        p.token.as_deref(),
-    )
-    .await;
+    let html = match who {
+        Who::Tenant(t) => {
+            render_tenant(
+                &state,
+                &t,
+                range,
+                p.metric.as_deref(),
+                p.refresh,
+                p.token.as_deref(),
+            )
+            .await
+        }
+        _ => {
+            let tenant = p.tenant.as_deref().filter(|t| !t.is_empty());
+            render(
+                &state,
+                range,
+                tenant,
+                p.metric.as_deref(),
+                p.refresh,
+                p.token.as_deref(),
+            )
+            .await
+        }
+    };
     Html(html).into_response()
+}
+
+/// The page a tenant's token sees: its own user metrics and its usage (points by result, the
+/// metric names its rejections and overflow came from, series and engine time against the
+/// limits), nothing of other tenants and nothing of the host.
+pub async fn render_tenant(
+    state: &AppState,
+    tenant: &str,
+    range: &str,
+    metric: Option<&str>,
+    refresh: Option<u32>,
+    token: Option<&str>,
+) -> String {
+    let (ctx, range) = context(state, range);
+    let shown = match state.runtime.store().tenant_metric_names(tenant).await {
+        Ok(names) => names
+            .into_iter()
+            .filter(|n| n.metric_type == MetricType::User)
+            .collect::<Vec<_>>(),
+        Err(e) => {
+            return page_html(
+                refresh,
+                &picker(range, refresh, token),
+                &format!(
+                    "<section class=\"panel\" id=\"error\"><h2>The database did not answer</h2><p>{}</p></section>",
+                    esc(&e.to_string())
+                ),
+            )
+        }
+    };
+    let mut hidden = format!(
+        "<input type=\"hidden\" name=\"range\" value=\"{}\">",
+        esc(range)
+    );
+    if let Some(t) = token {
+        let _ = write!(
+            hidden,
+            "<input type=\"hidden\" name=\"token\" value=\"{}\">",
+            esc(t)
+        );
+    }
+    let chosen = metric
+        .and_then(|m| shown.iter().find(|n| n.name == m))
+        .or(shown.first());
+    let mut extra = format!("<form method=\"get\" action=\"/\" class=\"pickers\">{hidden}<label>metric <select name=\"metric\">");
+    for n in &shown {
+        let sel = if Some(&n.name) == chosen.map(|c| &c.name) {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(extra, "<option{sel}>{}</option>", esc(&n.name));
+    }
+    extra.push_str("</select></label> <button type=\"submit\">show</button></form>");
+    let mut charts = Vec::new();
+    if let Some(m) = chosen {
+        let (agg, agg_s) = match m.kind {
+            Kind::Counter => (Agg::Sum, "sum"),
+            Kind::Gauge => (Agg::Last, "last"),
+            Kind::Histogram => (Agg::P95, "p95"),
+        };
+        let s = ctx.series(&m.name, agg, None, Some(tenant), &[]).await;
+        let has = !s.is_empty();
+        let named: Vec<(String, Vec<(i64, f64)>)> = s
+            .into_iter()
+            .map(|(_, p)| (tenant.to_string(), p))
+            .collect();
+        charts.push(Chart {
+            html: format!(
+                "<figure data-metric=\"{}\">{}</figure>",
+                esc(&m.name),
+                lines(
+                    &format!("{} ({agg_s})", m.name),
+                    "value",
+                    ctx.from,
+                    ctx.to,
+                    &named
+                )
+            ),
+            has_data: has,
+        });
+    }
+    let user = panel(
+        "user",
+        &format!("Your metrics ({})", tenant),
+        charts,
+        extra,
+        &["user metrics recorded by your scripts through helpers.metrics"],
+    );
+    let usage = usage_panel(&ctx, tenant).await;
+    page_html(
+        refresh,
+        &picker(range, refresh, token),
+        &format!("{user}{usage}"),
+    )
+}
+
+/// A tenant's usage: points by result over the range, and since start the metric names its
+/// rejections and overflow came from, series and engine time against its limits.
+async fn usage_panel(ctx: &Ctx<'_>, tenant: &str) -> String {
+    let s = ctx
+        .series(
+            "luametrics.tenant.points.count",
+            Agg::Sum,
+            Some("result"),
+            Some(tenant),
+            &[],
+        )
+        .await;
+    let has = !s.is_empty();
+    let named: Vec<(String, Vec<(i64, f64)>)> = s
+        .into_iter()
+        .map(|(g, p)| (g.unwrap_or_else(|| "other".into()), p))
+        .collect();
+    let charts = vec![Chart {
+        html: format!(
+            "<figure data-metric=\"luametrics.tenant.points.count\">{}</figure>",
+            lines("Your points by result", "points", ctx.from, ctx.to, &named)
+        ),
+        has_data: has,
+    }];
+    let runtime = &ctx.state.runtime;
+    let points = runtime.metrics().tenant_points(tenant);
+    let limits = &runtime.config().limits;
+    let engine = runtime.tenant_engine_usage(tenant);
+    let mut extra = String::from("<table data-table=\"usage\">");
+    let row = |extra: &mut String, k: &str, v: String| {
+        let _ = write!(extra, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&v));
+    };
+    row(&mut extra, "points accepted", points.accepted.to_string());
+    row(
+        &mut extra,
+        "of which folded into overflow series",
+        points.overflowed.to_string(),
+    );
+    for (reason, n) in &points.rejected {
+        row(
+            &mut extra,
+            &format!("points rejected: {reason}"),
+            n.to_string(),
+        );
+    }
+    for (reason, n) in &points.dropped {
+        row(
+            &mut extra,
+            &format!("points dropped: {reason}"),
+            n.to_string(),
+        );
+    }
+    row(
+        &mut extra,
+        "series held",
+        format!(
+            "{} of {}",
+            runtime.metrics().tenant_series(tenant),
+            limits.max_series_per_tenant
+        ),
+    );
+    row(
+        &mut extra,
+        "engine time used",
+        if engine.budget_ms_per_s > 0.0 {
+            format!(
+                "{:.1} ms (budget {:.0} ms/s, {:.1} ms available now)",
+                engine.used_ms, engine.budget_ms_per_s, engine.available_ms
+            )
+        } else {
+            format!("{:.1} ms (no budget)", engine.used_ms)
+        },
+    );
+    row(
+        &mut extra,
+        "executions throttled",
+        engine.throttled.to_string(),
+    );
+    extra.push_str("</table>");
+    if !points.metrics.is_empty() {
+        extra.push_str(
+            "<table data-table=\"troubles\"><tr><th>metric</th><th>why</th><th>points</th></tr>",
+        );
+        for m in &points.metrics {
+            let _ = write!(
+                extra,
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&m.metric),
+                esc(&m.reason),
+                m.points
+            );
+        }
+        extra.push_str("</table>");
+    }
+    panel(
+        "usage",
+        "Your usage and limits",
+        charts,
+        extra,
+        &["luametrics.tenant.points.count"],
+    )
 }

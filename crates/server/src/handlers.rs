@@ -1,8 +1,9 @@
-use crate::{prometheus, time, ApiError, AppState};
+use crate::{prometheus, time, ApiError, AppState, Who};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use luametrics_model::{Kind, MetricType, Tags};
 use luametrics_pipeline::ExecuteError;
@@ -150,8 +151,14 @@ pub(crate) async fn ingest(
     Ok(Json(json!({"accepted": accepted, "rejected": rejected})))
 }
 
-pub(crate) async fn names(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let names = s.runtime.store().metric_names().await?;
+pub(crate) async fn names(
+    State(s): State<AppState>,
+    Extension(who): Extension<Who>,
+) -> Result<Json<Value>, ApiError> {
+    let names = match &who {
+        Who::Tenant(t) => s.runtime.store().tenant_metric_names(t).await?,
+        _ => s.runtime.store().metric_names().await?,
+    };
     Ok(Json(json!({ "names": names })))
 }
 
@@ -171,11 +178,29 @@ pub(crate) struct QueryParams {
     filter: Option<String>,
 }
 
+/// The tenant a request may read: a tenant token reads its own (asking for another is
+/// forbidden); the admin reads whichever it names, or all.
+fn scoped_tenant(who: &Who, asked: Option<String>) -> Result<Option<String>, ApiError> {
+    match who {
+        Who::Tenant(t) => match asked {
+            Some(a) if a != **t => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a tenant token can only read its own tenant's data",
+            )),
+            _ => Ok(Some(t.to_string())),
+        },
+        _ => Ok(asked),
+    }
+}
+
 pub(crate) async fn query(
     State(s): State<AppState>,
+    Extension(who): Extension<Who>,
     params: Result<Query<QueryParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let Query(mut p) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    p.tenant = scoped_tenant(&who, p.tenant.take())?;
     let now = s.runtime.metrics().now_ms();
     let from_s = p.from.as_deref().unwrap_or("-1h");
     let to_s = p.to.as_deref().unwrap_or("now");
@@ -227,13 +252,16 @@ pub(crate) struct TraceParams {
     limit: Option<u32>,
     status: Option<String>,
     pipeline_id: Option<String>,
+    tenant: Option<String>,
 }
 
 pub(crate) async fn traces(
     State(s): State<AppState>,
+    Extension(who): Extension<Who>,
     params: Result<Query<TraceParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let tenant = scoped_tenant(&who, p.tenant)?;
     let traces = s
         .runtime
         .store()
@@ -241,6 +269,7 @@ pub(crate) async fn traces(
             p.limit.unwrap_or(50),
             p.status.as_deref(),
             p.pipeline_id.as_deref(),
+            tenant.as_deref(),
         )
         .await?;
     Ok(Json(json!({ "traces": traces })))
@@ -248,9 +277,16 @@ pub(crate) async fn traces(
 
 pub(crate) async fn trace(
     State(s): State<AppState>,
+    Extension(who): Extension<Who>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    match s.runtime.store().get_trace(&id).await? {
+    let found = s.runtime.store().get_trace(&id).await?;
+    // Another tenant's trace is as unknown to a tenant token as one that never existed.
+    let found = found.filter(|t| match &who {
+        Who::Tenant(mine) => t.tenant == **mine,
+        _ => true,
+    });
+    match found {
         Some(t) => Ok(Json(serde_json::to_value(t).unwrap_or(Value::Null))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -258,6 +294,111 @@ pub(crate) async fn trace(
             format!("no trace `{id}` (not sampled, expired or never existed)"),
         )),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UsageParams {
+    tenant: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// A tenant's usage: its points by result and reason over a range (from the store), since the
+/// process started (with the metric names involved), its series against the limits, and its
+/// engine time against its budget.
+pub(crate) async fn tenant_usage(
+    State(s): State<AppState>,
+    Extension(who): Extension<Who>,
+    params: Result<Query<UsageParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let Some(tenant) = scoped_tenant(&who, p.tenant)? else {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`tenant` is required with the admin token",
+        ));
+    };
+    let now = s.runtime.metrics().now_ms();
+    let from_s = p.from.as_deref().unwrap_or("-24h");
+    let to_s = p.to.as_deref().unwrap_or("now");
+    let from = time::parse_time_ms(from_s, now).ok_or_else(|| {
+        ApiError::bad_request("invalid_query", format!("`from`: `{from_s}` is not a time"))
+    })?;
+    let to = time::parse_time_ms(to_s, now).ok_or_else(|| {
+        ApiError::bad_request("invalid_query", format!("`to`: `{to_s}` is not a time"))
+    })?;
+    let mut range = json!({});
+    for result in ["accepted", "overflowed", "rejected", "dropped"] {
+        let q = AggregateQuery {
+            find: FindQuery {
+                name: "luametrics.tenant.points.count".into(),
+                from_ms: from,
+                to_ms: to + 1,
+                tenant: Some(tenant.clone()),
+                metric_type: Some(MetricType::System),
+                filters: [("result".to_string(), result.to_string())].into(),
+            },
+            agg: Agg::Sum,
+            step_ms: (to - from).max(1) + 1,
+            group_by: Some("reason".into()),
+        };
+        let (series, _) = s.runtime.query(&q).await?;
+        let total = |points: &[(i64, f64)]| points.iter().map(|(_, v)| v).sum::<f64>() as u64;
+        range[result] = match result {
+            "accepted" | "overflowed" => {
+                json!(series.iter().map(|x| total(&x.points)).sum::<u64>())
+            }
+            _ => Value::Object(
+                series
+                    .iter()
+                    .map(|x| (x.group.clone().unwrap_or_default(), json!(total(&x.points))))
+                    .collect(),
+            ),
+        };
+    }
+    let limits = &s.runtime.config().limits;
+    Ok(Json(json!({
+        "tenant": tenant,
+        "range": {"from": from, "to": to, "points": range,
+                  "note": "points of windows already flushed to the database"},
+        "since_start": s.runtime.metrics().tenant_points(&tenant),
+        "series": {
+            "active": s.runtime.metrics().tenant_series(&tenant),
+            "max_per_tenant": limits.max_series_per_tenant,
+            "max_per_name": limits.max_series_per_name,
+        },
+        "rate": {"points_per_minute": limits.points_per_minute, "burst": limits.burst},
+        "engine": s.runtime.tenant_engine_usage(&tenant),
+    })))
+}
+
+/// Mints a read token for a tenant (admin only); the token is shown once.
+pub(crate) async fn mint_tenant_token(
+    State(s): State<AppState>,
+    Path(tenant): Path<String>,
+) -> Result<Response, ApiError> {
+    if tenant.trim().is_empty() || tenant.len() > 256 {
+        return Err(ApiError::bad_request(
+            "invalid_tenant",
+            "a tenant is 1 to 256 bytes",
+        ));
+    }
+    let token = s.tokens.tenants.mint(s.runtime.store(), &tenant).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"tenant": tenant, "token": token})),
+    )
+        .into_response())
+}
+
+/// Revokes every minted token of a tenant (admin only).
+pub(crate) async fn revoke_tenant_tokens(
+    State(s): State<AppState>,
+    Path(tenant): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let revoked = s.tokens.tenants.revoke(s.runtime.store(), &tenant).await?;
+    Ok(Json(json!({"tenant": tenant, "revoked": revoked})))
 }
 
 pub(crate) async fn pool(State(s): State<AppState>) -> Json<Value> {

@@ -38,16 +38,95 @@ pub struct Tokens {
     pub execute: String,
     /// For queries, traces, pool status and the dashboard.
     pub admin: String,
+    /// Tenants' read tokens, by digest: configured ones and those the admin API minted.
+    pub tenants: Arc<TenantTokens>,
 }
 
 impl Tokens {
     /// The configured tokens, or fresh random ones.
     pub fn from_settings(s: &ServerSettings) -> Self {
+        let tenants = TenantTokens::default();
+        for (tenant, token) in &s.tenant_tokens {
+            tenants.insert(&digest(token), tenant, true);
+        }
         Self {
             execute: s.execute_token.clone().unwrap_or_else(random_token),
             admin: s.admin_token.clone().unwrap_or_else(random_token),
+            tenants: Arc::new(tenants),
         }
     }
+}
+
+/// Tenants' read tokens, known by their SHA-256 digest (a lookup by digest reveals nothing
+/// about a token through its timing).
+#[derive(Debug, Default)]
+pub struct TenantTokens {
+    /// digest -> (tenant, configured)
+    by_digest: parking_lot::RwLock<std::collections::HashMap<String, (Arc<str>, bool)>>,
+}
+
+impl TenantTokens {
+    fn insert(&self, digest: &str, tenant: &str, configured: bool) {
+        self.by_digest
+            .write()
+            .insert(digest.to_string(), (Arc::from(tenant), configured));
+    }
+
+    fn tenant_of(&self, token: &str) -> Option<Arc<str>> {
+        self.by_digest
+            .read()
+            .get(&digest(token))
+            .map(|(t, _)| t.clone())
+    }
+
+    /// Loads the tokens minted earlier (kept in the database as digests).
+    pub async fn load_minted(
+        &self,
+        store: &luametrics_store::Store,
+    ) -> Result<usize, luametrics_store::StoreError> {
+        let minted = store.tenant_tokens().await?;
+        let n = minted.len();
+        for (d, tenant) in minted {
+            self.insert(&d, &tenant, false);
+        }
+        Ok(n)
+    }
+
+    /// Mints a token for `tenant`, keeps its digest in the database, and returns it.
+    pub(crate) async fn mint(
+        &self,
+        store: &luametrics_store::Store,
+        tenant: &str,
+    ) -> Result<String, luametrics_store::StoreError> {
+        let token = random_token();
+        let d = digest(&token);
+        store.add_tenant_token(&d, tenant).await?;
+        self.insert(&d, tenant, false);
+        Ok(token)
+    }
+
+    /// Revokes every minted token of `tenant` (configured ones stay until the configuration
+    /// changes); returns how many were revoked.
+    pub(crate) async fn revoke(
+        &self,
+        store: &luametrics_store::Store,
+        tenant: &str,
+    ) -> Result<u64, luametrics_store::StoreError> {
+        let n = store.revoke_tenant_tokens(tenant).await?;
+        self.by_digest
+            .write()
+            .retain(|_, (t, configured)| *configured || &**t != tenant);
+        Ok(n)
+    }
+}
+
+/// The hex SHA-256 of a token.
+fn digest(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Compares a presented token with a configured one in time that does not depend on where
@@ -92,14 +171,21 @@ pub struct AppState {
     pub settings: ServerSettings,
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Access {
-    Execute,
+/// Who a request's bearer token says it comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Who {
+    /// The admin token: everything.
     Admin,
+    /// The execute token: executions and ingestion.
+    Execute,
+    /// A tenant's read token: that tenant's own metrics, traces and usage.
+    Tenant(Arc<str>),
 }
 
-fn bearer(req: &Request) -> Option<&str> {
-    req.headers()
+/// The bearer token of a request, if any (`Bearer`, either case; the one parser of the API
+/// and the dashboard).
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -109,30 +195,36 @@ fn bearer(req: &Request) -> Option<&str> {
         .map(str::trim)
 }
 
-fn check(state: &AppState, req: &Request, need: Access) -> Result<(), ApiError> {
-    let Some(token) = bearer(req) else {
+/// Who `token` belongs to, if anyone.
+pub(crate) fn who(state: &AppState, token: &str) -> Option<Who> {
+    if token_eq(token, &state.tokens.admin) {
+        Some(Who::Admin)
+    } else if token_eq(token, &state.tokens.execute) {
+        Some(Who::Execute)
+    } else {
+        state.tokens.tenants.tenant_of(token).map(Who::Tenant)
+    }
+}
+
+fn identify(state: &AppState, req: &Request) -> Result<Who, ApiError> {
+    let Some(token) = bearer(req.headers()) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing_token",
             "this endpoint needs `Authorization: Bearer <token>`",
         ));
     };
-    let is_admin = token_eq(token, &state.tokens.admin);
-    let is_execute = token_eq(token, &state.tokens.execute);
-    match (need, is_admin, is_execute) {
-        (_, true, _) => Ok(()),
-        (Access::Execute, _, true) => Ok(()),
-        (Access::Admin, _, true) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the execute token cannot use admin endpoints",
-        )),
-        _ => Err(ApiError::new(
+    who(state, token).ok_or_else(|| {
+        ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_token",
             "unknown bearer token",
-        )),
-    }
+        )
+    })
+}
+
+fn forbidden(message: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
 }
 
 async fn require_execute(
@@ -140,8 +232,12 @@ async fn require_execute(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    check(&state, &req, Access::Execute)?;
-    Ok(next.run(req).await)
+    match identify(&state, &req)? {
+        Who::Admin | Who::Execute => Ok(next.run(req).await),
+        Who::Tenant(_) => Err(forbidden(
+            "a tenant token can only read its own tenant's data",
+        )),
+    }
 }
 
 async fn require_admin(
@@ -149,8 +245,28 @@ async fn require_admin(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    check(&state, &req, Access::Admin)?;
-    Ok(next.run(req).await)
+    match identify(&state, &req)? {
+        Who::Admin => Ok(next.run(req).await),
+        Who::Execute => Err(forbidden("the execute token cannot use admin endpoints")),
+        Who::Tenant(_) => Err(forbidden(
+            "a tenant token can only read its own tenant's data",
+        )),
+    }
+}
+
+/// Admin or a tenant (scoped to its tenant by the handler, which reads [`Who`]).
+async fn require_reader(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    match identify(&state, &req)? {
+        Who::Execute => Err(forbidden("the execute token cannot read data")),
+        who => {
+            req.extensions_mut().insert(who);
+            Ok(next.run(req).await)
+        }
+    }
 }
 
 async fn require_metrics_token(
@@ -159,7 +275,7 @@ async fn require_metrics_token(
     next: Next,
 ) -> Result<Response, ApiError> {
     if state.settings.metrics_requires_token {
-        check(&state, &req, Access::Admin)?;
+        return require_admin(State(state), req, next).await;
     }
     Ok(next.run(req).await)
 }
@@ -189,7 +305,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/metrics/query"),
     ("get", "/v1/traces"),
     ("get", "/v1/traces/{id}"),
+    ("get", "/v1/tenant/usage"),
     ("get", "/v1/pool"),
+    ("post", "/v1/tenants/{tenant}/tokens"),
+    ("delete", "/v1/tenants/{tenant}/tokens"),
     ("get", "/metrics"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -212,12 +331,22 @@ pub fn router(runtime: Arc<Runtime>, settings: ServerSettings, tokens: Tokens) -
             state.clone(),
             require_execute,
         ));
-    let admin = Router::new()
+    let read = Router::new()
         .route("/v1/metrics/names", get(handlers::names))
         .route("/v1/metrics/query", get(handlers::query))
         .route("/v1/traces", get(handlers::traces))
         .route("/v1/traces/{id}", get(handlers::trace))
+        .route("/v1/tenant/usage", get(handlers::tenant_usage))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_reader,
+        ));
+    let admin = Router::new()
         .route("/v1/pool", get(handlers::pool))
+        .route(
+            "/v1/tenants/{tenant}/tokens",
+            post(handlers::mint_tenant_token).delete(handlers::revoke_tenant_tokens),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let scrape = Router::new()
         .route("/metrics", get(handlers::prometheus))
@@ -233,6 +362,7 @@ pub fn router(runtime: Arc<Runtime>, settings: ServerSettings, tokens: Tokens) -
         .route("/v1/openapi.json", get(handlers::openapi));
     Router::new()
         .merge(execute)
+        .merge(read)
         .merge(admin)
         .merge(scrape)
         .merge(open)
@@ -247,7 +377,7 @@ pub fn router(runtime: Arc<Runtime>, settings: ServerSettings, tokens: Tokens) -
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests. The caller flushes the
-/// runtime afterwards (`Runtime::shutdown`).
+/// runtime afterwards (`Runtime::shutdown`). Tenant tokens minted earlier are loaded first.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     runtime: Arc<Runtime>,
@@ -255,6 +385,11 @@ pub async fn serve(
     tokens: Tokens,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    tokens
+        .tenants
+        .load_minted(runtime.store())
+        .await
+        .map_err(|e| std::io::Error::other(format!("cannot load the minted tenant tokens: {e}")))?;
     let app = router(runtime, settings, tokens);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

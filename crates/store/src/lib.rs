@@ -17,6 +17,7 @@ mod query;
 mod rollup;
 mod row;
 mod schema;
+mod tokens;
 mod traces;
 mod write;
 

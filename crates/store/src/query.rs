@@ -611,18 +611,38 @@ impl Store {
 
     /// Metric names present (raw and rolled-up), with their kind and last write.
     pub async fn metric_names(&self) -> Result<Vec<NameInfo>, StoreError> {
+        self.names_where(None).await
+    }
+
+    /// Like [`Store::metric_names`], counting only `tenant`'s rows: the names a tenant sees.
+    pub async fn tenant_metric_names(&self, tenant: &str) -> Result<Vec<NameInfo>, StoreError> {
+        self.names_where(Some(tenant)).await
+    }
+
+    async fn names_where(&self, tenant: Option<&str>) -> Result<Vec<NameInfo>, StoreError> {
         self.off_worker(async {
             let conn = self.reader().await?;
+            // Rollups of the `name` scope mix tenants and carry none: the filter skips them.
+            let (raw, rolled, params) = match tenant {
+                Some(t) => (
+                    " WHERE tenant_id = ?1",
+                    " WHERE tenant_id = ?1",
+                    vec![libsql::Value::Text(t.to_string())],
+                ),
+                None => ("", "", Vec::new()),
+            };
             let mut rows = conn
                 .query(
-                    "SELECT name, metric_type, kind, SUM(n), MAX(last_ms) FROM (
+                    &format!(
+                        "SELECT name, metric_type, kind, SUM(n), MAX(last_ms) FROM (
                        SELECT name, metric_type, kind, COUNT(*) AS n, MAX(timestamp) AS last_ms
-                         FROM metrics GROUP BY name, metric_type, kind
+                         FROM metrics{raw} GROUP BY name, metric_type, kind
                        UNION ALL
                        SELECT name, metric_type, kind, 0, MAX(bucket_start)
-                         FROM metric_rollups GROUP BY name, metric_type, kind)
-                     GROUP BY name, metric_type, kind ORDER BY name",
-                    (),
+                         FROM metric_rollups{rolled} GROUP BY name, metric_type, kind)
+                     GROUP BY name, metric_type, kind ORDER BY name"
+                    ),
+                    params,
                 )
                 .await
                 .map_err(StoreError::db("list metric names"))?;

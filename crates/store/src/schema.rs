@@ -113,6 +113,20 @@ DELETE FROM metric_rollups;
 DELETE FROM rollup_state WHERE key = 'rollup.raw_id';
 "#,
     ),
+    (
+        3,
+        "tenant read tokens",
+        // Tokens the admin API minted for tenants, kept as SHA-256 digests: a copy of the
+        // database does not hand out read access.
+        r#"
+CREATE TABLE tenant_tokens (
+    digest     TEXT PRIMARY KEY,
+    tenant_id  TEXT NOT NULL,
+    created_at INTEGER NOT NULL DEFAULT (cast(unixepoch('subsecond') * 1000 as integer))
+);
+CREATE INDEX idx_tenant_tokens_tenant ON tenant_tokens(tenant_id);
+"#,
+    ),
 ];
 
 /// Highest schema version this build knows.

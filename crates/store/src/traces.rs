@@ -218,6 +218,7 @@ impl Store {
         limit: u32,
         status: Option<&str>,
         pipeline_id: Option<&str>,
+        tenant: Option<&str>,
     ) -> Result<Vec<TraceRecord>, StoreError> {
         self.off_worker(async {
             let conn = self.reader().await?;
@@ -234,6 +235,10 @@ impl Store {
             if let Some(p) = pipeline_id {
                 params.push(Value::Text(p.to_string()));
                 sql.push_str(&format!(" AND pipeline_id = ?{}", params.len()));
+            }
+            if let Some(t) = tenant {
+                params.push(Value::Text(t.to_string()));
+                sql.push_str(&format!(" AND tenant_id = ?{}", params.len()));
             }
             params.push(Value::Integer(i64::from(limit.clamp(1, 1_000))));
             sql.push_str(&format!(
