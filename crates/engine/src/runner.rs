@@ -46,14 +46,26 @@ impl Runners {
         };
         // Pushed first, read second: a runner that stops spinning checks the queue under its
         // lock before it sleeps, so no task is left with every runner asleep.
-        if self.spinning.load(SeqCst) >= waiting {
+        let spinning = self.spinning.load(SeqCst);
+        if spinning >= waiting {
             return waiting == 1;
         }
-        if self.sleeping.load(SeqCst) > 0 {
+        let sleeping = self.sleeping.load(SeqCst);
+        // Wake a sleeper only when the runners free to take tasks cover every task waiting: a
+        // sleeper already woken for an earlier task still counts as asleep until it takes it,
+        // so two tasks must not both count on it (the second would wait behind whatever the
+        // first one's runner serves next). Otherwise start a runner.
+        if sleeping > 0 && spinning + sleeping >= waiting {
             self.wake.notify_one();
             return false;
         }
-        if self.threads.load(SeqCst) < max_threads.max(1) {
+        if self.threads.load(SeqCst) >= max_threads.max(1) {
+            if sleeping > 0 {
+                self.wake.notify_one();
+            }
+            return false;
+        }
+        {
             self.threads.fetch_add(1, SeqCst);
             let me = self.clone();
             let started = std::thread::Builder::new()
@@ -102,6 +114,46 @@ impl Runners {
             // A task that panics (the pool's own code, not a script: engines catch those)
             // unwinds its guards, which give its place back; the runner goes on.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    // Two tasks submitted at once while one runner sleeps: the second must get a runner of its
+    // own, not wait behind the first (which here waits for the second: a hang if they share).
+    #[test]
+    fn a_second_task_never_waits_behind_a_sleeper_woken_for_the_first() {
+        for _ in 0..20 {
+            let runners = Arc::new(Runners::default());
+            let (done_tx, done_rx) = mpsc::channel();
+            runners.run(4, Box::new(move || done_tx.send(()).unwrap()));
+            done_rx.recv().unwrap();
+            // Bounded polling until the runner sleeps (a hang detector, not a timing check).
+            for _ in 0..10_000 {
+                if runners.sleeping.load(SeqCst) == 1 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(runners.sleeping.load(SeqCst), 1);
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            let (out_tx, out_rx) = mpsc::channel();
+            runners.run(
+                4,
+                Box::new(move || {
+                    let got = go_rx.recv_timeout(Duration::from_secs(20)).is_ok();
+                    out_tx.send(got).unwrap();
+                }),
+            );
+            runners.run(4, Box::new(move || go_tx.send(()).unwrap()));
+            assert!(
+                out_rx.recv().unwrap(),
+                "the second task waited behind the first"
+            );
         }
     }
 }
