@@ -5,8 +5,10 @@
 //! refilled at `tenant_engine_ms_per_s` up to `tenant_engine_burst_ms`. An execution is
 //! admitted while the bucket is above zero and charged afterwards with what it measured (its
 //! script and helper time), so the last admitted execution may take the bucket below zero: a
-//! debt the next refills pay first. A tenant over its budget is refused before it takes an
-//! engine, told when to retry.
+//! debt the next refills pay first. Executions admitted and not yet charged count against the
+//! bucket at the tenant's average cost (the time limit until one was measured), so a burst of
+//! concurrent executions cannot all pass an admission that only sees past charges. A tenant
+//! over its budget is refused before it takes an engine, told when to retry.
 
 use serde::Serialize;
 use std::collections::HashMap;
@@ -38,19 +40,70 @@ struct Bucket {
     at: Instant,
     used_ms: f64,
     throttled: u64,
+    /// Executions admitted and not yet settled.
+    in_flight: u32,
+    /// What one execution of this tenant costs, on average (ms); `None` until one was charged.
+    average_ms: Option<f64>,
 }
 
 pub(crate) struct Budgets {
     rate_ms_per_s: f64,
     burst_ms: f64,
+    /// What an execution is assumed to cost before the tenant's first one was measured.
+    first_estimate_ms: f64,
     tenants: Mutex<HashMap<Arc<str>, Bucket>>,
 }
 
+/// A tenant refused for its engine-time budget, and when it may retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetSpent {
+    /// The tenant refused.
+    pub tenant: String,
+    /// When its budget has room again (ms).
+    pub retry_after_ms: u64,
+}
+
+impl From<BudgetSpent> for crate::PoolError {
+    fn from(b: BudgetSpent) -> Self {
+        crate::PoolError::TenantBudget {
+            tenant: b.tenant,
+            retry_after_ms: b.retry_after_ms,
+        }
+    }
+}
+
+/// An admitted execution's hold on its tenant's budget: counted in flight until dropped.
+pub struct Admission {
+    budgets: Option<Arc<Budgets>>,
+    tenant: Arc<str>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budgets {
+            if let Some(bucket) = b.tenants.lock().get_mut(&*self.tenant) {
+                bucket.in_flight = bucket.in_flight.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("tenant", &self.tenant)
+            .finish()
+    }
+}
+
 impl Budgets {
-    pub(crate) fn new(rate_ms_per_s: f64, burst_ms: f64) -> Self {
+    /// Budgets of `rate_ms_per_s` (0: none) with buckets of `burst_ms`; an execution is
+    /// assumed to cost `first_estimate_ms` until one was measured.
+    pub(crate) fn new(rate_ms_per_s: f64, burst_ms: f64, first_estimate_ms: f64) -> Self {
         Self {
             rate_ms_per_s: rate_ms_per_s.max(0.0),
             burst_ms: burst_ms.max(0.0),
+            first_estimate_ms: first_estimate_ms.max(0.0),
             tenants: Mutex::new(HashMap::new()),
         }
     }
@@ -77,7 +130,7 @@ impl Budgets {
                 let (rate, burst) = (self.rate_ms_per_s, self.burst_ms);
                 tenants.retain(|_, b| {
                     let dt = now.saturating_duration_since(b.at).as_secs_f64();
-                    b.tokens_ms + dt * rate < burst
+                    b.in_flight > 0 || b.tokens_ms + dt * rate < burst
                 });
             }
             tenants.insert(
@@ -87,6 +140,8 @@ impl Budgets {
                     at: now,
                     used_ms: 0.0,
                     throttled: 0,
+                    in_flight: 0,
+                    average_ms: None,
                 },
             );
         }
@@ -95,19 +150,29 @@ impl Budgets {
         b
     }
 
-    /// Admits an execution of `tenant`, or says in how many ms its budget has room again.
-    pub(crate) fn admit(&self, tenant: &str) -> Result<(), u64> {
+    /// Admits an execution of `tenant` (held in flight until the [`Admission`] drops), or says
+    /// in how many ms its budget has room again.
+    pub(crate) fn admit(self: &Arc<Self>, tenant: &str) -> Result<Admission, u64> {
         if !self.enabled() {
-            return Ok(());
+            return Ok(Admission {
+                budgets: None,
+                tenant: Arc::from(""),
+            });
         }
         let now = Instant::now();
         let mut tenants = self.tenants.lock();
+        let first = self.first_estimate_ms;
         let b = self.bucket(&mut tenants, tenant, now);
-        if b.tokens_ms > 0.0 {
-            return Ok(());
+        let reserved = f64::from(b.in_flight) * b.average_ms.unwrap_or(first);
+        if b.tokens_ms - reserved > 0.0 {
+            b.in_flight += 1;
+            return Ok(Admission {
+                budgets: Some(self.clone()),
+                tenant: Arc::from(tenant),
+            });
         }
         b.throttled += 1;
-        let wait_s = (-b.tokens_ms + f64::EPSILON) / self.rate_ms_per_s;
+        let wait_s = (reserved - b.tokens_ms + f64::EPSILON) / self.rate_ms_per_s;
         Err(((wait_s * 1000.0).ceil() as u64).max(1))
     }
 
@@ -120,6 +185,10 @@ impl Budgets {
         let mut tenants = self.tenants.lock();
         let b = self.bucket(&mut tenants, tenant, now);
         b.used_ms += ms;
+        b.average_ms = Some(match b.average_ms {
+            Some(avg) => avg * 0.8 + ms * 0.2,
+            None => ms,
+        });
         if self.enabled() {
             b.tokens_ms -= ms;
         }
@@ -153,10 +222,10 @@ mod tests {
     #[test]
     fn a_spent_budget_refuses_and_names_when_to_retry() {
         // 10 ms per second, 20 ms at once.
-        let b = Budgets::new(10.0, 20.0);
-        assert!(b.admit("a").is_ok());
+        let b = Arc::new(Budgets::new(10.0, 20.0, 50.0));
+        drop(b.admit("a").unwrap());
         b.charge("a", 15.0);
-        assert!(b.admit("a").is_ok(), "5 ms left");
+        drop(b.admit("a").unwrap());
         b.charge("a", 15.0);
         // 10 ms in debt: about a second at 10 ms/s.
         let retry = b.admit("a").unwrap_err();
@@ -168,8 +237,25 @@ mod tests {
     }
 
     #[test]
+    fn executions_in_flight_count_against_the_budget() {
+        // 20 ms at once; before any measurement an execution is assumed to cost 5 ms.
+        let b = Arc::new(Budgets::new(10.0, 20.0, 5.0));
+        let held: Vec<Admission> = (0..4).map(|_| b.admit("a").unwrap()).collect();
+        assert!(b.admit("a").is_err(), "4 x 5 ms in flight fill 20 ms");
+        drop(held);
+        let again = b.admit("a").unwrap();
+        b.charge("a", 1.5);
+        drop(again);
+        // Now an execution costs 1.5 ms: the 18.5 ms left admit 13 more in flight, not 14.
+        let held: Vec<Admission> = (0..13).map(|_| b.admit("a").unwrap()).collect();
+        assert!(b.admit("a").is_err());
+        assert_eq!(b.usage("a").throttled, 2);
+        drop(held);
+    }
+
+    #[test]
     fn no_budget_admits_everything_and_still_counts_use() {
-        let b = Budgets::new(0.0, 0.0);
+        let b = Arc::new(Budgets::new(0.0, 0.0, 50.0));
         b.charge("a", 1e9);
         assert!(b.admit("a").is_ok());
         assert_eq!(b.usage("a").used_ms, 1e9);

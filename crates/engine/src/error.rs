@@ -173,6 +173,9 @@ pub enum PoolError {
         /// When its budget has room again.
         retry_after_ms: u64,
     },
+    /// The pool's settings cannot work.
+    #[error("invalid pool settings: {0}")]
+    Settings(String),
     /// A new engine could not be built.
     #[error("cannot create a Lua engine: {0}")]
     Create(String),
@@ -189,6 +192,7 @@ impl PoolError {
             Self::QueueFull { .. } => "queue_full",
             Self::TenantBudget { .. } => "tenant_budget",
             Self::Create(_) | Self::Closed => "engine_unavailable",
+            Self::Settings(_) => "invalid_settings",
         }
     }
 }

@@ -32,7 +32,7 @@ mod script;
 mod sink;
 mod watchdog;
 
-pub use budget::TenantEngineUsage;
+pub use budget::{Admission, BudgetSpent, TenantEngineUsage};
 pub use clock::Clock;
 pub use config::{EngineSettings, PoolSettings};
 pub use engine::{canonical_number, printable, Engine, Execution, MetricsReport, Timings, Warning};

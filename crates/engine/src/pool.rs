@@ -15,7 +15,7 @@
 //! running, handing a freed place straight to the next waiter, serving tenants in turn and
 //! counting exactly which checkouts queued need control of the permits deadpool keeps private.
 
-use crate::budget::{Budgets, TenantEngineUsage};
+use crate::budget::{Admission, BudgetSpent, Budgets, TenantEngineUsage};
 use crate::queue::FairQueue;
 use crate::{
     DiscardReason, Engine, EngineSettings, Execution, MetricsSink, PoolError, PoolSettings, Script,
@@ -123,7 +123,7 @@ struct Inner {
     /// What `RunJob::started` counts from.
     epoch: Instant,
     /// Per-tenant engine-time budgets.
-    budgets: Budgets,
+    budgets: Arc<Budgets>,
 }
 
 impl Inner {
@@ -462,7 +462,17 @@ impl EnginePool {
         pool: PoolSettings,
         sink: Arc<dyn MetricsSink>,
     ) -> Result<Self, PoolError> {
-        let budgets = Budgets::new(pool.tenant_engine_ms_per_s, pool.tenant_engine_burst_ms);
+        let (rate, burst) = (pool.tenant_engine_ms_per_s, pool.tenant_engine_burst_ms);
+        if !(rate.is_finite() && burst.is_finite() && rate >= 0.0 && burst >= 0.0)
+            || (rate > 0.0 && burst <= 0.0)
+        {
+            return Err(PoolError::Settings(format!(
+                "pool.tenant_engine_ms_per_s ({rate}) and tenant_engine_burst_ms ({burst}) must be \
+                 finite and not negative, and a budget needs a burst above 0 (a bucket of 0 ms \
+                 admits nothing)"
+            )));
+        }
+        let budgets = Arc::new(Budgets::new(rate, burst, engine.time_limit_ms as f64));
         Ok(Self {
             inner: Arc::new(Inner {
                 runners: Arc::default(),
@@ -610,12 +620,13 @@ impl EnginePool {
 
     /// Refuses `tenant` when it has used its engine-time budget
     /// ([`PoolError::TenantBudget`], with when to retry). [`EnginePool::run`] asks before
-    /// every execution; a caller of [`EnginePool::run_with`] asks once for its work.
-    pub fn admit(&self, tenant: &str) -> Result<(), PoolError> {
+    /// every execution; a caller of [`EnginePool::run_with`] asks once for its work and holds
+    /// the [`Admission`] until the work is done (it counts in flight against the budget).
+    pub fn admit(&self, tenant: &str) -> Result<Admission, BudgetSpent> {
         self.inner
             .budgets
             .admit(tenant)
-            .map_err(|retry_after_ms| PoolError::TenantBudget {
+            .map_err(|retry_after_ms| BudgetSpent {
                 tenant: tenant.to_string(),
                 retry_after_ms,
             })
@@ -633,7 +644,7 @@ impl EnginePool {
     /// that has not returned by its time limit plus the grace period is abandoned: a typed
     /// timeout, and its engine written off.
     pub async fn run(&self, job: Job) -> Result<Execution, PoolError> {
-        self.admit(&job.tenant)?;
+        let _admitted = self.admit(&job.tenant)?;
         let limit_ms = job.time_limit_ms.unwrap_or(self.inner.engine.time_limit_ms);
         let script = job.script.clone();
         let tenant = job.tenant.clone();

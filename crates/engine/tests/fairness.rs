@@ -235,3 +235,38 @@ async fn a_spent_engine_time_budget_refuses_that_tenant_before_checkout() {
     assert!(other.result.is_ok());
     assert_eq!(pool.tenant_usage("modest").throttled, 0);
 }
+
+#[test]
+fn a_budget_that_could_admit_nothing_is_refused_at_start() {
+    for (rate, burst) in [
+        (100.0, 0.0),
+        (-1.0, 10.0),
+        (f64::NAN, 10.0),
+        (10.0, f64::INFINITY),
+    ] {
+        let err = EnginePool::new(
+            EngineSettings::default(),
+            PoolSettings {
+                tenant_engine_ms_per_s: rate,
+                tenant_engine_burst_ms: burst,
+                ..PoolSettings::default()
+            },
+            Arc::new(CollectingSink::new(TagPolicy::default())),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("({rate}, {burst}) accepted"));
+        assert!(matches!(err, PoolError::Settings(_)), "{err}");
+        assert!(err.to_string().contains("tenant_engine_burst_ms"), "{err}");
+    }
+    // No budget at all is fine.
+    assert!(EnginePool::new(
+        EngineSettings::default(),
+        PoolSettings {
+            tenant_engine_ms_per_s: 0.0,
+            tenant_engine_burst_ms: 0.0,
+            ..PoolSettings::default()
+        },
+        Arc::new(CollectingSink::new(TagPolicy::default())),
+    )
+    .is_ok());
+}

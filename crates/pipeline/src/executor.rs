@@ -1,7 +1,7 @@
 use crate::{OnError, Pipeline, Pipelines, TraceSampler, TraceWriter};
 use luametrics_engine::{
-    printable, Engine, EnginePool, Execution, Job, PoolError, Ran, ScriptError, Timings,
-    Warning as EngineWarning,
+    printable, BudgetSpent, Engine, EnginePool, Execution, Job, PoolError, Ran, ScriptError,
+    Timings, Warning as EngineWarning,
 };
 use luametrics_model::{Kind, Tags};
 use luametrics_recorder::MetricsService;
@@ -209,24 +209,27 @@ impl Executor {
             .for_trigger(trigger)
             .ok_or_else(|| ExecuteError::UnknownTrigger(trigger.to_string()))?
             .clone();
-        if let Err(PoolError::TenantBudget {
-            tenant,
-            retry_after_ms,
-        }) = self.pool.admit(tenant)
-        {
-            let _ = self.metrics.record_system(
-                "lua.tenant.throttled.count",
-                Kind::Counter,
-                1.0,
-                Tags::new(),
-                Some(&tenant),
-                None,
-            );
-            return Err(ExecuteError::TenantBudget {
+        // Held until the pipeline is done: in flight, it counts against the tenant's budget.
+        let _admitted = match self.pool.admit(tenant) {
+            Ok(a) => a,
+            Err(BudgetSpent {
                 tenant,
                 retry_after_ms,
-            });
-        }
+            }) => {
+                let _ = self.metrics.record_system(
+                    "lua.tenant.throttled.count",
+                    Kind::Counter,
+                    1.0,
+                    Tags::new(),
+                    Some(&tenant),
+                    None,
+                );
+                return Err(ExecuteError::TenantBudget {
+                    tenant,
+                    retry_after_ms,
+                });
+            }
+        };
         Ok(self.run(&pipeline, tenant, Arc::new(event)).await)
     }
 
