@@ -242,3 +242,22 @@ fn overflow_and_rate_limits_show_in_the_tenants_usage_with_metric_names() {
     });
     assert_eq!(range["accepted"], since["accepted"], "{range}");
 }
+
+// Two instances on one database: a token minted on one works on the other, and a revocation
+// on one reaches the other (each reloads the minted tokens every few seconds).
+#[test]
+fn tokens_minted_or_revoked_on_one_instance_reach_another() {
+    let a = Server::start(&[]);
+    let db = a.dir.path().join("m.db");
+    let b = Server::start(&[("LUAMETRICS_DATABASE_URL", db.to_str().unwrap())]);
+    let token = mint(&a, "acme");
+    poll("the token on the other instance", || {
+        (get(&b, "/v1/tenant/usage", Some(&token)).0 == 200).then_some(())
+    });
+    let (st, _) = call_as("DELETE", &a, "/v1/tenants/acme/tokens", ADMIN);
+    assert_eq!(st, 200);
+    assert_eq!(get(&a, "/v1/tenant/usage", Some(&token)).0, 401);
+    poll("the revocation on the other instance", || {
+        (get(&b, "/v1/tenant/usage", Some(&token)).0 == 401).then_some(())
+    });
+}

@@ -17,6 +17,10 @@ pub(crate) async fn serve(
     if let Some(a) = addr {
         settings.addr = a;
     }
+    Tokens::check(&settings).map_err(|problem| CliError::Arg {
+        arg: "server.tenant_tokens",
+        problem,
+    })?;
     let tokens = Tokens::from_settings(&settings);
     let runtime = Arc::new(Runtime::start(config).await?);
     let listener = tokio::net::TcpListener::bind(&settings.addr)

@@ -43,10 +43,38 @@ pub struct Tokens {
 }
 
 impl Tokens {
+    /// Refuses tenant tokens that would be guessable or ambiguous: shorter than 16 bytes, equal
+    /// to the admin or execute token or to another tenant's, or for an empty tenant.
+    pub fn check(s: &ServerSettings) -> Result<(), String> {
+        let mut seen = std::collections::HashMap::new();
+        for (tenant, token) in &s.tenant_tokens {
+            if tenant.trim().is_empty() {
+                return Err("a tenant token is configured for an empty tenant".into());
+            }
+            if token.len() < 16 {
+                return Err(format!(
+                    "the token of tenant `{tenant}` is shorter than 16 bytes"
+                ));
+            }
+            if Some(token) == s.admin_token.as_ref() || Some(token) == s.execute_token.as_ref() {
+                return Err(format!(
+                    "the token of tenant `{tenant}` is the admin or execute token"
+                ));
+            }
+            if let Some(other) = seen.insert(token, tenant) {
+                return Err(format!(
+                    "tenants `{other}` and `{tenant}` have the same token"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The configured tokens, or fresh random ones.
     pub fn from_settings(s: &ServerSettings) -> Self {
         let tenants = TenantTokens::default();
-        for (tenant, token) in &s.tenant_tokens {
+        // `check` refuses unusable ones; an empty one is never a key whatever the caller did.
+        for (tenant, token) in s.tenant_tokens.iter().filter(|(_, t)| !t.is_empty()) {
             tenants.insert(&digest(token), tenant, true);
         }
         Self {
@@ -79,15 +107,19 @@ impl TenantTokens {
             .map(|(t, _)| t.clone())
     }
 
-    /// Loads the tokens minted earlier (kept in the database as digests).
+    /// Loads the tokens minted so far (kept in the database as digests), replacing the minted
+    /// ones known before: tokens another instance minted or revoked take effect here too.
     pub async fn load_minted(
         &self,
         store: &luametrics_store::Store,
     ) -> Result<usize, luametrics_store::StoreError> {
         let minted = store.tenant_tokens().await?;
         let n = minted.len();
+        let mut map = self.by_digest.write();
+        map.retain(|_, (_, configured)| *configured);
         for (d, tenant) in minted {
-            self.insert(&d, &tenant, false);
+            map.entry(d)
+                .or_insert_with(|| (Arc::from(tenant.as_str()), false));
         }
         Ok(n)
     }
@@ -142,22 +174,12 @@ pub(crate) fn token_eq(presented: &str, expected: &str) -> bool {
     std::hint::black_box(diff) == 0 && !expected.is_empty()
 }
 
+/// 256 bits from the operating system's random source, as hex.
 fn random_token() -> String {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = String::new();
-    for i in 0..4u64 {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u64(i);
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0),
-        );
-        out.push_str(&format!("{:016x}", h.finish()));
-    }
-    out
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What every handler shares.
@@ -376,8 +398,13 @@ pub fn router(runtime: Arc<Runtime>, settings: ServerSettings, tokens: Tokens) -
         .with_state(state)
 }
 
+/// How often each instance reloads the minted tenant tokens: what another instance minted or
+/// revoked takes effect here within this long.
+pub const TOKEN_REFRESH: Duration = Duration::from_secs(5);
+
 /// Serves until `shutdown` resolves, then drains in-flight requests. The caller flushes the
-/// runtime afterwards (`Runtime::shutdown`). Tenant tokens minted earlier are loaded first.
+/// runtime afterwards (`Runtime::shutdown`). Tenant tokens minted earlier are loaded first,
+/// then again every [`TOKEN_REFRESH`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     runtime: Arc<Runtime>,
@@ -390,10 +417,23 @@ pub async fn serve(
         .load_minted(runtime.store())
         .await
         .map_err(|e| std::io::Error::other(format!("cannot load the minted tenant tokens: {e}")))?;
+    let refresh = {
+        let (tenants, store) = (tokens.tenants.clone(), runtime.store().clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(TOKEN_REFRESH).await;
+                if let Err(e) = tenants.load_minted(&store).await {
+                    tracing::warn!("cannot reload the minted tenant tokens: {e}");
+                }
+            }
+        })
+    };
     let app = router(runtime, settings, tokens);
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    refresh.abort();
+    served
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -436,5 +476,49 @@ mod token_tests {
         }
         // An empty configured token never matches, even an empty presented one.
         assert!(!token_eq("", ""));
+    }
+}
+
+#[cfg(test)]
+mod tenant_token_tests {
+    use super::*;
+
+    fn with(tokens: &[(&str, &str)]) -> ServerSettings {
+        ServerSettings {
+            admin_token: Some("admin-token-0123456789".into()),
+            tenant_tokens: tokens
+                .iter()
+                .map(|(t, k)| (t.to_string(), k.to_string()))
+                .collect(),
+            ..ServerSettings::default()
+        }
+    }
+
+    #[test]
+    fn guessable_or_ambiguous_tenant_tokens_are_refused() {
+        assert!(Tokens::check(&with(&[("acme", "0123456789abcdef")])).is_ok());
+        for (tokens, needle) in [
+            (vec![("acme", "")], "shorter than 16"),
+            (vec![("acme", "short")], "shorter than 16"),
+            (vec![(" ", "0123456789abcdef")], "empty tenant"),
+            (vec![("acme", "admin-token-0123456789")], "admin or execute"),
+            (
+                vec![("acme", "0123456789abcdef"), ("globex", "0123456789abcdef")],
+                "same token",
+            ),
+        ] {
+            let e = Tokens::check(&with(&tokens)).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
+        // Even unchecked, an empty token is never a key.
+        let t = Tokens::from_settings(&with(&[("acme", "")]));
+        assert!(t.tenants.tenant_of("").is_none());
+    }
+
+    #[test]
+    fn generated_tokens_are_long_and_distinct() {
+        let (a, b) = (random_token(), random_token());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
     }
 }
