@@ -570,3 +570,52 @@ fn a_tenant_over_its_engine_time_budget_gets_429_with_retry_after() {
         "only the refused tenant is counted"
     );
 }
+
+// A tenant whose line of waiting executions is full gets 429 `queue_full` with Retry-After,
+// not a 200 whose nodes were skipped; another tenant still queues.
+#[test]
+fn a_full_tenant_line_is_429_queue_full() {
+    let s = Server::start(&[
+        ("LUAMETRICS_POOL_MAX_SIZE", "1"),
+        ("LUAMETRICS_POOL_MAX_QUEUED_PER_TENANT", "1"),
+        ("LUAMETRICS_ENGINE_TIME_LIMIT_MS", "1500"),
+        // The line is what is tested, not the engine-time budget.
+        ("LUAMETRICS_POOL_TENANT_ENGINE_MS_PER_S", "0"),
+    ]);
+    // Threads hold the URL, not the server: a failing assertion drops (kills) it at once.
+    let url = s.url("/v1/pipelines/t.spin/execute");
+    let spin = |tenant: &'static str| {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            call(
+                ureq::post(&url).set("Authorization", &format!("Bearer {EXEC}")),
+                Some(json!({"tenant": tenant, "event": {}})),
+            )
+        })
+    };
+    // One runs, one waits; wait until the pool says so (a hang detector, not a timing check).
+    let running = spin("flood");
+    poll("one running", || {
+        (get(&s, "/v1/pool", Some(ADMIN)).1["active"] == 1).then_some(())
+    });
+    let waiting = spin("flood");
+    poll("one waiting", || {
+        (get(&s, "/v1/pool", Some(ADMIN)).1["waiting"] == 1).then_some(())
+    });
+    let r = ureq::post(&s.url("/v1/pipelines/t.spin/execute"))
+        .set("Authorization", &format!("Bearer {EXEC}"))
+        .send_json(json!({"tenant": "flood", "event": {}}));
+    let r = match r {
+        Err(ureq::Error::Status(429, r)) => r,
+        other => panic!("expected 429, got {other:?}"),
+    };
+    assert!(r.header("Retry-After").is_some());
+    let body: Value = r.into_json().unwrap();
+    assert_eq!(body["error"]["code"], "queue_full", "{body}");
+    let other = spin("calm");
+    for t in [running, waiting, other] {
+        let (st, o) = t.join().unwrap();
+        assert_eq!(st, 200, "{o}");
+        assert_eq!(o["nodes"][0]["status"], "timeout", "{o}");
+    }
+}

@@ -6,7 +6,8 @@
 //! admitted while the bucket is above zero and charged afterwards with what it measured (its
 //! script and helper time), so the last admitted execution may take the bucket below zero: a
 //! debt the next refills pay first. Executions admitted and not yet charged count against the
-//! bucket at the tenant's average cost (the time limit until one was measured), so a burst of
+//! bucket at the tenant's average cost (until one was measured, the time limit, at most the
+//! burst shared by the pool's engines), so a burst of
 //! concurrent executions cannot all pass an admission that only sees past charges. A tenant
 //! over its budget is refused before it takes an engine, told when to retry.
 

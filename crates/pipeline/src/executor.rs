@@ -581,7 +581,13 @@ impl Progress {
                 }
             }
             NodeOutcome::Failed { code, message } => {
-                if node.on_error == OnError::Fail && !matches!(decision, Decision::Error { .. }) {
+                // A refusal of the tenant (its line full, its budget spent) is not the node's
+                // failure: the pipeline fails whatever `on_error` says, so nothing is skipped
+                // silently.
+                let refused = code == "queue_full" || code == "tenant_budget";
+                if (node.on_error == OnError::Fail || refused)
+                    && !matches!(decision, Decision::Error { .. })
+                {
                     *decision = Decision::Error {
                         node: node.id.clone(),
                         code,

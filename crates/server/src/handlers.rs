@@ -64,7 +64,21 @@ pub(crate) async fn execute(
     ApiJson(body): ApiJson<ExecuteBody>,
 ) -> Result<Json<Value>, ApiError> {
     match s.runtime.execute(&trigger, &body.tenant, body.event).await {
-        Ok(outcome) => Ok(Json(serde_json::to_value(outcome).unwrap_or(Value::Null))),
+        Ok(outcome) => match &outcome.decision {
+            // The tenant's line was full: a 429 like a spent budget, not a 200 to retry blindly.
+            luametrics_pipeline::Decision::Error {
+                code,
+                message,
+                node,
+            } if code == "queue_full" => {
+                Err(
+                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", message.clone())
+                        .with_details(json!({"node": node, "trace_id": outcome.trace_id}))
+                        .with_retry_after(1_000),
+                )
+            }
+            _ => Ok(Json(serde_json::to_value(outcome).unwrap_or(Value::Null))),
+        },
         Err(e @ ExecuteError::UnknownTrigger(_)) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_trigger",
