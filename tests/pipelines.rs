@@ -590,3 +590,27 @@ async fn a_stuck_node_in_a_chain_times_out_alone_and_the_rest_runs() {
     let s = pool.status();
     assert_eq!((s.abandoned, s.created), (1, 2), "{s:?}");
 }
+
+// A pipeline is admitted against its tenant's engine-time budget once: the nodes of a wide
+// layer do not ask again (they would count the pipeline's own admission against themselves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wide_pipeline_is_admitted_once_against_the_budget() {
+    let f = Fixture::new(
+        &pipeline("t.wide", &[node("a", "a.lua", ""), node("b", "b.lua", "")]),
+        &[
+            ("a.lua", "return { context = { a = 1 } }"),
+            ("b.lua", "return { context = { b = 1 } }"),
+        ],
+    );
+    let mut config = f.config();
+    // Room for two executions in flight before one is measured (the burst shared by the two
+    // engines): the pipeline's admission and one node's would fill it.
+    config.engine.time_limit_ms = 50;
+    config.pool.tenant_engine_ms_per_s = 0.001;
+    config.pool.tenant_engine_burst_ms = 100.0;
+    let rt = Runtime::start(config).await.unwrap();
+    let o = rt.execute("t.wide", "fresh", json!({})).await.unwrap();
+    assert_eq!(o.decision, Decision::Allow, "{o:?}");
+    assert_eq!(o.context, json!({"a": 1, "b": 1}));
+    rt.shutdown().await.unwrap();
+}

@@ -87,7 +87,28 @@ enum Pending {
     /// An execution: runs on a runner thread with the place it is given.
     Run(Box<RunJob>),
     /// A checkout: the place goes to the waiting caller (with the time it waited, in ms).
-    Checkout(oneshot::Sender<(Grant, f64)>, Instant),
+    Checkout(oneshot::Sender<(Place, f64)>, Instant),
+}
+
+/// A place on its way to a waiting checkout. If the checkout never takes it (its caller gave
+/// up as it was sent, or went away), dropping it gives the place back to the pool.
+struct Place {
+    grant: Option<Grant>,
+    inner: Arc<Inner>,
+}
+
+impl Place {
+    fn take(mut self) -> Grant {
+        self.grant.take().flatten()
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some(grant) = self.grant.take() {
+            self.inner.give_back(grant);
+        }
+    }
 }
 
 /// An execution on its way to a runner, with what its caller shares with it.
@@ -151,7 +172,7 @@ impl Inner {
     /// waiting work in the tenants' turn, else back to the idle list (or the place is freed).
     /// A waiting checkout is served here, on this thread; a waiting execution is returned for
     /// the caller to run on a runner thread.
-    fn pass_on(&self, engine: Grant) -> Option<(Grant, Box<RunJob>)> {
+    fn pass_on(self: &Arc<Self>, engine: Grant) -> Option<(Grant, Box<RunJob>)> {
         let mut grant = engine.and_then(|mut e| match e.health() {
             None => Some(e),
             Some(reason) => {
@@ -177,10 +198,14 @@ impl Inner {
                 Some(Pending::Checkout(tx, enqueued)) => {
                     drop(state);
                     let waited = enqueued.elapsed().as_secs_f64() * 1000.0;
-                    match tx.send((grant, waited)) {
+                    let place = Place {
+                        grant: Some(grant),
+                        inner: self.clone(),
+                    };
+                    match tx.send((place, waited)) {
                         Ok(()) => return None,
                         // That waiter gave up (timed out, or its caller went away): next one.
-                        Err((back, _)) => grant = back,
+                        Err((back, _)) => grant = back.take(),
                     }
                 }
             }
@@ -241,12 +266,13 @@ impl Inner {
             return (Some(grant), None);
         }
         let wait_ms = if queued {
-            let waited = enqueued.elapsed().as_secs_f64() * 1000.0;
-            checked_out(&self.stats, waited);
-            waited
+            enqueued.elapsed().as_secs_f64() * 1000.0
         } else {
             0.0
         };
+        // Counted here, where it surely runs, and uncounted by whoever gives the place back.
+        checked_out(&self.stats, wait_ms);
+        ticket.counted.store(true, Relaxed);
         ticket.mark_started(self.epoch);
         let held = Held(ticket);
         let mut engine = match grant {
@@ -396,6 +422,8 @@ struct Ticket {
     started: AtomicU64,
     /// Set when the caller stops waiting (its future dropped): work not started is skipped.
     gone: AtomicBool,
+    /// Set when a runner started it and counted its checkout (`active`).
+    counted: AtomicBool,
 }
 
 /// Marks the ticket's caller gone when its future ends, however it ends.
@@ -436,19 +464,30 @@ impl Drop for Ticket {
 struct Held(Arc<Ticket>);
 
 impl Held {
-    /// Claims the right to pass the place on; `false` if the other side did already.
-    fn take(&self) -> bool {
+    /// Claims the right to pass the place on (uncounting its checkout, if it was counted);
+    /// `false` if the other side did already.
+    fn claim(&self) -> bool {
         let mine = !self.0.released.swap(true, Relaxed);
-        if mine {
+        if mine && self.0.counted.load(Relaxed) {
             self.0.inner.stats.active.fetch_sub(1, Relaxed);
         }
         mine
+    }
+
+    /// The runner's claim, when its work is done.
+    fn take(&self) -> bool {
+        self.claim()
+    }
+
+    /// Passes a claimed place on without its engine (written off, or never built).
+    fn pass(self) {
+        self.0.inner.give_back(None);
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if self.take() {
+        if self.claim() {
             self.0.inner.give_back(None);
         }
     }
@@ -582,14 +621,14 @@ impl EnginePool {
             Ok(r) => r.ok(),
             Err(_) => match self.dequeue(&host, id) {
                 Some(_) => None,
-                // Granted while the timer fired: the grant is in the channel already.
-                None => rx.try_recv().ok(),
+                // Taken from the queue as the timer fired: the place is being sent now.
+                None => rx.await.ok(),
             },
         };
         match got {
-            Some((grant, waited)) => {
+            Some((place, waited)) => {
                 checked_out(&inner.stats, waited);
-                self.with_engine(grant, waited, true)
+                self.with_engine(place.take(), waited, true)
             }
             None => Err(self.timed_out(start.elapsed())),
         }
@@ -647,7 +686,17 @@ impl EnginePool {
     /// that has not returned by its time limit plus the grace period is abandoned: a typed
     /// timeout, and its engine written off.
     pub async fn run(&self, job: Job) -> Result<Execution, PoolError> {
-        let _admitted = self.admit(&job.tenant)?;
+        let admitted = self.admit(&job.tenant)?;
+        self.run_admitted(job, &admitted).await
+    }
+
+    /// Like [`EnginePool::run`] for a caller that holds its tenant's [`Admission`] already
+    /// (a pipeline admitted once for all its nodes), so the budget is not asked twice.
+    pub async fn run_admitted(
+        &self,
+        job: Job,
+        _admitted: &Admission,
+    ) -> Result<Execution, PoolError> {
         let limit_ms = job.time_limit_ms.unwrap_or(self.inner.engine.time_limit_ms);
         let script = job.script.clone();
         let tenant = job.tenant.clone();
@@ -708,6 +757,7 @@ impl EnginePool {
             abandoned: AtomicBool::new(false),
             started: AtomicU64::new(0),
             gone: AtomicBool::new(false),
+            counted: AtomicBool::new(false),
         });
         let _caller = CallerGuard(ticket.clone());
         let enqueued = Instant::now();
@@ -730,7 +780,6 @@ impl EnginePool {
             match Self::take_place(&mut state, inner.settings.max_size) {
                 Some(grant) => {
                     drop(state);
-                    checked_out(&inner.stats, 0.0);
                     // Not queued: its patience runs from now.
                     ticket.mark_started(inner.epoch);
                     (None, inner.spawn_serve(grant, run_job))
@@ -790,8 +839,22 @@ impl EnginePool {
                 "the execution's runner ended without an answer".into(),
             )),
             None => {
+                // Past its patience. Claim the place first: if the runner claimed it already,
+                // the work is done and its answer is on its way (being sent after the place
+                // was passed on): take that, nothing is abandoned.
+                let held = Held(ticket.clone());
+                if !held.claim() {
+                    drop(held);
+                    return match rx.await {
+                        Ok(answer) => answer.map(Ran::Done),
+                        Err(_) => Err(PoolError::Create(
+                            "the execution's runner ended without an answer".into(),
+                        )),
+                    };
+                }
                 // Still running (stuck in a C function): write it off. Its runner drops the
-                // engine when the call returns; its place goes to the next waiter now.
+                // engine when the call returns; its place goes to the next waiter now (after
+                // the count that lets a new runner start).
                 let stats = &inner.stats;
                 ticket.abandoned.store(true, Relaxed);
                 stats.abandoned.fetch_add(1, Relaxed);
@@ -800,7 +863,7 @@ impl EnginePool {
                 let wait_ms = ticket.started_at(inner.epoch).map_or(0.0, |s| {
                     s.saturating_duration_since(enqueued).as_secs_f64() * 1000.0
                 });
-                drop(Held(ticket));
+                held.pass();
                 Ok(Ran::Abandoned {
                     wait_ms,
                     total_ms: enqueued.elapsed().as_secs_f64() * 1000.0,

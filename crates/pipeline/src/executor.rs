@@ -1,7 +1,7 @@
 use crate::{OnError, Pipeline, Pipelines, TraceSampler, TraceWriter};
 use luametrics_engine::{
-    printable, BudgetSpent, Engine, EnginePool, Execution, Job, PoolError, Ran, ScriptError,
-    Timings, Warning as EngineWarning,
+    printable, Admission, BudgetSpent, Engine, EnginePool, Execution, Job, PoolError, Ran,
+    ScriptError, Timings, Warning as EngineWarning,
 };
 use luametrics_model::{Kind, Tags};
 use luametrics_recorder::MetricsService;
@@ -9,7 +9,7 @@ use luametrics_store::{SpanRecord, TraceRecord};
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -210,7 +210,7 @@ impl Executor {
             .ok_or_else(|| ExecuteError::UnknownTrigger(trigger.to_string()))?
             .clone();
         // Held until the pipeline is done: in flight, it counts against the tenant's budget.
-        let _admitted = match self.pool.admit(tenant) {
+        let admitted = match self.pool.admit(tenant) {
             Ok(a) => a,
             Err(BudgetSpent {
                 tenant,
@@ -230,10 +230,18 @@ impl Executor {
                 });
             }
         };
-        Ok(self.run(&pipeline, tenant, Arc::new(event)).await)
+        Ok(self
+            .run(&pipeline, tenant, Arc::new(event), Arc::new(admitted))
+            .await)
     }
 
-    async fn run(&self, pipeline: &Arc<Pipeline>, tenant: &str, event: Arc<Json>) -> Outcome {
+    async fn run(
+        &self,
+        pipeline: &Arc<Pipeline>,
+        tenant: &str,
+        event: Arc<Json>,
+        admitted: Arc<Admission>,
+    ) -> Outcome {
         let start = Instant::now();
         let started_at = self.metrics.now_ms();
         let trace_id = self.trace_id();
@@ -258,6 +266,7 @@ impl Executor {
                 let pool = self.pool.clone();
                 let script = node.script.clone();
                 let (tenant, event, ctx) = (tenant.clone(), event.clone(), ctx.clone());
+                let admitted = admitted.clone();
                 let limit = node.timeout_ms;
                 let run = async move {
                     let t = Instant::now();
@@ -268,7 +277,7 @@ impl Executor {
                         context: ctx,
                         time_limit_ms: limit,
                     };
-                    match pool.run(job).await {
+                    match pool.run_admitted(job, &admitted).await {
                         Ok(ex) => NodeResult::Ran(Box::new(ex)),
                         Err(e) => NodeResult::PoolFailed(e, t.elapsed().as_secs_f64() * 1000.0),
                     }
@@ -300,6 +309,7 @@ impl Executor {
             warnings,
             mut reports,
             spans,
+            ..
         } = progress;
         // Nodes never reached (after a block or a failure) are reported as skipped.
         for (i, node) in pipeline.nodes.iter().enumerate() {
@@ -406,19 +416,22 @@ impl Executor {
         let limit_of = |i: usize| pipeline.nodes[i].timeout_ms.unwrap_or(default_limit);
         let budget: u64 = pipeline.layers.iter().flatten().map(|&i| limit_of(i)).sum();
         let shared = Arc::new(parking_lot::Mutex::new(Some(progress)));
-        let at = Arc::new(AtomicUsize::new(0));
         let work = {
-            let (shared, at) = (shared.clone(), at.clone());
+            let shared = shared.clone();
             let (pipeline, tenant, event) = (pipeline.clone(), tenant.clone(), event.clone());
             let metrics = self.metrics.clone();
             move |engine: &mut Engine, mut wait_ms: f64| {
                 for (li, layer) in pipeline.layers.iter().enumerate() {
                     let i = layer[0];
-                    let ctx = match shared.lock().as_ref() {
-                        Some(p) if p.decision == Decision::Allow => Json::Object(p.context.clone()),
+                    // The layer about to run is marked under the same lock the caller takes
+                    // the progress with, so a caller giving up knows which node was running.
+                    let ctx = match shared.lock().as_mut() {
+                        Some(p) if p.decision == Decision::Allow => {
+                            p.running = Some(li);
+                            Json::Object(p.context.clone())
+                        }
                         _ => return,
                     };
-                    at.store(li, Relaxed);
                     let node = &pipeline.nodes[i];
                     let node_start = metrics.now_ms();
                     let mut ex = engine.execute_limited(
@@ -432,14 +445,17 @@ impl Executor {
                     ex.timings.total_ms += wait_ms;
                     wait_ms = 0.0;
                     match shared.lock().as_mut() {
-                        Some(p) => p.settle(
-                            &metrics,
-                            &tenant,
-                            &pipeline,
-                            i,
-                            node_start,
-                            NodeResult::Ran(Box::new(ex)),
-                        ),
+                        Some(p) => {
+                            p.running = None;
+                            p.settle(
+                                &metrics,
+                                &tenant,
+                                &pipeline,
+                                i,
+                                node_start,
+                                NodeResult::Ran(Box::new(ex)),
+                            )
+                        }
                         // Given up on while this node ran: the caller settled it.
                         None => return,
                     }
@@ -454,10 +470,22 @@ impl Executor {
             // Unreachable: only this function takes it, once.
             None => Progress::new(pipeline.nodes.len()),
         };
+        // The first layer whose node has not been settled: where the layer loop goes on.
+        let unsettled = |p: &Progress| {
+            pipeline
+                .layers
+                .iter()
+                .position(|l| p.reports[l[0]].is_none())
+                .unwrap_or(pipeline.layers.len())
+        };
         match ran {
             Ok(Ran::Done(())) => (progress, pipeline.layers.len()),
             Ok(Ran::Abandoned { wait_ms, total_ms }) => {
-                let li = at.load(Relaxed);
+                // Given up on between two nodes: nothing was running, the rest runs as usual.
+                let Some(li) = progress.running.take() else {
+                    let next = unsettled(&progress);
+                    return (progress, next);
+                };
                 let i = pipeline.layers[li][0];
                 let node = &pipeline.nodes[i];
                 let timed_out = Execution {
@@ -486,7 +514,14 @@ impl Executor {
                 (progress, li + 1)
             }
             Err(e) => {
-                let i = pipeline.layers[0][0];
+                // Nothing ran (no engine), or the runner failed part-way: the first node not
+                // settled carries the failure, and the layer loop goes on after it.
+                let li = unsettled(&progress);
+                if li >= pipeline.layers.len() {
+                    return (progress, li);
+                }
+                progress.running = None;
+                let i = pipeline.layers[li][0];
                 let waited = t.elapsed().as_secs_f64() * 1000.0;
                 progress.settle(
                     &self.metrics,
@@ -496,7 +531,7 @@ impl Executor {
                     node_start,
                     NodeResult::PoolFailed(e, waited),
                 );
-                (progress, 1)
+                (progress, li + 1)
             }
         }
     }
@@ -507,6 +542,8 @@ impl Executor {
 struct Progress {
     context: Map<String, Json>,
     decision: Decision,
+    /// The layer of a chain running now (set and cleared on the runner).
+    running: Option<usize>,
     warnings: Vec<Warning>,
     reports: Vec<Option<NodeReport>>,
     spans: Vec<Option<SpanRecord>>,
@@ -517,6 +554,7 @@ impl Progress {
         Self {
             context: Map::new(),
             decision: Decision::Allow,
+            running: None,
             warnings: Vec::new(),
             reports: vec![None; nodes],
             spans: vec![None; nodes],
