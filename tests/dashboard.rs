@@ -223,6 +223,37 @@ fn without_the_token_the_dashboard_is_refused_and_the_login_form_signs_in() {
     }
 }
 
+// A tenant's read token opens that tenant's own page in a real browser: its metrics and its
+// usage, no host panel, no other tenant, no external resource.
+#[test]
+fn a_tenant_token_opens_its_own_page_in_a_real_browser() {
+    let s = Server::start(&[]);
+    record_data(&s);
+    let (st, minted) = call(
+        ureq::post(&s.url("/v1/tenants/tenant-a/tokens"))
+            .set("Authorization", &format!("Bearer {ADMIN}")),
+        Some(json!({})),
+    );
+    assert_eq!(st, 201, "{minted}");
+    let token = minted["token"].as_str().unwrap().to_string();
+    // Wait for the tenant's rows (and its usage counts) to be written.
+    poll("tenant-a's usage in the store", || {
+        let (_, u) = get(&s, "/v1/tenant/usage?from=-1h", Some(&token));
+        (u["range"]["points"]["accepted"].as_u64().unwrap_or(0) > 0).then_some(())
+    });
+    let profile = tempfile::tempdir().unwrap();
+    let url = s.url(&format!("/?range=1h&tenant=tenant-b&token={token}"));
+    let (dom, stderr) = chromium(profile.path(), &url, &["--dump-dom"]);
+    assert!(dom.contains("data-panel=\"user\""), "{dom}{stderr}");
+    assert!(dom.contains("data-panel=\"usage\""), "{dom}");
+    assert!(dom.contains("logins.by_plan_count"), "{dom}");
+    assert!(dom.contains("data-table=\"usage\""), "{dom}");
+    for absent in ["data-panel=\"system\"", "data-panel=\"admin\"", "tenant-b"] {
+        assert!(!dom.contains(absent), "{absent} shown to tenant-a: {dom}");
+    }
+    assert!(external_references(&dom).is_empty(), "{dom}");
+}
+
 /// Every attribute value (of any element) and style text in `html` that points outside the
 /// page's origin. In attributes that hold a URL (`href`, `src`, `action`...) any absolute URL
 /// with a fetching scheme or a protocol-relative `//host` counts; in every other attribute, a
