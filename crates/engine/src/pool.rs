@@ -426,13 +426,49 @@ struct Ticket {
     counted: AtomicBool,
 }
 
-/// Marks the ticket's caller gone when its future ends, however it ends.
-struct CallerGuard(Arc<Ticket>);
+/// Marks the ticket's caller gone when its future ends, however it ends. A caller that goes
+/// away while its work runs (a request timeout, a client gone) leaves a task in its place that
+/// writes the work off at the same deadline the caller would have, so a stuck execution
+/// frees its place either way.
+struct CallerGuard {
+    ticket: Arc<Ticket>,
+    patience: Duration,
+}
 
 impl Drop for CallerGuard {
     fn drop(&mut self) {
-        self.0.gone.store(true, Relaxed);
+        let ticket = &self.ticket;
+        ticket.gone.store(true, Relaxed);
+        let epoch = ticket.inner.epoch;
+        let Some(started) = ticket.started_at(epoch) else {
+            // Not started: the runner that takes it skips it.
+            return;
+        };
+        if ticket.released.load(Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (ticket, deadline) = (ticket.clone(), started + self.patience);
+        runtime.spawn(async move {
+            tokio::time::sleep_until(deadline.into()).await;
+            let held = Held(ticket.clone());
+            if held.claim() {
+                abandon(&ticket);
+                held.pass();
+            }
+        });
     }
+}
+
+/// Counts work given up on while it still runs; its place is passed on by the caller.
+fn abandon(ticket: &Ticket) {
+    let stats = &ticket.inner.stats;
+    ticket.abandoned.store(true, Relaxed);
+    stats.abandoned.fetch_add(1, Relaxed);
+    stats.abandoned_running.fetch_add(1, Relaxed);
+    stats.discard(DiscardReason::Abandoned);
 }
 
 impl Ticket {
@@ -759,7 +795,10 @@ impl EnginePool {
             gone: AtomicBool::new(false),
             counted: AtomicBool::new(false),
         });
-        let _caller = CallerGuard(ticket.clone());
+        let _caller = CallerGuard {
+            ticket: ticket.clone(),
+            patience,
+        };
         let enqueued = Instant::now();
         let work: Work = Box::new(move |engine, wait_ms| {
             let out = engine.map(|e| work(e, wait_ms));
@@ -855,11 +894,7 @@ impl EnginePool {
                 // Still running (stuck in a C function): write it off. Its runner drops the
                 // engine when the call returns; its place goes to the next waiter now (after
                 // the count that lets a new runner start).
-                let stats = &inner.stats;
-                ticket.abandoned.store(true, Relaxed);
-                stats.abandoned.fetch_add(1, Relaxed);
-                stats.abandoned_running.fetch_add(1, Relaxed);
-                stats.discard(DiscardReason::Abandoned);
+                abandon(&ticket);
                 let wait_ms = ticket.started_at(inner.epoch).map_or(0.0, |s| {
                     s.saturating_duration_since(enqueued).as_secs_f64() * 1000.0
                 });

@@ -193,3 +193,34 @@ async fn a_panic_in_a_host_function_poisons_only_its_engine() {
     assert!(ex.log.is_empty() && ex.warnings.is_empty(), "{ex:?}");
     assert_eq!(pool.status().created, 2);
 }
+
+// A caller that stops waiting while its execution is stuck (a request timeout, a client gone)
+// does not leave the engine's place stuck with it: the execution is written off at the
+// deadline the caller would have used, and the pool serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execution_whose_caller_left_is_still_written_off_at_its_deadline() {
+    let sink = Hostile::new(OnQuota::Block);
+    let pool = pool(sink.clone(), 50);
+    let stuck = Script::new("stuck.lua", "helpers.metrics.count('x.y_count') return 1");
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(20),
+        pool.execute(&stuck, "mallory", &json!({}), &json!({})),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the caller left before the limit");
+    wait_until("the execution written off", || pool.status().abandoned == 1).await;
+    let s = pool.status();
+    assert_eq!((s.abandoned_running, s.active), (1, 0), "{s:?}");
+    let ok = Script::new("ok.lua", "return event.n");
+    let ex = pool
+        .execute(&ok, "victim", &json!({"n": 3}), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(ex.result, Ok(json!(3)));
+    sink.open_gate();
+    wait_until("the abandoned thread to end", || {
+        pool.status().abandoned_running == 0
+    })
+    .await;
+    assert_eq!((pool.status().size, pool.status().active), (1, 0));
+}
