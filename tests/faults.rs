@@ -12,6 +12,7 @@ use std::time::Duration;
 /// A counter's value for user points from `/metrics` (0 when absent).
 fn user_counter(s: &Server, name: &str, reason: Option<&str>) -> u64 {
     let text = ureq::get(&s.url("/metrics"))
+        .set("Authorization", &format!("Bearer {ADMIN}"))
         .call()
         .unwrap()
         .into_string()
@@ -153,6 +154,7 @@ async fn a_deleted_database_is_recreated_and_the_loss_is_reported() {
     });
     poll("the lost traces counted", || {
         let text = ureq::get(&s.url("/metrics"))
+            .set("Authorization", &format!("Bearer {ADMIN}"))
             .call()
             .ok()?
             .into_string()

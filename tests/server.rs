@@ -381,6 +381,7 @@ fn metrics_pass_promtool_and_our_own_checks() {
     );
     let text = poll("user metrics in /metrics", || {
         let t = ureq::get(&s.url("/metrics"))
+            .set("Authorization", &format!("Bearer {ADMIN}"))
             .call()
             .ok()?
             .into_string()
@@ -408,19 +409,19 @@ fn metrics_pass_promtool_and_our_own_checks() {
     // OpenMetrics on request.
     let om = ureq::get(&s.url("/metrics"))
         .set("Accept", "application/openmetrics-text; version=1.0.0")
+        .set("Authorization", &format!("Bearer {ADMIN}"))
         .call()
         .unwrap();
     assert!(om.content_type().contains("openmetrics"));
     assert!(om.into_string().unwrap().ends_with("# EOF\n"));
-    // With metrics_requires_token, a scrape needs the admin token.
-    let locked = Server::start(&[("LUAMETRICS_SERVER_METRICS_REQUIRES_TOKEN", "true")]);
-    assert_eq!(get(&locked, "/metrics", None).0, 401);
+    // By default a scrape needs the admin token (the exposition carries every tenant's
+    // labels); neither no token nor the execute token will do.
+    assert_eq!(get(&s, "/metrics", None).0, 401);
+    assert_eq!(get(&s, "/metrics", Some(EXEC)).0, 403);
+    // An operator may open it (`server.metrics_requires_token = false`).
+    let open = Server::start(&[("LUAMETRICS_SERVER_METRICS_REQUIRES_TOKEN", "false")]);
     assert_eq!(
-        ureq::get(&locked.url("/metrics"))
-            .set("Authorization", &format!("Bearer {ADMIN}"))
-            .call()
-            .unwrap()
-            .status(),
+        ureq::get(&open.url("/metrics")).call().unwrap().status(),
         200
     );
 }
@@ -442,7 +443,7 @@ fn a_real_prometheus_scrapes_the_user_metric_with_its_tenant() {
     let cfg = s.dir.path().join("prometheus.yml");
     std::fs::write(
         &cfg,
-        format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: luametrics\n    static_configs:\n      - targets: ['{target}']\n"),
+        format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: luametrics\n    authorization:\n      credentials: {ADMIN}\n    static_configs:\n      - targets: ['{target}']\n"),
     )
     .unwrap();
     let mut prom = Command::new("prometheus")

@@ -68,6 +68,8 @@ fn a_tenant_token_sees_its_own_tenant_on_every_route_and_nothing_else() {
     );
     assert_eq!(code(&call_as("POST", &s, "/v1/metrics", &acme)), forbidden);
     assert_eq!(code(&call_as("GET", &s, "/v1/pool", &acme)), forbidden);
+    // The Prometheus exposition carries every tenant's labels: the operator's only.
+    assert_eq!(code(&call_as("GET", &s, "/metrics", &acme)), forbidden);
     assert_eq!(
         code(&call_as("POST", &s, "/v1/tenants/acme/tokens", &acme)),
         forbidden

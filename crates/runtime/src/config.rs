@@ -68,7 +68,8 @@ pub struct ServerSettings {
     /// Bearer token for queries, traces, pool status and the dashboard.
     /// Unset: one is generated at start and printed.
     pub admin_token: Option<String>,
-    /// Whether `GET /metrics` needs the admin token.
+    /// Whether `GET /metrics` needs the admin token (by default it does: the exposition
+    /// carries host metrics and per-tenant labels, which tenants must not read).
     pub metrics_requires_token: bool,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
@@ -85,7 +86,7 @@ impl Default for ServerSettings {
             addr: "127.0.0.1:7878".into(),
             execute_token: None,
             admin_token: None,
-            metrics_requires_token: false,
+            metrics_requires_token: true,
             max_body_bytes: 1024 * 1024,
             request_timeout_ms: 10_000,
             tenant_tokens: Default::default(),
