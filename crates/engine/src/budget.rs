@@ -6,13 +6,14 @@
 //! admitted while the bucket is above zero and charged afterwards with what it measured (its
 //! script and helper time), so the last admitted execution may take the bucket below zero: a
 //! debt the next refills pay first. Executions admitted and not yet charged count against the
-//! bucket at the tenant's average cost (until one was measured, the time limit, at most the
-//! burst shared by the pool's engines), so a burst of
+//! bucket at the tenant's average cost (until one was measured, the average over all tenants;
+//! before any, the time limit, at most the burst shared by the pool's engines), so a burst of
 //! concurrent executions cannot all pass an admission that only sees past charges. A tenant
 //! over its budget is refused before it takes an engine, told when to retry.
 
 use serde::Serialize;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -50,9 +51,12 @@ struct Bucket {
 pub(crate) struct Budgets {
     rate_ms_per_s: f64,
     burst_ms: f64,
-    /// What an execution is assumed to cost before the tenant's first one was measured.
+    /// What an execution is assumed to cost before any was measured.
     first_estimate_ms: f64,
     tenants: Mutex<HashMap<Arc<str>, Bucket>>,
+    /// What an execution costs on average over all tenants (ms, bits of an `f64`; 0: none
+    /// measured yet): a new tenant's estimate until its own first one is measured.
+    pool_average: std::sync::atomic::AtomicU64,
 }
 
 /// A tenant refused for its engine-time budget, and when it may retry.
@@ -106,6 +110,7 @@ impl Budgets {
             burst_ms: burst_ms.max(0.0),
             first_estimate_ms: first_estimate_ms.max(0.0),
             tenants: Mutex::new(HashMap::new()),
+            pool_average: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -162,7 +167,10 @@ impl Budgets {
         }
         let now = Instant::now();
         let mut tenants = self.tenants.lock();
-        let first = self.first_estimate_ms;
+        let first = match f64::from_bits(self.pool_average.load(Relaxed)) {
+            avg if avg > 0.0 => avg,
+            _ => self.first_estimate_ms,
+        };
         let b = self.bucket(&mut tenants, tenant, now);
         let reserved = f64::from(b.in_flight) * b.average_ms.unwrap_or(first);
         if b.tokens_ms - reserved > 0.0 {
@@ -190,6 +198,13 @@ impl Budgets {
             Some(avg) => avg * 0.8 + ms * 0.2,
             None => ms,
         });
+        let pool = f64::from_bits(self.pool_average.load(Relaxed));
+        let pool = if pool > 0.0 {
+            pool * 0.95 + ms * 0.05
+        } else {
+            ms
+        };
+        self.pool_average.store(pool.to_bits(), Relaxed);
         if self.enabled() {
             b.tokens_ms -= ms;
         }
@@ -252,6 +267,16 @@ mod tests {
         assert!(b.admit("a").is_err());
         assert_eq!(b.usage("a").throttled, 2);
         drop(held);
+    }
+
+    #[test]
+    fn a_new_tenant_is_estimated_at_what_executions_cost_so_far() {
+        let b = Arc::new(Budgets::new(10.0, 20.0, 5.0));
+        drop(b.admit("old").unwrap());
+        b.charge("old", 0.5);
+        // 0.5 ms each, not 5: a fresh tenant's 30 queued executions all fit in 20 ms.
+        let held: Vec<Admission> = (0..30).map(|_| b.admit("new").unwrap()).collect();
+        assert_eq!(held.len(), 30);
     }
 
     #[test]
