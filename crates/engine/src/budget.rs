@@ -6,8 +6,8 @@
 //! admitted while the bucket is above zero and charged afterwards with what it measured (its
 //! script and helper time), so the last admitted execution may take the bucket below zero: a
 //! debt the next refills pay first. Executions admitted and not yet charged count against the
-//! bucket at the tenant's average cost (until one was measured, the average over all tenants;
-//! before any, the time limit, at most the burst shared by the pool's engines), so a burst of
+//! bucket at the tenant's average cost (until one was measured, the average over all tenants,
+//! and never more than the time limit or the burst shared by the pool's engines), so a burst of
 //! concurrent executions cannot all pass an admission that only sees past charges. A tenant
 //! over its budget is refused before it takes an engine, told when to retry.
 
@@ -167,8 +167,9 @@ impl Budgets {
         }
         let now = Instant::now();
         let mut tenants = self.tenants.lock();
+        // Never above the first estimate: a new tenant can always fill the engines once.
         let first = match f64::from_bits(self.pool_average.load(Relaxed)) {
-            avg if avg > 0.0 => avg,
+            avg if avg > 0.0 => avg.min(self.first_estimate_ms),
             _ => self.first_estimate_ms,
         };
         let b = self.bucket(&mut tenants, tenant, now);
