@@ -72,6 +72,29 @@ pub struct Execution {
     pub timings: Timings,
 }
 
+impl Execution {
+    /// The execution of `script` the pool gave up on (it did not return within its limit
+    /// plus the grace period): a typed timeout with nothing else, its time all waiting and
+    /// overhead.
+    pub fn abandoned(script: &Script, limit_ms: u64, wait_ms: f64, total_ms: f64) -> Self {
+        Execution {
+            result: Err(ScriptError::Timeout {
+                script: script.id().to_string(),
+                limit_ms,
+            }),
+            warnings: Vec::new(),
+            log: Vec::new(),
+            metrics: MetricsReport::default(),
+            timings: Timings {
+                wait_ms,
+                overhead_ms: total_ms - wait_ms,
+                total_ms,
+                ..Timings::default()
+            },
+        }
+    }
+}
+
 /// State shared between the engine and the host functions it gave to Lua.
 struct Shared {
     epoch: Instant,

@@ -19,7 +19,6 @@ use crate::budget::{Admission, BudgetSpent, Budgets, TenantEngineUsage};
 use crate::queue::FairQueue;
 use crate::{
     DiscardReason, Engine, EngineSettings, Execution, MetricsSink, PoolError, PoolSettings, Script,
-    ScriptError, Timings,
 };
 use luametrics_model::{Kind, Tags};
 use luametrics_sketch::Summary;
@@ -752,21 +751,9 @@ impl EnginePool {
             .await?;
         Ok(match ran {
             Ran::Done(execution) => execution,
-            Ran::Abandoned { wait_ms, total_ms } => Execution {
-                result: Err(ScriptError::Timeout {
-                    script: script.id().to_string(),
-                    limit_ms,
-                }),
-                warnings: Vec::new(),
-                log: Vec::new(),
-                metrics: Default::default(),
-                timings: Timings {
-                    wait_ms,
-                    overhead_ms: total_ms - wait_ms,
-                    total_ms,
-                    ..Timings::default()
-                },
-            },
+            Ran::Abandoned { wait_ms, total_ms } => {
+                Execution::abandoned(&script, limit_ms, wait_ms, total_ms)
+            }
         })
     }
 

@@ -488,21 +488,7 @@ impl Executor {
                 };
                 let i = pipeline.layers[li][0];
                 let node = &pipeline.nodes[i];
-                let timed_out = Execution {
-                    result: Err(ScriptError::Timeout {
-                        script: node.script.id().to_string(),
-                        limit_ms: limit_of(i),
-                    }),
-                    warnings: Vec::new(),
-                    log: Vec::new(),
-                    metrics: Default::default(),
-                    timings: Timings {
-                        wait_ms,
-                        overhead_ms: total_ms - wait_ms,
-                        total_ms,
-                        ..Timings::default()
-                    },
-                };
+                let timed_out = Execution::abandoned(&node.script, limit_of(i), wait_ms, total_ms);
                 progress.settle(
                     &self.metrics,
                     tenant,

@@ -192,6 +192,25 @@ pub(crate) struct QueryParams {
     filter: Option<String>,
 }
 
+/// The `from`/`to` parameters of a range query (ms), `from` defaulting to `default_from` and
+/// `to` to now.
+fn time_range(
+    from: Option<&str>,
+    to: Option<&str>,
+    default_from: &str,
+    now: i64,
+) -> Result<(i64, i64), ApiError> {
+    let parse = |key: &str, text: &str| {
+        time::parse_time_ms(text, now).ok_or_else(|| {
+            ApiError::bad_request("invalid_query", format!("`{key}`: `{text}` is not a time"))
+        })
+    };
+    Ok((
+        parse("from", from.unwrap_or(default_from))?,
+        parse("to", to.unwrap_or("now"))?,
+    ))
+}
+
 /// The tenant a request may read: a tenant token reads its own (asking for another is
 /// forbidden); the admin reads whichever it names, or all.
 fn scoped_tenant(who: &Who, asked: Option<String>) -> Result<Option<String>, ApiError> {
@@ -216,14 +235,7 @@ pub(crate) async fn query(
     let Query(mut p) = params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     p.tenant = scoped_tenant(&who, p.tenant.take())?;
     let now = s.runtime.metrics().now_ms();
-    let from_s = p.from.as_deref().unwrap_or("-1h");
-    let to_s = p.to.as_deref().unwrap_or("now");
-    let from = time::parse_time_ms(from_s, now).ok_or_else(|| {
-        ApiError::bad_request("invalid_query", format!("`from`: `{from_s}` is not a time"))
-    })?;
-    let to = time::parse_time_ms(to_s, now).ok_or_else(|| {
-        ApiError::bad_request("invalid_query", format!("`to`: `{to_s}` is not a time"))
-    })?;
+    let (from, to) = time_range(p.from.as_deref(), p.to.as_deref(), "-1h", now)?;
     let step_s = p.step.as_deref().unwrap_or("1m");
     let step = time::parse_duration_ms(step_s)
         .filter(|v| *v > 0)
@@ -334,14 +346,7 @@ pub(crate) async fn tenant_usage(
         ));
     };
     let now = s.runtime.metrics().now_ms();
-    let from_s = p.from.as_deref().unwrap_or("-24h");
-    let to_s = p.to.as_deref().unwrap_or("now");
-    let from = time::parse_time_ms(from_s, now).ok_or_else(|| {
-        ApiError::bad_request("invalid_query", format!("`from`: `{from_s}` is not a time"))
-    })?;
-    let to = time::parse_time_ms(to_s, now).ok_or_else(|| {
-        ApiError::bad_request("invalid_query", format!("`to`: `{to_s}` is not a time"))
-    })?;
+    let (from, to) = time_range(p.from.as_deref(), p.to.as_deref(), "-24h", now)?;
     let mut range = json!({});
     for result in ["accepted", "overflowed", "rejected", "dropped"] {
         let q = AggregateQuery {
