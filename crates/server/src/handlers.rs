@@ -62,7 +62,7 @@ pub(crate) async fn execute(
     State(s): State<AppState>,
     Path(trigger): Path<String>,
     ApiJson(body): ApiJson<ExecuteBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     match s.runtime.execute(&trigger, &body.tenant, body.event).await {
         Ok(outcome) => match &outcome.decision {
             // The tenant's line was full: a 429 like a spent budget, not a 200 to retry blindly.
@@ -77,7 +77,8 @@ pub(crate) async fn execute(
                         .with_retry_after(1_000),
                 )
             }
-            _ => Ok(Json(serde_json::to_value(outcome).unwrap_or(Value::Null))),
+            // Serialized once, straight into the response body.
+            _ => Ok(Json(outcome).into_response()),
         },
         Err(e @ ExecuteError::UnknownTrigger(_)) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
