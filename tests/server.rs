@@ -579,7 +579,10 @@ fn a_full_tenant_line_is_429_queue_full() {
     let s = Server::start(&[
         ("LUAMETRICS_POOL_MAX_SIZE", "1"),
         ("LUAMETRICS_POOL_MAX_QUEUED_PER_TENANT", "1"),
-        ("LUAMETRICS_ENGINE_TIME_LIMIT_MS", "1500"),
+        // Long enough for the test to see one running and one waiting on a loaded machine.
+        ("LUAMETRICS_ENGINE_TIME_LIMIT_MS", "8000"),
+        ("LUAMETRICS_POOL_WAIT_TIMEOUT_MS", "60000"),
+        ("LUAMETRICS_SERVER_REQUEST_TIMEOUT_MS", "60000"),
         // The line is what is tested, not the engine-time budget.
         ("LUAMETRICS_POOL_TENANT_ENGINE_MS_PER_S", "0"),
     ]);

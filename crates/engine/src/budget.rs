@@ -238,15 +238,16 @@ mod tests {
 
     #[test]
     fn a_spent_budget_refuses_and_names_when_to_retry() {
-        // 10 ms per second, 20 ms at once.
-        let b = Arc::new(Budgets::new(10.0, 20.0, 50.0));
+        // 0.01 ms per second (nothing refills within the test, however slow the machine),
+        // 20 ms at once.
+        let b = Arc::new(Budgets::new(0.01, 20.0, 50.0));
         drop(b.admit("a").unwrap());
         b.charge("a", 15.0);
         drop(b.admit("a").unwrap());
         b.charge("a", 15.0);
-        // 10 ms in debt: about a second at 10 ms/s.
+        // 10 ms in debt: 1,000 s at 0.01 ms/s.
         let retry = b.admit("a").unwrap_err();
-        assert!((900..=1_001).contains(&retry), "{retry}");
+        assert!((990_000..=1_000_001).contains(&retry), "{retry}");
         assert!(b.admit("b").is_ok(), "another tenant has its own bucket");
         let u = b.usage("a");
         assert_eq!((u.used_ms, u.throttled), (30.0, 1));
@@ -256,7 +257,7 @@ mod tests {
     #[test]
     fn executions_in_flight_count_against_the_budget() {
         // 20 ms at once; before any measurement an execution is assumed to cost 5 ms.
-        let b = Arc::new(Budgets::new(10.0, 20.0, 5.0));
+        let b = Arc::new(Budgets::new(0.001, 20.0, 5.0));
         let held: Vec<Admission> = (0..4).map(|_| b.admit("a").unwrap()).collect();
         assert!(b.admit("a").is_err(), "4 x 5 ms in flight fill 20 ms");
         drop(held);
