@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub mod sqld;
+
 pub const EXEC: &str = "exec-token-1";
 pub const ADMIN: &str = "admin-token-1";
 

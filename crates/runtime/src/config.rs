@@ -11,10 +11,30 @@ use std::path::{Path, PathBuf};
 pub struct DatabaseSettings {
     /// A file path (embedded libSQL) or a `libsql://` / `http(s)://` URL.
     pub url: String,
-    /// Auth token for a remote URL.
+    /// Auth token for a remote URL, when the server requires one (sqld with JWT auth, Turso).
     pub auth_token: Option<String>,
     /// How long a write waits on another writer's lock.
     pub busy_timeout_ms: u64,
+    /// This process's name in a fleet sharing one database, written with every metric row it
+    /// stores; empty: `<hostname>-<pid>`, distinct for every process.
+    pub instance: String,
+}
+
+impl DatabaseSettings {
+    /// The instance name: the configured one, else `<hostname>-<pid>`.
+    pub fn instance_name(&self) -> String {
+        let configured = self.instance.trim();
+        if !configured.is_empty() {
+            return configured.to_string();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "host".into());
+        format!("{host}-{}", std::process::id())
+    }
 }
 
 impl Default for DatabaseSettings {
@@ -23,6 +43,7 @@ impl Default for DatabaseSettings {
             url: "luametrics.db".into(),
             auth_token: None,
             busy_timeout_ms: 2_000,
+            instance: String::new(),
         }
     }
 }

@@ -141,6 +141,7 @@ impl Runtime {
             )
             .await?,
         );
+        store.set_instance(config.database.instance_name());
         let registry = Arc::new(Registry::load(&config.pipelines.file)?);
         if registry.current().is_empty() && !config.pipelines.allow_empty {
             return Err(RuntimeError::Pipelines(PipelineError::Invalid {

@@ -4,9 +4,6 @@ pub enum StoreError {
     /// The database setting is neither a path nor a supported URL.
     #[error("unsupported database location `{0}`: use a file path, or a libsql://, http:// or https:// URL")]
     UnknownScheme(String),
-    /// A remote database was configured without its token.
-    #[error("remote database `{0}` needs an auth token (database.auth_token or LUAMETRICS_DATABASE_AUTH_TOKEN)")]
-    MissingToken(String),
     /// The database file cannot be created or written.
     #[error("database path `{path}` is not writable: {reason}")]
     Unwritable {
@@ -80,6 +77,16 @@ pub enum StoreError {
     /// A query's parameters are invalid.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    /// Other instances kept winning a race this one retries (a fleet on one database).
+    #[error(
+        "{what} lost {attempts} races with other instances sharing the database; try again later"
+    )]
+    Contended {
+        /// What kept losing.
+        what: &'static str,
+        /// How many times it tried.
+        attempts: u64,
+    },
     /// A retention setting is out of range.
     #[error("invalid retention setting: {0}")]
     InvalidRetention(String),
@@ -104,7 +111,16 @@ impl StoreError {
             }
             other => {
                 let text = other.to_string().to_ascii_lowercase();
-                let hint = if text.contains("not a database") {
+                let hint = if text.contains("401") || text.contains("jwt") {
+                    " (the server refused the auth token: set database.auth_token or LUAMETRICS_DATABASE_AUTH_TOKEN to a valid, unexpired token for this server)"
+                } else if text.contains("403") {
+                    " (the auth token may not write: luametrics needs a read-write token)"
+                } else if text.contains("connection refused")
+                    || text.contains("dns error")
+                    || text.contains("error trying to connect")
+                {
+                    " (the server did not answer: check the URL and that the server runs)"
+                } else if text.contains("not a database") {
                     " (the file exists but is not a libSQL/SQLite database: point database.url at another path, or move the file away)"
                 } else if text.contains("readonly") || text.contains("read-only") {
                     " (the file or its directory is read-only for this user: luametrics writes the file and its -wal and -shm files next to it)"

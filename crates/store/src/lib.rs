@@ -10,6 +10,7 @@
 //!   `metric_rollups`, so late rows are rolled up too and nothing is counted twice.
 //! - Retention never deletes a raw row that the rollup has not folded in yet.
 
+mod batch;
 mod error;
 mod file;
 mod location;
@@ -67,6 +68,8 @@ pub struct Store {
     write_wait_ms: std::sync::atomic::AtomicU64,
     /// Traces written into the file now open (lost with it if it is deleted).
     pub(crate) file_traces: std::sync::atomic::AtomicU64,
+    /// This process's name in a fleet, written with every metric row (`set_instance`).
+    instance: parking_lot::RwLock<Option<std::sync::Arc<str>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -105,6 +108,7 @@ impl Store {
             busy_timeout,
             write_wait_ms: (busy_timeout.as_millis() as u64).into(),
             file_traces: 0.into(),
+            instance: parking_lot::RwLock::new(None),
         })
     }
 
@@ -203,6 +207,19 @@ impl Store {
                 .map_err(StoreError::db("set busy_timeout"))?;
         }
         Ok(())
+    }
+
+    /// Names this process in a fleet sharing one database: every metric row it writes carries
+    /// the name (`metrics.instance`), so rows of the same series and window from different
+    /// instances stay apart and can be traced to their writer.
+    pub fn set_instance(&self, instance: impl Into<String>) {
+        let name: String = instance.into();
+        *self.instance.write() = (!name.is_empty()).then(|| name.into());
+    }
+
+    /// The name given by [`Store::set_instance`].
+    pub fn instance(&self) -> Option<std::sync::Arc<str>> {
+        self.instance.read().clone()
     }
 
     /// How long connections wait on another connection's lock (`database.busy_timeout_ms`).

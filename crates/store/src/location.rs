@@ -11,8 +11,9 @@ pub enum Location {
     Remote {
         /// `libsql://`, `http://` or `https://` URL.
         url: String,
-        /// Auth token for the server.
-        token: String,
+        /// Auth token for the server (a JWT for sqld and Turso); `None` for a server that
+        /// requires none.
+        token: Option<String>,
     },
 }
 
@@ -27,7 +28,8 @@ impl std::fmt::Debug for Location {
 }
 
 impl Location {
-    /// Reads a `database` setting: a path, or a URL that then needs `token`.
+    /// Reads a `database` setting: a path, or a URL with the server's token when it requires
+    /// one (a server that refuses the connection fails the open, naming the URL).
     pub fn parse(database: &str, token: Option<&str>) -> Result<Self, StoreError> {
         let trimmed = database.trim();
         if trimmed.is_empty() {
@@ -35,13 +37,13 @@ impl Location {
         }
         if let Some((scheme, _)) = trimmed.split_once("://") {
             return match scheme.to_ascii_lowercase().as_str() {
-                "libsql" | "http" | "https" => match token.map(str::trim) {
-                    Some(t) if !t.is_empty() => Ok(Location::Remote {
-                        url: trimmed.to_string(),
-                        token: t.to_string(),
-                    }),
-                    _ => Err(StoreError::MissingToken(trimmed.to_string())),
-                },
+                "libsql" | "http" | "https" => Ok(Location::Remote {
+                    url: trimmed.to_string(),
+                    token: token
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_string),
+                }),
                 "file" => Ok(Location::File(PathBuf::from(&trimmed["file://".len()..]))),
                 _ => Err(StoreError::UnknownScheme(trimmed.to_string())),
             };
@@ -76,7 +78,7 @@ impl Location {
                     Some(rest) => format!("https://{rest}"),
                     None => url.clone(),
                 };
-                Builder::new_remote(url, token.clone())
+                Builder::new_remote(url, token.clone().unwrap_or_default())
                     .build()
                     .await
                     .map_err(StoreError::db("open remote database"))
@@ -126,11 +128,20 @@ mod tests {
         ));
         let e = Location::parse("postgres://x/y", None).unwrap_err();
         assert!(e.to_string().contains("postgres://x/y"), "{e}");
-        let e = Location::parse("https://db.example", None).unwrap_err();
-        assert!(matches!(e, StoreError::MissingToken(_)));
-        assert!(e.to_string().contains("auth token"));
-        let e = Location::parse("http://db.example", Some("  ")).unwrap_err();
-        assert!(matches!(e, StoreError::MissingToken(_)));
+        assert_eq!(
+            Location::parse("https://db.example", None).unwrap(),
+            Location::Remote {
+                url: "https://db.example".into(),
+                token: None
+            }
+        );
+        assert_eq!(
+            Location::parse("http://db.example", Some("  ")).unwrap(),
+            Location::Remote {
+                url: "http://db.example".into(),
+                token: None
+            }
+        );
         let shown = format!(
             "{:?}",
             Location::parse("https://h", Some("secret-token")).unwrap()

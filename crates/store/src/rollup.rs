@@ -1,3 +1,4 @@
+use crate::batch::{literal, write_atomically, Insert};
 use crate::query::{decode_row, scalar_i64, DAY_MS, HOUR_MS, ROW_COLUMNS};
 use crate::{Store, StoreError, StoredRow};
 use libsql::{Connection, Value};
@@ -8,6 +9,10 @@ use std::collections::HashMap;
 const WATERMARK_KEY: &str = "rollup.raw_id";
 /// Raw rows folded per rollup transaction; bounds memory and lock time.
 const ROLLUP_BATCH: i64 = 20_000;
+/// Batches thrown away because another instance moved the watermark, before giving up.
+const MAX_RACES: u64 = 100;
+/// Existing rollup rows read per query when merging.
+const MERGE_KEYS_PER_QUERY: usize = 200;
 
 /// How long each tier is kept (SPEC §4). Days, since that is how operators think about it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,7 +102,6 @@ pub(crate) async fn watermark(conn: &Connection) -> Result<i64, StoreError> {
 
 struct Bucket {
     row: StoredRow,
-    resolution: &'static str,
     scope: &'static str,
 }
 
@@ -129,29 +133,40 @@ fn scopes(r: &StoredRow) -> [(&'static str, String, Option<String>, bool); 3] {
 
 impl Store {
     /// Folds raw rows above the watermark into hourly and daily rollups. Idempotent and safe to
-    /// run at any time: late rows (a flush retried after an outage) are folded in when they land.
+    /// run at any time, from any number of instances at once: late rows (a flush retried after
+    /// an outage) are folded in when they land, and a batch whose watermark another instance
+    /// moved meanwhile is thrown away whole and read again, so no row is folded twice.
     pub async fn rollup(&self) -> Result<RollupReport, StoreError> {
         self.off_worker(async {
             let mut report = RollupReport::default();
+            let mut raced = 0;
             loop {
-                let n = self.rollup_batch(&mut report).await?;
-                if n < ROLLUP_BATCH as u64 {
-                    return Ok(report);
+                match self.rollup_batch(&mut report).await? {
+                    Some(n) if n < ROLLUP_BATCH as u64 => return Ok(report),
+                    Some(_) => {}
+                    None => {
+                        raced += 1;
+                        if raced > MAX_RACES {
+                            return Err(StoreError::Contended {
+                                what: "the rollup",
+                                attempts: raced,
+                            });
+                        }
+                        // Let the instance that won finish its next batch first.
+                        tokio::time::sleep(std::time::Duration::from_millis(5 * raced)).await;
+                    }
                 }
             }
         })
         .await
     }
 
-    async fn rollup_batch(&self, report: &mut RollupReport) -> Result<u64, StoreError> {
-        let handle = self.writer().await?;
-        let conn = &handle.writer;
-        let tx = conn
-            .transaction()
-            .await
-            .map_err(StoreError::db("begin a rollup transaction"))?;
-        let mark = watermark(&tx).await?;
-        let mut rows = tx
+    /// Folds one batch of raw rows. `None`: another instance moved the watermark between this
+    /// batch's reads and its write, which was then rolled back.
+    async fn rollup_batch(&self, report: &mut RollupReport) -> Result<Option<u64>, StoreError> {
+        let conn = self.reader().await?;
+        let mark = watermark(&conn).await?;
+        let mut rows = conn
             .query(
                 &format!("SELECT {ROW_COLUMNS} FROM metrics WHERE id > ?1 ORDER BY id LIMIT ?2"),
                 [mark, ROLLUP_BATCH],
@@ -189,11 +204,7 @@ impl Store {
                                 row.tags.clear();
                                 row.source = None;
                             }
-                            e.insert(Bucket {
-                                row,
-                                resolution: res,
-                                scope,
-                            });
+                            e.insert(Bucket { row, scope });
                         }
                     }
                 }
@@ -201,39 +212,15 @@ impl Store {
         }
         drop(rows);
         if n == 0 {
-            tx.commit()
-                .await
-                .map_err(StoreError::db("commit a rollup transaction"))?;
             report.watermark = mark;
-            return Ok(0);
+            return Ok(Some(0));
         }
-        for ((res, key, start), mut b) in buckets {
-            // Merge with what an earlier run stored for the same bucket.
-            let mut existing = tx
-                .query(
-                    &format!(
-                        "SELECT {} FROM metric_rollups WHERE resolution = ?1 AND series_key = ?2 AND bucket_start = ?3",
-                        ROW_COLUMNS.replace("timestamp, window_ms", "bucket_start, 0")
-                    ),
-                    libsql::params![res, key.clone(), start],
-                )
-                .await
-                .map_err(StoreError::db("read an existing rollup"))?;
-            if let Some(row) = existing
-                .next()
-                .await
-                .map_err(StoreError::db("read an existing rollup"))?
-            {
-                let old = decode_row(&row, "metric_rollups", Some(b.row.window_ms))?;
-                b.row
-                    .summary
-                    .merge(&old.summary)
-                    .map_err(|e| corrupt(old.id, e))?;
-            }
-            drop(existing);
+        merge_existing(&conn, &mut buckets).await?;
+        let mut upserts = Vec::with_capacity(buckets.len());
+        for ((res, key, start), b) in buckets {
             let s = &b.row.summary;
-            let params: Vec<Value> = vec![
-                Value::Text(b.resolution.to_string()),
+            upserts.push(vec![
+                Value::Text(res.to_string()),
                 Value::Integer(start),
                 Value::Text(key),
                 Value::Text(b.row.name.clone()),
@@ -252,34 +239,48 @@ impl Store {
                     .as_ref()
                     .map_or(Value::Null, |k| Value::Blob(k.to_bytes())),
                 Value::Text(b.scope.to_string()),
-            ];
-            tx.execute(
-                "INSERT INTO metric_rollups (resolution, bucket_start, series_key, name, tenant_id,
-                    metric_type, kind, tags, source, samples, sum, min, max, last, last_ts, sketch, scope)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)
-                 ON CONFLICT (resolution, series_key, bucket_start) DO UPDATE SET
-                    samples = excluded.samples, sum = excluded.sum, min = excluded.min,
-                    max = excluded.max, last = excluded.last, last_ts = excluded.last_ts,
-                    sketch = excluded.sketch",
-                params,
+            ]);
+        }
+        let written = upserts.len() as u64;
+        // The guard row satisfies its check only while the watermark is still the one read
+        // above; otherwise the whole batch, upserts included, rolls back.
+        let tail = format!(
+            "INSERT INTO rollup_guard (ok) SELECT COALESCE((SELECT value FROM rollup_state WHERE key = '{WATERMARK_KEY}'), 0) = {mark};
+             DELETE FROM rollup_guard;
+             INSERT INTO rollup_state (key, value) VALUES ('{WATERMARK_KEY}', {max_id})
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value;"
+        );
+        let insert = Insert {
+            head: "INSERT INTO metric_rollups (resolution, bucket_start, series_key, name, tenant_id,
+                metric_type, kind, tags, source, samples, sum, min, max, last, last_ts, sketch, scope)",
+            rows: upserts,
+            upsert: "ON CONFLICT (resolution, series_key, bucket_start) DO UPDATE SET
+                samples = excluded.samples, sum = excluded.sum, min = excluded.min,
+                max = excluded.max, last = excluded.last, last_ts = excluded.last_ts,
+                sketch = excluded.sketch",
+            context: "write rollup rows",
+        };
+        let result = {
+            let handle = self.writer().await?;
+            write_atomically(
+                &handle.writer,
+                !self.location().is_local(),
+                &[insert],
+                &tail,
             )
             .await
-            .map_err(StoreError::db("write a rollup row"))?;
-            report.rollup_rows += 1;
+        };
+        if let Err(e) = result {
+            // Moved by another instance: nothing of this batch was kept; read again.
+            if watermark(&self.reader().await?).await? != mark {
+                return Ok(None);
+            }
+            return Err(e);
         }
-        tx.execute(
-            "INSERT INTO rollup_state (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            libsql::params![WATERMARK_KEY, max_id],
-        )
-        .await
-        .map_err(StoreError::db("advance the rollup watermark"))?;
-        tx.commit()
-            .await
-            .map_err(StoreError::db("commit a rollup transaction"))?;
+        report.rollup_rows += written;
         report.raw_rows += n;
         report.watermark = max_id;
-        Ok(n)
+        Ok(Some(n))
     }
 
     /// Rolls up, then deletes what is past each tier's horizon, in bounded batches. A raw row
@@ -369,6 +370,60 @@ impl Store {
             tokio::task::yield_now().await;
         }
     }
+}
+
+/// Merges into each bucket what earlier runs stored for it, reading the existing rollup rows a
+/// few hundred keys per query (one round trip each on a remote server, not one per bucket).
+async fn merge_existing(
+    conn: &Connection,
+    buckets: &mut HashMap<(&'static str, String, i64), Bucket>,
+) -> Result<(), StoreError> {
+    let keys: Vec<(&'static str, String, i64)> = buckets.keys().cloned().collect();
+    let columns = ROW_COLUMNS.replace("timestamp, window_ms", "bucket_start, 0");
+    for chunk in keys.chunks(MERGE_KEYS_PER_QUERY) {
+        let mut sql = format!(
+            "SELECT {columns}, resolution, series_key FROM metric_rollups
+             WHERE (resolution, series_key, bucket_start) IN (VALUES "
+        );
+        for (i, (res, key, start)) in chunk.iter().enumerate() {
+            sql.push_str(if i == 0 { "(" } else { ",(" });
+            literal(&Value::Text(res.to_string()), &mut sql);
+            sql.push(',');
+            literal(&Value::Text(key.clone()), &mut sql);
+            sql.push(',');
+            literal(&Value::Integer(*start), &mut sql);
+            sql.push(')');
+        }
+        sql.push(')');
+        let mut existing = conn
+            .query(&sql, ())
+            .await
+            .map_err(StoreError::db("read existing rollups"))?;
+        while let Some(row) = existing
+            .next()
+            .await
+            .map_err(StoreError::db("read existing rollups"))?
+        {
+            let res: String = row
+                .get(16)
+                .map_err(StoreError::db("read existing rollups"))?;
+            let key: String = row
+                .get(17)
+                .map_err(StoreError::db("read existing rollups"))?;
+            let start: i64 = row
+                .get(7)
+                .map_err(StoreError::db("read existing rollups"))?;
+            let res = if res == "hour" { "hour" } else { "day" };
+            if let Some(b) = buckets.get_mut(&(res, key, start)) {
+                let old = decode_row(&row, "metric_rollups", Some(b.row.window_ms))?;
+                b.row
+                    .summary
+                    .merge(&old.summary)
+                    .map_err(|e| corrupt(old.id, e))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn corrupt(id: i64, e: luametrics_sketch::SketchError) -> StoreError {

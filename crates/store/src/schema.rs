@@ -127,6 +127,21 @@ CREATE TABLE tenant_tokens (
 CREATE INDEX idx_tenant_tokens_tenant ON tenant_tokens(tenant_id);
 "#,
     ),
+    (
+        4,
+        "fleet: row writers and the rollup guard",
+        // Several instances write one database: each metric row names its writer. A rollup
+        // reads, merges in Rust, then writes in one batch that first checks the watermark it
+        // read is still current (a row in `rollup_guard` must satisfy the check), so two
+        // instances rolling up at once never fold the same rows twice.
+        r#"
+ALTER TABLE metrics ADD COLUMN instance TEXT;
+CREATE TABLE rollup_guard (
+    ok INTEGER NOT NULL,
+    CONSTRAINT rollup_watermark_moved CHECK (ok = 1)
+);
+"#,
+    ),
 ];
 
 /// Highest schema version this build knows.
@@ -157,20 +172,30 @@ pub(crate) async fn migrate(conn: &Connection) -> Result<(), StoreError> {
         });
     }
     for &(version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-        let fail = |source| StoreError::Migration {
-            version,
-            name,
-            source,
-        };
-        let tx = conn.transaction().await.map_err(fail)?;
-        tx.execute_batch(sql).await.map_err(fail)?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, name) VALUES (?1, ?2)",
-            libsql::params![version, name],
-        )
-        .await
-        .map_err(fail)?;
-        tx.commit().await.map_err(fail)?;
+        // One transactional batch that first claims the version: when several instances start
+        // at once, the claim of all but one fails on the primary key and rolls back their copy
+        // of the migration, and they find it applied.
+        let mut claim = String::from("INSERT INTO schema_migrations (version, name) VALUES (");
+        crate::batch::literal(&libsql::Value::Integer(version), &mut claim);
+        claim.push(',');
+        crate::batch::literal(&libsql::Value::Text(name.to_string()), &mut claim);
+        claim.push_str(");\n");
+        claim.push_str(sql);
+        if let Err(source) = conn.execute_transactional_batch(&claim).await {
+            let now = crate::query::scalar_i64(
+                conn,
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                (),
+            )
+            .await?;
+            if now < version {
+                return Err(StoreError::Migration {
+                    version,
+                    name,
+                    source,
+                });
+            }
+        }
     }
     Ok(())
 }

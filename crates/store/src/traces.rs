@@ -1,3 +1,4 @@
+use crate::batch::{write_atomically, Insert};
 use crate::{Store, StoreError};
 use libsql::Value;
 use serde::{Deserialize, Serialize};
@@ -65,86 +66,70 @@ pub struct SpanRecord {
 }
 
 impl Store {
-    /// Writes traces and their spans in one transaction.
+    /// Writes traces and their spans atomically: one transaction on a local file, one round
+    /// trip to a remote server.
     pub async fn insert_traces(&self, traces: &[TraceRecord]) -> Result<(), StoreError> {
         self.off_worker(async {
             if traces.is_empty() {
                 return Ok(());
             }
-            let handle = self.writer().await?;
-            let conn = &handle.writer;
-            let tx = conn
-                .transaction()
-                .await
-                .map_err(StoreError::db("begin a trace transaction"))?;
-            // One transaction, two statements prepared once for the whole batch.
-            let trace_stmt = tx
-                .prepare(
-                    "INSERT INTO pipeline_traces (id, pipeline_id, trigger_event, tenant_id, status,
-                        decision, reason, started_at, total_ms, wait_ms, script_ms, helpers_ms,
-                        overhead_ms, error, warnings)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-                )
-                .await
-                .map_err(StoreError::db("prepare the trace insert"))?;
-            let span_stmt = tx
-                .prepare(
-                    "INSERT INTO pipeline_spans (trace_id, node_id, script_id, status, started_at,
-                        total_ms, wait_ms, script_ms, helpers_ms, overhead_ms, error)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )
-                .await
-                .map_err(StoreError::db("prepare the span insert"))?;
+            let text = |s: &str| Value::Text(s.to_string());
+            let opt = |s: &Option<String>| s.clone().map_or(Value::Null, Value::Text);
+            let mut trace_rows = Vec::with_capacity(traces.len());
+            let mut span_rows = Vec::with_capacity(traces.len() * 3);
             for t in traces {
-                trace_stmt
-                    .execute(vec![
-                        Value::Text(t.id.clone()),
-                        Value::Text(t.pipeline_id.clone()),
-                        Value::Text(t.trigger_event.clone()),
-                        Value::Text(t.tenant.clone()),
-                        Value::Text(t.status.clone()),
-                        Value::Text(t.decision.clone()),
-                        t.reason.clone().map_or(Value::Null, Value::Text),
-                        Value::Integer(t.started_at_ms),
-                        Value::Real(t.total_ms),
-                        Value::Real(t.wait_ms),
-                        Value::Real(t.script_ms),
-                        Value::Real(t.helpers_ms),
-                        Value::Real(t.overhead_ms),
-                        t.error.clone().map_or(Value::Null, Value::Text),
-                        Value::Text(
-                            serde_json::to_string(&t.warnings).unwrap_or_else(|_| "[]".into()),
-                        ),
-                    ])
-                    .await
-                    .map_err(StoreError::db("insert a trace"))?;
-                // libsql 0.10 does not reset a statement after execute (see write.rs).
-                trace_stmt.reset();
+                trace_rows.push(vec![
+                    text(&t.id),
+                    text(&t.pipeline_id),
+                    text(&t.trigger_event),
+                    text(&t.tenant),
+                    text(&t.status),
+                    text(&t.decision),
+                    opt(&t.reason),
+                    Value::Integer(t.started_at_ms),
+                    Value::Real(t.total_ms),
+                    Value::Real(t.wait_ms),
+                    Value::Real(t.script_ms),
+                    Value::Real(t.helpers_ms),
+                    Value::Real(t.overhead_ms),
+                    opt(&t.error),
+                    Value::Text(serde_json::to_string(&t.warnings).unwrap_or_else(|_| "[]".into())),
+                ]);
                 for s in &t.spans {
-                    span_stmt
-                        .execute(vec![
-                            Value::Text(t.id.clone()),
-                            Value::Text(s.node_id.clone()),
-                            Value::Text(s.script_id.clone()),
-                            Value::Text(s.status.clone()),
-                            Value::Integer(s.started_at_ms),
-                            Value::Real(s.total_ms),
-                            Value::Real(s.wait_ms),
-                            Value::Real(s.script_ms),
-                            Value::Real(s.helpers_ms),
-                            Value::Real(s.overhead_ms),
-                            s.error.clone().map_or(Value::Null, Value::Text),
-                        ])
-                        .await
-                        .map_err(StoreError::db("insert a span"))?;
-                    span_stmt.reset();
+                    span_rows.push(vec![
+                        text(&t.id),
+                        text(&s.node_id),
+                        text(&s.script_id),
+                        text(&s.status),
+                        Value::Integer(s.started_at_ms),
+                        Value::Real(s.total_ms),
+                        Value::Real(s.wait_ms),
+                        Value::Real(s.script_ms),
+                        Value::Real(s.helpers_ms),
+                        Value::Real(s.overhead_ms),
+                        opt(&s.error),
+                    ]);
                 }
             }
-            drop(trace_stmt);
-            drop(span_stmt);
-            tx.commit()
-                .await
-                .map_err(StoreError::db("commit a trace transaction"))?;
+            let inserts = [
+                Insert {
+                    head: "INSERT INTO pipeline_traces (id, pipeline_id, trigger_event, tenant_id, status,
+                        decision, reason, started_at, total_ms, wait_ms, script_ms, helpers_ms,
+                        overhead_ms, error, warnings)",
+                    rows: trace_rows,
+                    upsert: "",
+                    context: "insert traces",
+                },
+                Insert {
+                    head: "INSERT INTO pipeline_spans (trace_id, node_id, script_id, status, started_at,
+                        total_ms, wait_ms, script_ms, helpers_ms, overhead_ms, error)",
+                    rows: span_rows,
+                    upsert: "",
+                    context: "insert spans",
+                },
+            ];
+            let handle = self.writer().await?;
+            write_atomically(&handle.writer, !self.location().is_local(), &inserts, "").await?;
             self.file_traces
                 .fetch_add(traces.len() as u64, std::sync::atomic::Ordering::Relaxed);
             Ok(())

@@ -1,11 +1,17 @@
+use crate::batch::{write_atomically, Insert};
 use crate::{RowData, Store, StoreError, WindowRow};
 use libsql::Value;
 use luametrics_model::canonical_tags;
 
+/// The columns a flush writes (`instance` last: which instance wrote the row).
+const INSERT_HEAD: &str = "INSERT INTO metrics (name, value, tags, metric_type, timestamp,
+    service, route_id, client_id, status, tenant_id, kind, source, window_ms, samples, sum, min,
+    max, last, last_ts, sketch, instance)";
+
 const INSERT_METRIC: &str = "INSERT INTO metrics (name, value, tags, metric_type, timestamp,
     service, route_id, client_id, status, tenant_id, kind, source, window_ms, samples, sum, min,
-    max, last, last_ts, sketch)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)";
+    max, last, last_ts, sketch, instance)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)";
 
 fn opt(v: Option<&str>) -> Value {
     v.map_or(Value::Null, |s| Value::Text(s.to_string()))
@@ -46,7 +52,9 @@ impl Store {
         self.off_worker(async {
             let handle = self.writer().await?;
             let conn = &handle.writer;
-            conn.execute(INSERT_METRIC, metric_params(row))
+            let mut params = metric_params(row);
+            params.push(opt(self.instance().as_deref()));
+            conn.execute(INSERT_METRIC, params)
                 .await
                 .map_err(StoreError::db("insert a metric row"))?;
             Ok(conn.last_insert_rowid())
@@ -54,8 +62,9 @@ impl Store {
         .await
     }
 
-    /// Writes rows in one transaction with one prepared statement (seed §4.1 `createBatch`).
-    /// All or nothing: on error the transaction rolls back and the caller keeps the rows.
+    /// Writes rows atomically (seed §4.1 `createBatch`): one transaction with one prepared
+    /// statement on a local file, one round trip to a remote server. All or nothing: on error
+    /// nothing is stored and the caller keeps the rows.
     pub async fn create_batch<'a, R, I>(&self, rows: I) -> Result<usize, StoreError>
     where
         R: RowData + Sync + 'a,
@@ -63,47 +72,28 @@ impl Store {
         I::IntoIter: Send,
     {
         self.off_worker(async {
-            let mut rows = rows.into_iter().peekable();
-            if rows.peek().is_none() {
+            let instance = self.instance();
+            let rows: Vec<Vec<Value>> = rows
+                .into_iter()
+                .map(|r| {
+                    let mut p = metric_params(r);
+                    p.push(opt(instance.as_deref()));
+                    p
+                })
+                .collect();
+            if rows.is_empty() {
                 return Ok(0);
             }
+            let n = rows.len();
             let handle = self.writer().await?;
-            let conn = &handle.writer;
-            let tx = conn
-                .transaction()
-                .await
-                .map_err(StoreError::db("begin a flush transaction"))?;
-            let result = async {
-                let stmt = tx
-                    .prepare(INSERT_METRIC)
-                    .await
-                    .map_err(StoreError::db("prepare the metric insert"))?;
-                let mut n = 0;
-                for row in rows {
-                    n += 1;
-                    stmt.execute(metric_params(row))
-                        .await
-                        .map_err(StoreError::db("insert a metric row"))?;
-                    // libsql 0.10 does not reset a statement after execute: without this the next
-                    // execute silently re-inserts the first row's values.
-                    stmt.reset();
-                }
-                Ok::<_, StoreError>(n)
-            }
-            .await;
-            match result {
-                Ok(n) => {
-                    tx.commit()
-                        .await
-                        .map_err(StoreError::db("commit a flush transaction"))?;
-                    Ok(n)
-                }
-                Err(e) => {
-                    // Rollback errors are secondary; the insert error is the one to report.
-                    let _ = tx.rollback().await;
-                    Err(e)
-                }
-            }
+            let insert = Insert {
+                head: INSERT_HEAD,
+                rows,
+                upsert: "",
+                context: "insert metric rows",
+            };
+            write_atomically(&handle.writer, !self.location.is_local(), &[insert], "").await?;
+            Ok(n)
         })
         .await
     }

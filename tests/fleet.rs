@@ -1,0 +1,335 @@
+//! A fleet on one real libSQL server (`sqld`): several `luametrics serve` instances write the
+//! same tenants into one database, with JWT auth on; stored totals equal the sum of what every
+//! instance accepted, through concurrent retention runs, an outage of the server, a server
+//! restarted with a key that refuses the instances' token, and a write lock held on the server.
+//! Time caps here are hang detectors, never performance assertions.
+
+mod common;
+
+use common::sqld::Sqld;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+/// User points this instance accepted (from its own `/metrics`).
+fn accepted(s: &Server) -> u64 {
+    let text = ureq::get(&s.url("/metrics"))
+        .set("Authorization", &format!("Bearer {ADMIN}"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("luametrics_points_accepted_count_total{"))
+        .filter(|l| l.contains("metric_type=\"user\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// User samples stored in the shared database, read straight from the server.
+fn stored(url: &str, token: Option<&str>) -> u64 {
+    block(async {
+        let db = libsql::Builder::new_remote(url.to_string(), token.unwrap_or("").to_string())
+            .build()
+            .await
+            .unwrap();
+        let conn = db.connect().unwrap();
+        let mut rows = conn
+            .query(
+                "SELECT COALESCE(SUM(samples), 0) FROM metrics WHERE metric_type = 'user'",
+                (),
+            )
+            .await
+            .unwrap();
+        rows.next().await.unwrap().unwrap().get::<i64>(0).unwrap() as u64
+    })
+}
+
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn instance(sqld: &Sqld, name: &str, token: Option<&str>, extra: &[(&str, &str)]) -> Server {
+    let mut env = vec![
+        ("LUAMETRICS_DATABASE_URL", sqld.url.as_str()),
+        ("LUAMETRICS_DATABASE_INSTANCE", name),
+        ("LUAMETRICS_RECORDER_WINDOW_MS", "200"),
+    ];
+    if let Some(t) = token {
+        env.push(("LUAMETRICS_DATABASE_AUTH_TOKEN", t));
+    }
+    env.extend_from_slice(extra);
+    Server::start_capturing(&env)
+}
+
+fn logins(s: &Server, n: usize) {
+    for i in 0..n {
+        let (status, body) = login(s, &format!("t{}", i % 3), "pro");
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+/// The fleet's total of `logins.by_plan_count` over the last hour, as one instance answers it.
+fn queried_logins(s: &Server) -> f64 {
+    let (status, q) = get(
+        s,
+        "/v1/metrics/query?name=logins.by_plan_count&from=-2h&step=1h&agg=sum",
+        Some(ADMIN),
+    );
+    assert_eq!(status, 200, "{q}");
+    q["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["points"].as_array().unwrap().iter())
+        .map(|p| p[1].as_f64().unwrap_or(0.0))
+        .sum()
+}
+
+fn term_and_wait(s: &mut Server) -> std::process::ExitStatus {
+    Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    for _ in 0..600 {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("serve did not exit within 60 s of SIGTERM");
+}
+
+#[test]
+fn three_instances_on_one_server_store_exact_totals_and_see_each_other() {
+    if !Sqld::available() {
+        return;
+    }
+    let sqld = Sqld::start_with_auth();
+    let token = sqld.token();
+    let mut fleet: Vec<Server> = (0..3)
+        .map(|i| instance(&sqld, &format!("node-{i}"), Some(&token), &[]))
+        .collect();
+    // Different loads per instance, the same tenants on all.
+    std::thread::scope(|scope| {
+        for (i, s) in fleet.iter().enumerate() {
+            scope.spawn(move || logins(s, 20 + 10 * i));
+        }
+    });
+    let total: u64 = fleet.iter().map(accepted).sum();
+    assert!(total > 0);
+    poll("every instance's points stored", || {
+        (stored(&sqld.url, Some(&token)) == total).then_some(())
+    });
+    // Any instance answers for the whole fleet: 90 executions, one login count each.
+    for s in &fleet {
+        assert_eq!(queried_logins(s), 90.0, "as seen by {}", s.base);
+    }
+    // Every instance wrote rows of its own.
+    let writers = block(async {
+        let db = libsql::Builder::new_remote(sqld.url.clone(), token.clone())
+            .build()
+            .await
+            .unwrap();
+        let conn = db.connect().unwrap();
+        let mut rows = conn
+            .query(
+                "SELECT instance, COUNT(*) FROM metrics GROUP BY instance ORDER BY instance",
+                (),
+            )
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().await.unwrap() {
+            out.push(r.get::<String>(0).unwrap());
+        }
+        out
+    });
+    assert_eq!(writers, ["node-0", "node-1", "node-2"]);
+
+    // Retention (rollup first) on all three at once, twice: rollups equal the raw totals.
+    for _ in 0..2 {
+        let runs: Vec<_> = fleet
+            .iter()
+            .map(|s| {
+                Command::new(env!("CARGO_BIN_EXE_luametrics"))
+                    .arg("retention")
+                    .current_dir(s.dir.path())
+                    .env("LUAMETRICS_DATABASE_URL", &sqld.url)
+                    .env("LUAMETRICS_DATABASE_AUTH_TOKEN", &token)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for run in runs {
+            let out = run.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "retention failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    let (raw, hourly) = block(async {
+        let db = libsql::Builder::new_remote(sqld.url.clone(), token.clone())
+            .build()
+            .await
+            .unwrap();
+        let conn = db.connect().unwrap();
+        let one = |sql: &'static str| {
+            let conn = conn.clone();
+            async move {
+                let mut rows = conn.query(sql, ()).await.unwrap();
+                rows.next().await.unwrap().unwrap().get::<i64>(0).unwrap()
+            }
+        };
+        (
+            one("SELECT SUM(samples) FROM metrics WHERE metric_type = 'user'").await,
+            one("SELECT SUM(samples) FROM metric_rollups WHERE metric_type = 'user' AND resolution = 'hour' AND scope = 'series'").await,
+        )
+    });
+    assert_eq!(raw as u64, total);
+    assert_eq!(hourly, raw, "concurrent rollups must count every row once");
+
+    for s in fleet.iter_mut() {
+        assert!(term_and_wait(s).success());
+    }
+    assert_eq!(stored(&sqld.url, Some(&token)), total);
+}
+
+#[test]
+fn twenty_seconds_without_the_server_lose_nothing_within_the_bound() {
+    if !Sqld::available() {
+        return;
+    }
+    let mut sqld = Sqld::start();
+    let mut s = instance(&sqld, "node-a", None, &[]);
+    logins(&s, 10);
+    let first = accepted(&s);
+    poll("the first points stored", || {
+        (stored(&sqld.url, None) == first).then_some(())
+    });
+    sqld.stop();
+    // Traffic goes on while the server is away; the instance says it is not ready.
+    let outage = std::time::Instant::now();
+    let mut sent = 0;
+    while outage.elapsed() < Duration::from_secs(20) {
+        logins(&s, 5);
+        sent += 5;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(sent > 0);
+    let (status, body) = get(&s, "/readyz", None);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "flush_failing", "{body}");
+    assert_eq!(get(&s, "/healthz", None).0, 200);
+    sqld.restart();
+    logins(&s, 10);
+    let total = accepted(&s);
+    poll("the backlog written after the server came back", || {
+        (stored(&sqld.url, None) == total).then_some(())
+    });
+    poll("ready again", || {
+        (get(&s, "/readyz", None).0 == 200).then_some(())
+    });
+    assert!(term_and_wait(&mut s).success());
+    assert_eq!(stored(&sqld.url, None), total);
+}
+
+#[test]
+fn a_server_that_stops_accepting_the_token_makes_the_instance_unready_and_loses_nothing() {
+    if !Sqld::available() {
+        return;
+    }
+    let mut sqld = Sqld::start_with_auth();
+    let key = sqld.key().unwrap();
+    let token = sqld.token();
+    let mut s = instance(&sqld, "node-a", Some(&token), &[]);
+    logins(&s, 10);
+    // The server comes back trusting another key: the instance's token is refused.
+    sqld.restart_with_new_key();
+    logins(&s, 10);
+    let body = poll("/readyz naming the refused token", || {
+        let (status, body) = get(&s, "/readyz", None);
+        (status == 503 && body["error"]["code"] == "flush_failing").then_some(body)
+    });
+    let text = body.to_string();
+    assert!(
+        text.contains("401") || text.to_lowercase().contains("jwt"),
+        "{text}"
+    );
+    // Fixed by the operator: the old key is trusted again and the backlog is written.
+    sqld.restart_with_key(key);
+    let total = accepted(&s);
+    poll("the backlog written once the token is accepted", || {
+        (stored(&sqld.url, Some(&token)) == total).then_some(())
+    });
+    assert!(term_and_wait(&mut s).success());
+    assert_eq!(stored(&sqld.url, Some(&token)), total);
+}
+
+#[test]
+fn a_write_lock_held_on_the_server_delays_flushes_not_requests() {
+    if !Sqld::available() {
+        return;
+    }
+    let sqld = Sqld::start();
+    let mut s = instance(&sqld, "node-a", None, &[]);
+    logins(&s, 5);
+    let first = accepted(&s);
+    poll("the first points stored", || {
+        (stored(&sqld.url, None) == first).then_some(())
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Another client holds the server's write lock (an uncommitted write), like a slow
+    // statement would.
+    let db = rt
+        .block_on(libsql::Builder::new_remote(sqld.url.clone(), String::new()).build())
+        .unwrap();
+    let conn = db.connect().unwrap();
+    let tx = rt
+        .block_on(conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate))
+        .unwrap();
+    rt.block_on(tx.execute(
+        "INSERT INTO rollup_state (key, value) VALUES ('held', 1)",
+        (),
+    ))
+    .unwrap();
+    // Requests answer while the lock is held (each within the agent's 10 s hang detector);
+    // the flush cannot have written them.
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(10))
+        .build();
+    let mut during = 0;
+    for i in 0..30 {
+        let r = agent
+            .post(&s.url("/v1/pipelines/user.login/execute"))
+            .set("Authorization", &format!("Bearer {EXEC}"))
+            .send_json(serde_json::json!({"tenant": format!("t{}", i % 3), "event": {"email": "a@example.com", "plan": "pro", "method": "passkey"}}))
+            .expect("a request must not wait for the held lock");
+        assert_eq!(r.status(), 200);
+        during += 1;
+    }
+    assert_eq!(during, 30);
+    let while_held = stored(&sqld.url, None);
+    assert!(
+        accepted(&s) > while_held,
+        "points accepted during the lock are not stored yet"
+    );
+    // (The server may have ended the transaction itself by now.)
+    let _ = rt.block_on(tx.rollback());
+    let total = accepted(&s);
+    poll("points written once the lock is gone", || {
+        (stored(&sqld.url, None) == total).then_some(())
+    });
+    assert!(term_and_wait(&mut s).success());
+}
