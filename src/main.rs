@@ -121,6 +121,10 @@ enum BenchCommand {
     /// and completions with and without the flood, and the first's engine time against its
     /// budget; exits 1 naming every target that misses.
     Fairness(cli::bench::FairnessArgs),
+    /// A flush of 10,000 rows and `luametrics run` of the example events into a real libSQL
+    /// server (sqld, started on a free port) against a local file, as ratios; exits 1 naming
+    /// every target that misses.
+    Remote(cli::bench::RemoteArgs),
 }
 
 fn main() -> ExitCode {
@@ -169,6 +173,7 @@ fn main() -> ExitCode {
             Command::Bench(BenchCommand::HotPath { rounds }) => cli::bench::hot_path(rounds).await,
             Command::Bench(BenchCommand::E2e(args)) => cli::bench::e2e(args).await,
             Command::Bench(BenchCommand::Fairness(args)) => cli::bench::fairness(args).await,
+            Command::Bench(BenchCommand::Remote(args)) => cli::bench::remote(args).await,
             Command::GenEvents {
                 count,
                 tenants,

@@ -1,7 +1,10 @@
 //! `luametrics bench pool` on a tiny matrix: the table, the JSON, the SVG and the
 //! recommendation, checked against what the store holds and what the test asked for;
-//! `bench hot-path`, `bench e2e` and `bench fairness`: every target printed, and an exit status
+//! `bench hot-path`, `bench e2e`, `bench fairness` and `bench remote` (against a real sqld):
+//! every target printed, and an exit status
 //! that agrees with the verdicts.
+
+mod common;
 
 use luametrics::store::{FindQuery, Location, Store};
 use std::process::Command;
@@ -213,6 +216,36 @@ fn bench_fairness_prints_every_target_and_exits_non_zero_when_one_misses() {
         ],
     );
     assert!(stdout.contains("A throttled"), "{stdout}");
+}
+
+#[test]
+fn bench_remote_prints_every_target_and_exits_non_zero_when_one_misses() {
+    if !common::sqld::Sqld::available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let all =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/lua/events.jsonl")).unwrap();
+    let head: String = all.lines().take(300).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&events, head).unwrap();
+    let sqld = common::sqld::binary();
+    let stdout = verdicts_agree_with_exit_status(
+        &[
+            "bench",
+            "remote",
+            "--sqld",
+            sqld.to_str().unwrap(),
+            "--rows",
+            "500",
+            "--rounds",
+            "1",
+            "--events",
+            events.to_str().unwrap(),
+        ],
+        &["R1 flush of 500 rows", "R2 luametrics run"],
+    );
+    assert!(stdout.contains("sqld vs local file"), "{stdout}");
 }
 
 /// Runs a bench command from the repository (its example configuration and events) and checks

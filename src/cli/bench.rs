@@ -10,6 +10,7 @@ use super::CliError;
 
 mod e2e;
 mod fairness;
+mod remote;
 pub(crate) use e2e::{e2e, E2eArgs};
 pub(crate) use fairness::{fairness, FairnessArgs};
 use luametrics::engine::{Engine, EnginePool, EngineSettings, MetricsSink, PoolSettings, Script};
@@ -17,6 +18,7 @@ use luametrics::model::{Kind, Limits, RejectReason, TagPolicy, Tags, DEFAULT_DEN
 use luametrics::recorder::{BatchPoint, BatchReport, MetricsService, RecorderConfig};
 use luametrics::sketch::Summary;
 use luametrics::store::{Location, Store};
+pub(crate) use remote::{remote, RemoteArgs};
 use serde::Serialize;
 use serde_json::json;
 use std::io::IsTerminal;

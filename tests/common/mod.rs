@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub mod proxy;
 pub mod sqld;
 
 pub const EXEC: &str = "exec-token-1";

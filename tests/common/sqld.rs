@@ -237,6 +237,11 @@ impl Sqld {
         self.spawn();
     }
 
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The signing key sqld trusts now.
     pub fn key(&self) -> Option<SigningKey> {
         self.key.clone()

@@ -225,6 +225,12 @@ struct Inner {
     /// Exported names held by user metrics.
     names: luametrics_model::ExportedNames,
     flush_errors: AtomicU64,
+    /// A chunk whose write failed without saying whether it committed: its batch id and row
+    /// count. The next attempt writes exactly those rows under the same id (see
+    /// `Store::create_batch_once`), so a lost answer never writes a row twice.
+    in_doubt: parking_lot::Mutex<Option<(String, usize)>>,
+    /// Numbers this process's flush batches.
+    batch_seq: AtomicU64,
     /// Per self-metric counter (name, type, reason): the value already taken into a stored
     /// point. Advanced only when the point was taken in, so nothing is marked reported that was
     /// not recorded.
@@ -293,6 +299,8 @@ impl MetricsService {
             rows_written_total: AtomicU64::new(0),
             names: Default::default(),
             flush_errors: AtomicU64::new(0),
+            in_doubt: parking_lot::Mutex::new(None),
+            batch_seq: AtomicU64::new(0),
             last_reported: Mutex::new(HashMap::new()),
             tenants: Default::default(),
             backlog_rows: AtomicUsize::new(0),
@@ -1047,13 +1055,34 @@ impl Inner {
                     .set_write_wait(wait.max(Duration::from_millis(1)))
                     .await;
             }
-            let n = chunk.min(pending.len());
+            let (batch_id, n) = match self.in_doubt.lock().take() {
+                Some((id, m)) if m <= pending.len() => (id, m),
+                _ => (self.next_batch_id(), chunk.min(pending.len())),
+            };
             let started = Instant::now();
-            match self
+            let write = self
                 .store
-                .create_batch(pending.iter().take(n).map(row_of))
-                .await
-            {
+                .create_batch_once(&batch_id, pending.iter().take(n).map(row_of));
+            let result = match deadline {
+                // A remote call is bounded by the store (`database.remote_timeout_ms`); during
+                // shutdown, also by the deadline. (Local waits are bounded by the lock wait
+                // set above.)
+                Some(d) if !self.store.location().is_local() => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, write).await {
+                        Ok(r) => r,
+                        Err(_) => Err(StoreError::TimedOut {
+                            what: "a flush to the remote database at the shutdown deadline",
+                            after_ms: left.as_millis() as u64,
+                        }),
+                    }
+                }
+                _ => write.await,
+            };
+            if result.is_err() {
+                *self.in_doubt.lock() = Some((batch_id, n));
+            }
+            match result {
                 Ok(_) => {
                     let mut freed = 0;
                     let mut points = [0u64; 2];
@@ -1101,6 +1130,22 @@ impl Inner {
             }
         }
         Ok(written)
+    }
+
+    /// A batch id no other flush of any instance uses: process start, pid and sequence.
+    fn next_batch_id(&self) -> String {
+        static START_NS: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+        let start = START_NS.get_or_init(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        });
+        format!(
+            "{}-{}-{start:x}-{}",
+            self.store.instance().as_deref().unwrap_or("luametrics"),
+            std::process::id(),
+            self.batch_seq.fetch_add(1, Relaxed)
+        )
     }
 
     /// A write failed: logged once when writes start failing, then kept in the health state.

@@ -18,6 +18,9 @@ pub struct DatabaseSettings {
     /// This process's name in a fleet sharing one database, written with every metric row it
     /// stores; empty: `<hostname>-<pid>`, distinct for every process.
     pub instance: String,
+    /// How long a remote write (flush, trace batch, rollup) waits for the server's answer
+    /// before it fails and is retried, so a server that stops answering holds nothing for good.
+    pub remote_timeout_ms: u64,
 }
 
 impl DatabaseSettings {
@@ -44,6 +47,7 @@ impl Default for DatabaseSettings {
             auth_token: None,
             busy_timeout_ms: 2_000,
             instance: String::new(),
+            remote_timeout_ms: 30_000,
         }
     }
 }

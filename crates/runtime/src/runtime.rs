@@ -142,6 +142,9 @@ impl Runtime {
             .await?,
         );
         store.set_instance(config.database.instance_name());
+        store.set_remote_timeout(Duration::from_millis(
+            config.database.remote_timeout_ms.max(1),
+        ));
         let registry = Arc::new(Registry::load(&config.pipelines.file)?);
         if registry.current().is_empty() && !config.pipelines.allow_empty {
             return Err(RuntimeError::Pipelines(PipelineError::Invalid {

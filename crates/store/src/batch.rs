@@ -98,15 +98,17 @@ pub(crate) fn render(insert: &Insert<'_>, out: &mut String) {
 }
 
 /// Writes every insert, then `tail` (SQL text, may be empty), all or nothing: on error nothing
-/// of it is stored and the caller keeps its rows. `remote` picks one round trip (rendered text)
-/// over prepared statements.
+/// of it is stored and the caller keeps its rows. `remote: Some(bound)` sends one round trip
+/// (rendered text) that fails with `TimedOut` past `bound` (whether the server applied it is
+/// then unknown: callers retry in a way that cannot apply it twice); `None` uses prepared
+/// statements in a local transaction.
 pub(crate) async fn write_atomically(
     conn: &Connection,
-    remote: bool,
+    remote: Option<std::time::Duration>,
     inserts: &[Insert<'_>],
     tail: &str,
 ) -> Result<(), StoreError> {
-    if remote {
+    if let Some(bound) = remote {
         let mut sql = String::new();
         for insert in inserts {
             render(insert, &mut sql);
@@ -116,10 +118,13 @@ pub(crate) async fn write_atomically(
             return Ok(());
         }
         let context = inserts.first().map_or("write a batch", |i| i.context);
-        conn.execute_transactional_batch(&sql)
-            .await
-            .map_err(StoreError::db(context))?;
-        return Ok(());
+        return match tokio::time::timeout(bound, conn.execute_transactional_batch(&sql)).await {
+            Ok(done) => done.map(|_| ()).map_err(StoreError::db(context)),
+            Err(_) => Err(StoreError::TimedOut {
+                what: context,
+                after_ms: bound.as_millis() as u64,
+            }),
+        };
     }
     let tx = conn
         .transaction()
@@ -212,7 +217,8 @@ mod tests {
             ],
         ];
         let mut read = Vec::new();
-        for (table, remote) in [("rendered", true), ("bound", false)] {
+        let rendered = Some(std::time::Duration::from_secs(60));
+        for (table, remote) in [("rendered", rendered), ("bound", None)] {
             conn.execute(&format!("CREATE TABLE {table} (a, b, c, d)"), ())
                 .await
                 .unwrap();

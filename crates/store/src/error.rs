@@ -77,6 +77,14 @@ pub enum StoreError {
     /// A query's parameters are invalid.
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    /// A remote call did not answer in time; whether it took effect is unknown.
+    #[error("{what} got no answer within {after_ms} ms")]
+    TimedOut {
+        /// What was being done.
+        what: &'static str,
+        /// How long it waited.
+        after_ms: u64,
+    },
     /// Other instances kept winning a race this one retries (a fleet on one database).
     #[error(
         "{what} lost {attempts} races with other instances sharing the database; try again later"
@@ -156,6 +164,7 @@ impl StoreError {
             },
             // The recorder recreates the file and retries.
             StoreError::Gone { .. } => true,
+            StoreError::TimedOut { .. } => true,
             _ => false,
         }
     }

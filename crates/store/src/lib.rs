@@ -28,6 +28,7 @@ pub use query::{Agg, AggregateQuery, FindQuery, NameInfo, Series, Tier};
 pub use rollup::{Retention, RetentionReport, RollupReport};
 pub use row::{RowData, StoredRow, WindowRow};
 pub use traces::{SpanRecord, TraceRecord};
+pub use write::BatchWrite;
 
 use libsql::{Connection, Database};
 use std::future::Future;
@@ -38,6 +39,8 @@ pub use file::FileFault;
 
 /// How long a connection waits on a lock held by another writer before reporting `busy`.
 const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_millis(2_000);
+/// How long a remote write waits for the server's answer unless the host sets another bound.
+const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The open database and its writer, replaced together when the file is recreated.
 struct Handle {
@@ -70,6 +73,8 @@ pub struct Store {
     pub(crate) file_traces: std::sync::atomic::AtomicU64,
     /// This process's name in a fleet, written with every metric row (`set_instance`).
     instance: parking_lot::RwLock<Option<std::sync::Arc<str>>>,
+    /// How long a remote write waits for its answer, in ms (`set_remote_timeout`).
+    remote_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -109,6 +114,7 @@ impl Store {
             write_wait_ms: (busy_timeout.as_millis() as u64).into(),
             file_traces: 0.into(),
             instance: parking_lot::RwLock::new(None),
+            remote_timeout_ms: (DEFAULT_REMOTE_TIMEOUT.as_millis() as u64).into(),
         })
     }
 
@@ -217,6 +223,47 @@ impl Store {
         *self.instance.write() = (!name.is_empty()).then(|| name.into());
     }
 
+    /// Bounds every remote write (flush, trace batch, rollup, token): a server that stops
+    /// answering fails the write with [`StoreError::TimedOut`] after `timeout` instead of
+    /// holding the writer, and with it every later write, for good.
+    pub fn set_remote_timeout(&self, timeout: Duration) {
+        self.remote_timeout_ms.store(
+            timeout.as_millis().max(1) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Writes `inserts` then `tail` all or nothing (see `batch::write_atomically`). A remote
+    /// write goes on a fresh connection: one self-contained request, with no stream state
+    /// that a lost answer could leave in doubt and no lock shared with other writers (the
+    /// server orders them). A local write goes through the one writer connection.
+    pub(crate) async fn write_batch(
+        &self,
+        inserts: &[batch::Insert<'_>],
+        tail: &str,
+    ) -> Result<(), StoreError> {
+        match self.remote_bound() {
+            Some(bound) => {
+                let conn = self.reader().await?;
+                batch::write_atomically(&conn, Some(bound), inserts, tail).await
+            }
+            None => {
+                let handle = self.writer().await?;
+                batch::write_atomically(&handle.writer, None, inserts, tail).await
+            }
+        }
+    }
+
+    /// `Some(bound)` for remote stores: how long a write may wait for the server.
+    pub(crate) fn remote_bound(&self) -> Option<Duration> {
+        (!self.location.is_local()).then(|| {
+            Duration::from_millis(
+                self.remote_timeout_ms
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
+    }
+
     /// The name given by [`Store::set_instance`].
     pub fn instance(&self) -> Option<std::sync::Arc<str>> {
         self.instance.read().clone()
@@ -235,6 +282,9 @@ impl Store {
     /// Checks that the database file at the path is the one this store writes (local stores):
     /// `Err(Gone)` when it was deleted or replaced since it was opened.
     pub async fn check_file(&self) -> Result<(), StoreError> {
+        if !self.location.is_local() {
+            return Ok(());
+        }
         self.writer().await.map(|_| ())
     }
 

@@ -1,4 +1,4 @@
-use crate::batch::{literal, write_atomically, Insert};
+use crate::batch::{literal, Insert};
 use crate::query::{decode_row, scalar_i64, DAY_MS, HOUR_MS, ROW_COLUMNS};
 use crate::{Store, StoreError, StoredRow};
 use libsql::{Connection, Value};
@@ -11,6 +11,8 @@ const WATERMARK_KEY: &str = "rollup.raw_id";
 const ROLLUP_BATCH: i64 = 20_000;
 /// Batches thrown away because another instance moved the watermark, before giving up.
 const MAX_RACES: u64 = 100;
+/// How long the ids of written flush batches are kept (see `Store::create_batch_once`).
+const WRITE_BATCH_DAYS: i64 = 2;
 /// Existing rollup rows read per query when merging.
 const MERGE_KEYS_PER_QUERY: usize = 200;
 
@@ -260,16 +262,7 @@ impl Store {
                 sketch = excluded.sketch",
             context: "write rollup rows",
         };
-        let result = {
-            let handle = self.writer().await?;
-            write_atomically(
-                &handle.writer,
-                !self.location().is_local(),
-                &[insert],
-                &tail,
-            )
-            .await
-        };
+        let result = self.write_batch(&[insert], &tail).await;
         if let Err(e) = result {
             // Moved by another instance: nothing of this batch was kept; read again.
             if watermark(&self.reader().await?).await? != mark {
@@ -335,6 +328,14 @@ impl Store {
                     batch,
                 )
                 .await?;
+            // Batch ids only matter while a write may be retried (seconds to hours).
+            self.delete_batched(
+                "DELETE FROM write_batches WHERE id IN (SELECT id FROM write_batches WHERE written_at < ?1 AND ?2 = ?2 LIMIT ?3)",
+                now_ms - WRITE_BATCH_DAYS * DAY_MS,
+                0,
+                batch,
+            )
+            .await?;
             Ok(RetentionReport {
                 rollup,
                 raw_deleted,

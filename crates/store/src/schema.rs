@@ -129,16 +129,23 @@ CREATE INDEX idx_tenant_tokens_tenant ON tenant_tokens(tenant_id);
     ),
     (
         4,
-        "fleet: row writers and the rollup guard",
+        "fleet: row writers, the rollup guard, written batches",
         // Several instances write one database: each metric row names its writer. A rollup
         // reads, merges in Rust, then writes in one batch that first checks the watermark it
         // read is still current (a row in `rollup_guard` must satisfy the check), so two
-        // instances rolling up at once never fold the same rows twice.
+        // instances rolling up at once never fold the same rows twice. A flush claims its
+        // batch id in `write_batches` in the same transaction as its rows, so a batch retried
+        // after an answer was lost (the server committed, the client never heard) is found
+        // written instead of being written twice.
         r#"
 ALTER TABLE metrics ADD COLUMN instance TEXT;
 CREATE TABLE rollup_guard (
     ok INTEGER NOT NULL,
     CONSTRAINT rollup_watermark_moved CHECK (ok = 1)
+);
+CREATE TABLE write_batches (
+    id         TEXT PRIMARY KEY,
+    written_at INTEGER NOT NULL DEFAULT (cast(unixepoch('subsecond') * 1000 as integer))
 );
 "#,
     ),

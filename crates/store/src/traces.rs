@@ -1,4 +1,4 @@
-use crate::batch::{write_atomically, Insert};
+use crate::batch::Insert;
 use crate::{Store, StoreError};
 use libsql::Value;
 use serde::{Deserialize, Serialize};
@@ -128,8 +128,23 @@ impl Store {
                     context: "insert spans",
                 },
             ];
-            let handle = self.writer().await?;
-            write_atomically(&handle.writer, !self.location().is_local(), &inserts, "").await?;
+            let result = self.write_batch(&inserts, "").await;
+            if let Err(e) = result {
+                // A retry of a batch that committed (its answer was lost) fails on the first
+                // trace's id: the batch is in, all of it (it is one transaction).
+                let conn = self.reader().await?;
+                let found = crate::query::scalar_i64(
+                    &conn,
+                    "SELECT COUNT(*) FROM pipeline_traces WHERE id = ?1",
+                    [traces[0].id.as_str()],
+                )
+                .await
+                .unwrap_or(0);
+                if found == 0 {
+                    return Err(e);
+                }
+                return Ok(());
+            }
             self.file_traces
                 .fetch_add(traces.len() as u64, std::sync::atomic::Ordering::Relaxed);
             Ok(())

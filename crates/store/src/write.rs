@@ -1,4 +1,4 @@
-use crate::batch::{write_atomically, Insert};
+use crate::batch::Insert;
 use crate::{RowData, Store, StoreError, WindowRow};
 use libsql::Value;
 use luametrics_model::canonical_tags;
@@ -71,6 +71,39 @@ impl Store {
         I: IntoIterator<Item = &'a R>,
         I::IntoIter: Send,
     {
+        self.write_metric_rows(None, rows).await.map(|w| match w {
+            BatchWrite::Written(n) => n,
+            BatchWrite::AlreadyWritten => 0,
+        })
+    }
+
+    /// Like [`Store::create_batch`], at most once per `batch_id`: the id is stored in the same
+    /// transaction as the rows, so when a write failed without saying whether it committed (a
+    /// lost answer from a remote server, a timeout), retrying the same rows under the same id
+    /// either writes them or finds them written, never both.
+    pub async fn create_batch_once<'a, R, I>(
+        &self,
+        batch_id: &str,
+        rows: I,
+    ) -> Result<BatchWrite, StoreError>
+    where
+        R: RowData + Sync + 'a,
+        I: IntoIterator<Item = &'a R>,
+        I::IntoIter: Send,
+    {
+        self.write_metric_rows(Some(batch_id), rows).await
+    }
+
+    async fn write_metric_rows<'a, R, I>(
+        &self,
+        batch_id: Option<&str>,
+        rows: I,
+    ) -> Result<BatchWrite, StoreError>
+    where
+        R: RowData + Sync + 'a,
+        I: IntoIterator<Item = &'a R>,
+        I::IntoIter: Send,
+    {
         self.off_worker(async {
             let instance = self.instance();
             let rows: Vec<Vec<Value>> = rows
@@ -82,19 +115,60 @@ impl Store {
                 })
                 .collect();
             if rows.is_empty() {
-                return Ok(0);
+                return Ok(BatchWrite::Written(0));
             }
             let n = rows.len();
-            let handle = self.writer().await?;
-            let insert = Insert {
+            let mut inserts = vec![Insert {
                 head: INSERT_HEAD,
                 rows,
                 upsert: "",
                 context: "insert metric rows",
-            };
-            write_atomically(&handle.writer, !self.location.is_local(), &[insert], "").await?;
-            Ok(n)
+            }];
+            if let Some(id) = batch_id {
+                inserts.push(Insert {
+                    head: "INSERT INTO write_batches (id)",
+                    rows: vec![vec![Value::Text(id.to_string())]],
+                    upsert: "",
+                    context: "claim a write batch",
+                });
+            }
+            let result = self.write_batch(&inserts, "").await;
+            match (result, batch_id) {
+                (Ok(()), _) => Ok(BatchWrite::Written(n)),
+                (Err(e), Some(id)) => {
+                    // The claim fails when an earlier attempt committed: then the rows are in.
+                    match self.batch_written(id).await {
+                        Ok(true) => Ok(BatchWrite::AlreadyWritten),
+                        _ => Err(e),
+                    }
+                }
+                (Err(e), None) => Err(e),
+            }
         })
         .await
     }
+
+    /// Whether a batch with this id was committed.
+    pub async fn batch_written(&self, batch_id: &str) -> Result<bool, StoreError> {
+        self.off_worker(async {
+            let conn = self.reader().await?;
+            let n = crate::query::scalar_i64(
+                &conn,
+                "SELECT COUNT(*) FROM write_batches WHERE id = ?1",
+                [batch_id],
+            )
+            .await?;
+            Ok(n > 0)
+        })
+        .await
+    }
+}
+
+/// What [`Store::create_batch_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchWrite {
+    /// The rows were written now (how many).
+    Written(usize),
+    /// An earlier attempt with the same id had committed them.
+    AlreadyWritten,
 }

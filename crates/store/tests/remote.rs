@@ -131,20 +131,37 @@ async fn a_server_without_auth_needs_no_token_and_batches_read_back_exactly() {
         })
         .collect();
     store.insert_traces(&traces).await.unwrap();
+    // A trace batch retried after its answer was lost is found written, not doubled.
+    store.insert_traces(&traces).await.unwrap();
     assert_eq!(store.count_traces().await.unwrap(), 300);
+    assert_eq!(
+        sql_i64(&server.url, None, "SELECT COUNT(*) FROM pipeline_spans").await,
+        900
+    );
+    // Same for a flush batch under its id.
+    let again: Vec<WindowRow> = rows[..10].to_vec();
+    assert_eq!(
+        store.create_batch_once("flush-1", &again).await.unwrap(),
+        BatchWrite::Written(10)
+    );
+    assert_eq!(
+        store.create_batch_once("flush-1", &again).await.unwrap(),
+        BatchWrite::AlreadyWritten
+    );
+    assert_eq!(store.count_rows().await.unwrap(), 2_010);
     assert_eq!(store.trace_spans("tr-7").await.unwrap().len(), 3);
     let back = store.get_trace("tr-7").await.unwrap().unwrap();
     assert_eq!(back.warnings, vec!["w".to_string()]);
 
     let report = store.rollup().await.unwrap();
-    assert_eq!(report.raw_rows, 2_000);
+    assert_eq!(report.raw_rows, 2_010);
     let hourly = sql_i64(
         &server.url,
         None,
         "SELECT SUM(samples) FROM metric_rollups WHERE resolution = 'hour' AND scope = 'series'",
     )
     .await;
-    assert_eq!(hourly, 2_000);
+    assert_eq!(hourly, 2_010);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

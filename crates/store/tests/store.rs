@@ -512,3 +512,28 @@ async fn a_trace_batch_reads_back_exactly() {
         assert_eq!(&back, t);
     }
 }
+
+#[tokio::test]
+async fn a_batch_retried_under_its_id_is_written_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let rows: Vec<WindowRow> = (0..10)
+        .map(|i| row("shop.sales", Kind::Counter, &[], i * 10_000, &[1.0]))
+        .collect();
+    assert_eq!(
+        store.create_batch_once("b-1", &rows).await.unwrap(),
+        BatchWrite::Written(10)
+    );
+    // The same rows again under the same id (as after a lost answer): found written.
+    assert_eq!(
+        store.create_batch_once("b-1", &rows).await.unwrap(),
+        BatchWrite::AlreadyWritten
+    );
+    assert!(store.batch_written("b-1").await.unwrap());
+    assert!(!store.batch_written("b-2").await.unwrap());
+    assert_eq!(
+        store.create_batch_once("b-2", &rows).await.unwrap(),
+        BatchWrite::Written(10)
+    );
+    assert_eq!(store.count_rows().await.unwrap(), 20);
+}
