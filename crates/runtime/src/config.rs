@@ -170,6 +170,10 @@ pub enum ConfigError {
     },
 }
 
+/// `LUAMETRICS_*` variables that are not settings (the test suite's and benches' own), so a
+/// shell that exports them can still start the service.
+const NOT_SETTINGS: &[&str] = &["LUAMETRICS_SQLD", "LUAMETRICS_SKIP_FLEET"];
+
 const SECTIONS: &[&str] = &[
     "database",
     "recorder",
@@ -219,6 +223,9 @@ impl Config {
             let Some(rest) = var.strip_prefix("LUAMETRICS_") else {
                 continue;
             };
+            if NOT_SETTINGS.contains(&var.as_str()) {
+                continue;
+            }
             let lower = rest.to_ascii_lowercase();
             let Some(section) = SECTIONS
                 .iter()
@@ -369,6 +376,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("LUAMETRICS_* overrides"), "{e}");
+        // The suite's own variables are not settings, and not errors either.
+        Config::from_sources(
+            "",
+            "x",
+            vars(&[
+                ("LUAMETRICS_SQLD", "/bin/sqld"),
+                ("LUAMETRICS_SKIP_FLEET", "1"),
+            ]),
+        )
+        .unwrap();
         let e = Config::from_sources("", "x", vars(&[("LUAMETRICS_COLOR", "red")]))
             .unwrap_err()
             .to_string();
