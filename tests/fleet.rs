@@ -134,6 +134,31 @@ fn three_instances_on_one_server_store_exact_totals_and_see_each_other() {
     for s in &fleet {
         assert_eq!(queried_logins(s), 90.0, "as seen by {}", s.base);
     }
+    // The dashboard of any instance draws the fleet's data.
+    let page = ureq::get(&fleet[1].url("/?range=1h"))
+        .set("Authorization", &format!("Bearer {ADMIN}"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(page.contains("logins.by_plan_count"), "{page}");
+    // A tenant token minted on one instance opens that tenant's data on another.
+    let (status, minted) = post(
+        &fleet[0],
+        "/v1/tenants/t1/tokens",
+        Some(ADMIN),
+        serde_json::json!({}),
+    );
+    assert_eq!(status, 201, "{minted}");
+    let tenant_token = minted["token"].as_str().unwrap().to_string();
+    let usage = poll("the minted token known to another instance", || {
+        let (status, u) = get(&fleet[2], "/v1/tenant/usage?from=-1h", Some(&tenant_token));
+        (status == 200).then_some(u)
+    });
+    assert!(
+        usage["range"]["points"]["accepted"].as_u64().unwrap() > 0,
+        "{usage}"
+    );
     // Every instance wrote rows of its own.
     let writers = block(async {
         let db = libsql::Builder::new_remote(sqld.url.clone(), token.clone())
