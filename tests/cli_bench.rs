@@ -200,6 +200,7 @@ fn bench_e2e_prints_every_target_and_exits_non_zero_when_one_misses() {
             "E2. HTTP p99",
             "E3. ",
             "E4. ",
+            "E5. ",
         ],
     );
     assert!(stdout.contains("library: "), "{stdout}");

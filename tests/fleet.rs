@@ -357,8 +357,9 @@ fn a_write_lock_held_on_the_server_delays_flushes_not_requests() {
         during += 1;
     }
     assert_eq!(during, 30);
-    // Past the flush timeout, with the lock still held.
-    std::thread::sleep(Duration::from_millis(2_500));
+    // Past the flush timeout, with the lock still held (well within sqld's 5 s before it
+    // steals an idle transaction's lock).
+    std::thread::sleep(Duration::from_millis(1_500));
     let while_held = stored(&sqld.url, None);
     assert!(
         accepted(&s) > while_held,
@@ -443,4 +444,84 @@ fn count(url: &str, sql: &str) -> i64 {
         let mut rows = conn.query(sql, ()).await.unwrap();
         rows.next().await.unwrap().unwrap().get::<i64>(0).unwrap()
     })
+}
+
+/// A shutdown report's count of user points not written (0 when there is none).
+fn user_points_lost(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find(|l| l.contains("shutdown deadline passed:"))
+        .map(|line| {
+            line.split(" user points")
+                .next()
+                .and_then(|l| l.rsplit('(').next())
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or_else(|| panic!("cannot read the user points in {line:?}"))
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_server_that_hangs_is_reported_and_holds_no_request() {
+    hung_server(1_000, true);
+}
+
+#[test]
+fn a_server_that_hangs_past_the_shutdown_deadline_does_not_hold_shutdown() {
+    // Writes wait up to 90 s for an answer, longer than the test's 60 s wait for the exit:
+    // only the shutdown deadline (3 s) can end the flush in flight.
+    hung_server(90_000, false);
+}
+
+/// An instance whose server starts accepting requests and never answering them (the proxy
+/// swallows them: nothing is applied). Requests go on; with `unready`, `/readyz` names the
+/// unanswered writes; SIGTERM ends the process by its deadline with exit 3, and what it
+/// accepted = what is stored + what it reported lost.
+fn hung_server(remote_timeout_ms: u64, unready: bool) {
+    if !Sqld::available() {
+        return;
+    }
+    let sqld = Sqld::start();
+    let proxy = LossyProxy::start(sqld.port());
+    let timeout = remote_timeout_ms.to_string();
+    let mut s = instance_at(
+        &proxy.url,
+        "node-a",
+        None,
+        &[
+            ("LUAMETRICS_DATABASE_REMOTE_TIMEOUT_MS", timeout.as_str()),
+            ("LUAMETRICS_RECORDER_SHUTDOWN_TIMEOUT_MS", "3000"),
+        ],
+    );
+    logins(&s, 5);
+    let first = accepted(&s);
+    poll("the first points stored", || {
+        (stored(&sqld.url, None) == first).then_some(())
+    });
+    proxy.hang(true);
+    logins(&s, 20);
+    if unready {
+        let body = poll("/readyz naming the unanswered writes", || {
+            let (status, body) = get(&s, "/readyz", None);
+            (status == 503 && body["error"]["code"] == "flush_failing").then_some(body)
+        });
+        assert!(body.to_string().contains("no answer within"), "{body}");
+    } else {
+        // A flush is in flight, unanswered.
+        poll("a backlog behind the unanswered flush", || {
+            let (_, body) = get(&s, "/readyz", None);
+            let rows = body["backlog_rows"]
+                .as_u64()
+                .or_else(|| body["error"]["details"]["health"]["backlog_rows"].as_u64());
+            (rows.unwrap_or(0) > 0).then_some(())
+        });
+    }
+    assert_eq!(get(&s, "/healthz", None).0, 200);
+    let total = accepted(&s);
+    let status = term_and_wait(&mut s);
+    assert_eq!(status.code(), Some(3), "unwritten points must give exit 3");
+    let err = s.stderr.lock().unwrap().clone();
+    let lost = user_points_lost(&err);
+    assert!(lost > 0, "{err}");
+    assert_eq!(stored(&sqld.url, None) + lost, total, "{err}");
 }

@@ -1,7 +1,8 @@
 //! A TCP proxy in front of a server that can lose answers: with [`LossyProxy::lose_answers`]
 //! on, every request still reaches the server (which applies it), but the answer is read and
 //! thrown away and the client's connection is closed, as when a network drops a reply. The
-//! client cannot tell whether its write took effect.
+//! client cannot tell whether its write took effect. With [`LossyProxy::hang`] on, requests are
+//! swallowed and nothing ever comes back, as from a server that accepts connections and hangs.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -15,6 +16,7 @@ pub struct LossyProxy {
     pub url: String,
     lose: Arc<AtomicBool>,
     lost: Arc<AtomicU64>,
+    hang: Arc<AtomicBool>,
 }
 
 impl LossyProxy {
@@ -24,19 +26,30 @@ impl LossyProxy {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let lose = Arc::new(AtomicBool::new(false));
         let lost = Arc::new(AtomicU64::new(0));
-        let (l, n) = (lose.clone(), lost.clone());
+        let hang = Arc::new(AtomicBool::new(false));
+        let (l, n, h) = (lose.clone(), lost.clone(), hang.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                     continue;
                 };
-                let (l, n) = (l.clone(), n.clone());
+                let (l, n, h) = (l.clone(), n.clone(), h.clone());
                 let (c_read, s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || pipe(c_read, s_write));
+                std::thread::spawn(move || pipe(c_read, s_write, h));
                 std::thread::spawn(move || answers(server, client, l, n));
             }
         });
-        LossyProxy { url, lose, lost }
+        LossyProxy {
+            url,
+            lose,
+            lost,
+            hang,
+        }
+    }
+
+    /// Whether requests are swallowed, unanswered, from now on.
+    pub fn hang(&self, on: bool) {
+        self.hang.store(on, SeqCst);
     }
 
     /// Whether answers are lost from now on.
@@ -50,10 +63,17 @@ impl LossyProxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, hang: Arc<AtomicBool>) {
     let mut buf = [0u8; 64 * 1024];
     while let Ok(n) = from.read(&mut buf) {
-        if n == 0 || to.write_all(&buf[..n]).is_err() {
+        if n == 0 {
+            break;
+        }
+        if hang.load(SeqCst) {
+            // Swallowed: the server never sees it, the client never hears back.
+            continue;
+        }
+        if to.write_all(&buf[..n]).is_err() {
             break;
         }
     }

@@ -188,7 +188,8 @@ impl Budgets {
 
     /// Charges `tenant` with `ms` of engine time an execution used.
     pub(crate) fn charge(&self, tenant: &str, ms: f64) {
-        if ms.is_nan() || ms <= 0.0 {
+        // Without a budget nothing is kept per tenant: the pool pays nothing for the feature.
+        if !self.enabled() || ms.is_nan() || ms <= 0.0 {
             return;
         }
         let now = Instant::now();
@@ -282,11 +283,13 @@ mod tests {
     }
 
     #[test]
-    fn no_budget_admits_everything_and_still_counts_use() {
+    fn no_budget_admits_everything_and_keeps_nothing_per_tenant() {
         let b = Arc::new(Budgets::new(0.0, 0.0, 50.0));
         b.charge("a", 1e9);
         assert!(b.admit("a").is_ok());
-        assert_eq!(b.usage("a").used_ms, 1e9);
+        // Off is off: no per-tenant state is kept (the pool pays nothing for the feature).
+        assert_eq!(b.usage("a").used_ms, 0.0);
         assert_eq!(b.usage("a").throttled, 0);
+        assert!(b.tenants.lock().is_empty());
     }
 }

@@ -90,7 +90,7 @@ pub struct PoolSettings {
     pub max_queued_per_tenant: usize,
     /// Engine milliseconds (script + helpers time) one tenant may use per second; past it
     /// the tenant's executions are refused (`tenant_budget`) until the budget refills.
-    /// 0: no budget.
+    /// 0: no budget, and no per-tenant engine-time accounting (usage reports none).
     pub tenant_engine_ms_per_s: f64,
     /// Engine milliseconds one tenant may use at once after idling (the bucket's size).
     pub tenant_engine_burst_ms: f64,

@@ -164,6 +164,8 @@ pub struct Executor {
     sampler: TraceSampler,
     sequence: AtomicU64,
     started: u64,
+    /// Random bits in every trace id of this executor.
+    salt: u32,
 }
 
 enum NodeResult {
@@ -182,6 +184,14 @@ impl Executor {
         Self {
             pool,
             started: metrics.now_ms() as u64,
+            // Random per executor (the std hasher's keys are), so instances of a fleet that
+            // start in the same millisecond never mint the same trace id.
+            salt: {
+                use std::hash::{BuildHasher, Hasher};
+                let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+                h.write_u32(std::process::id());
+                h.finish() as u32
+            },
             metrics,
             traces,
             sampler: TraceSampler::new(trace_sample_rate),
@@ -191,7 +201,7 @@ impl Executor {
 
     fn trace_id(&self) -> String {
         let n = self.sequence.fetch_add(1, Relaxed);
-        format!("{:012x}-{:08x}", self.started, n)
+        format!("{:012x}-{:08x}-{:08x}", self.started, self.salt, n)
     }
 
     /// Runs the pipeline of `trigger` for `tenant` on `event`.

@@ -42,6 +42,10 @@ pub struct RecorderSettings {
     /// Share of `max_memory_bytes` held by accumulators and unwritten rows past which
     /// `/readyz` reports not ready.
     pub ready_memory_share: f64,
+    /// Keeps each tenant's ledger of accepted, overflowed, rejected and dropped points (what
+    /// `/v1/tenant/usage` and the tenant dashboard read, recorded each window as
+    /// `luametrics.tenant.points.count`); off, tenants see no point usage.
+    pub tenant_usage: bool,
 }
 
 impl Default for RecorderSettings {
@@ -57,6 +61,7 @@ impl Default for RecorderSettings {
             shutdown_timeout_ms: 10_000,
             checkpoint_interval_ms: 60_000,
             ready_memory_share: 0.8,
+            tenant_usage: true,
         }
     }
 }

@@ -281,6 +281,7 @@ fn tags_from(pairs: &[(&str, &str)]) -> Tags {
 impl MetricsService {
     /// Starts the service and its background flusher. Must be called inside a tokio runtime.
     pub fn start(store: Arc<Store>, config: RecorderConfig) -> Self {
+        let tenant_usage = config.settings.tenant_usage;
         let shards = (0..config.settings.shards.max(1))
             .map(|_| Mutex::new(Shard::default()))
             .collect();
@@ -302,7 +303,7 @@ impl MetricsService {
             in_doubt: parking_lot::Mutex::new(None),
             batch_seq: AtomicU64::new(0),
             last_reported: Mutex::new(HashMap::new()),
-            tenants: Default::default(),
+            tenants: crate::tenants::TenantLedger::new(tenant_usage),
             backlog_rows: AtomicUsize::new(0),
             backlog_points: Default::default(),
             file_points: Default::default(),
@@ -1063,21 +1064,19 @@ impl Inner {
             let write = self
                 .store
                 .create_batch_once(&batch_id, pending.iter().take(n).map(row_of));
-            let result = match deadline {
-                // A remote call is bounded by the store (`database.remote_timeout_ms`); during
-                // shutdown, also by the deadline. (Local waits are bounded by the lock wait
-                // set above.)
-                Some(d) if !self.store.location().is_local() => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    match tokio::time::timeout(left, write).await {
-                        Ok(r) => r,
-                        Err(_) => Err(StoreError::TimedOut {
-                            what: "a flush to the remote database at the shutdown deadline",
-                            after_ms: left.as_millis() as u64,
-                        }),
-                    }
+            let result = if self.store.location().is_local() {
+                // Local waits are bounded by the lock wait set above.
+                write.await
+            } else {
+                // A remote call is bounded by the store (`database.remote_timeout_ms`), and by
+                // the shutdown deadline, even one set after the call started.
+                tokio::select! {
+                    r = write => r,
+                    () = self.deadline_passed() => Err(StoreError::TimedOut {
+                        what: "a flush to the remote database at the shutdown deadline",
+                        after_ms: started.elapsed().as_millis() as u64,
+                    }),
                 }
-                _ => write.await,
             };
             if result.is_err() {
                 *self.in_doubt.lock() = Some((batch_id, n));
@@ -1130,6 +1129,23 @@ impl Inner {
             }
         }
         Ok(written)
+    }
+
+    /// Resolves once a shutdown deadline is set and has passed.
+    async fn deadline_passed(&self) {
+        loop {
+            let deadline = *self.deadline.lock();
+            match deadline {
+                Some(d) => {
+                    tokio::time::sleep_until(d.into()).await;
+                    // A host's later flush clears the deadline; re-check it.
+                    if self.deadline.lock().is_some_and(|d| d <= Instant::now()) {
+                        return;
+                    }
+                }
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
     }
 
     /// A batch id no other flush of any instance uses: process start, pid and sequence.
@@ -1268,6 +1284,9 @@ impl Inner {
         }
         let last_error = self.health.lock().last_error.clone();
         let mut pending = self.pending.lock().await;
+        // The chunk in doubt goes with the rest: a later flush must not reuse its id for rows
+        // that are not the same.
+        self.in_doubt.lock().take();
         let rows = pending.len();
         let mut points = [0u64; 2];
         let mut freed = 0;

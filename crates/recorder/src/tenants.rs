@@ -56,10 +56,23 @@ struct Entry {
 #[derive(Default)]
 pub(crate) struct TenantLedger {
     tenants: DashMap<Arc<str>, Entry>,
+    /// Off (`recorder.tenant_usage = false`): nothing is counted.
+    off: bool,
 }
 
 impl TenantLedger {
+    /// A ledger that counts (`on`) or ignores every call.
+    pub(crate) fn new(on: bool) -> Self {
+        Self {
+            tenants: DashMap::new(),
+            off: !on,
+        }
+    }
+
     fn with(&self, tenant: &str, f: impl FnOnce(&mut Entry)) {
+        if self.off {
+            return;
+        }
         if let Some(mut e) = self.tenants.get_mut(tenant) {
             f(&mut e);
             return;
@@ -181,5 +194,20 @@ mod tests {
             seen,
             [("a".into(), "accepted", 5), ("a".into(), "accepted", 5)]
         );
+    }
+
+    #[test]
+    fn a_ledger_turned_off_counts_nothing() {
+        let l = TenantLedger::new(false);
+        l.count("a", "accepted", "", 5);
+        l.trouble("a", "m", "overflow", 1);
+        assert_eq!(l.points("a"), TenantPoints::default());
+        let mut seen = 0;
+        l.report(|_, _, _, _| {
+            seen += 1;
+            true
+        });
+        assert_eq!(seen, 0);
+        assert_eq!(TenantLedger::new(true).off, TenantLedger::default().off);
     }
 }

@@ -16,7 +16,8 @@ pub struct DatabaseSettings {
     /// How long a write waits on another writer's lock.
     pub busy_timeout_ms: u64,
     /// This process's name in a fleet sharing one database, written with every metric row it
-    /// stores; empty: `<hostname>-<pid>`, distinct for every process.
+    /// stores; empty: `<hostname>-<pid>` (set it where processes share both, as containers
+    /// with host networking may).
     pub instance: String,
     /// How long a remote write (flush, trace batch, rollup) waits for the server's answer
     /// before it fails and is retried, so a server that stops answering holds nothing for good.

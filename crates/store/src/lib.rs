@@ -98,11 +98,12 @@ impl Store {
 
     /// Like [`Store::open`], with the time a write waits on another writer's lock.
     pub async fn open_with(location: Location, busy_timeout: Duration) -> Result<Self, StoreError> {
-        let opened = off_worker(
-            location.is_local(),
-            Self::open_handle(&location, busy_timeout),
-        )
-        .await
+        let open = Self::open_handle(&location, busy_timeout);
+        let opened = if location.is_local() {
+            off_worker(true, open).await
+        } else {
+            bounded(DEFAULT_REMOTE_TIMEOUT, "opening the remote database", open).await
+        }
         .map_err(|e| e.opening(&location))?;
         let db = opened.db.clone();
         Ok(Self {
@@ -168,9 +169,38 @@ impl Store {
         Ok(conn)
     }
 
-    /// Runs a store call off the async workers (local stores on a multi-threaded runtime).
-    pub(crate) async fn off_worker<T>(&self, fut: impl Future<Output = T>) -> T {
+    /// Runs a store call off the async workers (local stores on a multi-threaded runtime); a
+    /// remote call is bounded by the remote timeout, so a server that accepts connections but
+    /// never answers fails the call instead of holding its caller for good.
+    pub(crate) async fn off_worker<T>(
+        &self,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.remote_bound() {
+            Some(bound) => bounded(bound, "a call to the remote database", fut).await,
+            None => off_worker(true, fut).await,
+        }
+    }
+
+    /// Like [`Store::off_worker`] for calls made of many steps (rollup, retention), each of
+    /// which bounds its own remote calls with [`Store::bounded`]: the whole may take long.
+    pub(crate) async fn off_worker_steps<T>(
+        &self,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         off_worker(self.location.is_local(), fut).await
+    }
+
+    /// Bounds one remote step by the remote timeout (local steps run as they are).
+    pub(crate) async fn bounded<T>(
+        &self,
+        what: &'static str,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.remote_bound() {
+            Some(bound) => bounded(bound, what, fut).await,
+            None => fut.await,
+        }
     }
 
     /// The writer connection, after checking that the file it writes is still the one at the
@@ -431,6 +461,21 @@ impl Store {
                 .map(|n| n as u64)
         })
         .await
+    }
+}
+
+/// `fut`, or `TimedOut` once `bound` has passed without an answer.
+async fn bounded<T>(
+    bound: Duration,
+    what: &'static str,
+    fut: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(bound, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::TimedOut {
+            what,
+            after_ms: bound.as_millis() as u64,
+        }),
     }
 }
 

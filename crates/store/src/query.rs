@@ -368,7 +368,14 @@ impl Store {
                 )));
             }
             let tier = Tier::for_step(q.step_ms);
-            let conn = self.reader().await?;
+            let reader = self.reader().await?;
+            // One read transaction: the watermark, the rollups and the raw rows above it are
+            // read from one snapshot, so a rollup or retention committed meanwhile by another
+            // instance cannot make a row count twice or not at all.
+            let conn = reader
+                .transaction()
+                .await
+                .map_err(StoreError::db("begin a read transaction"))?;
             let mut groups: BTreeMap<Option<String>, BTreeMap<i64, Summary>> = BTreeMap::new();
             if tier == Tier::Raw {
                 self.scan(

@@ -12,7 +12,7 @@ const ROLLUP_BATCH: i64 = 20_000;
 /// Batches thrown away because another instance moved the watermark, before giving up.
 const MAX_RACES: u64 = 100;
 /// How long the ids of written flush batches are kept (see `Store::create_batch_once`).
-const WRITE_BATCH_DAYS: i64 = 2;
+const WRITE_BATCH_DAYS: i64 = 7;
 /// Existing rollup rows read per query when merging.
 const MERGE_KEYS_PER_QUERY: usize = 200;
 
@@ -102,6 +102,9 @@ pub(crate) async fn watermark(conn: &Connection) -> Result<i64, StoreError> {
     .await
 }
 
+/// Rollup buckets by (resolution, series key, bucket start).
+type Buckets = HashMap<(&'static str, String, i64), Bucket>;
+
 struct Bucket {
     row: StoredRow,
     scope: &'static str,
@@ -139,7 +142,7 @@ impl Store {
     /// an outage) are folded in when they land, and a batch whose watermark another instance
     /// moved meanwhile is thrown away whole and read again, so no row is folded twice.
     pub async fn rollup(&self) -> Result<RollupReport, StoreError> {
-        self.off_worker(async {
+        self.off_worker_steps(async {
             let mut report = RollupReport::default();
             let mut raced = 0;
             loop {
@@ -166,6 +169,20 @@ impl Store {
     /// Folds one batch of raw rows. `None`: another instance moved the watermark between this
     /// batch's reads and its write, which was then rolled back.
     async fn rollup_batch(&self, report: &mut RollupReport) -> Result<Option<u64>, StoreError> {
+        let (mark, read) = self
+            .bounded("reading rows to roll up", self.rollup_read())
+            .await?;
+        let Some((max_id, n, buckets)) = read else {
+            report.watermark = mark;
+            return Ok(Some(0));
+        };
+        self.rollup_write(report, mark, max_id, n, buckets).await
+    }
+
+    /// A rollup batch's reads: the watermark, and the raw rows above it folded into buckets
+    /// with what earlier runs stored for those buckets (`None`: nothing to fold).
+    #[allow(clippy::type_complexity)]
+    async fn rollup_read(&self) -> Result<(i64, Option<(i64, u64, Buckets)>), StoreError> {
         let conn = self.reader().await?;
         let mark = watermark(&conn).await?;
         let mut rows = conn
@@ -175,7 +192,7 @@ impl Store {
             )
             .await
             .map_err(StoreError::db("read rows to roll up"))?;
-        let mut buckets: HashMap<(&'static str, String, i64), Bucket> = HashMap::new();
+        let mut buckets: Buckets = HashMap::new();
         let mut max_id = mark;
         let mut n = 0u64;
         while let Some(row) = rows
@@ -214,10 +231,21 @@ impl Store {
         }
         drop(rows);
         if n == 0 {
-            report.watermark = mark;
-            return Ok(Some(0));
+            return Ok((mark, None));
         }
         merge_existing(&conn, &mut buckets).await?;
+        Ok((mark, Some((max_id, n, buckets))))
+    }
+
+    /// A rollup batch's write: upserts, the guard and the new watermark in one batch.
+    async fn rollup_write(
+        &self,
+        report: &mut RollupReport,
+        mark: i64,
+        max_id: i64,
+        n: u64,
+        buckets: Buckets,
+    ) -> Result<Option<u64>, StoreError> {
         let mut upserts = Vec::with_capacity(buckets.len());
         for ((res, key, start), b) in buckets {
             let s = &b.row.summary;
@@ -265,7 +293,12 @@ impl Store {
         let result = self.write_batch(&[insert], &tail).await;
         if let Err(e) = result {
             // Moved by another instance: nothing of this batch was kept; read again.
-            if watermark(&self.reader().await?).await? != mark {
+            let now = self
+                .bounded("re-reading the rollup watermark", async {
+                    watermark(&self.reader().await?).await
+                })
+                .await?;
+            if now != mark {
                 return Ok(None);
             }
             return Err(e);
@@ -283,7 +316,7 @@ impl Store {
         policy: &Retention,
         now_ms: i64,
     ) -> Result<RetentionReport, StoreError> {
-        self.off_worker(async {
+        self.off_worker_steps(async {
             policy.validate()?;
             let rollup = self.rollup().await?;
             let horizon = |days: u32| now_ms - i64::from(days) * DAY_MS;
@@ -328,10 +361,11 @@ impl Store {
                     batch,
                 )
                 .await?;
-            // Batch ids only matter while a write may be retried (seconds to hours).
+            // Batch ids only matter while a write may be retried (seconds to hours); their age
+            // is taken on the server's clock, which stamped them, not on this instance's.
             self.delete_batched(
-                "DELETE FROM write_batches WHERE id IN (SELECT id FROM write_batches WHERE written_at < ?1 AND ?2 = ?2 LIMIT ?3)",
-                now_ms - WRITE_BATCH_DAYS * DAY_MS,
+                "DELETE FROM write_batches WHERE id IN (SELECT id FROM write_batches WHERE written_at < cast(unixepoch('subsecond') * 1000 as integer) - ?1 AND ?2 = ?2 LIMIT ?3)",
+                WRITE_BATCH_DAYS * DAY_MS,
                 0,
                 batch,
             )
@@ -356,13 +390,16 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
-            let n = {
-                let handle = self.writer().await?;
-                let conn = &handle.writer;
-                conn.execute(sql, [horizon, extra, batch])
-                    .await
-                    .map_err(StoreError::db("delete expired rows"))?
-            };
+            let n = self
+                .bounded("deleting expired rows", async {
+                    let handle = self.writer().await?;
+                    handle
+                        .writer
+                        .execute(sql, [horizon, extra, batch])
+                        .await
+                        .map_err(StoreError::db("delete expired rows"))
+                })
+                .await?;
             total += n;
             if n < batch as u64 {
                 return Ok(total);
@@ -375,10 +412,7 @@ impl Store {
 
 /// Merges into each bucket what earlier runs stored for it, reading the existing rollup rows a
 /// few hundred keys per query (one round trip each on a remote server, not one per bucket).
-async fn merge_existing(
-    conn: &Connection,
-    buckets: &mut HashMap<(&'static str, String, i64), Bucket>,
-) -> Result<(), StoreError> {
+async fn merge_existing(conn: &Connection, buckets: &mut Buckets) -> Result<(), StoreError> {
     let keys: Vec<(&'static str, String, i64)> = buckets.keys().cloned().collect();
     let columns = ROW_COLUMNS.replace("timestamp, window_ms", "bucket_start, 0");
     for chunk in keys.chunks(MERGE_KEYS_PER_QUERY) {

@@ -130,17 +130,19 @@ impl Store {
             ];
             let result = self.write_batch(&inserts, "").await;
             if let Err(e) = result {
-                // A retry of a batch that committed (its answer was lost) fails on the first
-                // trace's id: the batch is in, all of it (it is one transaction).
+                // A retry of a batch that committed (its answer was lost) fails on the traces'
+                // ids: the batch is in when every one of its ids is (it was one transaction).
                 let conn = self.reader().await?;
-                let found = crate::query::scalar_i64(
-                    &conn,
-                    "SELECT COUNT(*) FROM pipeline_traces WHERE id = ?1",
-                    [traces[0].id.as_str()],
-                )
-                .await
-                .unwrap_or(0);
-                if found == 0 {
+                let mut sql = String::from("SELECT COUNT(*) FROM pipeline_traces WHERE id IN (");
+                for (i, t) in traces.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(',');
+                    }
+                    crate::batch::literal(&Value::Text(t.id.clone()), &mut sql);
+                }
+                sql.push(')');
+                let found = crate::query::scalar_i64(&conn, &sql, ()).await.unwrap_or(0);
+                if found as usize != traces.len() {
                     return Err(e);
                 }
                 return Ok(());

@@ -13,7 +13,10 @@
 //! - **E3** p99 latency of concurrent callers with traces off and a 10 s flush window
 //!   (baseline) against trace sampling 1.0 and a 100 ms window (subject);
 //! - **E4** traces dropped against traces produced by the runtime that ran E1, E2 and E3 at
-//!   sampling 1.0 (all at the executor's maximum rate), counted at its shutdown.
+//!   sampling 1.0 (all at the executor's maximum rate), counted at its shutdown;
+//! - **E5** E1's subject on a runtime without per-tenant engine-time budget and point ledger
+//!   (`pool.tenant_engine_ms_per_s = 0`, `recorder.tenant_usage = false`; baseline) against
+//!   the same runtime with both, as configured (subject): what fairness and tenant usage cost.
 
 use super::{report, spread, CliError, Goal, Row};
 use luametrics::engine::{Engine, MetricsSink, Script};
@@ -313,6 +316,10 @@ async fn http_load(
 struct Round {
     held_us: f64,
     execute_us: f64,
+    /// E1's subject again, on a runtime without the per-tenant engine-time budget and ledger.
+    untracked_us: f64,
+    /// E1's subject measured next to `untracked_us` (same order rules).
+    tracked_us: f64,
     library: Load,
     http: Load,
     quiet_p99_ms: f64,
@@ -332,6 +339,15 @@ async fn round(
     })?;
     let traced = runtime(base, &dir, "traced.db", 1.0, 100).await?;
     let quiet = runtime(base, &dir, "quiet.db", 0.0, 10_000).await?;
+    // E5: the same runtime as `traced` but with no engine-time budget (no admission, no
+    // per-tenant engine-time accounting) and no per-tenant point ledger.
+    let untracked = {
+        let mut bare = base.clone();
+        bare.pool.tenant_engine_ms_per_s = 0.0;
+        bare.pool.tenant_engine_burst_ms = 0.0;
+        bare.recorder.tenant_usage = false;
+        runtime(&bare, &dir, "untracked.db", 1.0, 100).await?
+    };
     let nodes = login_nodes(&traced)?;
     // The held engine records through the same kind of recorder as the runtime's engines.
     let sink: Arc<dyn MetricsSink> = Arc::new(traced.metrics().clone());
@@ -356,6 +372,16 @@ async fn round(
         let e = runtime_per_event(&traced, events, n).await;
         (tokio::task::spawn_blocking(held).await.map_err(join)??, e)
     };
+
+    runtime_per_event(&untracked, events, n / 10).await;
+    let (untracked_us, tracked_us) = if first_baseline {
+        let u = runtime_per_event(&untracked, events, n).await;
+        (u, runtime_per_event(&traced, events, n).await)
+    } else {
+        let t = runtime_per_event(&traced, events, n).await;
+        (runtime_per_event(&untracked, events, n).await, t)
+    };
+    untracked.shutdown().await?;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -401,6 +427,8 @@ async fn round(
     Ok(Round {
         held_us,
         execute_us,
+        untracked_us,
+        tracked_us,
         library,
         http,
         quiet_p99_ms: quiet_load.p99_ms,
@@ -463,6 +491,12 @@ pub(crate) async fn e2e(a: E2eArgs) -> Result<ExitCode, CliError> {
             baseline: col(&|r| r.produced as f64),
             subject: col(&|r| r.dropped as f64),
             goal: Goal::AtMost(0.0),
+        },
+        Row {
+            name: "E5. Runtime::execute, tenant budget + usage vs none (us/event)".into(),
+            baseline: col(&|r| r.untracked_us),
+            subject: col(&|r| r.tracked_us),
+            goal: Goal::AtMost(1.05),
         },
     ];
     let lib = spread(&col(&|r| r.library.per_s));
