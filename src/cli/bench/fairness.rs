@@ -124,31 +124,41 @@ struct Got {
     other_failed: u64,
 }
 
-/// Sends `rate` executions/s for `tenant` for `seconds`, each in its own task, and waits for
-/// them all.
+/// Sends `rate` executions/s for `tenant` for `seconds`, each admitted first (as the executor
+/// does before it takes an engine) and run in its own task, and waits for them all. A refused
+/// admission costs no task: the load generator shares the cores with what it measures.
 async fn open_loop(pool: Arc<EnginePool>, tenant: &'static str, rate: f64, seconds: f64) -> Got {
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(seconds);
     let mut sent = 0u64;
+    let mut refused = 0u64;
     let mut tasks = Vec::new();
     let empty = Arc::new(json!({}));
     while Instant::now() < end {
         let due = (start.elapsed().as_secs_f64() * rate) as u64;
         while sent < due {
             sent += 1;
+            let t = Instant::now();
+            let Ok(admitted) = pool.admit(tenant) else {
+                refused += 1;
+                continue;
+            };
             let pool = pool.clone();
             let (script, empty) = (work(), empty.clone());
             tasks.push(tokio::spawn(async move {
-                let t = Instant::now();
                 let r = pool
-                    .run(Job {
-                        script,
-                        tenant: Arc::from(tenant),
-                        event: empty.clone(),
-                        context: empty,
-                        time_limit_ms: None,
-                    })
+                    .run_admitted(
+                        Job {
+                            script,
+                            tenant: Arc::from(tenant),
+                            event: empty.clone(),
+                            context: empty,
+                            time_limit_ms: None,
+                        },
+                        &admitted,
+                    )
                     .await;
+                drop(admitted);
                 (r, t.elapsed().as_secs_f64() * 1000.0)
             }));
         }
@@ -156,6 +166,7 @@ async fn open_loop(pool: Arc<EnginePool>, tenant: &'static str, rate: f64, secon
     }
     let mut got = Got {
         sent,
+        budget_refused: refused,
         ..Got::default()
     };
     for t in tasks {
