@@ -9,26 +9,6 @@ use luametrics::store::{Location, Store};
 use std::process::Command;
 use std::time::Duration;
 
-/// A counter's value for user points from `/metrics` (0 when absent).
-fn user_counter(s: &Server, name: &str, reason: Option<&str>) -> u64 {
-    let text = ureq::get(&s.url("/metrics"))
-        .set("Authorization", &format!("Bearer {ADMIN}"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")))
-        .filter(|l| l.contains("metric_type=\"user\""))
-        .filter(|l| reason.is_none_or(|r| l.contains(&format!("reason=\"{r}\""))))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
-fn accepted(s: &Server) -> u64 {
-    user_counter(s, "luametrics_points_accepted_count_total", None)
-}
-
 async fn stored(path: &std::path::Path) -> u64 {
     let store = Store::open(Location::File(path.to_path_buf()))
         .await

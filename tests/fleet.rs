@@ -12,38 +12,38 @@ use common::*;
 use std::process::Command;
 use std::time::Duration;
 
-/// User points this instance accepted (from its own `/metrics`).
-fn accepted(s: &Server) -> u64 {
-    let text = ureq::get(&s.url("/metrics"))
-        .set("Authorization", &format!("Bearer {ADMIN}"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("luametrics_points_accepted_count_total{"))
-        .filter(|l| l.contains("metric_type=\"user\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// User samples stored in the shared database, read straight from the server.
 fn stored(url: &str, token: Option<&str>) -> u64 {
+    server_i64(
+        url,
+        token,
+        "SELECT COALESCE(SUM(samples), 0) FROM metrics WHERE metric_type = 'user'",
+    ) as u64
+}
+
+/// The first column of every row `sql` returns, read straight from the server.
+fn server_column(url: &str, token: Option<&str>, sql: &str) -> Vec<libsql::Value> {
     block(async {
         let db = libsql::Builder::new_remote(url.to_string(), token.unwrap_or("").to_string())
             .build()
             .await
             .unwrap();
         let conn = db.connect().unwrap();
-        let mut rows = conn
-            .query(
-                "SELECT COALESCE(SUM(samples), 0) FROM metrics WHERE metric_type = 'user'",
-                (),
-            )
-            .await
-            .unwrap();
-        rows.next().await.unwrap().unwrap().get::<i64>(0).unwrap() as u64
+        let mut rows = conn.query(sql, ()).await.unwrap();
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().await.unwrap() {
+            out.push(r.get_value(0).unwrap());
+        }
+        out
     })
+}
+
+/// The one integer `sql` returns, read straight from the server.
+fn server_i64(url: &str, token: Option<&str>, sql: &str) -> i64 {
+    match server_column(url, token, sql).first() {
+        Some(libsql::Value::Integer(n)) => *n,
+        other => panic!("{sql} returned {other:?}"),
+    }
 }
 
 fn block<F: std::future::Future>(f: F) -> F::Output {
@@ -160,25 +160,17 @@ fn three_instances_on_one_server_store_exact_totals_and_see_each_other() {
         "{usage}"
     );
     // Every instance wrote rows of its own.
-    let writers = block(async {
-        let db = libsql::Builder::new_remote(sqld.url.clone(), token.clone())
-            .build()
-            .await
-            .unwrap();
-        let conn = db.connect().unwrap();
-        let mut rows = conn
-            .query(
-                "SELECT instance, COUNT(*) FROM metrics GROUP BY instance ORDER BY instance",
-                (),
-            )
-            .await
-            .unwrap();
-        let mut out = Vec::new();
-        while let Some(r) = rows.next().await.unwrap() {
-            out.push(r.get::<String>(0).unwrap());
-        }
-        out
-    });
+    let writers: Vec<String> = server_column(
+        &sqld.url,
+        Some(&token),
+        "SELECT instance FROM metrics GROUP BY instance ORDER BY instance",
+    )
+    .into_iter()
+    .map(|v| match v {
+        libsql::Value::Text(t) => t,
+        other => panic!("instance {other:?}"),
+    })
+    .collect();
     assert_eq!(writers, ["node-0", "node-1", "node-2"]);
 
     // Retention (rollup first) on all three at once, twice: rollups equal the raw totals.
@@ -206,24 +198,16 @@ fn three_instances_on_one_server_store_exact_totals_and_see_each_other() {
             );
         }
     }
-    let (raw, hourly) = block(async {
-        let db = libsql::Builder::new_remote(sqld.url.clone(), token.clone())
-            .build()
-            .await
-            .unwrap();
-        let conn = db.connect().unwrap();
-        let one = |sql: &'static str| {
-            let conn = conn.clone();
-            async move {
-                let mut rows = conn.query(sql, ()).await.unwrap();
-                rows.next().await.unwrap().unwrap().get::<i64>(0).unwrap()
-            }
-        };
-        (
-            one("SELECT SUM(samples) FROM metrics WHERE metric_type = 'user'").await,
-            one("SELECT SUM(samples) FROM metric_rollups WHERE metric_type = 'user' AND resolution = 'hour' AND scope = 'series'").await,
-        )
-    });
+    let raw = server_i64(
+        &sqld.url,
+        Some(&token),
+        "SELECT SUM(samples) FROM metrics WHERE metric_type = 'user'",
+    );
+    let hourly = server_i64(
+        &sqld.url,
+        Some(&token),
+        "SELECT SUM(samples) FROM metric_rollups WHERE metric_type = 'user' AND resolution = 'hour' AND scope = 'series'",
+    );
     assert_eq!(raw as u64, total);
     assert_eq!(hourly, raw, "concurrent rollups must count every row once");
 
@@ -435,15 +419,7 @@ fn writes_whose_answers_are_lost_are_stored_once() {
 }
 
 fn count(url: &str, sql: &str) -> i64 {
-    block(async {
-        let db = libsql::Builder::new_remote(url.to_string(), String::new())
-            .build()
-            .await
-            .unwrap();
-        let conn = db.connect().unwrap();
-        let mut rows = conn.query(sql, ()).await.unwrap();
-        rows.next().await.unwrap().unwrap().get::<i64>(0).unwrap()
-    })
+    server_i64(url, None, sql)
 }
 
 /// A shutdown report's count of user points not written (0 when there is none).

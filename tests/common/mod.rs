@@ -186,3 +186,24 @@ pub fn login(s: &Server, tenant: &str, plan: &str) -> (u16, Value) {
         json!({"tenant": tenant, "event": {"email": "a@example.com", "plan": plan, "method": "passkey", "roles": ["dev"]}}),
     )
 }
+
+/// A counter's value for user points from `/metrics` (0 when absent).
+pub fn user_counter(s: &Server, name: &str, reason: Option<&str>) -> u64 {
+    let text = ureq::get(&s.url("/metrics"))
+        .set("Authorization", &format!("Bearer {ADMIN}"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| l.contains("metric_type=\"user\""))
+        .filter(|l| reason.is_none_or(|r| l.contains(&format!("reason=\"{r}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// User points this instance accepted (from its own `/metrics`).
+pub fn accepted(s: &Server) -> u64 {
+    user_counter(s, "luametrics_points_accepted_count_total", None)
+}
