@@ -124,6 +124,8 @@ async fn bare_insert(conn: &libsql::Connection) -> Duration {
             Real(i as f64),
             Integer(0),
             Null,
+            // `instance`: the flush writes it too (NULL here: the bench names no instance).
+            Null,
         ]
     };
     let start = Instant::now();
@@ -132,8 +134,8 @@ async fn bare_insert(conn: &libsql::Connection) -> Duration {
         .prepare(
             "INSERT INTO metrics (name, value, tags, metric_type, timestamp, service, route_id,
              client_id, status, tenant_id, kind, source, window_ms, samples, sum, min, max, last,
-             last_ts, sketch)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+             last_ts, sketch, instance)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
         )
         .await
         .unwrap();

@@ -105,12 +105,12 @@ pub(crate) fn render(insert: &Insert<'_>, out: &mut String) {
 pub(crate) async fn write_atomically(
     conn: &Connection,
     remote: Option<std::time::Duration>,
-    inserts: &[Insert<'_>],
+    inserts: Vec<Insert<'_>>,
     tail: &str,
 ) -> Result<(), StoreError> {
     if let Some(bound) = remote {
         let mut sql = String::new();
-        for insert in inserts {
+        for insert in &inserts {
             render(insert, &mut sql);
         }
         sql.push_str(tail);
@@ -131,7 +131,8 @@ pub(crate) async fn write_atomically(
         .await
         .map_err(StoreError::db("begin a write transaction"))?;
     let result = async {
-        for insert in inserts.iter().filter(|i| !i.rows.is_empty()) {
+        // The rows are moved into the statements: a flush's values are not copied again.
+        for insert in inserts.into_iter().filter(|i| !i.rows.is_empty()) {
             let width = insert.rows[0].len();
             let mut sql = format!("{} VALUES (", insert.head);
             for i in 1..=width {
@@ -143,8 +144,8 @@ pub(crate) async fn write_atomically(
                 .prepare(&sql)
                 .await
                 .map_err(StoreError::db(insert.context))?;
-            for row in &insert.rows {
-                stmt.execute(row.clone())
+            for row in insert.rows {
+                stmt.execute(row)
                     .await
                     .map_err(StoreError::db(insert.context))?;
                 // libsql 0.10 does not reset a statement after execute: without this the next
@@ -229,7 +230,7 @@ mod tests {
                 upsert: "",
                 context: "insert",
             };
-            write_atomically(&conn, remote, &[insert], "")
+            write_atomically(&conn, remote, vec![insert], "")
                 .await
                 .unwrap();
             let mut got = conn

@@ -269,7 +269,7 @@ impl Store {
     /// server orders them). A local write goes through the one writer connection.
     pub(crate) async fn write_batch(
         &self,
-        inserts: &[batch::Insert<'_>],
+        inserts: Vec<batch::Insert<'_>>,
         tail: &str,
     ) -> Result<(), StoreError> {
         match self.remote_bound() {

@@ -290,7 +290,7 @@ impl Store {
                 sketch = excluded.sketch",
             context: "write rollup rows",
         };
-        let result = self.write_batch(&[insert], &tail).await;
+        let result = self.write_batch(vec![insert], &tail).await;
         if let Err(e) = result {
             // Moved by another instance: nothing of this batch was kept; read again.
             let now = self

@@ -128,7 +128,7 @@ impl Store {
                     context: "insert spans",
                 },
             ];
-            let result = self.write_batch(&inserts, "").await;
+            let result = self.write_batch(inserts.into(), "").await;
             if let Err(e) = result {
                 // A retry of a batch that committed (its answer was lost) fails on the traces'
                 // ids: the batch is in when every one of its ids is (it was one transaction).

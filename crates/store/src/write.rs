@@ -132,7 +132,7 @@ impl Store {
                     context: "claim a write batch",
                 });
             }
-            let result = self.write_batch(&inserts, "").await;
+            let result = self.write_batch(inserts, "").await;
             match (result, batch_id) {
                 (Ok(()), _) => Ok(BatchWrite::Written(n)),
                 (Err(e), Some(id)) => {
