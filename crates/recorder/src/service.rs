@@ -229,8 +229,6 @@ struct Inner {
     /// count. The next attempt writes exactly those rows under the same id (see
     /// `Store::create_batch_once`), so a lost answer never writes a row twice.
     in_doubt: parking_lot::Mutex<Option<(String, usize)>>,
-    /// Numbers this process's flush batches.
-    batch_seq: AtomicU64,
     /// Per self-metric counter (name, type, reason): the value already taken into a stored
     /// point. Advanced only when the point was taken in, so nothing is marked reported that was
     /// not recorded.
@@ -301,7 +299,6 @@ impl MetricsService {
             names: Default::default(),
             flush_errors: AtomicU64::new(0),
             in_doubt: parking_lot::Mutex::new(None),
-            batch_seq: AtomicU64::new(0),
             last_reported: Mutex::new(HashMap::new()),
             tenants: crate::tenants::TenantLedger::new(tenant_usage),
             backlog_rows: AtomicUsize::new(0),
@@ -1060,6 +1057,9 @@ impl Inner {
                 Some((id, m)) if m <= pending.len() => (id, m),
                 _ => (self.next_batch_id(), chunk.min(pending.len())),
             };
+            // In doubt until it is known written: a caller that drops this flush mid-write
+            // leaves the chunk to be retried under the same id, never under a new one.
+            *self.in_doubt.lock() = Some((batch_id.clone(), n));
             let started = Instant::now();
             let write = self
                 .store
@@ -1071,6 +1071,8 @@ impl Inner {
                 // A remote call is bounded by the store (`database.remote_timeout_ms`), and by
                 // the shutdown deadline, even one set after the call started.
                 tokio::select! {
+                    // A write that finished as the deadline passed counts as written.
+                    biased;
                     r = write => r,
                     () = self.deadline_passed() => Err(StoreError::TimedOut {
                         what: "a flush to the remote database at the shutdown deadline",
@@ -1078,8 +1080,8 @@ impl Inner {
                     }),
                 }
             };
-            if result.is_err() {
-                *self.in_doubt.lock() = Some((batch_id, n));
+            if result.is_ok() {
+                self.in_doubt.lock().take();
             }
             match result {
                 Ok(_) => {
@@ -1148,8 +1150,11 @@ impl Inner {
         }
     }
 
-    /// A batch id no other flush of any instance uses: process start, pid and sequence.
+    /// A batch id no other flush of any instance uses: process start, pid and a sequence
+    /// shared by every service of the process (a runtime started again in the same process
+    /// must not reuse an id its predecessor wrote).
     fn next_batch_id(&self) -> String {
+        static BATCH_SEQ: AtomicU64 = AtomicU64::new(0);
         static START_NS: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
         let start = START_NS.get_or_init(|| {
             std::time::SystemTime::now()
@@ -1160,7 +1165,7 @@ impl Inner {
             "{}-{}-{start:x}-{}",
             self.store.instance().as_deref().unwrap_or("luametrics"),
             std::process::id(),
-            self.batch_seq.fetch_add(1, Relaxed)
+            BATCH_SEQ.fetch_add(1, Relaxed)
         )
     }
 

@@ -19,8 +19,9 @@ pub struct DatabaseSettings {
     /// stores; empty: `<hostname>-<pid>` (set it where processes share both, as containers
     /// with host networking may).
     pub instance: String,
-    /// How long a remote write (flush, trace batch, rollup) waits for the server's answer
-    /// before it fails and is retried, so a server that stops answering holds nothing for good.
+    /// How long a remote call (a flush, a trace batch, a query, each step of a rollup) waits
+    /// for the server's answer before it fails (writes are retried), so a server that stops
+    /// answering holds nothing for good.
     pub remote_timeout_ms: u64,
 }
 
