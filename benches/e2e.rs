@@ -7,13 +7,16 @@
 
 use luametrics::engine::{Engine, MetricsSink, Script};
 use luametrics::{Config, Runtime};
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 mod harness;
 use harness::*;
+#[path = "../src/cli/bench/held.rs"]
+mod held;
+use held::held_per_event;
 
 const TRIGGER: &str = "user.login";
 
@@ -34,35 +37,6 @@ fn login_events(n: usize) -> Vec<(String, Json)> {
         })
         .take(n)
         .collect()
-}
-
-fn held_per_event(
-    engine: &mut Engine,
-    nodes: &[(Script, Option<u64>)],
-    events: &[(String, Json)],
-) -> f64 {
-    let t = Instant::now();
-    for (tenant, event) in events {
-        let mut context = Map::new();
-        for (script, limit) in nodes {
-            let ex = engine.execute_limited(
-                script,
-                tenant,
-                event,
-                &Json::Object(context.clone()),
-                *limit,
-            );
-            if let Ok(Json::Object(mut m)) = ex.result {
-                if m.get("allow") == Some(&Json::Bool(false)) {
-                    break;
-                }
-                if let Some(Json::Object(c)) = m.remove("context") {
-                    context.extend(c);
-                }
-            }
-        }
-    }
-    t.elapsed().as_secs_f64() * 1e6 / events.len() as f64
 }
 
 fn main() {
@@ -96,7 +70,7 @@ fn main() {
     let sink: Arc<dyn MetricsSink> = Arc::new(runtime.metrics().clone());
     let mut engine = Engine::new(Arc::new(config.engine.clone()), sink).unwrap();
     // Warm both sides (compile caches, engines built).
-    held_per_event(&mut engine, &nodes, &events);
+    held_per_event(&mut engine, &nodes, &events, events.len());
     rt.block_on(async {
         for (tenant, event) in &events {
             runtime
@@ -105,7 +79,7 @@ fn main() {
                 .unwrap();
         }
     });
-    let mut held = || held_per_event(&mut engine, &nodes, &events);
+    let mut held = || held_per_event(&mut engine, &nodes, &events, events.len());
     // One `block_on` per round: entering the runtime per event is not the library's cost.
     let mut library = || {
         rt.block_on(async {

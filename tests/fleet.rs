@@ -23,19 +23,7 @@ fn stored(url: &str, token: Option<&str>) -> u64 {
 
 /// The first column of every row `sql` returns, read straight from the server.
 fn server_column(url: &str, token: Option<&str>, sql: &str) -> Vec<libsql::Value> {
-    block(async {
-        let db = libsql::Builder::new_remote(url.to_string(), token.unwrap_or("").to_string())
-            .build()
-            .await
-            .unwrap();
-        let conn = db.connect().unwrap();
-        let mut rows = conn.query(sql, ()).await.unwrap();
-        let mut out = Vec::new();
-        while let Some(r) = rows.next().await.unwrap() {
-            out.push(r.get_value(0).unwrap());
-        }
-        out
-    })
+    block(common::sqld::query_column(url, token, sql))
 }
 
 /// The one integer `sql` returns, read straight from the server.

@@ -10,6 +10,7 @@ use super::CliError;
 
 mod e2e;
 mod fairness;
+mod held;
 mod remote;
 pub(crate) use e2e::{e2e, E2eArgs};
 pub(crate) use fairness::{fairness, FairnessArgs};

@@ -273,3 +273,19 @@ pub fn mint(key: &SigningKey, access: &str, exp: Option<u64>) -> String {
     let signature = key.sign(signing_input.as_bytes());
     format!("{signing_input}.{}", b64(&signature.to_bytes()))
 }
+
+/// The first column of every row `sql` returns, read straight from the server at `url` (not
+/// through the store under test).
+pub async fn query_column(url: &str, token: Option<&str>, sql: &str) -> Vec<libsql::Value> {
+    let db = libsql::Builder::new_remote(url.to_string(), token.unwrap_or("").to_string())
+        .build()
+        .await
+        .unwrap();
+    let conn = db.connect().unwrap();
+    let mut rows = conn.query(sql, ()).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().await.unwrap() {
+        out.push(r.get_value(0).unwrap());
+    }
+    out
+}

@@ -36,14 +36,10 @@ async fn remote(url: &str, token: Option<&str>) -> Result<Store, StoreError> {
 
 /// One integer from SQL run straight on the server (not through the store under test).
 async fn sql_i64(url: &str, token: Option<&str>, sql: &str) -> i64 {
-    let db = libsql::Builder::new_remote(url.to_string(), token.unwrap_or("").to_string())
-        .build()
-        .await
-        .unwrap();
-    let conn = db.connect().unwrap();
-    let mut rows = conn.query(sql, ()).await.unwrap();
-    let row = rows.next().await.unwrap().unwrap();
-    row.get::<i64>(0).unwrap()
+    match sqld::query_column(url, token, sql).await.first() {
+        Some(libsql::Value::Integer(n)) => *n,
+        other => panic!("{sql} returned {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,11 +18,12 @@
 //!   (`pool.tenant_engine_ms_per_s = 0`, `recorder.tenant_usage = false`; baseline) against
 //!   the same runtime with both, as configured (subject): what fairness and tenant usage cost.
 
+use super::held::held_per_event;
 use super::{report, spread, CliError, Goal, Row};
 use luametrics::engine::{Engine, MetricsSink, Script};
 use luametrics::server::{self, Tokens};
 use luametrics::{Config, Runtime};
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -112,37 +113,6 @@ fn login_nodes(rt: &Runtime) -> Result<Vec<(Script, Option<u64>)>, CliError> {
         .flatten()
         .map(|&i| (p.nodes[i].script.clone(), p.nodes[i].timeout_ms))
         .collect())
-}
-
-/// E1's baseline: µs per event of the scripts alone on one held engine.
-fn held_per_event(
-    engine: &mut Engine,
-    nodes: &[(Script, Option<u64>)],
-    events: &[(String, Json)],
-    n: usize,
-) -> f64 {
-    let t = Instant::now();
-    for (tenant, event) in events.iter().cycle().take(n) {
-        let mut context = Map::new();
-        for (script, limit) in nodes {
-            let ex = engine.execute_limited(
-                script,
-                tenant,
-                event,
-                &Json::Object(context.clone()),
-                *limit,
-            );
-            if let Ok(Json::Object(mut m)) = ex.result {
-                if m.get("allow") == Some(&Json::Bool(false)) {
-                    break;
-                }
-                if let Some(Json::Object(c)) = m.remove("context") {
-                    context.extend(c);
-                }
-            }
-        }
-    }
-    t.elapsed().as_secs_f64() * 1e6 / n as f64
 }
 
 /// E1's subject: µs per event of `Runtime::execute` from one caller.
