@@ -15,11 +15,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = Arc::new(Store::open(Location::parse(&path, None)?).await?);
     let service = MetricsService::start(store.clone(), RecorderConfig::default());
 
-    service.count(
-        "auth.login.attempt",
-        1.0,
-        &[("method", "password"), ("status", "ok")],
-    )?;
+    service
+        .counter(
+            "auth.login.attempt",
+            &[("method", "password"), ("status", "ok")],
+        )
+        .increment(1);
     for (i, plan) in ["free", "pro", "pro", "enterprise"].iter().enumerate() {
         let tags: Tags = [("plan".to_string(), plan.to_string())].into();
         service.record_user_metric(

@@ -1,3 +1,4 @@
+use crate::series::{PipelineSeries, SeriesCache};
 use crate::{OnError, Pipeline, Pipelines, TraceSampler, TraceWriter};
 use luametrics_engine::{
     printable, Admission, BudgetSpent, Engine, EnginePool, Execution, Job, PoolError, Ran,
@@ -166,6 +167,8 @@ pub struct Executor {
     started: u64,
     /// Random bits in every trace id of this executor.
     salt: u32,
+    /// The system series every execution records, as handles per tenant and pipeline.
+    series: SeriesCache,
 }
 
 enum NodeResult {
@@ -196,6 +199,7 @@ impl Executor {
             traces,
             sampler: TraceSampler::new(trace_sample_rate),
             sequence: AtomicU64::new(0),
+            series: SeriesCache::default(),
         }
     }
 
@@ -256,12 +260,15 @@ impl Executor {
         let started_at = self.metrics.now_ms();
         let trace_id = self.trace_id();
         let tenant: Arc<str> = Arc::from(tenant);
+        let series = self.series.get(&self.metrics, &tenant, pipeline);
         let mut first = 0;
         let mut progress = Progress::new(pipeline.nodes.len());
         // A pipeline of one node per layer runs on one engine in one hand-off; layers of
         // several nodes run each node on its own engine, at once.
         if pipeline.layers.iter().all(|l| l.len() == 1) {
-            (progress, first) = self.run_chain(pipeline, &tenant, &event, progress).await;
+            (progress, first) = self
+                .run_chain(pipeline, &tenant, &series, &event, progress)
+                .await;
         }
         for layer in &pipeline.layers[first.min(pipeline.layers.len())..] {
             if progress.decision != Decision::Allow {
@@ -310,7 +317,7 @@ impl Executor {
                     },
                     (None, None) => continue,
                 };
-                progress.settle(&self.metrics, &tenant, pipeline, i, node_start, result);
+                progress.settle(&series, pipeline, i, node_start, result);
             }
         }
         let Progress {
@@ -353,18 +360,8 @@ impl Executor {
             overhead_ms: (total_ms - wait_ms - script_ms - helpers_ms).max(0.0),
         };
         let status = decision.status();
-        let _ = self.metrics.record_system(
-            "pipeline.exec.duration",
-            Kind::Histogram,
-            total_ms,
-            Tags::from([
-                ("pipeline_id".to_string(), pipeline.id.clone()),
-                ("status".to_string(), status.to_string()),
-                ("trigger_event".to_string(), pipeline.trigger.clone()),
-            ]),
-            Some(&tenant),
-            None,
-        );
+        // A refused point is counted by the service; it never fails the execution.
+        let _ = series.exec(status).record(total_ms);
         if self.sampler.keep(status) {
             let (reason, error) = match &decision {
                 Decision::Allow => (None, None),
@@ -419,6 +416,7 @@ impl Executor {
         &self,
         pipeline: &Arc<Pipeline>,
         tenant: &Arc<str>,
+        series: &Arc<PipelineSeries>,
         event: &Arc<Json>,
         progress: Progress,
     ) -> (Progress, usize) {
@@ -429,7 +427,7 @@ impl Executor {
         let work = {
             let shared = shared.clone();
             let (pipeline, tenant, event) = (pipeline.clone(), tenant.clone(), event.clone());
-            let metrics = self.metrics.clone();
+            let (metrics, series) = (self.metrics.clone(), series.clone());
             move |engine: &mut Engine, mut wait_ms: f64| {
                 for (li, layer) in pipeline.layers.iter().enumerate() {
                     let i = layer[0];
@@ -458,8 +456,7 @@ impl Executor {
                         Some(p) => {
                             p.running = None;
                             p.settle(
-                                &metrics,
-                                &tenant,
+                                &series,
                                 &pipeline,
                                 i,
                                 node_start,
@@ -500,8 +497,7 @@ impl Executor {
                 let node = &pipeline.nodes[i];
                 let timed_out = Execution::abandoned(&node.script, limit_of(i), wait_ms, total_ms);
                 progress.settle(
-                    &self.metrics,
-                    tenant,
+                    series,
                     pipeline,
                     i,
                     node_start,
@@ -520,8 +516,7 @@ impl Executor {
                 let i = pipeline.layers[li][0];
                 let waited = t.elapsed().as_secs_f64() * 1000.0;
                 progress.settle(
-                    &self.metrics,
-                    tenant,
+                    series,
                     pipeline,
                     i,
                     node_start,
@@ -561,8 +556,7 @@ impl Progress {
     /// context and the decision. Runs where the node ran (a runner, for a chain).
     fn settle(
         &mut self,
-        metrics: &MetricsService,
-        tenant: &Arc<str>,
+        series: &PipelineSeries,
         pipeline: &Pipeline,
         i: usize,
         node_start: i64,
@@ -582,23 +576,9 @@ impl Progress {
             overhead_ms: report.timings.overhead_ms,
             error: report.error.clone(),
         };
-        let script_tags = || Tags::from([("script_id".to_string(), node.script.id().to_string())]);
-        let _ = metrics.record_system(
-            "pipeline.node.overhead",
-            Kind::Histogram,
-            report.timings.overhead_ms,
-            script_tags(),
-            Some(tenant),
-            None,
-        );
-        let _ = metrics.record_system(
-            "script.exec.duration_ms",
-            Kind::Histogram,
-            report.timings.script_ms,
-            script_tags(),
-            Some(tenant),
-            None,
-        );
+        // Refused points are counted by the service; they never fail the execution.
+        let _ = series.node_overhead[i].record(report.timings.overhead_ms);
+        let _ = series.node_duration[i].record(report.timings.script_ms);
         let (context, decision, warnings) =
             (&mut self.context, &mut self.decision, &mut self.warnings);
         match outcome {

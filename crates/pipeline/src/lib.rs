@@ -10,6 +10,7 @@
 mod definition;
 mod executor;
 mod registry;
+mod series;
 mod traces;
 
 pub use definition::{Node, OnError, Pipeline, PipelineError, Pipelines};

@@ -21,6 +21,7 @@ mod accounting;
 mod bridge;
 mod config;
 mod exposition;
+mod handle;
 mod health;
 mod quota;
 mod series;
@@ -31,6 +32,7 @@ pub use accounting::{Accounting, DropReason, LostReason, TypeAccounting};
 pub use bridge::MetricsBridge;
 pub use config::{system_clock, Clock, RecorderConfig, RecorderSettings};
 pub use exposition::ExposedSeries;
+pub use handle::{Counter, Gauge, Histogram, SystemSeries};
 pub use health::Health;
 pub use service::{
     Accepted, BatchPoint, BatchReport, MetricsService, RecorderError, Rejected, ShutdownReport,

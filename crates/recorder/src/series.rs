@@ -36,6 +36,41 @@ impl SeriesKey {
     }
 }
 
+/// A series key as a recording brings it: built for this point, or shared by a handle that
+/// built it once (so a point through a handle allocates no key).
+pub(crate) enum KeyIn {
+    Owned(SeriesKey),
+    Shared(Arc<SeriesKey>),
+}
+
+impl KeyIn {
+    pub fn get(&self) -> &SeriesKey {
+        match self {
+            KeyIn::Owned(k) => k,
+            KeyIn::Shared(k) => k,
+        }
+    }
+
+    pub fn into_arc(self) -> Arc<SeriesKey> {
+        match self {
+            KeyIn::Owned(k) => Arc::new(k),
+            KeyIn::Shared(k) => k,
+        }
+    }
+}
+
+impl From<SeriesKey> for KeyIn {
+    fn from(k: SeriesKey) -> Self {
+        KeyIn::Owned(k)
+    }
+}
+
+impl From<Arc<SeriesKey>> for KeyIn {
+    fn from(k: Arc<SeriesKey>) -> Self {
+        KeyIn::Shared(k)
+    }
+}
+
 #[derive(Default)]
 struct Counts {
     per_name: HashMap<(Arc<str>, String), usize>,

@@ -1,7 +1,7 @@
 use crate::accounting::{Counters, DropReason, LostReason};
 use crate::config::RecorderConfig;
 use crate::quota::TenantQuota;
-use crate::series::{Registry, SeriesKey};
+use crate::series::{KeyIn, Registry, SeriesKey};
 use crate::Accounting;
 use luametrics_model::{Kind, MetricType, RejectReason, Tags};
 use luametrics_sketch::Summary;
@@ -399,8 +399,9 @@ impl MetricsService {
         self.inner.quota.tracked_tenants()
     }
 
-    /// Adds to a system counter (validated against the catalog).
-    pub fn count(
+    /// Adds to a system counter (validated against the catalog) and says whether it was kept;
+    /// hosts that record the same series often use a [`crate::Counter`] handle instead.
+    pub fn try_count(
         &self,
         name: &str,
         value: f64,
@@ -409,8 +410,8 @@ impl MetricsService {
         self.record_system(name, Kind::Counter, value, tags_from(tags), None, None)
     }
 
-    /// Sets a system gauge.
-    pub fn gauge(
+    /// Sets a system gauge and says whether it was kept (see [`MetricsService::try_count`]).
+    pub fn try_gauge(
         &self,
         name: &str,
         value: f64,
@@ -419,8 +420,9 @@ impl MetricsService {
         self.record_system(name, Kind::Gauge, value, tags_from(tags), None, None)
     }
 
-    /// Observes a value of a system histogram.
-    pub fn histogram(
+    /// Observes a value of a system histogram and says whether it was kept (see
+    /// [`MetricsService::try_count`]).
+    pub fn try_histogram(
         &self,
         name: &str,
         value: f64,
@@ -440,7 +442,7 @@ impl MetricsService {
         let out = fut.await;
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         // A refused timing is counted in the accounting; it never fails the timed work.
-        let _ = self.histogram(name, ms, tags);
+        let _ = self.try_histogram(name, ms, tags);
         out
     }
 
@@ -529,6 +531,22 @@ impl MetricsService {
             tags,
         };
         inner.ingest(key, summary, ts, source.map(str::to_string), true)
+    }
+
+    /// Counts `n` refused system points (a handle's checks) and returns the refusal.
+    pub(crate) fn reject_system(&self, reason: RejectReason, n: u64) -> Rejected {
+        self.inner.counters.reject(MetricType::System, reason, n);
+        Rejected::Invalid(reason)
+    }
+
+    /// Folds a checked system point of a handle's series (its key built once).
+    pub(crate) fn ingest_series(
+        &self,
+        key: Arc<SeriesKey>,
+        summary: Summary,
+        ts: i64,
+    ) -> Result<Accepted, Rejected> {
+        self.inner.ingest(key, summary, ts, None, true)
     }
 
     /// Records one user metric for a tenant (seed §4.2 `recordUserMetric`): every tag rule,
@@ -747,13 +765,14 @@ impl Inner {
     /// Folds a summary into its series' accumulator. `account` is false for self-metrics.
     fn ingest(
         &self,
-        key: SeriesKey,
+        key: impl Into<KeyIn>,
         summary: Summary,
         ts: i64,
         source: Option<String>,
         account: bool,
     ) -> Result<Accepted, Rejected> {
-        let metric_type = key.metric_type;
+        let key = key.into();
+        let metric_type = key.get().metric_type;
         let samples = summary.samples;
         self.inflight.fetch_add(1, SeqCst);
         let result = self.ingest_inner(key, summary, ts, source, false);
@@ -774,7 +793,7 @@ impl Inner {
 
     fn ingest_inner(
         &self,
-        key: SeriesKey,
+        key: impl Into<KeyIn>,
         summary: Summary,
         ts: i64,
         source: Option<String>,
@@ -783,21 +802,29 @@ impl Inner {
         if !internal && self.closing.load(SeqCst) {
             return Err(Rejected::Dropped(DropReason::ShuttingDown));
         }
-        let now = (self.config.clock)();
-        let (key, overflowed) = self.registry.admit(key, now, &self.config.policy.limits);
+        let (key, overflowed) = match key.into() {
+            KeyIn::Owned(key) => {
+                let now = (self.config.clock)();
+                let (key, overflowed) = self.registry.admit(key, now, &self.config.policy.limits);
+                (KeyIn::Owned(key), overflowed)
+            }
+            // Shared keys are system series (handles): no series limits apply to them.
+            shared => (shared, false),
+        };
         let accepted = if overflowed {
             Accepted::Overflow
         } else {
             Accepted::Stored
         };
         let window = self.window_start(ts);
-        let shard = &self.shards[(self.hasher.hash_one(&key) as usize) % self.shards.len()];
+        let k = key.get();
+        let shard = &self.shards[(self.hasher.hash_one(k) as usize) % self.shards.len()];
         // The service's own metrics have reserved room above the bound.
         let max = self.config.settings.max_memory_bytes + if internal { SELF_RESERVE } else { 0 };
         let accounted = !internal;
         let cost = ENTRY_OVERHEAD
-            + key.heap_bytes()
-            + if key.kind == Kind::Histogram {
+            + k.heap_bytes()
+            + if k.kind == Kind::Histogram {
                 SKETCH_RESERVE
             } else {
                 0
@@ -808,7 +835,7 @@ impl Inner {
                 return Err(Rejected::Dropped(DropReason::MemoryBound));
             }
             let row = Sealed {
-                key: Arc::new(key),
+                key: key.into_arc(),
                 window,
                 window_ms: 0,
                 summary,
@@ -818,7 +845,7 @@ impl Inner {
             shard.raw.push((row, cost));
             return Ok(accepted);
         }
-        if let Some(open) = shard.windows.get_mut(&key) {
+        if let Some(open) = shard.windows.get_mut(k) {
             open.idle_flushes = 0;
             if open.idle_charge > 0 {
                 self.memory
@@ -848,7 +875,7 @@ impl Inner {
             return Err(Rejected::Dropped(DropReason::MemoryBound));
         }
         shard.windows.insert(
-            Arc::new(key),
+            key.into_arc(),
             Open {
                 windows: vec![(
                     window,

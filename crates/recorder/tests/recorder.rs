@@ -490,7 +490,7 @@ async fn idle_series_are_evicted_and_limiter_state_pruned() {
 async fn system_metrics_follow_the_catalog_and_the_metrics_facade_lands_in_the_store() {
     let h = harness(RecorderSettings::default(), big_limits()).await;
     assert_eq!(
-        h.service.count(
+        h.service.try_count(
             "auth.login.attempt",
             1.0,
             &[("method", "password"), ("status", "ok")]
@@ -498,7 +498,7 @@ async fn system_metrics_follow_the_catalog_and_the_metrics_facade_lands_in_the_s
         Ok(Accepted::Stored)
     );
     assert_eq!(
-        h.service.count(
+        h.service.try_count(
             "auth.login.attempt",
             1.0,
             &[("method", "password"), ("user_id", "42")]
@@ -506,16 +506,16 @@ async fn system_metrics_follow_the_catalog_and_the_metrics_facade_lands_in_the_s
         Err(Rejected::Invalid(RejectReason::UndeclaredTag))
     );
     assert_eq!(
-        h.service.gauge("lua.pool.exhausted", 1.0, &[]),
+        h.service.try_gauge("lua.pool.exhausted", 1.0, &[]),
         Err(Rejected::Invalid(RejectReason::KindMismatch))
     );
     assert_eq!(
-        h.service.gauge("host.cache.entries", f64::NAN, &[]),
+        h.service.try_gauge("host.cache.entries", f64::NAN, &[]),
         Err(Rejected::Invalid(RejectReason::InvalidValue))
     );
     assert_eq!(
         h.service
-            .histogram("host.cache.latency_ms", 1.0, &[("client", "10.1.2.3")]),
+            .try_histogram("host.cache.latency_ms", 1.0, &[("client", "10.1.2.3")]),
         Err(Rejected::Invalid(RejectReason::PiiTag))
     );
     let out = h
@@ -555,6 +555,108 @@ async fn system_metrics_follow_the_catalog_and_the_metrics_facade_lands_in_the_s
     assert_eq!(n, 1);
     let acc = h.service.accounting();
     assert_eq!(acc.system.rejected.get("undeclared_tag"), Some(&2));
+    assert!(acc.system.balances());
+}
+
+#[tokio::test]
+async fn handles_check_once_never_fail_the_caller_and_count_every_refused_point() {
+    let h = harness(RecorderSettings::default(), big_limits()).await;
+    let attempts = h.service.counter(
+        "auth.login.attempt",
+        &[("method", "password"), ("status", "ok")],
+    );
+    assert_eq!(attempts.series().refused(), None);
+    for _ in 0..1_000 {
+        attempts.increment(1);
+    }
+    attempts.add(0.5);
+    // The same series through a handle and through the checked call fold together.
+    h.service
+        .try_count(
+            "auth.login.attempt",
+            2.0,
+            &[("method", "password"), ("status", "ok")],
+        )
+        .unwrap();
+    // Refused when made (a tag the catalog does not declare, the wrong kind, PII, unknown
+    // name): never fails the caller, counts each point it is given.
+    let undeclared = h
+        .service
+        .counter("auth.login.attempt", &[("user_id", "42")]);
+    assert_eq!(
+        undeclared.series().refused(),
+        Some(RejectReason::UndeclaredTag)
+    );
+    let wrong_kind = h.service.gauge("lua.pool.exhausted", &[]);
+    assert_eq!(
+        wrong_kind.series().refused(),
+        Some(RejectReason::KindMismatch)
+    );
+    let pii = h
+        .service
+        .histogram("host.cache.latency_ms", &[("client", "10.1.2.3")]);
+    assert_eq!(pii.series().refused(), Some(RejectReason::PiiTag));
+    for _ in 0..3 {
+        undeclared.increment(1);
+        wrong_kind.set(1.0);
+        pii.record(1.0);
+    }
+    assert_eq!(
+        pii.try_record(4.0),
+        Err(Rejected::Invalid(RejectReason::PiiTag))
+    );
+    // A good handle still checks each value.
+    assert_eq!(
+        attempts.try_add(-1.0),
+        Err(Rejected::Invalid(RejectReason::NegativeCounter))
+    );
+    let entries = h.service.gauge("host.cache.entries", &[]);
+    entries.set(10.0);
+    entries.set(f64::INFINITY);
+    entries.set(7.0);
+    // A host's series of one tenant: the tenant is a column, never a tag.
+    let per_tenant = h.service.system_series(
+        "host.cache.latency_ms",
+        Kind::Histogram,
+        tags(&[("tenant", "spoofed")]),
+        Some("acme"),
+    );
+    per_tenant.record(3.0).unwrap();
+    per_tenant.record(5.0).unwrap();
+    h.service.flush().await.unwrap();
+    let (n, sum) = stored(&h.store, "auth.login.attempt", None).await;
+    assert_eq!((n, sum), (1_002, 1_002.5));
+    let rows = h
+        .store
+        .find_metrics(&FindQuery {
+            name: "host.cache.entries".into(),
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].value, 7.0);
+    let rows = h
+        .store
+        .find_metrics(&FindQuery {
+            name: "host.cache.latency_ms".into(),
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].tenant.as_deref(), Some("acme"));
+    assert!(rows[0].tags.is_empty(), "{:?}", rows[0].tags);
+    let acc = h.service.accounting();
+    assert_eq!(acc.system.rejected.get("undeclared_tag"), Some(&3));
+    assert_eq!(acc.system.rejected.get("kind_mismatch"), Some(&3));
+    assert_eq!(acc.system.rejected.get("pii_tag"), Some(&4));
+    assert_eq!(acc.system.rejected.get("negative_counter"), Some(&1));
+    assert_eq!(acc.system.rejected.get("invalid_value"), Some(&1));
     assert!(acc.system.balances());
 }
 

@@ -212,7 +212,7 @@ fn hint(names: &[&str]) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "<div class=\"hint\" data-hint=\"no-data\">No data in this range. This panel is fed by {list}. Record them from the host with <code>runtime.metrics().count(\"name\", 1.0, &amp;[(\"tag\", \"value\")])</code> (or <code>gauge</code>/<code>histogram</code>), or over HTTP with <code>POST /v1/metrics</code> <code>{{\"points\": [{{\"name\": \"...\", \"kind\": \"counter\", \"value\": 1}}]}}</code>.</div>"
+        "<div class=\"hint\" data-hint=\"no-data\">No data in this range. This panel is fed by {list}. Record them from the host with <code>runtime.metrics().counter(\"name\", &amp;[(\"tag\", \"value\")]).increment(1)</code> (or <code>gauge</code>/<code>histogram</code>), or over HTTP with <code>POST /v1/metrics</code> <code>{{\"points\": [{{\"name\": \"...\", \"kind\": \"counter\", \"value\": 1}}]}}</code>.</div>"
     )
 }
 

@@ -7,9 +7,12 @@ use axum::extract::MatchedPath;
 use axum::http::{Request, Response};
 use http_body::Body;
 use luametrics_model::{Kind, Tags};
-use luametrics_recorder::MetricsService;
+use luametrics_recorder::{MetricsService, SystemSeries};
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use tower::{Layer, Service};
@@ -20,16 +23,88 @@ use tower::{Layer, Service};
 #[derive(Debug, Clone)]
 pub struct RouteId(pub String);
 
+/// Most (route, method, status class) combinations whose handles are kept; past it the cache
+/// starts over (a host's route ids or clients' method names must not grow it without bound).
+const MAX_HANDLES: usize = 1_024;
+
+/// The four series of one (route, method, status class), made once: a request records its
+/// points without building tag maps or running the catalog and PII checks.
+struct HttpSeries {
+    count: SystemSeries,
+    duration: SystemSeries,
+    request_size: SystemSeries,
+    response_size: SystemSeries,
+}
+
+type HandleKey = (String, String, &'static str);
+
+/// Handles shared by every clone of a layer and its services.
+struct Handles {
+    metrics: MetricsService,
+    map: Mutex<HashMap<HandleKey, Arc<HttpSeries>>>,
+}
+
+impl Handles {
+    fn get(&self, key: HandleKey) -> Arc<HttpSeries> {
+        if let Some(s) = self.map.lock().get(&key) {
+            return s.clone();
+        }
+        let (route, method, class) = (&key.0, &key.1, key.2);
+        let tags = |with_status: bool| {
+            let mut t = Tags::from([
+                ("route_id".to_string(), route.clone()),
+                ("method".to_string(), method.clone()),
+            ]);
+            if with_status {
+                t.insert("status_class".to_string(), class.to_string());
+            }
+            t
+        };
+        let m = &self.metrics;
+        let made = Arc::new(HttpSeries {
+            count: m.system_series("http.request.count", Kind::Counter, tags(true), None),
+            duration: m.system_series(
+                "http.request.duration_ms",
+                Kind::Histogram,
+                tags(true),
+                None,
+            ),
+            request_size: m.system_series(
+                "http.request.size_bytes",
+                Kind::Histogram,
+                tags(false),
+                None,
+            ),
+            response_size: m.system_series(
+                "http.response.size_bytes",
+                Kind::Histogram,
+                tags(true),
+                None,
+            ),
+        });
+        let mut map = self.map.lock();
+        if map.len() >= MAX_HANDLES {
+            map.clear();
+        }
+        map.entry(key).or_insert(made).clone()
+    }
+}
+
 /// Records HTTP metrics into a [`MetricsService`]; never fails a request.
 #[derive(Clone)]
 pub struct HttpMetricsLayer {
-    metrics: MetricsService,
+    handles: Arc<Handles>,
 }
 
 impl HttpMetricsLayer {
     /// A layer recording into `metrics`.
     pub fn new(metrics: MetricsService) -> Self {
-        Self { metrics }
+        Self {
+            handles: Arc::new(Handles {
+                metrics,
+                map: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 }
 
@@ -38,7 +113,7 @@ impl<S> Layer<S> for HttpMetricsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         HttpMetrics {
             inner,
-            metrics: self.metrics.clone(),
+            handles: self.handles.clone(),
         }
     }
 }
@@ -47,7 +122,7 @@ impl<S> Layer<S> for HttpMetricsLayer {
 #[derive(Clone)]
 pub struct HttpMetrics<S> {
     inner: S,
-    metrics: MetricsService,
+    handles: Arc<Handles>,
 }
 
 fn status_class(code: u16) -> &'static str {
@@ -94,7 +169,7 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok())
         });
-        let metrics = self.metrics.clone();
+        let handles = self.handles.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let res = fut.await?;
@@ -106,52 +181,15 @@ where
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok())
             });
-            let tags = |with_status: bool| {
-                let mut t = Tags::from([
-                    ("route_id".to_string(), route.clone()),
-                    ("method".to_string(), method.clone()),
-                ]);
-                if with_status {
-                    t.insert("status_class".to_string(), class.to_string());
-                }
-                t
-            };
+            let series = handles.get((route, method, class));
             // Refused points are counted by the service; they never fail the request.
-            let _ = metrics.record_system(
-                "http.request.count",
-                Kind::Counter,
-                1.0,
-                tags(true),
-                None,
-                None,
-            );
-            let _ = metrics.record_system(
-                "http.request.duration_ms",
-                Kind::Histogram,
-                ms,
-                tags(true),
-                None,
-                None,
-            );
+            let _ = series.count.record(1.0);
+            let _ = series.duration.record(ms);
             if let Some(n) = request_size {
-                let _ = metrics.record_system(
-                    "http.request.size_bytes",
-                    Kind::Histogram,
-                    n as f64,
-                    tags(false),
-                    None,
-                    None,
-                );
+                let _ = series.request_size.record(n as f64);
             }
             if let Some(n) = response_size {
-                let _ = metrics.record_system(
-                    "http.response.size_bytes",
-                    Kind::Histogram,
-                    n as f64,
-                    tags(true),
-                    None,
-                    None,
-                );
+                let _ = series.response_size.record(n as f64);
             }
             Ok(res)
         })
