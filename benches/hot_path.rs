@@ -18,9 +18,10 @@
 //! Every side gets the same engine settings, the same kind of sink, and builds and warms its
 //! engines (and threads or tasks) before its clock starts.
 
-use luametrics_engine::{Engine, EnginePool, EngineSettings, MetricsSink, PoolSettings, Script};
+use luametrics_engine::{
+    BatchPoint, BatchReport, Engine, EnginePool, EngineSettings, MetricsSink, PoolSettings, Script,
+};
 use luametrics_model::{Kind, Limits, RejectReason, TagPolicy, Tags};
-use luametrics_recorder::{BatchPoint, BatchReport};
 use luametrics_sketch::Summary;
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};

@@ -14,8 +14,9 @@
 //! anything else, and the control tells the two apart. The report splits each side's time
 //! into recording and flushing.
 
+use luametrics_engine::{BatchPoint, MetricsSink};
 use luametrics_model::{Catalog, Kind, Limits, TagPolicy, Tags};
-use luametrics_recorder::{BatchPoint, MetricsService, RecorderConfig, RecorderSettings};
+use luametrics_recorder::{MetricsService, RecorderConfig, RecorderSettings};
 use luametrics_server::prometheus;
 use luametrics_sketch::Summary;
 use luametrics_store::{Location, Store};
@@ -69,9 +70,15 @@ fn service(rt: &tokio::runtime::Runtime, dir: &tempfile::TempDir, series: usize)
             svc.ingest_user_batch(
                 &format!("tenant-{}", i % 10),
                 vec![BatchPoint {
-                    name: "shop.orders_count".into(),
-                    kind: Kind::Counter,
-                    tags: Tags::from([("shop".to_string(), format!("s{i}"))]),
+                    series: svc
+                        .config()
+                        .policy
+                        .check_series(
+                            "shop.orders_count",
+                            Kind::Counter,
+                            vec![("shop".to_string(), format!("s{i}"))],
+                        )
+                        .expect("a valid series"),
                     summary: s,
                 }],
             );

@@ -19,8 +19,9 @@
 //!   own estimate (which is what enforces the bound and so always fits it).
 
 use criterion::{criterion_group, Criterion, Throughput};
+use luametrics_engine::{BatchPoint, MetricsSink};
 use luametrics_model::{Kind, Limits, TagPolicy, Tags};
-use luametrics_recorder::{BatchPoint, MetricsService, RecorderConfig, RecorderSettings};
+use luametrics_recorder::{MetricsService, RecorderConfig, RecorderSettings};
 use luametrics_sketch::Summary;
 use luametrics_store::{Location, Store};
 use std::sync::Arc;
@@ -170,9 +171,15 @@ fn ingest_window(svc: &MetricsService) {
         svc.ingest_user_batch(
             "acme",
             vec![BatchPoint {
-                name: "shop.orders_count".into(),
-                kind: Kind::Counter,
-                tags: Tags::from([("shop".to_string(), format!("s{i}"))]),
+                series: svc
+                    .config()
+                    .policy
+                    .check_series(
+                        "shop.orders_count",
+                        Kind::Counter,
+                        vec![("shop".to_string(), format!("s{i}"))],
+                    )
+                    .expect("a valid series"),
                 summary: s,
             }],
         );
@@ -396,9 +403,15 @@ fn memory_child(series: u64) {
         svc.ingest_user_batch(
             "acme",
             vec![BatchPoint {
-                name: "shop.orders_count".into(),
-                kind: Kind::Counter,
-                tags: Tags::from([("shop".to_string(), format!("s{i}"))]),
+                series: svc
+                    .config()
+                    .policy
+                    .check_series(
+                        "shop.orders_count",
+                        Kind::Counter,
+                        vec![("shop".to_string(), format!("s{i}"))],
+                    )
+                    .expect("a valid series"),
                 summary: s,
             }],
         );

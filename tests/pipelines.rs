@@ -1,9 +1,11 @@
 //! Pipeline semantics through the embedding API: real engines, a real libSQL file.
 
-use luametrics::engine::{EnginePool, EngineSettings, MetricsSink, PoolSettings};
+use luametrics::engine::{
+    BatchPoint, BatchReport, EnginePool, EngineSettings, MetricsSink, PoolSettings,
+};
 use luametrics::model::{Kind, RejectReason, TagPolicy, Tags};
 use luametrics::pipeline::{Decision, Executor, Pipelines, TraceWriter};
-use luametrics::recorder::{BatchPoint, BatchReport, MetricsService, RecorderConfig};
+use luametrics::recorder::{MetricsService, RecorderConfig};
 use luametrics::sketch::Summary;
 use luametrics::store::{Location, Store};
 use luametrics::{Config, Runtime};

@@ -14,9 +14,11 @@ mod held;
 mod remote;
 pub(crate) use e2e::{e2e, E2eArgs};
 pub(crate) use fairness::{fairness, FairnessArgs};
-use luametrics::engine::{Engine, EnginePool, EngineSettings, MetricsSink, PoolSettings, Script};
+use luametrics::engine::{
+    BatchPoint, BatchReport, Engine, EnginePool, EngineSettings, MetricsSink, PoolSettings, Script,
+};
 use luametrics::model::{Kind, Limits, RejectReason, TagPolicy, Tags, DEFAULT_DENIED_KEYS};
-use luametrics::recorder::{BatchPoint, BatchReport, MetricsService, RecorderConfig};
+use luametrics::recorder::{MetricsService, RecorderConfig};
 use luametrics::sketch::Summary;
 use luametrics::store::{Location, Store};
 pub(crate) use remote::{remote, RemoteArgs};

@@ -61,7 +61,7 @@ pub(crate) async fn check(
         .iter()
         .map(|(_, p)| {
             serde_json::json!({
-                "name": p.name, "kind": p.kind, "tags": p.tags,
+                "name": p.series.name(), "kind": p.series.kind(), "tags": p.series.tags(),
                 "samples": p.summary.samples, "sum": p.summary.sum,
             })
         })

@@ -2,8 +2,10 @@ use crate::convert::{to_lua, FromLua};
 use crate::guard::{self, Heap};
 use crate::hot::{self, Hot, HotRef};
 use crate::watchdog::{self, Slot, ABORT_MEMORY, ABORT_STACK, ABORT_TIME};
-use crate::{Clock, DiscardReason, EngineSettings, MetricsSink, Script, ScriptError, PRELUDE};
-use luametrics_model::{Kind, RejectReason, Tags};
+use crate::{
+    Clock, DiscardReason, EngineSettings, MetricsSink, Script, ScriptError, Warning, PRELUDE,
+};
+use luametrics_model::{CheckedSeries, Kind, RejectReason, Tags};
 use mlua::chunk::ChunkMode;
 use mlua::{ffi, Function, Lua, LuaOptions, MultiValue, StdLib, Table, Value, Variadic};
 use parking_lot::Mutex;
@@ -43,17 +45,6 @@ pub struct MetricsReport {
     pub dropped: u64,
     /// Points rejected by the helpers, by reason.
     pub rejected: BTreeMap<String, u64>,
-}
-
-/// A metric point the helpers rejected: data, never a line of the print log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Warning {
-    /// The metric name as the script gave it (cut to 128 bytes, control characters escaped).
-    pub metric: String,
-    /// Why it was rejected (a `helpers.metrics` reason code).
-    pub reason: String,
-    /// How many points of this metric were rejected for this reason in the execution.
-    pub count: u64,
 }
 
 /// The outcome of one script execution: its result or typed error, with what it logged,
@@ -263,11 +254,9 @@ impl Engine {
                     sh.timed(|| {
                         let kind = kind_of(&kind);
                         match validate(sk.as_ref(), kind, &name, &tags)? {
-                            Ok((name, tags)) => {
+                            Ok(series) => {
                                 let tenant = sh.tenant.lock().clone();
-                                Ok(Value::Integer(
-                                    hr.with(|h| h.plant(tenant, name, kind, tags)) as i64,
-                                ))
+                                Ok(Value::Integer(hr.with(|h| h.plant(tenant, series)) as i64))
                             }
                             Err(r) => Ok(Value::String(lua.create_string(r.as_str())?)),
                         }
@@ -813,13 +802,13 @@ impl Engine {
 }
 
 /// The host side of a verdict: every rule of the tag policy, once per distinct name/tag set.
-/// `Ok(Ok(name, tags))` is an accepted series; `Ok(Err(reason))` a rejected one.
+/// `Ok(Ok(series))` is an accepted series; `Ok(Err(reason))` a rejected one.
 fn validate(
     sink: &dyn MetricsSink,
     kind: Kind,
     name: &Value,
     tags: &Value,
-) -> mlua::Result<Result<(String, Tags), RejectReason>> {
+) -> mlua::Result<Result<CheckedSeries, RejectReason>> {
     let Value::String(name) = name else {
         return Ok(Err(RejectReason::InvalidName));
     };
@@ -827,6 +816,7 @@ fn validate(
         return Ok(Err(RejectReason::InvalidName));
     };
     let policy = sink.policy();
+    // The name first: a bad name is refused before its tags are read.
     if let Err(r) = policy.check_user_name(&name, kind) {
         return Ok(Err(r));
     }
@@ -857,14 +847,15 @@ fn validate(
             }
         }
     }
-    if let Err(r) = policy.check_user_tags(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
-        return Ok(Err(r));
-    }
+    let series = match policy.check_series(&name, kind, pairs) {
+        Ok(s) => s,
+        Err(r) => return Ok(Err(r)),
+    };
     // Last: a name is claimed only for a point that passes every other rule.
     if let Err(r) = sink.claim_name(&name, kind) {
         return Ok(Err(r));
     }
-    Ok(Ok((name.to_string(), pairs.into_iter().collect())))
+    Ok(Ok(series))
 }
 
 fn root(e: &mlua::Error) -> &mlua::Error {

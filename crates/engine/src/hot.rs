@@ -22,8 +22,8 @@
 //! - The fast path pushes at most 5 values above its 3 arguments, within the 20 slots Lua
 //!   guarantees a C function.
 
-use luametrics_model::{Kind, RejectReason, Tags};
-use luametrics_recorder::BatchPoint;
+use luametrics_model::{Kind, RejectReason};
+use luametrics_sink::{BatchPoint, CheckedSeries};
 use luametrics_sketch::Summary;
 use mlua::ffi;
 use std::collections::HashMap;
@@ -48,9 +48,7 @@ pub(crate) const MAX_WALK: usize = 64;
 struct Identity {
     /// Each tenant's series are its own: nothing of one tenant's cache serves another's.
     tenant: Arc<str>,
-    name: String,
-    kind: Kind,
-    tags: Tags,
+    series: CheckedSeries,
 }
 
 /// A validated series in the verdict cache; its index is what the Lua tree holds.
@@ -107,19 +105,8 @@ impl Hot {
     }
 
     /// Registers a validated name/tag set; returns the id the Lua tree keeps.
-    pub(crate) fn plant(
-        &mut self,
-        tenant: Arc<str>,
-        name: String,
-        kind: Kind,
-        tags: Tags,
-    ) -> usize {
-        let identity = Identity {
-            tenant,
-            name,
-            kind,
-            tags,
-        };
+    pub(crate) fn plant(&mut self, tenant: Arc<str>, series: CheckedSeries) -> usize {
+        let identity = Identity { tenant, series };
         if let Some(&id) = self.index.get(&identity) {
             return id;
         }
@@ -184,7 +171,7 @@ impl Hot {
         }
         series.epoch = self.epoch;
         series.slot = self.slots.len();
-        let mut summary = Summary::new(series.identity.kind == Kind::Histogram);
+        let mut summary = Summary::new(series.identity.series.kind() == Kind::Histogram);
         summary.observe(value, 0);
         self.slots.push(Slot {
             identity: series.identity.clone(),
@@ -204,9 +191,7 @@ impl Hot {
             .slots
             .drain(..)
             .map(|s| BatchPoint {
-                name: s.identity.name.clone(),
-                kind: s.identity.kind,
-                tags: s.identity.tags.clone(),
+                series: s.identity.series.clone(),
                 summary: s.summary,
             })
             .collect();

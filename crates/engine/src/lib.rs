@@ -29,17 +29,16 @@ mod pool;
 mod queue;
 mod runner;
 mod script;
-mod sink;
 mod watchdog;
 
 pub use budget::{Admission, BudgetSpent, TenantEngineUsage};
 pub use clock::Clock;
 pub use config::{EngineSettings, PoolSettings};
-pub use engine::{canonical_number, printable, Engine, Execution, MetricsReport, Timings, Warning};
+pub use engine::{canonical_number, printable, Engine, Execution, MetricsReport, Timings};
 pub use error::{DiscardReason, PoolError, ScriptError};
+pub use luametrics_sink::{BatchPoint, BatchReport, CollectingSink, MetricsSink, Warning};
 pub use pool::{EnginePool, Job, PoolStatus, PooledEngine, Ran};
 pub use script::Script;
-pub use sink::{CollectingSink, MetricsSink};
 
 /// The Lua side of the sandbox and of `helpers.metrics`.
 pub const PRELUDE: &str = include_str!("../../../lua/prelude.lua");

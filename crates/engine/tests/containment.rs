@@ -2,8 +2,8 @@
 //! its engine replaced; a panic in a host function poisons only its own engine.
 
 use luametrics_engine::*;
+use luametrics_engine::{BatchPoint, BatchReport};
 use luametrics_model::{Kind, RejectReason, TagPolicy, Tags};
-use luametrics_recorder::{BatchPoint, BatchReport};
 use luametrics_sketch::Summary;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};

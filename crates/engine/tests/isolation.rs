@@ -109,8 +109,8 @@ async fn tag_values_have_one_text_whatever_was_recorded_before() {
     let tag = |tenant: &str, name: &str, key: &str| {
         points
             .iter()
-            .find(|(t, p)| t == tenant && p.name == name)
-            .and_then(|(_, p)| p.tags.get(key).cloned())
+            .find(|(t, p)| t == tenant && p.series.name() == name)
+            .and_then(|(_, p)| p.series.tags().get(key).cloned())
     };
     assert_eq!(tag("a", "canon.n_count", "n").as_deref(), Some("1"));
     assert_eq!(tag("b", "canon.n_count", "n").as_deref(), Some("1"));

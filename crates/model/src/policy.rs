@@ -89,7 +89,46 @@ pub struct TagPolicy {
     denied_keys: HashSet<String>,
     /// Limits applied to user metrics.
     pub limits: Limits,
+    /// Which policy this is: a [`CheckedSeries`] carries the stamp of the policy that checked
+    /// it, so a sink can refuse a series another (laxer) policy let through. Clones share it.
+    stamp: u64,
 }
+
+/// A user series (name, kind, tags) that passed every rule of a [`TagPolicy`]. Only
+/// [`TagPolicy::check_series`] makes one, and it remembers which policy did
+/// ([`TagPolicy::vouches_for`]): a sink that takes it knows the PII and tag rules ran.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CheckedSeries {
+    name: String,
+    kind: Kind,
+    tags: Tags,
+    stamp: u64,
+}
+
+impl CheckedSeries {
+    /// The metric name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The metric kind.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The tags, canonical (sorted, one value per key).
+    pub fn tags(&self) -> &Tags {
+        &self.tags
+    }
+
+    /// Name, kind and tags, for a sink that keys its series by them.
+    pub fn into_parts(self) -> (String, Kind, Tags) {
+        (self.name, self.kind, self.tags)
+    }
+}
+
+/// Stamps of policies made in this process (0 is never given).
+static STAMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Default for TagPolicy {
     fn default() -> Self {
@@ -110,6 +149,7 @@ impl TagPolicy {
         Self {
             denied_keys: denied_keys.into_iter().map(|k| normalise_key(&k)).collect(),
             limits,
+            stamp: STAMPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -128,6 +168,36 @@ impl TagPolicy {
             Some(implied) if implied != kind => Err(RejectReason::KindMismatch),
             _ => Ok(()),
         }
+    }
+
+    /// Checks a user series against every name and tag rule (name, reserved prefixes, kind
+    /// suffixes, tag count and sizes, denied keys, PII in values) and vouches for it: the only
+    /// way to get a [`CheckedSeries`], which is what sinks take from executions.
+    pub fn check_series(
+        &self,
+        name: &str,
+        kind: Kind,
+        tags: Vec<(String, String)>,
+    ) -> Result<CheckedSeries, RejectReason> {
+        self.check_user_name(name, kind)?;
+        self.check_user_tags(tags.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        let count = tags.len();
+        let tags: Tags = tags.into_iter().collect();
+        if tags.len() != count {
+            // A key given twice: not one series.
+            return Err(RejectReason::InvalidTags);
+        }
+        Ok(CheckedSeries {
+            name: name.to_string(),
+            kind,
+            tags,
+            stamp: self.stamp,
+        })
+    }
+
+    /// Whether `series` was checked by this policy (or a clone of it), not another one.
+    pub fn vouches_for(&self, series: &CheckedSeries) -> bool {
+        series.stamp == self.stamp
     }
 
     /// Value rules: finite, and never negative for a counter.

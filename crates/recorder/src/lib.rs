@@ -26,6 +26,7 @@ mod health;
 mod quota;
 mod series;
 mod service;
+mod sink;
 mod tenants;
 
 pub use accounting::{Accounting, DropReason, LostReason, TypeAccounting};
@@ -34,7 +35,5 @@ pub use config::{system_clock, Clock, RecorderConfig, RecorderSettings};
 pub use exposition::ExposedSeries;
 pub use handle::{Counter, Gauge, Histogram, SystemSeries};
 pub use health::Health;
-pub use service::{
-    Accepted, BatchPoint, BatchReport, MetricsService, RecorderError, Rejected, ShutdownReport,
-};
+pub use service::{Accepted, MetricsService, RecorderError, Rejected, ShutdownReport};
 pub use tenants::{MetricTrouble, TenantPoints, MAX_NAMES as MAX_TENANT_TROUBLE_NAMES};

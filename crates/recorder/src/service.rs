@@ -4,6 +4,7 @@ use crate::quota::TenantQuota;
 use crate::series::{KeyIn, Registry, SeriesKey};
 use crate::Accounting;
 use luametrics_model::{Kind, MetricType, RejectReason, Tags};
+use luametrics_sink::{BatchPoint, BatchReport};
 use luametrics_sketch::Summary;
 use luametrics_store::{RowData, Store, StoreError};
 use parking_lot::Mutex;
@@ -83,31 +84,6 @@ pub enum RecorderError {
         /// Rows still waiting.
         rows: usize,
     },
-}
-
-/// A pre-aggregated user point from one script execution, already validated by the caller with
-/// the same [`luametrics_model::TagPolicy`] and covered by a quota lease.
-#[derive(Debug, Clone)]
-pub struct BatchPoint {
-    /// Metric name.
-    pub name: String,
-    /// Kind.
-    pub kind: Kind,
-    /// Tags.
-    pub tags: Tags,
-    /// The folded values (samples = points).
-    pub summary: Summary,
-}
-
-/// What a batch ingestion did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BatchReport {
-    /// Points accepted.
-    pub accepted: u64,
-    /// Of which folded into overflow series.
-    pub overflowed: u64,
-    /// Points dropped (memory bound or shutdown).
-    pub dropped: u64,
 }
 
 /// What a clean shutdown wrote.
@@ -593,17 +569,17 @@ impl MetricsService {
     }
 
     /// Takes up to `want` points of a tenant's rate quota for one script execution.
-    pub fn reserve_points(&self, tenant: &str, want: u32) -> u32 {
+    pub(crate) fn reserve_points(&self, tenant: &str, want: u32) -> u32 {
         self.inner.quota.take(&Arc::from(tenant), want)
     }
 
     /// Returns the unused part of a lease from [`MetricsService::reserve_points`].
-    pub fn release_points(&self, tenant: &str, unused: u32) {
+    pub(crate) fn release_points(&self, tenant: &str, unused: u32) {
         self.inner.quota.give_back(&Arc::from(tenant), unused)
     }
 
     /// Counts user points a caller rejected itself (the Lua helpers validate on their side).
-    pub fn count_user_rejections(&self, rejected: &[(RejectReason, u64)]) {
+    pub(crate) fn count_user_rejections(&self, rejected: &[(RejectReason, u64)]) {
         for &(reason, n) in rejected {
             if n > 0 {
                 self.inner.counters.reject(MetricType::User, reason, n);
@@ -611,9 +587,10 @@ impl MetricsService {
         }
     }
 
-    /// Ingests points a script execution pre-aggregated. The caller validated each with the
-    /// service's policy and holds a quota lease covering them.
-    pub fn ingest_user_batch(&self, tenant: &str, points: Vec<BatchPoint>) -> BatchReport {
+    /// Ingests points a script execution pre-aggregated, covered by its quota lease. Each
+    /// series must have been checked by this service's policy (a series another policy
+    /// checked is dropped and counted as `invalid_tags`: the batch path cannot skip the rules).
+    pub(crate) fn ingest_user_batch(&self, tenant: &str, points: Vec<BatchPoint>) -> BatchReport {
         let inner = &self.inner;
         let tenant: Arc<str> = Arc::from(tenant);
         let now = self.now_ms();
@@ -623,12 +600,23 @@ impl MetricsService {
             if samples == 0 {
                 continue;
             }
+            if !inner.config.policy.vouches_for(&p.series) {
+                inner
+                    .counters
+                    .reject(MetricType::User, RejectReason::InvalidTags, samples);
+                report.dropped += samples;
+                inner
+                    .tenants
+                    .count(&tenant, "rejected", "invalid_tags", samples);
+                continue;
+            }
+            let (name, kind, tags) = p.series.into_parts();
             let key = SeriesKey {
                 metric_type: MetricType::User,
-                kind: p.kind,
+                kind,
                 tenant: Some(tenant.clone()),
-                name: p.name,
-                tags: p.tags,
+                name,
+                tags,
             };
             let name = key.name.clone();
             match inner.ingest(key, p.summary, now, None, true) {
@@ -660,7 +648,7 @@ impl MetricsService {
 
     /// Counts a tenant's points the helpers rejected, by reason, and which metric names were
     /// involved (`by_metric`: `(metric, reason, points)`), for the tenant's own usage view.
-    pub fn count_tenant_rejections<'a>(
+    pub(crate) fn count_tenant_rejections<'a>(
         &self,
         tenant: &str,
         rejected: &[(RejectReason, u64)],

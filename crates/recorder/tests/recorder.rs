@@ -2,6 +2,7 @@
 
 use luametrics_model::{Kind, Limits, MetricType, RejectReason, TagPolicy, Tags};
 use luametrics_recorder::*;
+use luametrics_sink::{BatchPoint, MetricsSink};
 use luametrics_store::{FindQuery, Location, Store};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -158,14 +159,24 @@ async fn a_million_points_over_100_series_in_one_window_write_at_most_100_rows()
         },
     )
     .await;
-    let names: Vec<String> = (0..100).map(|i| format!("s{i}")).collect();
+    let series: Vec<_> = (0..100)
+        .map(|i| {
+            h.service
+                .config()
+                .policy
+                .check_series(
+                    "shop.orders_count",
+                    Kind::Counter,
+                    vec![("shop".to_string(), format!("s{i}"))],
+                )
+                .unwrap()
+        })
+        .collect();
     for i in 0..1_000_000usize {
         h.service.ingest_user_batch(
             "acme",
             vec![BatchPoint {
-                name: "shop.orders_count".into(),
-                kind: Kind::Counter,
-                tags: tags(&[("shop", &names[i % 100])]),
+                series: series[i % 100].clone(),
                 summary: {
                     let mut s = luametrics_sketch::Summary::new(false);
                     s.observe(1.0, 0);
@@ -658,6 +669,44 @@ async fn handles_check_once_never_fail_the_caller_and_count_every_refused_point(
     assert_eq!(acc.system.rejected.get("negative_counter"), Some(&1));
     assert_eq!(acc.system.rejected.get("invalid_value"), Some(&1));
     assert!(acc.system.balances());
+}
+
+// The batch path takes only series this service's policy checked: a host that checks its
+// points with a laxer policy of its own cannot use it to skip the PII and tag rules.
+#[tokio::test]
+async fn a_batch_of_series_another_policy_checked_is_refused_and_counted() {
+    let h = harness(RecorderSettings::default(), big_limits()).await;
+    let lax = TagPolicy::new(Vec::<String>::new(), big_limits());
+    let point = |policy: &TagPolicy| BatchPoint {
+        series: policy
+            .check_series(
+                "shop.orders_count",
+                Kind::Counter,
+                vec![("email".to_string(), "x".to_string())],
+            )
+            .unwrap(),
+        summary: {
+            let mut s = luametrics_sketch::Summary::new(false);
+            s.observe(1.0, 0);
+            s.observe(1.0, 0);
+            s
+        },
+    };
+    assert_eq!(
+        h.service.config().policy.check_series(
+            "shop.orders_count",
+            Kind::Counter,
+            vec![("email".to_string(), "x".to_string())]
+        ),
+        Err(RejectReason::PiiTag)
+    );
+    let report = h.service.ingest_user_batch("acme", vec![point(&lax)]);
+    assert_eq!((report.accepted, report.dropped), (0, 2));
+    h.service.flush().await.unwrap();
+    assert_eq!(stored(&h.store, "shop.orders_count", Some("acme")).await.0, 0);
+    let acc = h.service.accounting();
+    assert_eq!(acc.user.rejected.get("invalid_tags"), Some(&2));
+    assert!(acc.user.balances());
 }
 
 #[tokio::test]

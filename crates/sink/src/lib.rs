@@ -1,0 +1,211 @@
+//! The contract between the Lua engine and whatever records its metrics.
+//!
+//! Why a crate of its own: the engine (and through it the pipeline and the HTTP layer) must
+//! not depend on the recorder, the store or libSQL; they depend on this small contract, and
+//! the recorder implements it. The engine builds without any SQL in its dependency tree.
+//!
+//! What the contract guarantees: a [`BatchPoint`] carries a [`CheckedSeries`], which only
+//! [`luametrics_model::TagPolicy::check_series`] makes, and a sink can tell whether its own
+//! policy made it ([`luametrics_model::TagPolicy::vouches_for`]); so a batch path cannot be
+//! used to skip the PII and tag rules. Points of an execution are covered by a quota lease
+//! taken with [`MetricsSink::reserve_points`] and its unused part given back with
+//! [`MetricsSink::release_points`].
+
+use luametrics_model::{Kind, MetricType, RejectReason, TagPolicy, Tags};
+use luametrics_sketch::Summary;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+pub use luametrics_model::CheckedSeries;
+
+/// A pre-aggregated user point of one execution: a checked series and its folded values.
+#[derive(Debug, Clone)]
+pub struct BatchPoint {
+    /// The series, checked by the policy of the sink it is given to.
+    pub series: CheckedSeries,
+    /// The folded values (samples = points).
+    pub summary: Summary,
+}
+
+/// What a batch ingestion did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Points accepted.
+    pub accepted: u64,
+    /// Of which folded into overflow series.
+    pub overflowed: u64,
+    /// Points dropped (memory bound, shutdown, or a series another policy checked).
+    pub dropped: u64,
+}
+
+/// A metric point the helpers rejected: data, never a line of the print log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Warning {
+    /// The metric name as the script gave it (cut to 128 bytes, control characters escaped).
+    pub metric: String,
+    /// Why it was rejected (a `helpers.metrics` reason code).
+    pub reason: String,
+    /// How many points of this metric were rejected for this reason in the execution.
+    pub count: u64,
+}
+
+/// Where an engine hands metric points: the recording trait between the Lua world and
+/// storage. The recorder's `MetricsService` is the production sink; [`CollectingSink`] keeps
+/// points in memory (for `luametrics check` and tests).
+pub trait MetricsSink: Send + Sync + 'static {
+    /// The rules points are validated against.
+    fn policy(&self) -> &TagPolicy;
+    /// Takes up to `want` points of the tenant's rate quota (a lease for one execution).
+    fn reserve_points(&self, tenant: &str, want: u32) -> u32;
+    /// Returns the unused part of a lease.
+    fn release_points(&self, tenant: &str, unused: u32);
+    /// Takes an execution's checked, pre-aggregated points, covered by its lease. A point
+    /// whose series this sink's policy did not check is dropped and counted.
+    fn ingest_user_batch(&self, tenant: &str, points: Vec<BatchPoint>) -> BatchReport;
+    /// Counts points the helpers rejected.
+    fn count_user_rejections(&self, rejected: &[(RejectReason, u64)]);
+    /// Tells the tenant's own ledger what the helpers rejected for it: totals by reason, and
+    /// the metric names involved (an execution's warnings). Sinks with no tenant view ignore it.
+    fn count_tenant_rejections(
+        &self,
+        _tenant: &str,
+        _rejected: &[(RejectReason, u64)],
+        _warnings: &[Warning],
+    ) {
+    }
+    /// Records a system metric (pool gauges, engine counters, rejection counters).
+    fn record_system(&self, name: &str, kind: Kind, value: f64, tags: Tags);
+    /// Records many observations of a system metric at once (the pool's wait histogram).
+    fn record_system_summary(&self, name: &str, kind: Kind, tags: Tags, summary: Summary);
+    /// Claims the exported (Prometheus) names of a user metric, or refuses one whose names
+    /// another metric holds (`name_conflict`): asked once per new name/kind by the helpers.
+    fn claim_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason>;
+}
+
+/// A sink that keeps everything in memory, with no quota: what a script would record.
+#[derive(Default)]
+pub struct CollectingSink {
+    policy: TagPolicy,
+    /// `(tenant, point)` in arrival order.
+    pub points: Mutex<Vec<(String, BatchPoint)>>,
+    /// Rejections by reason.
+    pub rejected: Mutex<Vec<(RejectReason, u64)>>,
+    /// System metrics as `(name, kind, value, tags)`.
+    pub system: Mutex<Vec<(String, Kind, f64, Tags)>>,
+    names: luametrics_model::ExportedNames,
+}
+
+impl CollectingSink {
+    /// A collecting sink validating with `policy`.
+    pub fn new(policy: TagPolicy) -> Self {
+        Self {
+            policy,
+            ..Default::default()
+        }
+    }
+}
+
+impl MetricsSink for CollectingSink {
+    fn policy(&self) -> &TagPolicy {
+        &self.policy
+    }
+    fn reserve_points(&self, _tenant: &str, want: u32) -> u32 {
+        want
+    }
+    fn release_points(&self, _tenant: &str, _unused: u32) {}
+    fn ingest_user_batch(&self, tenant: &str, points: Vec<BatchPoint>) -> BatchReport {
+        let mut report = BatchReport::default();
+        let mut kept = self.points.lock();
+        for p in points {
+            if self.policy.vouches_for(&p.series) {
+                report.accepted += p.summary.samples;
+                kept.push((tenant.to_string(), p));
+            } else {
+                report.dropped += p.summary.samples;
+            }
+        }
+        report
+    }
+    fn count_user_rejections(&self, rejected: &[(RejectReason, u64)]) {
+        self.rejected.lock().extend_from_slice(rejected);
+    }
+    fn record_system(&self, name: &str, kind: Kind, value: f64, tags: Tags) {
+        self.system
+            .lock()
+            .push((name.to_string(), kind, value, tags));
+    }
+    fn record_system_summary(&self, name: &str, kind: Kind, tags: Tags, summary: Summary) {
+        self.system
+            .lock()
+            .push((name.to_string(), kind, summary.sum, tags));
+    }
+    fn claim_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason> {
+        self.names.claim(
+            MetricType::User,
+            name,
+            kind,
+            luametrics_model::infer_unit(name),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(policy: &TagPolicy) -> BatchPoint {
+        let series = policy
+            .check_series(
+                "shop.orders_count",
+                Kind::Counter,
+                vec![("plan".into(), "pro".into())],
+            )
+            .expect("a valid series");
+        let mut summary = Summary::new(false);
+        summary.observe(2.0, 0);
+        BatchPoint { series, summary }
+    }
+
+    #[test]
+    fn a_series_checked_by_another_policy_is_dropped_not_kept() {
+        let sink = CollectingSink::new(TagPolicy::default());
+        let ours = point(sink.policy());
+        let laxer = TagPolicy::new(Vec::<String>::new(), Default::default());
+        let theirs = point(&laxer);
+        let r = sink.ingest_user_batch("acme", vec![ours, theirs]);
+        assert_eq!((r.accepted, r.dropped), (1, 1));
+        assert_eq!(sink.points.lock().len(), 1);
+    }
+
+    #[test]
+    fn only_the_policy_makes_a_checked_series_and_it_runs_every_rule() {
+        let p = TagPolicy::default();
+        let check = |name: &str, tags: &[(&str, &str)]| {
+            p.check_series(
+                name,
+                Kind::Counter,
+                tags.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+            .map(|s| s.tags().len())
+        };
+        assert_eq!(check("shop.orders_count", &[("plan", "pro")]), Ok(1));
+        assert_eq!(
+            check("shop.orders_count", &[("email", "x")]),
+            Err(RejectReason::PiiTag)
+        );
+        assert_eq!(
+            check("shop.orders_count", &[("who", "jane@example.com")]),
+            Err(RejectReason::PiiTag)
+        );
+        assert_eq!(
+            check("auth.login_count", &[]),
+            Err(RejectReason::ReservedPrefix)
+        );
+        assert_eq!(
+            check("shop.orders_count", &[("a", "1"), ("a", "2")]),
+            Err(RejectReason::InvalidTags)
+        );
+    }
+}
