@@ -16,7 +16,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| dir.path().join("embed.db").display().to_string());
     let root = env!("CARGO_MANIFEST_DIR");
     let runtime = Runtime::builder()
-        .database(db, None)
+        .database_path(db)
         .pipelines(format!("{root}/lua/pipelines.toml"))
         .pool_size(2)
         .start()

@@ -6,8 +6,8 @@
 //! re-exported for hosts that need one part only.
 
 pub use luametrics_runtime::{
-    Config, ConfigError, DatabaseSettings, PipelineSettings, Runtime, RuntimeBuilder, RuntimeError,
-    ServerSettings, ShutdownSummary,
+    Config, ConfigError, DatabaseSettings, Error, ErrorKind, PipelineSettings, Runtime,
+    RuntimeBuilder, ServerSettings, ShutdownSummary,
 };
 
 pub use luametrics_engine as engine;

@@ -185,7 +185,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         // Accepted data that could not be written before the shutdown deadline.
-        Err(e @ cli::CliError::Runtime(luametrics::RuntimeError::Unwritten { .. })) => {
+        Err(e @ cli::CliError::Runtime(luametrics::Error::Unwritten { .. })) => {
             eprintln!("luametrics: {e}");
             ExitCode::from(3)
         }

@@ -739,7 +739,11 @@ async fn near_misses_of_a_cached_series_are_told_apart() {
     assert_eq!(ex.metrics.rejected.values().sum::<u64>(), 18);
     // A histogram's values reach its sketch: 10, 20, 30.
     let points = sink.points.lock();
-    let size = &points.iter().find(|(_, p)| p.series.name() == "n.size").unwrap().1;
+    let size = &points
+        .iter()
+        .find(|(_, p)| p.series.name() == "n.size")
+        .unwrap()
+        .1;
     let sketch = size.summary.sketch.as_ref().unwrap();
     assert_eq!(sketch.count(), 3);
     let median = sketch.quantile(0.5).unwrap();

@@ -28,7 +28,7 @@ pub(crate) enum CliError {
     #[error("{0}")]
     Pool(#[from] luametrics::engine::PoolError),
     #[error("{0}")]
-    Runtime(#[from] luametrics::RuntimeError),
+    Runtime(#[from] luametrics::Error),
     #[error("{0}")]
     Config(#[from] luametrics::ConfigError),
     #[error("{0}")]

@@ -149,10 +149,11 @@ pub(crate) async fn run(
                         .execute(&job.trigger, &job.tenant, job.event.clone())
                         .await
                     {
-                        Err(luametrics::pipeline::ExecuteError::TenantBudget {
-                            retry_after_ms,
-                            ..
-                        }) => {
+                        Err(luametrics::Error::Execute(
+                            luametrics::pipeline::ExecuteError::TenantBudget {
+                                retry_after_ms, ..
+                            },
+                        )) => {
                             c.throttled += 1;
                             tokio::time::sleep(std::time::Duration::from_millis(retry_after_ms))
                                 .await;

@@ -4,6 +4,7 @@ use serde::Serialize;
 /// them with its timings), not host errors.
 #[derive(Debug, Clone, PartialEq, Serialize, thiserror::Error)]
 #[serde(tag = "code", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ScriptError {
     /// The script does not compile (or is not text).
     #[error("{script}:{}: syntax error: {message}", line.map_or("?".to_string(), |l| l.to_string()))]
@@ -148,6 +149,7 @@ impl DiscardReason {
 
 /// Why no engine could be had.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PoolError {
     /// Every engine stayed busy past the wait timeout.
     #[error("no Lua engine became free within {waited_ms} ms (pool max size {max_size})")]

@@ -9,6 +9,7 @@ const MAX_TIMEOUT_MS: u64 = 60_000;
 
 /// Why a pipelines file cannot be used; says which file, pipeline and field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PipelineError {
     /// The file could not be read.
     #[error("{file}: cannot read: {problem}")]

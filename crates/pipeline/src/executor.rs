@@ -129,6 +129,7 @@ pub struct Outcome {
 
 /// Why an execution could not start.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ExecuteError {
     /// No pipeline handles the trigger.
     #[error("no pipeline handles trigger `{0}`")]

@@ -196,6 +196,11 @@ impl TraceWriter {
         }
     }
 
+    /// Traces submitted and not yet written or dropped.
+    pub fn queued(&self) -> u64 {
+        self.counts.queued.load(Relaxed)
+    }
+
     /// Traces written so far.
     pub fn written(&self) -> u64 {
         self.counts.written.load(Relaxed)

@@ -51,6 +51,7 @@ pub enum Rejected {
 
 /// Why flushing or shutting down failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecorderError {
     /// A flush failed; its rows are kept and retried.
     #[error("flush failed, {rows} rows kept for retry: {source}")]
@@ -348,6 +349,29 @@ impl MetricsService {
     /// count, to compare with what the database holds.
     pub fn rows_written(&self) -> u64 {
         self.inner.rows_written_total.load(Relaxed)
+    }
+
+    /// Accepted points not written yet (open windows, sealed rows waiting, raw points): what
+    /// would be lost if the process ended now without a flush.
+    pub fn unwritten_points(&self) -> u64 {
+        let inner = &self.inner;
+        let mut n: u64 = inner.backlog_points.iter().map(|p| p.load(Relaxed)).sum();
+        for shard in &inner.shards {
+            let shard = shard.lock();
+            n += shard
+                .windows
+                .values()
+                .flat_map(|open| open.windows.iter())
+                .filter(|(_, e)| e.accounted)
+                .map(|(_, e)| e.summary.samples)
+                .sum::<u64>();
+            n += shard
+                .raw
+                .iter()
+                .map(|(row, _)| row.accounted_points())
+                .sum::<u64>();
+        }
+        n
     }
 
     /// Bytes held by accumulators and unwritten rows.

@@ -703,7 +703,10 @@ async fn a_batch_of_series_another_policy_checked_is_refused_and_counted() {
     let report = h.service.ingest_user_batch("acme", vec![point(&lax)]);
     assert_eq!((report.accepted, report.dropped), (0, 2));
     h.service.flush().await.unwrap();
-    assert_eq!(stored(&h.store, "shop.orders_count", Some("acme")).await.0, 0);
+    assert_eq!(
+        stored(&h.store, "shop.orders_count", Some("acme")).await.0,
+        0
+    );
     let acc = h.service.accounting();
     assert_eq!(acc.user.rejected.get("invalid_tags"), Some(&2));
     assert!(acc.user.balances());

@@ -145,6 +145,7 @@ pub struct Config {
 
 /// Why the configuration cannot be used; names the file, key or variable.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read config {path}: {source}")]

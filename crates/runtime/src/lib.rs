@@ -6,4 +6,4 @@ mod config;
 mod runtime;
 
 pub use config::{Config, ConfigError, DatabaseSettings, PipelineSettings, ServerSettings};
-pub use runtime::{Runtime, RuntimeBuilder, RuntimeError, ShutdownSummary};
+pub use runtime::{Error, ErrorKind, Runtime, RuntimeBuilder, ShutdownSummary};

@@ -10,12 +10,16 @@ use luametrics_store::{
 };
 use serde_json::Value as Json;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Why the runtime could not start or stop cleanly.
+/// Every error of the embedding API, one type: a host matches on [`Error::kind`] (stable, and
+/// `#[non_exhaustive]` so new kinds do not break it) instead of following each crate's error;
+/// the variants keep the cause for those who want it.
 #[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
+#[non_exhaustive]
+pub enum Error {
     /// The configuration is unusable.
     #[error(transparent)]
     Config(#[from] crate::ConfigError),
@@ -31,6 +35,12 @@ pub enum RuntimeError {
     /// Shutdown could not write everything.
     #[error("recorder: {0}")]
     Recorder(#[from] RecorderError),
+    /// An execution could not start (unknown trigger, empty tenant, spent budget).
+    #[error(transparent)]
+    Execute(#[from] ExecuteError),
+    /// The runtime was shut down: it runs nothing more (its points could not be written).
+    #[error("the runtime is shut down; it runs no more executions")]
+    Closed,
     /// The shutdown deadline passed with points or traces unwritten; they are counted as lost
     /// (points) and dropped (traces) with reason `shutdown`.
     #[error("shutdown deadline passed: {} points ({} user points, {} rows) and {} traces not written, counted with reason `shutdown`{}", .summary.points_unwritten, .summary.user_points_unwritten, .summary.rows_unwritten, .summary.traces_unwritten, .cause.as_deref().map(|c| format!(": {c}")).unwrap_or_default())]
@@ -42,8 +52,56 @@ pub enum RuntimeError {
     },
 }
 
+/// What kind of error an [`Error`] is, for a host deciding what to do about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The configuration is unusable (fix it and start again).
+    Config,
+    /// The database could not be opened, read or written.
+    Database,
+    /// The pipelines file or a script is invalid.
+    Pipelines,
+    /// The engine pool could not be built.
+    Pool,
+    /// The recorder could not write what it held.
+    Recorder,
+    /// No pipeline handles the trigger.
+    UnknownTrigger,
+    /// The tenant is empty.
+    InvalidTenant,
+    /// The tenant spent its engine-time budget; retry later.
+    TenantBudget,
+    /// An execution could not start for another reason (see the error's message).
+    Execute,
+    /// The runtime is shut down.
+    Closed,
+    /// The shutdown deadline passed with points or traces unwritten.
+    Unwritten,
+}
+
+impl Error {
+    /// What kind of error this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Config(_) => ErrorKind::Config,
+            Error::Store(_) => ErrorKind::Database,
+            Error::Pipelines(_) => ErrorKind::Pipelines,
+            Error::Pool(_) => ErrorKind::Pool,
+            Error::Recorder(_) => ErrorKind::Recorder,
+            Error::Execute(ExecuteError::UnknownTrigger(_)) => ErrorKind::UnknownTrigger,
+            Error::Execute(ExecuteError::EmptyTenant) => ErrorKind::InvalidTenant,
+            Error::Execute(ExecuteError::TenantBudget { .. }) => ErrorKind::TenantBudget,
+            Error::Execute(_) => ErrorKind::Execute,
+            Error::Closed => ErrorKind::Closed,
+            Error::Unwritten { .. } => ErrorKind::Unwritten,
+        }
+    }
+}
+
 /// What a clean shutdown wrote.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct ShutdownSummary {
     /// Metric rows written by the final flush.
     pub final_rows: usize,
@@ -61,8 +119,17 @@ pub struct ShutdownSummary {
     pub rows_unwritten: usize,
 }
 
-/// The embedding API: one per process, shared by reference (`Arc<Runtime>`).
+/// The embedding API: a cheap handle (clone it into every task that needs it; clones share
+/// one runtime). It is open from [`Runtime::start`] until [`Runtime::shutdown`], which writes
+/// what it accepted; after that, [`Runtime::execute`] returns [`Error::Closed`]. A runtime
+/// whose last handle is dropped without a shutdown says, through `tracing`, how many accepted
+/// points it had not written.
+#[derive(Clone)]
 pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     config: Config,
     store: Arc<Store>,
     metrics: MetricsService,
@@ -71,6 +138,30 @@ pub struct Runtime {
     executor: Executor,
     traces: Arc<TraceWriter>,
     watcher: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set when shutdown starts: nothing more runs.
+    closed: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(w) = self.watcher.lock().take() {
+            w.abort();
+        }
+        if self.closed.load(SeqCst) {
+            return;
+        }
+        let unwritten = self.metrics.unwritten_points();
+        let traces = self.traces.queued();
+        if unwritten > 0 || traces > 0 {
+            tracing::warn!(
+                unwritten_points = unwritten,
+                queued_traces = traces,
+                "luametrics runtime dropped without shutdown: {unwritten} accepted points and \
+                 {traces} traces not written yet; they are lost if the process ends before the \
+                 background flush runs (call Runtime::shutdown before exiting)"
+            );
+        }
+    }
 }
 
 /// Builds a [`Runtime`] from defaults, a config file or explicit settings.
@@ -86,8 +177,16 @@ impl RuntimeBuilder {
         self
     }
 
-    /// The database: a path or a `libsql://` / `https://` URL.
-    pub fn database(mut self, url: impl Into<String>, auth_token: Option<String>) -> Self {
+    /// The database in a local libSQL file (created and migrated when missing).
+    pub fn database_path(mut self, path: impl AsRef<std::path::Path>) -> Self {
+        self.config.database.url = path.as_ref().display().to_string();
+        self.config.database.auth_token = None;
+        self
+    }
+
+    /// The database on a libSQL server (`libsql://`, `http(s)://`: sqld, Turso), with the auth
+    /// token it requires, if any.
+    pub fn database_remote(mut self, url: impl Into<String>, auth_token: Option<String>) -> Self {
         self.config.database.url = url.into();
         self.config.database.auth_token = auth_token;
         self
@@ -105,20 +204,20 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Per-execution time limit.
-    pub fn time_limit_ms(mut self, ms: u64) -> Self {
-        self.config.engine.time_limit_ms = ms;
+    /// Per-execution time limit (rounded down to milliseconds, at least 1 ms).
+    pub fn time_limit(mut self, limit: Duration) -> Self {
+        self.config.engine.time_limit_ms = (limit.as_millis() as u64).max(1);
         self
     }
 
-    /// Flush window (0: raw mode).
-    pub fn window_ms(mut self, ms: u64) -> Self {
-        self.config.recorder.window_ms = ms;
+    /// Flush window: points are aggregated per series over it (zero: every point is a row).
+    pub fn window(mut self, window: Duration) -> Self {
+        self.config.recorder.window_ms = window.as_millis() as u64;
         self
     }
 
     /// Starts the runtime.
-    pub async fn start(self) -> Result<Runtime, RuntimeError> {
+    pub async fn start(self) -> Result<Runtime, Error> {
         Runtime::start(self.config).await
     }
 }
@@ -131,7 +230,7 @@ impl Runtime {
 
     /// Opens the store, starts the recorder and the pool, loads the pipelines.
     /// Must be called inside a tokio runtime.
-    pub async fn start(config: Config) -> Result<Self, RuntimeError> {
+    pub async fn start(config: Config) -> Result<Self, Error> {
         let location =
             Location::parse(&config.database.url, config.database.auth_token.as_deref())?;
         let store = Arc::new(
@@ -147,7 +246,7 @@ impl Runtime {
         ));
         let registry = Arc::new(Registry::load(&config.pipelines.file)?);
         if registry.current().is_empty() && !config.pipelines.allow_empty {
-            return Err(RuntimeError::Pipelines(PipelineError::Invalid {
+            return Err(Error::Pipelines(PipelineError::Invalid {
                 file: config.pipelines.file.display().to_string(),
                 pipeline: "(none)".into(),
                 node: None,
@@ -192,20 +291,26 @@ impl Runtime {
                 loop {
                     tokio::time::sleep(every).await;
                     if let Err(e) = registry.reload_if_changed() {
-                        eprintln!("luametrics: pipelines not reloaded, previous definitions stay in force: {e}");
+                        tracing::warn!(
+                            error = %e,
+                            "pipelines not reloaded, previous definitions stay in force"
+                        );
                     }
                 }
             })
         });
         Ok(Self {
-            config,
-            store,
-            metrics,
-            pool,
-            registry,
-            executor,
-            traces,
-            watcher: parking_lot::Mutex::new(watcher),
+            inner: Arc::new(Inner {
+                config,
+                store,
+                metrics,
+                pool,
+                registry,
+                executor,
+                traces,
+                watcher: parking_lot::Mutex::new(watcher),
+                closed: AtomicBool::new(false),
+            }),
         })
     }
 
@@ -215,68 +320,83 @@ impl Runtime {
         trigger: &str,
         tenant: &str,
         event: Json,
-    ) -> Result<Outcome, ExecuteError> {
-        let pipelines = self.registry.current();
-        self.executor
+    ) -> Result<Outcome, Error> {
+        let inner = &self.inner;
+        if inner.closed.load(SeqCst) {
+            return Err(Error::Closed);
+        }
+        let pipelines = inner.registry.current();
+        Ok(inner
+            .executor
             .execute(&pipelines, trigger, tenant, event)
-            .await
+            .await?)
+    }
+
+    /// Whether [`Runtime::shutdown`] has started: the runtime runs nothing more.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(SeqCst)
     }
 
     /// `tenant`'s engine-time budget and use (`pool.tenant_engine_ms_per_s`).
     pub fn tenant_engine_usage(&self, tenant: &str) -> luametrics_engine::TenantEngineUsage {
-        self.pool.tenant_usage(tenant)
+        self.inner.pool.tenant_usage(tenant)
     }
 
     /// The configuration in force.
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.inner.config
     }
 
     /// The store, for queries.
     pub fn store(&self) -> &Arc<Store> {
-        &self.store
+        &self.inner.store
     }
 
-    /// The recorder, for host metrics (`count`, `gauge`, `histogram`, `measure`).
+    /// The recorder, for host metrics: handles that never fail at the call site
+    /// (`counter`, `gauge`, `histogram`), the checked `try_*` calls, `measure`.
     pub fn metrics(&self) -> &MetricsService {
-        &self.metrics
+        &self.inner.metrics
     }
 
     /// Point accounting since start.
     pub fn accounting(&self) -> Accounting {
-        self.metrics.accounting()
+        self.inner.metrics.accounting()
     }
 
     /// Pool gauges and counters.
     pub fn pool_status(&self) -> PoolStatus {
-        self.pool.status()
+        self.inner.pool.status()
     }
 
     /// The pipelines in force.
     pub fn pipelines(&self) -> Arc<Pipelines> {
-        self.registry.current()
+        self.inner.registry.current()
     }
 
     /// Re-reads the pipelines file and scripts now.
     pub fn reload(&self) -> Result<Arc<Pipelines>, PipelineError> {
-        self.registry.reload()
+        self.inner.registry.reload()
     }
 
     /// An aggregate query over stored metrics.
-    pub async fn query(&self, q: &AggregateQuery) -> Result<(Vec<Series>, Tier), StoreError> {
-        self.store.aggregate(q).await
+    pub async fn query(&self, q: &AggregateQuery) -> Result<(Vec<Series>, Tier), Error> {
+        Ok(self.inner.store.aggregate(q).await?)
     }
 
     /// Rollups, then retention, now.
-    pub async fn retention(&self) -> Result<RetentionReport, StoreError> {
-        let now = self.metrics.now_ms();
-        self.store.retention(&self.config.retention, now).await
+    pub async fn retention(&self) -> Result<RetentionReport, Error> {
+        let now = self.inner.metrics.now_ms();
+        Ok(self
+            .inner
+            .store
+            .retention(&self.inner.config.retention, now)
+            .await?)
     }
 
     /// Stops the watcher, writes queued traces and the pool's last sample, then flushes every
     /// accepted point, all within `recorder.shutdown_timeout_ms` from now.
-    pub async fn shutdown(&self) -> Result<ShutdownSummary, RuntimeError> {
-        let timeout = Duration::from_millis(self.config.recorder.shutdown_timeout_ms);
+    pub async fn shutdown(&self) -> Result<ShutdownSummary, Error> {
+        let timeout = Duration::from_millis(self.inner.config.recorder.shutdown_timeout_ms);
         self.shutdown_by(Instant::now() + timeout).await
     }
 
@@ -284,21 +404,23 @@ impl Runtime {
     /// signal arrives, so draining requests counts too). Whatever the database does, this
     /// returns by the deadline plus at most one short lock wait: traces get the first half of
     /// the time left, the final flush the rest. Anything unwritten at the deadline is counted
-    /// (reason `shutdown`) and returned as [`RuntimeError::Unwritten`].
-    pub async fn shutdown_by(&self, deadline: Instant) -> Result<ShutdownSummary, RuntimeError> {
-        if let Some(w) = self.watcher.lock().take() {
+    /// (reason `shutdown`) and returned as [`Error::Unwritten`]. From its start the runtime is
+    /// closed: [`Runtime::execute`] returns [`Error::Closed`].
+    pub async fn shutdown_by(&self, deadline: Instant) -> Result<ShutdownSummary, Error> {
+        self.inner.closed.store(true, SeqCst);
+        if let Some(w) = self.inner.watcher.lock().take() {
             w.abort();
         }
         let now = Instant::now();
         let traces_deadline = now + deadline.saturating_duration_since(now) / 2;
-        self.traces.shutdown_by(traces_deadline).await;
-        self.pool.record_metrics();
-        let result = self.metrics.shutdown_by(deadline).await;
+        self.inner.traces.shutdown_by(traces_deadline).await;
+        self.inner.pool.record_metrics();
+        let result = self.inner.metrics.shutdown_by(deadline).await;
         let mut summary = ShutdownSummary {
             final_rows: 0,
-            traces_written: self.traces.written(),
-            traces_dropped: self.traces.dropped(),
-            traces_unwritten: self.traces.dropped_at_shutdown(),
+            traces_written: self.inner.traces.written(),
+            traces_dropped: self.inner.traces.dropped(),
+            traces_unwritten: self.inner.traces.dropped_at_shutdown(),
             points_unwritten: 0,
             user_points_unwritten: 0,
             rows_unwritten: 0,
@@ -323,7 +445,7 @@ impl Runtime {
             Err(other) => return Err(other.into()),
         };
         if cause.is_some() || summary.traces_unwritten > 0 {
-            return Err(RuntimeError::Unwritten {
+            return Err(Error::Unwritten {
                 summary: Box::new(summary),
                 cause,
             });

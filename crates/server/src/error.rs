@@ -83,3 +83,21 @@ impl From<luametrics_store::StoreError> for ApiError {
         }
     }
 }
+
+impl From<luametrics_runtime::Error> for ApiError {
+    fn from(e: luametrics_runtime::Error) -> Self {
+        match e {
+            luametrics_runtime::Error::Store(e) => e.into(),
+            luametrics_runtime::Error::Closed => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the server is shutting down",
+            ),
+            other => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                other.to_string(),
+            ),
+        }
+    }
+}

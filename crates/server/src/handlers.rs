@@ -80,27 +80,28 @@ pub(crate) async fn execute(
             // Serialized once, straight into the response body.
             _ => Ok(Json(outcome).into_response()),
         },
-        Err(e @ ExecuteError::UnknownTrigger(_)) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_trigger",
-            e.to_string(),
-        )),
-        Err(e @ ExecuteError::EmptyTenant) => {
-            Err(ApiError::bad_request("invalid_tenant", e.to_string()))
+        Err(luametrics_runtime::Error::Execute(e)) => Err(execute_error(e)),
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// The HTTP answer to an execution that could not start.
+fn execute_error(e: ExecuteError) -> ApiError {
+    match e {
+        e @ ExecuteError::UnknownTrigger(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_trigger", e.to_string())
         }
-        Err(
-            ref e @ ExecuteError::TenantBudget {
-                ref tenant,
-                retry_after_ms,
-            },
-        ) => Err(
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.code(), e.to_string())
-                .with_details(serde_json::json!({
-                    "tenant": tenant,
-                    "retry_after_ms": retry_after_ms,
-                }))
-                .with_retry_after(retry_after_ms),
-        ),
+        e @ ExecuteError::EmptyTenant => ApiError::bad_request("invalid_tenant", e.to_string()),
+        ref e @ ExecuteError::TenantBudget {
+            ref tenant,
+            retry_after_ms,
+        } => ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.code(), e.to_string())
+            .with_details(serde_json::json!({
+                "tenant": tenant,
+                "retry_after_ms": retry_after_ms,
+            }))
+            .with_retry_after(retry_after_ms),
+        other => ApiError::bad_request(other.code(), other.to_string()),
     }
 }
 

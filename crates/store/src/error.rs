@@ -1,5 +1,6 @@
 /// Why a store operation failed; every variant says what was being done.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The database setting is neither a path nor a supported URL.
     #[error("unsupported database location `{0}`: use a file path, or a libsql://, http:// or https:// URL")]

@@ -1,0 +1,141 @@
+//! The embedding handle: clones share one runtime, a shut-down runtime runs nothing more and
+//! says so with a typed error, a runtime dropped without shutdown warns (through `tracing`) of
+//! the points it had not written, and every error of the API is one type with a kind.
+
+use luametrics::{Error, ErrorKind, Runtime};
+use serde_json::json;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+async fn start(dir: &tempfile::TempDir) -> Runtime {
+    let root = env!("CARGO_MANIFEST_DIR");
+    Runtime::builder()
+        .database_path(dir.path().join("rt.db"))
+        .pipelines(format!("{root}/lua/pipelines.toml"))
+        .pool_size(1)
+        .time_limit(Duration::from_millis(200))
+        .window(Duration::from_secs(3_600))
+        .start()
+        .await
+        .expect("the runtime starts")
+}
+
+fn login() -> serde_json::Value {
+    json!({ "email": "ann@example.com", "plan": "pro", "method": "passkey", "roles": ["dev"] })
+}
+
+#[tokio::test]
+async fn a_shut_down_runtime_runs_nothing_more_through_any_clone() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = start(&dir).await;
+    assert_eq!(rt.config().engine.time_limit_ms, 200);
+    assert_eq!(rt.config().recorder.window_ms, 3_600_000);
+    let other = rt.clone();
+    let outcome = other.execute("user.login", "acme", login()).await.unwrap();
+    assert_eq!(outcome.decision.status(), "ok");
+    let accepted = rt.accounting().user.accepted;
+    assert!(accepted > 0, "the login pipeline records user points");
+    assert!(!other.is_closed());
+    rt.shutdown().await.unwrap();
+    assert!(other.is_closed());
+    let refused = other.execute("user.login", "acme", login()).await;
+    assert!(matches!(refused, Err(Error::Closed)), "{refused:?}");
+    assert_eq!(refused.unwrap_err().kind(), ErrorKind::Closed);
+    // Nothing ran: no point was offered after the shutdown.
+    assert_eq!(rt.accounting().user.accepted, accepted);
+    assert_eq!(rt.accounting().user.offered, accepted);
+}
+
+#[tokio::test]
+async fn every_error_of_the_api_is_one_type_with_a_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = start(&dir).await;
+    let unknown = rt.execute("no.such.trigger", "acme", json!({})).await;
+    assert_eq!(unknown.unwrap_err().kind(), ErrorKind::UnknownTrigger);
+    let empty = rt.execute("user.login", " ", login()).await;
+    assert_eq!(empty.unwrap_err().kind(), ErrorKind::InvalidTenant);
+    let bad_db = Runtime::builder()
+        .database_path(dir.path().join("no-such-dir").join("x").join("rt.db"))
+        .pipelines(format!("{}/lua/pipelines.toml", env!("CARGO_MANIFEST_DIR")))
+        .start()
+        .await;
+    assert_eq!(bad_db.err().map(|e| e.kind()), Some(ErrorKind::Database));
+    let bad_pipelines = Runtime::builder()
+        .database_path(dir.path().join("other.db"))
+        .pipelines(dir.path().join("missing.toml"))
+        .start()
+        .await;
+    assert_eq!(
+        bad_pipelines.err().map(|e| e.kind()),
+        Some(ErrorKind::Pipelines)
+    );
+    rt.shutdown().await.unwrap();
+}
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+// A current-thread runtime: the last handle is dropped on this thread, where the capturing
+// subscriber is the default.
+#[tokio::test(flavor = "current_thread")]
+async fn a_runtime_dropped_without_shutdown_warns_of_its_unwritten_points() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dir = tempfile::tempdir().unwrap();
+    // Shut down, then dropped: nothing to say.
+    let rt = start(&dir).await;
+    rt.execute("user.login", "acme", login()).await.unwrap();
+    rt.shutdown().await.unwrap();
+    drop(rt);
+    assert!(
+        !log.text().contains("dropped without shutdown"),
+        "{}",
+        log.text()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let rt = start(&dir).await;
+    let clone = rt.clone();
+    for _ in 0..3 {
+        rt.execute("user.login", "acme", login()).await.unwrap();
+    }
+    let unwritten = rt.metrics().unwritten_points();
+    assert!(
+        unwritten >= 3,
+        "{unwritten} points held in the hour's window"
+    );
+    drop(rt);
+    // A clone still holds the runtime: no warning yet.
+    assert!(!log.text().contains("dropped without shutdown"));
+    drop(clone);
+    let text = log.text();
+    assert!(text.contains("dropped without shutdown"), "{text}");
+    assert!(
+        text.contains(&format!("unwritten_points={unwritten}")),
+        "{text}"
+    );
+}
