@@ -1,3 +1,7 @@
+//! Exact point accounting: accepted + rejected (by reason) + dropped (by reason) = offered, per
+//! metric type, and points lost after acceptance counted by reason, so every point is
+//! explained.
+
 use luametrics_model::{MetricType, RejectReason};
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -1,3 +1,6 @@
+//! The recorder's settings (window, memory bound, shards, shutdown deadline...) and the clock
+//! it reads, replaceable in tests so windows and eviction are deterministic.
+
 use luametrics_model::{Catalog, TagPolicy};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The recording service (SPEC §5): validated points go into sharded in-memory accumulators,
+//! The recording service: validated points go into sharded in-memory accumulators,
 //! one aggregate per series per flush window, and a background task writes them to the store.
 //!
 //! The hot path never waits for the database: it validates, takes a shard lock for a hash-map
@@ -16,6 +16,8 @@
 //! - Every database call runs off the async workers (the store sees to it), so recording and
 //!   requests never wait for a flush, a lock or a full disk.
 //! - The tenant of a user point comes from the host's call, never from tags.
+
+#![deny(missing_docs)]
 
 mod accounting;
 mod bridge;

@@ -67,7 +67,37 @@ impl TenantQuota {
         self.credits.retain(|_, c| *c > 0);
     }
 
-    pub fn tracked_tenants(&self) -> usize {
+    /// Tenants with limiter state (what `prune` bounds).
+    #[cfg(test)]
+    fn tracked_tenants(&self) -> usize {
         self.limiter.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A stream of one-off tenants must not grow the limiter's state forever: once a tenant is
+    // back at full burst, pruning forgets it.
+    #[test]
+    fn pruning_forgets_tenants_back_at_full_burst() {
+        let q = TenantQuota::new(&Limits {
+            points_per_minute: 60_000,
+            burst: 1,
+            ..Limits::default()
+        });
+        for i in 0..100 {
+            assert_eq!(q.take(&Arc::from(format!("t{i}")), 1), 1);
+        }
+        q.give_back(&Arc::from("t0"), 1);
+        assert_eq!(q.tracked_tenants(), 100);
+        // One point per millisecond: after 50 ms every tenant is back at full burst (a lower
+        // bound on elapsed time, not a timing assertion).
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        q.prune();
+        assert_eq!(q.tracked_tenants(), 0);
+        // The returned credit was kept until used; pruning drops only spent ones.
+        assert_eq!(q.credits.len(), 1);
     }
 }

@@ -1,0 +1,163 @@
+//! The accumulators: a point's window, its series' shard, and the fold into the open window,
+//! with the memory it costs charged against the bound first (nothing is held uncharged).
+
+use super::*;
+
+impl Inner {
+    pub(super) fn window_start(&self, ts: i64) -> i64 {
+        let w = self.config.settings.window_ms as i64;
+        if w == 0 {
+            ts
+        } else {
+            ts.div_euclid(w) * w
+        }
+    }
+
+    /// Folds an offered point (its summary) into its series' accumulator and accounts for it:
+    /// accepted, dropped or rejected. The service's own metrics use `ingest_inner`, outside
+    /// the accounting.
+    pub(super) fn ingest(
+        &self,
+        key: impl Into<KeyIn>,
+        summary: Summary,
+        ts: i64,
+        source: Option<String>,
+    ) -> Result<Accepted, Rejected> {
+        let key = key.into();
+        let metric_type = key.get().metric_type;
+        let samples = summary.samples;
+        self.inflight.fetch_add(1, SeqCst);
+        let result = self.ingest_inner(key, summary, ts, source, false);
+        self.inflight.fetch_sub(1, SeqCst);
+        if let Err(Rejected::Dropped(DropReason::MemoryBound)) = result {
+            self.last_memory_drop_ms
+                .store((self.config.clock)(), Relaxed);
+        }
+        match result {
+            Ok(_) => self.counters.accept(metric_type, samples),
+            Err(Rejected::Dropped(r)) => self.counters.drop_points(metric_type, r, samples),
+            Err(Rejected::Invalid(r)) => self.counters.reject(metric_type, r, samples),
+        }
+        result
+    }
+
+    /// The fold itself; `internal` is true for the service's own metrics (room reserved above
+    /// the memory bound, outside the accounting, taken in while shutting down).
+    pub(super) fn ingest_inner(
+        &self,
+        key: impl Into<KeyIn>,
+        summary: Summary,
+        ts: i64,
+        source: Option<String>,
+        internal: bool,
+    ) -> Result<Accepted, Rejected> {
+        if !internal && self.closing.load(SeqCst) {
+            return Err(Rejected::Dropped(DropReason::ShuttingDown));
+        }
+        let (key, overflowed) = match key.into() {
+            KeyIn::Owned(key) => {
+                let now = (self.config.clock)();
+                let (key, overflowed) = self.registry.admit(key, now, &self.config.policy.limits);
+                (KeyIn::Owned(key), overflowed)
+            }
+            // Shared keys are system series (handles): no series limits apply to them.
+            shared => (shared, false),
+        };
+        let accepted = if overflowed {
+            Accepted::Overflow
+        } else {
+            Accepted::Stored
+        };
+        let window = self.window_start(ts);
+        let k = key.get();
+        let shard = &self.shards[(self.hasher.hash_one(k) as usize) % self.shards.len()];
+        // The service's own metrics have reserved room above the bound.
+        let max = self.config.settings.max_memory_bytes + if internal { SELF_RESERVE } else { 0 };
+        let accounted = !internal;
+        let cost = ENTRY_OVERHEAD
+            + k.heap_bytes()
+            + if k.kind == Kind::Histogram {
+                SKETCH_RESERVE
+            } else {
+                0
+            };
+        let mut shard = shard.lock();
+        if self.config.settings.window_ms == 0 {
+            if !self.charge(cost, max) {
+                return Err(Rejected::Dropped(DropReason::MemoryBound));
+            }
+            let row = Sealed {
+                key: key.into_arc(),
+                window,
+                window_ms: 0,
+                summary,
+                source,
+                accounted,
+            };
+            shard.raw.push((row, cost));
+            return Ok(accepted);
+        }
+        if let Some(open) = shard.windows.get_mut(k) {
+            open.idle_flushes = 0;
+            if open.idle_charge > 0 {
+                self.memory
+                    .fetch_sub(std::mem::take(&mut open.idle_charge), Relaxed);
+            }
+            let windows = &mut open.windows;
+            if let Some((_, entry)) = windows.iter_mut().find(|(w, _)| *w == window) {
+                // Same accuracy everywhere, so a merge cannot fail.
+                let _ = entry.summary.merge(&summary);
+                return Ok(accepted);
+            }
+            if !self.charge(cost, max) {
+                return Err(Rejected::Dropped(DropReason::MemoryBound));
+            }
+            windows.push((
+                window,
+                Entry {
+                    summary,
+                    source,
+                    cost,
+                    accounted,
+                },
+            ));
+            return Ok(accepted);
+        }
+        if !self.charge(cost, max) {
+            return Err(Rejected::Dropped(DropReason::MemoryBound));
+        }
+        shard.windows.insert(
+            key.into_arc(),
+            Open {
+                windows: vec![(
+                    window,
+                    Entry {
+                        summary,
+                        source,
+                        cost,
+                        accounted,
+                    },
+                )],
+                idle_flushes: 0,
+                idle_charge: 0,
+            },
+        );
+        Ok(accepted)
+    }
+
+    pub(super) fn charge(&self, cost: usize, max: usize) -> bool {
+        let mut cur = self.memory.load(Relaxed);
+        loop {
+            if cur + cost > max {
+                return false;
+            }
+            match self
+                .memory
+                .compare_exchange_weak(cur, cur + cost, Relaxed, Relaxed)
+            {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+}

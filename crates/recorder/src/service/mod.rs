@@ -1,0 +1,479 @@
+//! `MetricsService`: checks points, folds them into sharded per-series window accumulators
+//! under a memory bound, and flushes sealed windows to the store in the background, with exact
+//! accounting, retries, health and a shutdown that keeps its deadline.
+//!
+//! This module holds the shared state (`Inner`: shards of open windows, the pending queue, the
+//! counters, health) and the service's handle; its parts live in submodules, one concern each:
+//! `record` (the recording API and its checks), `accumulate` (the fold into windows under the
+//! memory bound), `flush` (sealing, writing, retrying, the flusher task, shutdown) and
+//! `self_metrics` (the service's own metrics). Invariants they share: memory charged equals
+//! what is held; every offered point is accounted exactly once; a row is written once.
+//! Series limits live in `series.rs`, quotas in `quota.rs`, handles in `handle.rs`.
+
+mod accumulate;
+mod flush;
+mod record;
+mod self_metrics;
+
+use flush::flusher;
+use self_metrics::{accounting_counters, counter_tags};
+
+use crate::accounting::{Counters, DropReason, LostReason};
+use crate::config::RecorderConfig;
+use crate::quota::TenantQuota;
+use crate::series::{KeyIn, Registry, SeriesKey};
+use crate::Accounting;
+use luametrics_model::{Kind, MetricType, RejectReason, Tags};
+use luametrics_sink::{BatchPoint, BatchReport};
+use luametrics_sketch::Summary;
+use luametrics_store::{RowData, Store, StoreError};
+use parking_lot::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{
+    AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Bytes charged per accumulator entry besides its key (map slot, summary, bookkeeping).
+const ENTRY_OVERHEAD: usize = 160;
+/// Bytes reserved per histogram entry for its sketch's buckets.
+const SKETCH_RESERVE: usize = 2_048;
+/// Room above the memory bound kept for the service's own metrics (a few dozen series), so
+/// the stored accounting is never dropped by the bound it reports on.
+const SELF_RESERVE: usize = 256 * 1024;
+/// Longest a flush waits on another connection's lock before it fails and retries: short, so
+/// shutdown keeps its deadline during a lock (the flusher retries with backoff anyway).
+const WRITE_WAIT: Duration = Duration::from_millis(500);
+/// No timestamp yet.
+const NEVER: i64 = i64::MIN;
+
+/// What happened to an accepted point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Folded into its own series.
+    Stored,
+    /// Folded into the overflow series of its name (a series limit was reached).
+    Overflow,
+}
+
+/// Why a point was not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    /// The point broke a rule or a quota.
+    #[error("metric point rejected: {0}")]
+    Invalid(RejectReason),
+    /// The point was valid but could not be kept.
+    #[error("metric point dropped: {}", .0.as_str())]
+    Dropped(DropReason),
+}
+
+/// Why flushing or shutting down failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecorderError {
+    /// A flush failed; its rows are kept and retried.
+    #[error("flush failed, {rows} rows kept for retry: {source}")]
+    Flush {
+        /// Rows still waiting.
+        rows: usize,
+        /// The database error.
+        #[source]
+        source: StoreError,
+    },
+    /// Shutdown gave up on a database that stayed unwritable.
+    #[error("shutdown gave up after {waited_ms} ms: {rows} rows ({points} points, {user_points} of them user points) not written, counted as lost: {cause}")]
+    Unflushed {
+        /// How long shutdown retried.
+        waited_ms: u64,
+        /// Rows not written.
+        rows: usize,
+        /// Accounted points in those rows.
+        points: u64,
+        /// Of which user points.
+        user_points: u64,
+        /// Why: the last database error, or the deadline itself.
+        cause: String,
+        /// The last database error, if one stopped the final flush.
+        #[source]
+        source: Option<Box<StoreError>>,
+    },
+    /// A flush stopped at the shutdown deadline with rows left to write.
+    #[error("the shutdown deadline passed with {rows} rows unwritten")]
+    DeadlinePassed {
+        /// Rows still waiting.
+        rows: usize,
+    },
+}
+
+/// What a clean shutdown wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Rows written by the final flush.
+    pub rows_written: usize,
+}
+
+/// Points of both types (system, user).
+fn type_index(t: MetricType) -> usize {
+    match t {
+        MetricType::System => 0,
+        MetricType::User => 1,
+    }
+}
+
+const TYPES: [MetricType; 2] = [MetricType::System, MetricType::User];
+
+struct Entry {
+    summary: Summary,
+    source: Option<String>,
+    cost: usize,
+    /// Counted in the accounting (false for the service's own metrics).
+    accounted: bool,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Open windows per series (usually one, two around a window boundary). Keys are shared
+    /// by `Arc` with the exposition and the sealed rows, so a flush copies no key. ahash: fast,
+    /// and seeded per process so tenants cannot craft colliding tags.
+    windows: HashMap<Arc<SeriesKey>, Open, ahash::RandomState>,
+    /// Raw mode (window 0): every point is its own row.
+    raw: Vec<(Sealed, usize)>,
+}
+
+/// The open windows of one series. A series stays here one flush after its last window sealed,
+/// so its next window reuses the same key (and the exposition finds it by pointer).
+#[derive(Default)]
+struct Open {
+    windows: Vec<(i64, Entry)>,
+    idle_flushes: u8,
+    /// Memory charged for the key while it waits idle (the bound covers kept keys too).
+    idle_charge: usize,
+}
+
+/// A sealed window on its way to the store.
+pub(crate) struct Sealed {
+    key: Arc<SeriesKey>,
+    window: i64,
+    window_ms: i64,
+    summary: Summary,
+    source: Option<String>,
+    accounted: bool,
+}
+
+impl Sealed {
+    /// Points this row carries that the accounting counted as accepted.
+    fn accounted_points(&self) -> u64 {
+        if self.accounted {
+            self.summary.samples
+        } else {
+            0
+        }
+    }
+}
+
+impl RowData for Sealed {
+    fn name(&self) -> &str {
+        &self.key.name
+    }
+    fn tenant(&self) -> Option<&str> {
+        self.key.tenant.as_deref()
+    }
+    fn metric_type(&self) -> MetricType {
+        self.key.metric_type
+    }
+    fn kind(&self) -> Kind {
+        self.key.kind
+    }
+    fn tags(&self) -> &Tags {
+        &self.key.tags
+    }
+    fn source(&self) -> Option<&str> {
+        self.source.as_deref()
+    }
+    fn timestamp_ms(&self) -> i64 {
+        self.window
+    }
+    fn window_ms(&self) -> i64 {
+        self.window_ms
+    }
+    fn summary(&self) -> &Summary {
+        &self.summary
+    }
+}
+
+struct Inner {
+    config: RecorderConfig,
+    store: Arc<Store>,
+    shards: Vec<Mutex<Shard>>,
+    hasher: ahash::RandomState,
+    registry: Registry,
+    exposition: crate::exposition::Exposition,
+    quota: TenantQuota,
+    counters: Counters,
+    /// Bytes held by accumulators and unwritten rows.
+    memory: AtomicUsize,
+    pending: tokio::sync::Mutex<VecDeque<(Sealed, usize)>>,
+    /// Self-metric counters not yet recorded.
+    flushed_rows: AtomicU64,
+    /// Metric rows the store confirmed written, over the service's life.
+    rows_written_total: AtomicU64,
+    /// Exported names held by user metrics.
+    names: luametrics_model::ExportedNames,
+    flush_errors: AtomicU64,
+    /// A chunk whose write failed without saying whether it committed: its batch id and row
+    /// count. The next attempt writes exactly those rows under the same id (see
+    /// `Store::create_batch_once`), so a lost answer never writes a row twice.
+    in_doubt: parking_lot::Mutex<Option<(String, usize)>>,
+    /// Per self-metric counter (name, type, reason): the value already taken into a stored
+    /// point. Advanced only when the point was taken in, so nothing is marked reported that was
+    /// not recorded.
+    last_reported: Mutex<HashMap<(&'static str, MetricType, String), u64>>,
+    /// What happened to each tenant's points (the tenant's own view).
+    tenants: crate::tenants::TenantLedger,
+    /// Rows in `pending`, and the accounted points they carry per type.
+    backlog_rows: AtomicUsize,
+    backlog_points: [AtomicU64; 2],
+    /// Accounted points written into the database file now open, per type (lost with it if
+    /// it is deleted), and its rows.
+    file_points: [AtomicU64; 2],
+    file_rows: AtomicU64,
+    health: Mutex<crate::health::State>,
+    last_memory_drop_ms: AtomicI64,
+    /// A checkpoint is wanted (after writes recovered).
+    checkpoint_due: AtomicBool,
+    /// Shutdown's deadline, once shutdown started: flushes stop and lock waits end by it.
+    deadline: Mutex<Option<Instant>>,
+    closing: AtomicBool,
+    inflight: AtomicUsize,
+    wake: Notify,
+    stopped: Notify,
+    flusher_done: AtomicBool,
+}
+
+/// The recording service; cheap to clone (shared state behind an `Arc`).
+#[derive(Clone)]
+pub struct MetricsService {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MetricsService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsService")
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+fn tags_from(pairs: &[(&str, &str)]) -> Tags {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl MetricsService {
+    /// Starts the service and its background flusher. Must be called inside a tokio runtime.
+    pub fn start(store: Arc<Store>, config: RecorderConfig) -> Self {
+        let tenant_usage = config.settings.tenant_usage;
+        let shards = (0..config.settings.shards.max(1))
+            .map(|_| Mutex::new(Shard::default()))
+            .collect();
+        let inner = Arc::new(Inner {
+            quota: TenantQuota::new(&config.policy.limits),
+            config,
+            store,
+            shards,
+            hasher: ahash::RandomState::new(),
+            registry: Registry::default(),
+            exposition: crate::exposition::Exposition::new(16),
+            counters: Counters::default(),
+            memory: AtomicUsize::new(0),
+            pending: tokio::sync::Mutex::new(VecDeque::new()),
+            flushed_rows: AtomicU64::new(0),
+            rows_written_total: AtomicU64::new(0),
+            names: Default::default(),
+            flush_errors: AtomicU64::new(0),
+            in_doubt: parking_lot::Mutex::new(None),
+            last_reported: Mutex::new(HashMap::new()),
+            tenants: crate::tenants::TenantLedger::new(tenant_usage),
+            backlog_rows: AtomicUsize::new(0),
+            backlog_points: Default::default(),
+            file_points: Default::default(),
+            file_rows: AtomicU64::new(0),
+            health: Mutex::new(Default::default()),
+            last_memory_drop_ms: AtomicI64::new(NEVER),
+            checkpoint_due: AtomicBool::new(false),
+            deadline: Mutex::new(None),
+            closing: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            wake: Notify::new(),
+            stopped: Notify::new(),
+            flusher_done: AtomicBool::new(false),
+        });
+        tokio::spawn(flusher(inner.clone()));
+        Self { inner }
+    }
+
+    /// The store this service writes to.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &RecorderConfig {
+        &self.inner.config
+    }
+
+    /// Current time by the service's clock (ms).
+    pub fn now_ms(&self) -> i64 {
+        (self.inner.config.clock)()
+    }
+
+    /// Exact point accounting since start.
+    pub fn accounting(&self) -> Accounting {
+        self.inner.counters.snapshot()
+    }
+
+    /// The database's health as the flusher sees it, and the backlog: what `/readyz` reports.
+    pub fn health(&self) -> crate::Health {
+        let inner = &self.inner;
+        let state = inner.health.lock();
+        let drop_at = inner.last_memory_drop_ms.load(Relaxed);
+        crate::Health {
+            failing_since_ms: state.failing_since_ms,
+            last_error: state.last_error.clone(),
+            backlog_rows: inner.backlog_rows.load(Relaxed),
+            memory_used: inner.memory.load(Relaxed),
+            memory_bound: inner.config.settings.max_memory_bytes,
+            ready_memory_share: inner.config.settings.ready_memory_share,
+            last_memory_drop_ms: (drop_at != NEVER).then_some(drop_at),
+            database_file: state.file_fault.map(str::to_string),
+            now_ms: (inner.config.clock)(),
+        }
+    }
+
+    /// Claims the exported Prometheus names of a user metric: refused (`name_conflict`) when
+    /// another metric already holds one of them, so `/metrics` stays valid for any input.
+    pub fn claim_user_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason> {
+        self.inner.names.claim(
+            MetricType::User,
+            name,
+            kind,
+            luametrics_model::infer_unit(name),
+        )
+    }
+
+    /// Metric rows the store confirmed written since the service started: the flusher's own
+    /// count, to compare with what the database holds.
+    pub fn rows_written(&self) -> u64 {
+        self.inner.rows_written_total.load(Relaxed)
+    }
+
+    /// Accepted points not written yet (open windows, sealed rows waiting, raw points): what
+    /// would be lost if the process ended now without a flush.
+    pub fn unwritten_points(&self) -> u64 {
+        let inner = &self.inner;
+        let mut n: u64 = inner.backlog_points.iter().map(|p| p.load(Relaxed)).sum();
+        for shard in &inner.shards {
+            let shard = shard.lock();
+            n += shard
+                .windows
+                .values()
+                .flat_map(|open| open.windows.iter())
+                .filter(|(_, e)| e.accounted)
+                .map(|(_, e)| e.summary.samples)
+                .sum::<u64>();
+            n += shard
+                .raw
+                .iter()
+                .map(|(row, _)| row.accounted_points())
+                .sum::<u64>();
+        }
+        n
+    }
+
+    /// Bytes held by accumulators and unwritten rows.
+    pub fn memory_used(&self) -> usize {
+        self.inner.memory.load(Relaxed)
+    }
+
+    /// User series tracked in memory.
+    pub fn series_tracked(&self) -> usize {
+        self.inner.registry.len()
+    }
+
+    /// Series a tenant holds against its limit.
+    pub fn tenant_series(&self, tenant: &str) -> usize {
+        self.inner.registry.tenant_series(tenant)
+    }
+
+    /// Every tenant with the user series it holds against its limit, most first.
+    pub fn tenants_series(&self) -> Vec<(String, usize)> {
+        self.inner.registry.tenants()
+    }
+
+    /// A `metrics` crate recorder that lands `metrics::counter!` and friends in this service.
+    pub fn metrics_recorder(&self) -> crate::MetricsBridge {
+        crate::MetricsBridge::new(self.clone())
+    }
+}
+
+impl MetricsService {
+    /// Every series' cumulative state as of the last flush, for `/metrics`. Reads the
+    /// exposition shard by shard; recording never waits on it.
+    ///
+    /// The accounting counters (`luametrics.points.*`) and the flush backlog come from the
+    /// service's own state at the time of the call, not from stored points: exact under the
+    /// memory bound and while the database fails.
+    pub fn exposition(&self) -> Vec<crate::ExposedSeries> {
+        let mut series = self.inner.exposition.snapshot();
+        series.retain(|s| {
+            !(s.metric_type == MetricType::System
+                && (s.name.starts_with("luametrics.points.")
+                    || s.name == "luametrics.flush.backlog_rows"))
+        });
+        let live = |name: &str, kind: Kind, value: f64, tags: Tags| crate::ExposedSeries {
+            metric_type: MetricType::System,
+            kind,
+            tenant: None,
+            name: name.to_string(),
+            tags,
+            value,
+            count: 1,
+            sketch: None,
+        };
+        let acc = self.accounting();
+        for (name, mt, reason, n) in accounting_counters(&acc) {
+            series.push(live(
+                name,
+                Kind::Counter,
+                n as f64,
+                counter_tags(mt, reason),
+            ));
+        }
+        series.push(live(
+            "luametrics.flush.backlog_rows",
+            Kind::Gauge,
+            self.inner.backlog_rows.load(Relaxed) as f64,
+            Tags::new(),
+        ));
+        series
+    }
+
+    /// Series held for scrapes.
+    pub fn exposed_series(&self) -> usize {
+        self.inner.exposition.len()
+    }
+
+    /// Evicts idle series and prunes limiter state now (the flusher also does it periodically).
+    pub fn evict_idle(&self) -> usize {
+        let now = self.now_ms();
+        let cutoff = now - self.inner.config.settings.idle_eviction_ms as i64;
+        let n = self.inner.registry.evict_idle(cutoff);
+        self.inner.exposition.evict_idle(cutoff);
+        self.inner.quota.prune();
+        n
+    }
+}

@@ -1,0 +1,301 @@
+//! Recording: the checked calls for system points (catalog, value and PII checks in that
+//! order), user points one by one (every tag rule, the tenant's rate limit, series limits), and
+//! the batch path the engine's sink uses (series its policy checked, a quota lease).
+
+use super::*;
+
+impl MetricsService {
+    /// Adds to a system counter (validated against the catalog) and says whether it was kept;
+    /// hosts that record the same series often use a [`crate::Counter`] handle instead.
+    pub fn try_count(
+        &self,
+        name: &str,
+        value: f64,
+        tags: &[(&str, &str)],
+    ) -> Result<Accepted, Rejected> {
+        self.record_system(name, Kind::Counter, value, tags_from(tags), None, None)
+    }
+
+    /// Sets a system gauge and says whether it was kept (see [`MetricsService::try_count`]).
+    pub fn try_gauge(
+        &self,
+        name: &str,
+        value: f64,
+        tags: &[(&str, &str)],
+    ) -> Result<Accepted, Rejected> {
+        self.record_system(name, Kind::Gauge, value, tags_from(tags), None, None)
+    }
+
+    /// Observes a value of a system histogram and says whether it was kept (see
+    /// [`MetricsService::try_count`]).
+    pub fn try_histogram(
+        &self,
+        name: &str,
+        value: f64,
+        tags: &[(&str, &str)],
+    ) -> Result<Accepted, Rejected> {
+        self.record_system(name, Kind::Histogram, value, tags_from(tags), None, None)
+    }
+
+    /// Times a future and records its duration (ms) in a histogram; returns the future's output.
+    pub async fn measure<F: std::future::Future>(
+        &self,
+        name: &str,
+        tags: &[(&str, &str)],
+        fut: F,
+    ) -> F::Output {
+        let start = Instant::now();
+        let out = fut.await;
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        // A refused timing is counted in the accounting; it never fails the timed work.
+        let _ = self.try_histogram(name, ms, tags);
+        out
+    }
+
+    /// Records many observations of a system metric at once (callers that pre-aggregate,
+    /// like the engine pool's wait histogram). Catalog and PII checks apply once.
+    pub fn record_system_summary(
+        &self,
+        name: &str,
+        kind: Kind,
+        tags: Tags,
+        summary: Summary,
+    ) -> Result<Accepted, Rejected> {
+        let now = self.now_ms();
+        self.ingest_system(name, kind, tags, None, None, summary, now, Ok(()))
+    }
+
+    /// Records a system point with every option: catalog and PII checks apply; `tenant` is the
+    /// host's (for per-tenant system metrics); `source` like `service:api`.
+    pub fn record_system(
+        &self,
+        name: &str,
+        kind: Kind,
+        value: f64,
+        tags: Tags,
+        tenant: Option<&str>,
+        source: Option<&str>,
+    ) -> Result<Accepted, Rejected> {
+        let now = self.now_ms();
+        self.record_system_at(name, kind, value, tags, tenant, source, now)
+    }
+
+    /// Like [`MetricsService::record_system`] with an explicit timestamp (ms).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_system_at(
+        &self,
+        name: &str,
+        kind: Kind,
+        value: f64,
+        tags: Tags,
+        tenant: Option<&str>,
+        source: Option<&str>,
+        ts: i64,
+    ) -> Result<Accepted, Rejected> {
+        let mut summary = Summary::new(kind == Kind::Histogram);
+        summary.observe(value, ts);
+        let value_ok = luametrics_model::TagPolicy::check_value(kind, value);
+        self.ingest_system(name, kind, tags, tenant, source, summary, ts, value_ok)
+    }
+
+    /// The one path for system points: catalog, value and PII checks (in that order), the
+    /// host's tenant as the series' tenant, then the accumulators.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn ingest_system(
+        &self,
+        name: &str,
+        kind: Kind,
+        mut tags: Tags,
+        tenant: Option<&str>,
+        source: Option<&str>,
+        summary: Summary,
+        ts: i64,
+        value_ok: Result<(), RejectReason>,
+    ) -> Result<Accepted, Rejected> {
+        let inner = &self.inner;
+        let check = inner
+            .config
+            .catalog
+            .check(name, kind, &tags)
+            .and(value_ok)
+            .and_then(|_| inner.config.policy.check_system_tags(&tags));
+        if let Err(reason) = check {
+            inner
+                .counters
+                .reject(MetricType::System, reason, summary.samples.max(1));
+            return Err(Rejected::Invalid(reason));
+        }
+        if summary.samples == 0 {
+            return Ok(Accepted::Stored);
+        }
+        tags.remove("tenant");
+        let key = SeriesKey {
+            metric_type: MetricType::System,
+            kind,
+            tenant: tenant.map(Arc::from),
+            name: name.to_string(),
+            tags,
+        };
+        inner.ingest(key, summary, ts, source.map(str::to_string))
+    }
+
+    /// Counts `n` refused system points (a handle's checks) and returns the refusal.
+    pub(crate) fn reject_system(&self, reason: RejectReason, n: u64) -> Rejected {
+        self.inner.counters.reject(MetricType::System, reason, n);
+        Rejected::Invalid(reason)
+    }
+
+    /// Folds a checked system point of a handle's series (its key built once).
+    pub(crate) fn ingest_series(
+        &self,
+        key: Arc<SeriesKey>,
+        summary: Summary,
+        ts: i64,
+    ) -> Result<Accepted, Rejected> {
+        self.inner.ingest(key, summary, ts, None)
+    }
+
+    /// Records one user metric for a tenant: every tag rule,
+    /// the tenant's rate limit, and the series limits apply.
+    pub fn record_user_metric(
+        &self,
+        tenant: &str,
+        name: &str,
+        value: f64,
+        kind: Kind,
+        tags: &Tags,
+    ) -> Result<Accepted, Rejected> {
+        let inner = &self.inner;
+        if let Err(reason) = inner
+            .config
+            .policy
+            .check_user_point(name, kind, value, tags)
+        {
+            inner.counters.reject(MetricType::User, reason, 1);
+            return Err(Rejected::Invalid(reason));
+        }
+        if let Err(reason) = self.claim_user_name(name, kind) {
+            inner.counters.reject(MetricType::User, reason, 1);
+            return Err(Rejected::Invalid(reason));
+        }
+        let tenant: Arc<str> = Arc::from(tenant);
+        if inner.quota.take(&tenant, 1) == 0 {
+            inner
+                .counters
+                .reject(MetricType::User, RejectReason::RateLimited, 1);
+            return Err(Rejected::Invalid(RejectReason::RateLimited));
+        }
+        let now = self.now_ms();
+        let key = SeriesKey {
+            metric_type: MetricType::User,
+            kind,
+            tenant: Some(tenant),
+            name: name.to_string(),
+            tags: tags.clone(),
+        };
+        let mut summary = Summary::new(kind == Kind::Histogram);
+        summary.observe(value, now);
+        inner.ingest(key, summary, now, None)
+    }
+
+    /// Takes up to `want` points of a tenant's rate quota for one script execution.
+    pub(crate) fn reserve_points(&self, tenant: &str, want: u32) -> u32 {
+        self.inner.quota.take(&Arc::from(tenant), want)
+    }
+
+    /// Returns the unused part of a lease from [`MetricsService::reserve_points`].
+    pub(crate) fn release_points(&self, tenant: &str, unused: u32) {
+        self.inner.quota.give_back(&Arc::from(tenant), unused)
+    }
+
+    /// Counts user points a caller rejected itself (the Lua helpers validate on their side).
+    pub(crate) fn count_user_rejections(&self, rejected: &[(RejectReason, u64)]) {
+        for &(reason, n) in rejected {
+            if n > 0 {
+                self.inner.counters.reject(MetricType::User, reason, n);
+            }
+        }
+    }
+
+    /// Ingests points a script execution pre-aggregated, covered by its quota lease. Each
+    /// series must have been checked by this service's policy (a series another policy
+    /// checked is dropped and counted as `invalid_tags`: the batch path cannot skip the rules).
+    pub(crate) fn ingest_user_batch(&self, tenant: &str, points: Vec<BatchPoint>) -> BatchReport {
+        let inner = &self.inner;
+        let tenant: Arc<str> = Arc::from(tenant);
+        let now = self.now_ms();
+        let mut report = BatchReport::default();
+        for p in points {
+            let samples = p.summary.samples;
+            if samples == 0 {
+                continue;
+            }
+            if !inner.config.policy.vouches_for(&p.series) {
+                inner
+                    .counters
+                    .reject(MetricType::User, RejectReason::InvalidTags, samples);
+                report.dropped += samples;
+                inner
+                    .tenants
+                    .count(&tenant, "rejected", "invalid_tags", samples);
+                continue;
+            }
+            let (name, kind, tags) = p.series.into_parts();
+            let key = SeriesKey {
+                metric_type: MetricType::User,
+                kind,
+                tenant: Some(tenant.clone()),
+                name,
+                tags,
+            };
+            let name = key.name.clone();
+            match inner.ingest(key, p.summary, now, None) {
+                Ok(a) => {
+                    report.accepted += samples;
+                    if a == Accepted::Overflow {
+                        report.overflowed += samples;
+                        inner.tenants.trouble(&tenant, &name, "overflow", samples);
+                    }
+                }
+                Err(e) => {
+                    report.dropped += samples;
+                    let reason = match e {
+                        Rejected::Dropped(r) => r.as_str(),
+                        Rejected::Invalid(r) => r.as_str(),
+                    };
+                    inner.tenants.count(&tenant, "dropped", reason, samples);
+                }
+            }
+        }
+        inner
+            .tenants
+            .count(&tenant, "accepted", "", report.accepted);
+        inner
+            .tenants
+            .count(&tenant, "overflowed", "", report.overflowed);
+        report
+    }
+
+    /// Counts a tenant's points the helpers rejected, by reason, and which metric names were
+    /// involved (`by_metric`: `(metric, reason, points)`), for the tenant's own usage view.
+    pub(crate) fn count_tenant_rejections<'a>(
+        &self,
+        tenant: &str,
+        rejected: &[(RejectReason, u64)],
+        by_metric: impl IntoIterator<Item = (&'a str, &'a str, u64)>,
+    ) {
+        let ledger = &self.inner.tenants;
+        for &(reason, n) in rejected {
+            ledger.count(tenant, "rejected", reason.as_str(), n);
+        }
+        for (metric, reason, n) in by_metric {
+            ledger.trouble(tenant, metric, reason, n);
+        }
+    }
+
+    /// `tenant`'s points since the process started: accepted, overflowed, rejected and dropped
+    /// by reason, and the metric names involved.
+    pub fn tenant_points(&self, tenant: &str) -> crate::TenantPoints {
+        self.inner.tenants.points(tenant)
+    }
+}
