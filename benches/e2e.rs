@@ -1,4 +1,4 @@
-//! SPEC §15 target E1 in the bench harness: `Runtime::execute` of the example login pipeline
+//! Target E1 of docs/targets.md in the bench harness: `Runtime::execute` of the example login pipeline
 //! (3 nodes) against its three scripts run on a held engine with the same events, feeding each
 //! node's `context` to the next as the executor does; both record through the runtime's own
 //! recorder. Alternating rounds, per-round ratios (see `harness/`). Run: `cargo bench --bench

@@ -1,4 +1,4 @@
-//! SPEC §12 targets 1, 2, 3 and 6 for the engine: each subject next to its baseline, measured
+//! Targets 1, 2, 3 and 6 of docs/targets.md for the engine: each subject next to its baseline, measured
 //! in the same run, in alternating rounds. Run: `cargo bench --bench hot_path [-- FILTER]`
 //! (FILTER: `hot_path`, `pool`, `contention` or `idle_heap`; `LUAMETRICS_BENCH_ROUNDS=N` sets
 //! the rounds).

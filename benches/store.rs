@@ -1,4 +1,4 @@
-//! SPEC §12 target 4, the recorder's Rust-side cost, target 5 and target 6's memory bound.
+//! Target 4 of docs/targets.md, the recorder's Rust-side cost, target 5 and target 6's memory bound.
 //! Run: `cargo bench --bench store [-- FILTER]` (FILTER: `flush`, `recorder`, `query`,
 //! `memory`; `LUAMETRICS_BENCH_ROUNDS=N` sets the rounds of the hand-rolled comparisons).
 //!

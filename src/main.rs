@@ -107,14 +107,14 @@ enum Command {
 enum BenchCommand {
     /// Pool sizes x concurrency: throughput, latency, waits; a recommended size.
     Pool(cli::bench::PoolArgs),
-    /// SPEC §12 targets 1-3 and 6 as ratios, each next to its target; exits 1 naming every
+    /// Targets 1-3 and 6 of docs/targets.md as ratios, each next to its target; exits 1 naming every
     /// target that misses.
     HotPath {
         /// Alternating baseline/subject rounds (medians are reported).
         #[arg(long, default_value_t = 7)]
         rounds: usize,
     },
-    /// SPEC §15 targets E1-E4: the login pipeline through the library and over HTTP against
+    /// Targets E1-E4 of docs/targets.md: the login pipeline through the library and over HTTP against
     /// its scripts alone, as ratios; exits 1 naming every target that misses.
     E2e(cli::bench::E2eArgs),
     /// One tenant flooding the pool against another's modest load: the second tenant's p99

@@ -1,3 +1,6 @@
+//! The engine's and the pool's settings, with defaults that hold on a fresh machine: the limits
+//! every execution runs under (docs/limits.md) and how many engines a process keeps.
+
 use crate::Clock;
 use serde::{Deserialize, Serialize};
 

@@ -37,44 +37,48 @@ unsafe fn push(
     depth: usize,
     max_depth: usize,
 ) -> Result<(), String> {
-    if depth > max_depth {
-        return Err(format!("nested deeper than {max_depth} levels"));
+    // SAFETY: `l` is a valid state on this thread, and this runs inside a protected call, so an
+    // error raised by a push unwinds to it.
+    unsafe {
+        if depth > max_depth {
+            return Err(format!("nested deeper than {max_depth} levels"));
+        }
+        match v {
+            Json::Null => ffi::lua_pushnil(l),
+            Json::Bool(b) => ffi::lua_pushboolean(l, *b as c_int),
+            Json::Number(n) => match n.as_i64() {
+                Some(i) => ffi::lua_pushinteger(l, i),
+                None => ffi::lua_pushnumber(l, n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Json::String(s) => {
+                ffi::lua_pushlstring(l, s.as_ptr() as *const c_char, s.len());
+            }
+            Json::Array(items) => {
+                // The table, an item being built and its key: never raises, says no when the
+                // stack cannot grow.
+                if ffi::lua_checkstack(l, 3) == 0 {
+                    return Err("nested too deeply to build".into());
+                }
+                ffi::lua_createtable(l, c_int::try_from(items.len()).unwrap_or(0), 0);
+                for (i, item) in items.iter().enumerate() {
+                    push(l, item, depth + 1, max_depth)?;
+                    ffi::lua_rawseti(l, -2, i as ffi::lua_Integer + 1);
+                }
+            }
+            Json::Object(map) => {
+                if ffi::lua_checkstack(l, 3) == 0 {
+                    return Err("nested too deeply to build".into());
+                }
+                ffi::lua_createtable(l, 0, c_int::try_from(map.len()).unwrap_or(0));
+                for (k, item) in map {
+                    ffi::lua_pushlstring(l, k.as_ptr() as *const c_char, k.len());
+                    push(l, item, depth + 1, max_depth)?;
+                    ffi::lua_rawset(l, -3);
+                }
+            }
+        }
+        Ok(())
     }
-    match v {
-        Json::Null => ffi::lua_pushnil(l),
-        Json::Bool(b) => ffi::lua_pushboolean(l, *b as c_int),
-        Json::Number(n) => match n.as_i64() {
-            Some(i) => ffi::lua_pushinteger(l, i),
-            None => ffi::lua_pushnumber(l, n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Json::String(s) => {
-            ffi::lua_pushlstring(l, s.as_ptr() as *const c_char, s.len());
-        }
-        Json::Array(items) => {
-            // The table, an item being built and its key: never raises, says no when the
-            // stack cannot grow.
-            if ffi::lua_checkstack(l, 3) == 0 {
-                return Err("nested too deeply to build".into());
-            }
-            ffi::lua_createtable(l, c_int::try_from(items.len()).unwrap_or(0), 0);
-            for (i, item) in items.iter().enumerate() {
-                push(l, item, depth + 1, max_depth)?;
-                ffi::lua_rawseti(l, -2, i as ffi::lua_Integer + 1);
-            }
-        }
-        Json::Object(map) => {
-            if ffi::lua_checkstack(l, 3) == 0 {
-                return Err("nested too deeply to build".into());
-            }
-            ffi::lua_createtable(l, 0, c_int::try_from(map.len()).unwrap_or(0));
-            for (k, item) in map {
-                ffi::lua_pushlstring(l, k.as_ptr() as *const c_char, k.len());
-                push(l, item, depth + 1, max_depth)?;
-                ffi::lua_rawset(l, -3);
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Reads a script's result into JSON with the raw Lua C API.
@@ -146,39 +150,43 @@ impl FromLua {
         idx: c_int,
         at: &dyn Fn() -> String,
     ) -> Result<Json, String> {
-        self.nodes += 1;
-        if self.nodes > self.max_nodes {
-            return Err(format!("more than {} values", self.max_nodes));
-        }
-        Ok(match ffi::lua_type(l, idx) {
-            ffi::LUA_TNIL => Json::Null,
-            ffi::LUA_TBOOLEAN => Json::Bool(ffi::lua_toboolean(l, idx) != 0),
-            ffi::LUA_TNUMBER => {
-                if ffi::lua_isinteger(l, idx) != 0 {
-                    Json::Number(ffi::lua_tointegerx(l, idx, ptr::null_mut()).into())
-                } else {
-                    let f = ffi::lua_tonumberx(l, idx, ptr::null_mut());
-                    Json::Number(
-                        Number::from_f64(f)
-                            .ok_or_else(|| format!("{} is not a finite number", at()))?,
-                    )
+        // SAFETY: `l` is a valid state on this thread and `idx` an index of its stack; only reads
+        // that cannot raise are used.
+        unsafe {
+            self.nodes += 1;
+            if self.nodes > self.max_nodes {
+                return Err(format!("more than {} values", self.max_nodes));
+            }
+            Ok(match ffi::lua_type(l, idx) {
+                ffi::LUA_TNIL => Json::Null,
+                ffi::LUA_TBOOLEAN => Json::Bool(ffi::lua_toboolean(l, idx) != 0),
+                ffi::LUA_TNUMBER => {
+                    if ffi::lua_isinteger(l, idx) != 0 {
+                        Json::Number(ffi::lua_tointegerx(l, idx, ptr::null_mut()).into())
+                    } else {
+                        let f = ffi::lua_tonumberx(l, idx, ptr::null_mut());
+                        Json::Number(
+                            Number::from_f64(f)
+                                .ok_or_else(|| format!("{} is not a finite number", at()))?,
+                        )
+                    }
                 }
-            }
-            ffi::LUA_TSTRING => {
-                let text =
-                    string_at(l, idx).ok_or_else(|| format!("{} is not valid UTF-8", at()))?;
-                self.charge(text.len())?;
-                Json::String(text.to_string())
-            }
-            ffi::LUA_TTABLE => self.table(l, idx, at)?,
-            t => {
-                return Err(format!(
-                    "{} is a {} and cannot be returned",
-                    at(),
-                    type_name(l, t)
-                ))
-            }
-        })
+                ffi::LUA_TSTRING => {
+                    let text =
+                        string_at(l, idx).ok_or_else(|| format!("{} is not valid UTF-8", at()))?;
+                    self.charge(text.len())?;
+                    Json::String(text.to_string())
+                }
+                ffi::LUA_TTABLE => self.table(l, idx, at)?,
+                t => {
+                    return Err(format!(
+                        "{} is a {} and cannot be returned",
+                        at(),
+                        type_name(l, t)
+                    ))
+                }
+            })
+        }
     }
 
     unsafe fn table(
@@ -187,102 +195,113 @@ impl FromLua {
         idx: c_int,
         at: &dyn Fn() -> String,
     ) -> Result<Json, String> {
-        let ptr = ffi::lua_topointer(l, idx);
-        if self.path.contains(&ptr) {
-            return Err(format!("{} refers back to itself (cyclic table)", at()));
-        }
-        if self.path.len() >= self.max_depth {
-            return Err(format!(
-                "{} is nested deeper than {} levels",
-                at(),
-                self.max_depth
-            ));
-        }
-        // A key and a value per level: never raises, says no when the stack cannot grow.
-        if ffi::lua_checkstack(l, 3) == 0 {
-            return Err(format!("{} is nested too deeply to read", at()));
-        }
-        self.path.push(ptr);
-        let mut entries: Vec<(Key, Json)> = Vec::new();
-        ffi::lua_pushnil(l);
-        while ffi::lua_next(l, idx) != 0 {
-            let (k, v) = (ffi::lua_gettop(l) - 1, ffi::lua_gettop(l));
-            let key = match ffi::lua_type(l, k) {
-                ffi::LUA_TNUMBER if ffi::lua_isinteger(l, k) != 0 => {
-                    Key::Int(ffi::lua_tointegerx(l, k, ptr::null_mut()))
-                }
-                ffi::LUA_TNUMBER => Key::Float(ffi::lua_tonumberx(l, k, ptr::null_mut())),
-                ffi::LUA_TBOOLEAN => Key::Bool(ffi::lua_toboolean(l, k) != 0),
-                ffi::LUA_TSTRING => {
-                    let text = string_at(l, k)
-                        .ok_or_else(|| format!("a key of {} is not valid UTF-8", at()))?;
-                    self.charge(text.len())?;
-                    Key::Str(text.to_string())
-                }
-                t => {
-                    return Err(format!(
-                        "{} has a {} key; only strings and numbers can be returned",
-                        at(),
-                        type_name(l, t)
-                    ))
-                }
-            };
-            let child = || match &key {
-                Key::Int(i) => format!("{}[{i}]", at()),
-                Key::Float(f) => format!("{}[{f}]", at()),
-                Key::Bool(b) => format!("{}[{b}]", at()),
-                Key::Str(s) => format!("{}.{s}", at()),
-            };
-            let value = self.value(l, v, &child)?;
-            entries.push((key, value));
-            if entries.len() > self.max_nodes {
-                return Err(format!("{} has more than {} entries", at(), self.max_nodes));
+        // SAFETY: `l` is a valid state on this thread and `idx` a table on its stack; only reads
+        // that cannot raise are used.
+        unsafe {
+            let ptr = ffi::lua_topointer(l, idx);
+            if self.path.contains(&ptr) {
+                return Err(format!("{} refers back to itself (cyclic table)", at()));
             }
-            ffi::lua_settop(l, k);
-        }
-        self.path.pop();
-        let n = entries.len();
-        let is_array = n > 0
-            && entries
-                .iter()
-                .all(|(k, _)| matches!(k, Key::Int(i) if *i >= 1 && (*i as usize) <= n));
-        Ok(if is_array {
-            let mut items = vec![Json::Null; n];
-            for (k, v) in entries {
-                if let Key::Int(i) = k {
-                    items[i as usize - 1] = v;
-                }
+            if self.path.len() >= self.max_depth {
+                return Err(format!(
+                    "{} is nested deeper than {} levels",
+                    at(),
+                    self.max_depth
+                ));
             }
-            Json::Array(items)
-        } else {
-            let mut map = Map::new();
-            for (k, v) in entries {
-                let key = match k {
-                    Key::Int(i) => i.to_string(),
-                    Key::Float(f) => f.to_string(),
-                    Key::Bool(b) => b.to_string(),
-                    Key::Str(s) => s,
+            // A key and a value per level: never raises, says no when the stack cannot grow.
+            if ffi::lua_checkstack(l, 3) == 0 {
+                return Err(format!("{} is nested too deeply to read", at()));
+            }
+            self.path.push(ptr);
+            let mut entries: Vec<(Key, Json)> = Vec::new();
+            ffi::lua_pushnil(l);
+            while ffi::lua_next(l, idx) != 0 {
+                let (k, v) = (ffi::lua_gettop(l) - 1, ffi::lua_gettop(l));
+                let key = match ffi::lua_type(l, k) {
+                    ffi::LUA_TNUMBER if ffi::lua_isinteger(l, k) != 0 => {
+                        Key::Int(ffi::lua_tointegerx(l, k, ptr::null_mut()))
+                    }
+                    ffi::LUA_TNUMBER => Key::Float(ffi::lua_tonumberx(l, k, ptr::null_mut())),
+                    ffi::LUA_TBOOLEAN => Key::Bool(ffi::lua_toboolean(l, k) != 0),
+                    ffi::LUA_TSTRING => {
+                        let text = string_at(l, k)
+                            .ok_or_else(|| format!("a key of {} is not valid UTF-8", at()))?;
+                        self.charge(text.len())?;
+                        Key::Str(text.to_string())
+                    }
+                    t => {
+                        return Err(format!(
+                            "{} has a {} key; only strings and numbers can be returned",
+                            at(),
+                            type_name(l, t)
+                        ))
+                    }
                 };
-                map.insert(key, v);
+                let child = || match &key {
+                    Key::Int(i) => format!("{}[{i}]", at()),
+                    Key::Float(f) => format!("{}[{f}]", at()),
+                    Key::Bool(b) => format!("{}[{b}]", at()),
+                    Key::Str(s) => format!("{}.{s}", at()),
+                };
+                let value = self.value(l, v, &child)?;
+                entries.push((key, value));
+                if entries.len() > self.max_nodes {
+                    return Err(format!("{} has more than {} entries", at(), self.max_nodes));
+                }
+                ffi::lua_settop(l, k);
             }
-            Json::Object(map)
-        })
+            self.path.pop();
+            let n = entries.len();
+            let is_array = n > 0
+                && entries
+                    .iter()
+                    .all(|(k, _)| matches!(k, Key::Int(i) if *i >= 1 && (*i as usize) <= n));
+            Ok(if is_array {
+                let mut items = vec![Json::Null; n];
+                for (k, v) in entries {
+                    if let Key::Int(i) = k {
+                        items[i as usize - 1] = v;
+                    }
+                }
+                Json::Array(items)
+            } else {
+                let mut map = Map::new();
+                for (k, v) in entries {
+                    let key = match k {
+                        Key::Int(i) => i.to_string(),
+                        Key::Float(f) => f.to_string(),
+                        Key::Bool(b) => b.to_string(),
+                        Key::Str(s) => s,
+                    };
+                    map.insert(key, v);
+                }
+                Json::Object(map)
+            })
+        }
     }
 }
 
 /// The UTF-8 text of the string at `idx` (a `LUA_TSTRING`: no conversion, no allocation).
 unsafe fn string_at<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a str> {
-    let mut len = 0usize;
-    let p = ffi::lua_tolstring(l, idx, &mut len);
-    if p.is_null() {
-        return None;
+    // SAFETY: `l` is a valid state and `idx` an index of its stack; the bytes live while the value
+    // stays on the stack.
+    unsafe {
+        let mut len = 0usize;
+        let p = ffi::lua_tolstring(l, idx, &mut len);
+        if p.is_null() {
+            return None;
+        }
+        std::str::from_utf8(std::slice::from_raw_parts(p as *const u8, len)).ok()
     }
-    std::str::from_utf8(std::slice::from_raw_parts(p as *const u8, len)).ok()
 }
 
 /// Lua's name of a type code.
 unsafe fn type_name(l: *mut ffi::lua_State, t: c_int) -> String {
-    std::ffi::CStr::from_ptr(ffi::lua_typename(l, t))
-        .to_string_lossy()
-        .into_owned()
+    // SAFETY: `l` is a valid state; `lua_typename` returns a static C string for any type tag.
+    unsafe {
+        std::ffi::CStr::from_ptr(ffi::lua_typename(l, t))
+            .to_string_lossy()
+            .into_owned()
+    }
 }

@@ -1,3 +1,10 @@
+//! One sandboxed Lua state and everything an execution does on it: the allow-listed
+//! environment, the host functions the prelude builds `helpers` from, the compile cache, the
+//! clean start of every execution, the time split, and the hand-off of its points to the sink.
+//!
+//! Large by necessity: the host functions close over the engine's state and must be built
+//! with it (`Engine::new`); splitting them out would move that state behind more indirection.
+
 use crate::convert::{to_lua, FromLua};
 use crate::guard::{self, Heap};
 use crate::hot::{self, Hot, HotRef};
@@ -19,7 +26,7 @@ use std::time::Instant;
 /// Bytes of one `print` line kept (cut on a character boundary).
 const MAX_LINE_BYTES: usize = 1024;
 
-/// Where the time of one execution went (SPEC §6.5); the parts add up to `total_ms`.
+/// Where the time of one execution went (docs/limits.md, "Where the time goes"); the parts add up to `total_ms`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Timings {
     /// Waiting for an engine (pool checkout).
@@ -212,11 +219,16 @@ struct Marks {
     script_ns: u64,
 }
 
-fn kind_of(s: &str) -> Kind {
+fn kind_of(s: &str) -> mlua::Result<Kind> {
     match s {
-        "counter" => Kind::Counter,
-        "gauge" => Kind::Gauge,
-        _ => Kind::Histogram,
+        "counter" => Ok(Kind::Counter),
+        "gauge" => Ok(Kind::Gauge),
+        "histogram" => Ok(Kind::Histogram),
+        // Only the prelude names kinds: another name is a bug to report, not a histogram.
+        other => Err(mlua::Error::runtime(format!(
+            "unknown metric kind `{}`",
+            printable(other)
+        ))),
     }
 }
 
@@ -252,7 +264,7 @@ impl Engine {
                 "validate",
                 lua.create_function(move |lua, (kind, name, tags): (String, Value, Value)| {
                     sh.timed(|| {
-                        let kind = kind_of(&kind);
+                        let kind = kind_of(&kind)?;
                         match validate(sk.as_ref(), kind, &name, &tags)? {
                             Ok(series) => {
                                 let tenant = sh.tenant.lock().clone();

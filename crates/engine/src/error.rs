@@ -1,3 +1,6 @@
+//! Typed outcomes of what can go wrong: a script's error (each with a stable code, and whether
+//! it poisons its engine), why an engine was discarded, and why the pool could not serve.
+
 use serde::Serialize;
 
 /// Why a script execution failed. Script failures are data (an [`crate::Execution`] carries

@@ -168,6 +168,8 @@ unsafe fn slot<'a>(l: *mut ffi::lua_State) -> &'a Slot {
 
 /// One level of the C-stack probe: nests `n` protected calls; pushes whether all succeeded.
 unsafe extern "C-unwind" fn probe_level(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua with a valid state; the three slots it pushes were checked with
+    // `lua_checkstack` first.
     unsafe {
         let n = ffi::lua_tointeger(l, 1);
         let mut ok = true;
@@ -187,6 +189,7 @@ unsafe extern "C-unwind" fn probe_level(l: *mut ffi::lua_State) -> c_int {
 
 /// Whether the C stack of `l` is within [`C_STACK_MARGIN`] calls of its limit.
 unsafe fn c_stack_exhausted(l: *mut ffi::lua_State) -> bool {
+    // SAFETY: `l` is a valid state on this thread; stack room is checked before pushing.
     unsafe {
         if ffi::lua_checkstack(l, 3) == 0 {
             return true;
@@ -202,6 +205,8 @@ unsafe fn c_stack_exhausted(l: *mut ffi::lua_State) -> bool {
 /// Whether the error on top of `l`'s stack is a real stack overflow: it says so, and the Lua
 /// stack of `thread` (where it was raised) cannot grow or the C stack of `l` is exhausted.
 unsafe fn is_stack_overflow(l: *mut ffi::lua_State, thread: *mut ffi::lua_State) -> bool {
+    // SAFETY: `l` and `thread` are valid states of one Lua universe on this thread; only
+    // their stacks' tops are read.
     unsafe {
         let mut len = 0usize;
         if ffi::lua_type(l, -1) != ffi::LUA_TSTRING {
@@ -223,6 +228,8 @@ unsafe fn is_stack_overflow(l: *mut ffi::lua_State, thread: *mut ffi::lua_State)
 /// unwinds, so it can tell a real overflow from a message. Upvalues: the slot, and for
 /// `xpcall` the script's handler, which it calls unless a limit fired.
 unsafe extern "C-unwind" fn on_error(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a message handler created with the slot (and for `xpcall` the
+    // script's handler) as upvalues, with the error on top of the stack.
     unsafe {
         let slot = slot(l);
         if !slot.aborted() && is_stack_overflow(l, l) {
@@ -246,6 +253,8 @@ unsafe extern "C-unwind" fn finish(
     status: c_int,
     _: ffi::lua_KContext,
 ) -> c_int {
+    // SAFETY: a continuation Lua calls with the same state and upvalues as the call it
+    // continues.
     unsafe {
         let slot = slot(l);
         if status == ffi::LUA_ERRMEM {
@@ -267,6 +276,8 @@ unsafe extern "C-unwind" fn finish(
 
 /// `pcall(f, ...)`, guarded: limits are not caught.
 pub(crate) unsafe extern "C-unwind" fn pcall(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function whose first upvalue is the slot; arguments are
+    // read from the stack Lua passed in.
     unsafe {
         ffi::luaL_checkany(l, 1);
         if slot(l).aborted() {
@@ -288,6 +299,8 @@ pub(crate) unsafe extern "C-unwind" fn pcall(l: *mut ffi::lua_State) -> c_int {
 /// `xpcall(f, handler, ...)`, guarded: limits are not caught, and the script's handler does
 /// not run for them.
 pub(crate) unsafe extern "C-unwind" fn xpcall(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function whose first upvalue is the slot; arguments are
+    // read from the stack Lua passed in.
     unsafe {
         ffi::luaL_checktype(l, 2, ffi::LUA_TFUNCTION);
         if slot(l).aborted() {
@@ -318,6 +331,8 @@ unsafe extern "C-unwind" fn finish_body(
     status: c_int,
     _: ffi::lua_KContext,
 ) -> c_int {
+    // SAFETY: a continuation Lua calls with the same state and upvalues as the call it
+    // continues.
     unsafe {
         if status == ffi::LUA_ERRMEM {
             slot(l).fire(ABORT_MEMORY);
@@ -335,6 +350,8 @@ unsafe extern "C-unwind" fn finish_body(
 /// does every coroutine's body, on the coroutine's own thread (an overflow inside a coroutine
 /// is probed where it happens, before the coroutine dies). Yields pass through.
 pub(crate) unsafe extern "C-unwind" fn body(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua with the function to run and its arguments on the stack, and the
+    // slot as first upvalue.
     unsafe {
         ffi::luaL_checkstack(l, 2, std::ptr::null());
         ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
@@ -349,6 +366,8 @@ pub(crate) unsafe extern "C-unwind" fn body(l: *mut ffi::lua_State) -> c_int {
 /// `coroutine.resume(co, ...)`, guarded: a limit inside the coroutine is not turned into
 /// `false, message`; it is raised in the resumer.
 pub(crate) unsafe extern "C-unwind" fn resume(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function whose first upvalue is the slot; the coroutine is
+    // checked to be a thread before it is resumed.
     unsafe {
         let co = ffi::lua_tothread(l, 1);
         if co.is_null() {
@@ -400,6 +419,7 @@ pub(crate) unsafe extern "C-unwind" fn resume(l: *mut ffi::lua_State) -> c_int {
 
 /// Registers a coroutine of the execution with the watchdog (its only argument).
 pub(crate) unsafe extern "C-unwind" fn track(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua with the coroutine as its argument and the slot as first upvalue.
     unsafe {
         let co = ffi::lua_tothread(l, 1);
         if !co.is_null() {

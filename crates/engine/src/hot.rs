@@ -1,6 +1,6 @@
 //! The hot path of `helpers.metrics`, written against the Lua C API.
 //!
-//! SPEC §12 target 1 asks a `helpers.metrics.count(name, 1, {a = x, b = y})` loop to cost at
+//! Target 1 of docs/targets.md asks a `helpers.metrics.count(name, 1, {a = x, b = y})` loop to cost at
 //! most 1.5x a pure-Lua aggregation loop. A call through mlua's safe callbacks (protected call,
 //! owned strings) costs ~4x, and a Lua implementation pays three `next` and two `type` calls
 //! per point on top of its own instructions (~2.7x). So the three helpers are C closures: they
@@ -227,7 +227,10 @@ impl HotRef {
     /// # Safety
     /// Once, from the owner, when nothing can reach the pointer any more.
     pub(crate) unsafe fn free(self) {
-        drop(Box::from_raw(self.0));
+        // SAFETY: the pointer came from `from_box` and is freed once (the engine's drop).
+        unsafe {
+            drop(Box::from_raw(self.0));
+        }
     }
 
     pub(crate) fn as_light(self) -> mlua::LightUserData {
@@ -246,21 +249,25 @@ const HISTOGRAM: i64 = 2;
 /// # Safety
 /// Called by Lua only, with a light userdata that points at the engine's `Hot`.
 pub(crate) unsafe extern "C-unwind" fn bind(l: *mut ffi::lua_State) -> c_int {
-    if ffi::lua_type(l, 1) != ffi::LUA_TTABLE
-        || ffi::lua_type(l, 2) != ffi::LUA_TLIGHTUSERDATA
-        || ffi::lua_type(l, 3) != ffi::LUA_TFUNCTION
-    {
-        return 0;
+    // SAFETY: called by Lua as a C function with the arguments the prelude passes, whose types are
+    // checked first.
+    unsafe {
+        if ffi::lua_type(l, 1) != ffi::LUA_TTABLE
+            || ffi::lua_type(l, 2) != ffi::LUA_TLIGHTUSERDATA
+            || ffi::lua_type(l, 3) != ffi::LUA_TFUNCTION
+        {
+            return 0;
+        }
+        let f: ffi::lua_CFunction = match string_arg(l, 4) {
+            Some(b"counter") => record::<COUNTER>,
+            Some(b"gauge") => record::<GAUGE>,
+            Some(b"histogram") => record::<HISTOGRAM>,
+            _ => return 0,
+        };
+        ffi::lua_settop(l, 3);
+        ffi::lua_pushcclosure(l, f, 3);
+        1
     }
-    let f: ffi::lua_CFunction = match string_arg(l, 4) {
-        Some(b"counter") => record::<COUNTER>,
-        Some(b"gauge") => record::<GAUGE>,
-        Some(b"histogram") => record::<HISTOGRAM>,
-        _ => return 0,
-    };
-    ffi::lua_settop(l, 3);
-    ffi::lua_pushcclosure(l, f, 3);
-    1
 }
 
 /// `rebind(helper, tree)`: points a helper (a closure made by [`bind`]) at another verdict
@@ -270,103 +277,122 @@ pub(crate) unsafe extern "C-unwind" fn bind(l: *mut ffi::lua_State) -> c_int {
 /// # Safety
 /// Called by the prelude only, with one of the helpers `bind` made and a table.
 pub(crate) unsafe extern "C-unwind" fn rebind(l: *mut ffi::lua_State) -> c_int {
-    if ffi::lua_iscfunction(l, 1) == 0 || ffi::lua_type(l, 2) != ffi::LUA_TTABLE {
-        return 0;
+    // SAFETY: called by Lua as a C function with the arguments the prelude passes.
+    unsafe {
+        if ffi::lua_iscfunction(l, 1) == 0 || ffi::lua_type(l, 2) != ffi::LUA_TTABLE {
+            return 0;
+        }
+        ffi::lua_settop(l, 2);
+        ffi::lua_setupvalue(l, 1, 1);
+        0
     }
-    ffi::lua_settop(l, 2);
-    ffi::lua_setupvalue(l, 1, 1);
-    0
 }
 
 /// The bytes of a string argument (no conversion of numbers).
 unsafe fn string_arg<'a>(l: *mut ffi::lua_State, idx: c_int) -> Option<&'a [u8]> {
-    if ffi::lua_type(l, idx) != ffi::LUA_TSTRING {
-        return None;
+    // SAFETY: `l` is the running state and `idx` a valid index of its stack; the bytes live as long
+    // as the value stays on the stack, which the caller keeps.
+    unsafe {
+        if ffi::lua_type(l, idx) != ffi::LUA_TSTRING {
+            return None;
+        }
+        let mut len = 0usize;
+        let p = ffi::lua_tolstring(l, idx, &mut len);
+        (!p.is_null()).then(|| std::slice::from_raw_parts(p as *const u8, len))
     }
-    let mut len = 0usize;
-    let p = ffi::lua_tolstring(l, idx, &mut len);
-    (!p.is_null()).then(|| std::slice::from_raw_parts(p as *const u8, len))
 }
 
 /// `count`, `gauge` or `histogram` (`KIND`): settles a point whose series is in the verdict
 /// cache and accepted, within the lease; hands anything else to the slow path.
 unsafe extern "C-unwind" fn record<const KIND: i64>(l: *mut ffi::lua_State) -> c_int {
-    ffi::lua_settop(l, 3);
-    match fast(l, KIND) {
-        Some((hot, id, value)) => {
-            // SAFETY: no other borrow of the `Hot` is alive (no Lua call in between).
-            if (*hot).add(id, value) {
-                ffi::lua_pushboolean(l, 1);
-                return 1;
+    // SAFETY: called by Lua as a C function (the helpers' closures) whose upvalues the engine set:
+    // the `Hot` pointer and the verdict tree.
+    unsafe {
+        ffi::lua_settop(l, 3);
+        match fast(l, KIND) {
+            Some((hot, id, value)) => {
+                // SAFETY: no other borrow of the `Hot` is alive (no Lua call in between).
+                if (*hot).add(id, value) {
+                    ffi::lua_pushboolean(l, 1);
+                    return 1;
+                }
+                slow(l)
             }
-            slow(l)
+            None => slow(l),
         }
-        None => slow(l),
     }
 }
 
 /// The lookup: `(hot, series id, value)` when the fast path can take the point.
 unsafe fn fast(l: *mut ffi::lua_State, kind: i64) -> Option<(*mut Hot, usize, f64)> {
-    let value = match ffi::lua_type(l, 2) {
-        ffi::LUA_TNUMBER => ffi::lua_tonumberx(l, 2, std::ptr::null_mut()),
-        ffi::LUA_TNIL if kind == COUNTER => 1.0,
-        _ => return None,
-    };
-    if !value.is_finite() || (kind == COUNTER && value < 0.0) {
-        return None;
-    }
-    let hot = ffi::lua_touserdata(l, ffi::lua_upvalueindex(2)) as *mut Hot;
-    if hot.is_null() || !(*hot).has_budget() {
-        return None;
-    }
-    // Slot 4: the current node, starting at root[name].
-    ffi::lua_pushvalue(l, 1);
-    if ffi::lua_rawget(l, ffi::lua_upvalueindex(1)) != ffi::LUA_TTABLE {
-        return None;
-    }
-    match ffi::lua_type(l, 3) {
-        ffi::LUA_TNIL => {}
-        ffi::LUA_TTABLE => {
-            let mut walked = 0;
-            ffi::lua_pushnil(l);
-            // Slots 5 and 6: the tag key and value; 7: node[key]; 8: node[key][value].
-            while ffi::lua_next(l, 3) != 0 {
-                walked += 1;
-                if walked > MAX_WALK {
-                    return None;
-                }
-                ffi::lua_pushvalue(l, 5);
-                if ffi::lua_rawget(l, 4) != ffi::LUA_TTABLE {
-                    return None;
-                }
-                ffi::lua_pushvalue(l, 6);
-                if ffi::lua_rawget(l, 7) != ffi::LUA_TTABLE {
-                    return None;
-                }
-                ffi::lua_replace(l, 4);
-                ffi::lua_settop(l, 5);
-            }
+    // SAFETY: `l` is the running state of a helper call; the upvalues hold the engine's `Hot`
+    // pointer (alive while the engine is) and the verdict tree.
+    unsafe {
+        let value = match ffi::lua_type(l, 2) {
+            ffi::LUA_TNUMBER => ffi::lua_tonumberx(l, 2, std::ptr::null_mut()),
+            ffi::LUA_TNIL if kind == COUNTER => 1.0,
+            _ => return None,
+        };
+        if !value.is_finite() || (kind == COUNTER && value < 0.0) {
+            return None;
         }
-        _ => return None,
+        let hot = ffi::lua_touserdata(l, ffi::lua_upvalueindex(2)) as *mut Hot;
+        if hot.is_null() || !(*hot).has_budget() {
+            return None;
+        }
+        // Slot 4: the current node, starting at root[name].
+        ffi::lua_pushvalue(l, 1);
+        if ffi::lua_rawget(l, ffi::lua_upvalueindex(1)) != ffi::LUA_TTABLE {
+            return None;
+        }
+        match ffi::lua_type(l, 3) {
+            ffi::LUA_TNIL => {}
+            ffi::LUA_TTABLE => {
+                let mut walked = 0;
+                ffi::lua_pushnil(l);
+                // Slots 5 and 6: the tag key and value; 7: node[key]; 8: node[key][value].
+                while ffi::lua_next(l, 3) != 0 {
+                    walked += 1;
+                    if walked > MAX_WALK {
+                        return None;
+                    }
+                    ffi::lua_pushvalue(l, 5);
+                    if ffi::lua_rawget(l, 4) != ffi::LUA_TTABLE {
+                        return None;
+                    }
+                    ffi::lua_pushvalue(l, 6);
+                    if ffi::lua_rawget(l, 7) != ffi::LUA_TTABLE {
+                        return None;
+                    }
+                    ffi::lua_replace(l, 4);
+                    ffi::lua_settop(l, 5);
+                }
+            }
+            _ => return None,
+        }
+        if ffi::lua_rawgetp(l, 4, std::ptr::addr_of!(END) as *const c_void) != ffi::LUA_TNUMBER {
+            return None;
+        }
+        let mut is_int = 0;
+        let id = ffi::lua_tointegerx(l, -1, &mut is_int);
+        if is_int == 0 || id < 0 {
+            return None;
+        }
+        Some((hot, id as usize, value))
     }
-    if ffi::lua_rawgetp(l, 4, std::ptr::addr_of!(END) as *const c_void) != ffi::LUA_TNUMBER {
-        return None;
-    }
-    let mut is_int = 0;
-    let id = ffi::lua_tointegerx(l, -1, &mut is_int);
-    if is_int == 0 || id < 0 {
-        return None;
-    }
-    Some((hot, id as usize, value))
 }
 
 /// Calls the kind's Lua slow path with the original arguments and returns what it returns.
 unsafe fn slow(l: *mut ffi::lua_State) -> c_int {
-    ffi::lua_settop(l, 3);
-    ffi::lua_pushvalue(l, ffi::lua_upvalueindex(3));
-    ffi::lua_pushvalue(l, 1);
-    ffi::lua_pushvalue(l, 2);
-    ffi::lua_pushvalue(l, 3);
-    ffi::lua_call(l, 3, ffi::LUA_MULTRET);
-    ffi::lua_gettop(l) - 3
+    // SAFETY: `l` is the running state of a helper call; its upvalues are the ones `record` was
+    // created with.
+    unsafe {
+        ffi::lua_settop(l, 3);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(3));
+        ffi::lua_pushvalue(l, 1);
+        ffi::lua_pushvalue(l, 2);
+        ffi::lua_pushvalue(l, 3);
+        ffi::lua_call(l, 3, ffi::LUA_MULTRET);
+        ffi::lua_gettop(l) - 3
+    }
 }

@@ -1,4 +1,4 @@
-//! Sandboxed Lua 5.4 engines and their pool (SPEC §6).
+//! Sandboxed Lua 5.4 engines and their pool, under the limits of docs/limits.md.
 //!
 //! Tenants' scripts run on a pool of [`Engine`]s, each execution on a blocking thread that
 //! owns its engine while it runs (never on an async worker). Each engine is a Lua state whose
@@ -16,6 +16,9 @@
 //! Lua C closures that walk the tree and add into Rust-side aggregates without an mlua
 //! crossing or an allocation; the host drains them once at the end and hands them to a
 //! [`MetricsSink`]. The engine knows nothing of SQL.
+
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 mod budget;
 mod clock;

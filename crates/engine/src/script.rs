@@ -1,3 +1,6 @@
+//! A script as the pool runs it: its id, its source shared by `Arc`, and the content hash the
+//! engines' compile caches are keyed by (editing a script takes effect on the next run).
+
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 

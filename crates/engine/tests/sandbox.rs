@@ -1,4 +1,4 @@
-//! The sandbox against hostile scripts (SPEC §6.1, §11), on real Lua engines in a real pool.
+//! The sandbox against hostile scripts (docs/limits.md), on real Lua engines in a real pool.
 
 use luametrics_engine::*;
 use luametrics_model::TagPolicy;

@@ -1,3 +1,7 @@
+//! The system-metric catalog (`catalog/system-metrics.toml`, built in): every host and
+//! luametrics metric with its kind, unit and allowed tags, so a typo or an undeclared tag in host
+//! code is refused and counted instead of creating a stray series (docs/policy.md).
+
 use crate::{infer_unit, validate_name, Kind, RejectReason, TagPolicy, Tags, Unit};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -71,7 +75,7 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The catalog shipped with luametrics (seed §5 tables plus luametrics' own metrics).
+    /// The catalog shipped with luametrics (the host instrumentation kit of docs/policy.md plus luametrics' own metrics).
     pub fn builtin() -> &'static Catalog {
         static CATALOG: OnceLock<Catalog> = OnceLock::new();
         CATALOG.get_or_init(|| {

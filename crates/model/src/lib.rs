@@ -1,8 +1,10 @@
 //! The vocabulary every other luametrics crate speaks: metric points, kinds and units, the name
-//! rules, the tag policy (cardinality and PII, SPEC §3) and the system-metric catalog (SPEC §8).
+//! rules, the tag policy (cardinality and PII) and the system-metric catalog, as docs/policy.md states them.
 //!
 //! This crate does no I/O and holds no state, so the rules it states are the same in the Lua
 //! engine, the recorder, the store and the HTTP server.
+
+#![deny(missing_docs)]
 
 mod catalog;
 mod exposition;

@@ -1,3 +1,6 @@
+//! Metric names: the dot-notation rule, and the kind and unit a name's suffix implies
+//! (docs/data-model.md), shared by the policy, the catalog and the exposition.
+
 use crate::{Kind, RejectReason, Unit};
 
 /// Longest accepted metric name in bytes.
@@ -30,7 +33,7 @@ pub fn validate_name(name: &str) -> Result<(), RejectReason> {
     Ok(())
 }
 
-/// The kind a name's suffix implies (seed §2.1), if any.
+/// The kind a name's suffix implies (docs/data-model.md), if any.
 pub fn infer_kind(name: &str) -> Option<Kind> {
     let last = name.rsplit('.').next().unwrap_or(name);
     if last == "count" || last.ends_with("_count") {
@@ -42,7 +45,7 @@ pub fn infer_kind(name: &str) -> Option<Kind> {
     }
 }
 
-/// The unit a name's suffix implies (seed §2.1).
+/// The unit a name's suffix implies (docs/data-model.md).
 pub fn infer_unit(name: &str) -> Unit {
     let last = name.rsplit('.').next().unwrap_or(name);
     if last.ends_with("_ms") || last == "ms" {

@@ -1,3 +1,6 @@
+//! The vocabulary of a point: kinds, metric types, units, tags and their canonical text (one
+//! text per tag set, so the same series is one row and one cache entry however it was built).
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -186,7 +189,7 @@ impl FromStr for Unit {
     }
 }
 
-/// One measurement, as offered to the recorder (SPEC §2).
+/// One measurement, as offered to the recorder (docs/data-model.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Point {
     /// Dot-notation name, see [`crate::validate_name`].

@@ -1,8 +1,12 @@
+//! The tag policy (docs/policy.md): denied keys, PII-shaped values, per-tenant limits and
+//! reserved prefixes, applied to every point; and `CheckedSeries`, the proof a series passed it
+//! that the recorder's batch path requires.
+
 use crate::{infer_kind, validate_name, Kind, RejectReason, Tags};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
-/// Tag keys that carry PII or credentials (SPEC §3); matched case-insensitively, `-` read as `_`.
+/// Tag keys that carry PII or credentials (docs/policy.md); matched case-insensitively, `-` read as `_`.
 pub const DEFAULT_DENIED_KEYS: &[&str] = &[
     "user_id",
     "userid",
@@ -46,7 +50,7 @@ pub const RESERVED_PREFIXES: &[&str] = &[
 /// Tag keys only the host may set: the tenant is never chosen by a script.
 const HOST_ONLY_KEYS: &[&str] = &["tenant", "tenant_id"];
 
-/// Per-tenant limits on user metrics (SPEC §3); every field is configurable.
+/// Per-tenant limits on user metrics (docs/policy.md); every field is configurable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -83,7 +87,7 @@ impl Default for Limits {
     }
 }
 
-/// The cardinality and PII rules applied to every point (SPEC §3).
+/// The cardinality and PII rules applied to every point (docs/policy.md).
 #[derive(Debug, Clone)]
 pub struct TagPolicy {
     denied_keys: HashSet<String>,

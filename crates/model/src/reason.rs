@@ -1,3 +1,6 @@
+//! Why a point was refused: one stable code per rule, the same in Lua (`false, reason`), the
+//! HTTP API, the accounting and `helpers.metrics.rejected.count{reason}`.
+
 use std::fmt;
 
 /// Why a point was refused. The string forms are a stable API: scripts receive them from

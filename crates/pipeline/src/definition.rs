@@ -1,3 +1,6 @@
+//! Pipeline definitions: the TOML file validated into pipelines whose nodes are sorted into
+//! DAG layers, with errors naming the file, the pipeline, the node and the field.
+
 use luametrics_engine::Script;
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};

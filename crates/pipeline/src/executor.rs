@@ -1,3 +1,8 @@
+//! The executor: runs a trigger's pipeline for a tenant, layer by layer (a chain of single
+//! nodes in one hand-off to an engine), merges contexts, applies blocks and `on_error`, records
+//! the execution's metrics and hands a trace to the writer. Returns an `Outcome` with the time
+//! split of every node.
+
 use crate::series::{PipelineSeries, SeriesCache};
 use crate::{OnError, Pipeline, Pipelines, TraceSampler, TraceWriter};
 use luametrics_engine::{

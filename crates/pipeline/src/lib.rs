@@ -1,4 +1,4 @@
-//! Pipelines (SPEC §7): a trigger event runs a DAG of tenant scripts on the engine pool.
+//! Pipelines: a trigger event runs a DAG of tenant scripts on the engine pool.
 //!
 //! Definitions live in a TOML file ([`Pipelines::load`]) and are validated with errors that
 //! name the file, the pipeline and the field. The [`Executor`] runs nodes layer by layer
@@ -6,6 +6,8 @@
 //! for later nodes, short-circuits on `{ allow = false }`, applies `on_error`, records the
 //! pipeline's system metrics and hands a trace with one span per node to the [`TraceWriter`].
 //! The [`Registry`] swaps definitions on reload without stopping executions in flight.
+
+#![deny(missing_docs)]
 
 mod definition;
 mod executor;

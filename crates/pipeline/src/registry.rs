@@ -1,3 +1,6 @@
+//! The pipelines in force, swapped whole on reload: an execution keeps the definitions it
+//! started with while a reload (of a changed file or script) installs new ones.
+
 use crate::{PipelineError, Pipelines};
 use parking_lot::RwLock;
 use std::path::{Path, PathBuf};

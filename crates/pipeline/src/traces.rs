@@ -1,3 +1,7 @@
+//! The trace writer and sampler: traces go to a bounded queue and are written in batches on a
+//! background task, so an execution never waits for the database; what cannot be written is
+//! counted, never silently lost.
+
 use luametrics_model::{Kind, Tags};
 use luametrics_recorder::MetricsService;
 use luametrics_store::{Store, TraceRecord};

@@ -1,3 +1,6 @@
+//! `luametrics.toml` and its `LUAMETRICS_<SECTION>_<KEY>` environment overrides, with defaults
+//! that work on a fresh machine and errors that name the key and the expected value.
+
 use luametrics_engine::{EngineSettings, PoolSettings};
 use luametrics_model::Limits;
 use luametrics_recorder::RecorderSettings;

@@ -2,6 +2,8 @@
 //! loads the pipelines and runs `execute(trigger, tenant, event)`; [`Config`] is
 //! `luametrics.toml` with `LUAMETRICS_*` environment overrides.
 
+#![deny(missing_docs)]
+
 mod config;
 mod runtime;
 

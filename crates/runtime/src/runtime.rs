@@ -1,3 +1,6 @@
+//! `Runtime`, the embedding API: one handle over the store, the recorder, the engine pool, the
+//! pipelines and the trace writer, open from `start` until `shutdown`, and its one `Error`.
+
 use crate::Config;
 use luametrics_engine::{EnginePool, PoolError, PoolStatus};
 use luametrics_model::{Catalog, TagPolicy, DEFAULT_DENIED_KEYS};

@@ -1,4 +1,4 @@
-//! The Observability dashboard (seed §6): six panels rendered on the server as HTML with
+//! The Observability dashboard: six panels rendered on the server as HTML with
 //! inline SVG charts. No script and no external resource, so it works on a machine with no
 //! internet. Behind the admin token (bearer header, `luametrics_token` cookie set by the login
 //! form, or a `token` query parameter for scripts).

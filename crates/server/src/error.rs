@@ -1,3 +1,6 @@
+//! Every HTTP error as JSON with a stable code (`{"error": {"code", "message", ...}}`), and the
+//! mapping from the store's and the runtime's errors to status codes.
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;

@@ -1,3 +1,6 @@
+//! The HTTP handlers: execute, ingest, queries, traces, tenant usage, pool status, token
+//! minting, `/metrics`, health and readiness; each turns its input into one runtime call.
+
 use crate::{prometheus, time, ApiError, AppState, Who};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Path, Query, Request, State};

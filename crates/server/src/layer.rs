@@ -1,4 +1,4 @@
-//! A tower `Layer` recording the seed §5.10 HTTP metrics for any service: `http.request.count`,
+//! A tower `Layer` recording the HTTP metrics of docs/policy.md for any service: `http.request.count`,
 //! `http.request.duration_ms`, `http.request.size_bytes` and `http.response.size_bytes`, tagged
 //! with `route_id` (the matched route template, never the raw path), `method` and
 //! `status_class`.

@@ -1,4 +1,4 @@
-//! The HTTP sidecar (SPEC §9): hosts in any language execute pipelines, record system
+//! The HTTP sidecar: hosts in any language execute pipelines, record system
 //! metrics and query the store; Prometheus scrapes `/metrics`.
 //!
 //! Every error is JSON with a stable code ([`ApiError`]). Request bodies are size-limited and
@@ -6,7 +6,11 @@
 //! traces and pool endpoints take the admin token; `/metrics` optionally. The server records
 //! its own traffic through [`HttpMetricsLayer`], which hosts can use on their own services.
 
+#![deny(missing_docs)]
+
 mod chart;
+// Public for the dashboard bench only (`dashboard::render`); not part of the API.
+#[doc(hidden)]
 pub mod dashboard;
 mod error;
 mod handlers;

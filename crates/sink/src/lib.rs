@@ -11,6 +11,8 @@
 //! taken with [`MetricsSink::reserve_points`] and its unused part given back with
 //! [`MetricsSink::release_points`].
 
+#![deny(missing_docs)]
+
 use luametrics_model::{Kind, MetricType, RejectReason, TagPolicy, Tags};
 use luametrics_sketch::Summary;
 use parking_lot::Mutex;

@@ -9,7 +9,9 @@
 //!
 //! Negative values use a mirrored store; zeros (and values too small to index) are counted apart.
 
-/// Default relative accuracy: 1%, the bound SPEC §4 requires for stored percentiles.
+#![deny(missing_docs)]
+
+/// Default relative accuracy: 1%, the bound docs/data-model.md gives stored percentiles.
 pub const DEFAULT_ALPHA: f64 = 0.01;
 
 /// Values whose magnitude is below this are counted as zero (they would need absurd indexes).

@@ -1,3 +1,6 @@
+//! `Summary`: what a window keeps of a series (samples, sum, min, max, last, and a sketch for
+//! histograms); mergeable, so windows, instances and rollups fold into one another.
+
 use crate::{Sketch, SketchError};
 
 /// Everything kept of a run of points of one series: the recorder folds points into it, the

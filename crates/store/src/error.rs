@@ -1,3 +1,6 @@
+//! The store's typed errors, each naming what it was doing and, for the database's own errors,
+//! whether retrying may help (`is_transient`), which the recorder's retries and `/readyz` use.
+
 /// Why a store operation failed; every variant says what was being done.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -1,4 +1,4 @@
-//! libSQL storage for luametrics (SPEC §4): versioned migrations, the `metrics` window rows, the
+//! libSQL storage for luametrics (docs/data-model.md): versioned migrations, the `metrics` window rows, the
 //! hour/day `metric_rollups`, retention, and the `pipeline_traces` / `pipeline_spans` tables.
 //!
 //! The recorder hands this crate pre-aggregated rows (one per active series per flush window);
@@ -9,6 +9,8 @@
 //! - `metrics.id` only grows (AUTOINCREMENT); the rollup watermark is the highest id folded into
 //!   `metric_rollups`, so late rows are rolled up too and nothing is counted twice.
 //! - Retention never deletes a raw row that the rollup has not folded in yet.
+
+#![deny(missing_docs)]
 
 mod batch;
 mod error;
@@ -415,7 +417,9 @@ impl Store {
     }
 
     /// Makes the writer refuse writes (`PRAGMA query_only`), as a read-only database would;
-    /// lets hosts and tests exercise the recorder's retry path. Local databases only.
+    /// lets tests exercise the recorder's retry path. Local databases only. A test hook, not
+    /// part of the API.
+    #[doc(hidden)]
     pub async fn set_query_only(&self, on: bool) -> Result<(), StoreError> {
         let sql = if on {
             "PRAGMA query_only=ON"

@@ -1,3 +1,6 @@
+//! Where the database is: a local file or a libSQL server URL with its optional token, parsed
+//! from the one `database.url` setting with errors that say what is wrong.
+
 use crate::StoreError;
 use libsql::{Builder, Database};
 use std::path::PathBuf;

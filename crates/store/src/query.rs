@@ -1,3 +1,6 @@
+//! Reading metrics back: raw window rows, time-bucketed aggregates from the coarsest tier that
+//! serves the step (sketches merged for percentiles), names, and the filters both use.
+
 use crate::row::series_key;
 use crate::{Store, StoreError, StoredRow};
 use libsql::{params::IntoParams, Connection, Row, Value};
@@ -10,7 +13,7 @@ use std::str::FromStr;
 pub(crate) const HOUR_MS: i64 = 3_600_000;
 pub(crate) const DAY_MS: i64 = 24 * HOUR_MS;
 
-/// What to compute per time bucket (SPEC §4).
+/// What to compute per time bucket (docs/data-model.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Agg {
@@ -123,7 +126,7 @@ impl Tier {
     }
 }
 
-/// Filters for reading rows back (seed §4.1 `findMetrics`).
+/// Filters for reading rows back.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct FindQuery {
     /// Metric name.
@@ -141,7 +144,7 @@ pub struct FindQuery {
     pub filters: Tags,
 }
 
-/// A time-bucketed aggregate query (seed §4.1 `aggregate`).
+/// A time-bucketed aggregate query.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AggregateQuery {
     /// Rows to read.
@@ -308,7 +311,7 @@ fn where_clause(q: &FindQuery, time_col: &str, params: &mut Vec<Value>) -> Strin
 }
 
 impl Store {
-    /// Raw window rows of one metric in a time range (seed §4.1 `findMetrics`).
+    /// Raw window rows of one metric in a time range.
     pub async fn find_metrics(&self, q: &FindQuery) -> Result<Vec<StoredRow>, StoreError> {
         self.off_worker(async {
             let conn = self.reader().await?;

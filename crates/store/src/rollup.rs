@@ -1,3 +1,6 @@
+//! Rollups (hour and day tiers built from window rows, guarded by a watermark so any number of
+//! instances may run them at once) and retention in bounded batches (docs/data-model.md).
+
 use crate::batch::{literal, Insert};
 use crate::query::{decode_row, scalar_i64, DAY_MS, HOUR_MS, ROW_COLUMNS};
 use crate::{Store, StoreError, StoredRow};
@@ -16,7 +19,7 @@ const WRITE_BATCH_DAYS: i64 = 7;
 /// Existing rollup rows read per query when merging.
 const MERGE_KEYS_PER_QUERY: usize = 200;
 
-/// How long each tier is kept (SPEC §4). Days, since that is how operators think about it.
+/// How long each tier is kept (docs/data-model.md). Days, since that is how operators think about it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Retention {
@@ -45,7 +48,7 @@ impl Default for Retention {
 }
 
 impl Retention {
-    /// Checks the ranges SPEC §4 allows.
+    /// Checks the ranges docs/data-model.md allows.
     pub fn validate(&self) -> Result<(), StoreError> {
         if !(7..=30).contains(&self.raw_days) {
             return Err(StoreError::InvalidRetention(format!(

@@ -1,3 +1,6 @@
+//! Rows in and out: the `RowData` trait the writer takes (so the recorder writes its sealed
+//! windows without copying them), a plain `WindowRow`, and `StoredRow` as read back.
+
 use luametrics_model::{canonical_tags, Kind, MetricType, Tags};
 use luametrics_sketch::Summary;
 
@@ -57,7 +60,7 @@ pub trait RowData {
         }
     }
 
-    /// Values for seed §3.1's first-class filter columns, taken from tags (or the source).
+    /// Values for the first-class filter columns (docs/data-model.md), taken from tags (or the source).
     fn first_class(&self) -> [Option<&str>; 4] {
         let tags = self.tags();
         let tag = |k: &str| tags.get(k).map(String::as_str);

@@ -1,3 +1,6 @@
+//! The versioned migrations, applied in order at start (one transactional batch per version
+//! that claims it first, so instances starting together against one server all start).
+
 use crate::StoreError;
 use libsql::Connection;
 

@@ -1,9 +1,12 @@
+//! Traces and spans: one trace per pipeline execution with its time split, written in batches
+//! (exactly once under retries), listed, read back and kept 7 days.
+
 use crate::batch::Insert;
 use crate::{Store, StoreError};
 use libsql::Value;
 use serde::{Deserialize, Serialize};
 
-/// One pipeline execution (seed §1.1), with the time split of SPEC §6.5.
+/// One pipeline execution , with the time split of docs/limits.md.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TraceRecord {
     /// Unique id.

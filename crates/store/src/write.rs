@@ -1,3 +1,6 @@
+//! Writing metric rows: the column list, a row's parameters, and the batch writes (one
+//! transaction locally, one round trip remotely, exactly once under a batch id).
+
 use crate::batch::Insert;
 use crate::{RowData, Store, StoreError, WindowRow};
 use libsql::Value;
@@ -47,7 +50,7 @@ pub(crate) fn metric_params<R: RowData + ?Sized>(row: &R) -> Vec<Value> {
 }
 
 impl Store {
-    /// Writes one row (seed §4.1 `create`); returns its id.
+    /// Writes one row; returns its id.
     pub async fn create(&self, row: &WindowRow) -> Result<i64, StoreError> {
         self.off_worker(async {
             let handle = self.writer().await?;
@@ -62,7 +65,7 @@ impl Store {
         .await
     }
 
-    /// Writes rows atomically (seed §4.1 `createBatch`): one transaction with one prepared
+    /// Writes rows atomically: one transaction with one prepared
     /// statement on a local file, one round trip to a remote server. All or nothing: on error
     /// nothing is stored and the caller keeps the rows.
     pub async fn create_batch<'a, R, I>(&self, rows: I) -> Result<usize, StoreError>

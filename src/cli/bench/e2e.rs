@@ -493,5 +493,10 @@ pub(crate) async fn e2e(a: E2eArgs) -> Result<ExitCode, CliError> {
         events.len(),
         a.seconds
     );
-    Ok(report("SPEC §15 target", "bench e2e", &rows, a.rounds))
+    Ok(report(
+        "end-to-end target (docs/targets.md)",
+        "bench e2e",
+        &rows,
+        a.rounds,
+    ))
 }
