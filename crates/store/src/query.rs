@@ -288,26 +288,42 @@ impl StoredRow {
             &luametrics_model::canonical_tags(&self.tags),
         )
     }
-
-    fn matches(&self, q: &FindQuery) -> bool {
-        q.filters.iter().all(|(k, v)| self.tags.get(k) == Some(v))
-    }
 }
 
-fn where_clause(q: &FindQuery, time_col: &str, params: &mut Vec<Value>) -> String {
-    params.push(Value::Text(q.name.clone()));
-    params.push(Value::Integer(q.from_ms));
-    params.push(Value::Integer(q.to_ms));
-    let mut sql = format!("name = ?1 AND {time_col} >= ?2 AND {time_col} < ?3");
+/// A tag key as a JSON path into the `tags` column. Keys are checked (letters, digits, `_`, as
+/// the policy allows) because they are written into the SQL text.
+fn tag_path(k: &str) -> Result<String, StoreError> {
+    if k.is_empty() || !k.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
+        return Err(StoreError::InvalidQuery(format!("`{k}` is not a tag key")));
+    }
+    Ok(format!("json_extract(tags, '$.\"{k}\"')"))
+}
+
+/// The one WHERE clause of every metric read, on window rows and rollups alike: the name, the
+/// time range from `from_ms`, the tenant, the metric type, and each tag filter as an equality
+/// on `json_extract(tags, ...)`, so a `FindQuery` means the same thing on every tier. Returns
+/// the condition and its parameters (numbered from 1); callers append their own.
+fn filter(q: &FindQuery, time_col: &str, from_ms: i64) -> Result<(String, Vec<Value>), StoreError> {
+    let mut params = vec![
+        Value::Text(q.name.clone()),
+        Value::Integer(from_ms),
+        Value::Integer(q.to_ms),
+    ];
+    let mut cond = format!("name = ?1 AND {time_col} >= ?2 AND {time_col} < ?3");
+    let mut eq = |sql: &str, v: Value| {
+        params.push(v);
+        cond.push_str(&format!(" AND {sql} = ?{}", params.len()));
+    };
     if let Some(t) = &q.tenant {
-        params.push(Value::Text(t.clone()));
-        sql.push_str(&format!(" AND tenant_id = ?{}", params.len()));
+        eq("tenant_id", Value::Text(t.clone()));
     }
     if let Some(mt) = q.metric_type {
-        params.push(Value::Text(mt.as_str().to_string()));
-        sql.push_str(&format!(" AND metric_type = ?{}", params.len()));
+        eq("metric_type", Value::Text(mt.as_str().to_string()));
     }
-    sql
+    for (k, v) in &q.filters {
+        eq(&tag_path(k)?, Value::Text(v.clone()));
+    }
+    Ok((cond, params))
 }
 
 impl Store {
@@ -326,11 +342,8 @@ impl Store {
         q: &FindQuery,
         above_id: Option<i64>,
     ) -> Result<Vec<StoredRow>, StoreError> {
-        let mut params = Vec::new();
-        let mut sql = format!(
-            "SELECT {ROW_COLUMNS} FROM metrics WHERE {}",
-            where_clause(q, "timestamp", &mut params)
-        );
+        let (cond, mut params) = filter(q, "timestamp", q.from_ms)?;
+        let mut sql = format!("SELECT {ROW_COLUMNS} FROM metrics WHERE {cond}");
         if let Some(id) = above_id {
             params.push(Value::Integer(id));
             sql.push_str(&format!(" AND id > ?{}", params.len()));
@@ -346,10 +359,7 @@ impl Store {
             .await
             .map_err(StoreError::db("read metric rows"))?
         {
-            let r = decode_row(&row, "metrics", None)?;
-            if r.matches(q) {
-                out.push(r);
-            }
+            out.push(decode_row(&row, "metrics", None)?);
         }
         Ok(out)
     }
@@ -440,8 +450,9 @@ impl Store {
 
     /// Folds one table's matching rows into per-group, per-bucket summaries. Sums, counts,
     /// minima and maxima are aggregated by SQLite (a few rows come back); `last` and
-    /// percentiles read each row's summary (and sketch) and merge here. Tags are filtered and
-    /// grouped with `json_extract`, so no row's tags are parsed in Rust.
+    /// percentiles read each row's summary (and sketch) and merge here. Rows are chosen by
+    /// [`filter`] (tags compared with `json_extract`, as on raw rows) and grouped in SQL, so no
+    /// row's tags are parsed in Rust.
     #[allow(clippy::too_many_arguments)]
     async fn scan(
         &self,
@@ -454,23 +465,12 @@ impl Store {
         above_id: Option<i64>,
         groups: &mut BTreeMap<Option<String>, BTreeMap<i64, Summary>>,
     ) -> Result<(), StoreError> {
-        let tag_path = |k: &str| -> Result<String, StoreError> {
-            if k.is_empty() || !k.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
-                return Err(StoreError::InvalidQuery(format!("`{k}` is not a tag key")));
-            }
-            Ok(format!("json_extract(tags, '$.\"{k}\"')"))
-        };
         let group_expr = match q.group_by.as_deref() {
             None => "NULL".to_string(),
             Some("tenant") => "tenant_id".to_string(),
             Some(tag) => tag_path(tag)?,
         };
-        let mut params: Vec<Value> = vec![
-            Value::Text(q.find.name.clone()),
-            Value::Integer(from_ms),
-            Value::Integer(q.find.to_ms),
-        ];
-        let mut cond = format!("name = ?1 AND {time_col} >= ?2 AND {time_col} < ?3");
+        let (mut cond, mut params) = filter(&q.find, time_col, from_ms)?;
         let push = |params: &mut Vec<Value>, cond: &mut String, sql: String, v: Value| {
             params.push(v);
             cond.push_str(&format!(" AND {sql} = ?{}", params.len()));
@@ -498,25 +498,6 @@ impl Store {
                 "scope".into(),
                 Value::Text(scope.into()),
             );
-        }
-        if let Some(t) = &q.find.tenant {
-            push(
-                &mut params,
-                &mut cond,
-                "tenant_id".into(),
-                Value::Text(t.clone()),
-            );
-        }
-        if let Some(mt) = q.find.metric_type {
-            push(
-                &mut params,
-                &mut cond,
-                "metric_type".into(),
-                Value::Text(mt.as_str().into()),
-            );
-        }
-        for (k, v) in &q.find.filters {
-            push(&mut params, &mut cond, tag_path(k)?, Value::Text(v.clone()));
         }
         if let Some(id) = above_id {
             params.push(Value::Integer(id));

@@ -81,6 +81,17 @@ async fn batch_insert_stores_distinct_rows_and_reads_them_back() {
     assert_eq!(store.find_metrics(&q).await.unwrap().len(), 71);
     q.tenant = Some("other".into());
     assert!(store.find_metrics(&q).await.unwrap().is_empty());
+    // A tag key is checked the same way on raw rows as on rollups: it is written into the SQL.
+    let mut bad = find("shop.sales", 0, i64::MAX);
+    bad.filters.insert("plan') OR 1=1 --".into(), "x".into());
+    assert!(matches!(
+        store.find_metrics(&bad).await,
+        Err(StoreError::InvalidQuery(_))
+    ));
+    // A filter on a tag the rows lack matches none of them.
+    let mut absent = find("shop.sales", 0, i64::MAX);
+    absent.filters.insert("region".into(), "eu".into());
+    assert!(store.find_metrics(&absent).await.unwrap().is_empty());
     let id = store
         .create(&row("shop.sales", Kind::Counter, &[], 1, &[2.0]))
         .await
