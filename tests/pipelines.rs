@@ -4,7 +4,7 @@ use luametrics::engine::{
     BatchPoint, BatchReport, EnginePool, EngineSettings, MetricsSink, PoolSettings,
 };
 use luametrics::model::{Kind, RejectReason, TagPolicy, Tags};
-use luametrics::pipeline::{Decision, Executor, Pipelines, TraceWriter};
+use luametrics::pipeline::{Decision, Executor, NodeStatus, Pipelines, TraceWriter};
 use luametrics::recorder::{MetricsService, RecorderConfig};
 use luametrics::sketch::Summary;
 use luametrics::store::{Location, Store};
@@ -96,7 +96,7 @@ async fn block_short_circuits_and_context_merges_in_dag_order() {
             node: "guard".into()
         }
     );
-    assert_eq!(o.nodes[1].status, "skipped");
+    assert_eq!(o.nodes[1].status, NodeStatus::Skipped);
     assert_eq!(o.nodes[1].accepted, 0);
     let o = rt.execute("t.block", "acme", json!({})).await.unwrap();
     assert_eq!(o.decision, Decision::Allow);
@@ -242,7 +242,7 @@ async fn on_error_continue_goes_on_and_fail_stops_and_timeouts_are_errors() {
     let o = rt.execute("t.continue", "acme", json!({})).await.unwrap();
     assert_eq!(o.decision, Decision::Allow);
     assert_eq!(o.context, json!({"next_ran": true}));
-    assert_eq!(o.nodes[0].status, "error");
+    assert_eq!(o.nodes[0].status, NodeStatus::Error);
     assert!(
         o.warnings
             .iter()
@@ -262,14 +262,14 @@ async fn on_error_continue_goes_on_and_fail_stops_and_timeouts_are_errors() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(o.nodes[1].status, "skipped");
+    assert_eq!(o.nodes[1].status, NodeStatus::Skipped);
     let o = rt.execute("t.slow", "acme", json!({})).await.unwrap();
     assert!(
         matches!(&o.decision, Decision::Error { code, .. } if code == "timeout"),
         "{:?}",
         o.decision
     );
-    assert_eq!(o.nodes[0].status, "timeout");
+    assert_eq!(o.nodes[0].status, NodeStatus::Timeout);
     assert!(o.nodes[0].error.as_deref().unwrap_or("").contains("20 ms"));
     rt.shutdown().await.unwrap();
 }
@@ -515,7 +515,7 @@ async fn a_chain_of_nodes_takes_one_engine_once_and_a_wide_layer_one_per_node() 
     let o = rt.execute("t.chain", "acme", json!({})).await.unwrap();
     assert_eq!(o.decision, Decision::Allow, "{o:?}");
     assert_eq!(o.context, json!({"a": 1, "b": 2, "c": 2}));
-    assert!(o.nodes.iter().all(|n| n.status == "ok"), "{o:?}");
+    assert!(o.nodes.iter().all(|n| n.status == NodeStatus::Ok), "{o:?}");
     assert_eq!(rt.pool_status().checkouts, 1, "three nodes, one checkout");
     let o = rt.execute("t.wide", "acme", json!({})).await.unwrap();
     assert_eq!(o.context, json!({"a": 1, "b": 1, "c": 1}));

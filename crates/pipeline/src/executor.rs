@@ -54,6 +54,42 @@ impl Decision {
     }
 }
 
+/// What became of one node of an execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum NodeStatus {
+    /// It ran and let the pipeline go on.
+    Ok,
+    /// It ran and returned `{ allow = false }`.
+    Blocked,
+    /// It failed (a script error, or no engine could be had).
+    Error,
+    /// It ran past its time limit.
+    Timeout,
+    /// It never ran (an earlier node blocked or failed the pipeline).
+    Skipped,
+}
+
+impl NodeStatus {
+    /// The stable text of traces, spans and the HTTP API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Ok => "ok",
+            NodeStatus::Blocked => "blocked",
+            NodeStatus::Error => "error",
+            NodeStatus::Timeout => "timeout",
+            NodeStatus::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One node's part of an outcome.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeReport {
@@ -61,8 +97,8 @@ pub struct NodeReport {
     pub node: String,
     /// Script id.
     pub script: String,
-    /// `ok`, `blocked`, `error`, `timeout` or `skipped`.
-    pub status: String,
+    /// What became of it.
+    pub status: NodeStatus,
     /// The error, when it failed.
     pub error: Option<String>,
     /// Its time split.
@@ -182,6 +218,13 @@ enum NodeResult {
     PoolFailed(PoolError, f64),
 }
 
+/// When and as what an execution started: what its outcome and trace are stamped with.
+struct Started {
+    at: Instant,
+    at_ms: i64,
+    trace_id: String,
+}
+
 impl Executor {
     /// An executor keeping `trace_sample_rate` of successful traces.
     pub fn new(
@@ -276,7 +319,43 @@ impl Executor {
                 .run_chain(pipeline, &tenant, &series, &event, progress)
                 .await;
         }
-        for layer in &pipeline.layers[first.min(pipeline.layers.len())..] {
+        let progress = self
+            .run_layers(
+                pipeline,
+                (&tenant, &series, &event, &admitted),
+                &pipeline.layers[first.min(pipeline.layers.len())..],
+                progress,
+            )
+            .await;
+        self.finish(
+            pipeline,
+            &series,
+            &tenant,
+            Started {
+                at: start,
+                at_ms: started_at,
+                trace_id,
+            },
+            progress,
+        )
+    }
+
+    /// Runs `layers` in order, each node of a layer on its own engine at once (one task per
+    /// node; a layer of one node runs in place), settling results in node order; stops after
+    /// a layer that blocked or failed the pipeline.
+    async fn run_layers(
+        &self,
+        pipeline: &Pipeline,
+        (tenant, series, event, admitted): (
+            &Arc<str>,
+            &Arc<PipelineSeries>,
+            &Arc<Json>,
+            &Arc<Admission>,
+        ),
+        layers: &[Vec<usize>],
+        mut progress: Progress,
+    ) -> Progress {
+        for layer in layers {
             if progress.decision != Decision::Allow {
                 break;
             }
@@ -323,9 +402,28 @@ impl Executor {
                     },
                     (None, None) => continue,
                 };
-                progress.settle(&series, pipeline, i, node_start, result);
+                progress.settle(series, pipeline, i, node_start, result);
             }
         }
+        progress
+    }
+
+    /// Ends an execution: reports the nodes never reached as skipped, sums the time split,
+    /// records `pipeline.exec.duration`, hands a sampled trace to the writer, and builds the
+    /// outcome.
+    fn finish(
+        &self,
+        pipeline: &Pipeline,
+        series: &PipelineSeries,
+        tenant: &str,
+        started: Started,
+        progress: Progress,
+    ) -> Outcome {
+        let Started {
+            at: start,
+            at_ms: started_at,
+            trace_id,
+        } = started;
         let Progress {
             context,
             decision,
@@ -340,7 +438,7 @@ impl Executor {
                 reports[i] = Some(NodeReport {
                     node: node.id.clone(),
                     script: node.script.id().to_string(),
-                    status: "skipped".into(),
+                    status: NodeStatus::Skipped,
                     error: None,
                     timings: Timings::default(),
                     accepted: 0,
@@ -573,7 +671,7 @@ impl Progress {
         let span = SpanRecord {
             node_id: node.id.clone(),
             script_id: node.script.id().to_string(),
-            status: report.status.clone(),
+            status: report.status.as_str().to_string(),
             started_at_ms: node_start,
             total_ms: report.timings.total_ms,
             wait_ms: report.timings.wait_ms,
@@ -654,16 +752,20 @@ fn node_report(node: &str, script: &str, result: NodeResult) -> (NodeReport, Nod
                     Ok(v) => {
                         let blocked = matches!(&v, Json::Object(m) if m.get("allow") == Some(&Json::Bool(false)));
                         (
-                            if blocked { "blocked" } else { "ok" },
+                            if blocked {
+                                NodeStatus::Blocked
+                            } else {
+                                NodeStatus::Ok
+                            },
                             None,
                             NodeOutcome::Value(v),
                         )
                     }
                     Err(e) => {
                         let status = if matches!(e, ScriptError::Timeout { .. }) {
-                            "timeout"
+                            NodeStatus::Timeout
                         } else {
-                            "error"
+                            NodeStatus::Error
                         };
                         let message = e.to_string();
                         (
@@ -680,7 +782,7 @@ fn node_report(node: &str, script: &str, result: NodeResult) -> (NodeReport, Nod
                     NodeReport {
                         node: node.to_string(),
                         script: script.to_string(),
-                        status: status.to_string(),
+                        status,
                         error,
                         timings: ex.timings,
                         accepted: ex.metrics.accepted,
@@ -698,7 +800,7 @@ fn node_report(node: &str, script: &str, result: NodeResult) -> (NodeReport, Nod
                     NodeReport {
                         node: node.to_string(),
                         script: script.to_string(),
-                        status: "error".into(),
+                        status: NodeStatus::Error,
                         error: Some(message.clone()),
                         timings: Timings {
                             wait_ms: waited,

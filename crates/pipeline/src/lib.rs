@@ -17,7 +17,7 @@ mod traces;
 
 pub use definition::{Node, OnError, Pipeline, PipelineError, Pipelines};
 pub use executor::{
-    Decision, ExecuteError, Executor, NodeReport, Outcome, PipelineTimings, Warning,
+    Decision, ExecuteError, Executor, NodeReport, NodeStatus, Outcome, PipelineTimings, Warning,
 };
 pub use registry::Registry;
 pub use traces::{TraceSampler, TraceWriter};
