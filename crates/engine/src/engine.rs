@@ -7,14 +7,15 @@
 
 use crate::convert::{to_lua, FromLua};
 use crate::guard::{self, Heap};
+use crate::host;
 use crate::hot::{self, Hot, HotRef};
 use crate::watchdog::{self, Slot, ABORT_MEMORY, ABORT_STACK, ABORT_TIME};
 use crate::{
     Clock, DiscardReason, EngineSettings, MetricsSink, Script, ScriptError, Warning, PRELUDE,
 };
-use luametrics_model::{CheckedSeries, Kind, RejectReason, Tags};
+use luametrics_model::{Kind, RejectReason, Tags};
 use mlua::chunk::ChunkMode;
-use mlua::{ffi, Function, Lua, LuaOptions, MultiValue, StdLib, Table, Value, Variadic};
+use mlua::{ffi, Function, Lua, LuaOptions, MultiValue, StdLib, Table, Value};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Bytes of one `print` line kept (cut on a character boundary).
-const MAX_LINE_BYTES: usize = 1024;
+pub(crate) const MAX_LINE_BYTES: usize = 1024;
 
 /// Where the time of one execution went (docs/limits.md, "Where the time goes"); the parts add up to `total_ms`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -94,12 +95,14 @@ impl Execution {
 }
 
 /// State shared between the engine and the host functions it gave to Lua.
-struct Shared {
+pub(crate) struct Shared {
     epoch: Instant,
     helpers_ns: AtomicU64,
-    tenant: Mutex<Arc<str>>,
-    log: Mutex<Vec<String>>,
-    max_log_lines: usize,
+    /// The tenant of the running execution.
+    pub(crate) tenant: Mutex<Arc<str>>,
+    /// What the running execution printed.
+    pub(crate) log: Mutex<Vec<String>>,
+    pub(crate) max_log_lines: usize,
     /// What the time split is measured with (the deadline always uses real time).
     clock: Clock,
 }
@@ -109,7 +112,8 @@ impl Shared {
         self.clock.now_ns(self.epoch)
     }
 
-    fn timed<R>(&self, f: impl FnOnce() -> R) -> R {
+    /// Runs a host function's work, counting its time as helper time (not script time).
+    pub(crate) fn timed<R>(&self, f: impl FnOnce() -> R) -> R {
         let t = self.now_ns();
         let r = f();
         self.helpers_ns
@@ -179,18 +183,6 @@ impl Drop for HeapBox {
     }
 }
 
-/// A guard C function bound to the engine's slot (its first upvalue).
-fn guard_fn(lua: &Lua, slot: &Arc<Slot>, f: ffi::lua_CFunction) -> mlua::Result<Function> {
-    let ptr = Arc::as_ptr(slot) as *mut std::ffi::c_void;
-    // SAFETY: pushes one closure; the slot outlives the state (the engine owns both).
-    unsafe {
-        lua.exec_raw((), |l| {
-            ffi::lua_pushlightuserdata(l, ptr);
-            ffi::lua_pushcclosure(l, f, 1);
-        })
-    }
-}
-
 /// Owns the engine's [`Hot`] through a raw pointer, because the Lua state and the slow path's
 /// callbacks point at it too (a `Box` would claim unique access).
 struct HotBox(HotRef);
@@ -219,19 +211,6 @@ struct Marks {
     script_ns: u64,
 }
 
-fn kind_of(s: &str) -> mlua::Result<Kind> {
-    match s {
-        "counter" => Ok(Kind::Counter),
-        "gauge" => Ok(Kind::Gauge),
-        "histogram" => Ok(Kind::Histogram),
-        // Only the prelude names kinds: another name is a bug to report, not a histogram.
-        other => Err(mlua::Error::runtime(format!(
-            "unknown metric kind `{}`",
-            printable(other)
-        ))),
-    }
-}
-
 impl Engine {
     /// Builds a sandboxed engine; scripts it runs record through `sink`.
     pub fn new(
@@ -256,106 +235,9 @@ impl Engine {
 
         let hot = HotBox::new(Hot::new(sink.policy().limits.max_points_per_execution));
         let hr = hot.0;
-        let host = lua.create_table()?;
-        {
-            let sh = shared.clone();
-            let sk = sink.clone();
-            host.set(
-                "validate",
-                lua.create_function(move |lua, (kind, name, tags): (String, Value, Value)| {
-                    sh.timed(|| {
-                        let kind = kind_of(&kind)?;
-                        match validate(sk.as_ref(), kind, &name, &tags)? {
-                            Ok(series) => {
-                                let tenant = sh.tenant.lock().clone();
-                                Ok(Value::Integer(hr.with(|h| h.plant(tenant, series)) as i64))
-                            }
-                            Err(r) => Ok(Value::String(lua.create_string(r.as_str())?)),
-                        }
-                    })
-                })?,
-            )?;
-        }
-        {
-            let sh = shared.clone();
-            let sk = sink.clone();
-            host.set(
-                "take",
-                lua.create_function(move |lua, (id, value): (usize, f64)| {
-                    sh.timed(|| {
-                        let taken = hr.with(|h| {
-                            h.take(id, value, |want| {
-                                let tenant = sh.tenant.lock().clone();
-                                sk.reserve_points(&tenant, want)
-                            })
-                        });
-                        match taken {
-                            Ok(()) => Ok(Value::Nil),
-                            Err(r) => Ok(Value::String(lua.create_string(r.as_str())?)),
-                        }
-                    })
-                })?,
-            )?;
-        }
-        host.set(
-            "mark_rejected",
-            lua.create_function(move |_, ()| {
-                hr.with(|h| h.rejections_pending = true);
-                Ok(())
-            })?,
-        )?;
-        host.set(
-            "reset",
-            lua.create_function(move |_, ()| {
-                hr.with(|h| h.reset());
-                Ok(())
-            })?,
-        )?;
-        // SAFETY: `hot::bind` and `hot::rebind` are Lua C functions that check their arguments.
-        host.set("bind", unsafe { lua.create_c_function(hot::bind)? })?;
-        host.set("rebind", unsafe { lua.create_c_function(hot::rebind)? })?;
-        host.set("hot", hr.as_light())?;
-        host.set("END", hot::end_key())?;
         let slot = Slot::new();
-        host.set("pcall", guard_fn(&lua, &slot, guard::pcall)?)?;
-        host.set("xpcall", guard_fn(&lua, &slot, guard::xpcall)?)?;
-        host.set("resume", guard_fn(&lua, &slot, guard::resume)?)?;
-        host.set("track", guard_fn(&lua, &slot, guard::track)?)?;
-        host.set("body", guard_fn(&lua, &slot, guard::body)?)?;
-        let runner = guard_fn(&lua, &slot, guard::body)?;
-        {
-            let sh = shared.clone();
-            host.set(
-                "print",
-                lua.create_function(move |_, args: Variadic<Value>| {
-                    sh.timed(|| {
-                        if sh.log.lock().len() >= sh.max_log_lines {
-                            return Ok(());
-                        }
-                        // The line is built before the log's lock is taken: `__tostring` may
-                        // run Lua that prints again.
-                        let mut line = String::new();
-                        for (i, a) in args.iter().enumerate() {
-                            if i > 0 {
-                                line.push('\t');
-                            }
-                            // tostring semantics; a failing __tostring fails the print.
-                            line.push_str(&a.to_string()?);
-                            if line.len() > MAX_LINE_BYTES {
-                                break;
-                            }
-                        }
-                        truncate_at_char(&mut line, MAX_LINE_BYTES);
-                        let line = printable(&line);
-                        let mut log = sh.log.lock();
-                        if log.len() < sh.max_log_lines {
-                            log.push(line);
-                        }
-                        Ok(())
-                    })
-                })?,
-            )?;
-        }
+        let host = host::table(&lua, &shared, &sink, hr, &slot)?;
+        let runner = host::guard_fn(&lua, &slot, guard::body)?;
         let limits = lua.create_table()?;
         limits.set("max_verdicts", settings.max_verdicts)?;
         limits.set("max_walk", hot::MAX_WALK)?;
@@ -813,63 +695,6 @@ impl Engine {
     }
 }
 
-/// The host side of a verdict: every rule of the tag policy, once per distinct name/tag set.
-/// `Ok(Ok(series))` is an accepted series; `Ok(Err(reason))` a rejected one.
-fn validate(
-    sink: &dyn MetricsSink,
-    kind: Kind,
-    name: &Value,
-    tags: &Value,
-) -> mlua::Result<Result<CheckedSeries, RejectReason>> {
-    let Value::String(name) = name else {
-        return Ok(Err(RejectReason::InvalidName));
-    };
-    let Ok(name) = name.to_str() else {
-        return Ok(Err(RejectReason::InvalidName));
-    };
-    let policy = sink.policy();
-    // The name first: a bad name is refused before its tags are read.
-    if let Err(r) = policy.check_user_name(&name, kind) {
-        return Ok(Err(r));
-    }
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    if let Value::Table(t) = tags {
-        for pair in t.pairs::<Value, Value>() {
-            let (k, v) = pair?;
-            let key = match &k {
-                Value::String(s) => match s.to_str() {
-                    Ok(s) => s.to_string(),
-                    Err(_) => return Ok(Err(RejectReason::InvalidTags)),
-                },
-                _ => return Ok(Err(RejectReason::InvalidTags)),
-            };
-            let value = match &v {
-                Value::String(s) => match s.to_str() {
-                    Ok(s) => s.to_string(),
-                    Err(_) => return Ok(Err(RejectReason::InvalidTags)),
-                },
-                Value::Integer(i) => i.to_string(),
-                Value::Number(f) => canonical_number(*f),
-                Value::Boolean(b) => b.to_string(),
-                _ => return Ok(Err(RejectReason::InvalidTags)),
-            };
-            pairs.push((key, value));
-            if pairs.len() > hot::MAX_WALK {
-                return Ok(Err(RejectReason::TooManyTags));
-            }
-        }
-    }
-    let series = match policy.check_series(&name, kind, pairs) {
-        Ok(s) => s,
-        Err(r) => return Ok(Err(r)),
-    };
-    // Last: a name is claimed only for a point that passes every other rule.
-    if let Err(r) = sink.claim_name(&name, kind) {
-        return Ok(Err(r));
-    }
-    Ok(Ok(series))
-}
-
 fn root(e: &mlua::Error) -> &mlua::Error {
     match e {
         mlua::Error::CallbackError { cause, .. } => root(cause),
@@ -903,7 +728,7 @@ fn split_location(text: &str, id: &str) -> (Option<u32>, String) {
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.
-fn truncate_at_char(s: &mut String, max: usize) {
+pub(crate) fn truncate_at_char(s: &mut String, max: usize) {
     if s.len() > max {
         let mut cut = max;
         while !s.is_char_boundary(cut) {

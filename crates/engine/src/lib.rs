@@ -27,6 +27,7 @@ mod convert;
 mod engine;
 mod error;
 mod guard;
+mod host;
 mod hot;
 mod pool;
 mod queue;

@@ -1,0 +1,221 @@
+//! The host functions the prelude (`lua/prelude.lua`) builds the sandbox and `helpers` from.
+//!
+//! They are handed to the prelude once, in one table, when an engine is built; the prelude
+//! keeps them in locals and scripts never see the table. What each is for:
+//!
+//! | name | what the prelude uses it for |
+//! |---|---|
+//! | `validate(kind, name, tags)` | the slow path of a first sight: every rule of the tag policy and the name claim; returns the series id the verdict tree keeps, or the rejection reason |
+//! | `take(id, value)` | folds a value into a series' per-execution aggregate, asking the sink for a quota lease when the current one is used up; returns a reason when refused |
+//! | `mark_rejected()` | tells the engine this execution has rejections to drain |
+//! | `reset()` | forgets every cached series (the prelude emptied its verdict tree at its bound) |
+//! | `bind`, `rebind`, `hot`, `END` | build the helpers' C closures over the verdict tree and the engine's `Hot` (see `hot.rs`) |
+//! | `pcall`, `xpcall`, `resume`, `track`, `body` | the guarded protected calls, coroutine resume and registration, and the runner of a script's body: limits cannot be caught (see `guard.rs`) |
+//! | `print` | the script's `print`, into the execution's bounded log |
+//!
+//! Each Rust host function counts its time as helper time (`Shared::timed`), so the time split
+//! stays honest, and none holds a lock while it calls into Lua (a `__tostring` may print).
+
+use crate::engine::{printable, truncate_at_char, Shared, MAX_LINE_BYTES};
+use crate::guard;
+use crate::hot::{self, HotRef};
+use crate::watchdog::Slot;
+use crate::{canonical_number, MetricsSink};
+use luametrics_model::{CheckedSeries, Kind, RejectReason};
+use mlua::{ffi, Function, Lua, Table, Value, Variadic};
+use std::sync::Arc;
+
+/// Builds the table of host functions for one engine's prelude.
+pub(crate) fn table(
+    lua: &Lua,
+    shared: &Arc<Shared>,
+    sink: &Arc<dyn MetricsSink>,
+    hr: HotRef,
+    slot: &Arc<Slot>,
+) -> mlua::Result<Table> {
+    let host = lua.create_table()?;
+    {
+        let sh = shared.clone();
+        let sk = sink.clone();
+        host.set(
+            "validate",
+            lua.create_function(move |lua, (kind, name, tags): (String, Value, Value)| {
+                sh.timed(|| {
+                    let kind = kind_of(&kind)?;
+                    match validate(sk.as_ref(), kind, &name, &tags)? {
+                        Ok(series) => {
+                            let tenant = sh.tenant.lock().clone();
+                            Ok(Value::Integer(hr.with(|h| h.plant(tenant, series)) as i64))
+                        }
+                        Err(r) => Ok(Value::String(lua.create_string(r.as_str())?)),
+                    }
+                })
+            })?,
+        )?;
+    }
+    {
+        let sh = shared.clone();
+        let sk = sink.clone();
+        host.set(
+            "take",
+            lua.create_function(move |lua, (id, value): (usize, f64)| {
+                sh.timed(|| {
+                    let taken = hr.with(|h| {
+                        h.take(id, value, |want| {
+                            let tenant = sh.tenant.lock().clone();
+                            sk.reserve_points(&tenant, want)
+                        })
+                    });
+                    match taken {
+                        Ok(()) => Ok(Value::Nil),
+                        Err(r) => Ok(Value::String(lua.create_string(r.as_str())?)),
+                    }
+                })
+            })?,
+        )?;
+    }
+    host.set(
+        "mark_rejected",
+        lua.create_function(move |_, ()| {
+            hr.with(|h| h.rejections_pending = true);
+            Ok(())
+        })?,
+    )?;
+    host.set(
+        "reset",
+        lua.create_function(move |_, ()| {
+            hr.with(|h| h.reset());
+            Ok(())
+        })?,
+    )?;
+    // SAFETY: `hot::bind` and `hot::rebind` are Lua C functions that check their arguments.
+    host.set("bind", unsafe { lua.create_c_function(hot::bind)? })?;
+    host.set("rebind", unsafe { lua.create_c_function(hot::rebind)? })?;
+    host.set("hot", hr.as_light())?;
+    host.set("END", hot::end_key())?;
+    host.set("pcall", guard_fn(lua, slot, guard::pcall)?)?;
+    host.set("xpcall", guard_fn(lua, slot, guard::xpcall)?)?;
+    host.set("resume", guard_fn(lua, slot, guard::resume)?)?;
+    host.set("track", guard_fn(lua, slot, guard::track)?)?;
+    host.set("body", guard_fn(lua, slot, guard::body)?)?;
+    {
+        let sh = shared.clone();
+        host.set(
+            "print",
+            lua.create_function(move |_, args: Variadic<Value>| {
+                sh.timed(|| {
+                    if sh.log.lock().len() >= sh.max_log_lines {
+                        return Ok(());
+                    }
+                    // The line is built before the log's lock is taken: `__tostring` may
+                    // run Lua that prints again.
+                    let mut line = String::new();
+                    for (i, a) in args.iter().enumerate() {
+                        if i > 0 {
+                            line.push('\t');
+                        }
+                        // tostring semantics; a failing __tostring fails the print.
+                        line.push_str(&a.to_string()?);
+                        if line.len() > MAX_LINE_BYTES {
+                            break;
+                        }
+                    }
+                    truncate_at_char(&mut line, MAX_LINE_BYTES);
+                    let line = printable(&line);
+                    let mut log = sh.log.lock();
+                    if log.len() < sh.max_log_lines {
+                        log.push(line);
+                    }
+                    Ok(())
+                })
+            })?,
+        )?;
+    }
+    Ok(host)
+}
+
+/// A guard C function bound to the engine's slot (its first upvalue).
+pub(crate) fn guard_fn(
+    lua: &Lua,
+    slot: &Arc<Slot>,
+    f: ffi::lua_CFunction,
+) -> mlua::Result<Function> {
+    let ptr = Arc::as_ptr(slot) as *mut std::ffi::c_void;
+    // SAFETY: pushes one closure; the slot outlives the state (the engine owns both).
+    unsafe {
+        lua.exec_raw((), |l| {
+            ffi::lua_pushlightuserdata(l, ptr);
+            ffi::lua_pushcclosure(l, f, 1);
+        })
+    }
+}
+
+fn kind_of(s: &str) -> mlua::Result<Kind> {
+    match s {
+        "counter" => Ok(Kind::Counter),
+        "gauge" => Ok(Kind::Gauge),
+        "histogram" => Ok(Kind::Histogram),
+        // Only the prelude names kinds: another name is a bug to report, not a histogram.
+        other => Err(mlua::Error::runtime(format!(
+            "unknown metric kind `{}`",
+            printable(other)
+        ))),
+    }
+}
+
+/// The host side of a verdict: every rule of the tag policy, once per distinct name/tag set.
+/// `Ok(Ok(series))` is an accepted series; `Ok(Err(reason))` a rejected one.
+fn validate(
+    sink: &dyn MetricsSink,
+    kind: Kind,
+    name: &Value,
+    tags: &Value,
+) -> mlua::Result<Result<CheckedSeries, RejectReason>> {
+    let Value::String(name) = name else {
+        return Ok(Err(RejectReason::InvalidName));
+    };
+    let Ok(name) = name.to_str() else {
+        return Ok(Err(RejectReason::InvalidName));
+    };
+    let policy = sink.policy();
+    // The name first: a bad name is refused before its tags are read.
+    if let Err(r) = policy.check_user_name(&name, kind) {
+        return Ok(Err(r));
+    }
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    if let Value::Table(t) = tags {
+        for pair in t.pairs::<Value, Value>() {
+            let (k, v) = pair?;
+            let key = match &k {
+                Value::String(s) => match s.to_str() {
+                    Ok(s) => s.to_string(),
+                    Err(_) => return Ok(Err(RejectReason::InvalidTags)),
+                },
+                _ => return Ok(Err(RejectReason::InvalidTags)),
+            };
+            let value = match &v {
+                Value::String(s) => match s.to_str() {
+                    Ok(s) => s.to_string(),
+                    Err(_) => return Ok(Err(RejectReason::InvalidTags)),
+                },
+                Value::Integer(i) => i.to_string(),
+                Value::Number(f) => canonical_number(*f),
+                Value::Boolean(b) => b.to_string(),
+                _ => return Ok(Err(RejectReason::InvalidTags)),
+            };
+            pairs.push((key, value));
+            if pairs.len() > hot::MAX_WALK {
+                return Ok(Err(RejectReason::TooManyTags));
+            }
+        }
+    }
+    let series = match policy.check_series(&name, kind, pairs) {
+        Ok(s) => s,
+        Err(r) => return Ok(Err(r)),
+    };
+    // Last: a name is claimed only for a point that passes every other rule.
+    if let Err(r) = sink.claim_name(&name, kind) {
+        return Ok(Err(r));
+    }
+    Ok(Ok(series))
+}
