@@ -93,6 +93,8 @@ fn the_dashboard_renders_every_panel_with_its_series_in_a_real_browser() {
     let profile = tempfile::tempdir().unwrap();
     let url = s.url(&format!("/?range=1h&token={ADMIN}"));
     let (dom, stderr) = chromium(profile.path(), &url, &["--dump-dom"]);
+    // A healthy database: no failure banner (the fleet test shows it appears in an outage).
+    assert!(!dom.contains("data-error="), "{dom}");
     for panel in [
         "system",
         "pipelines",

@@ -230,6 +230,13 @@ fn twenty_seconds_without_the_server_lose_nothing_within_the_bound() {
     let (status, body) = get(&s, "/readyz", None);
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "flush_failing", "{body}");
+    // The dashboard says the database did not answer; it does not pass that off as "no data".
+    let page = ureq::get(&s.url(&format!("/?range=1h&token={ADMIN}")))
+        .call()
+        .expect("the dashboard answers during the outage")
+        .into_string()
+        .unwrap();
+    assert!(page.contains("data-error=\"database\""), "{page}");
     assert_eq!(get(&s, "/healthz", None).0, 200);
     sqld.restart();
     logins(&s, 10);

@@ -10,6 +10,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use luametrics_model::{Kind, MetricType, Tags};
 use luametrics_store::{Agg, AggregateQuery, FindQuery, NameInfo};
+use parking_lot::Mutex;
 use serde::Deserialize;
 use std::fmt::Write;
 
@@ -94,6 +95,9 @@ struct Ctx<'a> {
     from: i64,
     to: i64,
     step: i64,
+    /// The first database error a panel met: the page shows it, so an empty chart is never
+    /// mistaken for "no data".
+    failure: &'a Mutex<Option<String>>,
 }
 
 impl Ctx<'_> {
@@ -127,8 +131,16 @@ impl Ctx<'_> {
                 .filter(|s| !s.points.is_empty())
                 .map(|s| (s.group, s.points))
                 .collect(),
-            Err(_) => Vec::new(),
+            Err(e) => {
+                self.failed(&e);
+                Vec::new()
+            }
         }
+    }
+
+    /// Notes a database error (the first one is shown on the page).
+    fn failed(&self, e: &dyn std::fmt::Display) {
+        self.failure.lock().get_or_insert_with(|| e.to_string());
     }
 
     /// One number over the whole range: the same query with a single bucket.
@@ -376,13 +388,16 @@ async fn pipeline_panel(ctx: &Ctx<'_>) -> String {
             ctx.json_link("script.exec.duration_ms", "sum", Some("script_id"), "")
         );
     }
-    if let Ok(per_pipeline) = ctx
+    let per_pipeline = ctx
         .state
         .runtime
         .store()
         .trace_split_by_pipeline(ctx.from, ctx.to)
-        .await
-    {
+        .await;
+    if let Err(e) = &per_pipeline {
+        ctx.failed(e);
+    }
+    if let Ok(per_pipeline) = per_pipeline {
         let rows: Vec<(String, Vec<f64>)> = per_pipeline
             .into_iter()
             .map(|(p, _, t)| (p, vec![t[3], t[1], t[0] + t[2]]))
@@ -802,13 +817,17 @@ pub async fn render(
     refresh: Option<u32>,
     token: Option<&str>,
 ) -> String {
-    let (ctx, range) = context(state, range);
+    let failure = Mutex::new(None);
+    let (ctx, range) = context(state, range, &failure);
     let names = state
         .runtime
         .store()
         .metric_names()
         .await
-        .unwrap_or_default();
+        .unwrap_or_else(|e| {
+            ctx.failed(&e);
+            Vec::new()
+        });
     let mut hidden = format!(
         "<input type=\"hidden\" name=\"range\" value=\"{}\">",
         esc(range)
@@ -831,12 +850,31 @@ pub async fn render(
     page_html(
         refresh,
         &picker(range, refresh, token),
-        &format!("{system}{pipelines}{security}{user}{webhooks}{admin}"),
+        &format!(
+            "{}{system}{pipelines}{security}{user}{webhooks}{admin}",
+            failure_banner(&failure)
+        ),
     )
 }
 
+/// The page's first database error, shown above the panels: a panel that looks empty may only
+/// be missing what the database did not return.
+fn failure_banner(failure: &Mutex<Option<String>>) -> String {
+    match &*failure.lock() {
+        None => String::new(),
+        Some(e) => format!(
+            "<section class=\"panel\" id=\"error\" data-error=\"database\"><h2>The database did not answer</h2><p>{}</p><p>Panels below may be incomplete: a chart that shows no data may have data the database did not return.</p></section>",
+            esc(e)
+        ),
+    }
+}
+
 /// The time frame of a page for a range name (an unknown name is 1h), and the range shown.
-fn context<'a>(state: &'a AppState, range: &str) -> (Ctx<'a>, &'static str) {
+fn context<'a>(
+    state: &'a AppState,
+    range: &str,
+    failure: &'a Mutex<Option<String>>,
+) -> (Ctx<'a>, &'static str) {
     let (name, span) = RANGES
         .iter()
         .find(|r| r.0 == range)
@@ -857,6 +895,7 @@ fn context<'a>(state: &'a AppState, range: &str) -> (Ctx<'a>, &'static str) {
             from,
             to,
             step,
+            failure,
         },
         name,
     )
@@ -951,7 +990,8 @@ pub async fn render_tenant(
     refresh: Option<u32>,
     token: Option<&str>,
 ) -> String {
-    let (ctx, range) = context(state, range);
+    let failure = Mutex::new(None);
+    let (ctx, range) = context(state, range, &failure);
     let shown = match state.runtime.store().tenant_metric_names(tenant).await {
         Ok(names) => names
             .into_iter()
@@ -962,7 +1002,7 @@ pub async fn render_tenant(
                 refresh,
                 &picker(range, refresh, token),
                 &format!(
-                    "<section class=\"panel\" id=\"error\"><h2>The database did not answer</h2><p>{}</p></section>",
+                    "<section class=\"panel\" id=\"error\" data-error=\"database\"><h2>The database did not answer</h2><p>{}</p></section>",
                     esc(&e.to_string())
                 ),
             )
@@ -1031,7 +1071,7 @@ pub async fn render_tenant(
     page_html(
         refresh,
         &picker(range, refresh, token),
-        &format!("{user}{usage}"),
+        &format!("{}{user}{usage}", failure_banner(&failure)),
     )
 }
 
