@@ -110,8 +110,8 @@ fn work(rt: &tokio::runtime::Runtime, svc: &MetricsService, tags: &[Tags], cycle
             svc.record_user_metric(
                 "tenant-1",
                 "invoice.processed_count",
-                1.0,
                 Kind::Counter,
+                1.0,
                 &tags[i % tags.len()],
             )
             .unwrap();

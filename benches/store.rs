@@ -295,8 +295,8 @@ fn record(c: &mut Criterion) {
             svc.record_user_metric(
                 "acme",
                 "invoice.processed_count",
-                1.0,
                 Kind::Counter,
+                1.0,
                 &tags[i % 4],
             )
             .unwrap()

@@ -26,14 +26,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         service.record_user_metric(
             "acme",
             "invoice.amount",
-            10.0 * (i + 1) as f64,
             Kind::Histogram,
+            10.0 * (i + 1) as f64,
             &tags,
         )?;
     }
     // A rejected point says why, and is counted.
     let pii: Tags = [("email".to_string(), "bob@example.com".to_string())].into();
-    if let Err(e) = service.record_user_metric("acme", "invoice.amount", 1.0, Kind::Histogram, &pii)
+    if let Err(e) = service.record_user_metric("acme", "invoice.amount", Kind::Histogram, 1.0, &pii)
     {
         println!("refused as expected: {e}");
     }

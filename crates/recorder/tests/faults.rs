@@ -54,7 +54,7 @@ fn record(h: &Harness, n: usize, series: usize, offset: usize) -> u64 {
             .into_iter()
             .collect();
         if h.service
-            .record_user_metric("acme", "shop.sales", 1.0, Kind::Counter, &tags)
+            .record_user_metric("acme", "shop.sales", Kind::Counter, 1.0, &tags)
             .is_ok()
         {
             accepted += 1;

@@ -103,8 +103,8 @@ async fn accounting_is_exact_across_tasks_tenants_and_shutdown() {
                 let r = svc.record_user_metric(
                     tenants[ti],
                     "invoice.processed_count",
-                    v,
                     Kind::Counter,
+                    v,
                     &tags(&[("plan", value)]),
                 );
                 if r.is_ok() {
@@ -210,8 +210,8 @@ async fn a_locked_database_loses_nothing_once_it_is_writable_again() {
             .record_user_metric(
                 "acme",
                 "shop.sales",
-                i as f64,
                 Kind::Histogram,
+                i as f64,
                 &tags(&[("plan", "pro")]),
             )
             .unwrap();
@@ -235,8 +235,8 @@ async fn a_locked_database_loses_nothing_once_it_is_writable_again() {
             .record_user_metric(
                 "acme",
                 "shop.sales",
-                i as f64,
                 Kind::Histogram,
+                i as f64,
                 &tags(&[("plan", "pro")]),
             )
             .unwrap();
@@ -263,7 +263,7 @@ async fn a_read_only_database_loses_nothing_and_shutdown_retries() {
     h.store.set_query_only(true).await.unwrap();
     for i in 0..100 {
         h.service
-            .record_user_metric("acme", "shop.sales", i as f64, Kind::Gauge, &Tags::new())
+            .record_user_metric("acme", "shop.sales", Kind::Gauge, i as f64, &Tags::new())
             .unwrap();
     }
     let err = h.service.flush().await.unwrap_err();
@@ -283,7 +283,7 @@ async fn a_read_only_database_loses_nothing_and_shutdown_retries() {
     // After shutdown, points are dropped and counted, never silently lost.
     assert_eq!(
         h.service
-            .record_user_metric("acme", "shop.sales", 1.0, Kind::Gauge, &Tags::new()),
+            .record_user_metric("acme", "shop.sales", Kind::Gauge, 1.0, &Tags::new()),
         Err(Rejected::Dropped(DropReason::ShuttingDown))
     );
     // What was unwritten at the deadline is counted as lost (reason shutdown) and let go:
@@ -320,8 +320,8 @@ async fn past_the_memory_bound_points_are_dropped_and_counted() {
             .record_user_metric(
                 "acme",
                 "shop.orders_count",
-                1.0,
                 Kind::Counter,
+                1.0,
                 &tags(&[("shop", &shop)]),
             )
             .is_ok()
@@ -368,8 +368,8 @@ async fn series_limits_fold_into_the_overflow_series_and_totals_stay_exact() {
             .record_user_metric(
                 "acme",
                 "a.orders_count",
-                1.0,
                 Kind::Counter,
+                1.0,
                 &tags(&[("shop", &shop)]),
             )
             .unwrap();
@@ -383,8 +383,8 @@ async fn series_limits_fold_into_the_overflow_series_and_totals_stay_exact() {
             .record_user_metric(
                 "acme",
                 "b.orders_count",
-                1.0,
                 Kind::Counter,
+                1.0,
                 &tags(&[("shop", &shop)]),
             )
             .unwrap();
@@ -395,8 +395,8 @@ async fn series_limits_fold_into_the_overflow_series_and_totals_stay_exact() {
         h.service.record_user_metric(
             "globex",
             "a.orders_count",
-            1.0,
             Kind::Counter,
+            1.0,
             &tags(&[("shop", "s9")])
         ),
         Ok(Accepted::Stored)
@@ -438,7 +438,7 @@ async fn the_tenant_rate_limit_rejects_past_the_burst() {
     let results: Vec<_> = (0..25)
         .map(|_| {
             h.service
-                .record_user_metric("acme", "a.b", 1.0, Kind::Gauge, &Tags::new())
+                .record_user_metric("acme", "a.b", Kind::Gauge, 1.0, &Tags::new())
         })
         .collect();
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10);
@@ -448,7 +448,7 @@ async fn the_tenant_rate_limit_rejects_past_the_burst() {
     // Another tenant is not affected.
     assert!(h
         .service
-        .record_user_metric("globex", "a.b", 1.0, Kind::Gauge, &Tags::new())
+        .record_user_metric("globex", "a.b", Kind::Gauge, 1.0, &Tags::new())
         .is_ok());
     // Leases: unused points come back for the next execution of the same tenant.
     assert_eq!(h.service.reserve_points("initech", 8), 8);
@@ -476,7 +476,7 @@ async fn idle_series_are_evicted_and_limiter_state_pruned() {
     .await;
     for s in ["a", "b", "c"] {
         h.service
-            .record_user_metric("acme", "x.y", 1.0, Kind::Gauge, &tags(&[("s", s)]))
+            .record_user_metric("acme", "x.y", Kind::Gauge, 1.0, &tags(&[("s", s)]))
             .unwrap();
     }
     assert_eq!(h.service.tenant_series("acme"), 2);
@@ -488,7 +488,7 @@ async fn idle_series_are_evicted_and_limiter_state_pruned() {
     // Room again for new series.
     assert_eq!(
         h.service
-            .record_user_metric("acme", "x.y", 1.0, Kind::Gauge, &tags(&[("s", "d")])),
+            .record_user_metric("acme", "x.y", Kind::Gauge, 1.0, &tags(&[("s", "d")])),
         Ok(Accepted::Stored)
     );
     // Stored history stays.
@@ -724,7 +724,7 @@ async fn raw_mode_writes_every_point() {
     .await;
     for i in 0..50 {
         h.service
-            .record_user_metric("acme", "a.b", i as f64, Kind::Gauge, &Tags::new())
+            .record_user_metric("acme", "a.b", Kind::Gauge, i as f64, &Tags::new())
             .unwrap();
     }
     h.service.flush().await.unwrap();

@@ -155,14 +155,15 @@ impl MetricsService {
         self.inner.ingest(key, summary, ts, None)
     }
 
-    /// Records one user metric for a tenant: every tag rule,
-    /// the tenant's rate limit, and the series limits apply.
+    /// Records one user metric for a tenant: every tag rule, the tenant's rate limit, and the
+    /// series limits apply. Arguments in the order of [`MetricsService::record_system`]: name,
+    /// kind, value, tags (the tenant, which owns the point, first).
     pub fn record_user_metric(
         &self,
         tenant: &str,
         name: &str,
-        value: f64,
         kind: Kind,
+        value: f64,
         tags: &Tags,
     ) -> Result<Accepted, Rejected> {
         let inner = &self.inner;
