@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 mod catalog;
+mod dashboard;
 mod exposition;
 mod name;
 mod point;
@@ -14,6 +15,7 @@ mod policy;
 mod reason;
 
 pub use catalog::{Catalog, CatalogEntry, CatalogError};
+pub use dashboard::{ChartSpec, Dashboard, PanelSpec, SeriesSpec};
 pub use exposition::{
     exported_names, family_base, is_reserved_label, ExportedNames, RESERVED_LABELS,
 };
