@@ -5,7 +5,8 @@
 
 use luametrics::pipeline::Decision;
 use luametrics::store::{Agg, AggregateQuery, FindQuery};
-use luametrics::Runtime;
+use luametrics::{ErrorKind, Runtime};
+use std::time::Duration;
 use serde_json::json;
 
 #[tokio::main]
@@ -19,6 +20,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .database_path(db)
         .pipelines(format!("{root}/lua/pipelines.toml"))
         .pool_size(2)
+        .time_limit(Duration::from_millis(50))
         .start()
         .await?;
 
@@ -39,6 +41,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "  {:.3} ms total = wait {:.3} + script {:.3} + helpers {:.3} + overhead {:.3}",
             t.total_ms, t.wait_ms, t.script_ms, t.helpers_ms, t.overhead_ms
         );
+    }
+    // One error type for the whole API; its kind says what to do about it.
+    match runtime.execute("user.signup", "acme", json!({})).await {
+        Err(e) if e.kind() == ErrorKind::UnknownTrigger => println!("no signup pipeline: {e}"),
+        Err(e) if e.kind() == ErrorKind::TenantBudget => println!("acme must slow down: {e}"),
+        Err(e) => return Err(e.into()),
+        Ok(outcome) => println!("signup: {:?}", outcome.decision),
     }
     // Host instrumentation lands in the same store, validated against the catalog once, when
     // the handle is made; recording never fails the host's request path (a refused handle is

@@ -1,9 +1,12 @@
-//! One sandboxed Lua state and everything an execution does on it: the allow-listed
-//! environment, the host functions the prelude builds `helpers` from, the compile cache, the
-//! clean start of every execution, the time split, and the hand-off of its points to the sink.
+//! One sandboxed Lua state and everything an execution does on it: building the state (the
+//! allow-listed environment, the prelude, the engine's allocator), the compile cache, the clean
+//! start of every execution, the limits' typed outcomes, the time split, and the hand-off of
+//! its points to the sink. The host functions the prelude uses live in `host.rs`.
 //!
-//! Large by necessity: the host functions close over the engine's state and must be built
-//! with it (`Engine::new`); splitting them out would move that state behind more indirection.
+//! Why one file of ~800 lines: an execution's steps (begin, run under the watchdog, classify
+//! the abort, drain, hand off) share the engine's private state and its invariants (nothing of
+//! one execution survives into the next; a limit poisons the engine); splitting them would
+//! spread one invariant over several files.
 
 use crate::convert::{to_lua, FromLua};
 use crate::guard::{self, Heap};

@@ -14,6 +14,12 @@
 //! The pool is ours rather than deadpool's because writing off an engine that is still
 //! running, handing a freed place straight to the next waiter, serving tenants in turn and
 //! counting exactly which checkouts queued need control of the permits deadpool keeps private.
+//!
+//! Why one file of ~1,000 lines: a place in the pool (held, waiting, abandoned, passed on) is
+//! one state machine, and its invariant (places held + places free = max size, whatever
+//! abandons, panics and timeouts happen) spans checkout, hand-off, abandonment and return.
+//! The parts that stand alone live apart: runner threads (`runner.rs`), the fair queue
+//! (`queue.rs`), tenant budgets (`budget.rs`), the watchdog (`watchdog.rs`).
 
 use crate::budget::{Admission, BudgetSpent, Budgets, TenantEngineUsage};
 use crate::queue::FairQueue;

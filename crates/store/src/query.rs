@@ -1,5 +1,9 @@
 //! Reading metrics back: raw window rows, time-bucketed aggregates from the coarsest tier that
 //! serves the step (sketches merged for percentiles), names, and the filters both use.
+//!
+//! Why one file of ~650 lines: the filter, the choice of tier and scope, and the decoding of
+//! rows are one query path; what one means the other must (a tag filter on raw rows and on
+//! rollups, a row decoded the same way on every tier).
 
 use crate::row::series_key;
 use crate::{Store, StoreError, StoredRow};
