@@ -6,8 +6,8 @@
 use luametrics::pipeline::Decision;
 use luametrics::store::{Agg, AggregateQuery, FindQuery};
 use luametrics::{ErrorKind, Runtime};
-use std::time::Duration;
 use serde_json::json;
+use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

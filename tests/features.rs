@@ -52,6 +52,16 @@ fn the_engine_builds_without_the_store_or_libsql() {
 }
 
 #[test]
+fn the_pipeline_records_through_the_contract_not_the_recorder() {
+    let deps = tree(&["-p", "luametrics-pipeline"]);
+    assert!(deps.iter().any(|d| d == "luametrics-sink"), "{deps:?}");
+    assert!(
+        !deps.iter().any(|d| d == "luametrics-recorder"),
+        "the pipeline pulls the recorder"
+    );
+}
+
+#[test]
 fn an_embedding_host_compiles_neither_the_server_nor_the_cli() {
     let lean = tree(&["-p", "luametrics", "--no-default-features"]);
     assert!(lean.iter().any(|d| d == "luametrics-runtime"), "{lean:?}");

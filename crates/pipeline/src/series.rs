@@ -5,7 +5,7 @@
 
 use crate::definition::Pipeline;
 use luametrics_model::{Kind, Tags};
-use luametrics_recorder::{MetricsService, SystemSeries};
+use luametrics_sink::{SeriesHandle, SystemMetrics};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,22 +20,22 @@ pub(crate) struct PipelineSeries {
     /// the entry exists (a reloaded pipeline is a new `Arc`, a new entry).
     _pipeline: Arc<Pipeline>,
     /// Per node (file order): `pipeline.node.overhead`.
-    pub node_overhead: Vec<SystemSeries>,
+    pub node_overhead: Vec<Arc<dyn SeriesHandle>>,
     /// Per node (file order): `script.exec.duration_ms`.
-    pub node_duration: Vec<SystemSeries>,
+    pub node_duration: Vec<Arc<dyn SeriesHandle>>,
     /// `pipeline.exec.duration` per status: ok, blocked, error.
-    exec: [SystemSeries; 3],
+    exec: [Arc<dyn SeriesHandle>; 3],
 }
 
 impl PipelineSeries {
-    fn new(metrics: &MetricsService, tenant: &str, pipeline: &Arc<Pipeline>) -> Self {
+    fn new(metrics: &dyn SystemMetrics, tenant: &str, pipeline: &Arc<Pipeline>) -> Self {
         let node = |name: &str| {
             pipeline
                 .nodes
                 .iter()
                 .map(|n| {
                     let tags = Tags::from([("script_id".to_string(), n.script.id().to_string())]);
-                    metrics.system_series(name, Kind::Histogram, tags, Some(tenant))
+                    metrics.series(name, Kind::Histogram, tags, Some(tenant))
                 })
                 .collect()
         };
@@ -45,7 +45,7 @@ impl PipelineSeries {
                 ("status".to_string(), status.to_string()),
                 ("trigger_event".to_string(), pipeline.trigger.clone()),
             ]);
-            metrics.system_series(
+            metrics.series(
                 "pipeline.exec.duration",
                 Kind::Histogram,
                 tags,
@@ -61,11 +61,11 @@ impl PipelineSeries {
     }
 
     /// The `pipeline.exec.duration` series of a status (`ok`, `blocked` or `error`).
-    pub fn exec(&self, status: &str) -> &SystemSeries {
+    pub fn exec(&self, status: &str) -> &dyn SeriesHandle {
         match status {
-            "ok" => &self.exec[0],
-            "blocked" => &self.exec[1],
-            _ => &self.exec[2],
+            "ok" => self.exec[0].as_ref(),
+            "blocked" => self.exec[1].as_ref(),
+            _ => self.exec[2].as_ref(),
         }
     }
 }
@@ -83,7 +83,7 @@ impl SeriesCache {
     /// The handles of `pipeline` for `tenant`, made on first use.
     pub fn get(
         &self,
-        metrics: &MetricsService,
+        metrics: &dyn SystemMetrics,
         tenant: &Arc<str>,
         pipeline: &Arc<Pipeline>,
     ) -> Arc<PipelineSeries> {

@@ -3,7 +3,7 @@
 //! counted, never silently lost.
 
 use luametrics_model::{Kind, Tags};
-use luametrics_recorder::MetricsService;
+use luametrics_sink::SystemMetrics;
 use luametrics_store::{Store, TraceRecord};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -85,29 +85,29 @@ impl Counts {
 pub struct TraceWriter {
     tx: parking_lot::Mutex<Option<mpsc::Sender<TraceRecord>>>,
     task: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-    metrics: MetricsService,
+    metrics: Arc<dyn SystemMetrics>,
     counts: Arc<Counts>,
     stop: Arc<Stop>,
 }
 
-fn count_dropped(metrics: &MetricsService, reason: &str, n: u64) {
+fn count_dropped(metrics: &dyn SystemMetrics, reason: &str, n: u64) {
     if n == 0 {
         return;
     }
     let tags = Tags::from([("reason".to_string(), reason.to_string())]);
-    let _ = metrics.record_system(
+    metrics.record(
         "luametrics.traces.dropped.count",
         Kind::Counter,
         n as f64,
         tags,
-        None,
         None,
     );
 }
 
 impl TraceWriter {
     /// Starts the writer task (inside a tokio runtime).
-    pub fn start(store: Arc<Store>, metrics: MetricsService, capacity: usize) -> Self {
+    pub fn start(store: Arc<Store>, metrics: impl SystemMetrics, capacity: usize) -> Self {
+        let metrics: Arc<dyn SystemMetrics> = Arc::new(metrics);
         let (tx, mut rx) = mpsc::channel::<TraceRecord>(capacity.max(1));
         let counts = Arc::new(Counts::default());
         let stop = Arc::new(Stop::default());
@@ -135,7 +135,7 @@ impl TraceWriter {
                         if !c.settled.swap(true, Relaxed) {
                             c.dropped_shutdown.fetch_add(n, Relaxed);
                             c.dequeue(n);
-                            count_dropped(&m, "shutdown", n);
+                            count_dropped(m.as_ref(), "shutdown", n);
                         }
                         tracing::error!(
                             traces = n,
@@ -196,7 +196,7 @@ impl TraceWriter {
         if !sent {
             self.counts.dequeue(1);
             self.counts.dropped_full.fetch_add(1, Relaxed);
-            count_dropped(&self.metrics, "queue_full", 1);
+            count_dropped(self.metrics.as_ref(), "queue_full", 1);
         }
     }
 
@@ -241,7 +241,7 @@ impl TraceWriter {
         {
             let n = self.counts.queued.swap(0, Relaxed);
             self.counts.dropped_shutdown.fetch_add(n, Relaxed);
-            count_dropped(&self.metrics, "shutdown", n);
+            count_dropped(self.metrics.as_ref(), "shutdown", n);
         }
     }
 

@@ -4,9 +4,37 @@
 //! except through the trait, whose points carry series checked by this service's policy.
 
 use crate::service::MetricsService;
+use crate::SystemSeries;
 use luametrics_model::{Kind, RejectReason, TagPolicy, Tags};
-use luametrics_sink::{BatchPoint, BatchReport, MetricsSink, Warning};
+use luametrics_sink::{BatchPoint, BatchReport, MetricsSink, SeriesHandle, SystemMetrics, Warning};
 use luametrics_sketch::Summary;
+use std::sync::Arc;
+
+impl SeriesHandle for SystemSeries {
+    fn record(&self, value: f64) {
+        // A refused point is counted by the service; it never fails the caller.
+        let _ = SystemSeries::record(self, value);
+    }
+}
+
+impl SystemMetrics for MetricsService {
+    fn now_ms(&self) -> i64 {
+        MetricsService::now_ms(self)
+    }
+    fn series(
+        &self,
+        name: &str,
+        kind: Kind,
+        tags: Tags,
+        tenant: Option<&str>,
+    ) -> Arc<dyn SeriesHandle> {
+        Arc::new(self.system_series(name, kind, tags, tenant))
+    }
+    fn record(&self, name: &str, kind: Kind, value: f64, tags: Tags, tenant: Option<&str>) {
+        // One point: the checked call, without making a handle.
+        let _ = self.record_system(name, kind, value, tags, tenant, None);
+    }
+}
 
 impl MetricsSink for MetricsService {
     fn policy(&self) -> &TagPolicy {

@@ -7,7 +7,7 @@ use axum::extract::MatchedPath;
 use axum::http::{Request, Response};
 use http_body::Body;
 use luametrics_model::{Kind, Tags};
-use luametrics_recorder::{MetricsService, SystemSeries};
+use luametrics_sink::{SeriesHandle, SystemMetrics};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,17 +30,17 @@ const MAX_HANDLES: usize = 1_024;
 /// The four series of one (route, method, status class), made once: a request records its
 /// points without building tag maps or running the catalog and PII checks.
 struct HttpSeries {
-    count: SystemSeries,
-    duration: SystemSeries,
-    request_size: SystemSeries,
-    response_size: SystemSeries,
+    count: Arc<dyn SeriesHandle>,
+    duration: Arc<dyn SeriesHandle>,
+    request_size: Arc<dyn SeriesHandle>,
+    response_size: Arc<dyn SeriesHandle>,
 }
 
 type HandleKey = (String, String, &'static str);
 
 /// Handles shared by every clone of a layer and its services.
 struct Handles {
-    metrics: MetricsService,
+    metrics: Arc<dyn SystemMetrics>,
     map: Mutex<HashMap<HandleKey, Arc<HttpSeries>>>,
 }
 
@@ -62,20 +62,20 @@ impl Handles {
         };
         let m = &self.metrics;
         let made = Arc::new(HttpSeries {
-            count: m.system_series("http.request.count", Kind::Counter, tags(true), None),
-            duration: m.system_series(
+            count: m.series("http.request.count", Kind::Counter, tags(true), None),
+            duration: m.series(
                 "http.request.duration_ms",
                 Kind::Histogram,
                 tags(true),
                 None,
             ),
-            request_size: m.system_series(
+            request_size: m.series(
                 "http.request.size_bytes",
                 Kind::Histogram,
                 tags(false),
                 None,
             ),
-            response_size: m.system_series(
+            response_size: m.series(
                 "http.response.size_bytes",
                 Kind::Histogram,
                 tags(true),
@@ -90,18 +90,19 @@ impl Handles {
     }
 }
 
-/// Records HTTP metrics into a [`MetricsService`]; never fails a request.
+/// Records HTTP metrics through the engine-recorder contract ([`SystemMetrics`], which the
+/// recorder's `MetricsService` implements); never fails a request.
 #[derive(Clone)]
 pub struct HttpMetricsLayer {
     handles: Arc<Handles>,
 }
 
 impl HttpMetricsLayer {
-    /// A layer recording into `metrics`.
-    pub fn new(metrics: MetricsService) -> Self {
+    /// A layer recording into `metrics` (a `MetricsService`, or any other recorder).
+    pub fn new(metrics: impl SystemMetrics) -> Self {
         Self {
             handles: Arc::new(Handles {
-                metrics,
+                metrics: Arc::new(metrics),
                 map: Mutex::new(HashMap::new()),
             }),
         }
@@ -183,13 +184,13 @@ where
             });
             let series = handles.get((route, method, class));
             // Refused points are counted by the service; they never fail the request.
-            let _ = series.count.record(1.0);
-            let _ = series.duration.record(ms);
+            series.count.record(1.0);
+            series.duration.record(ms);
             if let Some(n) = request_size {
-                let _ = series.request_size.record(n as f64);
+                series.request_size.record(n as f64);
             }
             if let Some(n) = response_size {
-                let _ = series.response_size.record(n as f64);
+                series.response_size.record(n as f64);
             }
             Ok(res)
         })

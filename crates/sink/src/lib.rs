@@ -17,6 +17,7 @@ use luametrics_model::{Kind, MetricType, RejectReason, TagPolicy, Tags};
 use luametrics_sketch::Summary;
 use parking_lot::Mutex;
 use serde::Serialize;
+use std::sync::Arc;
 
 pub use luametrics_model::CheckedSeries;
 
@@ -82,6 +83,34 @@ pub trait MetricsSink: Send + Sync + 'static {
     /// Claims the exported (Prometheus) names of a user metric, or refuses one whose names
     /// another metric holds (`name_conflict`): asked once per new name/kind by the helpers.
     fn claim_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason>;
+}
+
+/// One system series a component records many times: checked once when it was made (catalog,
+/// kind, PII). Recording never fails the caller; a refused series counts every point it is
+/// given as rejected.
+pub trait SeriesHandle: Send + Sync {
+    /// Records one value now.
+    fn record(&self, value: f64);
+}
+
+/// What the runtime's own components (the pipeline executor, the trace writer, the HTTP
+/// layer) record their system metrics through, so they depend on this contract and not on the
+/// recorder; the recorder's `MetricsService` implements it.
+pub trait SystemMetrics: Send + Sync + 'static {
+    /// The current time by the recorder's clock (ms), so timestamps and windows agree.
+    fn now_ms(&self) -> i64;
+    /// A handle to one catalog system series; `tenant` is the host's tenant of the series.
+    fn series(
+        &self,
+        name: &str,
+        kind: Kind,
+        tags: Tags,
+        tenant: Option<&str>,
+    ) -> Arc<dyn SeriesHandle>;
+    /// Records one point of a series not recorded often enough to keep a handle for.
+    fn record(&self, name: &str, kind: Kind, value: f64, tags: Tags, tenant: Option<&str>) {
+        self.series(name, kind, tags, tenant).record(value)
+    }
 }
 
 /// A sink that keeps everything in memory, with no quota: what a script would record.

@@ -12,7 +12,7 @@ use luametrics_engine::{
     ScriptError, Timings, Warning as EngineWarning,
 };
 use luametrics_model::{Kind, Tags};
-use luametrics_recorder::MetricsService;
+use luametrics_sink::SystemMetrics;
 use luametrics_store::{SpanRecord, TraceRecord};
 use progress::Progress;
 use serde::Serialize;
@@ -205,7 +205,7 @@ impl ExecuteError {
 /// Runs pipelines on the engine pool and reports what happened.
 pub struct Executor {
     pool: Arc<EnginePool>,
-    metrics: MetricsService,
+    metrics: Arc<dyn SystemMetrics>,
     traces: Arc<TraceWriter>,
     sampler: TraceSampler,
     sequence: AtomicU64,
@@ -232,10 +232,11 @@ impl Executor {
     /// An executor keeping `trace_sample_rate` of successful traces.
     pub fn new(
         pool: Arc<EnginePool>,
-        metrics: MetricsService,
+        metrics: impl SystemMetrics,
         traces: Arc<TraceWriter>,
         trace_sample_rate: f64,
     ) -> Self {
+        let metrics: Arc<dyn SystemMetrics> = Arc::new(metrics);
         Self {
             pool,
             started: metrics.now_ms() as u64,
@@ -282,13 +283,12 @@ impl Executor {
                 tenant,
                 retry_after_ms,
             }) => {
-                let _ = self.metrics.record_system(
+                self.metrics.record(
                     "lua.tenant.throttled.count",
                     Kind::Counter,
                     1.0,
                     Tags::new(),
                     Some(&tenant),
-                    None,
                 );
                 return Err(ExecuteError::TenantBudget {
                     tenant,
@@ -312,7 +312,7 @@ impl Executor {
         let started_at = self.metrics.now_ms();
         let trace_id = self.trace_id();
         let tenant: Arc<str> = Arc::from(tenant);
-        let series = self.series.get(&self.metrics, &tenant, pipeline);
+        let series = self.series.get(self.metrics.as_ref(), &tenant, pipeline);
         let mut first = 0;
         let mut progress = Progress::new(pipeline.nodes.len());
         // A pipeline of one node per layer runs on one engine in one hand-off; layers of
@@ -468,7 +468,7 @@ impl Executor {
         };
         let status = decision.status();
         // A refused point is counted by the service; it never fails the execution.
-        let _ = series.exec(status).record(total_ms);
+        series.exec(status).record(total_ms);
         if self.sampler.keep(status) {
             let (reason, error) = match &decision {
                 Decision::Allow => (None, None),

@@ -52,9 +52,9 @@ impl Progress {
             overhead_ms: report.timings.overhead_ms,
             error: report.error.clone(),
         };
-        // Refused points are counted by the service; they never fail the execution.
-        let _ = series.node_overhead[i].record(report.timings.overhead_ms);
-        let _ = series.node_duration[i].record(report.timings.script_ms);
+        // Refused points are counted by the recorder; they never fail the execution.
+        series.node_overhead[i].record(report.timings.overhead_ms);
+        series.node_duration[i].record(report.timings.script_ms);
         let (context, decision, warnings) =
             (&mut self.context, &mut self.decision, &mut self.warnings);
         match outcome {
