@@ -112,7 +112,7 @@ async fn a_runtime_dropped_without_shutdown_warns_of_its_unwritten_points() {
     rt.shutdown().await.unwrap();
     drop(rt);
     assert!(
-        !log.text().contains("dropped without shutdown"),
+        !log.text().contains("without a completed shutdown"),
         "{}",
         log.text()
     );
@@ -130,12 +130,113 @@ async fn a_runtime_dropped_without_shutdown_warns_of_its_unwritten_points() {
     );
     drop(rt);
     // A clone still holds the runtime: no warning yet.
-    assert!(!log.text().contains("dropped without shutdown"));
+    assert!(!log.text().contains("without a completed shutdown"));
     drop(clone);
     let text = log.text();
-    assert!(text.contains("dropped without shutdown"), "{text}");
+    assert!(
+        text.contains("dropped without a completed shutdown"),
+        "{text}"
+    );
     assert!(
         text.contains(&format!("unwritten_points={unwritten}")),
         "{text}"
     );
+}
+
+// An execution already running when shutdown starts finishes first, and what it recorded is
+// written (it used to be dropped as `shutting_down` while its caller got `Ok`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_executions_in_flight_and_writes_their_points() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pipelines.toml"),
+        "[[pipeline]]\nid = \"slow\"\ntrigger = \"t.slow\"\n[[pipeline.node]]\nid = \"a\"\nscript = \"slow.lua\"\n",
+    )
+    .unwrap();
+    // Busy for a while (CPU time, which runs faster when other threads are busy too), then
+    // records one point: the point comes late in the execution.
+    std::fs::write(
+        dir.path().join("slow.lua"),
+        "local t = os.clock() while os.clock() - t < 0.05 do end helpers.metrics.count('slow.done_count', 1) return {}",
+    )
+    .unwrap();
+    let rt = Runtime::builder()
+        .database_path(dir.path().join("rt.db"))
+        .pipelines(dir.path().join("pipelines.toml"))
+        .time_limit(Duration::from_secs(5))
+        .start()
+        .await
+        .unwrap();
+    let running = {
+        let rt = rt.clone();
+        tokio::spawn(async move { rt.execute("t.slow", "acme", json!({})).await })
+    };
+    // Until the execution holds an engine (a hang detector's bound, not a timing check).
+    for _ in 0..5_000 {
+        if rt.pool_status().active > 0 || running.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    rt.shutdown().await.unwrap();
+    let outcome = running.await.unwrap().unwrap();
+    assert_eq!(outcome.decision.status(), "ok");
+    let acc = rt.accounting();
+    assert_eq!(acc.user.accepted, 1, "{acc:?}");
+    assert_eq!(
+        acc.user.dropped_total() + acc.user.lost_total(),
+        0,
+        "{acc:?}"
+    );
+    let rows = rt
+        .store()
+        .find_metrics(&luametrics::store::FindQuery {
+            name: "slow.done_count".into(),
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.iter().map(|r| r.summary.samples).sum::<u64>(), 1);
+}
+
+// A shutdown that was cancelled before it finished leaves the runtime closed but not shut
+// down: dropping it still warns.
+#[tokio::test(flavor = "current_thread")]
+async fn a_cancelled_shutdown_still_warns_when_the_runtime_is_dropped() {
+    let log = Captured::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = start(&dir).await;
+    rt.execute("user.login", "acme", login()).await.unwrap();
+    // Polled once, then dropped: the shutdown started (the runtime is closed) and never ended.
+    {
+        let shutdown = rt.shutdown();
+        tokio::pin!(shutdown);
+        let _ = futures_poll_once(shutdown.as_mut()).await;
+    }
+    assert!(rt.is_closed());
+    drop(rt);
+    assert!(
+        log.text().contains("without a completed shutdown"),
+        "{}",
+        log.text()
+    );
+}
+
+/// Polls a future once (whatever it returns), so a test can start work and abandon it.
+async fn futures_poll_once<F: std::future::Future + Unpin>(mut f: F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut f).poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
 }

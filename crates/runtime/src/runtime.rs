@@ -13,7 +13,7 @@ use luametrics_store::{
 };
 use serde_json::Value as Json;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -143,6 +143,20 @@ struct Inner {
     watcher: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Set when shutdown starts: nothing more runs.
     closed: AtomicBool,
+    /// Executions past the closed check and not finished: shutdown waits for them before it
+    /// stops the trace writer and the recorder, so their points and traces are written.
+    in_flight: AtomicUsize,
+    /// Set when a shutdown ran to its end (a cancelled one leaves it unset: `Drop` warns).
+    shut_down: AtomicBool,
+}
+
+/// Counts an execution in flight until it ends (or is cancelled).
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, SeqCst);
+    }
 }
 
 impl Drop for Inner {
@@ -150,7 +164,7 @@ impl Drop for Inner {
         if let Some(w) = self.watcher.lock().take() {
             w.abort();
         }
-        if self.closed.load(SeqCst) {
+        if self.shut_down.load(SeqCst) {
             return;
         }
         let unwritten = self.metrics.unwritten_points();
@@ -159,9 +173,9 @@ impl Drop for Inner {
             tracing::warn!(
                 unwritten_points = unwritten,
                 queued_traces = traces,
-                "luametrics runtime dropped without shutdown: {unwritten} accepted points and \
-                 {traces} traces not written yet; they are lost if the process ends before the \
-                 background flush runs (call Runtime::shutdown before exiting)"
+                "luametrics runtime dropped without a completed shutdown: {unwritten} accepted \
+                 points and {traces} traces not written yet; they are lost if the process ends \
+                 before the background flush runs (call Runtime::shutdown before exiting)"
             );
         }
     }
@@ -313,6 +327,8 @@ impl Runtime {
                 traces,
                 watcher: parking_lot::Mutex::new(watcher),
                 closed: AtomicBool::new(false),
+                in_flight: AtomicUsize::new(0),
+                shut_down: AtomicBool::new(false),
             }),
         })
     }
@@ -325,6 +341,10 @@ impl Runtime {
         event: Json,
     ) -> Result<Outcome, Error> {
         let inner = &self.inner;
+        // Counted before the check: a shutdown that saw no execution in flight after closing
+        // is sure none starts.
+        inner.in_flight.fetch_add(1, SeqCst);
+        let _counted = InFlight(&inner.in_flight);
         if inner.closed.load(SeqCst) {
             return Err(Error::Closed);
         }
@@ -377,8 +397,8 @@ impl Runtime {
     }
 
     /// Re-reads the pipelines file and scripts now.
-    pub fn reload(&self) -> Result<Arc<Pipelines>, PipelineError> {
-        self.inner.registry.reload()
+    pub fn reload(&self) -> Result<Arc<Pipelines>, Error> {
+        Ok(self.inner.registry.reload()?)
     }
 
     /// An aggregate query over stored metrics.
@@ -416,9 +436,17 @@ impl Runtime {
         }
         let now = Instant::now();
         let traces_deadline = now + deadline.saturating_duration_since(now) / 2;
+        // Executions already running finish first (each ends within its limits), so what they
+        // record is written; never past the traces' share of the deadline.
+        while self.inner.in_flight.load(SeqCst) > 0 && Instant::now() < traces_deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         self.inner.traces.shutdown_by(traces_deadline).await;
         self.inner.pool.record_metrics();
         let result = self.inner.metrics.shutdown_by(deadline).await;
+        // It ran to its end: whatever it could not write is counted and reported in its
+        // result, so dropping the runtime has nothing more to say.
+        self.inner.shut_down.store(true, SeqCst);
         let mut summary = ShutdownSummary {
             final_rows: 0,
             traces_written: self.inner.traces.written(),
