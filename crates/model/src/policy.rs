@@ -107,6 +107,9 @@ pub struct CheckedSeries {
     kind: Kind,
     tags: Tags,
     stamp: u64,
+    /// The tag limits it was checked under (tags, key bytes, value bytes): `limits` is a
+    /// public field, so a clone of the policy with the same stamp may have laxer ones.
+    checked_under: [usize; 3],
 }
 
 impl CheckedSeries {
@@ -196,12 +199,19 @@ impl TagPolicy {
             kind,
             tags,
             stamp: self.stamp,
+            checked_under: self.tag_limits(),
         })
     }
 
-    /// Whether `series` was checked by this policy (or a clone of it), not another one.
+    /// Whether `series` was checked by this policy (or a clone of it with the same limits),
+    /// not another one.
     pub fn vouches_for(&self, series: &CheckedSeries) -> bool {
-        series.stamp == self.stamp
+        series.stamp == self.stamp && series.checked_under == self.tag_limits()
+    }
+
+    fn tag_limits(&self) -> [usize; 3] {
+        let l = &self.limits;
+        [l.max_tags, l.max_key_len, l.max_value_len]
     }
 
     /// Value rules: finite, and never negative for a counter.

@@ -37,7 +37,9 @@ pub struct BatchReport {
     pub accepted: u64,
     /// Of which folded into overflow series.
     pub overflowed: u64,
-    /// Points dropped (memory bound, shutdown, or a series another policy checked).
+    /// Points not kept: dropped (memory bound, shutdown), or refused because another policy
+    /// checked their series (the recorder's accounting counts those as rejected,
+    /// `invalid_tags`).
     pub dropped: u64,
 }
 
@@ -203,9 +205,14 @@ mod tests {
         let ours = point(sink.policy());
         let laxer = TagPolicy::new(Vec::<String>::new(), Default::default());
         let theirs = point(&laxer);
-        let r = sink.ingest_user_batch("acme", vec![ours, theirs]);
-        assert_eq!((r.accepted, r.dropped), (1, 1));
-        assert_eq!(sink.points.lock().len(), 1);
+        // A clone of the sink's own policy (same stamp) with laxer tag limits.
+        let mut lax_clone = sink.policy().clone();
+        lax_clone.limits.max_tags = 1_000;
+        let cloned = point(&lax_clone);
+        let same = point(&sink.policy().clone());
+        let r = sink.ingest_user_batch("acme", vec![ours, theirs, cloned, same]);
+        assert_eq!((r.accepted, r.dropped), (2, 2));
+        assert_eq!(sink.points.lock().len(), 2);
     }
 
     #[test]
