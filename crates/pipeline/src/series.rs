@@ -18,7 +18,7 @@ const MAX_ENTRIES: usize = 4_096;
 pub(crate) struct PipelineSeries {
     /// Keeps the pipeline alive, so the address the cache is keyed by is never reused while
     /// the entry exists (a reloaded pipeline is a new `Arc`, a new entry).
-    _pipeline: Arc<Pipeline>,
+    pipeline: Arc<Pipeline>,
     /// Per node (file order): `pipeline.node.overhead`.
     pub node_overhead: Vec<Arc<dyn SeriesHandle>>,
     /// Per node (file order): `script.exec.duration_ms`.
@@ -53,7 +53,7 @@ impl PipelineSeries {
             )
         };
         Self {
-            _pipeline: pipeline.clone(),
+            pipeline: pipeline.clone(),
             node_overhead: node("pipeline.node.overhead"),
             node_duration: node("script.exec.duration_ms"),
             exec: [exec("ok"), exec("blocked"), exec("error")],
@@ -94,9 +94,69 @@ impl SeriesCache {
         // Made outside the lock (the checks take a while); a racing caller's copy is equal.
         let made = Arc::new(PipelineSeries::new(metrics, tenant, pipeline));
         let mut map = self.map.lock();
+        // Pipelines replaced by a reload are held by nothing but their entries (the registry
+        // and executions in flight hold the current ones): forget them, and their scripts.
+        map.retain(|_, s| Arc::strong_count(&s.pipeline) > 1);
         if map.len() >= MAX_ENTRIES {
             map.clear();
         }
         map.entry(key).or_insert(made).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Pipelines;
+
+    struct Nothing;
+    impl SeriesHandle for Nothing {
+        fn record(&self, _: f64) {}
+    }
+
+    struct Fake;
+    impl SystemMetrics for Fake {
+        fn now_ms(&self) -> i64 {
+            0
+        }
+        fn series(&self, _: &str, _: Kind, _: Tags, _: Option<&str>) -> Arc<dyn SeriesHandle> {
+            Arc::new(Nothing)
+        }
+    }
+
+    fn load(dir: &std::path::Path) -> Pipelines {
+        Pipelines::load(&dir.join("pipelines.toml")).unwrap()
+    }
+
+    // A reload makes new pipelines; the entries of the old ones, held by nothing else, go (with
+    // their scripts) the next time an entry is made, instead of staying until the bound.
+    #[test]
+    fn pipelines_replaced_by_a_reload_leave_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("pipelines.toml"),
+            "[[pipeline]]\nid = \"p\"\ntrigger = \"t\"\n[[pipeline.node]]\nid = \"a\"\nscript = \"a.lua\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("a.lua"), "return {}").unwrap();
+        let cache = SeriesCache::default();
+        let tenant: Arc<str> = Arc::from("acme");
+        let old = load(dir.path());
+        let first = old.for_trigger("t").unwrap().clone();
+        let a = cache.get(&Fake, &tenant, &first);
+        assert!(Arc::ptr_eq(&a, &cache.get(&Fake, &tenant, &first)));
+        let new = load(dir.path());
+        let second = new.for_trigger("t").unwrap().clone();
+        // Still in use (an execution holds it): kept.
+        cache.get(&Fake, &tenant, &second);
+        assert_eq!(cache.map.lock().len(), 2);
+        drop((old, first, a));
+        cache.get(&Fake, &Arc::from("globex"), &second);
+        assert_eq!(cache.map.lock().len(), 2, "the old pipeline's entry went");
+        assert!(cache
+            .map
+            .lock()
+            .values()
+            .all(|s| Arc::ptr_eq(&s.pipeline, &second)));
     }
 }
