@@ -35,6 +35,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Decision::Allow => println!("{email}: allowed, context {}", outcome.context),
             Decision::Block { reason, node } => println!("{email}: blocked by {node}: {reason}"),
             Decision::Error { node, message, .. } => println!("{email}: {node} failed: {message}"),
+            // More decisions may come (the enum is non-exhaustive).
+            other => println!("{email}: {}", other.as_str()),
         }
         let t = outcome.timings;
         println!(

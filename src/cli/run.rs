@@ -166,11 +166,7 @@ pub(crate) async fn run(
                         *c.by_status
                             .entry(o.decision.status().to_string())
                             .or_default() += 1;
-                        let decision = match &o.decision {
-                            luametrics::pipeline::Decision::Allow => "allow",
-                            luametrics::pipeline::Decision::Block { .. } => "block",
-                            luametrics::pipeline::Decision::Error { .. } => "error",
-                        };
+                        let decision = o.decision.as_str();
                         *c.by_decision.entry(decision.to_string()).or_default() += 1;
                         c.total.push(o.timings.total_ms);
                         c.script.push(o.timings.script_ms);

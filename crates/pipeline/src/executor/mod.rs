@@ -25,6 +25,7 @@ use std::time::Instant;
 /// What the host should do.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "decision", rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Decision {
     /// Go ahead.
     Allow,
@@ -47,6 +48,15 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// `allow`, `block` or `error`: the decision's name in traces and reports.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Block { .. } => "block",
+            Decision::Error { .. } => "error",
+        }
+    }
+
     /// `ok`, `blocked` or `error`: the `status` of traces and `pipeline.exec.duration`.
     pub fn status(&self) -> &'static str {
         match self {
@@ -95,6 +105,7 @@ impl std::fmt::Display for NodeStatus {
 
 /// One node's part of an outcome.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct NodeReport {
     /// Node id.
     pub node: String,
@@ -119,6 +130,7 @@ pub struct NodeReport {
 /// Something an execution did not do as asked, as data: a rejected metric, a node that failed
 /// and was skipped (`on_error = "continue"`), a result that was ignored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Warning {
     /// The node it concerns.
     pub node: String,
@@ -139,6 +151,7 @@ pub struct Warning {
 /// over nodes plus the executor's own work in `overhead_ms`. When nodes ran concurrently, the
 /// node parts can add up to more than the wall time; the spans hold each node's exact split.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct PipelineTimings {
     /// Wall time.
     pub total_ms: f64,
@@ -154,6 +167,7 @@ pub struct PipelineTimings {
 
 /// The result of `execute(trigger, tenant, event)`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Outcome {
     /// The pipeline that ran.
     pub pipeline_id: String,
@@ -485,12 +499,7 @@ impl Executor {
                 trigger_event: pipeline.trigger.clone(),
                 tenant: tenant.to_string(),
                 status: status.to_string(),
-                decision: match decision {
-                    Decision::Allow => "allow",
-                    Decision::Block { .. } => "block",
-                    Decision::Error { .. } => "error",
-                }
-                .to_string(),
+                decision: decision.as_str().to_string(),
                 reason,
                 started_at_ms: started_at,
                 total_ms,
