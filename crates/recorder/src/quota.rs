@@ -11,6 +11,10 @@ pub(crate) struct TenantQuota {
     /// Points granted to an execution but not used, returned for the tenant's next request, so
     /// batch leases waste nothing.
     credits: DashMap<Arc<str>, u32>,
+    /// Points leased to executions and not yet ingested or given back, per tenant: a batch is
+    /// covered by these first, and only what was leased can be given back (a caller cannot
+    /// mint credit, nor ingest past the quota without a lease).
+    leased: DashMap<Arc<str>, u64>,
     burst: u32,
 }
 
@@ -22,6 +26,7 @@ impl TenantQuota {
         Self {
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst)),
             credits: DashMap::new(),
+            leased: DashMap::new(),
             burst: burst.get(),
         }
     }
@@ -50,6 +55,47 @@ impl TenantQuota {
             }
         }
         granted
+    }
+
+    /// Leases up to `want` points of the tenant's quota to an execution; returns how many.
+    pub fn lease(&self, tenant: &Arc<str>, want: u32) -> u32 {
+        let granted = self.take(tenant, want);
+        if granted > 0 {
+            *self.leased.entry(tenant.clone()).or_insert(0) += u64::from(granted);
+        }
+        granted
+    }
+
+    /// Ends the unused part of a lease: at most what the tenant has leased goes back.
+    pub fn end_lease(&self, tenant: &Arc<str>, unused: u32) {
+        let back = self.consume_lease(tenant, u64::from(unused));
+        self.give_back(tenant, back as u32);
+    }
+
+    /// Covers `n` points of a batch: from the tenant's leases first, then from its quota.
+    /// Returns how many are covered (fewer when the quota is spent).
+    pub fn cover(&self, tenant: &Arc<str>, n: u64) -> u64 {
+        let mut covered = self.consume_lease(tenant, n);
+        while covered < n {
+            let want = (n - covered).min(u64::from(u32::MAX)) as u32;
+            let got = self.take(tenant, want);
+            if got == 0 {
+                break;
+            }
+            covered += u64::from(got);
+        }
+        covered
+    }
+
+    /// Takes up to `n` from the tenant's leased points; returns how many.
+    fn consume_lease(&self, tenant: &Arc<str>, n: u64) -> u64 {
+        let mut taken = 0;
+        if let Some(mut l) = self.leased.get_mut(tenant) {
+            taken = (*l).min(n);
+            *l -= taken;
+        }
+        self.leased.remove_if(tenant, |_, l| *l == 0);
+        taken
     }
 
     /// Returns unused points of a lease.

@@ -461,6 +461,61 @@ async fn the_tenant_rate_limit_rejects_past_the_burst() {
     );
 }
 
+// The batch path cannot skip the rate limit: points no lease covers are charged to the quota
+// when they arrive, and refused past it; a caller cannot give back what it never leased.
+#[tokio::test]
+async fn a_batch_is_covered_by_leases_or_by_the_quota_and_never_past_it() {
+    let h = harness(
+        RecorderSettings::default(),
+        Limits {
+            points_per_minute: 1,
+            burst: 10,
+            ..Limits::default()
+        },
+    )
+    .await;
+    let points = |n: usize| -> Vec<BatchPoint> {
+        (0..n)
+            .map(|i| BatchPoint {
+                series: h
+                    .service
+                    .config()
+                    .policy
+                    .check_series(
+                        "shop.orders_count",
+                        Kind::Counter,
+                        vec![("shop".to_string(), format!("s{i}"))],
+                    )
+                    .unwrap(),
+                summary: {
+                    let mut s = luametrics_sketch::Summary::new(false);
+                    s.observe(1.0, 0);
+                    s
+                },
+            })
+            .collect()
+    };
+    // Giving back what was never leased mints nothing.
+    h.service.release_points("acme", 1_000);
+    // No lease: the quota (burst 10) covers 10 of 25 points, the rest is refused.
+    let r = h.service.ingest_user_batch("acme", points(25));
+    assert_eq!((r.accepted, r.dropped), (10, 15));
+    assert_eq!(
+        h.service.accounting().user.rejected.get("rate_limited"),
+        Some(&15)
+    );
+    // A lease covers its points without asking the quota again.
+    assert_eq!(h.service.reserve_points("globex", 6), 6);
+    let r = h.service.ingest_user_batch("globex", points(6));
+    assert_eq!((r.accepted, r.dropped), (6, 0));
+    // 4 of globex's burst are left: a batch of 5 without a lease gets 4.
+    let r = h.service.ingest_user_batch("globex", points(5));
+    assert_eq!((r.accepted, r.dropped), (4, 1));
+    let acc = h.service.accounting();
+    assert_eq!(acc.user.accepted, 20);
+    assert!(acc.user.balances());
+}
+
 #[tokio::test]
 async fn idle_series_are_evicted_and_limiter_state_pruned() {
     let h = harness(

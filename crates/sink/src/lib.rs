@@ -38,8 +38,8 @@ pub struct BatchReport {
     /// Of which folded into overflow series.
     pub overflowed: u64,
     /// Points not kept: dropped (memory bound, shutdown), or refused because another policy
-    /// checked their series (the recorder's accounting counts those as rejected,
-    /// `invalid_tags`).
+    /// checked their series or no lease nor quota covered them (the recorder's accounting
+    /// counts those as rejected, `invalid_tags` and `rate_limited`).
     pub dropped: u64,
 }
 
@@ -64,8 +64,9 @@ pub trait MetricsSink: Send + Sync + 'static {
     fn reserve_points(&self, tenant: &str, want: u32) -> u32;
     /// Returns the unused part of a lease.
     fn release_points(&self, tenant: &str, unused: u32);
-    /// Takes an execution's checked, pre-aggregated points, covered by its lease. A point
-    /// whose series this sink's policy did not check is dropped and counted.
+    /// Takes an execution's checked, pre-aggregated points, covered by its lease (a sink with a
+    /// quota charges points no lease covers to the quota now, and refuses those past it). A
+    /// point whose series this sink's policy did not check is refused and counted.
     fn ingest_user_batch(&self, tenant: &str, points: Vec<BatchPoint>) -> BatchReport;
     /// Counts points the helpers rejected.
     fn count_user_rejections(&self, rejected: &[(RejectReason, u64)]);

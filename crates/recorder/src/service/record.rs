@@ -199,14 +199,15 @@ impl MetricsService {
         inner.ingest(key, summary, now, None)
     }
 
-    /// Takes up to `want` points of a tenant's rate quota for one script execution.
+    /// Leases up to `want` points of a tenant's rate quota to one script execution.
     pub(crate) fn reserve_points(&self, tenant: &str, want: u32) -> u32 {
-        self.inner.quota.take(&Arc::from(tenant), want)
+        self.inner.quota.lease(&Arc::from(tenant), want)
     }
 
-    /// Returns the unused part of a lease from [`MetricsService::reserve_points`].
+    /// Returns the unused part of a lease from [`MetricsService::reserve_points`] (never more
+    /// than the tenant has leased).
     pub(crate) fn release_points(&self, tenant: &str, unused: u32) {
-        self.inner.quota.give_back(&Arc::from(tenant), unused)
+        self.inner.quota.end_lease(&Arc::from(tenant), unused)
     }
 
     /// Counts user points a caller rejected itself (the Lua helpers validate on their side).
@@ -218,14 +219,23 @@ impl MetricsService {
         }
     }
 
-    /// Ingests points a script execution pre-aggregated, covered by its quota lease. Each
-    /// series must have been checked by this service's policy (a series another policy
-    /// checked is dropped and counted as `invalid_tags`: the batch path cannot skip the rules).
+    /// Ingests points a script execution pre-aggregated. Each series must have been checked by
+    /// this service's policy (a series another policy checked is refused and counted as
+    /// `invalid_tags`), and the points are covered by the tenant's leases, or else by its
+    /// quota now (a point past both is refused as `rate_limited`): the batch path skips
+    /// neither the rules nor the rate limit.
     pub(crate) fn ingest_user_batch(&self, tenant: &str, points: Vec<BatchPoint>) -> BatchReport {
         let inner = &self.inner;
         let tenant: Arc<str> = Arc::from(tenant);
         let now = self.now_ms();
         let mut report = BatchReport::default();
+        let policy = &inner.config.policy;
+        let wanted: u64 = points
+            .iter()
+            .filter(|p| policy.vouches_for(&p.series))
+            .map(|p| p.summary.samples)
+            .sum();
+        let mut covered = inner.quota.cover(&tenant, wanted);
         for p in points {
             let samples = p.summary.samples;
             if samples == 0 {
@@ -241,6 +251,17 @@ impl MetricsService {
                     .count(&tenant, "rejected", "invalid_tags", samples);
                 continue;
             }
+            if samples > covered {
+                inner
+                    .counters
+                    .reject(MetricType::User, RejectReason::RateLimited, samples);
+                report.dropped += samples;
+                inner
+                    .tenants
+                    .count(&tenant, "rejected", "rate_limited", samples);
+                continue;
+            }
+            covered -= samples;
             let (name, kind, tags) = p.series.into_parts();
             let key = SeriesKey {
                 metric_type: MetricType::User,
@@ -267,6 +288,12 @@ impl MetricsService {
                     inner.tenants.count(&tenant, "dropped", reason, samples);
                 }
             }
+        }
+        // Covered but not used (a later point did not fit): back to the tenant.
+        if covered > 0 {
+            inner
+                .quota
+                .give_back(&tenant, covered.min(u64::from(u32::MAX)) as u32);
         }
         inner
             .tenants
