@@ -1,5 +1,8 @@
 //! The HTTP handlers: execute, ingest, queries, traces, tenant usage, pool status, token
 //! minting, `/metrics`, health and readiness; each turns its input into one runtime call.
+//!
+//! Why one file of ~540 lines: every handler is short (parse, one call, map the error); kept
+//! together they show the whole API next to `ROUTES` and `openapi.json`.
 
 use crate::{prometheus, time, ApiError, AppState, Who};
 use axum::extract::rejection::JsonRejection;
