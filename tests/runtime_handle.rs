@@ -88,6 +88,17 @@ impl Write for Captured {
 }
 
 impl Captured {
+    /// A capturing subscriber as this thread's default, while the guard lives.
+    fn install() -> (Self, tracing::subscriber::DefaultGuard) {
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        (log, tracing::subscriber::set_default(subscriber))
+    }
+
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
@@ -97,13 +108,7 @@ impl Captured {
 // subscriber is the default.
 #[tokio::test(flavor = "current_thread")]
 async fn a_runtime_dropped_without_shutdown_warns_of_its_unwritten_points() {
-    let log = Captured::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (log, _guard) = Captured::install();
 
     let dir = tempfile::tempdir().unwrap();
     // Shut down, then dropped: nothing to say.
@@ -205,13 +210,7 @@ async fn shutdown_waits_for_executions_in_flight_and_writes_their_points() {
 // down: dropping it still warns.
 #[tokio::test(flavor = "current_thread")]
 async fn a_cancelled_shutdown_still_warns_when_the_runtime_is_dropped() {
-    let log = Captured::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (log, _guard) = Captured::install();
     let dir = tempfile::tempdir().unwrap();
     let rt = start(&dir).await;
     rt.execute("user.login", "acme", login()).await.unwrap();
