@@ -6,7 +6,7 @@
 //! it is given as rejected, and says why once, through `tracing`).
 
 use crate::series::SeriesKey;
-use crate::service::{Accepted, MetricsService, Rejected};
+use crate::service::{tags_from, Accepted, MetricsService, Rejected};
 use luametrics_model::{Kind, MetricType, RejectReason, Tags};
 use luametrics_sketch::Summary;
 use std::sync::Arc;
@@ -181,13 +181,6 @@ impl Histogram {
     }
 }
 
-fn tags_of(pairs: &[(&str, &str)]) -> Tags {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 impl MetricsService {
     /// A handle to one system series (catalog, kind and PII checked now, once), for a caller
     /// that records the same series many times; `tenant` is the host's tenant of the series.
@@ -205,21 +198,21 @@ impl MetricsService {
     /// &[("method", "password")]); c.increment(1);`. A refused handle (unknown name, wrong
     /// kind, a tag the catalog does not allow, PII) is logged once here and counts each point.
     pub fn counter(&self, name: &str, tags: &[(&str, &str)]) -> Counter {
-        let s = self.system_series(name, Kind::Counter, tags_of(tags), None);
+        let s = self.system_series(name, Kind::Counter, tags_from(tags), None);
         warn_refused(&s, name);
         Counter(s)
     }
 
     /// A gauge handle of a catalog metric (see [`MetricsService::counter`]).
     pub fn gauge(&self, name: &str, tags: &[(&str, &str)]) -> Gauge {
-        let s = self.system_series(name, Kind::Gauge, tags_of(tags), None);
+        let s = self.system_series(name, Kind::Gauge, tags_from(tags), None);
         warn_refused(&s, name);
         Gauge(s)
     }
 
     /// A histogram handle of a catalog metric (see [`MetricsService::counter`]).
     pub fn histogram(&self, name: &str, tags: &[(&str, &str)]) -> Histogram {
-        let s = self.system_series(name, Kind::Histogram, tags_of(tags), None);
+        let s = self.system_series(name, Kind::Histogram, tags_from(tags), None);
         warn_refused(&s, name);
         Histogram(s)
     }

@@ -266,7 +266,8 @@ impl std::fmt::Debug for MetricsService {
     }
 }
 
-fn tags_from(pairs: &[(&str, &str)]) -> Tags {
+/// Owned tags from a host's `(key, value)` pairs.
+pub(crate) fn tags_from(pairs: &[(&str, &str)]) -> Tags {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -8,8 +8,8 @@ use crate::{AppState, Who};
 use axum::extract::{Form, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use luametrics_model::{ChartSpec, Dashboard, PanelSpec, Tags};
-use luametrics_store::{Agg, AggregateQuery, FindQuery};
+use luametrics_model::{ChartSpec, Dashboard, Kind, PanelSpec, Tags};
+use luametrics_store::{Agg, AggregateQuery, FindQuery, NameInfo};
 use parking_lot::Mutex;
 use serde::Deserialize;
 use std::fmt::Write;
@@ -242,6 +242,34 @@ async fn chart(ctx: &Ctx<'_>, spec: &ChartSpec) -> Chart {
         String::new()
     };
     Chart { html, has_data }
+}
+
+/// The metric picker's options (the chosen one selected) and the end of its form.
+fn metric_options<N: std::borrow::Borrow<NameInfo>>(
+    names: &[N],
+    chosen: Option<&NameInfo>,
+) -> String {
+    let mut out = String::new();
+    for n in names {
+        let n = n.borrow();
+        let sel = if Some(n.name.as_str()) == chosen.map(|c| c.name.as_str()) {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(out, "<option{sel}>{}</option>", esc(&n.name));
+    }
+    out.push_str("</select></label> <button type=\"submit\">show</button></form>");
+    out
+}
+
+/// How a user metric is drawn by default: counters summed, gauges' last value, histograms' p95.
+fn agg_of(kind: Kind) -> (Agg, &'static str) {
+    match kind {
+        Kind::Counter => (Agg::Sum, "sum"),
+        Kind::Gauge => (Agg::Last, "last"),
+        Kind::Histogram => (Agg::P95, "p95"),
+    }
 }
 
 /// What a panel without data asks the host to record.

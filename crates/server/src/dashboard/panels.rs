@@ -2,8 +2,8 @@
 //! widgets they name (parts that are more than a chart: stats with thresholds, tables,
 //! breakdowns from traces) and the custom user-metrics panel.
 
-use super::{chart, esc, hint_names, lines, panel, stacked, Chart, Ctx};
-use luametrics_model::{ChartSpec, Kind, MetricType, PanelSpec, SeriesSpec};
+use super::{agg_of, chart, esc, hint_names, lines, metric_options, panel, stacked, Chart, Ctx};
+use luametrics_model::{ChartSpec, MetricType, PanelSpec, SeriesSpec};
 use luametrics_store::{Agg, NameInfo};
 use std::fmt::Write;
 
@@ -215,22 +215,10 @@ pub(super) async fn user_panel(
         let _ = write!(extra, "<option{sel}>{}</option>", esc(t));
     }
     extra.push_str("</select></label> <label>metric <select name=\"metric\">");
-    for n in &user {
-        let sel = if Some(n.name.as_str()) == chosen.map(|c| c.name.as_str()) {
-            " selected"
-        } else {
-            ""
-        };
-        let _ = write!(extra, "<option{sel}>{}</option>", esc(&n.name));
-    }
-    extra.push_str("</select></label> <button type=\"submit\">show</button></form>");
+    extra.push_str(&metric_options(&user, chosen));
     let mut charts = Vec::new();
     if let Some(m) = chosen {
-        let (agg, agg_s) = match m.kind {
-            Kind::Counter => (Agg::Sum, "sum"),
-            Kind::Gauge => (Agg::Last, "last"),
-            Kind::Histogram => (Agg::P95, "p95"),
-        };
+        let (agg, agg_s) = agg_of(m.kind);
         let group = if tenant.is_some() {
             None
         } else {

@@ -1,9 +1,12 @@
 //! The page a tenant's own read token sees: its user metrics and its usage against its limits,
 //! nothing of other tenants and nothing of the host.
 
-use super::{context, esc, failure_banner, lines, page_html, panel, picker, Chart, Ctx};
+use super::{
+    agg_of, context, esc, failure_banner, lines, metric_options, page_html, panel, picker, Chart,
+    Ctx,
+};
 use crate::AppState;
-use luametrics_model::{Kind, MetricType};
+use luametrics_model::MetricType;
 use luametrics_store::Agg;
 use parking_lot::Mutex;
 use std::fmt::Write;
@@ -52,22 +55,10 @@ pub async fn render_tenant(
         .and_then(|m| shown.iter().find(|n| n.name == m))
         .or(shown.first());
     let mut extra = format!("<form method=\"get\" action=\"/\" class=\"pickers\">{hidden}<label>metric <select name=\"metric\">");
-    for n in &shown {
-        let sel = if Some(&n.name) == chosen.map(|c| &c.name) {
-            " selected"
-        } else {
-            ""
-        };
-        let _ = write!(extra, "<option{sel}>{}</option>", esc(&n.name));
-    }
-    extra.push_str("</select></label> <button type=\"submit\">show</button></form>");
+    extra.push_str(&metric_options(&shown, chosen));
     let mut charts = Vec::new();
     if let Some(m) = chosen {
-        let (agg, agg_s) = match m.kind {
-            Kind::Counter => (Agg::Sum, "sum"),
-            Kind::Gauge => (Agg::Last, "last"),
-            Kind::Histogram => (Agg::P95, "p95"),
-        };
+        let (agg, agg_s) = agg_of(m.kind);
         let s = ctx.series(&m.name, agg, None, Some(tenant), &[]).await;
         let has = !s.is_empty();
         let named: Vec<(String, Vec<(i64, f64)>)> = s
