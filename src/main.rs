@@ -128,6 +128,14 @@ enum BenchCommand {
 }
 
 fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when the reader of our output goes away
+    // (`luametrics names | head`) instead of panicking on the failed print: Rust ignores
+    // SIGPIPE by default.
+    #[cfg(unix)]
+    // SAFETY: sets the default disposition of one signal at startup, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     // The library reports faults (failing writes, recoveries, a deleted database) through
     // `tracing`; the binary prints them on stderr.

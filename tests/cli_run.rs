@@ -250,3 +250,26 @@ async fn a_hundred_thousand_events_end_with_exact_accounting() {
     );
     assert!(s["user_metrics_dropped"].as_object().unwrap().is_empty());
 }
+
+// A reader that goes away (`luametrics names | head -1`) ends the command quietly, as for any
+// command-line tool: no panic message on a failed print.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = gen(dir.path(), 200);
+    let out = luametrics(dir.path(), &["run", events.to_str().unwrap()], &[]);
+    assert!(out.status.success());
+    // The read end is closed before the command starts: its first print fails.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["names"])
+        .env("LUAMETRICS_DATABASE_URL", dir.path().join("m.db"))
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
