@@ -43,6 +43,9 @@ impl TraceSampler {
 
 const BATCH: usize = 500;
 
+/// How long the writer gathers traces after the first of a batch before writing them.
+const LINGER: Duration = Duration::from_millis(20);
+
 /// How the writer task learns of the shutdown deadline.
 #[derive(Default)]
 struct Stop {
@@ -104,6 +107,16 @@ fn count_dropped(metrics: &dyn SystemMetrics, reason: &str, n: u64) {
     );
 }
 
+/// Moves queued traces into `batch` until it holds [`BATCH`] or the queue is empty.
+fn drain(rx: &mut mpsc::Receiver<TraceRecord>, batch: &mut Vec<TraceRecord>) {
+    while batch.len() < BATCH {
+        match rx.try_recv() {
+            Ok(t) => batch.push(t),
+            Err(_) => break,
+        }
+    }
+}
+
 impl TraceWriter {
     /// Starts the writer task (inside a tokio runtime).
     pub fn start(store: Arc<Store>, metrics: impl SystemMetrics, capacity: usize) -> Self {
@@ -117,11 +130,18 @@ impl TraceWriter {
             let mut failing = false;
             while let Some(first) = rx.recv().await {
                 batch.push(first);
-                while batch.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(t) => batch.push(t),
-                        Err(_) => break,
+                drain(&mut rx, &mut batch);
+                // Gather for a moment: a commit costs about as much for one trace as for
+                // hundreds (pages written to the WAL, a blocking hand-off), and every trace
+                // awaited one by one wakes this task, so a steady trickle is written a batch
+                // at a time. Sleeping, not awaiting each trace: submitters wake nobody
+                // meanwhile. A backlog of a full batch or shutdown skips the wait.
+                if batch.len() < BATCH && st.deadline().is_none() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(LINGER) => {}
+                        _ = st.notify.notified() => {}
                     }
+                    drain(&mut rx, &mut batch);
                 }
                 let mut delay = Duration::from_millis(50);
                 loop {

@@ -79,7 +79,6 @@ impl Store {
             let text = |s: &str| Value::Text(s.to_string());
             let opt = |s: &Option<String>| s.clone().map_or(Value::Null, Value::Text);
             let mut trace_rows = Vec::with_capacity(traces.len());
-            let mut span_rows = Vec::with_capacity(traces.len() * 3);
             for t in traces {
                 trace_rows.push(vec![
                     text(&t.id),
@@ -97,40 +96,19 @@ impl Store {
                     Value::Real(t.overhead_ms),
                     opt(&t.error),
                     Value::Text(serde_json::to_string(&t.warnings).unwrap_or_else(|_| "[]".into())),
+                    // Plain data (strings and numbers): serialising it cannot fail.
+                    Value::Text(serde_json::to_string(&t.spans).unwrap_or_else(|_| "[]".into())),
                 ]);
-                for s in &t.spans {
-                    span_rows.push(vec![
-                        text(&t.id),
-                        text(&s.node_id),
-                        text(&s.script_id),
-                        text(&s.status),
-                        Value::Integer(s.started_at_ms),
-                        Value::Real(s.total_ms),
-                        Value::Real(s.wait_ms),
-                        Value::Real(s.script_ms),
-                        Value::Real(s.helpers_ms),
-                        Value::Real(s.overhead_ms),
-                        opt(&s.error),
-                    ]);
-                }
             }
-            let inserts = [
-                Insert {
-                    head: "INSERT INTO pipeline_traces (id, pipeline_id, trigger_event, tenant_id, status,
-                        decision, reason, started_at, total_ms, wait_ms, script_ms, helpers_ms,
-                        overhead_ms, error, warnings)",
-                    rows: trace_rows,
-                    upsert: "",
-                    context: "insert traces",
-                },
-                Insert {
-                    head: "INSERT INTO pipeline_spans (trace_id, node_id, script_id, status, started_at,
-                        total_ms, wait_ms, script_ms, helpers_ms, overhead_ms, error)",
-                    rows: span_rows,
-                    upsert: "",
-                    context: "insert spans",
-                },
-            ];
+            let inserts = [Insert {
+                head:
+                    "INSERT INTO pipeline_traces (id, pipeline_id, trigger_event, tenant_id, status,
+                    decision, reason, started_at, total_ms, wait_ms, script_ms, helpers_ms,
+                    overhead_ms, error, warnings, spans)",
+                rows: trace_rows,
+                upsert: "",
+                context: "insert traces",
+            }];
             let result = self.write_batch(inserts.into(), "").await;
             if let Err(e) = result {
                 // A retry of a batch that committed (its answer was lost) fails on the traces'
@@ -185,6 +163,26 @@ impl Store {
     pub async fn trace_spans(&self, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError> {
         self.off_worker(async {
             let conn = self.reader().await?;
+            let mut rows = conn
+                .query(
+                    "SELECT spans FROM pipeline_traces WHERE id = ?1",
+                    [trace_id],
+                )
+                .await
+                .map_err(StoreError::db("read spans"))?;
+            if let Some(r) = rows.next().await.map_err(StoreError::db("read spans"))? {
+                if let Some(json) = r
+                    .get::<Option<String>>(0)
+                    .map_err(StoreError::db("read spans"))?
+                {
+                    return serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+                        table: "pipeline_traces",
+                        id: 0,
+                        problem: format!("spans of trace {trace_id}: {e}"),
+                    });
+                }
+            }
+            // A trace written before spans moved into its row (schema version 5).
             let mut rows = conn
                 .query(
                     "SELECT node_id, script_id, status, started_at, total_ms, wait_ms, script_ms,

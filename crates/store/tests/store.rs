@@ -524,6 +524,60 @@ async fn a_trace_batch_reads_back_exactly() {
     }
 }
 
+/// Spans live in their trace's row since schema version 5; a trace written before keeps its
+/// spans in `pipeline_spans` and still reads back with them, and spans that no longer parse
+/// are a typed error naming the trace, not an empty list.
+#[tokio::test]
+async fn spans_of_traces_written_before_version_5_and_corrupt_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let conn = libsql::Builder::new_local(dir.path().join("m.db"))
+        .build()
+        .await
+        .unwrap()
+        .connect()
+        .unwrap();
+    conn.execute_batch(
+        "INSERT INTO pipeline_traces (id, pipeline_id, trigger_event, tenant_id, status, decision,
+             started_at, total_ms, wait_ms, script_ms, helpers_ms, overhead_ms)
+         VALUES ('old-1', 'p', 't.x', 'acme', 'ok', 'allow', 1, 3.0, 0.0, 2.0, 0.5, 0.5);
+         INSERT INTO pipeline_spans (trace_id, node_id, script_id, status, started_at, total_ms,
+             wait_ms, script_ms, helpers_ms, overhead_ms)
+         VALUES ('old-1', 'first', 's1', 'ok', 1, 1.0, 0.0, 1.0, 0.0, 0.0),
+                ('old-1', 'second', 's2', 'ok', 2, 2.0, 0.0, 1.0, 0.5, 0.5);
+         INSERT INTO pipeline_traces (id, pipeline_id, trigger_event, tenant_id, status, decision,
+             started_at, total_ms, wait_ms, script_ms, helpers_ms, overhead_ms, spans)
+         VALUES ('bad-1', 'p', 't.x', 'acme', 'ok', 'allow', 1, 3.0, 0.0, 2.0, 0.5, 0.5, '[{');",
+    )
+    .await
+    .unwrap();
+    let old = store.get_trace("old-1").await.unwrap().expect("stored");
+    let nodes: Vec<&str> = old.spans.iter().map(|s| s.node_id.as_str()).collect();
+    assert_eq!(nodes, ["first", "second"]);
+    assert_eq!(old.spans[1].helpers_ms, 0.5);
+    match store.trace_spans("bad-1").await {
+        Err(StoreError::Corrupt { problem, .. }) => assert!(problem.contains("bad-1"), "{problem}"),
+        other => panic!("corrupt spans must be a typed error, got {other:?}"),
+    }
+    // A trace written now has no rows in the old table.
+    let now = TraceRecord {
+        id: "new-1".into(),
+        spans: old.spans.clone(),
+        ..old.clone()
+    };
+    store.insert_traces(std::slice::from_ref(&now)).await.unwrap();
+    assert_eq!(store.get_trace("new-1").await.unwrap(), Some(now));
+    let mut rows = conn
+        .query(
+            "SELECT COUNT(*) FROM pipeline_spans WHERE trace_id = 'new-1'",
+            (),
+        )
+        .await
+        .unwrap();
+    let n: i64 = rows.next().await.unwrap().unwrap().get(0).unwrap();
+    assert_eq!(n, 0);
+}
+
 #[tokio::test]
 async fn a_batch_retried_under_its_id_is_written_once() {
     let dir = tempfile::tempdir().unwrap();
