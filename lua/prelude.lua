@@ -104,8 +104,10 @@ safe_coroutine.wrap = function(f)
   return function(...) return wrap_results(co, guarded_resume(co, ...)) end
 end
 
--- Tables a script gave a metatable: their length may be a lying `__len`, so the table
--- functions below measure it once and never let C measure it again.
+-- Tables a script gave a metatable, each with that metatable (read raw here, whatever its
+-- `__metatable` field says): their length may be a lying `__len`, so the table functions below
+-- measure it once and never let C measure it again, and a missing key may walk a chain of
+-- `__index` tables in C, which the functions below charge.
 local metatabled = setmetatable({}, { __mode = "k" })
 
 -- Finalizers would run later, in another tenant's execution or outside any time limit.
@@ -115,7 +117,7 @@ local function safe_setmetatable(t, mt)
   end
   local ok, res = raw_pcall(setmetatable, t, mt)
   if not ok then error(res, 2) end -- blame the script's line, not the prelude's
-  if mt ~= nil and type(t) == "table" then metatabled[t] = true end
+  if type(t) == "table" then metatabled[t] = mt end
   return res
 end
 
@@ -137,6 +139,37 @@ local os_date = os.date
 
 local function refuse(what, n, limit)
   error(what .. " (" .. tostring(n) .. ") exceeds the sandbox limit of " .. limit, 3)
+end
+
+-- A key missing from a table walks its chain of `__index` (or `__newindex`) tables in C, up to
+-- 2000 of them per access, where no hook can interrupt: a C function over n elements costs up
+-- to n x (chain length + 1) steps, which must fit this budget (a function in the chain is Lua,
+-- under the time limit, and ends the count).
+local max_chain_steps = 10 * max_elements
+
+local function chain_len(t, field)
+  local d, cur = 0, t
+  while d < 2000 do
+    local mt = metatabled[cur]
+    if not mt then return d end
+    local nx = rawget(mt, field)
+    if nx == nil then return d end
+    d = d + 1
+    if type(nx) ~= "table" then return d end
+    cur = nx
+  end
+  return d
+end
+
+-- Refuses a C call over `n` elements of `t` whose chains would cost more than the budget.
+local function check_chain(what, n, t, field, t2, field2)
+  if n <= 0 then return end
+  local d = (metatabled[t] and chain_len(t, field) or 0)
+    + (t2 ~= nil and metatabled[t2] and chain_len(t2, field2) or 0)
+  if d > 0 and n * (d + 1) > max_chain_steps then
+    error(what .. ": " .. tostring(n) .. " elements through a metatable chain of " .. d
+      .. " tables exceed the sandbox limit of " .. max_chain_steps .. " steps", 3)
+  end
 end
 
 -- A script-visible length: `#t` once (a lying `__len` is asked once, in Lua, under the time
@@ -218,6 +251,11 @@ local function safe_move(a1, f, e, t, a2)
   if fi and ei and ei >= fi and span(fi, ei) > max_elements then
     refuse("table.move: elements", span(fi, ei), max_elements)
   end
+  if fi and ei and ei >= fi and type(a1) == "table" then
+    local dest = a2
+    if dest == nil then dest = a1 end
+    check_chain("table.move", ei - fi + 1, a1, "__index", type(dest) == "table" and dest or nil, "__newindex")
+  end
   return t_move(a1, f, e, t, a2)
 end
 
@@ -228,6 +266,7 @@ local function bounds(t, i, j, what)
   if ii and jj and jj >= ii and span(ii, jj) > max_elements then
     refuse(what .. ": elements", span(ii, jj), max_elements)
   end
+  if ii and jj and jj >= ii and metatabled[t] then check_chain(what, jj - ii + 1, t, "__index") end
   return i, j
 end
 
@@ -281,6 +320,30 @@ local function safe_date(format, time)
   return os_date(format, time)
 end
 
+-- The argument positions `fmt` formats with `%s` (a set), or nil when `fmt` is not a string.
+local function s_positions(fmt)
+  if type(fmt) ~= "string" then return nil end
+  local at, k, out = 1, 0, {}
+  while true do
+    local p = s_find(fmt, "%", at, true)
+    if p == nil then return out end
+    if s_byte(fmt, p + 1) == 37 then
+      at = p + 2 -- "%%"
+    else
+      k = k + 1
+      local e = p + 1
+      local b = s_byte(fmt, e)
+      -- flags, width, precision
+      while b == 45 or b == 43 or b == 32 or b == 35 or b == 46 or (b and b >= 48 and b <= 57) do
+        e = e + 1
+        b = s_byte(fmt, e)
+      end
+      if b == 115 then out[k] = true end -- s
+      at = e + 1
+    end
+  end
+end
+
 local function safe_format(fmt, ...)
   -- Lua refuses widths and precisions over two digits itself; the format text is bounded
   -- here, and so are the bytes of string arguments (each `%s` scans its whole argument, even
@@ -288,15 +351,33 @@ local function safe_format(fmt, ...)
   if type(fmt) == "string" and #fmt > max_string then
     refuse("string.format format length", #fmt, max_string)
   end
-  local total, args = 0, { ... }
-  for i = 1, select("#", ...) do
+  local n = select("#", ...)
+  local total, args, named = 0, { ... }, false
+  for i = 1, n do
     local v = args[i]
     if type(v) == "string" then
       total = total + #v
       if total > max_string then refuse("string.format argument bytes", total, max_string) end
+    else
+      local mt = metatabled[v]
+      if mt and (rawget(mt, "__tostring") ~= nil or rawget(mt, "__name") ~= nil) then named = true end
     end
   end
-  return s_format(fmt, ...)
+  if not named then return s_format(fmt, ...) end
+  -- A table with `__tostring` or `__name` becomes text inside C for each `%s` (a `__name` of
+  -- megabytes copied and scanned every time): such arguments are converted here, once each, as
+  -- `%s` would (`__tostring` runs under the time limit), charged, and handed over as text.
+  local ss = s_positions(fmt) or {}
+  for i = 1, n do
+    local v = args[i]
+    if ss[i] and type(v) == "table" and metatabled[v] then
+      v = tostring(v)
+      args[i] = v
+      total = total + #v
+      if total > max_string then refuse("string.format argument bytes", total, max_string) end
+    end
+  end
+  return s_format(fmt, t_unpack(args, 1, n))
 end
 
 ---------------------------------------------------------------------------------------------
@@ -392,6 +473,17 @@ safe_string.gmatch = function(s, p, init)
 end
 safe_string.gsub = function(s, p, r, n)
   check_pattern(s, p, true)
+  if type(r) == "table" and metatabled[r] then
+    -- A table replacement is indexed once per match: a chain of `__index` tables is walked in C
+    -- at every match.
+    local sl = string_len_of(s)
+    if sl then
+      local matches = sl + 1
+      local k = tointeger(n)
+      if k and k >= 0 and k < matches then matches = k end
+      check_chain("string.gsub", matches, r, "__index")
+    end
+  end
   -- A replacement string is walked once per match (`%0`..`%9` copy captures): up to
   -- (subject length + 1) x replacement length steps, even when nothing is produced.
   local rl = string_len_of(r)

@@ -184,16 +184,39 @@ fn validate(
     }
     let mut pairs: Vec<(String, String)> = Vec::new();
     if let Value::Table(t) = tags {
+        // Walked first without copying anything (a Lua string is borrowed): one string may
+        // back every tag, so copying before the count and length checks let one call copy
+        // 64 x 8 MiB outside the Lua allocator's limit.
+        let mut raw: Vec<(Value, Value)> = Vec::new();
         for pair in t.pairs::<Value, Value>() {
-            let (k, v) = pair?;
-            let key = match &k {
+            raw.push(pair?);
+            if raw.len() > hot::MAX_WALK {
+                return Ok(Err(RejectReason::TooManyTags));
+            }
+        }
+        if raw.len() > policy.limits.max_tags {
+            return Ok(Err(RejectReason::TooManyTags));
+        }
+        // Past this a value is refused whatever it holds (the PII check looks at shorter ones).
+        let longest_value = policy
+            .limits
+            .max_value_len
+            .max(luametrics_model::MAX_PII_SCAN_LEN);
+        for (k, v) in &raw {
+            let key = match k {
+                Value::String(s) if s.as_bytes().len() > policy.limits.max_key_len => {
+                    return Ok(Err(RejectReason::TagKeyTooLong));
+                }
                 Value::String(s) => match s.to_str() {
                     Ok(s) => s.to_string(),
                     Err(_) => return Ok(Err(RejectReason::InvalidTags)),
                 },
                 _ => return Ok(Err(RejectReason::InvalidTags)),
             };
-            let value = match &v {
+            let value = match v {
+                Value::String(s) if s.as_bytes().len() > longest_value => {
+                    return Ok(Err(RejectReason::TagValueTooLong));
+                }
                 Value::String(s) => match s.to_str() {
                     Ok(s) => s.to_string(),
                     Err(_) => return Ok(Err(RejectReason::InvalidTags)),
@@ -204,9 +227,6 @@ fn validate(
                 _ => return Ok(Err(RejectReason::InvalidTags)),
             };
             pairs.push((key, value));
-            if pairs.len() > hot::MAX_WALK {
-                return Ok(Err(RejectReason::TooManyTags));
-            }
         }
     }
     let series = match policy.check_series(&name, kind, pairs) {

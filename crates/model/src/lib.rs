@@ -22,6 +22,7 @@ pub use exposition::{
 pub use name::{infer_kind, infer_unit, validate_name, MAX_NAME_LEN};
 pub use point::{canonical_tags, Kind, MetricType, Point, Tags, Unit};
 pub use policy::{
-    looks_sensitive, CheckedSeries, Limits, TagPolicy, DEFAULT_DENIED_KEYS, RESERVED_PREFIXES,
+    looks_sensitive, CheckedSeries, Limits, TagPolicy, DEFAULT_DENIED_KEYS, MAX_PII_SCAN_LEN,
+    RESERVED_PREFIXES,
 };
 pub use reason::RejectReason;

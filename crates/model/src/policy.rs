@@ -87,6 +87,11 @@ impl Default for Limits {
     }
 }
 
+/// Tag values up to this length are scanned for secrets before their length is judged, so a
+/// long secret is reported as PII; a longer value is refused as too long without a scan (and a
+/// host need not copy it to know).
+pub const MAX_PII_SCAN_LEN: usize = 4 * 1024;
+
 /// The cardinality and PII rules applied to every point (docs/policy.md).
 #[derive(Debug, Clone)]
 pub struct TagPolicy {
@@ -239,7 +244,7 @@ impl TagPolicy {
             }
             self.check_tag(k, v, true)?;
             // PII first: a long secret is reported as what it is, not merely as too long.
-            if v.len() <= 4 * 1024 && looks_sensitive(v) {
+            if v.len() <= MAX_PII_SCAN_LEN && looks_sensitive(v) {
                 return Err(RejectReason::PiiTag);
             }
             if v.len() > self.limits.max_value_len {

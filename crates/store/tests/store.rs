@@ -565,7 +565,10 @@ async fn spans_of_traces_written_before_version_5_and_corrupt_spans() {
         spans: old.spans.clone(),
         ..old.clone()
     };
-    store.insert_traces(std::slice::from_ref(&now)).await.unwrap();
+    store
+        .insert_traces(std::slice::from_ref(&now))
+        .await
+        .unwrap();
     assert_eq!(store.get_trace("new-1").await.unwrap(), Some(now));
     let mut rows = conn
         .query(
