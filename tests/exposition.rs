@@ -120,7 +120,9 @@ async fn random_recordings_always_give_a_valid_exposition() {
                 );
             }
             let tenant = ["acme", "globex", "initech"][rng.gen_range(0..3)];
-            let value = rng.gen_range(0.0..1000.0);
+            // Negative values too: refused for counters, kept for gauges and histograms (whose
+            // OpenMetrics `_sum` must then be left out: it is no longer a counter).
+            let value = rng.gen_range(-1000.0..1000.0);
             match svc.record_user_metric(tenant, &name, kind, value, &tags) {
                 Ok(_) => total_accepted += 1,
                 Err(_) => total_rejected += 1,

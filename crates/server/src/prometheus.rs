@@ -38,6 +38,9 @@ struct Merged {
     value: f64,
     count: u64,
     buckets: Vec<u64>,
+    /// A histogram observed a negative value: its sum is not a counter, which OpenMetrics
+    /// requires of `_sum`, so the OpenMetrics exposition leaves it (and `_count`) out.
+    negative: bool,
 }
 
 fn base_name(s: &ExposedSeries, catalog: &Catalog) -> (String, f64, Option<&'static str>, String) {
@@ -124,8 +127,10 @@ pub fn encode(series: &[ExposedSeries], catalog: &Catalog, openmetrics: bool) ->
         }
         let b = bounds(family.unit);
         let mut buckets = vec![0u64; b.len()];
+        let mut negative = s.kind == Kind::Histogram && s.value < 0.0;
         if let Some(sketch) = &s.sketch {
             for (v, c) in sketch.bins() {
+                negative |= v < 0.0;
                 let v = v * scale;
                 if let Some(i) = b.iter().position(|bound| v <= *bound) {
                     buckets[i] += c;
@@ -136,7 +141,9 @@ pub fn encode(series: &[ExposedSeries], catalog: &Catalog, openmetrics: bool) ->
             value: 0.0,
             count: 0,
             buckets: vec![0; b.len()],
+            negative: false,
         });
+        merged.negative |= negative;
         match s.kind {
             Kind::Gauge => merged.value = s.value * scale,
             _ => merged.value += s.value * scale,
@@ -195,8 +202,12 @@ pub fn encode(series: &[ExposedSeries], catalog: &Catalog, openmetrics: bool) ->
                         );
                     }
                     let _ = writeln!(out, "{base}_bucket{} {}", with(l, "le=\"+Inf\""), m.count);
-                    let _ = writeln!(out, "{base}_sum{} {}", with(l, ""), number(m.value));
-                    let _ = writeln!(out, "{base}_count{} {}", with(l, ""), m.count);
+                    // OpenMetrics wants `_count` only beside `_sum` (the `+Inf` bucket
+                    // still carries the count).
+                    if !(openmetrics && m.negative) {
+                        let _ = writeln!(out, "{base}_sum{} {}", with(l, ""), number(m.value));
+                        let _ = writeln!(out, "{base}_count{} {}", with(l, ""), m.count);
+                    }
                 }
             }
         }
@@ -241,6 +252,41 @@ mod tests {
             count: values.len() as u64,
             sketch: (kind == Kind::Histogram).then_some(sketch),
         }
+    }
+
+    // OpenMetrics: a histogram's `_sum` is a counter, so a histogram that saw a negative value
+    // must leave it out, and `_count` with it (one tenant's negative value made the whole
+    // exposition unparseable).
+    #[test]
+    fn a_negative_histogram_value_drops_the_openmetrics_sum_only() {
+        let series = vec![
+            s(
+                MetricType::User,
+                Kind::Histogram,
+                "neg.h",
+                Some("m"),
+                &[],
+                &[-5.0],
+            ),
+            s(
+                MetricType::User,
+                Kind::Histogram,
+                "pos.h",
+                Some("m"),
+                &[],
+                &[2.0, 3.0],
+            ),
+        ];
+        let om = encode(&series, Catalog::builtin(), true);
+        assert!(!om.contains("user_neg_h_sum"), "{om}");
+        assert!(!om.contains("user_neg_h_count"), "{om}");
+        assert!(
+            om.contains("user_neg_h_bucket{tenant=\"m\",le=\"+Inf\"} 1"),
+            "{om}"
+        );
+        assert!(om.contains("user_pos_h_sum{tenant=\"m\"} 5"), "{om}");
+        let text = encode(&series, Catalog::builtin(), false);
+        assert!(text.contains("user_neg_h_sum{tenant=\"m\"} -5"), "{text}");
     }
 
     #[test]
