@@ -313,6 +313,16 @@ local function safe_sort(t, comp)
   for i = 1, n do t[i] = c[i] end
 end
 
+-- A numeral in another base is read digit by digit in C: bounded like a string result.
+local raw_tonumber = tonumber
+local function safe_tonumber(v, base)
+  if base ~= nil and type(v) == "string" and #v > max_string then
+    refuse("tonumber: string length", #v, max_string)
+  end
+  if base == nil then return raw_tonumber(v) end
+  return raw_tonumber(v, base)
+end
+
 local function safe_date(format, time)
   if type(format) == "string" and #format > max_date_format then
     refuse("os.date format length", #format, max_date_format)
@@ -473,16 +483,13 @@ safe_string.gmatch = function(s, p, init)
 end
 safe_string.gsub = function(s, p, r, n)
   check_pattern(s, p, true)
-  if type(r) == "table" and metatabled[r] then
-    -- A table replacement is indexed once per match: a chain of `__index` tables is walked in C
-    -- at every match.
-    local sl = string_len_of(s)
-    if sl then
-      local matches = sl + 1
-      local k = tointeger(n)
-      if k and k >= 0 and k < matches then matches = k end
-      check_chain("string.gsub", matches, r, "__index")
-    end
+  if type(r) == "table" then
+    -- A table replacement is indexed once per match inside C, where no hook can interrupt:
+    -- a key at the end of a long hash-collision chain (or of a chain of `__index` tables) made
+    -- one call run for seconds. Indexed here, in Lua, with the same semantics (the first
+    -- capture, or the whole match, is the key; metamethods apply), under the time limit.
+    local t = r
+    r = function(k) return t[k] end
   end
   -- A replacement string is walked once per match (`%0`..`%9` copy captures): up to
   -- (subject length + 1) x replacement length steps, even when nothing is produced.
@@ -689,7 +696,7 @@ safe_table.concat, safe_table.unpack, safe_table.sort = safe_concat, safe_unpack
 
 local base = {
   assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
-  pcall = host.pcall, select = select, tonumber = tonumber, tostring = tostring, type = type,
+  pcall = host.pcall, select = select, tonumber = safe_tonumber, tostring = tostring, type = type,
   xpcall = host.xpcall, rawequal = rawequal, rawget = rawget, rawlen = rawlen,
   rawset = safe_rawset, setmetatable = safe_setmetatable, getmetatable = getmetatable,
   unpack = safe_unpack,

@@ -3,8 +3,9 @@
 //! with the typed outcome it must end with. The first line of each script says what it
 //! expects: `-- expect: CODE[|CODE...][: text the message must contain]`, or
 //! `-- expect: ok: JSON` for the result. Scripts whose expectation is a timeout run with a
-//! 100 ms limit; every other script with a limit far above its work, so only the limit under
-//! test can end it, however loaded the machine.
+//! 100 ms limit (and must be interrupted by the watchdog, not abandoned in C past its grace);
+//! every other script with a limit far above its work, so only the limit under test can end
+//! it, however loaded the machine.
 //!
 //! Each run has a hang detector: a generous wall-clock cap that only catches a script that
 //! never ends (and kills it), never a performance assertion.
@@ -48,22 +49,20 @@ fn run(path: &Path, time_limit_ms: u64) -> (serde_json::Value, Duration) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Read while it runs: a report larger than the pipe's buffer would otherwise block the
+    // child on its write, which looks like a hang.
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            pipe.read_to_string(&mut text).unwrap();
+            text
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            let mut out = String::new();
-            child
-                .stdout
-                .take()
-                .unwrap()
-                .read_to_string(&mut out)
-                .unwrap();
-            let mut err = String::new();
-            child
-                .stderr
-                .take()
-                .unwrap()
-                .read_to_string(&mut err)
-                .unwrap();
+            let (out, err) = (out.join().unwrap(), err.join().unwrap());
             assert!(
                 status.code() == Some(0) || status.code() == Some(1),
                 "{}: exit {status} (a crash?): {err}",
@@ -120,6 +119,10 @@ fn every_hostile_script_ends_with_its_typed_outcome() {
                     "expected {:?}, got {code}: {message}",
                     expect.codes
                 ))
+            } else if code == "timeout" && v["timings"]["script_ms"].as_f64() == Some(0.0) {
+                // The pool gave up on it (stuck in C past the limit and its grace): the
+                // thread still burns a core. A timeout must be the watchdog's interrupt.
+                Err(format!("abandoned in C instead of interrupted: {v}"))
             } else if let Some(d) = expect.detail.as_deref().filter(|_| code != "timeout") {
                 message
                     .contains(d)

@@ -1,7 +1,8 @@
--- expect: runtime_error: string.gsub: 200001 elements through a metatable chain of 1998 tables
--- A missing key walks the chain of `__index` tables in C (up to 2000 per access): gsub with
--- a chained replacement table, and concat, unpack and move over a chained table, ran for
--- seconds inside one C call. Each is charged elements x (chain + 1) before it runs.
+-- expect: runtime_error: table.concat: 100000 elements through a metatable chain of 1998 tables
+-- A missing key walks the chain of `__index` tables in C (up to 2000 per access): concat,
+-- unpack and move over a chained table ran for seconds inside one C call. Each is charged
+-- elements x (chain + 1) before it runs. (gsub indexes a replacement table in Lua, under the
+-- time limit: tests/hostile/gsub_hash_collisions.lua.)
 local function chain(n)
   local head = {}
   local cur = head
@@ -19,11 +20,8 @@ assert(#table.concat(obj, "", 1, 1000) == 1000)
 assert(select("#", table.unpack(obj, 1, 1000)) == 1000)
 local head, last = chain(1998)
 for i = 1, 100000 do last[i] = "x" end
-local ok, err = pcall(table.concat, head, "", 1, 100000)
-assert(not ok and err:find("table.concat: 100000 elements through a metatable chain", 1, true), err)
-ok, err = pcall(table.unpack, head, 1, 100000)
+local ok, err = pcall(table.unpack, head, 1, 100000)
 assert(not ok and err:find("table.unpack: 100000 elements through a metatable chain", 1, true), err)
 ok, err = pcall(table.move, head, 1, 100000, 1, {})
 assert(not ok and err:find("table.move: 100000 elements through a metatable chain", 1, true), err)
-local s = string.rep("a", 200000)
-return (s:gsub("", head))
+return table.concat(head, "", 1, 100000)

@@ -100,6 +100,8 @@ pub(crate) fn table(
     host.set("body", guard_fn(lua, slot, guard::body)?)?;
     {
         let sh = shared.clone();
+        // Lua's own `tostring` (numbers as Lua writes them, `__tostring` and `__name` honoured).
+        let tostring: Function = lua.globals().get("tostring")?;
         host.set(
             "print",
             lua.create_function(move |_, args: Variadic<Value>| {
@@ -114,8 +116,15 @@ pub(crate) fn table(
                         if i > 0 {
                             line.push('\t');
                         }
-                        // tostring semantics; a failing __tostring fails the print.
-                        line.push_str(&a.to_string()?);
+                        // tostring semantics; a failing __tostring fails the print. Bytes
+                        // that are not UTF-8 (Latin-1 text, binary) print as U+FFFD instead
+                        // of failing the script as they did.
+                        match a {
+                            Value::String(s) => line.push_str(&s.to_string_lossy()),
+                            other => line.push_str(
+                                &tostring.call::<mlua::LuaString>(other)?.to_string_lossy(),
+                            ),
+                        }
                         if line.len() > MAX_LINE_BYTES {
                             break;
                         }
