@@ -727,7 +727,51 @@ fn split_location(text: &str, id: &str) -> (Option<u32>, String) {
             }
         }
     }
-    (None, first.trim().to_string())
+    (None, from_library(first.trim()))
+}
+
+/// The prelude's local names of the C library functions it wraps, and Lua's names for them.
+const LIBRARY_NAMES: &[(&str, &str)] = &[
+    ("s_format", "format"),
+    ("s_rep", "rep"),
+    ("s_find", "find"),
+    ("s_match", "match"),
+    ("s_gmatch", "gmatch"),
+    ("s_gsub", "gsub"),
+    ("s_byte", "byte"),
+    ("s_sub", "sub"),
+    ("t_insert", "insert"),
+    ("t_remove", "remove"),
+    ("t_move", "move"),
+    ("t_concat", "concat"),
+    ("t_unpack", "unpack"),
+    ("t_sort", "sort"),
+    ("os_date", "date"),
+    ("raw_tonumber", "tonumber"),
+];
+
+/// An argument error raised by a C library function the prelude called for the script reads
+/// as Lua's own (`bad argument #2 to 'format' (...)`): without the prelude's position, and
+/// with the function's name instead of the prelude's local alias.
+fn from_library(message: &str) -> String {
+    const PRELUDE: &str = "luametrics/prelude.lua:";
+    let Some(rest) = message.strip_prefix(PRELUDE) else {
+        return message.to_string();
+    };
+    let Some((num, msg)) = rest.split_once(':') else {
+        return message.to_string();
+    };
+    if num.parse::<u32>().is_err() {
+        return message.to_string();
+    }
+    let mut msg = msg.trim().to_string();
+    for (alias, name) in LIBRARY_NAMES {
+        let quoted = format!("'{alias}'");
+        if msg.contains(&quoted) {
+            msg = msg.replace(&quoted, &format!("'{name}'"));
+        }
+    }
+    msg
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.

@@ -468,3 +468,31 @@ async fn random_events_and_contexts_round_trip_through_lua() {
         assert_eq!(ex.result, Ok(json!({ "event": ev, "context": cx })));
     }
 }
+
+/// An argument error from a C library function the sandbox wraps reads as Lua's own: the
+/// function's name, not the prelude's local alias, and no position inside the prelude.
+#[tokio::test]
+async fn library_argument_errors_read_as_luas_own() {
+    let (pool, _) = pool_with(fast_limits(), 1);
+    for (code, want) in [
+        (
+            r#"return string.format("%d", "x")"#,
+            "bad argument #2 to 'format' (number expected, got string)",
+        ),
+        (
+            "return table.concat({ {} })",
+            "invalid value (table) at index 1 in table for 'concat'",
+        ),
+        (r#"return os.date("%Ez")"#, "to 'date'"),
+    ] {
+        let s = Script::new("lib.lua", code);
+        let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
+        match &ex.result {
+            Err(ScriptError::Runtime { message, .. }) => {
+                assert!(message.contains(want), "{code}: {message}");
+                assert!(!message.contains("prelude"), "{code}: {message}");
+            }
+            other => panic!("{code}: {other:?}"),
+        }
+    }
+}
