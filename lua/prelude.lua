@@ -142,33 +142,43 @@ local function refuse(what, n, limit)
 end
 
 -- A key missing from a table walks its chain of `__index` (or `__newindex`) tables in C, up to
--- 2000 of them per access, where no hook can interrupt: a C function over n elements costs up
--- to n x (chain length + 1) steps, which must fit this budget (a function in the chain is Lua,
--- under the time limit, and ends the count).
+-- 2000 of them per access, where no hook can interrupt; at each one C looks the metamethod up
+-- in the metatable, a walk as long as the collision chain of its slot, which a script can fill
+-- with every entry of the metatable (keys found through `next` order). A C function over n
+-- elements costs up to n x (1 + the entries of every metatable in the chain) steps, which must
+-- fit this budget (a function in the chain is Lua, under the time limit, and ends the walk).
 local max_chain_steps = 10 * max_elements
 
-local function chain_len(t, field)
-  local d, cur = 0, t
+-- The tables of `t`'s chain through `field`, and the entries of their metatables (the steps
+-- of one access, beyond the first table).
+local function chain_cost(t, field)
+  local d, w, cur = 0, 0, t
   while d < 2000 do
     local mt = metatabled[cur]
-    if not mt then return d end
+    if not mt then return d, w end
     local nx = rawget(mt, field)
-    if nx == nil then return d end
+    if nx == nil then return d, w end
     d = d + 1
-    if type(nx) ~= "table" then return d end
+    for _ in next, mt do w = w + 1 end
+    if type(nx) ~= "table" then return d, w end
     cur = nx
   end
-  return d
+  return d, w
 end
 
 -- Refuses a C call over `n` elements of `t` whose chains would cost more than the budget.
 local function check_chain(what, n, t, field, t2, field2)
   if n <= 0 then return end
-  local d = (metatabled[t] and chain_len(t, field) or 0)
-    + (t2 ~= nil and metatabled[t2] and chain_len(t2, field2) or 0)
-  if d > 0 and n * (d + 1) > max_chain_steps then
+  local d, w = 0, 0
+  if metatabled[t] then d, w = chain_cost(t, field) end
+  if t2 ~= nil and metatabled[t2] then
+    local d2, w2 = chain_cost(t2, field2)
+    d, w = d + d2, w + w2
+  end
+  if d > 0 and n * (w + 1) > max_chain_steps then
     error(what .. ": " .. tostring(n) .. " elements through a metatable chain of " .. d
-      .. " tables exceed the sandbox limit of " .. max_chain_steps .. " steps", 3)
+      .. " tables (" .. w .. " metatable entries) exceed the sandbox limit of "
+      .. max_chain_steps .. " steps", 3)
   end
 end
 
