@@ -18,11 +18,7 @@
 //! Every side gets the same engine settings, the same kind of sink, and builds and warms its
 //! engines (and threads or tasks) before its clock starts.
 
-use luametrics_engine::{
-    BatchPoint, BatchReport, Engine, EnginePool, EngineSettings, MetricsSink, PoolSettings, Script,
-};
-use luametrics_model::{Kind, Limits, RejectReason, TagPolicy, Tags};
-use luametrics_sketch::Summary;
+use luametrics_engine::{Engine, EnginePool, EngineSettings, MetricsSink, PoolSettings, Script};
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Barrier};
@@ -33,53 +29,9 @@ use harness::*;
 
 const N: usize = 10_000;
 
-/// Accepts and counts every point, keeps none: a sink that costs the same on every side and
-/// does not grow with the executions measured before.
-struct CountingSink {
-    policy: TagPolicy,
-    accepted: AtomicU64,
-}
-
-impl MetricsSink for CountingSink {
-    fn policy(&self) -> &TagPolicy {
-        &self.policy
-    }
-    fn reserve_points(&self, _tenant: &str, want: u32) -> u32 {
-        want
-    }
-    fn release_points(&self, _tenant: &str, _unused: u32) {}
-    fn ingest_user_batch(&self, _tenant: &str, points: Vec<BatchPoint>) -> BatchReport {
-        let accepted = points.iter().map(|p| p.summary.samples).sum();
-        self.accepted.fetch_add(accepted, Relaxed);
-        BatchReport {
-            accepted,
-            ..Default::default()
-        }
-    }
-    fn count_user_rejections(&self, _rejected: &[(RejectReason, u64)]) {}
-    fn record_system(&self, _name: &str, _kind: Kind, _value: f64, _tags: Tags) {}
-    fn record_system_summary(&self, _name: &str, _kind: Kind, _tags: Tags, _summary: Summary) {}
-    fn claim_name(&self, _name: &str, _kind: Kind) -> Result<(), RejectReason> {
-        Ok(())
-    }
-}
-
-fn sink() -> Arc<CountingSink> {
-    Arc::new(CountingSink {
-        policy: TagPolicy::new(
-            luametrics_model::DEFAULT_DENIED_KEYS
-                .iter()
-                .map(|s| s.to_string()),
-            Limits {
-                points_per_minute: u32::MAX,
-                burst: u32::MAX,
-                max_points_per_execution: u32::MAX,
-                ..Limits::default()
-            },
-        ),
-        accepted: AtomicU64::new(0),
-    })
-}
+#[path = "../src/cli/bench/counting.rs"]
+mod counting;
+use counting::{counting_sink as sink, CountingSink};
 
 /// The one engine configuration of every side.
 fn settings() -> EngineSettings {

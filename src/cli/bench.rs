@@ -8,6 +8,7 @@
 
 use super::CliError;
 
+mod counting;
 mod e2e;
 mod fairness;
 mod held;
@@ -17,12 +18,9 @@ mod remote;
 pub(crate) use e2e::{e2e, E2eArgs};
 pub(crate) use fairness::{fairness, FairnessArgs};
 pub(crate) use hot_path::hot_path;
-use luametrics::engine::{
-    BatchPoint, BatchReport, Engine, EnginePool, EngineSettings, MetricsSink, PoolSettings, Script,
-};
-use luametrics::model::{Kind, Limits, RejectReason, TagPolicy, Tags, DEFAULT_DENIED_KEYS};
+use luametrics::engine::{Engine, EnginePool, EngineSettings, MetricsSink, PoolSettings, Script};
+use luametrics::model::{Limits, TagPolicy, DEFAULT_DENIED_KEYS};
 use luametrics::recorder::{MetricsService, RecorderConfig};
-use luametrics::sketch::Summary;
 use luametrics::store::{Location, Store};
 pub(crate) use pool::{pool, PoolArgs};
 pub(crate) use remote::{remote, RemoteArgs};

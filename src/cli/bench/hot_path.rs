@@ -10,43 +10,7 @@ fn loop_script(body: &str, n: usize) -> Script {
     )
 }
 
-/// Accepts and counts every point, keeps none: the same cost on every side, and no growth
-/// that would make a later side pay for an earlier one's points.
-struct CountingSink {
-    policy: TagPolicy,
-    accepted: AtomicU64,
-}
-
-impl MetricsSink for CountingSink {
-    fn policy(&self) -> &TagPolicy {
-        &self.policy
-    }
-    fn reserve_points(&self, _tenant: &str, want: u32) -> u32 {
-        want
-    }
-    fn release_points(&self, _tenant: &str, _unused: u32) {}
-    fn ingest_user_batch(&self, _tenant: &str, points: Vec<BatchPoint>) -> BatchReport {
-        let accepted = points.iter().map(|p| p.summary.samples).sum();
-        self.accepted.fetch_add(accepted, Relaxed);
-        BatchReport {
-            accepted,
-            ..Default::default()
-        }
-    }
-    fn count_user_rejections(&self, _rejected: &[(RejectReason, u64)]) {}
-    fn record_system(&self, _name: &str, _kind: Kind, _value: f64, _tags: Tags) {}
-    fn record_system_summary(&self, _name: &str, _kind: Kind, _tags: Tags, _summary: Summary) {}
-    fn claim_name(&self, _name: &str, _kind: Kind) -> Result<(), RejectReason> {
-        Ok(())
-    }
-}
-
-fn counting_sink() -> Arc<CountingSink> {
-    Arc::new(CountingSink {
-        policy: unlimited(),
-        accepted: AtomicU64::new(0),
-    })
-}
+use super::counting::{counting_sink, CountingSink};
 
 /// The one engine configuration of every side (held, pooled, fresh, owned).
 fn bench_settings() -> EngineSettings {
