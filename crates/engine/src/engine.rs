@@ -315,6 +315,11 @@ impl Engine {
         })
     }
 
+    /// The engine's execution state, for the pool to starve an engine it wrote off.
+    pub(crate) fn slot(&self) -> &Arc<Slot> {
+        &self.slot
+    }
+
     /// Script and helper time of every execution this engine ran (ns, by its clock): the
     /// engine time tenants are charged with.
     pub fn busy_ns(&self) -> u64 {
@@ -382,6 +387,14 @@ impl Engine {
             .set_mode(ChunkMode::Text)
             .into_function()
             .map_err(|e| {
+                // Out of memory while compiling (a huge chunk, or a starved engine) is a
+                // memory error, typed by Lua's status, not a syntax error.
+                if matches!(root(&e), mlua::Error::MemoryError(_)) {
+                    return ScriptError::Memory {
+                        script: script.id().to_string(),
+                        limit_bytes: self.settings.memory_limit_bytes,
+                    };
+                }
                 let message = match &e {
                     mlua::Error::SyntaxError { message, .. } => message.clone(),
                     other => other.to_string(),

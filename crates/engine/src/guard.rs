@@ -107,7 +107,9 @@ pub(crate) unsafe extern "C" fn allocate(
     // SAFETY: the slot outlives the state (see `Heap`).
     let slot = unsafe { &*heap.slot };
     let request = (ptr as usize, osize, nsize);
-    if nsize > old && heap.used + (nsize - old) > heap.limit {
+    // A written-off engine gets nothing more: whatever C loop kept it running past its
+    // deadline and grace ends at its next allocation (a memory error, as at the limit).
+    if nsize > old && (heap.used + (nsize - old) > heap.limit || slot.is_starved()) {
         // The abort fires at once, so that no Lua runs after a refusal (`__close` handlers
         // unwinding the error included). Lua answers a refusal with an emergency collection
         // (no Lua runs during it: finalizers are not allowed) and asks once more: if that

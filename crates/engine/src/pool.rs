@@ -23,6 +23,8 @@
 
 use crate::budget::{Admission, BudgetSpent, Budgets, TenantEngineUsage};
 use crate::queue::FairQueue;
+use crate::runner;
+use crate::watchdog::Slot;
 use crate::{
     DiscardReason, Engine, EngineSettings, Execution, MetricsSink, PoolError, PoolSettings, Script,
 };
@@ -292,11 +294,15 @@ impl Inner {
             },
         };
         let busy = engine.busy_ns();
+        *held.0.running_on.lock() = Some((runner::current_tid(), engine.slot().clone()));
         let deliver = work(Ok(&mut engine), wait_ms);
+        *held.0.running_on.lock() = None;
         self.budgets
             .charge(&tenant, engine.busy_ns().saturating_sub(busy) as f64 / 1e6);
         if !held.take() {
-            // Abandoned meanwhile: its place went on without it; the engine is written off.
+            // Abandoned meanwhile: its place went on without it; the engine is written off,
+            // and this thread, demoted, ends.
+            runner::retire_current();
             return (None, None);
         }
         (Some(Some(engine)), Some(deliver))
@@ -429,6 +435,9 @@ struct Ticket {
     gone: AtomicBool,
     /// Set when a runner started it and counted its checkout (`active`).
     counted: AtomicBool,
+    /// The thread running it and its engine's state, while it runs: what writing it off
+    /// demotes and starves. Cleared by the runner, under this lock, before its thread may end.
+    running_on: Mutex<Option<(i32, Arc<Slot>)>>,
 }
 
 /// Marks the ticket's caller gone when its future ends, however it ends. A caller that goes
@@ -467,8 +476,15 @@ impl Drop for CallerGuard {
     }
 }
 
-/// Counts work given up on while it still runs; its place is passed on by the caller.
+/// Counts work given up on while it still runs; its place is passed on by the caller. Its
+/// thread, stuck in a C call no hook can interrupt, is moved to the idle scheduling class and
+/// its engine refused every allocation from now on: it takes no CPU others want, and a C loop
+/// that allocates ends at its next allocation.
 fn abandon(ticket: &Ticket) {
+    if let Some((tid, slot)) = &*ticket.running_on.lock() {
+        slot.starve();
+        runner::demote(*tid);
+    }
     let stats = &ticket.inner.stats;
     ticket.abandoned.store(true, Relaxed);
     stats.abandoned.fetch_add(1, Relaxed);
@@ -787,6 +803,7 @@ impl EnginePool {
             started: AtomicU64::new(0),
             gone: AtomicBool::new(false),
             counted: AtomicBool::new(false),
+            running_on: Mutex::new(None),
         });
         let _caller = CallerGuard {
             ticket: ticket.clone(),

@@ -22,6 +22,45 @@ const IDLE: Duration = Duration::from_secs(30);
 
 pub(crate) type Task = Box<dyn FnOnce() + Send + 'static>;
 
+thread_local! {
+    /// Set on a runner whose execution was written off while it ran: it ends after its task
+    /// instead of serving more (it was demoted, and a thread cannot win its priority back).
+    static RETIRE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The calling thread's kernel id, for [`demote`]; 0 where there is none to name.
+pub(crate) fn current_tid() -> i32 {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions.
+        unsafe { libc::gettid() }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        0
+    }
+}
+
+/// Moves thread `tid` (of this process) to the idle scheduling class: it runs only on a core
+/// nothing else wants. An execution written off while stuck in a C call keeps its thread
+/// until the call returns; demoted, it no longer takes CPU from the executions that replaced it.
+pub(crate) fn demote(tid: i32) {
+    #[cfg(target_os = "linux")]
+    if tid > 0 {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: a plain system call on a thread id of this process (if the thread ended
+        // meanwhile the call fails harmlessly: ids are not reused while its runner lives).
+        unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = tid;
+}
+
+/// Ends the calling runner once its task returns (see `RETIRE`).
+pub(crate) fn retire_current() {
+    RETIRE.with(|r| r.set(true));
+}
+
 #[derive(Default)]
 pub(crate) struct Runners {
     queue: Mutex<VecDeque<Task>>,
@@ -114,6 +153,10 @@ impl Runners {
             // A task that panics (the pool's own code, not a script: engines catch those)
             // unwinds its guards, which give its place back; the runner goes on.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
+            if RETIRE.with(|r| r.replace(false)) {
+                self.threads.fetch_sub(1, SeqCst);
+                return;
+            }
         }
     }
 }

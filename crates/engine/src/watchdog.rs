@@ -24,7 +24,7 @@
 use mlua::ffi;
 use parking_lot::Mutex;
 use std::os::raw::c_int;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,9 @@ pub(crate) struct Slot {
     deadline_ns: AtomicU64,
     /// The typed abort of the execution in progress (`ABORT_*`), set once by the host.
     abort: AtomicU8,
+    /// Set when the pool gave up on the engine's execution: from then on its allocator
+    /// refuses every request to grow, so a C loop that allocates ends at its next allocation.
+    starved: AtomicBool,
     running: Mutex<Running>,
 }
 
@@ -78,6 +81,7 @@ impl Slot {
         let slot = Arc::new(Self {
             deadline_ns: AtomicU64::new(0),
             abort: AtomicU8::new(ABORT_NONE),
+            starved: AtomicBool::new(false),
             running: Mutex::new(Running::default()),
         });
         watchdog().slots.lock().push(Arc::downgrade(&slot));
@@ -127,6 +131,17 @@ impl Slot {
     /// The execution's abort kind (`ABORT_*`).
     pub(crate) fn abort(&self) -> u8 {
         self.abort.load(Relaxed)
+    }
+
+    /// Refuses the engine every allocation from now on (for good: the engine is written off).
+    pub(crate) fn starve(&self) {
+        self.starved.store(true, SeqCst);
+    }
+
+    /// Whether the engine was written off while it ran (see [`Slot::starve`]).
+    #[inline]
+    pub(crate) fn is_starved(&self) -> bool {
+        self.starved.load(Relaxed)
     }
 
     /// Whether a limit ended the execution.

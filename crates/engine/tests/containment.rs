@@ -233,3 +233,68 @@ async fn an_execution_whose_caller_left_is_still_written_off_at_its_deadline() {
     .await;
     assert_eq!((pool.status().size, pool.status().active), (1, 0));
 }
+
+/// The kernel's id of the calling thread.
+fn tid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+// An execution written off while it still runs (stuck in a call no hook interrupts) loses
+// its claim on the machine: its thread moves to the idle scheduling class, its engine gets
+// no more memory (a C loop that allocates ends at its next allocation), and the thread ends
+// once the call returns instead of serving the pool demoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_execution_is_demoted_and_starved() {
+    let pool = pool(Hostile::new(OnQuota::Block), 50);
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (out_tx, out_rx) = std::sync::mpsc::channel();
+    let go = Arc::new(AtomicBool::new(false));
+    let go_runner = go.clone();
+    let ran = pool
+        .run_with(Arc::from("mallory"), 50, move |engine, _| {
+            tid_tx.send(tid()).unwrap();
+            // Stuck past the limit and the grace: a cap that only keeps a broken test finite.
+            let start = std::time::Instant::now();
+            while !go_runner.load(SeqCst) && start.elapsed() < Duration::from_secs(120) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Then the engine runs something that allocates (20,000 strings): refused.
+            let script = Script::new(
+                "alloc.lua",
+                "local t = {} for i = 1, 20000 do t[i] = string.rep('x', 64) .. i end return #t",
+            );
+            let ex =
+                engine.execute_limited(&script, "mallory", &json!({}), &json!({}), Some(60_000));
+            out_tx.send(ex.result).unwrap();
+        })
+        .await
+        .unwrap();
+    assert!(matches!(ran, Ran::Abandoned { .. }));
+    let tid = tid_rx.recv().unwrap();
+    // SAFETY: a plain query of a thread of this process (alive: it waits for `go`).
+    let policy = unsafe { libc::sched_getscheduler(tid) };
+    assert_eq!(
+        policy,
+        libc::SCHED_IDLE,
+        "the abandoned thread keeps its priority"
+    );
+    go.store(true, SeqCst);
+    let result = out_rx.recv_timeout(Duration::from_secs(120)).unwrap();
+    assert!(
+        matches!(result, Err(ScriptError::Memory { .. })),
+        "a written-off engine still allocates: {result:?}"
+    );
+    wait_until("the abandoned thread to end", || {
+        !std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+    })
+    .await;
+    assert_eq!(pool.status().abandoned_running, 0);
+    // The pool serves on with a thread and engine of normal standing.
+    let ok = Script::new("ok.lua", "return 5");
+    let ex = pool
+        .execute(&ok, "victim", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(ex.result, Ok(json!(5)));
+}

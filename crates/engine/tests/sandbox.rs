@@ -140,7 +140,10 @@ async fn limits_end_runaway_scripts_and_the_engine_is_replaced() {
         ("while true do xpcall(function() while true do end end, function(e) return e end) end", Box::new(timeout)),
         ("error(setmetatable({}, { __tostring = function() while true do end end }))", Box::new(|e: &ScriptError| matches!(e, ScriptError::Timeout { .. } | ScriptError::Runtime { .. }))),
     ];
+    // A chunk whose compilation alone passes the memory limit (a 5 MB literal).
+    let huge_chunk = format!("local s = '{}'", "x".repeat(5 << 20));
     let end_by_a_limit: Vec<(&str, Check)> = vec![
+        (&huge_chunk, Box::new(memory)),
         ("local t = {} for i = 1, 1e9 do t[i] = ('x'):rep(65536) .. i end", Box::new(memory)),
         ("local s = string.rep('x', 4e6) local u = s .. s", Box::new(memory)),
         ("local s = string.rep('x', 1e6) local t = {} for i = 1, 100 do t[i] = s end local u = table.concat(t)", Box::new(memory)),
