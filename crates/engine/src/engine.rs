@@ -744,7 +744,7 @@ fn split_location(text: &str, id: &str) -> (Option<u32>, String) {
 }
 
 /// The prelude's local names of the C library functions it wraps, and Lua's names for them.
-const LIBRARY_NAMES: &[(&str, &str)] = &[
+pub(crate) const LIBRARY_NAMES: &[(&str, &str)] = &[
     ("s_format", "format"),
     ("s_rep", "rep"),
     ("s_find", "find"),

@@ -237,6 +237,9 @@ unsafe extern "C-unwind" fn on_error(l: *mut ffi::lua_State) -> c_int {
         if !slot.aborted() && is_stack_overflow(l, l) {
             slot.fire(ABORT_STACK);
         }
+        if !slot.aborted() {
+            relocate(l);
+        }
         if !slot.aborted() && ffi::lua_type(l, ffi::lua_upvalueindex(2)) != ffi::LUA_TNONE {
             ffi::lua_settop(l, 1);
             ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
@@ -245,6 +248,104 @@ unsafe extern "C-unwind" fn on_error(l: *mut ffi::lua_State) -> c_int {
         }
         ffi::lua_settop(l, 1);
         1
+    }
+}
+
+/// Where the prelude's chunk is named in error positions.
+const PRELUDE_SRC: &[u8] = b"luametrics/prelude.lua";
+
+/// Rewrites an error a C library function raised inside the prelude's wrapper (at index 1) as
+/// Lua raises it for a direct call: at the script's line that called the wrapper (none when
+/// a C function such as `pcall` called it, as in Lua), with Lua's name for the function
+/// instead of the prelude's local alias, and counting arguments from `self` for a method
+/// call (`s:rep(x)`: argument #1 is `x`). The prelude's positions never reach the script.
+///
+/// # Safety
+/// A message handler's state, with the error at index 1.
+unsafe fn relocate(l: *mut ffi::lua_State) {
+    unsafe {
+        if ffi::lua_type(l, 1) != ffi::LUA_TSTRING {
+            return;
+        }
+        let mut len = 0;
+        let ptr = ffi::lua_tolstring(l, 1, &mut len);
+        let text = std::slice::from_raw_parts(ptr as *const u8, len);
+        let Some(rest) = text
+            .strip_prefix(PRELUDE_SRC)
+            .and_then(|r| r.strip_prefix(b":"))
+        else {
+            return;
+        };
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let Some(message) = rest[digits..].strip_prefix(b": ").filter(|_| digits > 0) else {
+            return;
+        };
+        let mut message = String::from_utf8_lossy(message).into_owned();
+        // The stack above the handler: the raising C function, the prelude's frames, then
+        // whoever called the prelude.
+        let mut ar: ffi::lua_Debug = std::mem::MaybeUninit::zeroed().assume_init();
+        let mut method = false;
+        let mut in_prelude = false;
+        let mut place = None;
+        let mut level = 0;
+        while ffi::lua_getstack(l, level, &mut ar) != 0 {
+            level += 1;
+            if ffi::lua_getinfo(l, c"Sln".as_ptr(), &mut ar) == 0 {
+                break;
+            }
+            let src = std::ffi::CStr::from_ptr(ar.short_src.as_ptr()).to_bytes();
+            if src == PRELUDE_SRC {
+                in_prelude = true;
+                method = !ar.namewhat.is_null()
+                    && std::ffi::CStr::from_ptr(ar.namewhat).to_bytes() == b"method";
+                continue;
+            }
+            if in_prelude {
+                if ar.currentline > 0 {
+                    place = Some(format!(
+                        "{}:{}: ",
+                        String::from_utf8_lossy(src),
+                        ar.currentline
+                    ));
+                }
+                break;
+            }
+        }
+        for (alias, name) in crate::engine::LIBRARY_NAMES {
+            let quoted = format!("'{alias}'");
+            if message.contains(&quoted) {
+                message = message.replace(&quoted, &format!("'{name}'"));
+            }
+        }
+        if method {
+            message = from_self(message);
+        }
+        let out = format!("{}{message}", place.unwrap_or_default());
+        ffi::lua_pushlstring(l, out.as_ptr() as *const _, out.len());
+        ffi::lua_replace(l, 1);
+    }
+}
+
+/// `bad argument #N to 'f'` of a method call counted from its `self`, as Lua counts it.
+fn from_self(message: String) -> String {
+    let Some(rest) = message.strip_prefix("bad argument #") else {
+        return message;
+    };
+    let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
+    let Ok(n) = rest[..digits].parse::<u32>() else {
+        return message;
+    };
+    let tail = &rest[digits..];
+    match n {
+        0 => message,
+        1 => {
+            // Lua: "calling 'f' on bad self (reason)".
+            let Some(tail) = tail.strip_prefix(" to ") else {
+                return message;
+            };
+            format!("calling {tail}").replacen(" (", " on bad self (", 1)
+        }
+        n => format!("bad argument #{}{tail}", n - 1),
     }
 }
 

@@ -472,30 +472,82 @@ async fn random_events_and_contexts_round_trip_through_lua() {
     }
 }
 
-/// An argument error from a C library function the sandbox wraps reads as Lua's own: the
-/// function's name, not the prelude's local alias, and no position inside the prelude.
+/// An argument error from a C library function the sandbox wraps reads as Lua's own: at the
+/// script's line, with the function's name (not the prelude's local alias), counted from
+/// `self` in a method call, and with no position inside the prelude, whether the host reports
+/// it or the script catches it.
 #[tokio::test]
 async fn library_argument_errors_read_as_luas_own() {
     let (pool, _) = pool_with(fast_limits(), 1);
-    for (code, want) in [
+    for (code, line, want) in [
         (
-            r#"return string.format("%d", "x")"#,
+            "local a = 1\nlocal s = string.format('%d', 'x')",
+            2,
             "bad argument #2 to 'format' (number expected, got string)",
         ),
         (
-            "return table.concat({ {} })",
+            "local a = 1\n\nlocal s = table.concat({ {} })",
+            3,
             "invalid value (table) at index 1 in table for 'concat'",
         ),
-        (r#"return os.date("%Ez")"#, "to 'date'"),
+        ("local d = os.date('%Ez')", 1, "bad argument #1 to 'date'"),
+        (
+            "local s = 'x'\nlocal r = s:rep('y')",
+            2,
+            "bad argument #1 to 'rep' (number expected, got string)",
+        ),
+        (
+            "local t = {}\nlocal r = string.rep(t, 2)",
+            2,
+            "bad argument #1 to 'rep' (string expected, got table)",
+        ),
+        (
+            // A refusal the prelude raises itself is placed the same way.
+            "\nlocal r = string.rep('x', 1e12)",
+            2,
+            "string.rep",
+        ),
     ] {
         let s = Script::new("lib.lua", code);
         let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
         match &ex.result {
-            Err(ScriptError::Runtime { message, .. }) => {
+            Err(ScriptError::Runtime {
+                message, line: l, ..
+            }) => {
                 assert!(message.contains(want), "{code}: {message}");
                 assert!(!message.contains("prelude"), "{code}: {message}");
+                assert_eq!(*l, Some(line), "{code}: {message}");
             }
             other => panic!("{code}: {other:?}"),
         }
     }
+    // A tail call leaves no caller to name (Lua's "(...tail calls...)"): the text, no line.
+    let s = Script::new("tail.lua", "\nreturn string.rep({}, 2)");
+    let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
+    match &ex.result {
+        Err(ScriptError::Runtime { message, line, .. }) => {
+            assert_eq!(
+                message,
+                "bad argument #1 to 'rep' (string expected, got table)"
+            );
+            assert_eq!(*line, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Caught by the script: the same text, with Lua's position rules (none under `pcall`,
+    // which is the caller of the library function here, as in Lua).
+    let s = Script::new(
+        "caught.lua",
+        "local ok, e = pcall(function() local r = ('x'):rep({}) return r end)\n\
+         local ok2, e2 = pcall(string.rep, {}, 2)\n\
+         return { e, e2 }",
+    );
+    let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
+    assert_eq!(
+        ex.result,
+        Ok(json!([
+            "caught.lua:1: bad argument #1 to 'rep' (number expected, got table)",
+            "bad argument #1 to 'rep' (string expected, got table)"
+        ]))
+    );
 }
