@@ -26,6 +26,12 @@ pub struct DatabaseSettings {
     /// for the server's answer before it fails (writes are retried), so a server that stops
     /// answering holds nothing for good.
     pub remote_timeout_ms: u64,
+    /// Reads (queries, names, traces, usage) running at once: each holds a thread while it
+    /// runs, so a flood of them waits its turn instead of taking every thread.
+    pub max_concurrent_reads: usize,
+    /// How long such a read may run before it is stopped (`read_timeout` to the client), so
+    /// no query holds a thread and a database connection for minutes.
+    pub read_timeout_ms: u64,
 }
 
 impl DatabaseSettings {
@@ -53,6 +59,8 @@ impl Default for DatabaseSettings {
             busy_timeout_ms: 2_000,
             instance: String::new(),
             remote_timeout_ms: 30_000,
+            max_concurrent_reads: luametrics_store::DEFAULT_CONCURRENT_READS,
+            read_timeout_ms: luametrics_store::DEFAULT_READ_TIMEOUT.as_millis() as u64,
         }
     }
 }

@@ -261,6 +261,10 @@ impl Runtime {
         store.set_remote_timeout(Duration::from_millis(
             config.database.remote_timeout_ms.max(1),
         ));
+        store.set_read_limits(
+            config.database.max_concurrent_reads,
+            Duration::from_millis(config.database.read_timeout_ms.max(1)),
+        );
         let registry = Arc::new(Registry::load(&config.pipelines.file)?);
         if registry.current().is_empty() && !config.pipelines.allow_empty {
             return Err(Error::Pipelines(PipelineError::Invalid {

@@ -73,6 +73,11 @@ impl From<luametrics_store::StoreError> for ApiError {
     fn from(e: luametrics_store::StoreError) -> Self {
         match e {
             luametrics_store::StoreError::InvalidQuery(m) => Self::bad_request("invalid_query", m),
+            e @ luametrics_store::StoreError::ReadTimeout { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "read_timeout",
+                e.to_string(),
+            ),
             other if other.is_transient() => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "database_unavailable",

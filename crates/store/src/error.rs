@@ -99,6 +99,15 @@ pub enum StoreError {
         /// How many times it tried.
         attempts: u64,
     },
+    /// A read ran past the read timeout and was interrupted (`Store::set_read_limits`).
+    #[error(
+        "the read ran past {after_ms} ms and was stopped; ask for less (a shorter range, a \
+         larger step, fewer names)"
+    )]
+    ReadTimeout {
+        /// The read timeout.
+        after_ms: u64,
+    },
     /// A retention setting is out of range.
     #[error("invalid retention setting: {0}")]
     InvalidRetention(String),

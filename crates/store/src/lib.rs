@@ -77,6 +77,39 @@ pub struct Store {
     instance: parking_lot::RwLock<Option<std::sync::Arc<str>>>,
     /// How long a remote write waits for its answer, in ms (`set_remote_timeout`).
     remote_timeout_ms: std::sync::atomic::AtomicU64,
+    /// Reads asked for by hosts and HTTP clients running at once (`set_read_limits`): each
+    /// holds a thread while it runs, so a flood of queries waits here, asynchronously and
+    /// cancellably, instead of taking every thread of the process.
+    reads: parking_lot::RwLock<std::sync::Arc<tokio::sync::Semaphore>>,
+    /// How long such a read may run before it is interrupted, in ms (`set_read_limits`).
+    read_timeout_ms: std::sync::atomic::AtomicU64,
+}
+
+/// Reads allowed at once by default: one per core of a small machine.
+pub const DEFAULT_CONCURRENT_READS: usize = 2;
+/// How long a read may run by default before it is interrupted.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+tokio::task_local! {
+    /// The read in progress on this task (see [`Store::gated_read`]): the connections it
+    /// opened, for the deadline to interrupt.
+    static READ: std::sync::Arc<ReadWatch>;
+}
+
+/// What a gated read's deadline acts on.
+#[derive(Default)]
+struct ReadWatch {
+    conns: parking_lot::Mutex<Vec<Connection>>,
+    fired: std::sync::atomic::AtomicBool,
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -118,6 +151,10 @@ impl Store {
             file_traces: 0.into(),
             instance: parking_lot::RwLock::new(None),
             remote_timeout_ms: (DEFAULT_REMOTE_TIMEOUT.as_millis() as u64).into(),
+            reads: parking_lot::RwLock::new(std::sync::Arc::new(tokio::sync::Semaphore::new(
+                DEFAULT_CONCURRENT_READS,
+            ))),
+            read_timeout_ms: (DEFAULT_READ_TIMEOUT.as_millis() as u64).into(),
         })
     }
 
@@ -232,6 +269,8 @@ impl Store {
             }
         }
         Self::configure(&db, &self.location, self.busy_timeout).await?;
+        // Inside a gated read, its deadline may interrupt this connection.
+        let _ = READ.try_with(|watch| watch.conns.lock().push(db.clone()));
         Ok(db)
     }
 
@@ -263,6 +302,61 @@ impl Store {
             timeout.as_millis().max(1) as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    /// Bounds the reads hosts and HTTP clients ask for (queries, names, traces, usage): at
+    /// most `concurrent` run at once (the others wait without holding a thread), and one
+    /// running longer than `timeout` on a local store is interrupted
+    /// ([`StoreError::ReadTimeout`]). Remote reads are bounded by the remote timeout instead.
+    pub fn set_read_limits(&self, concurrent: usize, timeout: Duration) {
+        *self.reads.write() = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrent.max(1)));
+        self.read_timeout_ms.store(
+            timeout.as_millis().max(1) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Runs a read a host or a client asked for: after a place among the reads allowed at
+    /// once (waited for asynchronously: a caller that goes away stops waiting), off the async
+    /// workers like every store call, and, on a local store, interrupted past the read
+    /// timeout (a multi-threaded runtime's other workers run the deadline).
+    pub(crate) async fn gated_read<T>(
+        &self,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let gate = self.reads.read().clone();
+        let _permit = gate
+            .acquire()
+            .await
+            .map_err(|_| StoreError::InvalidQuery("the store is closed".into()))?;
+        if !self.location.is_local() {
+            return self.off_worker(fut).await;
+        }
+        let limit_ms = self
+            .read_timeout_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let watch = std::sync::Arc::new(ReadWatch::default());
+        let _deadline = tokio::runtime::Handle::try_current().ok().map(|rt| {
+            let watch = watch.clone();
+            AbortOnDrop(rt.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(limit_ms)).await;
+                watch.fired.store(true, std::sync::atomic::Ordering::SeqCst);
+                // Again and again: an interrupt between two statements of the read is lost.
+                loop {
+                    for conn in watch.conns.lock().iter() {
+                        let _ = conn.interrupt();
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }))
+        });
+        let out = READ.scope(watch.clone(), self.off_worker(fut)).await;
+        match out {
+            Err(_) if watch.fired.load(std::sync::atomic::Ordering::SeqCst) => {
+                Err(StoreError::ReadTimeout { after_ms: limit_ms })
+            }
+            other => other,
+        }
     }
 
     /// Writes `inserts` then `tail` all or nothing (see `batch::write_atomically`). A remote

@@ -605,3 +605,66 @@ async fn a_batch_retried_under_its_id_is_written_once() {
     );
     assert_eq!(store.count_rows().await.unwrap(), 20);
 }
+
+// Reads hosts and clients ask for are bounded: one running past the read timeout is
+// interrupted with a typed error (not left holding a thread), and with one read allowed at
+// once, many at once all take their turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_stopped_past_their_timeout_and_take_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(open(&dir).await);
+    for chunk in 0..12 {
+        let rows: Vec<WindowRow> = (0..5_000)
+            .map(|i| {
+                let n = chunk * 5_000 + i;
+                row(
+                    "big.h",
+                    Kind::Histogram,
+                    &[("k", &format!("v{}", n % 50))],
+                    n * 10,
+                    &[n as f64, 1.0, 2.0],
+                )
+            })
+            .collect();
+        store.create_batch(&rows).await.unwrap();
+    }
+    let all = find("big.h", 0, i64::MAX);
+    assert_eq!(store.find_metrics(&all).await.unwrap().len(), 60_000);
+    // Reading back 60,000 rows with their sketches takes far more than 1 ms on any machine.
+    store.set_read_limits(1, std::time::Duration::from_millis(1));
+    match store.find_metrics(&all).await {
+        Err(e @ StoreError::ReadTimeout { after_ms: 1 }) => {
+            assert!(e.to_string().contains("stopped"), "{e}")
+        }
+        other => panic!("{:?}", other.map(|r| r.len())),
+    }
+    let q = AggregateQuery {
+        find: find("big.h", 0, 600_000),
+        step_ms: 1_000,
+        agg: Agg::P99,
+        group_by: None,
+    };
+    assert!(matches!(
+        store.aggregate(&q).await,
+        Err(StoreError::ReadTimeout { .. })
+    ));
+    // One at a time, 20 at once: every one is served, and a caller that stops waiting
+    // gives its turn back.
+    store.set_read_limits(1, std::time::Duration::from_secs(60));
+    let few = find("big.h", 0, 1_000);
+    let waiting = {
+        let store = store.clone();
+        let few = few.clone();
+        tokio::spawn(async move { store.find_metrics(&few).await })
+    };
+    waiting.abort();
+    let reads: Vec<_> = (0..20)
+        .map(|_| {
+            let (store, few) = (store.clone(), few.clone());
+            tokio::spawn(async move { store.find_metrics(&few).await.map(|r| r.len()) })
+        })
+        .collect();
+    for r in reads {
+        assert_eq!(r.await.unwrap().unwrap(), 100);
+    }
+}
