@@ -161,8 +161,8 @@ impl MetricsSink for Rendezvous {
     fn record_system_summary(&self, name: &str, kind: Kind, tags: Tags, summary: Summary) {
         MetricsSink::record_system_summary(&self.inner, name, kind, tags, summary)
     }
-    fn claim_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason> {
-        MetricsSink::claim_name(&self.inner, name, kind)
+    fn claim_name(&self, tenant: &str, name: &str, kind: Kind) -> Result<(), RejectReason> {
+        MetricsSink::claim_name(&self.inner, tenant, name, kind)
     }
 }
 
@@ -476,8 +476,8 @@ impl MetricsSink for Gate {
     fn record_system_summary(&self, name: &str, kind: Kind, tags: Tags, summary: Summary) {
         MetricsSink::record_system_summary(&self.inner, name, kind, tags, summary)
     }
-    fn claim_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason> {
-        MetricsSink::claim_name(&self.inner, name, kind)
+    fn claim_name(&self, tenant: &str, name: &str, kind: Kind) -> Result<(), RejectReason> {
+        MetricsSink::claim_name(&self.inner, tenant, name, kind)
     }
 }
 

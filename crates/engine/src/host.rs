@@ -42,9 +42,9 @@ pub(crate) fn table(
             lua.create_function(move |lua, (kind, name, tags): (String, Value, Value)| {
                 sh.timed(|| {
                     let kind = kind_of(&kind)?;
-                    match validate(sk.as_ref(), kind, &name, &tags)? {
+                    let tenant = sh.tenant.lock().clone();
+                    match validate(sk.as_ref(), &tenant, kind, &name, &tags)? {
                         Ok(series) => {
-                            let tenant = sh.tenant.lock().clone();
                             Ok(Value::Integer(hr.with(|h| h.plant(tenant, series)) as i64))
                         }
                         Err(r) => Ok(Value::String(lua.create_string(r.as_str())?)),
@@ -176,6 +176,7 @@ fn kind_of(s: &str) -> mlua::Result<Kind> {
 /// `Ok(Ok(series))` is an accepted series; `Ok(Err(reason))` a rejected one.
 fn validate(
     sink: &dyn MetricsSink,
+    tenant: &str,
     kind: Kind,
     name: &Value,
     tags: &Value,
@@ -243,7 +244,7 @@ fn validate(
         Err(r) => return Ok(Err(r)),
     };
     // Last: a name is claimed only for a point that passes every other rule.
-    if let Err(r) = sink.claim_name(&name, kind) {
+    if let Err(r) = sink.claim_name(tenant, &name, kind) {
         return Ok(Err(r));
     }
     Ok(Ok(series))

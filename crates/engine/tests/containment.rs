@@ -82,8 +82,8 @@ impl MetricsSink for Hostile {
     fn record_system_summary(&self, name: &str, kind: Kind, tags: Tags, summary: Summary) {
         self.inner.record_system_summary(name, kind, tags, summary)
     }
-    fn claim_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason> {
-        self.inner.claim_name(name, kind)
+    fn claim_name(&self, tenant: &str, name: &str, kind: Kind) -> Result<(), RejectReason> {
+        self.inner.claim_name(tenant, name, kind)
     }
 }
 

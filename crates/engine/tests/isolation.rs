@@ -283,3 +283,62 @@ async fn error_messages_are_printable_and_bounded() {
         other => panic!("{other:?}"),
     }
 }
+
+// Each distinct metric name a tenant uses holds its exported names for good; the tenant's
+// bound on them is what keeps one tenant from making the process hold any number of them
+// (with refused points too: a name is claimed before the quota is asked). Another tenant
+// keeps its own allowance, and a name another tenant claimed first still counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_uses_at_most_its_bound_of_metric_names() {
+    let mut policy = TagPolicy::default();
+    policy.limits.max_names_per_tenant = 5;
+    let sink = Arc::new(CollectingSink::new(policy));
+    let pool = EnginePool::new(
+        roomy(),
+        PoolSettings {
+            max_size: 1,
+            ..PoolSettings::default()
+        },
+        sink.clone(),
+    )
+    .unwrap();
+    // `n` names, then the first five again (within the bound: already the tenant's).
+    let names = |prefix: &str, n: usize| {
+        format!(
+            "local out = {{}} for i = 1, {n} do \
+               local ok, why = helpers.metrics.gauge('{prefix}.n' .. i, 1) \
+               out[i] = ok and 'ok' or why end \
+             for i = 1, 5 do assert(helpers.metrics.gauge('{prefix}.n' .. i, 2)) end \
+             return out"
+        )
+    };
+    let ex = run(&pool, "mallory", &names("flood", 8)).await;
+    assert_eq!(
+        ex.result,
+        Ok(json!([
+            "ok",
+            "ok",
+            "ok",
+            "ok",
+            "ok",
+            "name_limit",
+            "name_limit",
+            "name_limit"
+        ]))
+    );
+    // A later execution on a fresh verdict tree (another engine would have one) meets the
+    // same bound: it is the process's, not the engine's.
+    let ex = run(
+        &pool,
+        "mallory",
+        "return select(2, helpers.metrics.count('other.c', 1))",
+    )
+    .await;
+    assert_eq!(ex.result, Ok(json!("name_limit")));
+    // Another tenant has its own allowance, and mallory's names count for it too.
+    let ex = run(&pool, "victim", &names("flood", 6)).await;
+    assert_eq!(
+        ex.result,
+        Ok(json!(["ok", "ok", "ok", "ok", "ok", "name_limit"]))
+    );
+}

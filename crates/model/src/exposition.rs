@@ -76,37 +76,75 @@ struct Names {
     owners: HashMap<String, (MetricType, String, Kind)>,
     /// Metrics whose names are all held: the common case answers from here.
     claimed: HashSet<(MetricType, String, Kind)>,
+    /// The user metrics each tenant has used (claimed, or found claimed by another tenant),
+    /// bounded per tenant.
+    tenants: HashMap<String, HashSet<(String, Kind)>>,
+}
+
+/// Who claims a user metric's names, and how many metrics that tenant may use.
+#[derive(Debug, Clone, Copy)]
+pub struct Claimant<'a> {
+    /// The tenant.
+    pub tenant: &'a str,
+    /// Its bound of distinct metrics (name and kind): past it, [`RejectReason::NameLimit`].
+    pub max_names: usize,
 }
 
 impl ExportedNames {
-    /// Claims every exported name of a metric, or says which rule it breaks.
+    /// Claims every exported name of a metric, or says which rule it breaks. A tenant's
+    /// metric (`claimant`) counts against the tenant's bound of distinct metrics, whoever
+    /// claimed its names first.
     pub fn claim(
         &self,
         metric_type: MetricType,
         name: &str,
         kind: Kind,
         unit: Unit,
+        claimant: Option<Claimant<'_>>,
     ) -> Result<(), RejectReason> {
         let key = (metric_type, name.to_string(), kind);
+        let used_by = |names: &Names, c: &Claimant<'_>| {
+            names
+                .tenants
+                .get(c.tenant)
+                .is_some_and(|used| used.contains(&(name.to_string(), kind)))
+        };
         {
             let names = self.inner.read().unwrap_or_else(|e| e.into_inner());
-            if names.claimed.contains(&key) {
+            if names.claimed.contains(&key) && claimant.as_ref().is_none_or(|c| used_by(&names, c))
+            {
                 return Ok(());
             }
         }
-        let exported = exported_names(metric_type, name, kind, unit);
         let mut names = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        for n in &exported {
-            if let Some(owner) = names.owners.get(n) {
-                if *owner != key {
-                    return Err(RejectReason::NameConflict);
-                }
+        if let Some(c) = &claimant {
+            if !used_by(&names, c)
+                && names.tenants.get(c.tenant).map_or(0, |u| u.len()) >= c.max_names
+            {
+                return Err(RejectReason::NameLimit);
             }
         }
-        for n in exported {
-            names.owners.insert(n, key.clone());
+        if !names.claimed.contains(&key) {
+            let exported = exported_names(metric_type, name, kind, unit);
+            for n in &exported {
+                if let Some(owner) = names.owners.get(n) {
+                    if *owner != key {
+                        return Err(RejectReason::NameConflict);
+                    }
+                }
+            }
+            for n in exported {
+                names.owners.insert(n, key.clone());
+            }
+            names.claimed.insert(key);
         }
-        names.claimed.insert(key);
+        if let Some(c) = claimant {
+            names
+                .tenants
+                .entry(c.tenant.to_string())
+                .or_default()
+                .insert((name.to_string(), kind));
+        }
         Ok(())
     }
 }

@@ -70,6 +70,10 @@ pub struct Limits {
     pub max_series_per_name: usize,
     /// Distinct series per tenant before points fold into the overflow series.
     pub max_series_per_tenant: usize,
+    /// Distinct metric names (per kind) a tenant may use in the life of the process: each one
+    /// claims its exported names for good and may hold an overflow series, so without this
+    /// bound one tenant could make the process hold any number of them (`name_limit`).
+    pub max_names_per_tenant: usize,
 }
 
 impl Default for Limits {
@@ -83,6 +87,7 @@ impl Default for Limits {
             max_points_per_execution: 250,
             max_series_per_name: 1_000,
             max_series_per_tenant: 10_000,
+            max_names_per_tenant: 1_000,
         }
     }
 }

@@ -39,11 +39,13 @@ pub enum RejectReason {
     /// The metric's exported names collide with another metric's (another kind, or another
     /// name that maps to the same Prometheus name): it would make `/metrics` invalid.
     NameConflict,
+    /// The tenant uses its limit of distinct metric names (`limits.max_names_per_tenant`).
+    NameLimit,
 }
 
 impl RejectReason {
     /// Every reason, for exhaustive reporting.
-    pub const ALL: [RejectReason; 15] = [
+    pub const ALL: [RejectReason; 16] = [
         RejectReason::InvalidName,
         RejectReason::InvalidValue,
         RejectReason::InvalidTags,
@@ -59,6 +61,7 @@ impl RejectReason {
         RejectReason::KindMismatch,
         RejectReason::ReservedTag,
         RejectReason::NameConflict,
+        RejectReason::NameLimit,
     ];
 
     /// The stable snake_case code.
@@ -79,6 +82,7 @@ impl RejectReason {
             RejectReason::KindMismatch => "kind_mismatch",
             RejectReason::ReservedTag => "reserved_tag",
             RejectReason::NameConflict => "name_conflict",
+            RejectReason::NameLimit => "name_limit",
         }
     }
 

@@ -74,7 +74,7 @@ impl MetricsSink for MetricsService {
     fn record_system_summary(&self, name: &str, kind: Kind, tags: Tags, summary: Summary) {
         let _ = MetricsService::record_system_summary(self, name, kind, tags, summary);
     }
-    fn claim_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason> {
-        MetricsService::claim_user_name(self, name, kind)
+    fn claim_name(&self, tenant: &str, name: &str, kind: Kind) -> Result<(), RejectReason> {
+        MetricsService::claim_user_name(self, tenant, name, kind)
     }
 }

@@ -83,9 +83,11 @@ pub trait MetricsSink: Send + Sync + 'static {
     fn record_system(&self, name: &str, kind: Kind, value: f64, tags: Tags);
     /// Records many observations of a system metric at once (the pool's wait histogram).
     fn record_system_summary(&self, name: &str, kind: Kind, tags: Tags, summary: Summary);
-    /// Claims the exported (Prometheus) names of a user metric, or refuses one whose names
-    /// another metric holds (`name_conflict`): asked once per new name/kind by the helpers.
-    fn claim_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason>;
+    /// Claims the exported (Prometheus) names of `tenant`'s user metric, or refuses one whose
+    /// names another metric holds (`name_conflict`) or that would take the tenant past its
+    /// bound of distinct metrics (`name_limit`): asked once per new name/kind and tenant by
+    /// the helpers.
+    fn claim_name(&self, tenant: &str, name: &str, kind: Kind) -> Result<(), RejectReason>;
 }
 
 /// One system series a component records many times: checked once when it was made (catalog,
@@ -173,12 +175,16 @@ impl MetricsSink for CollectingSink {
             .lock()
             .push((name.to_string(), kind, summary.sum, tags));
     }
-    fn claim_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason> {
+    fn claim_name(&self, tenant: &str, name: &str, kind: Kind) -> Result<(), RejectReason> {
         self.names.claim(
             MetricType::User,
             name,
             kind,
             luametrics_model::infer_unit(name),
+            Some(luametrics_model::Claimant {
+                tenant,
+                max_names: self.policy.limits.max_names_per_tenant,
+            }),
         )
     }
 }

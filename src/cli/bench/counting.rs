@@ -35,7 +35,7 @@ impl MetricsSink for CountingSink {
     fn count_user_rejections(&self, _rejected: &[(RejectReason, u64)]) {}
     fn record_system(&self, _name: &str, _kind: Kind, _value: f64, _tags: Tags) {}
     fn record_system_summary(&self, _name: &str, _kind: Kind, _tags: Tags, _summary: Summary) {}
-    fn claim_name(&self, _name: &str, _kind: Kind) -> Result<(), RejectReason> {
+    fn claim_name(&self, _tenant: &str, _name: &str, _kind: Kind) -> Result<(), RejectReason> {
         Ok(())
     }
 }

@@ -355,14 +355,25 @@ impl MetricsService {
         }
     }
 
-    /// Claims the exported Prometheus names of a user metric: refused (`name_conflict`) when
-    /// another metric already holds one of them, so `/metrics` stays valid for any input.
-    pub fn claim_user_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason> {
+    /// Claims the exported Prometheus names of `tenant`'s user metric: refused
+    /// (`name_conflict`) when another metric already holds one of them, so `/metrics` stays
+    /// valid for any input, and (`name_limit`) past the tenant's bound of distinct metrics, so
+    /// no tenant makes the process hold any number of them.
+    pub fn claim_user_name(
+        &self,
+        tenant: &str,
+        name: &str,
+        kind: Kind,
+    ) -> Result<(), RejectReason> {
         self.inner.names.claim(
             MetricType::User,
             name,
             kind,
             luametrics_model::infer_unit(name),
+            Some(luametrics_model::Claimant {
+                tenant,
+                max_names: self.inner.config.policy.limits.max_names_per_tenant,
+            }),
         )
     }
 

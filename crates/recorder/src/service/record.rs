@@ -175,7 +175,7 @@ impl MetricsService {
             inner.counters.reject(MetricType::User, reason, 1);
             return Err(Rejected::Invalid(reason));
         }
-        if let Err(reason) = self.claim_user_name(name, kind) {
+        if let Err(reason) = self.claim_user_name(tenant, name, kind) {
             inner.counters.reject(MetricType::User, reason, 1);
             return Err(Rejected::Invalid(reason));
         }
