@@ -76,22 +76,27 @@ impl Exposition {
         &self.shards[(self.hasher.hash_one(key) as usize) % self.shards.len()]
     }
 
-    /// Folds a sealed window of `key` in (the key is shared, never copied).
-    pub fn fold(&self, key: &Arc<SeriesKey>, summary: &Summary, now_ms: i64) {
+    /// Folds a sealed window of `key` in (the key is shared, never copied). Returns the
+    /// bytes its histogram sketch grew by: they count against the recorder's memory bound
+    /// (a sketch may hold 64 KiB, kept until the series is idle for the eviction time).
+    pub fn fold(&self, key: &Arc<SeriesKey>, summary: &Summary, now_ms: i64) -> usize {
         let mut shard = self.shard(key).lock();
         let key = Shared(key.clone());
         if let Some(c) = shard.get_mut(&key) {
+            let before = c.summary.heap_bytes();
             // Same accuracy everywhere: merging cannot fail.
             let _ = c.summary.merge(summary);
             c.updated_ms = now_ms;
-            return;
+            return c.summary.heap_bytes().saturating_sub(before);
         }
         let mut c = Cumulative {
             summary: Summary::new(key.0.kind == Kind::Histogram),
             updated_ms: now_ms,
         };
         let _ = c.summary.merge(summary);
+        let grown = c.summary.heap_bytes();
         shard.insert(key, c);
+        grown
     }
 
     /// Makes room for up to `series` series spread over the shards (no-op when the maps already
@@ -130,10 +135,19 @@ impl Exposition {
         out
     }
 
-    pub fn evict_idle(&self, cutoff_ms: i64) {
+    /// Lets go of series not updated since `cutoff_ms`; returns the sketch bytes freed.
+    pub fn evict_idle(&self, cutoff_ms: i64) -> usize {
+        let mut freed = 0;
         for shard in &self.shards {
-            shard.lock().retain(|_, c| c.updated_ms >= cutoff_ms);
+            shard.lock().retain(|_, c| {
+                let keep = c.updated_ms >= cutoff_ms;
+                if !keep {
+                    freed += c.summary.heap_bytes();
+                }
+                keep
+            });
         }
+        freed
     }
 
     pub fn len(&self) -> usize {

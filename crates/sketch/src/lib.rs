@@ -56,6 +56,7 @@ impl Store {
     fn add(&mut self, index: i32, n: u64) {
         if self.counts.is_empty() {
             self.offset = index;
+            self.counts.reserve_exact(1);
             self.counts.push(n);
             return;
         }
@@ -66,23 +67,55 @@ impl Store {
                 self.counts[0] += n;
                 return;
             }
-            let mut v = vec![0; grow];
+            let mut v = Vec::with_capacity(self.counts.len() + grow);
+            v.resize(grow, 0);
             v.extend_from_slice(&self.counts);
             self.counts = v;
             self.offset = index;
         }
-        let pos = (index - self.offset) as usize;
+        let mut pos = (index as i64 - self.offset as i64) as usize;
+        if pos >= MAX_BINS {
+            // The window moves up so `index` is its highest bin; what falls below its new
+            // lowest bin is folded into that bin (the low end collapses, as above). Never
+            // grown past MAX_BINS first: a sketch given 1e-8 then 1e300 once held 35,000 bins.
+            let new_offset = index - (MAX_BINS as i32 - 1);
+            let cut = ((new_offset as i64 - self.offset as i64) as usize).min(self.counts.len());
+            let folded: u64 = self.counts[..cut].iter().sum();
+            self.counts.drain(..cut);
+            if self.counts.is_empty() {
+                self.counts.push(0);
+            }
+            self.counts[0] += folded;
+            self.offset = new_offset;
+            pos = MAX_BINS - 1;
+        }
         if pos >= self.counts.len() {
+            // Doubling, but never past the bins a store may hold.
+            let want = (pos + 1).max(self.counts.len() * 2).min(MAX_BINS);
+            self.counts
+                .reserve_exact(want.saturating_sub(self.counts.len()));
             self.counts.resize(pos + 1, 0);
         }
         self.counts[pos] += n;
-        if self.counts.len() > MAX_BINS {
-            let extra = self.counts.len() - MAX_BINS;
-            let folded: u64 = self.counts[..=extra].iter().sum();
-            self.counts.drain(..extra);
-            self.counts[0] = folded;
-            self.offset += extra as i32;
+    }
+
+    /// Bytes of bins held.
+    fn heap_bytes(&self) -> usize {
+        self.counts.capacity() * std::mem::size_of::<u64>()
+    }
+
+    /// Bins this store would span after taking `other`'s (an upper bound of its length).
+    fn span_with(&self, other: &Store) -> usize {
+        if other.counts.is_empty() {
+            return self.counts.len();
         }
+        if self.counts.is_empty() {
+            return other.counts.len().min(MAX_BINS);
+        }
+        let lo = (self.offset as i64).min(other.offset as i64);
+        let hi = (self.offset as i64 + self.counts.len() as i64)
+            .max(other.offset as i64 + other.counts.len() as i64);
+        ((hi - lo) as usize).min(MAX_BINS)
     }
 
     fn total(&self) -> u64 {
@@ -136,6 +169,18 @@ impl Sketch {
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
         }
+    }
+
+    /// Bytes merging `other` into this sketch may add to [`Sketch::heap_bytes`] (an upper
+    /// bound, known before merging: a caller under a memory bound asks first).
+    pub fn growth_with(&self, other: &Sketch) -> usize {
+        let grow = |mine: &Store, theirs: &Store| {
+            let span = mine.span_with(theirs);
+            // Doubling may reserve up to twice the span, within the bins a store may hold.
+            let cap = (span * 2).min(MAX_BINS).max(span);
+            cap.saturating_sub(mine.counts.capacity()) * std::mem::size_of::<u64>()
+        };
+        grow(&self.positive, &other.positive) + grow(&self.negative, &other.negative)
     }
 
     /// The relative accuracy this sketch guarantees.
@@ -263,9 +308,10 @@ impl Sketch {
         (self.count > 0).then_some(self.max)
     }
 
-    /// Approximate heap bytes held, for the recorder's memory bound.
+    /// Heap bytes held (the bins), for the recorder's memory bound: at most 2 x 4096 bins of
+    /// 8 bytes, whatever the sketch was given.
     pub fn heap_bytes(&self) -> usize {
-        (self.positive.counts.capacity() + self.negative.counts.capacity()) * 8
+        self.positive.heap_bytes() + self.negative.heap_bytes()
     }
 
     /// A compact binary form for a BLOB column (varint counts, dense runs).
@@ -477,5 +523,32 @@ mod tests {
         }
         assert!(s.positive.counts.len() <= MAX_BINS);
         assert_eq!(s.quantile(1.0).unwrap(), s.max);
+    }
+
+    // The extremes at once, both signs, in either order: the bins held (capacity, not only
+    // length) stay within the bound at every step, and merging predicts its growth.
+    #[test]
+    fn extremes_never_hold_more_than_the_bound() {
+        let bound = 2 * MAX_BINS * std::mem::size_of::<u64>();
+        for order in [[2e-8, 1e300], [1e300, 2e-8]] {
+            let mut s = Sketch::default();
+            for v in [order[0], -order[0], order[1], -order[1]] {
+                s.add(v);
+                assert!(s.heap_bytes() <= bound, "{} bytes", s.heap_bytes());
+            }
+            assert_eq!(s.count(), 4);
+            assert_eq!((s.min(), s.max()), (Some(-1e300), Some(1e300)));
+            let mut small = Sketch::default();
+            small.add(1.0);
+            let predicted = small.growth_with(&s);
+            let before = small.heap_bytes();
+            small.merge(&s).unwrap();
+            assert!(small.heap_bytes() <= bound);
+            assert!(
+                small.heap_bytes() - before <= predicted,
+                "grew {} past the predicted {predicted}",
+                small.heap_bytes() - before
+            );
+        }
     }
 }

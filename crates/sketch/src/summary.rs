@@ -73,6 +73,15 @@ impl Summary {
         Ok(())
     }
 
+    /// Bytes merging `other` may add to [`Summary::heap_bytes`] (an upper bound).
+    pub fn growth_with(&self, other: &Summary) -> usize {
+        match (&self.sketch, &other.sketch) {
+            (Some(mine), Some(theirs)) => mine.growth_with(theirs),
+            (None, Some(theirs)) => theirs.heap_bytes(),
+            _ => 0,
+        }
+    }
+
     /// Mean of the values, or 0 for an empty summary.
     pub fn mean(&self) -> f64 {
         if self.samples == 0 {

@@ -74,13 +74,8 @@ impl Inner {
         // The service's own metrics have reserved room above the bound.
         let max = self.config.settings.max_memory_bytes + if internal { SELF_RESERVE } else { 0 };
         let accounted = !internal;
-        let cost = ENTRY_OVERHEAD
-            + k.heap_bytes()
-            + if k.kind == Kind::Histogram {
-                SKETCH_RESERVE
-            } else {
-                0
-            };
+        // A sketch is charged what it holds; merging into it charges its growth first.
+        let cost = ENTRY_OVERHEAD + k.heap_bytes() + summary.heap_bytes();
         let mut shard = shard.lock();
         if self.config.settings.window_ms == 0 {
             if !self.charge(cost, max) {
@@ -105,8 +100,20 @@ impl Inner {
             }
             let windows = &mut open.windows;
             if let Some((_, entry)) = windows.iter_mut().find(|(w, _)| *w == window) {
+                // A histogram's sketch grows with the range of its values (up to 64 KiB): the
+                // growth is charged before the merge, so the bound holds whatever the values.
+                let growth = entry.summary.growth_with(&summary);
+                if growth > 0 && !self.charge(growth, max) {
+                    return Err(Rejected::Dropped(DropReason::MemoryBound));
+                }
+                let before = entry.summary.heap_bytes();
                 // Same accuracy everywhere, so a merge cannot fail.
                 let _ = entry.summary.merge(&summary);
+                let grown = entry.summary.heap_bytes().saturating_sub(before);
+                if growth > grown {
+                    self.memory.fetch_sub(growth - grown, Relaxed);
+                }
+                entry.cost += grown;
                 return Ok(accepted);
             }
             if !self.charge(cost, max) {

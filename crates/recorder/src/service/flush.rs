@@ -130,9 +130,12 @@ impl Inner {
                     false
                 });
             }
+            let mut grown = 0;
             for (row, _) in &sealed[start..] {
-                self.exposition.fold(&row.key, &row.summary, now);
+                grown += self.exposition.fold(&row.key, &row.summary, now);
             }
+            // Accepted already: charged whatever the bound (new points meet it instead).
+            self.memory.fetch_add(grown, Relaxed);
         }
         let mut pending = self.pending.lock().await;
         for (row, _) in &sealed {
@@ -504,7 +507,8 @@ pub(super) async fn flusher(inner: Arc<Inner>) {
         let now = (inner.config.clock)();
         if now - last_evict >= evict_every {
             inner.registry.evict_idle(now - s.idle_eviction_ms as i64);
-            inner.exposition.evict_idle(now - s.idle_eviction_ms as i64);
+            let freed = inner.exposition.evict_idle(now - s.idle_eviction_ms as i64);
+            inner.memory.fetch_sub(freed, Relaxed);
             inner.quota.prune();
             last_evict = now;
         }

@@ -38,8 +38,6 @@ use tokio::sync::Notify;
 
 /// Bytes charged per accumulator entry besides its key (map slot, summary, bookkeeping).
 const ENTRY_OVERHEAD: usize = 160;
-/// Bytes reserved per histogram entry for its sketch's buckets.
-const SKETCH_RESERVE: usize = 2_048;
 /// Room above the memory bound kept for the service's own metrics (a few dozen series), so
 /// the stored accounting is never dropped by the bound it reports on.
 const SELF_RESERVE: usize = 256 * 1024;
@@ -484,7 +482,8 @@ impl MetricsService {
         let now = self.now_ms();
         let cutoff = now - self.inner.config.settings.idle_eviction_ms as i64;
         let n = self.inner.registry.evict_idle(cutoff);
-        self.inner.exposition.evict_idle(cutoff);
+        let freed = self.inner.exposition.evict_idle(cutoff);
+        self.inner.memory.fetch_sub(freed, Relaxed);
         self.inner.quota.prune();
         n
     }
