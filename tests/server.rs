@@ -623,3 +623,62 @@ fn a_full_tenant_line_is_429_queue_full() {
         assert_eq!(o["nodes"][0]["status"], "timeout", "{o}");
     }
 }
+
+/// Reads until the peer closes the connection: the bytes it sent first, or `None` at the cap
+/// (which only catches a hang).
+fn read_until_closed(conn: &mut std::net::TcpStream) -> Option<usize> {
+    use std::io::Read;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let mut total = 0;
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return Some(total),
+            Ok(n) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(total),
+            Err(_) => return None,
+        }
+    }
+}
+
+// Slow clients cannot hold the server: a connection that stops half-way through its request
+// headers (or sends nothing) is closed after the header read timeout, and connections past the
+// cap are closed at once, unanswered; the server answers again as soon as they are gone.
+#[test]
+fn half_sent_requests_are_closed_and_connections_are_capped() {
+    use std::io::Write;
+    let s = Server::start(&[
+        ("LUAMETRICS_SERVER_HEADER_READ_TIMEOUT_MS", "2000"),
+        ("LUAMETRICS_SERVER_MAX_CONNECTIONS", "6"),
+    ]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut partial: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: 1")
+                .unwrap();
+            c
+        })
+        .collect();
+    let mut idle: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    // The cap is full (6): one more is closed without an answer.
+    let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(
+        read_until_closed(&mut extra),
+        Some(0),
+        "a connection past the cap was served"
+    );
+    for c in partial.iter_mut().chain(idle.iter_mut()) {
+        assert!(
+            read_until_closed(c).is_some(),
+            "a half-sent or idle connection was kept"
+        );
+    }
+    let (status, _) = get(&s, "/healthz", None);
+    assert_eq!(status, 200);
+    s.stop();
+}

@@ -113,6 +113,12 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Longest a request may take before a 503.
     pub request_timeout_ms: u64,
+    /// Longest a connection may take to send a request's headers (and longest an idle
+    /// keep-alive connection is kept): a client that stops half-way is disconnected.
+    pub header_read_timeout_ms: u64,
+    /// Connections served at once; more are closed at once (each holds a file descriptor and
+    /// memory, so without a cap half-open connections could take the process offline).
+    pub max_connections: usize,
     /// Read tokens of tenants (`tenant = "token"`): each sees only its own tenant's metrics,
     /// traces and usage. More can be minted with `POST /v1/tenants/{tenant}/tokens`.
     pub tenant_tokens: std::collections::BTreeMap<String, String>,
@@ -127,6 +133,8 @@ impl Default for ServerSettings {
             metrics_requires_token: true,
             max_body_bytes: 1024 * 1024,
             request_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            max_connections: 1_024,
             tenant_tokens: Default::default(),
         }
     }

@@ -432,12 +432,70 @@ pub async fn serve(
             }
         })
     };
+    let header_timeout = Duration::from_millis(settings.header_read_timeout_ms.max(1));
+    let connections = Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1)));
     let app = router(runtime, settings, tokens);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = accept_loop(listener, app, header_timeout, connections, shutdown).await;
     refresh.abort();
     served
+}
+
+/// Serves HTTP/1.1 connections until `shutdown`, then lets each finish its request in flight.
+/// Two bounds axum's own loop does not have: a connection's request headers must arrive within
+/// `header_timeout` (so must the next request on an idle keep-alive connection), and at most
+/// `connections` are served at once (a connection past it is closed at once). Without them,
+/// clients that stop half-way through their headers were kept forever, until the process ran
+/// out of file descriptors and `/healthz`, `/metrics` and the database all failed.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    connections: Arc<tokio::sync::Semaphore>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before it was accepted: the
+                    // listener stays, and a moment later accepts again.
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            // At the cap: closed at once, before anything is read.
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone().map_request(
+            |req: axum::http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
+        ));
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = conn.await {
+                tracing::trace!("connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
