@@ -379,6 +379,38 @@ fn metrics_pass_promtool_and_our_own_checks() {
         Some(EXEC),
         json!({"tenant": "globex", "event": {"amount": 42.5, "currency": "EUR", "plan": "pro"}}),
     );
+    // Host metrics outside the catalog claim their exported names too, and may not take a
+    // label the exposition uses: the second of two metrics printing one family is refused.
+    let (st, r) = post(
+        &s,
+        "/v1/metrics",
+        Some(EXEC),
+        json!({"points": [
+            {"name": "x.y", "kind": "counter", "value": 1},
+            {"name": "x.y_total", "kind": "gauge", "value": 2},
+            {"name": "p.q", "kind": "gauge", "value": 1, "tags": {"le": "a", "tag_le": "b"}},
+            {"name": "host.wait", "kind": "histogram", "value": 2},
+            {"name": "host.wait_bucket", "kind": "gauge", "value": 3},
+            {"name": "user.logins_by_plan_count", "kind": "gauge", "value": 5}
+        ]}),
+    );
+    assert_eq!(st, 200, "{r}");
+    let reasons: Vec<&str> = r["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            "name_conflict",
+            "reserved_tag",
+            "name_conflict",
+            "name_conflict"
+        ],
+        "{r}"
+    );
     let text = poll("user metrics in /metrics", || {
         let t = ureq::get(&s.url("/metrics"))
             .set("Authorization", &format!("Bearer {ADMIN}"))
@@ -387,6 +419,8 @@ fn metrics_pass_promtool_and_our_own_checks() {
             .into_string()
             .ok()?;
         (t.contains("user_logins_by_plan_count_total")
+            && t.contains("x_y_total")
+            && t.contains("host_wait_bucket")
             && t.contains("user_invoices_amount_bucket")
             && t.contains("http_request_duration_seconds_bucket"))
         .then_some(t)

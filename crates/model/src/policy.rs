@@ -280,6 +280,12 @@ impl TagPolicy {
         if user && crate::is_reserved_label(key) {
             return Err(RejectReason::ReservedTag);
         }
+        // A host's tag may not take a label the exposition prints itself (the sample label of
+        // histograms and summaries, or a reserved `__` name): two labels of one name would make
+        // `/metrics` invalid. (`job` and `instance` stay the host's: Prometheus renames them.)
+        if !user && (key == "le" || key == "quantile" || key.starts_with("__")) {
+            return Err(RejectReason::ReservedTag);
+        }
         if self.is_denied_key(key) {
             return Err(RejectReason::PiiTag);
         }

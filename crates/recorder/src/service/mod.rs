@@ -353,6 +353,20 @@ impl MetricsService {
         }
     }
 
+    /// Claims the exported Prometheus names of a system metric (hosts may record names outside
+    /// the catalog), so no two metrics, system or user, print one family.
+    pub fn claim_system_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason> {
+        let unit = self
+            .inner
+            .config
+            .catalog
+            .get(name)
+            .map_or_else(|| luametrics_model::infer_unit(name), |e| e.unit);
+        self.inner
+            .names
+            .claim(MetricType::System, name, kind, unit, None)
+    }
+
     /// Claims the exported Prometheus names of `tenant`'s user metric: refused
     /// (`name_conflict`) when another metric already holds one of them, so `/metrics` stays
     /// valid for any input, and (`name_limit`) past the tenant's bound of distinct metrics, so
