@@ -515,6 +515,7 @@ safe_string.gsub = function(s, p, r, n)
 end
 safe_string.rep = safe_rep
 safe_string.format = safe_format
+-- pack, unpack and packsize bound their format's length in C (vendor/lua-src, lstrlib.c).
 
 -- Method calls on strings (`("x"):upper()`) go through the string metatable: point it at the
 -- safe copy and hide it from getmetatable.

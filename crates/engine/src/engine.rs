@@ -240,6 +240,11 @@ impl Engine {
         let hr = hot.0;
         let slot = Slot::new();
         let host = host::table(&lua, &shared, &sink, hr, &slot)?;
+        // `os.clock` counts this execution's own CPU time (a light C function in the slot of
+        // Lua's, so an idle engine holds nothing more for it).
+        lua.globals()
+            .get::<Table>("os")?
+            .set("clock", unsafe { lua.create_c_function(host::clock)? })?;
         let runner = host::guard_fn(&lua, &slot, guard::body)?;
         let limits = lua.create_table()?;
         limits.set("max_verdicts", settings.max_verdicts)?;
@@ -486,6 +491,7 @@ impl Engine {
     /// execution did or however it ended: log, per-execution aggregates and quota lease,
     /// pending rejections and warnings.
     fn start_clean(&mut self) {
+        crate::host::start_clock();
         self.shared.log.lock().clear();
         self.shared.helpers_ns.store(0, Relaxed);
         let leftover = self.hot.0.with(|h| {

@@ -342,3 +342,23 @@ async fn a_tenant_uses_at_most_its_bound_of_metric_names() {
         Ok(json!(["ok", "ok", "ok", "ok", "ok", "name_limit"]))
     );
 }
+
+// `os.clock` counts the execution's own CPU time: Lua's counts the whole process, so a
+// tenant could watch another tenant's work in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn os_clock_shows_only_the_executions_own_time() {
+    let (pool, _) = pool(roomy());
+    // A works for 20 ms of CPU by its own clock (bounded by the time limit, 20 s).
+    let a = run(
+        &pool,
+        "a",
+        "local x = 0 while os.clock() < 0.02 do x = x + 1 end return os.clock()",
+    )
+    .await;
+    let spent = a.result.unwrap().as_f64().unwrap();
+    assert!(spent >= 0.02);
+    // B, on the same engine and thread, starts from zero whatever A did.
+    let b = run(&pool, "b", "return os.clock()").await;
+    let seen = b.result.unwrap().as_f64().unwrap();
+    assert!(seen < spent, "B's clock {seen} shows A's {spent}");
+}
