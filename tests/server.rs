@@ -174,6 +174,29 @@ fn auth_limits_and_errors_are_json_with_stable_codes() {
         .as_str()
         .unwrap()
         .contains("broken.lua:2:"));
+    // Rejections of paths, queries and forms are JSON errors too, not axum's plain text.
+    let admin = Some(ADMIN);
+    assert_eq!(
+        code(&get(&s, "/?refresh=abc", admin)),
+        (400, "invalid_query".into())
+    );
+    assert_eq!(
+        code(&get(&s, "/v1/traces/%FF%FE", admin)),
+        (400, "invalid_path".into())
+    );
+    assert_eq!(
+        code(&post(&s, "/v1/tenants/%FF/tokens", admin, json!({}))),
+        (400, "invalid_path".into())
+    );
+    assert_eq!(
+        code(&post(&s, "/login", None, json!({"token": "x"}))),
+        (415, "unsupported_media_type".into())
+    );
+    let form = call(
+        ureq::post(&s.url("/login")).set("Content-Type", "application/x-www-form-urlencoded"),
+        None,
+    );
+    assert_eq!(code(&form), (400, "invalid_body".into()));
 }
 
 #[test]

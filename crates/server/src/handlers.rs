@@ -56,6 +56,79 @@ where
     }
 }
 
+/// `Path<T>` whose rejection (a segment that is not valid UTF-8 once decoded, or not of type
+/// `T`) is our JSON error (400 `invalid_path`), not axum's plain text.
+pub(crate) struct ApiPath<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    Path<T>:
+        axum::extract::FromRequestParts<S, Rejection = axum::extract::rejection::PathRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|r| ApiError::bad_request("invalid_path", r.body_text()))
+    }
+}
+
+/// `Query<T>` whose rejection is our JSON error (400 `invalid_query`).
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    Query<T>:
+        axum::extract::FromRequestParts<S, Rejection = axum::extract::rejection::QueryRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|r| ApiError::bad_request("invalid_query", r.body_text()))
+    }
+}
+
+/// `Form<T>` whose rejection is our JSON error (415 `unsupported_media_type` for another
+/// content type, 400 `invalid_body` for a form without the fields).
+pub(crate) struct ApiForm<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiForm<T>
+where
+    axum::Form<T>: FromRequest<S, Rejection = axum::extract::rejection::FormRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        axum::Form::<T>::from_request(req, state)
+            .await
+            .map(|axum::Form(v)| ApiForm(v))
+            .map_err(|r| {
+                let message = r.body_text();
+                if r.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+                    ApiError::new(r.status(), "unsupported_media_type", message)
+                } else if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(r.status(), "payload_too_large", message)
+                } else {
+                    ApiError::bad_request("invalid_body", message)
+                }
+            })
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ExecuteBody {
@@ -66,7 +139,7 @@ pub(crate) struct ExecuteBody {
 
 pub(crate) async fn execute(
     State(s): State<AppState>,
-    Path(trigger): Path<String>,
+    ApiPath(trigger): ApiPath<String>,
     ApiJson(body): ApiJson<ExecuteBody>,
 ) -> Result<Response, ApiError> {
     match s.runtime.execute(&trigger, &body.tenant, body.event).await {
@@ -312,7 +385,7 @@ pub(crate) async fn traces(
 pub(crate) async fn trace(
     State(s): State<AppState>,
     Extension(who): Extension<Who>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let found = s.runtime.store().get_trace(&id).await?;
     // Another tenant's trace is as unknown to a tenant token as one that never existed.
@@ -403,7 +476,7 @@ pub(crate) async fn tenant_usage(
 /// Mints a read token for a tenant (admin only); the token is shown once.
 pub(crate) async fn mint_tenant_token(
     State(s): State<AppState>,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     if tenant.trim().is_empty() || tenant.len() > 256 {
         return Err(ApiError::bad_request(
@@ -422,7 +495,7 @@ pub(crate) async fn mint_tenant_token(
 /// Revokes every minted token of a tenant (admin only).
 pub(crate) async fn revoke_tenant_tokens(
     State(s): State<AppState>,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let revoked = s.tokens.tenants.revoke(s.runtime.store(), &tenant).await?;
     Ok(Json(json!({"tenant": tenant, "revoked": revoked})))

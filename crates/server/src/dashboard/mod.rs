@@ -5,7 +5,7 @@
 
 use crate::chart::{esc, lines, stacked};
 use crate::{AppState, Who};
-use axum::extract::{Form, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use luametrics_model::{ChartSpec, Dashboard, Kind, PanelSpec, Tags};
@@ -81,7 +81,10 @@ pub(crate) struct Login {
     token: String,
 }
 
-pub(crate) async fn login(State(state): State<AppState>, Form(form): Form<Login>) -> Response {
+pub(crate) async fn login(
+    State(state): State<AppState>,
+    crate::handlers::ApiForm(form): crate::handlers::ApiForm<Login>,
+) -> Response {
     if !matches!(
         crate::who(&state, &form.token),
         Some(Who::Admin | Who::Tenant(_))
@@ -437,7 +440,7 @@ fn page_html(refresh: Option<u32>, picker: &str, panels: &str) -> String {
 pub(crate) async fn page(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(p): Query<Params>,
+    crate::handlers::ApiQuery(p): crate::handlers::ApiQuery<Params>,
 ) -> Response {
     let Some(who) = signed_in(&state, &headers, p.token.as_deref()) else {
         return login_page(
