@@ -251,44 +251,24 @@ fn validate(
 }
 
 thread_local! {
-    /// The running thread's CPU time when its current execution started (see [`clock`]).
-    static CPU_AT_START: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-/// CPU time of the calling thread, in ns (elsewhere than Linux: time since the first call).
-fn thread_cpu_ns() -> u64 {
-    #[cfg(target_os = "linux")]
-    {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a valid clock id and a timespec to fill.
-        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
-            return ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
-        }
-        0
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        EPOCH
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_nanos() as u64
-    }
+    /// When the execution running on this thread started (see [`clock`]).
+    static STARTED: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
 }
 
 /// Starts the clock scripts read with `os.clock` for the execution starting on this thread.
 pub(crate) fn start_clock() {
-    CPU_AT_START.with(|c| c.set(thread_cpu_ns()));
+    STARTED.with(|c| c.set(Some(std::time::Instant::now())));
 }
 
-/// `os.clock()`: CPU seconds of this execution's thread since the execution started. Lua's own
-/// counts the whole process, every thread, so one tenant's script could watch another's work.
+/// `os.clock()`: seconds since this execution started. Lua's own counts the CPU time of the
+/// whole process, every thread, so one tenant's script could watch another's work in it. (The
+/// thread's own CPU clock would do too, but reading it is a system call of ~1 us, a tenth of a
+/// short execution, paid by every execution whether it reads the clock or not.)
 pub(crate) unsafe extern "C-unwind" fn clock(l: *mut ffi::lua_State) -> std::os::raw::c_int {
-    let ns = thread_cpu_ns().saturating_sub(CPU_AT_START.with(|c| c.get()));
+    let secs = STARTED
+        .with(|c| c.get())
+        .map_or(0.0, |t| t.elapsed().as_secs_f64());
     // SAFETY: called by Lua with room for one result.
-    unsafe { ffi::lua_pushnumber(l, ns as f64 / 1e9) };
+    unsafe { ffi::lua_pushnumber(l, secs) };
     1
 }

@@ -28,17 +28,23 @@ thread_local! {
     static RETIRE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// The calling thread's kernel id, for [`demote`]; 0 where there is none to name.
+/// The calling thread's kernel id, for [`demote`]; 0 where there is none to name. Asked of
+/// the kernel once per thread (a system call per execution cost a few percent of a short one).
 pub(crate) fn current_tid() -> i32 {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: gettid has no preconditions.
-        unsafe { libc::gettid() }
+    thread_local! {
+        static TID: i32 = {
+            #[cfg(target_os = "linux")]
+            {
+                // SAFETY: gettid has no preconditions.
+                unsafe { libc::gettid() }
+            }
+            #[cfg(not(target_os = "linux"))]
+            {
+                0
+            }
+        };
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        0
-    }
+    TID.with(|t| *t)
 }
 
 /// Moves thread `tid` (of this process) to the idle scheduling class: it runs only on a core

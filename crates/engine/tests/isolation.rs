@@ -343,12 +343,12 @@ async fn a_tenant_uses_at_most_its_bound_of_metric_names() {
     );
 }
 
-// `os.clock` counts the execution's own CPU time: Lua's counts the whole process, so a
+// `os.clock` counts the execution's own time: Lua's counts the whole process's CPU time, so a
 // tenant could watch another tenant's work in it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn os_clock_shows_only_the_executions_own_time() {
     let (pool, _) = pool(roomy());
-    // A works for 20 ms of CPU by its own clock (bounded by the time limit, 20 s).
+    // A works for 20 ms by its own clock (bounded by the time limit, 20 s).
     let a = run(
         &pool,
         "a",
@@ -357,7 +357,7 @@ async fn os_clock_shows_only_the_executions_own_time() {
     .await;
     let spent = a.result.unwrap().as_f64().unwrap();
     assert!(spent >= 0.02);
-    // B, on the same engine and thread, starts from zero whatever A did.
+    // B, on the same engine, starts from zero whatever A did.
     let b = run(&pool, "b", "return os.clock()").await;
     let seen = b.result.unwrap().as_f64().unwrap();
     assert!(seen < spent, "B's clock {seen} shows A's {spent}");
