@@ -129,13 +129,22 @@ enum BenchCommand {
 
 fn main() -> ExitCode {
     // Like other command-line tools, end quietly when the reader of our output goes away
-    // (`luametrics names | head`) instead of panicking on the failed print: Rust ignores
-    // SIGPIPE by default.
-    #[cfg(unix)]
-    // SAFETY: sets the default disposition of one signal at startup, before any thread exists.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // (`luametrics names | head`) instead of printing a panic for the failed print. SIGPIPE
+    // itself stays ignored (Rust's default): restored to its default, it killed `serve` (exit
+    // 141, no log) whenever a client closed a connection the server was still writing to.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info)
+    }));
     let cli = Cli::parse();
     // The library reports faults (failing writes, recoveries, a deleted database) through
     // `tracing`; the binary prints them on stderr.

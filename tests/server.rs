@@ -739,3 +739,28 @@ fn half_sent_requests_are_closed_and_connections_are_capped() {
     assert_eq!(status, 200);
     s.stop();
 }
+
+// A client that closes its connection while the server still writes to it (pipelined requests
+// whose answers it never reads) costs the server that connection only: SIGPIPE once killed the
+// whole process, without a token and without a log line.
+#[test]
+fn a_client_closing_mid_answer_does_not_kill_the_server() {
+    use std::io::Write;
+    let mut s = Server::start(&[]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let requests = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(50);
+    for _ in 0..10 {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.write_all(requests.as_bytes()).unwrap();
+        // Closed with answers unread: the kernel resets the connection under the server.
+        drop(c);
+    }
+    // Still serving (a hang detector's poll, not a timing check).
+    let (status, _) = poll("the server to answer", || {
+        let r = get(&s, "/healthz", None);
+        (r.0 == 200).then_some(r)
+    });
+    assert_eq!(status, 200);
+    assert!(s.child.try_wait().unwrap().is_none(), "the server died");
+    s.stop();
+}
