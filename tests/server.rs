@@ -764,3 +764,43 @@ fn a_client_closing_mid_answer_does_not_kill_the_server() {
     assert!(s.child.try_wait().unwrap().is_none(), "the server died");
     s.stop();
 }
+
+/// One `GET /healthz` on a fresh connection: the bytes of its answer (0: closed unanswered).
+fn raw_healthz(addr: &str) -> usize {
+    use std::io::Write;
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    read_until_closed(&mut c).unwrap_or(0)
+}
+
+// One client cannot hold the server: it gets `max_connections_per_peer` connections however
+// many places the cap has, and a connection whose client sends requests but never reads the
+// answers is closed once its writes have waited `write_timeout_ms`, which frees its place.
+#[test]
+fn one_client_cannot_hold_every_connection_or_stall_its_answers() {
+    use std::io::Write;
+    let s = Server::start(&[
+        ("LUAMETRICS_SERVER_MAX_CONNECTIONS", "50"),
+        ("LUAMETRICS_SERVER_MAX_CONNECTIONS_PER_PEER", "1"),
+        ("LUAMETRICS_SERVER_WRITE_TIMEOUT_MS", "5000"),
+    ]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    // 2,000 requests for a 28 KB answer, never read: far more than the socket buffers hold.
+    let mut greedy = std::net::TcpStream::connect(&addr).unwrap();
+    let requests = "GET /v1/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2_000);
+    greedy.write_all(requests.as_bytes()).unwrap();
+    // Its one place taken (the write timeout is far off), this address gets no other.
+    assert_eq!(
+        raw_healthz(&addr),
+        0,
+        "a second connection from one peer was served"
+    );
+    // While it holds this address's one place, another connection from it is closed unanswered
+    // (or, if its writes already timed out, answered): polled until answered, which only the
+    // write timeout can bring about (a hang detector's poll, not a timing check).
+    poll("the stalled connection to be closed", || {
+        (raw_healthz(&addr) > 0).then_some(())
+    });
+    drop(greedy);
+    s.stop();
+}

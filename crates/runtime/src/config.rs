@@ -119,6 +119,12 @@ pub struct ServerSettings {
     /// Connections served at once; more are closed at once (each holds a file descriptor and
     /// memory, so without a cap half-open connections could take the process offline).
     pub max_connections: usize,
+    /// Connections served at once from one client address, so one client cannot take every
+    /// place under `max_connections`.
+    pub max_connections_per_peer: usize,
+    /// Longest a write to a client may wait for the client to read (a client that sends
+    /// requests and never reads the answers): then its connection is closed.
+    pub write_timeout_ms: u64,
     /// Read tokens of tenants (`tenant = "token"`): each sees only its own tenant's metrics,
     /// traces and usage. More can be minted with `POST /v1/tenants/{tenant}/tokens`.
     pub tenant_tokens: std::collections::BTreeMap<String, String>,
@@ -135,6 +141,8 @@ impl Default for ServerSettings {
             request_timeout_ms: 10_000,
             header_read_timeout_ms: 10_000,
             max_connections: 1_024,
+            max_connections_per_peer: 128,
+            write_timeout_ms: 10_000,
             tenant_tokens: Default::default(),
         }
     }

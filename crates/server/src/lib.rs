@@ -432,33 +432,174 @@ pub async fn serve(
             }
         })
     };
-    let header_timeout = Duration::from_millis(settings.header_read_timeout_ms.max(1));
-    let connections = Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1)));
+    let limits = ConnLimits {
+        header_timeout: Duration::from_millis(settings.header_read_timeout_ms.max(1)),
+        write_timeout: Duration::from_millis(settings.write_timeout_ms.max(1)),
+        connections: Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1))),
+        per_peer: settings.max_connections_per_peer.max(1),
+    };
     let app = router(runtime, settings, tokens);
-    let served = accept_loop(listener, app, header_timeout, connections, shutdown).await;
+    let served = accept_loop(listener, app, limits, shutdown).await;
     refresh.abort();
     served
 }
 
+/// The bounds on connections (`[server]`).
+struct ConnLimits {
+    header_timeout: Duration,
+    write_timeout: Duration,
+    connections: Arc<tokio::sync::Semaphore>,
+    per_peer: usize,
+}
+
+/// Connections open per client address; an entry goes when its last connection does.
+#[derive(Clone, Default)]
+struct Peers(Arc<parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+/// One connection's place in [`Peers`], given back on drop.
+struct PeerPlace(Peers, std::net::IpAddr);
+
+impl Peers {
+    fn enter(&self, ip: std::net::IpAddr, max: usize) -> Option<PeerPlace> {
+        let mut map = self.0.lock();
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerPlace(self.clone(), ip))
+    }
+}
+
+impl Drop for PeerPlace {
+    fn drop(&mut self) {
+        let mut map = self.0 .0.lock();
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// A connection whose writes fail once the client has not read for `limit`: a client that
+/// sends requests and never reads the answers otherwise holds its connection (and its place
+/// under the cap) for good.
+struct WriteDeadline {
+    io: tokio::net::TcpStream,
+    limit: Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl WriteDeadline {
+    fn wait<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        match polled {
+            Poll::Ready(r) => {
+                self.stalled = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let limit = self.limit;
+                let timer = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client stopped reading its answers",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for WriteDeadline {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for WriteDeadline {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_write(cx, buf);
+        this.wait(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.wait(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.io).poll_flush(cx);
+        this.wait(cx, polled)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 /// Serves HTTP/1.1 connections until `shutdown`, then lets each finish its request in flight.
-/// Two bounds axum's own loop does not have: a connection's request headers must arrive within
-/// `header_timeout` (so must the next request on an idle keep-alive connection), and at most
-/// `connections` are served at once (a connection past it is closed at once). Without them,
-/// clients that stop half-way through their headers were kept forever, until the process ran
-/// out of file descriptors and `/healthz`, `/metrics` and the database all failed.
+/// Bounds axum's own loop does not have: a connection's request headers must arrive within
+/// the header timeout (so must the next request on an idle keep-alive connection), a client
+/// must read its answers within the write timeout, and at most `connections` are served at
+/// once, `per_peer` of them from one address (a connection past either is closed at once).
+/// Without them, clients that stop half-way through their headers were kept forever, until
+/// the process ran out of file descriptors and `/healthz`, `/metrics` and the database all
+/// failed; and one client holding every place shut everyone else out.
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     app: axum::Router,
-    header_timeout: Duration,
-    connections: Arc<tokio::sync::Semaphore>,
+    limits: ConnLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let ConnLimits {
+        header_timeout,
+        write_timeout,
+        connections,
+        per_peer,
+    } = limits;
+    let peers = Peers::default();
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(s) => s,
@@ -470,6 +611,11 @@ async fn accept_loop(
                     continue;
                 }
             },
+        };
+        let Some(place) = peers.enter(peer.ip(), per_peer) else {
+            // This client holds its share already: closed at once, before anything is read.
+            drop(stream);
+            continue;
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             // At the cap: closed at once, before anything is read.
@@ -484,10 +630,15 @@ async fn accept_loop(
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout);
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let io = WriteDeadline {
+            io: stream,
+            limit: write_timeout,
+            stalled: None,
+        };
+        let conn = builder.serve_connection(TokioIo::new(io), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            let _permit = permit;
+            let _places = (permit, place);
             if let Err(e) = conn.await {
                 tracing::trace!("connection ended: {e}");
             }
