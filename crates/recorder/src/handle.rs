@@ -46,7 +46,7 @@ impl SystemSeries {
             .catalog
             .check(name, kind, &tags)
             .and_then(|_| config.policy.check_system_tags(&tags))
-            .and_then(|_| service.claim_system_name(name, kind));
+            .and_then(|_| service.claim_system_name(name, kind, tenant));
         let key = check.map(|_| {
             // The tenant is the host's, a column of its own, never a tag.
             tags.remove("tenant");

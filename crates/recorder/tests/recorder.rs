@@ -873,3 +873,37 @@ async fn sketches_spanning_the_extremes_stay_within_the_memory_bound() {
     assert!(refused > 0);
     assert!(h.service.memory_used() <= bound + 256 * 1024);
 }
+
+// A host's own metric names (outside the catalog) recorded for a tenant count against that
+// tenant's bound of names, as a script's do; the catalog's, and the host's own without a
+// tenant, do not.
+#[tokio::test]
+async fn host_names_for_a_tenant_count_against_its_bound() {
+    let h = harness(
+        RecorderSettings::default(),
+        Limits {
+            max_names_per_tenant: 3,
+            ..big_limits()
+        },
+    )
+    .await;
+    let record = |name: &str, tenant: Option<&str>| {
+        h.service
+            .record_system(name, Kind::Gauge, 1.0, Tags::new(), tenant, None)
+            .map(|_| ())
+    };
+    for i in 0..3 {
+        assert!(record(&format!("host.t{i}"), Some("hx")).is_ok());
+    }
+    assert_eq!(
+        record("host.t3", Some("hx")),
+        Err(Rejected::Invalid(RejectReason::NameLimit))
+    );
+    assert!(
+        record("host.t0", Some("hx")).is_ok(),
+        "a name it holds stays its own"
+    );
+    assert!(record("jwks.active_key.age_ms", Some("hx")).is_ok());
+    assert!(record("host.t3", None).is_ok());
+    assert!(record("host.t4", Some("other")).is_ok());
+}

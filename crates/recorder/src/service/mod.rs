@@ -354,17 +354,27 @@ impl MetricsService {
     }
 
     /// Claims the exported Prometheus names of a system metric (hosts may record names outside
-    /// the catalog), so no two metrics, system or user, print one family.
-    pub fn claim_system_name(&self, name: &str, kind: Kind) -> Result<(), RejectReason> {
-        let unit = self
-            .inner
-            .config
-            .catalog
-            .get(name)
-            .map_or_else(|| luametrics_model::infer_unit(name), |e| e.unit);
+    /// the catalog), so no two metrics, system or user, print one family. A name outside the
+    /// catalog recorded for a tenant counts against that tenant's bound of names (`name_limit`),
+    /// as a script's would: the catalog's own are fixed and few.
+    pub fn claim_system_name(
+        &self,
+        name: &str,
+        kind: Kind,
+        tenant: Option<&str>,
+    ) -> Result<(), RejectReason> {
+        let entry = self.inner.config.catalog.get(name);
+        let unit = entry.map_or_else(|| luametrics_model::infer_unit(name), |e| e.unit);
+        let claimant = match (entry, tenant) {
+            (None, Some(tenant)) => Some(luametrics_model::Claimant {
+                tenant,
+                max_names: self.inner.config.policy.limits.max_names_per_tenant,
+            }),
+            _ => None,
+        };
         self.inner
             .names
-            .claim(MetricType::System, name, kind, unit, None)
+            .claim(MetricType::System, name, kind, unit, claimant)
     }
 
     /// Claims the exported Prometheus names of `tenant`'s user metric: refused

@@ -121,7 +121,7 @@ impl MetricsService {
             .and_then(|_| inner.config.policy.check_system_tags(&tags))
             // Hosts may record names outside the catalog: their exported names are claimed
             // like a user metric's, so no two metrics (system or user) print one family.
-            .and_then(|_| self.claim_system_name(name, kind));
+            .and_then(|_| self.claim_system_name(name, kind, tenant));
         if let Err(reason) = check {
             inner
                 .counters
