@@ -81,6 +81,13 @@ pub struct Store {
     /// holds a thread while it runs, so a flood of queries waits here, asynchronously and
     /// cancellably, instead of taking every thread of the process.
     reads: parking_lot::RwLock<std::sync::Arc<tokio::sync::Semaphore>>,
+    /// Each tenant's places among them (half, at least one), taken first, so one tenant's
+    /// reads never take every place: its surplus waits in its own line, not in everyone's.
+    tenant_reads: parking_lot::Mutex<
+        std::collections::HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>,
+    >,
+    /// Places per tenant (`set_read_limits`).
+    reads_per_tenant: std::sync::atomic::AtomicUsize,
     /// How long such a read may run before it is interrupted, in ms (`set_read_limits`).
     read_timeout_ms: std::sync::atomic::AtomicU64,
 }
@@ -101,6 +108,25 @@ tokio::task_local! {
 struct ReadWatch {
     conns: parking_lot::Mutex<Vec<Connection>>,
     fired: std::sync::atomic::AtomicBool,
+}
+
+/// A tenant's place among the reads; its line is forgotten when nobody holds or waits in it.
+struct TenantPlace<'a> {
+    store: &'a Store,
+    tenant: String,
+    line: std::sync::Arc<tokio::sync::Semaphore>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for TenantPlace<'_> {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        let mut lines = self.store.tenant_reads.lock();
+        // The map's reference and this one: nobody else holds or waits in the line.
+        if std::sync::Arc::strong_count(&self.line) == 2 {
+            lines.remove(&self.tenant);
+        }
+    }
 }
 
 /// Aborts a spawned task when dropped.
@@ -155,6 +181,8 @@ impl Store {
                 DEFAULT_CONCURRENT_READS,
             ))),
             read_timeout_ms: (DEFAULT_READ_TIMEOUT.as_millis() as u64).into(),
+            tenant_reads: Default::default(),
+            reads_per_tenant: (DEFAULT_CONCURRENT_READS / 2).max(1).into(),
         })
     }
 
@@ -310,6 +338,10 @@ impl Store {
     /// ([`StoreError::ReadTimeout`]). Remote reads are bounded by the remote timeout instead.
     pub fn set_read_limits(&self, concurrent: usize, timeout: Duration) {
         *self.reads.write() = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrent.max(1)));
+        self.reads_per_tenant.store(
+            (concurrent / 2).max(1),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.read_timeout_ms.store(
             timeout.as_millis().max(1) as u64,
             std::sync::atomic::Ordering::Relaxed,
@@ -317,13 +349,19 @@ impl Store {
     }
 
     /// Runs a read a host or a client asked for: after a place among the reads allowed at
-    /// once (waited for asynchronously: a caller that goes away stops waiting), off the async
-    /// workers like every store call, and, on a local store, interrupted past the read
-    /// timeout (a multi-threaded runtime's other workers run the deadline).
+    /// once (waited for asynchronously: a caller that goes away stops waiting), for a
+    /// tenant's read after one of the tenant's own places first, off the async workers like
+    /// every store call, and, on a local store, interrupted past the read timeout (a
+    /// multi-threaded runtime's other workers run the deadline).
     pub(crate) async fn gated_read<T>(
         &self,
+        tenant: Option<&str>,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        let _tenant_place = match tenant {
+            Some(t) => Some(self.tenant_place(t).await?),
+            None => None,
+        };
         let gate = self.reads.read().clone();
         let _permit = gate
             .acquire()
@@ -357,6 +395,33 @@ impl Store {
             }
             other => other,
         }
+    }
+
+    /// One of `tenant`'s places among the reads (see `tenant_reads`).
+    async fn tenant_place(&self, tenant: &str) -> Result<TenantPlace<'_>, StoreError> {
+        let line = {
+            let mut lines = self.tenant_reads.lock();
+            lines
+                .entry(tenant.to_string())
+                .or_insert_with(|| {
+                    std::sync::Arc::new(tokio::sync::Semaphore::new(
+                        self.reads_per_tenant
+                            .load(std::sync::atomic::Ordering::Relaxed),
+                    ))
+                })
+                .clone()
+        };
+        let permit = line
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::InvalidQuery("the store is closed".into()))?;
+        Ok(TenantPlace {
+            store: self,
+            tenant: tenant.to_string(),
+            line,
+            permit: Some(permit),
+        })
     }
 
     /// Writes `inserts` then `tail` all or nothing (see `batch::write_atomically`). A remote

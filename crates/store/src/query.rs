@@ -333,7 +333,7 @@ fn filter(q: &FindQuery, time_col: &str, from_ms: i64) -> Result<(String, Vec<Va
 impl Store {
     /// Raw window rows of one metric in a time range.
     pub async fn find_metrics(&self, q: &FindQuery) -> Result<Vec<StoredRow>, StoreError> {
-        self.gated_read(async {
+        self.gated_read(q.tenant.as_deref(), async {
             let conn = self.reader().await?;
             self.find_raw(&conn, q, None).await
         })
@@ -371,7 +371,7 @@ impl Store {
     /// Aggregates one metric per time bucket, from the coarsest tier that serves the step,
     /// merging sketches for percentiles. Returns the series and the tier used.
     pub async fn aggregate(&self, q: &AggregateQuery) -> Result<(Vec<Series>, Tier), StoreError> {
-        self.gated_read(async {
+        self.gated_read(q.find.tenant.as_deref(), async {
             if q.step_ms <= 0 {
                 return Err(StoreError::InvalidQuery("step must be positive".into()));
             }
@@ -580,7 +580,7 @@ impl Store {
 
     /// Points stored per tenant for user metrics (sum of `samples` over raw rows).
     pub async fn user_samples_by_tenant(&self) -> Result<BTreeMap<String, u64>, StoreError> {
-        self.gated_read(async {
+        self.gated_read(None, async {
             let conn = self.reader().await?;
             let mut rows = conn
                 .query(
@@ -615,7 +615,7 @@ impl Store {
     }
 
     async fn names_where(&self, tenant: Option<&str>) -> Result<Vec<NameInfo>, StoreError> {
-        self.gated_read(async {
+        self.gated_read(tenant, async {
             let conn = self.reader().await?;
             // Rollups of the `name` scope mix tenants and carry none: the filter skips them.
             let (raw, rolled, params) = match tenant {

@@ -139,7 +139,7 @@ impl Store {
     pub async fn trace_counts(
         &self,
     ) -> Result<std::collections::BTreeMap<String, u64>, StoreError> {
-        self.gated_read(async {
+        self.gated_read(None, async {
             let conn = self.reader().await?;
             let mut rows = conn
                 .query(
@@ -161,7 +161,7 @@ impl Store {
 
     /// Spans of one trace, in node order.
     pub async fn trace_spans(&self, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError> {
-        self.gated_read(async {
+        self.gated_read(None, async {
             let conn = self.reader().await?;
             let mut rows = conn
                 .query(
@@ -223,7 +223,7 @@ impl Store {
         pipeline_id: Option<&str>,
         tenant: Option<&str>,
     ) -> Result<Vec<TraceRecord>, StoreError> {
-        self.gated_read(async {
+        self.gated_read(tenant, async {
             let conn = self.reader().await?;
             let mut sql = String::from(
                 "SELECT id, pipeline_id, trigger_event, tenant_id, status, decision, reason, started_at,
@@ -263,7 +263,7 @@ impl Store {
 
     /// One trace with its spans.
     pub async fn get_trace(&self, id: &str) -> Result<Option<TraceRecord>, StoreError> {
-        self.gated_read(async {
+        self.gated_read(None, async {
             let conn = self.reader().await?;
             let mut rows = conn
                 .query(
@@ -291,7 +291,7 @@ impl Store {
         from_ms: i64,
         to_ms: i64,
     ) -> Result<Vec<(String, u64, [f64; 4])>, StoreError> {
-        self.gated_read(async {
+        self.gated_read(None, async {
             let conn = self.reader().await?;
             let mut rows = conn
                 .query(
@@ -327,7 +327,7 @@ impl Store {
 
     /// Number of stored traces.
     pub async fn count_traces(&self) -> Result<u64, StoreError> {
-        self.gated_read(async {
+        self.gated_read(None, async {
             let conn = self.reader().await?;
             crate::query::scalar_i64(&conn, "SELECT COUNT(*) FROM pipeline_traces", ())
                 .await

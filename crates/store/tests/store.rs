@@ -667,4 +667,37 @@ async fn reads_are_stopped_past_their_timeout_and_take_turns() {
     for r in reads {
         assert_eq!(r.await.unwrap().unwrap(), 100);
     }
+    // One tenant's reads take at most half the places: with ten of its long reads queued,
+    // another tenant's read is served at once, not after them.
+    store.set_read_limits(2, std::time::Duration::from_secs(60));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let heavy = FindQuery {
+        tenant: Some("acme".into()),
+        ..find("big.h", 0, 200_000)
+    };
+    let long: Vec<_> = (0..10)
+        .map(|_| {
+            let (store, heavy, done) = (store.clone(), heavy.clone(), done.clone());
+            tokio::spawn(async move {
+                let n = store.find_metrics(&heavy).await.unwrap().len();
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                n
+            })
+        })
+        .collect();
+    // Let them queue (each takes far longer than this on any machine).
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let other = FindQuery {
+        tenant: Some("globex".into()),
+        ..few.clone()
+    };
+    assert!(store.find_metrics(&other).await.unwrap().is_empty());
+    let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        finished <= 3,
+        "the other tenant waited behind {finished} of the first one's reads"
+    );
+    for r in long {
+        assert_eq!(r.await.unwrap(), 20_000);
+    }
 }
