@@ -251,6 +251,9 @@ unsafe extern "C-unwind" fn on_error(l: *mut ffi::lua_State) -> c_int {
     }
 }
 
+/// Stack levels the message handler looks through for the prelude's frames.
+const MAX_RELOCATE_LEVELS: c_int = 32;
+
 /// Where the prelude's chunk is named in error positions.
 const PRELUDE_SRC: &[u8] = b"luametrics/prelude.lua";
 
@@ -288,7 +291,9 @@ unsafe fn relocate(l: *mut ffi::lua_State) {
         let mut in_prelude = false;
         let mut place = None;
         let mut level = 0;
-        while ffi::lua_getstack(l, level, &mut ar) != 0 {
+        // The prelude's frames sit near the top; a message that only looks like theirs (a
+        // script's own `error` text) must not walk a deep stack in C.
+        while level < MAX_RELOCATE_LEVELS && ffi::lua_getstack(l, level, &mut ar) != 0 {
             level += 1;
             if ffi::lua_getinfo(l, c"Sln".as_ptr(), &mut ar) == 0 {
                 break;
