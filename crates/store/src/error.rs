@@ -163,6 +163,18 @@ impl StoreError {
         }
     }
 
+    /// Whether a libSQL server interrupted the statement (`SQLITE_INTERRUPT` in its answer;
+    /// libSQL's client keeps the server's error types private, so its code is read from them).
+    pub(crate) fn is_remote_interrupt(&self) -> bool {
+        match self {
+            StoreError::Db {
+                source: libsql::Error::Hrana(e),
+                ..
+            } => format!("{e:?}").contains("SQLITE_INTERRUPT"),
+            _ => false,
+        }
+    }
+
     /// Whether retrying later may succeed (locked, busy, read-only, full, unreachable).
     pub fn is_transient(&self) -> bool {
         match self {

@@ -13,6 +13,7 @@
 #![deny(missing_docs)]
 
 mod batch;
+mod conn;
 mod error;
 mod file;
 mod location;
@@ -23,6 +24,11 @@ mod schema;
 mod tokens;
 mod traces;
 mod write;
+
+/// The real libSQL server the remote unit tests run against.
+#[cfg(test)]
+#[path = "../../../tests/common/sqld.rs"]
+mod test_sqld;
 
 pub use error::StoreError;
 pub use location::Location;
@@ -49,7 +55,7 @@ struct Handle {
     db: std::sync::Arc<Database>,
     /// All writes go through one connection: SQLite has one writer anyway, and a single
     /// connection keeps transactions from interleaving.
-    writer: Connection,
+    writer: conn::Conn,
     /// Identity of the file this handle opened (local stores), to notice a deleted or
     /// replaced file: SQLite keeps writing into an unlinked inode without an error.
     identity: Option<file::Identity>,
@@ -188,8 +194,11 @@ impl Store {
 
     /// Opens the database and its writer (whose lock wait is `write_wait`), and migrates it.
     async fn open_handle(location: &Location, write_wait: Duration) -> Result<Handle, StoreError> {
-        let db = location.build().await?;
-        let writer = Self::connect_db(&db, location, write_wait).await?;
+        let db = std::sync::Arc::new(location.build().await?);
+        let writer = conn::Conn::new(
+            Self::connect_db(&db, location, write_wait).await?,
+            (!location.is_local()).then(|| db.clone()),
+        );
         schema::migrate(&writer).await?;
         let identity = match location {
             Location::File(path) => {
@@ -203,7 +212,7 @@ impl Store {
             Location::Remote { .. } => None,
         };
         Ok(Handle {
-            db: std::sync::Arc::new(db),
+            db,
             writer,
             identity,
         })
@@ -282,12 +291,9 @@ impl Store {
 
     /// A fresh connection for reads, so long queries never hold the writer. Never creates the
     /// file: a reader of a deleted database gets an error, not a new empty file.
-    pub(crate) async fn reader(&self) -> Result<Connection, StoreError> {
-        let db = self
-            .db
-            .read()
-            .connect()
-            .map_err(StoreError::db("connect"))?;
+    pub(crate) async fn reader(&self) -> Result<conn::Conn, StoreError> {
+        let database = self.db.read().clone();
+        let db = database.connect().map_err(StoreError::db("connect"))?;
         if let Location::File(path) = &self.location {
             if !path.exists() {
                 return Err(StoreError::Gone {
@@ -299,7 +305,10 @@ impl Store {
         Self::configure(&db, &self.location, self.busy_timeout).await?;
         // Inside a gated read, its deadline may interrupt this connection.
         let _ = READ.try_with(|watch| watch.conns.lock().push(db.clone()));
-        Ok(db)
+        Ok(conn::Conn::new(
+            db,
+            (!self.location.is_local()).then_some(database),
+        ))
     }
 
     async fn configure(

@@ -5,9 +5,10 @@
 //! rows are one query path; what one means the other must (a tag filter on raw rows and on
 //! rollups, a row decoded the same way on every tier).
 
+use crate::conn::Conn;
 use crate::row::series_key;
 use crate::{Store, StoreError, StoredRow};
-use libsql::{params::IntoParams, Connection, Row, Value};
+use libsql::{params::IntoParams, Row, Value};
 use luametrics_model::{Kind, MetricType, Tags};
 use luametrics_sketch::{Sketch, Summary};
 use serde::{Deserialize, Serialize};
@@ -187,7 +188,7 @@ pub struct NameInfo {
 }
 
 pub(crate) async fn scalar_i64(
-    conn: &Connection,
+    conn: &Conn,
     sql: &str,
     params: impl IntoParams,
 ) -> Result<i64, StoreError> {
@@ -206,6 +207,9 @@ pub(crate) async fn scalar_i64(
         None => Ok(0),
     }
 }
+
+/// Per group (the `group_by` tag's value), per bucket start: the bucket's summary.
+type Groups = BTreeMap<Option<String>, BTreeMap<i64, Summary>>;
 
 pub(crate) const ROW_COLUMNS: &str =
     "id, name, tenant_id, metric_type, kind, tags, source, timestamp, window_ms, samples, sum, min, max, last, last_ts, sketch";
@@ -342,7 +346,7 @@ impl Store {
 
     async fn find_raw(
         &self,
-        conn: &Connection,
+        conn: &Conn,
         q: &FindQuery,
         above_id: Option<i64>,
     ) -> Result<Vec<StoredRow>, StoreError> {
@@ -385,58 +389,8 @@ impl Store {
                 )));
             }
             let tier = Tier::for_step(q.step_ms);
-            let reader = self.reader().await?;
-            // One read transaction: the watermark, the rollups and the raw rows above it are
-            // read from one snapshot, so a rollup or retention committed meanwhile by another
-            // instance cannot make a row count twice or not at all.
-            let conn = reader
-                .transaction()
-                .await
-                .map_err(StoreError::db("begin a read transaction"))?;
-            let mut groups: BTreeMap<Option<String>, BTreeMap<i64, Summary>> = BTreeMap::new();
-            if tier == Tier::Raw {
-                self.scan(
-                    &conn,
-                    q,
-                    "metrics",
-                    "timestamp",
-                    q.find.from_ms,
-                    None,
-                    None,
-                    &mut groups,
-                )
-                .await?;
-            } else {
-                // Rows that the rollup job has not folded in yet are read raw, so answers are fresh
-                // and nothing is counted twice.
-                let watermark = crate::rollup::watermark(&conn).await?;
-                // A rollup bucket that starts before `from` may hold points inside the range only if
-                // `from` is not aligned; align the rollup read to the bucket grid.
-                let bucket = if tier == Tier::Day { DAY_MS } else { HOUR_MS };
-                let aligned = q.find.from_ms.div_euclid(bucket) * bucket;
-                self.scan(
-                    &conn,
-                    q,
-                    "metric_rollups",
-                    "bucket_start",
-                    aligned,
-                    tier.resolution(),
-                    None,
-                    &mut groups,
-                )
-                .await?;
-                self.scan(
-                    &conn,
-                    q,
-                    "metrics",
-                    "timestamp",
-                    q.find.from_ms,
-                    None,
-                    Some(watermark),
-                    &mut groups,
-                )
-                .await?;
-            }
+            let groups =
+                crate::conn::retry_interrupted(|| self.aggregate_snapshot(q, tier)).await?;
             let series = groups
                 .into_iter()
                 .map(|(group, buckets)| Series {
@@ -452,6 +406,67 @@ impl Store {
         .await
     }
 
+    /// The buckets of an aggregate, read in one read transaction: the watermark, the rollups
+    /// and the raw rows above it come from one snapshot, so a rollup or retention committed
+    /// meanwhile by another instance cannot make a row count twice or not at all.
+    async fn aggregate_snapshot(
+        &self,
+        q: &AggregateQuery,
+        tier: Tier,
+    ) -> Result<Groups, StoreError> {
+        let reader = self.reader().await?;
+        let tx = reader
+            .transaction()
+            .await
+            .map_err(StoreError::db("begin a read transaction"))?;
+        let conn = Conn::on_one_stream((*tx).clone());
+        let mut groups = Groups::new();
+        if tier == Tier::Raw {
+            self.scan(
+                &conn,
+                q,
+                "metrics",
+                "timestamp",
+                q.find.from_ms,
+                None,
+                None,
+                &mut groups,
+            )
+            .await?;
+        } else {
+            // Rows that the rollup job has not folded in yet are read raw, so answers are fresh
+            // and nothing is counted twice.
+            let watermark = crate::rollup::watermark(&conn).await?;
+            // A rollup bucket that starts before `from` may hold points inside the range only if
+            // `from` is not aligned; align the rollup read to the bucket grid.
+            let bucket = if tier == Tier::Day { DAY_MS } else { HOUR_MS };
+            let aligned = q.find.from_ms.div_euclid(bucket) * bucket;
+            self.scan(
+                &conn,
+                q,
+                "metric_rollups",
+                "bucket_start",
+                aligned,
+                tier.resolution(),
+                None,
+                &mut groups,
+            )
+            .await?;
+            self.scan(
+                &conn,
+                q,
+                "metrics",
+                "timestamp",
+                q.find.from_ms,
+                None,
+                Some(watermark),
+                &mut groups,
+            )
+            .await?;
+        }
+        Ok(groups)
+    }
+
     /// Folds one table's matching rows into per-group, per-bucket summaries. Sums, counts,
     /// minima and maxima are aggregated by SQLite (a few rows come back); `last` and
     /// percentiles read each row's summary (and sketch) and merge here. Rows are chosen by
@@ -460,14 +475,14 @@ impl Store {
     #[allow(clippy::too_many_arguments)]
     async fn scan(
         &self,
-        conn: &Connection,
+        conn: &Conn,
         q: &AggregateQuery,
         table: &str,
         time_col: &str,
         from_ms: i64,
         resolution: Option<&str>,
         above_id: Option<i64>,
-        groups: &mut BTreeMap<Option<String>, BTreeMap<i64, Summary>>,
+        groups: &mut Groups,
     ) -> Result<(), StoreError> {
         let group_expr = match q.group_by.as_deref() {
             None => "NULL".to_string(),

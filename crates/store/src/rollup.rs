@@ -2,9 +2,10 @@
 //! instances may run them at once) and retention in bounded batches (docs/data-model.md).
 
 use crate::batch::{literal, Insert};
+use crate::conn::Conn;
 use crate::query::{decode_row, scalar_i64, DAY_MS, HOUR_MS, ROW_COLUMNS};
 use crate::{Store, StoreError, StoredRow};
-use libsql::{Connection, Value};
+use libsql::Value;
 use luametrics_model::canonical_tags;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -96,7 +97,7 @@ pub struct RetentionReport {
     pub traces_deleted: u64,
 }
 
-pub(crate) async fn watermark(conn: &Connection) -> Result<i64, StoreError> {
+pub(crate) async fn watermark(conn: &Conn) -> Result<i64, StoreError> {
     scalar_i64(
         conn,
         "SELECT COALESCE((SELECT value FROM rollup_state WHERE key = ?1), 0)",
@@ -415,7 +416,7 @@ impl Store {
 
 /// Merges into each bucket what earlier runs stored for it, reading the existing rollup rows a
 /// few hundred keys per query (one round trip each on a remote server, not one per bucket).
-async fn merge_existing(conn: &Connection, buckets: &mut Buckets) -> Result<(), StoreError> {
+async fn merge_existing(conn: &Conn, buckets: &mut Buckets) -> Result<(), StoreError> {
     let keys: Vec<(&'static str, String, i64)> = buckets.keys().cloned().collect();
     let columns = ROW_COLUMNS.replace("timestamp, window_ms", "bucket_start, 0");
     for chunk in keys.chunks(MERGE_KEYS_PER_QUERY) {

@@ -1,8 +1,8 @@
 //! The versioned migrations, applied in order at start (one transactional batch per version
 //! that claims it first, so instances starting together against one server all start).
 
+use crate::conn::Conn;
 use crate::StoreError;
-use libsql::Connection;
 
 /// Versioned migrations, applied in order, each in its own transaction. Append only: a released
 /// migration is never edited.
@@ -183,7 +183,7 @@ pub(crate) fn latest_version() -> i64 {
     MIGRATIONS.last().map_or(0, |m| m.0)
 }
 
-pub(crate) async fn migrate(conn: &Connection) -> Result<(), StoreError> {
+pub(crate) async fn migrate(conn: &Conn) -> Result<(), StoreError> {
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version INTEGER PRIMARY KEY,
