@@ -897,3 +897,61 @@ async fn random_arguments_never_break_the_helpers_and_accounting_is_exact() {
         .sum();
     assert_eq!(total, points);
 }
+
+// Found by an adversary: a gauge at 1e308 twice in one execution and at -1e308 twice in the
+// next made the window's sum +inf + -inf = NaN, stored as NULL: the flush failed on NOT NULL and
+// was retried for good, holding every tenant's points back. Sums saturate instead; every flush,
+// rollup and query goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_at_the_edge_of_f64_never_stop_the_flush() {
+    let (_dir, store, svc) = service(Limits::default()).await;
+    let pool = pool(Arc::new(svc.clone()), EngineSettings::default(), 1);
+    let edge = |sign: &str| {
+        Script::new(
+            "edge.lua",
+            format!(
+                r#"local m = helpers.metrics
+                for _ = 1, 2 do
+                  assert(m.gauge("poison.g", {sign}1e308))
+                  assert(m.histogram("poison.h", {sign}1e308))
+                end
+                assert(m.count("poison.c", 1e308))
+                assert(m.count("poison.c", 1e308))
+                return true"#
+            ),
+        )
+    };
+    for sign in ["", "-", "", "-"] {
+        let ex = run(&pool, &edge(sign), "acme").await;
+        assert_eq!(ex.result, Ok(json!(true)));
+    }
+    // A point of another tenant after them is written too.
+    let calm = Script::new("calm.lua", r#"return helpers.metrics.count("calm.c", 1)"#);
+    run(&pool, &calm, "calm").await;
+    svc.flush().await.unwrap();
+    let stored = |name: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .find_metrics(&FindQuery {
+                    name: name.into(),
+                    from_ms: i64::MIN,
+                    to_ms: i64::MAX,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    for name in ["poison.g", "poison.h", "poison.c"] {
+        let rows = stored(name).await;
+        assert!(!rows.is_empty(), "{name}");
+        assert!(rows.iter().all(|r| r.summary.sum.is_finite()), "{name}");
+    }
+    assert_eq!(stored("calm.c").await.len(), 1);
+    let report = store
+        .retention(&luametrics_store::Retention::default(), svc.now_ms())
+        .await
+        .unwrap();
+    assert_eq!(report.rollup_error, None);
+}

@@ -89,7 +89,7 @@ pub(crate) async fn query(a: QueryArgs) -> Result<ExitCode, CliError> {
             name: a.name.clone(),
             // Include the bucket that holds `to`.
             from_ms: from,
-            to_ms: to + 1,
+            to_ms: to.saturating_add(1),
             tenant: a.tenant,
             metric_type,
             filters: Default::default(),
@@ -139,5 +139,9 @@ pub(crate) async fn retention(config: Option<PathBuf>) -> Result<ExitCode, CliEr
         "rolled up {} raw rows into {} rollup rows (watermark {}); deleted raw {}, hourly {}, daily {}, traces {}",
         r.rollup.raw_rows, r.rollup.rollup_rows, r.rollup.watermark, r.raw_deleted, r.hourly_deleted, r.daily_deleted, r.traces_deleted
     );
+    if let Some(e) = r.rollup_error {
+        eprintln!("error: the rollup failed (deletions went on without it): {e}");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -16,7 +16,9 @@ pub fn esc(s: &str) -> String {
 
 fn fmt_value(v: f64) -> String {
     let a = v.abs();
-    if a >= 1e6 {
+    if a >= 1e15 {
+        format!("{v:.1e}")
+    } else if a >= 1e6 {
         format!("{:.1}M", v / 1e6)
     } else if a >= 1e3 {
         format!("{:.1}k", v / 1e3)
@@ -66,10 +68,18 @@ pub fn lines(
     let max = series
         .iter()
         .flat_map(|(_, p)| p.iter().map(|x| x.1))
+        .filter(|v| v.is_finite())
         .fold(0.0f64, f64::max);
-    let max = if max > 0.0 { max * 1.1 } else { 1.0 };
-    let span = (to - from).max(1);
-    let x = |t: i64| left + (w - left - right) * ((t - from) as f64 / span as f64).clamp(0.0, 1.0);
+    // Headroom above the highest point, within f64's range (a saturated sum is f64::MAX).
+    let max = if max > 0.0 {
+        (max * 1.1).min(f64::MAX)
+    } else {
+        1.0
+    };
+    let span = to.saturating_sub(from).max(1);
+    let x = |t: i64| {
+        left + (w - left - right) * ((t as f64 - from as f64) / span as f64).clamp(0.0, 1.0)
+    };
     let y = |v: f64| h - bottom - (h - top - bottom) * (v / max).clamp(0.0, 1.0);
     let mut s = String::new();
     let _ = write!(s, "<svg class=\"chart\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{}\">", esc(title));
@@ -97,7 +107,7 @@ pub fn lines(
         );
     }
     for i in 0..=4 {
-        let t = from + span * i / 4;
+        let t = from.saturating_add((span as i128 * i as i128 / 4) as i64);
         let _ = write!(
             s,
             "<text x=\"{:.1}\" y=\"{}\" class=\"tick\" text-anchor=\"middle\">{}</text>",

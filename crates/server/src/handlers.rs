@@ -338,7 +338,7 @@ pub(crate) async fn query(
         find: FindQuery {
             name: p.name.clone(),
             from_ms: from,
-            to_ms: to + 1,
+            to_ms: to.saturating_add(1),
             tenant: p.tenant,
             metric_type,
             filters: parse_filters(p.filter.as_deref())?,
@@ -434,7 +434,7 @@ pub(crate) async fn tenant_usage(
             find: FindQuery {
                 name: "luametrics.tenant.points.count".into(),
                 from_ms: from,
-                to_ms: to + 1,
+                to_ms: to.saturating_add(1),
                 tenant: Some(tenant.clone()),
                 metric_type: Some(MetricType::System),
                 filters: [("result".to_string(), result.to_string())].into(),

@@ -24,7 +24,7 @@ const MAX_BINS: usize = 4096;
 const FORMAT_VERSION: u8 = 1;
 
 mod summary;
-pub use summary::Summary;
+pub use summary::{saturate, Summary};
 
 /// Why stored sketch bytes could not be read back.
 #[derive(Debug, thiserror::Error, PartialEq)]

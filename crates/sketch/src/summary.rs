@@ -3,6 +3,19 @@
 
 use crate::{Sketch, SketchError};
 
+/// Keeps a sum inside f64's finite range: past it, the sum stays at the largest finite value of
+/// its sign. An overflowing sum would otherwise become infinite, and two windows that overflowed
+/// in opposite directions would merge to NaN, which SQLite stores as NULL (refused by the
+/// tables' `NOT NULL`: one tenant's values could stop every flush and rollup). NaN, which no
+/// sum of checked values yields, is left for the caller to see.
+pub fn saturate(x: f64) -> f64 {
+    if x.is_nan() {
+        x
+    } else {
+        x.clamp(-f64::MAX, f64::MAX)
+    }
+}
+
 /// Everything kept of a run of points of one series: the recorder folds points into it, the
 /// store writes one per series per window, and queries merge them across windows and tiers.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,8 +52,8 @@ impl Summary {
 
     /// Folds one point in.
     pub fn observe(&mut self, value: f64, ts: i64) {
-        self.samples += 1;
-        self.sum += value;
+        self.samples = self.samples.saturating_add(1);
+        self.sum = saturate(self.sum + saturate(value));
         self.min = self.min.min(value);
         self.max = self.max.max(value);
         if ts >= self.last_ts {
@@ -57,8 +70,9 @@ impl Summary {
         if other.samples == 0 {
             return Ok(());
         }
-        self.samples += other.samples;
-        self.sum += other.sum;
+        self.samples = self.samples.saturating_add(other.samples);
+        // Saturated on both sides: a stored sum may be infinite (written before sums saturated).
+        self.sum = saturate(self.sum + saturate(other.sum));
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
         if other.last_ts >= self.last_ts {
@@ -121,5 +135,27 @@ mod tests {
         assert_eq!((a.min, a.max, a.last), (1.0, 9.0, 4.0));
         assert_eq!(a.sketch, all.sketch);
         assert_eq!(a.mean(), 26.0 / 6.0);
+    }
+
+    #[test]
+    fn sums_saturate_so_opposite_overflows_merge_to_a_number() {
+        let mut up = Summary::new(false);
+        up.observe(1e308, 1);
+        up.observe(1e308, 2);
+        assert_eq!(up.sum, f64::MAX);
+        let mut down = Summary::new(false);
+        down.observe(-1e308, 3);
+        down.observe(-1e308, 4);
+        assert_eq!(down.sum, -f64::MAX);
+        up.merge(&down).unwrap();
+        assert_eq!((up.samples, up.sum), (4, 0.0));
+        // A stored infinite sum (written before sums saturated) merges like the largest one.
+        let mut legacy = Summary::new(false);
+        legacy.observe(1.0, 5);
+        legacy.sum = f64::NEG_INFINITY;
+        let mut m = Summary::new(false);
+        m.observe(f64::MAX, 6);
+        m.merge(&legacy).unwrap();
+        assert!(m.sum.is_finite());
     }
 }

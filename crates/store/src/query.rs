@@ -382,7 +382,9 @@ impl Store {
             if q.find.to_ms <= q.find.from_ms {
                 return Err(StoreError::InvalidQuery("`to` must be after `from`".into()));
             }
-            let buckets = (q.find.to_ms - q.find.from_ms) / q.step_ms;
+            // In i128: `to - from` of two i64 timestamps may not fit an i64.
+            let buckets =
+                (i128::from(q.find.to_ms) - i128::from(q.find.from_ms)) / i128::from(q.step_ms);
             if buckets > 100_000 {
                 return Err(StoreError::InvalidQuery(format!(
                     "{buckets} buckets requested; at most 100000 (use a larger step)"
@@ -398,6 +400,8 @@ impl Store {
                     points: buckets
                         .into_iter()
                         .filter_map(|(t, s)| q.agg.compute(&s, q.step_ms).map(|v| (t, v)))
+                        // A bucket whose sum overflowed both ways has no number to show.
+                        .filter(|(_, v)| !v.is_nan())
                         .collect(),
                 })
                 .collect();
@@ -440,7 +444,7 @@ impl Store {
             // A rollup bucket that starts before `from` may hold points inside the range only if
             // `from` is not aligned; align the rollup read to the bucket grid.
             let bucket = if tier == Tier::Day { DAY_MS } else { HOUR_MS };
-            let aligned = q.find.from_ms.div_euclid(bucket) * bucket;
+            let aligned = q.find.from_ms.div_euclid(bucket).saturating_mul(bucket);
             self.scan(
                 &conn,
                 q,
@@ -574,14 +578,18 @@ impl Store {
             };
             let summary = Summary {
                 samples: num(v(2)?)? as u64,
-                sum: num(v(3)?)?,
+                // SQL's SUM of two overflowing sums of opposite signs is NaN, returned as NULL.
+                sum: match v(3)? {
+                    Value::Null => f64::NAN,
+                    other => num(other)?,
+                },
                 min: num(v(4)?)?,
                 max: num(v(5)?)?,
                 last: num(v(6)?)?,
                 last_ts: num(v(7)?)? as i64,
                 sketch,
             };
-            let start = t.div_euclid(q.step_ms) * q.step_ms;
+            let start = t.div_euclid(q.step_ms).saturating_mul(q.step_ms);
             groups
                 .entry(group)
                 .or_default()

@@ -95,6 +95,9 @@ pub struct RetentionReport {
     pub daily_deleted: u64,
     /// Traces deleted (their spans go with them).
     pub traces_deleted: u64,
+    /// Why the rollup failed, when it did: retention went on without it (raw rows only up to
+    /// the watermark it left), so one bad row cannot stop every deletion for good.
+    pub rollup_error: Option<String>,
 }
 
 pub(crate) async fn watermark(conn: &Conn) -> Result<i64, StoreError> {
@@ -264,10 +267,10 @@ impl Store {
                 Value::Text(canonical_tags(&b.row.tags)),
                 b.row.source.clone().map_or(Value::Null, Value::Text),
                 Value::Integer(s.samples as i64),
-                Value::Real(s.sum),
-                Value::Real(s.min),
-                Value::Real(s.max),
-                Value::Real(s.last),
+                crate::write::real(s.sum),
+                crate::write::real(s.min),
+                crate::write::real(s.max),
+                crate::write::real(s.last),
                 Value::Integer(s.last_ts),
                 s.sketch
                     .as_ref()
@@ -322,7 +325,23 @@ impl Store {
     ) -> Result<RetentionReport, StoreError> {
         self.off_worker_steps(async {
             policy.validate()?;
-            let rollup = self.rollup().await?;
+            let (rollup, rollup_error) = match self.rollup().await {
+                Ok(r) => (r, None),
+                Err(e) => {
+                    // Deleting raw rows up to the watermark a failed rollup left deletes only
+                    // rows folded in already.
+                    let watermark = self
+                        .bounded("reading the rollup watermark", async {
+                            watermark(&self.reader().await?).await
+                        })
+                        .await?;
+                    let report = RollupReport {
+                        watermark,
+                        ..RollupReport::default()
+                    };
+                    (report, Some(e.to_string()))
+                }
+            };
             let horizon = |days: u32| now_ms - i64::from(days) * DAY_MS;
             let batch = i64::from(policy.batch);
             let raw_deleted = self
@@ -380,6 +399,7 @@ impl Store {
                 hourly_deleted,
                 daily_deleted,
                 traces_deleted,
+                rollup_error,
             })
         })
         .await

@@ -20,12 +20,24 @@ fn opt(v: Option<&str>) -> Value {
     v.map_or(Value::Null, |s| Value::Text(s.to_string()))
 }
 
+/// A number for a `NOT NULL` REAL column: finite whatever reaches it (SQLite stores NaN as
+/// NULL, which would fail the whole all-or-nothing flush and hold every tenant's rows back; an
+/// infinite value would turn a later SQL `SUM` into NaN). Summaries saturate their sums already;
+/// this is the last line, for a value that escaped that.
+pub(crate) fn real(x: f64) -> Value {
+    Value::Real(if x.is_nan() {
+        0.0
+    } else {
+        luametrics_sketch::saturate(x)
+    })
+}
+
 pub(crate) fn metric_params<R: RowData + ?Sized>(row: &R) -> Vec<Value> {
     let [service, route_id, client_id, status] = row.first_class();
     let s = row.summary();
     vec![
         Value::Text(row.name().to_string()),
-        Value::Real(row.value()),
+        real(row.value()),
         Value::Text(canonical_tags(row.tags())),
         Value::Text(row.metric_type().as_str().to_string()),
         Value::Integer(row.timestamp_ms()),
@@ -38,10 +50,10 @@ pub(crate) fn metric_params<R: RowData + ?Sized>(row: &R) -> Vec<Value> {
         opt(row.source()),
         Value::Integer(row.window_ms()),
         Value::Integer(s.samples as i64),
-        Value::Real(s.sum),
-        Value::Real(s.min),
-        Value::Real(s.max),
-        Value::Real(s.last),
+        real(s.sum),
+        real(s.min),
+        real(s.max),
+        real(s.last),
         Value::Integer(s.last_ts),
         s.sketch
             .as_ref()

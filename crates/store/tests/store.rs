@@ -701,3 +701,135 @@ async fn reads_are_stopped_past_their_timeout_and_take_turns() {
         assert_eq!(r.await.unwrap(), 20_000);
     }
 }
+
+/// Runs SQL straight on the store's file (rows as an older version, or a fault, left them).
+async fn raw_sql(dir: &tempfile::TempDir, sql: &str) {
+    let db = libsql::Builder::new_local(dir.path().join("m.db"))
+        .build()
+        .await
+        .unwrap();
+    db.connect().unwrap().execute_batch(sql).await.unwrap();
+}
+
+fn sum_query(from: i64, to: i64, agg: Agg, step_ms: i64) -> AggregateQuery {
+    AggregateQuery {
+        find: find("poison.g", from, to),
+        agg,
+        step_ms,
+        group_by: None,
+    }
+}
+
+// A tenant's values overflowing a sum one way in one window and the other way in another used
+// to make NaN (stored as NULL: every later flush failed on NOT NULL), infinite sums in rollups
+// (NaN again: every retention failed), and SQL sums that read back as corrupt rows.
+#[tokio::test]
+async fn overflowing_sums_never_stop_a_flush_a_rollup_or_a_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let up = row("poison.g", Kind::Gauge, &[], 0, &[1e308, 1e308]);
+    let down = row("poison.g", Kind::Gauge, &[], 10_000, &[-1e308, -1e308]);
+    assert_eq!((up.summary.sum, down.summary.sum), (f64::MAX, -f64::MAX));
+    // Values that escaped the summaries' saturation are still written as numbers.
+    let mut nan = row("poison.g", Kind::Gauge, &[], 20_000, &[1.0]);
+    nan.summary.sum = f64::NAN;
+    let mut inf = row("poison.g", Kind::Gauge, &[], 30_000, &[1.0]);
+    inf.summary.sum = f64::INFINITY;
+    store.create_batch(&[up, down, nan, inf]).await.unwrap();
+    let sums: Vec<f64> = store
+        .find_metrics(&find("poison.g", 0, 40_000))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.summary.sum)
+        .collect();
+    assert!(sums.iter().all(|s| s.is_finite()), "{sums:?}");
+
+    // Rows an older version wrote with infinite sums of both signs.
+    raw_sql(
+        &dir,
+        "UPDATE metrics SET sum = 9e999 WHERE timestamp = 0;
+         UPDATE metrics SET sum = -9e999 WHERE timestamp = 10000;",
+    )
+    .await;
+    for agg in [Agg::Sum, Agg::Avg, Agg::Max, Agg::Count] {
+        let (series, _) = store
+            .aggregate(&sum_query(0, 40_000, agg, 60_000))
+            .await
+            .unwrap();
+        assert!(
+            series.iter().flat_map(|s| &s.points).all(|p| !p.1.is_nan()),
+            "{agg:?}: {series:?}"
+        );
+    }
+    let report = store
+        .retention(&Retention::default(), 86_400_000)
+        .await
+        .unwrap();
+    assert_eq!(report.rollup_error, None);
+    assert_eq!(report.rollup.raw_rows, 4);
+    // Hourly rollups now hold the folded rows; their sums are numbers.
+    let (series, tier) = store
+        .aggregate(&sum_query(0, HOUR, Agg::Sum, HOUR))
+        .await
+        .unwrap();
+    assert_eq!(tier, Tier::Hour);
+    let points: Vec<f64> = series.iter().flat_map(|s| &s.points).map(|p| p.1).collect();
+    assert_eq!(points.len(), 1);
+    assert!(points[0].is_finite(), "{points:?}");
+}
+
+// A rollup that cannot finish (a damaged row) must not stop retention: old traces and rollups
+// still go, raw rows only up to the watermark (so nothing unfolded is deleted), and the report
+// says why the rollup failed.
+#[tokio::test]
+async fn retention_goes_on_without_a_failed_rollup_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let now = 1_800_000_000_000i64;
+    let old = now - 40 * DAY;
+    store
+        .create_batch(&[row("a.b", Kind::Histogram, &[], old, &[1.0])])
+        .await
+        .unwrap();
+    store.rollup().await.unwrap();
+    // A newer raw row whose sketch is damaged: the rollup cannot fold it.
+    store
+        .create_batch(&[row("a.b", Kind::Histogram, &[], old + HOUR, &[2.0])])
+        .await
+        .unwrap();
+    raw_sql(
+        &dir,
+        &format!(
+            "UPDATE metrics SET sketch = x'ff00' WHERE timestamp = {}",
+            old + HOUR
+        ),
+    )
+    .await;
+    let trace = TraceRecord {
+        id: "t-old".into(),
+        pipeline_id: "p".into(),
+        trigger_event: "user.login".into(),
+        tenant: "acme".into(),
+        status: "ok".into(),
+        decision: "allow".into(),
+        reason: None,
+        started_at_ms: now - 8 * DAY,
+        total_ms: 1.0,
+        wait_ms: 0.0,
+        script_ms: 1.0,
+        helpers_ms: 0.0,
+        overhead_ms: 0.0,
+        error: None,
+        warnings: vec![],
+        spans: vec![],
+    };
+    store.insert_traces(&[trace]).await.unwrap();
+    let report = store.retention(&Retention::default(), now).await.unwrap();
+    let why = report.rollup_error.expect("the rollup failed");
+    assert!(why.contains("corrupt"), "{why}");
+    assert_eq!(report.traces_deleted, 1);
+    // The folded row went; the unfolded one stays for a rollup that can read it.
+    assert_eq!(report.raw_deleted, 1);
+    assert_eq!(store.count_rows().await.unwrap(), 1);
+}
