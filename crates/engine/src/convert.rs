@@ -242,7 +242,7 @@ impl FromLua {
                     Key::Int(i) => format!("{}[{i}]", at()),
                     Key::Float(f) => format!("{}[{f}]", at()),
                     Key::Bool(b) => format!("{}[{b}]", at()),
-                    Key::Str(s) => format!("{}.{s}", at()),
+                    Key::Str(s) => format!("{}.{}", at(), short(s)),
                 };
                 let value = self.value(l, v, &child)?;
                 entries.push((key, value));
@@ -304,4 +304,18 @@ unsafe fn type_name(l: *mut ffi::lua_State, t: c_int) -> String {
             .to_string_lossy()
             .into_owned()
     }
+}
+
+/// A key as an error message shows it: at most 64 bytes (cut on a character boundary), so a
+/// script's megabyte-long key cannot make every trace of its errors megabytes long.
+fn short(s: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return s.into();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end]).into()
 }

@@ -616,7 +616,8 @@ impl Engine {
         .convert(&self.lua, first, "result")
         .map_err(|problem| ScriptError::InvalidResult {
             script: script.id().to_string(),
-            problem,
+            // Names the script's own keys: bounded and printable like any script text.
+            problem: bounded_text(&printable(&problem), MAX_LINE_BYTES),
         })
     }
 
