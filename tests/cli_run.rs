@@ -166,6 +166,8 @@ fn malformed_lines_are_reported_with_their_number_and_skipped() {
         r#"{"trigger":"token.issue","event":{}}"#,
         "",
         r#"{"trigger":"no.such.trigger","tenant":"t1","event":{}}"#,
+        // Parses, but cannot start: counted by its own code, not as an unknown trigger.
+        r#"{"trigger":"token.issue","tenant":"","event":{}}"#,
         good,
     ]
     .join("\n");
@@ -180,9 +182,48 @@ fn malformed_lines_are_reported_with_their_number_and_skipped() {
         "{err}"
     );
     assert_eq!(s["malformed_lines"], 2);
-    assert_eq!(s["events"], 4);
+    assert_eq!(s["events"], 5);
     assert_eq!(s["unknown_trigger"], 1);
+    assert_eq!(s["not_started"], serde_json::json!({"invalid_tenant": 1}));
     assert_eq!(s["executions_by_status"]["ok"], 3);
+}
+
+// Adversary round 5: an endless input file was read until memory ran out, and a huge
+// --concurrency spawned tasks until it did.
+#[test]
+fn endless_inputs_and_huge_concurrency_end_with_a_clear_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = luametrics(dir.path(), &["run", "/dev/zero"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/dev/zero") && err.contains("larger than"),
+        "{err}"
+    );
+    let script = dir.path().join("s.lua");
+    std::fs::write(&script, "return 1").unwrap();
+    for args in [
+        vec!["check", "/dev/zero"],
+        vec!["check", script.to_str().unwrap(), "--event", "/dev/zero"],
+    ] {
+        let out = luametrics(dir.path(), &args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("larger than"), "{args:?}: {err}");
+    }
+    let events = gen(dir.path(), 20);
+    let out = luametrics(
+        dir.path(),
+        &[
+            "run",
+            events.to_str().unwrap(),
+            "--concurrency",
+            "18446744073709551615",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(summary(&out)["events"], 20);
 }
 
 #[test]

@@ -55,6 +55,19 @@ async fn every_error_of_the_api_is_one_type_with_a_kind() {
     assert_eq!(unknown.unwrap_err().kind(), ErrorKind::UnknownTrigger);
     let empty = rt.execute("user.login", " ", login()).await;
     assert_eq!(empty.unwrap_err().kind(), ErrorKind::InvalidTenant);
+    // A tenant id keys per-tenant state and is stored in every trace: bounded like the read
+    // tokens that name it, and printable (adversary round 5).
+    for tenant in ["t".repeat(257), "a\u{0}b".to_string(), "a\nb".to_string()] {
+        let e = rt
+            .execute("user.login", &tenant, login())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidTenant, "{tenant:?}");
+    }
+    assert!(rt
+        .execute("user.login", &"t".repeat(256), login())
+        .await
+        .is_ok());
     let bad_db = Runtime::builder()
         .database_path(dir.path().join("no-such-dir").join("x").join("rt.db"))
         .pipelines(format!("{}/lua/pipelines.toml", env!("CARGO_MANIFEST_DIR")))

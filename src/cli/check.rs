@@ -7,13 +7,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// Largest event or context file `check` reads (an event past the engine's memory limit fails
+/// in the engine anyway; this bounds what an endless file such as `/dev/zero` costs).
+const MAX_JSON_BYTES: u64 = 64 * 1024 * 1024;
+
 pub(crate) fn read_json(path: &Option<PathBuf>) -> Result<serde_json::Value, CliError> {
     let Some(path) = path else {
         return Ok(serde_json::json!({}));
     };
-    let text = std::fs::read_to_string(path).map_err(|source| CliError::Read {
-        path: path.display().to_string(),
-        source,
+    let text = luametrics::engine::read_text_bounded(path, MAX_JSON_BYTES).map_err(|source| {
+        CliError::Read {
+            path: path.display().to_string(),
+            source,
+        }
     })?;
     serde_json::from_str(&text).map_err(|source| CliError::Json {
         path: path.display().to_string(),

@@ -25,6 +25,7 @@ struct Collected {
     by_status: BTreeMap<String, u64>,
     by_decision: BTreeMap<String, u64>,
     unknown_trigger: u64,
+    not_started: BTreeMap<String, u64>,
     total: Vec<f64>,
     script: Vec<f64>,
     overhead: Vec<f64>,
@@ -63,6 +64,9 @@ struct Summary {
     events: u64,
     malformed_lines: u64,
     unknown_trigger: u64,
+    /// Events whose execution could not start for another reason, by error code (an empty
+    /// tenant, say).
+    not_started: BTreeMap<String, u64>,
     /// Executions refused for their tenant's engine-time budget, then retried after the wait
     /// the refusal named.
     throttled_retries: u64,
@@ -88,16 +92,22 @@ struct Summary {
     database: String,
 }
 
+/// Largest events file `run` reads into memory (split bigger replays into several files).
+const MAX_EVENTS_BYTES: u64 = 256 * 1024 * 1024;
+
 pub(crate) async fn run(
     events: PathBuf,
     config: Option<PathBuf>,
     concurrency: usize,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let text = std::fs::read_to_string(&events).map_err(|source| CliError::Read {
-        path: events.display().to_string(),
-        source,
-    })?;
+    let text =
+        luametrics::engine::read_text_bounded(&events, MAX_EVENTS_BYTES).map_err(|source| {
+            CliError::Read {
+                path: events.display().to_string(),
+                source,
+            }
+        })?;
     let config = Config::load(config.as_deref())?;
     let database = config.database.url.clone();
     let runtime = Arc::new(Runtime::start(config).await?);
@@ -136,7 +146,9 @@ pub(crate) async fn run(
     ));
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut workers = Vec::new();
-    for _ in 0..concurrency.max(1) {
+    // More workers than events would only wait for nothing (and a huge --concurrency would
+    // spawn tasks until memory ran out).
+    for _ in 0..concurrency.clamp(1, (n as usize).max(1)) {
         let (runtime, queue, done, bar) =
             (runtime.clone(), queue.clone(), done.clone(), bar.clone());
         workers.push(tokio::spawn(async move {
@@ -177,7 +189,17 @@ pub(crate) async fn run(
                             .entry(job.tenant.clone())
                             .or_default() += points;
                     }
-                    Err(_) => c.unknown_trigger += 1,
+                    Err(luametrics::Error::Execute(
+                        luametrics::pipeline::ExecuteError::UnknownTrigger(_),
+                    )) => c.unknown_trigger += 1,
+                    Err(luametrics::Error::Execute(e)) => {
+                        *c.not_started.entry(e.code().to_string()).or_default() += 1
+                    }
+                    Err(e) => {
+                        *c.not_started
+                            .entry(format!("{:?}", e.kind()).to_lowercase())
+                            .or_default() += 1
+                    }
                 }
                 let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 match &bar {
@@ -210,6 +232,9 @@ pub(crate) async fn run(
             *all.user_points_by_tenant.entry(k).or_default() += v;
         }
         all.unknown_trigger += c.unknown_trigger;
+        for (k, v) in c.not_started {
+            *all.not_started.entry(k).or_default() += v;
+        }
         all.throttled += c.throttled;
         all.total.extend(c.total);
         all.script.extend(c.script);
@@ -230,6 +255,7 @@ pub(crate) async fn run(
         events: n,
         malformed_lines: malformed,
         unknown_trigger: all.unknown_trigger,
+        not_started: all.not_started,
         throttled_retries: all.throttled,
         executions_by_status: all.by_status,
         executions_by_decision: all.by_decision,
@@ -283,10 +309,12 @@ fn print_summary(s: &Summary) {
     );
     println!("  executions     {}", map(&s.executions_by_status));
     println!("  decisions      {}", map(&s.executions_by_decision));
-    if s.malformed_lines > 0 || s.unknown_trigger > 0 {
+    if s.malformed_lines > 0 || s.unknown_trigger > 0 || !s.not_started.is_empty() {
         println!(
-            "  skipped        malformed lines={}, unknown trigger={}",
-            s.malformed_lines, s.unknown_trigger
+            "  skipped        malformed lines={}, unknown trigger={}, not started: {}",
+            s.malformed_lines,
+            s.unknown_trigger,
+            map(&s.not_started)
         );
     }
     if s.throttled_retries > 0 {

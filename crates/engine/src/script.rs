@@ -4,6 +4,27 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+/// Largest script file read: far above any real script, and a bound on what a path such as
+/// `/dev/zero` (endless) can make the host read into memory.
+pub const MAX_SCRIPT_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads a UTF-8 text file of at most `max` bytes: a larger or endless file is an
+/// `InvalidData` error naming the bound, after reading at most `max + 1` bytes.
+pub fn read_text_bounded(path: &std::path::Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(max.saturating_add(1))
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
 /// A tenant script: an id for errors and metrics, and its source. Engines cache the compiled
 /// function by content hash, so an edited script (a new `Script`) compiles on next use.
 #[derive(Debug, Clone)]
@@ -26,9 +47,9 @@ impl Script {
         }
     }
 
-    /// Reads a script file; the id is the file name.
+    /// Reads a script file (at most [`MAX_SCRIPT_BYTES`]); the id is the file name.
     pub fn from_file(path: &std::path::Path) -> std::io::Result<Self> {
-        let source = std::fs::read_to_string(path)?;
+        let source = read_text_bounded(path, MAX_SCRIPT_BYTES)?;
         let id = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

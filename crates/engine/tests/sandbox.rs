@@ -385,10 +385,16 @@ async fn results_keep_their_shape_and_errors_name_the_path() {
     // A script's own keys in the message are cut short and shown printable (adversary round
     // 5: a megabyte-long key made a 2 MB message, stored in every trace of the error).
     let long = problem(
-        run("return { context = { [string.rep('k', 1000000)] = { [string.rep('€', 50)] = 0/0 } } }").await,
+        run(
+            "return { context = { [string.rep('k', 1000000)] = { [string.rep('€', 50)] = 0/0 } } }",
+        )
+        .await,
     );
     assert!(long.len() <= 1024, "{} bytes", long.len());
-    assert!(long.starts_with(&format!("result.context.{}…", "k".repeat(64))), "{long}");
+    assert!(
+        long.starts_with(&format!("result.context.{}…", "k".repeat(64))),
+        "{long}"
+    );
     let ctl = problem(run(r"return { ['\27[2J\n'] = 0/0 }").await);
     assert!(!ctl.chars().any(|c| c.is_control()), "{ctl:?}");
     let shared = run("local s = { 1 } return { a = s, b = s }").await;

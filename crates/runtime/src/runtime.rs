@@ -93,7 +93,9 @@ impl Error {
             Error::Pool(_) => ErrorKind::Pool,
             Error::Recorder(_) => ErrorKind::Recorder,
             Error::Execute(ExecuteError::UnknownTrigger(_)) => ErrorKind::UnknownTrigger,
-            Error::Execute(ExecuteError::EmptyTenant) => ErrorKind::InvalidTenant,
+            Error::Execute(ExecuteError::EmptyTenant | ExecuteError::InvalidTenant(_)) => {
+                ErrorKind::InvalidTenant
+            }
             Error::Execute(ExecuteError::TenantBudget { .. }) => ErrorKind::TenantBudget,
             Error::Execute(_) => ErrorKind::Execute,
             Error::Closed => ErrorKind::Closed,

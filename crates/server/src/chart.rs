@@ -6,6 +6,21 @@ const COLORS: &[&str] = &[
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
 ];
 
+/// A query parameter's value in an HTML attribute: percent-encoded (every byte but the
+/// unreserved ones, so `&`, `+`, `#` and `%` in a tenant's id or a tag cannot cut or bend the
+/// link), then HTML-escaped (a no-op after encoding, kept so the rule is one call).
+pub fn q(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    esc(&out)
+}
+
 /// Escapes text for HTML and SVG.
 pub fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -197,6 +212,13 @@ pub fn stacked(title: &str, unit: &str, parts: &[&str], rows: &[(String, Vec<f64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_values_are_percent_encoded_then_escaped() {
+        assert_eq!(q("a&b+c#d%e f"), "a%26b%2Bc%23d%25e%20f");
+        assert_eq!(q("€<\"'"), "%E2%82%AC%3C%22%27");
+        assert_eq!(q("plain-name_1.x~"), "plain-name_1.x~");
+    }
 
     #[test]
     fn civil_dates() {

@@ -170,7 +170,9 @@ fn execute_error(e: ExecuteError) -> ApiError {
         e @ ExecuteError::UnknownTrigger(_) => {
             ApiError::new(StatusCode::NOT_FOUND, "unknown_trigger", e.to_string())
         }
-        e @ ExecuteError::EmptyTenant => ApiError::bad_request("invalid_tenant", e.to_string()),
+        e @ (ExecuteError::EmptyTenant | ExecuteError::InvalidTenant(_)) => {
+            ApiError::bad_request("invalid_tenant", e.to_string())
+        }
         ref e @ ExecuteError::TenantBudget {
             ref tenant,
             retry_after_ms,
@@ -478,10 +480,13 @@ pub(crate) async fn mint_tenant_token(
     State(s): State<AppState>,
     ApiPath(tenant): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    if tenant.trim().is_empty() || tenant.len() > 256 {
+    if tenant.trim().is_empty()
+        || tenant.len() > luametrics_pipeline::MAX_TENANT_BYTES
+        || tenant.chars().any(char::is_control)
+    {
         return Err(ApiError::bad_request(
             "invalid_tenant",
-            "a tenant is 1 to 256 bytes",
+            "a tenant is 1 to 256 bytes, without control characters",
         ));
     }
     let token = s.tokens.tenants.mint(s.runtime.store(), &tenant).await?;

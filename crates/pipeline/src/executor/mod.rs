@@ -189,6 +189,9 @@ pub struct Outcome {
     pub nodes: Vec<NodeReport>,
 }
 
+/// Longest tenant id an execution takes (bytes), the bound of tenant read tokens too.
+pub const MAX_TENANT_BYTES: usize = 256;
+
 /// Why an execution could not start.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -199,6 +202,10 @@ pub enum ExecuteError {
     /// The tenant is empty.
     #[error("the tenant must not be empty")]
     EmptyTenant,
+    /// The tenant id is longer than [`MAX_TENANT_BYTES`] or holds control characters: it keys
+    /// per-tenant state and is stored in every trace, and a read token could never name it.
+    #[error("the tenant id {0}")]
+    InvalidTenant(&'static str),
     /// The tenant used its engine-time budget (`pool.tenant_engine_ms_per_s`); nothing ran.
     #[error("tenant `{tenant}` used its engine-time budget; retry in {retry_after_ms} ms")]
     TenantBudget {
@@ -214,7 +221,7 @@ impl ExecuteError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::UnknownTrigger(_) => "unknown_trigger",
-            Self::EmptyTenant => "invalid_tenant",
+            Self::EmptyTenant | Self::InvalidTenant(_) => "invalid_tenant",
             Self::TenantBudget { .. } => "tenant_budget",
         }
     }
@@ -289,6 +296,14 @@ impl Executor {
     ) -> Result<Outcome, ExecuteError> {
         if tenant.trim().is_empty() {
             return Err(ExecuteError::EmptyTenant);
+        }
+        if tenant.len() > MAX_TENANT_BYTES {
+            return Err(ExecuteError::InvalidTenant(
+                "is longer than 256 bytes (the bound read tokens have too)",
+            ));
+        }
+        if tenant.chars().any(char::is_control) {
+            return Err(ExecuteError::InvalidTenant("holds control characters"));
         }
         let pipeline = pipelines
             .for_trigger(trigger)

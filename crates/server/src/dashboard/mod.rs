@@ -3,7 +3,7 @@
 //! internet. Behind the admin token (bearer header, `luametrics_token` cookie set by the login
 //! form, or a `token` query parameter for scripts).
 
-use crate::chart::{esc, lines, stacked};
+use crate::chart::{esc, lines, q, stacked};
 use crate::{AppState, Who};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -176,11 +176,11 @@ impl Ctx<'_> {
     fn json_link(&self, name: &str, agg: &str, group_by: Option<&str>, extra: &str) -> String {
         format!(
             "<a class=\"json\" href=\"/v1/metrics/query?name={}&amp;agg={agg}&amp;from={}&amp;to={}&amp;step={}{}{}\">JSON</a>",
-            esc(name),
+            q(name),
             self.from,
             self.to,
             self.step,
-            group_by.map(|g| format!("&amp;group_by={}", esc(g))).unwrap_or_default(),
+            group_by.map(|g| format!("&amp;group_by={}", q(g))).unwrap_or_default(),
             extra
         )
     }
@@ -230,7 +230,7 @@ async fn chart(ctx: &Ctx<'_>, spec: &ChartSpec) -> Chart {
         }
         let filter_q: String = filters
             .iter()
-            .map(|(k, v)| format!("&amp;filter={}:{}", esc(k), esc(v)))
+            .map(|(k, v)| format!("&amp;filter={}", q(&format!("{k}:{v}"))))
             .collect();
         links.push_str(&ctx.json_link(&s.metric, &s.agg, group_by, &filter_q));
         links.push(' ');

@@ -2,7 +2,7 @@
 //! widgets they name (parts that are more than a chart: stats with thresholds, tables,
 //! breakdowns from traces) and the custom user-metrics panel.
 
-use super::{agg_of, chart, esc, hint_names, lines, metric_options, panel, stacked, Chart, Ctx};
+use super::{agg_of, chart, esc, hint_names, lines, metric_options, panel, q, stacked, Chart, Ctx};
 use luametrics_model::{ChartSpec, MetricType, PanelSpec, SeriesSpec};
 use luametrics_store::{Agg, NameInfo};
 use std::fmt::Write;
@@ -231,7 +231,7 @@ pub(super) async fn user_panel(
             .map(|(g, p)| (g.unwrap_or_else(|| tenant.unwrap_or("all").to_string()), p))
             .collect();
         let tenant_q = tenant
-            .map(|t| format!("&amp;tenant={}", esc(t)))
+            .map(|t| format!("&amp;tenant={}", q(t)))
             .unwrap_or_default();
         charts.push(Chart {
             html: if has {
