@@ -104,7 +104,8 @@ pub(crate) async fn query(a: QueryArgs) -> Result<ExitCode, CliError> {
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
         println!("{} {} per {} ({:?} tier)", a.name, a.agg, a.step, tier);
-        if series.is_empty() {
+        // Series can come back without points (a percentile of a metric without sketches).
+        if series.iter().all(|s| s.points.is_empty()) {
             println!("(no data in range)");
         }
         for s in series {
