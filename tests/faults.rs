@@ -176,6 +176,10 @@ async fn sigkill_then_restart_keeps_a_sound_file_and_every_flushed_point() {
         .unwrap()
         .connect()
         .unwrap();
+    // The first connection after a crash recovers the write-ahead log under a lock; a reader
+    // arriving meanwhile waits for it instead of failing with `database is locked`.
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
     let mut rows = conn.query("PRAGMA integrity_check", ()).await.unwrap();
     let row = rows.next().await.unwrap().unwrap();
     assert_eq!(row.get::<String>(0).unwrap(), "ok");

@@ -223,6 +223,54 @@ fn hosts_record_system_metrics_validated_against_the_catalog() {
         .map(|x| x["reason"].as_str().unwrap())
         .collect();
     assert_eq!(reasons, vec!["undeclared_tag", "pii_tag", "kind_mismatch"]);
+
+    // What no catalog checks: the host's tenant id (the rule of executions and read tokens),
+    // its source and its timestamp (adversary round 6: all were stored as given, and an
+    // extreme timestamp overflowed the window arithmetic).
+    let ok = json!({"method": "password", "status": "ok"});
+    let point = |extra: serde_json::Value| {
+        let mut p =
+            json!({"name": "auth.login.attempt", "kind": "counter", "value": 1, "tags": ok});
+        p.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        p
+    };
+    let (st, r) = post(
+        &s,
+        "/v1/metrics",
+        Some(EXEC),
+        json!({"points": [
+            point(json!({"tenant": ""})),
+            point(json!({"tenant": "a\u{0}b"})),
+            point(json!({"tenant": "t".repeat(257)})),
+            point(json!({"tenant": "acme\u{200b}"})),
+            point(json!({"source": "a\nb"})),
+            point(json!({"timestamp_ms": i64::MIN})),
+            point(json!({"timestamp_ms": 253_402_300_800_000i64})),
+            point(json!({"tenant": "acme", "source": "service:api", "timestamp_ms": 1_700_000_000_000i64})),
+        ]}),
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["accepted"], 1, "{r}");
+    let reasons: Vec<&str> = r["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            "invalid_tenant",
+            "invalid_tenant",
+            "invalid_tenant",
+            "invalid_tenant",
+            "invalid_tags",
+            "invalid_timestamp",
+            "invalid_timestamp"
+        ]
+    );
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod name;
 mod point;
 mod policy;
 mod reason;
+mod tenant;
 
 pub use catalog::{Catalog, CatalogEntry, CatalogError};
 pub use dashboard::{ChartSpec, Dashboard, PanelSpec, SeriesSpec};
@@ -26,3 +27,4 @@ pub use policy::{
     RESERVED_PREFIXES,
 };
 pub use reason::RejectReason;
+pub use tenant::{check_tenant, MAX_TENANT_BYTES};

@@ -270,8 +270,18 @@ impl TagPolicy {
         Ok(())
     }
 
-    fn check_tag(&self, key: &str, _value: &str, user: bool) -> Result<(), RejectReason> {
+    fn check_tag(&self, key: &str, value: &str, user: bool) -> Result<(), RejectReason> {
         if !valid_key(key) {
+            return Err(RejectReason::InvalidTags);
+        }
+        // Prometheus reads an empty label as no label: `{k=""}` and `{}` would be two of our
+        // series but one of its, and a scrape would keep only one of their values.
+        if user && value.is_empty() {
+            return Err(RejectReason::InvalidTags);
+        }
+        // SQLite's text functions stop at NUL (a group_by would merge `a\0b` into `a`), and
+        // control characters have no place in a label.
+        if value.chars().any(char::is_control) {
             return Err(RejectReason::InvalidTags);
         }
         if user && HOST_ONLY_KEYS.contains(&key) {
@@ -532,6 +542,14 @@ mod tests {
         assert_eq!(check(&[("bad-key!", "v")]), Err(RejectReason::InvalidTags));
         assert_eq!(check(&[("__name__", "v")]), Err(RejectReason::InvalidTags));
         assert_eq!(check(&[("", "v")]), Err(RejectReason::InvalidTags));
+        // Empty (Prometheus reads it as no label) or with control characters (SQLite's text
+        // functions stop at NUL): adversary round 6.
+        assert_eq!(check(&[("k", "")]), Err(RejectReason::InvalidTags));
+        assert_eq!(check(&[("k", "a\0b")]), Err(RejectReason::InvalidTags));
+        assert_eq!(
+            check(&[("k", "a\u{1b}[2J")]),
+            Err(RejectReason::InvalidTags)
+        );
         assert_eq!(
             p.check_user_name("Invoice.count", Kind::Counter),
             Err(RejectReason::InvalidName)

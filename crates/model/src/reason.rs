@@ -41,11 +41,15 @@ pub enum RejectReason {
     NameConflict,
     /// The tenant uses its limit of distinct metric names (`limits.max_names_per_tenant`).
     NameLimit,
+    /// A host's point names a tenant id [`crate::check_tenant`] refuses.
+    InvalidTenant,
+    /// A host's point carries a timestamp outside years 1970 to 9999.
+    InvalidTimestamp,
 }
 
 impl RejectReason {
     /// Every reason, for exhaustive reporting.
-    pub const ALL: [RejectReason; 16] = [
+    pub const ALL: [RejectReason; 18] = [
         RejectReason::InvalidName,
         RejectReason::InvalidValue,
         RejectReason::InvalidTags,
@@ -62,6 +66,8 @@ impl RejectReason {
         RejectReason::ReservedTag,
         RejectReason::NameConflict,
         RejectReason::NameLimit,
+        RejectReason::InvalidTenant,
+        RejectReason::InvalidTimestamp,
     ];
 
     /// The stable snake_case code.
@@ -83,6 +89,8 @@ impl RejectReason {
             RejectReason::ReservedTag => "reserved_tag",
             RejectReason::NameConflict => "name_conflict",
             RejectReason::NameLimit => "name_limit",
+            RejectReason::InvalidTenant => "invalid_tenant",
+            RejectReason::InvalidTimestamp => "invalid_timestamp",
         }
     }
 

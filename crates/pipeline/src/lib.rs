@@ -18,7 +18,6 @@ mod traces;
 pub use definition::{Node, OnError, Pipeline, PipelineError, Pipelines};
 pub use executor::{
     Decision, ExecuteError, Executor, NodeReport, NodeStatus, Outcome, PipelineTimings, Warning,
-    MAX_TENANT_BYTES,
 };
 pub use registry::Registry;
 pub use traces::{TraceSampler, TraceWriter};

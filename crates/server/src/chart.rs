@@ -105,7 +105,7 @@ pub fn lines(
         esc(unit)
     );
     for i in 0..=4 {
-        let v = max * i as f64 / 4.0;
+        let v = max / 4.0 * i as f64;
         let _ = write!(
             s,
             "<line x1=\"{left}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" class=\"grid\"/>",

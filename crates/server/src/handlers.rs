@@ -480,13 +480,10 @@ pub(crate) async fn mint_tenant_token(
     State(s): State<AppState>,
     ApiPath(tenant): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    if tenant.trim().is_empty()
-        || tenant.len() > luametrics_pipeline::MAX_TENANT_BYTES
-        || tenant.chars().any(char::is_control)
-    {
+    if let Err(why) = luametrics_model::check_tenant(&tenant) {
         return Err(ApiError::bad_request(
             "invalid_tenant",
-            "a tenant is 1 to 256 bytes, without control characters",
+            format!("the tenant id {why}"),
         ));
     }
     let token = s.tokens.tenants.mint(s.runtime.store(), &tenant).await?;

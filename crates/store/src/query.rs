@@ -400,8 +400,10 @@ impl Store {
                     points: buckets
                         .into_iter()
                         .filter_map(|(t, s)| q.agg.compute(&s, q.step_ms).map(|v| (t, v)))
-                        // A bucket whose sum overflowed both ways has no number to show.
+                        // A bucket whose sum overflowed both ways has no number to show; a
+                        // rate of a saturated sum over less than a second saturates too.
                         .filter(|(_, v)| !v.is_nan())
+                        .map(|(t, v)| (t, luametrics_sketch::saturate(v)))
                         .collect(),
                 })
                 .collect();

@@ -189,9 +189,6 @@ pub struct Outcome {
     pub nodes: Vec<NodeReport>,
 }
 
-/// Longest tenant id an execution takes (bytes), the bound of tenant read tokens too.
-pub const MAX_TENANT_BYTES: usize = 256;
-
 /// Why an execution could not start.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -202,8 +199,8 @@ pub enum ExecuteError {
     /// The tenant is empty.
     #[error("the tenant must not be empty")]
     EmptyTenant,
-    /// The tenant id is longer than [`MAX_TENANT_BYTES`] or holds control characters: it keys
-    /// per-tenant state and is stored in every trace, and a read token could never name it.
+    /// The tenant id breaks `luametrics_model::check_tenant` (too long, control or invisible
+    /// characters, whitespace at an end): it keys per-tenant state and is stored in every trace.
     #[error("the tenant id {0}")]
     InvalidTenant(&'static str),
     /// The tenant used its engine-time budget (`pool.tenant_engine_ms_per_s`); nothing ran.
@@ -297,14 +294,7 @@ impl Executor {
         if tenant.trim().is_empty() {
             return Err(ExecuteError::EmptyTenant);
         }
-        if tenant.len() > MAX_TENANT_BYTES {
-            return Err(ExecuteError::InvalidTenant(
-                "is longer than 256 bytes (the bound read tokens have too)",
-            ));
-        }
-        if tenant.chars().any(char::is_control) {
-            return Err(ExecuteError::InvalidTenant("holds control characters"));
-        }
+        luametrics_model::check_tenant(tenant).map_err(ExecuteError::InvalidTenant)?;
         let pipeline = pipelines
             .for_trigger(trigger)
             .ok_or_else(|| ExecuteError::UnknownTrigger(trigger.to_string()))?

@@ -9,7 +9,7 @@ impl Inner {
         if w == 0 {
             ts
         } else {
-            ts.div_euclid(w) * w
+            ts.div_euclid(w).saturating_mul(w)
         }
     }
 

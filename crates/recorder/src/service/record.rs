@@ -118,6 +118,7 @@ impl MetricsService {
             .catalog
             .check(name, kind, &tags)
             .and(value_ok)
+            .and_then(|_| check_origin(tenant, source, ts))
             .and_then(|_| inner.config.policy.check_system_tags(&tags))
             // Hosts may record names outside the catalog: their exported names are claimed
             // like a user metric's, so no two metrics (system or user) print one family.
@@ -329,4 +330,26 @@ impl MetricsService {
     pub fn tenant_points(&self, tenant: &str) -> crate::TenantPoints {
         self.inner.tenants.points(tenant)
     }
+}
+
+/// Latest timestamp a host may give a point: the end of year 9999 (ms since the epoch).
+const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
+
+/// The host-given parts of a system point that no catalog checks: its tenant (the same rule as
+/// executions and read tokens), its source (a short printable label) and its timestamp (a
+/// calendar date: a far-future window would never expire, an extreme one overflowed the window
+/// arithmetic).
+fn check_origin(tenant: Option<&str>, source: Option<&str>, ts: i64) -> Result<(), RejectReason> {
+    if let Some(t) = tenant {
+        luametrics_model::check_tenant(t).map_err(|_| RejectReason::InvalidTenant)?;
+    }
+    if let Some(s) = source {
+        if s.len() > luametrics_model::MAX_TENANT_BYTES || s.chars().any(char::is_control) {
+            return Err(RejectReason::InvalidTags);
+        }
+    }
+    if !(0..=MAX_TIMESTAMP_MS).contains(&ts) {
+        return Err(RejectReason::InvalidTimestamp);
+    }
+    Ok(())
 }
