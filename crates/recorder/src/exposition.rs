@@ -62,6 +62,12 @@ pub(crate) struct Exposition {
     hasher: ahash::RandomState,
 }
 
+/// What an exposition entry costs besides its sketch: the entry and the key it keeps alive
+/// (charged like an accumulator entry).
+fn entry_cost(key: &SeriesKey) -> usize {
+    crate::service::ENTRY_OVERHEAD + key.heap_bytes()
+}
+
 impl Exposition {
     pub fn new(shards: usize) -> Self {
         Self {
@@ -77,8 +83,9 @@ impl Exposition {
     }
 
     /// Folds a sealed window of `key` in (the key is shared, never copied). Returns the
-    /// bytes its histogram sketch grew by: they count against the recorder's memory bound
-    /// (a sketch may hold 64 KiB, kept until the series is idle for the eviction time).
+    /// bytes it grew by, which count against the recorder's memory bound: a new entry (its key
+    /// outlives the window's accumulator here) and its histogram sketch's growth (a sketch may
+    /// hold 64 KiB), kept until the series is idle for the eviction time.
     pub fn fold(&self, key: &Arc<SeriesKey>, summary: &Summary, now_ms: i64) -> usize {
         let mut shard = self.shard(key).lock();
         let key = Shared(key.clone());
@@ -94,7 +101,7 @@ impl Exposition {
             updated_ms: now_ms,
         };
         let _ = c.summary.merge(summary);
-        let grown = c.summary.heap_bytes();
+        let grown = c.summary.heap_bytes() + entry_cost(&key.0);
         shard.insert(key, c);
         grown
     }
@@ -135,14 +142,15 @@ impl Exposition {
         out
     }
 
-    /// Lets go of series not updated since `cutoff_ms`; returns the sketch bytes freed.
+    /// Lets go of series not updated since `cutoff_ms`; returns the bytes freed (what `fold`
+    /// charged for them).
     pub fn evict_idle(&self, cutoff_ms: i64) -> usize {
         let mut freed = 0;
         for shard in &self.shards {
-            shard.lock().retain(|_, c| {
+            shard.lock().retain(|k, c| {
                 let keep = c.updated_ms >= cutoff_ms;
                 if !keep {
-                    freed += c.summary.heap_bytes();
+                    freed += c.summary.heap_bytes() + entry_cost(&k.0);
                 }
                 keep
             });

@@ -334,12 +334,37 @@ async fn past_the_memory_bound_points_are_dropped_and_counted() {
     let dropped = *acc.user.dropped.get("memory_bound").unwrap();
     assert!(dropped > 0 && dropped < 5_000, "{dropped}");
     assert!(acc.user.balances());
-    let before = h.service.memory_used();
     // The first flush writes the rows; series keys stay one more flush (charged) so their next
-    // window reuses them; the second flush lets them go.
+    // window reuses them; the second flush lets the accumulators go.
     h.service.flush().await.unwrap();
     h.service.flush().await.unwrap();
-    // Written rows release their memory; only the flush's own self-metrics remain.
+    // The `/metrics` exposition keeps each written series (its key and cumulative value) until
+    // the series is idle, charged against the bound like an accumulator (adversary round 6:
+    // uncharged, 10,000 tenants' system series took 120 MB past a 64 MiB bound): no new series
+    // until then.
+    let exposed = h.service.exposed_series();
+    assert!(exposed > 0);
+    assert!(
+        h.service.memory_used() >= exposed * 160,
+        "{} for {exposed} series",
+        h.service.memory_used()
+    );
+    let fresh = h.service.record_user_metric(
+        "acme",
+        "shop.orders_count",
+        Kind::Counter,
+        1.0,
+        &tags(&[("shop", "new")]),
+    );
+    assert_eq!(fresh, Err(Rejected::Dropped(DropReason::MemoryBound)));
+    // Idle series leave the exposition and give their memory back.
+    let before = h.service.memory_used();
+    h.clock.fetch_add(
+        RecorderSettings::default().idle_eviction_ms as i64 + 1,
+        Ordering::SeqCst,
+    );
+    h.service.evict_idle();
+    assert_eq!(h.service.exposed_series(), 0);
     assert!(
         h.service.memory_used() < before / 4,
         "{} of {before}",
@@ -906,4 +931,53 @@ async fn host_names_for_a_tenant_count_against_its_bound() {
     assert!(record("jwks.active_key.age_ms", Some("hx")).is_ok());
     assert!(record("host.t3", None).is_ok());
     assert!(record("host.t4", Some("other")).is_ok());
+}
+
+// Adversary round 6: one execution each for 10,000 tenants made 10,000 x 3 per-tenant system
+// series that the `/metrics` exposition kept, uncharged, for an hour (120 MB past a 64 MiB
+// bound). The exposition is charged: past the bound new series are dropped and counted.
+#[tokio::test]
+async fn many_tenants_cannot_grow_the_exposition_past_the_memory_bound() {
+    let bound = 256 * 1024;
+    let h = harness(
+        RecorderSettings {
+            max_memory_bytes: bound,
+            ..Default::default()
+        },
+        big_limits(),
+    )
+    .await;
+    let ok = tags(&[("method", "password"), ("status", "ok")]);
+    let mut accepted = 0u64;
+    for i in 0..20_000 {
+        let tenant = format!("tenant-{i}");
+        let r = h.service.record_system(
+            "auth.login.attempt",
+            Kind::Counter,
+            1.0,
+            ok.clone(),
+            Some(&tenant),
+            None,
+        );
+        accepted += u64::from(r.is_ok());
+        if i % 1_000 == 999 {
+            h.service.flush().await.unwrap();
+        }
+    }
+    h.service.flush().await.unwrap();
+    let acc = h.service.accounting();
+    assert!(acc.system.balances());
+    assert!(acc.system.dropped.get("memory_bound").copied().unwrap_or(0) > 0);
+    assert!(accepted < 20_000);
+    // What stays exposed fits the bound (with one flush's worth of accepted series above it).
+    assert!(
+        h.service.exposed_series() * 160 <= 2 * bound,
+        "{} series exposed",
+        h.service.exposed_series()
+    );
+    assert!(
+        h.service.memory_used() <= 2 * bound,
+        "{}",
+        h.service.memory_used()
+    );
 }

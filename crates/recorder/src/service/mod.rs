@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// Bytes charged per accumulator entry besides its key (map slot, summary, bookkeeping).
-const ENTRY_OVERHEAD: usize = 160;
+pub(crate) const ENTRY_OVERHEAD: usize = 160;
 /// Room above the memory bound kept for the service's own metrics (a few dozen series), so
 /// the stored accounting is never dropped by the bound it reports on.
 const SELF_RESERVE: usize = 256 * 1024;
