@@ -6,9 +6,9 @@
 pub const MAX_TENANT_BYTES: usize = 256;
 
 /// Checks a tenant id: 1 to [`MAX_TENANT_BYTES`] bytes, no whitespace at either end, no control
-/// characters, and no invisible formatting characters (zero-width spaces and joiners, byte-order
-/// marks, bidirectional overrides), so two ids that look the same on a dashboard are the same
-/// id. The error says what is wrong.
+/// characters, no invisible formatting characters (zero-width spaces and joiners, byte-order
+/// marks, bidirectional overrides), and in Unicode normal form C, so two ids that look the same
+/// on a dashboard are the same id. The error says what is wrong.
 pub fn check_tenant(tenant: &str) -> Result<(), &'static str> {
     if tenant.trim().is_empty() {
         return Err("must not be empty");
@@ -24,6 +24,11 @@ pub fn check_tenant(tenant: &str) -> Result<(), &'static str> {
     }
     if tenant.chars().any(is_invisible_format) {
         return Err("holds invisible formatting characters (zero-width or bidirectional)");
+    }
+    // `café` typed as one character or as `e` plus a combining accent looks the same: only
+    // the composed form (NFC) is taken, so one visible id is one tenant.
+    if !unicode_normalization::is_nfc(tenant) {
+        return Err("is not in Unicode normal form C (compose its accents)");
     }
     Ok(())
 }
@@ -63,6 +68,8 @@ mod tests {
             "\u{feff}",
             "\u{200b}",
             &"t".repeat(257),
+            // `café` with a combining accent (NFD): looks like the NFC one above.
+            "cafe\u{301}",
         ] {
             assert!(check_tenant(bad).is_err(), "{bad:?}");
         }
