@@ -35,6 +35,28 @@ fn row(name: &str, kind: Kind, tags: &[(&str, &str)], ts: i64, values: &[f64]) -
     }
 }
 
+/// An allowed trace of `acme` without spans, started at `t`.
+fn trace(id: &str, t: i64) -> TraceRecord {
+    TraceRecord {
+        id: id.into(),
+        pipeline_id: "p".into(),
+        trigger_event: "user.login".into(),
+        tenant: "acme".into(),
+        status: "ok".into(),
+        decision: "allow".into(),
+        reason: None,
+        started_at_ms: t,
+        total_ms: 1.0,
+        wait_ms: 0.0,
+        script_ms: 1.0,
+        helpers_ms: 0.0,
+        overhead_ms: 0.0,
+        error: None,
+        warnings: vec![],
+        spans: vec![],
+    }
+}
+
 fn find(name: &str, from: i64, to: i64) -> FindQuery {
     FindQuery {
         name: name.into(),
@@ -339,21 +361,6 @@ async fn retention_deletes_exactly_what_is_past_the_horizon() {
         .into_iter()
         .enumerate()
         .map(|(i, t)| TraceRecord {
-            id: format!("t{i}"),
-            pipeline_id: "p".into(),
-            trigger_event: "user.login".into(),
-            tenant: "acme".into(),
-            status: "ok".into(),
-            decision: "allow".into(),
-            reason: None,
-            started_at_ms: t,
-            total_ms: 1.0,
-            wait_ms: 0.0,
-            script_ms: 1.0,
-            helpers_ms: 0.0,
-            overhead_ms: 0.0,
-            error: None,
-            warnings: vec![],
             spans: vec![SpanRecord {
                 node_id: "n".into(),
                 script_id: "s".into(),
@@ -366,6 +373,7 @@ async fn retention_deletes_exactly_what_is_past_the_horizon() {
                 overhead_ms: 0.0,
                 error: None,
             }],
+            ..trace(&format!("t{i}"), t)
         })
         .collect();
     store.insert_traces(&traces).await.unwrap();
@@ -824,24 +832,7 @@ async fn retention_goes_on_without_a_failed_rollup_and_says_why() {
         ),
     )
     .await;
-    let trace = TraceRecord {
-        id: "t-old".into(),
-        pipeline_id: "p".into(),
-        trigger_event: "user.login".into(),
-        tenant: "acme".into(),
-        status: "ok".into(),
-        decision: "allow".into(),
-        reason: None,
-        started_at_ms: now - 8 * DAY,
-        total_ms: 1.0,
-        wait_ms: 0.0,
-        script_ms: 1.0,
-        helpers_ms: 0.0,
-        overhead_ms: 0.0,
-        error: None,
-        warnings: vec![],
-        spans: vec![],
-    };
+    let trace = trace("t-old", now - 8 * DAY);
     store.insert_traces(&[trace]).await.unwrap();
     let report = store.retention(&Retention::default(), now).await.unwrap();
     let why = report.rollup_error.expect("the rollup failed");
