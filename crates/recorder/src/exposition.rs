@@ -62,10 +62,10 @@ pub(crate) struct Exposition {
     hasher: ahash::RandomState,
 }
 
-/// What an exposition entry costs besides its sketch: the entry and the key it keeps alive
-/// (charged like an accumulator entry).
+/// What an exposition entry costs besides its sketch: its map slot, and the key it keeps alive
+/// unless the key carries its own charge.
 fn entry_cost(key: &SeriesKey) -> usize {
-    crate::service::ENTRY_OVERHEAD + key.heap_bytes()
+    crate::series::map_slot::<(Shared, Cumulative)>() + key.uncharged_bytes()
 }
 
 impl Exposition {
@@ -154,6 +154,7 @@ impl Exposition {
                 }
                 keep
             });
+            crate::service::shrink_map(&mut shard.lock());
         }
         freed
     }

@@ -50,13 +50,13 @@ impl SystemSeries {
         let key = check.map(|_| {
             // The tenant is the host's, a column of its own, never a tag.
             tags.remove("tenant");
-            Arc::new(SeriesKey {
-                metric_type: MetricType::System,
+            Arc::new(SeriesKey::new(
+                MetricType::System,
                 kind,
-                tenant: tenant.map(Arc::from),
-                name: name.to_string(),
+                tenant.map(Arc::from),
+                name.to_string(),
                 tags,
-            })
+            ))
         });
         Self { service, key }
     }

@@ -1,32 +1,208 @@
-//! Series identity, the per-tenant series limits with the overflow series, and idle eviction.
+//! Series identity, the per-tenant series limits with the overflow series, idle eviction, and
+//! what a series costs against the memory bound.
 
 use dashmap::DashMap;
 use luametrics_model::{Kind, Limits, MetricType, Tags};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::mem::size_of;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
+/// The allocator's cost per allocation besides the bytes asked for (glibc: an 8-byte chunk
+/// header and rounding to 16), counted so the bound tracks resident memory, not requests.
+pub(crate) const ALLOC_OVERHEAD: usize = 16;
+
+/// Bytes a hash-map slot of `T` costs: the tables double when 7/8 full, so a slot is paid up
+/// to twice over, plus its control byte.
+pub(crate) const fn map_slot<T>() -> usize {
+    2 * (size_of::<T>() + 1)
+}
+
+/// A B-tree node of tags: `String` keys and values, eleven to a node (std's capacity).
+const TAG_LEAF: usize = 16 + 11 * 2 * size_of::<String>() + ALLOC_OVERHEAD;
+/// An internal node: a leaf plus its twelve child pointers.
+const TAG_INTERNAL: usize = TAG_LEAF + 12 * size_of::<usize>();
+
+/// A registry slot: the key's `Arc` and its last use.
+const REGISTRY_SLOT: usize = map_slot::<(Arc<SeriesKey>, AtomicI64)>();
+
+/// The memory bound's counter: bytes held by accumulators, unwritten rows, the exposition and
+/// series keys. Shared with the keys, which give their bytes back when the last holder drops
+/// them.
+#[derive(Clone, Default)]
+pub(crate) struct Memory(Arc<AtomicUsize>);
+
+impl std::ops::Deref for Memory {
+    type Target = AtomicUsize;
+    fn deref(&self) -> &AtomicUsize {
+        &self.0
+    }
+}
+
+impl Memory {
+    /// Charges `cost` if the total stays within `max`; whether it did.
+    pub fn charge(&self, cost: usize, max: usize) -> bool {
+        let mut cur = self.load(Relaxed);
+        loop {
+            if cur.saturating_add(cost) > max {
+                return false;
+            }
+            match self.compare_exchange_weak(cur, cur + cost, Relaxed, Relaxed) {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+}
+
+/// The bytes a shared key was charged, given back when the key is dropped: a key is shared
+/// by `Arc` between the registry, the accumulators, the rows waiting to be written and the
+/// exposition, and is charged once, for as long as any of them holds it.
+#[derive(Default)]
+pub(crate) struct KeyCharge(Option<(Memory, usize)>);
+
+impl Drop for KeyCharge {
+    fn drop(&mut self) {
+        if let Some((memory, bytes)) = self.0.take() {
+            memory.fetch_sub(bytes, Relaxed);
+        }
+    }
+}
+
+impl std::fmt::Debug for KeyCharge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyCharge({})", self.0.as_ref().map_or(0, |(_, b)| *b))
+    }
+}
+
 /// The identity of a series (the window is not part of it).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug)]
 pub(crate) struct SeriesKey {
     pub metric_type: MetricType,
     pub kind: Kind,
     pub tenant: Option<Arc<str>>,
     pub name: String,
     pub tags: Tags,
+    /// What the key was charged once shared (not part of its identity).
+    pub charge: KeyCharge,
+}
+
+impl PartialEq for SeriesKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.metric_type == other.metric_type
+            && self.kind == other.kind
+            && self.tenant == other.tenant
+            && self.name == other.name
+            && self.tags == other.tags
+    }
+}
+
+impl Eq for SeriesKey {}
+
+impl std::hash::Hash for SeriesKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.metric_type.hash(state);
+        self.kind.hash(state);
+        self.tenant.hash(state);
+        self.name.hash(state);
+        self.tags.hash(state);
+    }
+}
+
+impl Clone for SeriesKey {
+    /// A copy is a new, uncharged key.
+    fn clone(&self) -> Self {
+        Self::new(
+            self.metric_type,
+            self.kind,
+            self.tenant.clone(),
+            self.name.clone(),
+            self.tags.clone(),
+        )
+    }
+}
+
+/// Heap bytes of a string's buffer.
+fn string_bytes(s: &str, capacity: usize) -> usize {
+    if capacity == 0 && s.is_empty() {
+        0
+    } else {
+        capacity.max(s.len()) + ALLOC_OVERHEAD
+    }
 }
 
 impl SeriesKey {
+    /// An uncharged key.
+    pub fn new(
+        metric_type: MetricType,
+        kind: Kind,
+        tenant: Option<Arc<str>>,
+        name: String,
+        tags: Tags,
+    ) -> Self {
+        Self {
+            metric_type,
+            kind,
+            tenant,
+            name,
+            tags,
+            charge: KeyCharge::default(),
+        }
+    }
+
+    /// Heap the key holds once shared: its `Arc`, name, tenant, and tags (B-tree nodes and
+    /// strings), as the allocator hands them out. Checked against a counting allocator by
+    /// `tests/memory_honesty.rs`.
     pub fn heap_bytes(&self) -> usize {
-        // BTreeMap nodes and String headers, roughly; precise enough for a memory bound.
-        self.name.len()
-            + self.tenant.as_ref().map_or(0, |t| t.len())
+        let n = self.tags.len();
+        let nodes = match n {
+            0 => 0,
+            1..=11 => TAG_LEAF,
+            // Nodes are at least half full (5 of 11) below the root.
+            _ => (n / 5 + 1) * TAG_LEAF + (n / 30 + 1) * TAG_INTERNAL,
+        };
+        let strings: usize = self
+            .tags
+            .iter()
+            .map(|(k, v)| string_bytes(k, k.capacity()) + string_bytes(v, v.capacity()))
+            .sum();
+        2 * size_of::<usize>()
+            + size_of::<Self>()
+            + ALLOC_OVERHEAD
+            + string_bytes(&self.name, self.name.capacity())
             + self
-                .tags
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 64)
-                .sum::<usize>()
+                .tenant
+                .as_ref()
+                .map_or(0, |t| 2 * size_of::<usize>() + t.len() + ALLOC_OVERHEAD)
+            + nodes
+            + strings
+    }
+
+    /// Shares the key, charging its bytes (and `extra`, what its first holder's slot costs)
+    /// against the bound until the last holder drops it; `None` when the bound has no room.
+    pub fn charged(mut self, memory: &Memory, max: usize, extra: usize) -> Option<Arc<Self>> {
+        let bytes = self.heap_bytes() + extra;
+        if !memory.charge(bytes, max) {
+            return None;
+        }
+        self.charge = KeyCharge(Some((memory.clone(), bytes)));
+        Some(Arc::new(self))
+    }
+
+    /// Bytes of the key a holder must charge itself: none when the key carries its own
+    /// charge, all of it for a key shared uncharged (a handle's).
+    pub fn uncharged_bytes(&self) -> usize {
+        if self.charge.0.is_some() {
+            0
+        } else {
+            self.heap_bytes()
+        }
+    }
+
+    /// Whether the series limits and the registry apply to this key: user series of a tenant.
+    pub fn is_registered(&self) -> bool {
+        self.tenant.is_some() && self.metric_type == MetricType::User
     }
 
     /// The overflow series of the same name (OpenTelemetry's rule), so totals stay exact.
@@ -51,10 +227,21 @@ impl KeyIn {
         }
     }
 
-    pub fn into_arc(self) -> Arc<SeriesKey> {
+    /// Bytes of a shared key its holder charges (see [`SeriesKey::uncharged_bytes`]); an owned
+    /// key is charged by itself when it is shared.
+    pub fn uncharged_bytes(&self) -> usize {
         match self {
-            KeyIn::Owned(k) => Arc::new(k),
-            KeyIn::Shared(k) => k,
+            KeyIn::Owned(_) => 0,
+            KeyIn::Shared(k) => k.uncharged_bytes(),
+        }
+    }
+
+    /// The key shared: a shared key as it is, an owned one charged against the bound (`None`
+    /// when it does not fit).
+    pub fn into_shared(self, memory: &Memory, max: usize) -> Option<Arc<SeriesKey>> {
+        match self {
+            KeyIn::Owned(k) => k.charged(memory, max, 0),
+            KeyIn::Shared(k) => Some(k),
         }
     }
 }
@@ -78,31 +265,36 @@ struct Counts {
 }
 
 /// Known user series with their last use; decides whether a new series fits the limits.
+/// Holds the one shared copy of each key (the accumulators and the exposition share it).
 #[derive(Default)]
 pub(crate) struct Registry {
-    seen: DashMap<SeriesKey, AtomicI64, ahash::RandomState>,
+    seen: DashMap<Arc<SeriesKey>, AtomicI64, ahash::RandomState>,
     /// Taken only when a series is new or evicted, so the limits are exact under concurrency.
     counts: Mutex<Counts>,
 }
 
 impl Registry {
-    /// Returns the key to record under: the series itself, or its overflow series when a new
-    /// series would pass a limit. The flag says whether it overflowed.
-    pub fn admit(&self, key: SeriesKey, now: i64, limits: &Limits) -> (SeriesKey, bool) {
-        let Some(tenant) = key.tenant.clone() else {
-            return (key, false);
-        };
-        if key.metric_type != MetricType::User {
-            return (key, false);
-        }
+    /// Returns the shared key to record under: the series itself, or its overflow series when
+    /// a new series would pass a limit (the flag says it overflowed). A new key is charged
+    /// against the memory bound (`memory`, `max`) with its registry slot; `None` when it does
+    /// not fit, and then nothing is registered. Only for [`SeriesKey::is_registered`] keys.
+    pub fn admit(
+        &self,
+        key: SeriesKey,
+        now: i64,
+        limits: &Limits,
+        memory: &Memory,
+        max: usize,
+    ) -> Option<(Arc<SeriesKey>, bool)> {
+        let tenant = key.tenant.clone()?;
         if let Some(seen) = self.seen.get(&key) {
             seen.store(now, Relaxed);
-            return (key, false);
+            return Some((seen.key().clone(), false));
         }
         let mut counts = self.counts.lock();
         if let Some(seen) = self.seen.get(&key) {
             seen.store(now, Relaxed);
-            return (key, false);
+            return Some((seen.key().clone(), false));
         }
         let name_key = (tenant.clone(), key.name.clone());
         let per_name = counts.per_name.get(&name_key).copied().unwrap_or(0);
@@ -111,16 +303,23 @@ impl Registry {
             drop(counts);
             let overflow = key.into_overflow();
             // The overflow series is tracked for eviction but not counted against the limits.
-            self.seen
-                .entry(overflow.clone())
-                .or_insert_with(|| AtomicI64::new(now))
-                .store(now, Relaxed);
-            return (overflow, true);
+            if let Some(seen) = self.seen.get(&overflow) {
+                seen.store(now, Relaxed);
+                return Some((seen.key().clone(), true));
+            }
+            let shared = overflow.charged(memory, max, REGISTRY_SLOT)?;
+            let entry = self
+                .seen
+                .entry(shared)
+                .or_insert_with(|| AtomicI64::new(now));
+            entry.store(now, Relaxed);
+            return Some((entry.key().clone(), true));
         }
+        let shared = key.charged(memory, max, REGISTRY_SLOT)?;
         *counts.per_name.entry(name_key).or_insert(0) += 1;
         *counts.per_tenant.entry(tenant).or_insert(0) += 1;
-        self.seen.insert(key.clone(), AtomicI64::new(now));
-        (key, false)
+        self.seen.insert(shared.clone(), AtomicI64::new(now));
+        Some((shared, false))
     }
 
     /// Forgets series unused since `cutoff`; returns how many were evicted.
@@ -151,6 +350,9 @@ impl Registry {
             }
             false
         });
+        if evicted > 0 && self.seen.capacity() > 4 * self.seen.len() + 64 {
+            self.seen.shrink_to_fit();
+        }
         evicted
     }
 

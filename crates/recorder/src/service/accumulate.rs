@@ -54,14 +54,21 @@ impl Inner {
         if !internal && self.closing.load(SeqCst) {
             return Err(Rejected::Dropped(DropReason::ShuttingDown));
         }
+        // The service's own metrics have reserved room above the bound.
+        let max = self.config.settings.max_memory_bytes + if internal { SELF_RESERVE } else { 0 };
         let (key, overflowed) = match key.into() {
-            KeyIn::Owned(key) => {
+            KeyIn::Owned(key) if key.is_registered() => {
                 let now = (self.config.clock)();
-                let (key, overflowed) = self.registry.admit(key, now, &self.config.policy.limits);
-                (KeyIn::Owned(key), overflowed)
+                match self
+                    .registry
+                    .admit(key, now, &self.config.policy.limits, &self.memory, max)
+                {
+                    Some((key, overflowed)) => (KeyIn::Shared(key), overflowed),
+                    None => return Err(Rejected::Dropped(DropReason::MemoryBound)),
+                }
             }
             // Shared keys are system series (handles): no series limits apply to them.
-            shared => (shared, false),
+            other => (other, false),
         };
         let accepted = if overflowed {
             Accepted::Overflow
@@ -71,18 +78,20 @@ impl Inner {
         let window = self.window_start(ts);
         let k = key.get();
         let shard = &self.shards[(self.hasher.hash_one(k) as usize) % self.shards.len()];
-        // The service's own metrics have reserved room above the bound.
-        let max = self.config.settings.max_memory_bytes + if internal { SELF_RESERVE } else { 0 };
         let accounted = !internal;
-        // A sketch is charged what it holds; merging into it charges its growth first.
-        let cost = ENTRY_OVERHEAD + k.heap_bytes() + summary.heap_bytes();
+        // A sketch is charged what it holds; merging into it charges its growth first. A key
+        // is charged by itself when it is first shared (`SeriesKey::charged`).
+        let cost = ENTRY_OVERHEAD + summary.heap_bytes() + key.uncharged_bytes();
         let mut shard = shard.lock();
         if self.config.settings.window_ms == 0 {
+            let Some(key) = key.into_shared(&self.memory, max) else {
+                return Err(Rejected::Dropped(DropReason::MemoryBound));
+            };
             if !self.charge(cost, max) {
                 return Err(Rejected::Dropped(DropReason::MemoryBound));
             }
             let row = Sealed {
-                key: key.into_arc(),
+                key,
                 window,
                 window_ms: 0,
                 summary,
@@ -130,11 +139,14 @@ impl Inner {
             ));
             return Ok(accepted);
         }
+        let Some(key) = key.into_shared(&self.memory, max) else {
+            return Err(Rejected::Dropped(DropReason::MemoryBound));
+        };
         if !self.charge(cost, max) {
             return Err(Rejected::Dropped(DropReason::MemoryBound));
         }
         shard.windows.insert(
-            key.into_arc(),
+            key,
             Open {
                 windows: vec![(
                     window,
@@ -153,18 +165,6 @@ impl Inner {
     }
 
     pub(super) fn charge(&self, cost: usize, max: usize) -> bool {
-        let mut cur = self.memory.load(Relaxed);
-        loop {
-            if cur + cost > max {
-                return false;
-            }
-            match self
-                .memory
-                .compare_exchange_weak(cur, cur + cost, Relaxed, Relaxed)
-            {
-                Ok(_) => return true,
-                Err(actual) => cur = actual,
-            }
-        }
+        self.memory.charge(cost, max)
     }
 }

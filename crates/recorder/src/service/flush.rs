@@ -118,7 +118,7 @@ impl Inner {
                     }
                     if open.idle_flushes == 0 {
                         // Keep the key one more flush, charged, if the bound allows.
-                        let cost = ENTRY_OVERHEAD + key.heap_bytes();
+                        let cost = ENTRY_OVERHEAD + key.uncharged_bytes();
                         if self.charge(cost, self.config.settings.max_memory_bytes) {
                             open.idle_charge = cost;
                             open.idle_flushes = 1;
@@ -129,6 +129,8 @@ impl Inner {
                         .fetch_sub(std::mem::take(&mut open.idle_charge), Relaxed);
                     false
                 });
+                // Memory the bound no longer charges goes back when the series are gone.
+                shrink_map(&mut shard.windows);
             }
             let mut grown = 0;
             for (row, _) in &sealed[start..] {
@@ -213,6 +215,10 @@ impl Inner {
                     self.file_rows.fetch_add(n as u64, Relaxed);
                     self.backlog_rows.store(pending.len(), Relaxed);
                     self.memory.fetch_sub(freed, Relaxed);
+                    if pending.is_empty() {
+                        // The queue's room is charged only while rows fill it.
+                        pending.shrink_to(0);
+                    }
                     written += n;
                     self.flushed_rows.fetch_add(n as u64, Relaxed);
                     self.rows_written_total.fetch_add(n as u64, Relaxed);
@@ -515,4 +521,14 @@ pub(super) async fn flusher(inner: Arc<Inner>) {
     }
     inner.flusher_done.store(true, SeqCst);
     inner.stopped.notify_waiters();
+}
+
+/// Gives a map's room back when at most a quarter of it is used (the bound charges entries
+/// at twice their size, so a map may keep up to that).
+pub(crate) fn shrink_map<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
+    map: &mut HashMap<K, V, S>,
+) {
+    if map.capacity() > 4 * map.len() + 64 {
+        map.shrink_to(2 * map.len());
+    }
 }

@@ -16,12 +16,13 @@ mod record;
 mod self_metrics;
 
 use flush::flusher;
+pub(crate) use flush::shrink_map;
 use self_metrics::{accounting_counters, counter_tags};
 
 use crate::accounting::{Counters, DropReason, LostReason};
 use crate::config::RecorderConfig;
 use crate::quota::TenantQuota;
-use crate::series::{KeyIn, Registry, SeriesKey};
+use crate::series::{map_slot, KeyIn, Memory, Registry, SeriesKey, ALLOC_OVERHEAD};
 use crate::Accounting;
 use luametrics_model::{Kind, MetricType, RejectReason, Tags};
 use luametrics_sink::{BatchPoint, BatchReport};
@@ -36,8 +37,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// Bytes charged per accumulator entry besides its key (map slot, summary, bookkeeping).
-pub(crate) const ENTRY_OVERHEAD: usize = 160;
+/// Bytes an accumulator entry costs besides its key and sketch: its map slot, its window (a
+/// `Vec` of one), and the row it becomes while it waits to be written (in a queue that
+/// doubles as it grows).
+pub(crate) const ENTRY_OVERHEAD: usize = map_slot::<(Arc<SeriesKey>, Open)>()
+    + std::mem::size_of::<(i64, Entry)>()
+    + ALLOC_OVERHEAD
+    + 2 * std::mem::size_of::<(Sealed, usize)>();
 /// Room above the memory bound kept for the service's own metrics (a few dozen series), so
 /// the stored accounting is never dropped by the bound it reports on.
 const SELF_RESERVE: usize = 256 * 1024;
@@ -211,7 +217,7 @@ struct Inner {
     quota: TenantQuota,
     counters: Counters,
     /// Bytes held by accumulators and unwritten rows.
-    memory: AtomicUsize,
+    memory: Memory,
     pending: tokio::sync::Mutex<VecDeque<(Sealed, usize)>>,
     /// Self-metric counters not yet recorded.
     flushed_rows: AtomicU64,
@@ -288,7 +294,7 @@ impl MetricsService {
             registry: Registry::default(),
             exposition: crate::exposition::Exposition::new(16),
             counters: Counters::default(),
-            memory: AtomicUsize::new(0),
+            memory: Memory::default(),
             pending: tokio::sync::Mutex::new(VecDeque::new()),
             flushed_rows: AtomicU64::new(0),
             rows_written_total: AtomicU64::new(0),

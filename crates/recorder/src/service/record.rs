@@ -133,13 +133,13 @@ impl MetricsService {
             return Ok(Accepted::Stored);
         }
         tags.remove("tenant");
-        let key = SeriesKey {
-            metric_type: MetricType::System,
+        let key = SeriesKey::new(
+            MetricType::System,
             kind,
-            tenant: tenant.map(Arc::from),
-            name: name.to_string(),
+            tenant.map(Arc::from),
+            name.to_string(),
             tags,
-        };
+        );
         inner.ingest(key, summary, ts, source.map(str::to_string))
     }
 
@@ -191,13 +191,13 @@ impl MetricsService {
             return Err(Rejected::Invalid(RejectReason::RateLimited));
         }
         let now = self.now_ms();
-        let key = SeriesKey {
-            metric_type: MetricType::User,
+        let key = SeriesKey::new(
+            MetricType::User,
             kind,
-            tenant: Some(tenant),
-            name: name.to_string(),
-            tags: tags.clone(),
-        };
+            Some(tenant),
+            name.to_string(),
+            tags.clone(),
+        );
         let mut summary = Summary::new(kind == Kind::Histogram);
         summary.observe(value, now);
         inner.ingest(key, summary, now, None)
@@ -267,13 +267,7 @@ impl MetricsService {
             }
             covered -= samples;
             let (name, kind, tags) = p.series.into_parts();
-            let key = SeriesKey {
-                metric_type: MetricType::User,
-                kind,
-                tenant: Some(tenant.clone()),
-                name,
-                tags,
-            };
+            let key = SeriesKey::new(MetricType::User, kind, Some(tenant.clone()), name, tags);
             let name = key.name.clone();
             match inner.ingest(key, p.summary, now, None) {
                 Ok(a) => {

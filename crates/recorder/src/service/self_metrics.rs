@@ -29,13 +29,13 @@ impl Inner {
             if !reason.is_empty() {
                 tags.insert("reason".to_string(), reason.to_string());
             }
-            let key = SeriesKey {
-                metric_type: MetricType::System,
-                kind: Kind::Counter,
-                tenant: Some(Arc::from(tenant)),
-                name: "luametrics.tenant.points.count".to_string(),
+            let key = SeriesKey::new(
+                MetricType::System,
+                Kind::Counter,
+                Some(Arc::from(tenant)),
+                "luametrics.tenant.points.count".to_string(),
                 tags,
-            };
+            );
             let mut s = Summary::new(false);
             s.observe(n as f64, now);
             self.ingest_inner(key, s, now, None, true).is_ok()
@@ -74,13 +74,7 @@ impl Inner {
         tags: Tags,
         now: i64,
     ) -> bool {
-        let key = SeriesKey {
-            metric_type: MetricType::System,
-            kind,
-            tenant: None,
-            name: name.to_string(),
-            tags,
-        };
+        let key = SeriesKey::new(MetricType::System, kind, None, name.to_string(), tags);
         let mut s = Summary::new(kind == Kind::Histogram);
         s.observe(value, now);
         self.ingest_inner(key, s, now, None, true).is_ok()

@@ -1,0 +1,137 @@
+//! The memory bound counts what series really cost: the bytes the recorder charges for new
+//! series are compared with the heap the process actually allocated for them (a counting
+//! allocator), so an estimate that drifts low fails here instead of in production.
+
+use luametrics_model::{Kind, Limits, TagPolicy, Tags};
+use luametrics_recorder::*;
+use luametrics_store::{Location, Store};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const HOUR: i64 = 3_600_000;
+
+struct Counting;
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static BLOCKS: AtomicUsize = AtomicUsize::new(0);
+/// What glibc adds to each block (header and rounding), as the recorder assumes.
+const PER_BLOCK: usize = 16;
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        BLOCKS.fetch_add(1, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        BLOCKS.fetch_sub(1, Ordering::Relaxed);
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+        LIVE.fetch_add(new, Ordering::Relaxed);
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        System.realloc(ptr, layout, new)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+async fn service(dir: &std::path::Path) -> (MetricsService, Arc<AtomicI64>) {
+    let store = Arc::new(
+        Store::open_with(Location::File(dir.join("m.db")), Duration::from_millis(50))
+            .await
+            .unwrap(),
+    );
+    let clock = Arc::new(AtomicI64::new(1_700_000_000_000));
+    let c = clock.clone();
+    let limits = Limits {
+        points_per_minute: 100_000_000,
+        burst: 10_000_000,
+        max_series_per_name: 1_000_000,
+        max_series_per_tenant: 1_000_000,
+        ..Limits::default()
+    };
+    let config = RecorderConfig {
+        settings: RecorderSettings {
+            window_ms: 3_600_000,
+            max_memory_bytes: 1 << 30,
+            idle_eviction_ms: 2 * HOUR as u64,
+            ..RecorderSettings::default()
+        },
+        policy: TagPolicy::new(std::iter::empty(), limits),
+        clock: Arc::new(move || c.load(Ordering::SeqCst)),
+        ..RecorderConfig::default()
+    };
+    (MetricsService::start(store, config), clock)
+}
+
+fn heap() -> usize {
+    LIVE.load(Ordering::SeqCst) + PER_BLOCK * BLOCKS.load(Ordering::SeqCst)
+}
+
+/// Records one point in each of `n` new series of one tenant.
+fn record(service: &MetricsService, tenant: &str, kind: Kind, n: usize) {
+    for i in 0..n {
+        let tags: Tags = [
+            ("region".to_string(), format!("eu-west-{}", i % 7)),
+            ("customer".to_string(), format!("customer-{i:08}")),
+            ("plan".to_string(), "enterprise".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let (name, value) = match kind {
+            Kind::Histogram => ("orders.amount", (i % 1000) as f64 * 1.37),
+            _ => ("orders.total", 1.0),
+        };
+        service
+            .record_user_metric(tenant, name, kind, value, &tags)
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charged_bytes_cover_the_heap_series_take_and_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, clock) = service(dir.path()).await;
+    // Warm up: the tenant's name claim, quota and ledger entries, the maps' first growth.
+    record(&service, "warmup", Kind::Counter, 2_000);
+    record(&service, "warmup", Kind::Histogram, 2_000);
+    let check = |what: &str, heap0: usize, charged0: usize| {
+        let (heap, charged) = (
+            heap().saturating_sub(heap0),
+            service.memory_used() - charged0,
+        );
+        eprintln!("{what}: heap {heap} B, charged {charged} B");
+        assert!(
+            charged >= heap,
+            "{what}: the series took {heap} B of heap but were charged {charged} B"
+        );
+        assert!(
+            charged <= 3 * heap,
+            "{what}: the series took {heap} B of heap but were charged {charged} B"
+        );
+    };
+    for (kind, tenant) in [(Kind::Counter, "acme"), (Kind::Histogram, "globex")] {
+        service.flush().await.unwrap();
+        let (heap0, charged0) = (heap(), service.memory_used());
+        record(&service, tenant, kind, 20_000);
+        check(&format!("{kind:?}, recorded"), heap0, charged0);
+        // Sealed and written: the exposition and the registry hold the series now.
+        clock.fetch_add(HOUR, Ordering::SeqCst);
+        service.flush().await.unwrap();
+        service.flush().await.unwrap();
+        check(&format!("{kind:?}, written"), heap0, charged0);
+        // Idle past the eviction time: every byte charged for them is given back.
+        clock.fetch_add(3 * HOUR, Ordering::SeqCst);
+        service.flush().await.unwrap();
+        service.evict_idle();
+        let left = service.memory_used().saturating_sub(charged0);
+        assert!(
+            left < 256 * 1024,
+            "{kind:?}: {left} B still charged after every series was evicted"
+        );
+    }
+}
