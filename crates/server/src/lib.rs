@@ -312,15 +312,21 @@ async fn timeout(
     next: Next,
 ) -> Result<Response, ApiError> {
     let limit = Duration::from_millis(state.settings.request_timeout_ms.max(1));
-    tokio::time::timeout(limit, next.run(req))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "timeout",
-                format!("the request took longer than {} ms", limit.as_millis()),
-            )
-        })
+    // A local read blocks the thread it runs on, where this timeout cannot stop it: the store
+    // interrupts it at the same deadline.
+    let deadline = tokio::time::Instant::now() + limit;
+    tokio::time::timeout_at(
+        deadline,
+        luametrics_store::with_deadline(deadline, next.run(req)),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("the request took longer than {} ms", limit.as_millis()),
+        )
+    })
 }
 
 /// Every route as `(method, path template)`; the OpenAPI document must list exactly these.

@@ -104,6 +104,20 @@ pub const DEFAULT_CONCURRENT_READS: usize = 2;
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 tokio::task_local! {
+    /// The caller's deadline (see [`with_deadline`]).
+    static DEADLINE: tokio::time::Instant;
+}
+
+/// Runs `fut` with a deadline its reads keep: a local read still running at the deadline is
+/// interrupted ([`StoreError::ReadTimeout`]) even when the read timeout is longer. A local
+/// read runs on its caller's thread (taken off the async workers), where a timeout around the
+/// caller cannot stop it: the caller hands its deadline down instead (the HTTP server does,
+/// with each request's `request_timeout_ms`).
+pub async fn with_deadline<F: Future>(deadline: tokio::time::Instant, fut: F) -> F::Output {
+    DEADLINE.scope(deadline, fut).await
+}
+
+tokio::task_local! {
     /// The read in progress on this task (see [`Store::gated_read`]): the connections it
     /// opened, for the deadline to interrupt.
     static READ: std::sync::Arc<ReadWatch>;
@@ -361,7 +375,8 @@ impl Store {
     /// once (waited for asynchronously: a caller that goes away stops waiting), for a
     /// tenant's read after one of the tenant's own places first, off the async workers like
     /// every store call, and, on a local store, interrupted past the read timeout (a
-    /// multi-threaded runtime's other workers run the deadline).
+    /// multi-threaded runtime's other workers run the deadline), or at the caller's deadline
+    /// ([`with_deadline`]) if that comes first.
     pub(crate) async fn gated_read<T>(
         &self,
         tenant: Option<&str>,
@@ -379,9 +394,13 @@ impl Store {
         if !self.location.is_local() {
             return self.off_worker(fut).await;
         }
-        let limit_ms = self
+        let mut limit_ms = self
             .read_timeout_ms
             .load(std::sync::atomic::Ordering::Relaxed);
+        if let Ok(deadline) = DEADLINE.try_with(|d| *d) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            limit_ms = limit_ms.min((left.as_millis() as u64).max(1));
+        }
         let watch = std::sync::Arc::new(ReadWatch::default());
         let _deadline = tokio::runtime::Handle::try_current().ok().map(|rt| {
             let watch = watch.clone();

@@ -664,6 +664,14 @@ async fn reads_are_stopped_past_their_timeout_and_take_turns() {
         store.aggregate(&q).await,
         Err(StoreError::ReadTimeout { .. })
     ));
+    // A caller's deadline comes first when it is nearer than the read timeout: a read runs on
+    // its caller's thread, where a timeout around the caller (an HTTP request's) cannot stop it.
+    store.set_read_limits(1, std::time::Duration::from_secs(3_600));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(1);
+    match luametrics_store::with_deadline(deadline, store.find_metrics(&all)).await {
+        Err(StoreError::ReadTimeout { after_ms: 1 }) => {}
+        other => panic!("{:?}", other.map(|r| r.len())),
+    }
     // One at a time, 20 at once: every one is served, and a caller that stops waiting
     // gives its turn back.
     store.set_read_limits(1, std::time::Duration::from_secs(60));
