@@ -50,6 +50,10 @@ pub const RESERVED_PREFIXES: &[&str] = &[
 /// Tag keys only the host may set: the tenant is never chosen by a script.
 const HOST_ONLY_KEYS: &[&str] = &["tenant", "tenant_id"];
 
+/// The tag of the overflow series (OpenTelemetry's rule): a script's own `overflow` tag would
+/// look exactly like the series its points fold into past a limit.
+pub const OVERFLOW_KEY: &str = "overflow";
+
 /// Per-tenant limits on user metrics (docs/policy.md); every field is configurable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -284,10 +288,19 @@ impl TagPolicy {
         if value.chars().any(char::is_control) {
             return Err(RejectReason::InvalidTags);
         }
-        if user && HOST_ONLY_KEYS.contains(&key) {
+        // Zero-width and bidirectional characters make two values look like one, hide what a
+        // value reads as, and slipped PII past the shape checks (`a\u{AD}@b.com`): the tenant
+        // id's rule.
+        if value.chars().any(crate::tenant::is_invisible_format) {
             return Err(RejectReason::InvalidTags);
         }
-        if user && crate::is_reserved_label(key) {
+        // Keys are compared without case: `TENANT="x"` beside the real `tenant` label reads
+        // as the tenant to a person or a case-insensitive query.
+        let lower = key.to_ascii_lowercase();
+        if user && HOST_ONLY_KEYS.contains(&lower.as_str()) {
+            return Err(RejectReason::InvalidTags);
+        }
+        if user && (crate::is_reserved_label(&lower) || lower == OVERFLOW_KEY) {
             return Err(RejectReason::ReservedTag);
         }
         // A host's tag may not take a label the exposition prints itself (the sample label of
@@ -328,6 +341,16 @@ fn valid_key(key: &str) -> bool {
 /// Whether a tag value is shaped like PII or a secret: e-mail, IP address, JWT, bearer/basic
 /// credential, UUID, or a long high-entropy token (hex or base64 of 24+ characters).
 pub fn looks_sensitive(value: &str) -> bool {
+    if value.is_ascii() {
+        return looks_sensitive_ascii(value);
+    }
+    // Fullwidth and other compatibility forms (`ａ＠ｂ．ｃｏｍ`, `１０．０．０．１`) read as what they
+    // fold to: judge that too.
+    use unicode_normalization::UnicodeNormalization;
+    looks_sensitive_ascii(value) || looks_sensitive_ascii(&value.nfkc().collect::<String>())
+}
+
+fn looks_sensitive_ascii(value: &str) -> bool {
     let v = value.trim();
     is_email(v)
         || is_ip(v)
@@ -492,6 +515,9 @@ mod tests {
             ("hex", "deadbeefdeadbeefdeadbeef00"),
             ("base64", "sk_live_4eC39HqLyjWDarjtT1zdp7dc"),
             ("base64 padded", "QmFzZTY0IGVuY29kZWQgdG9rZW4x=="),
+            // Compatibility forms read as what they fold to (adversary round 7).
+            ("fullwidth email", "jane\u{FF20}example.com"),
+            ("fullwidth ipv4", "\u{FF11}\u{FF10}.0.0.1"),
         ];
         for (what, value) in cases {
             assert!(looks_sensitive(value), "{what}: {value}");
@@ -516,6 +542,8 @@ mod tests {
             "true",
             "EU",
             "abc@",
+            "café",
+            "ｐｒｏ",
         ] {
             assert!(!looks_sensitive(value), "{value}");
         }
@@ -550,6 +578,20 @@ mod tests {
             check(&[("k", "a\u{1b}[2J")]),
             Err(RejectReason::InvalidTags)
         );
+        // Adversary round 7: invisible characters (which also slipped PII past the shape
+        // checks), reserved keys in another case, and the overflow series' own tag.
+        for v in ["a\u{AD}b", "pro\u{200B}", "\u{202E}gnp.exe", "x\u{FEFF}"] {
+            assert_eq!(check(&[("k", v)]), Err(RejectReason::InvalidTags), "{v:?}");
+        }
+        assert_eq!(check(&[("TENANT", "x")]), Err(RejectReason::InvalidTags));
+        assert_eq!(check(&[("Tenant_Id", "x")]), Err(RejectReason::InvalidTags));
+        for key in ["LE", "Quantile", "overflow", "OVERFLOW"] {
+            assert_eq!(
+                check(&[(key, "x")]),
+                Err(RejectReason::ReservedTag),
+                "{key}"
+            );
+        }
         assert_eq!(
             p.check_user_name("Invoice.count", Kind::Counter),
             Err(RejectReason::InvalidName)

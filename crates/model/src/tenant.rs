@@ -34,7 +34,7 @@ pub fn check_tenant(tenant: &str) -> Result<(), &'static str> {
 }
 
 /// Unicode format characters (category Cf) that change how text looks or reads without showing.
-fn is_invisible_format(c: char) -> bool {
+pub(crate) fn is_invisible_format(c: char) -> bool {
     matches!(c,
         '\u{00AD}' | '\u{061C}' | '\u{180E}'
         | '\u{200B}'..='\u{200F}'
