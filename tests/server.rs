@@ -40,6 +40,22 @@ fn execute_then_query_and_the_timings_add_up() {
             .map(|a| a[0]["points"][0][1].as_f64().unwrap())
     });
     assert_eq!(sum, 1.0);
+    // Thousands of filters are a bad query, not a database error (adversary round 7: SQLite
+    // refused the statement, a 500).
+    let filters: Vec<String> = (0..3_000).map(|i| format!("k{i}:v")).collect();
+    let (st, q) = get(
+        &s,
+        &format!(
+            "/v1/metrics/query?name=logins.by_plan_count&from=-1h&step=1h&filter={}",
+            filters.join(",")
+        ),
+        Some(ADMIN),
+    );
+    assert_eq!(
+        (st, q["error"]["code"].as_str()),
+        (400, Some("invalid_query")),
+        "{q}"
+    );
     let (_, names) = get(&s, "/v1/metrics/names", Some(ADMIN));
     assert!(names["names"]
         .as_array()
@@ -117,6 +133,22 @@ fn auth_limits_and_errors_are_json_with_stable_codes() {
         (too_large.0, too_large.1["error"]["code"].as_str()),
         (413, Some("payload_too_large"))
     );
+    // A declared length over the limit is refused before any body arrives (it held the
+    // connection until the request timeout, then answered 503; adversary round 7).
+    {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        write!(
+            conn,
+            "POST /v1/pipelines/user.login/execute HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {EXEC}\r\nContent-Type: application/json\r\nContent-Length: 999999999\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        conn.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 413");
+    }
     let r = ureq::post(&s.url("/v1/pipelines/user.login/execute"))
         .set("Authorization", &format!("Bearer {EXEC}"))
         .set("Content-Type", "application/json")
@@ -482,6 +514,21 @@ fn metrics_pass_promtool_and_our_own_checks() {
         ],
         "{r}"
     );
+    // Clients' own method names (any token, before authentication) are one `other` label,
+    // never series of their own (adversary round 7: 100,000 methods filled the memory bound).
+    use std::io::{Read, Write};
+    let addr = s.base.trim_start_matches("http://").to_string();
+    for i in 0..50 {
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        write!(
+            conn,
+            "X{i}Q /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = conn.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+    }
     let text = poll("user metrics in /metrics", || {
         let t = ureq::get(&s.url("/metrics"))
             .set("Authorization", &format!("Bearer {ADMIN}"))
@@ -493,10 +540,15 @@ fn metrics_pass_promtool_and_our_own_checks() {
             && t.contains("x_y_total")
             && t.contains("host_wait_bucket")
             && t.contains("user_invoices_amount_bucket")
-            && t.contains("http_request_duration_seconds_bucket"))
+            && t.contains("http_request_duration_seconds_bucket")
+            && t.contains("method=\"other\""))
         .then_some(t)
     });
     assert!(text.contains("tenant=\"acme\""));
+    assert!(
+        !text.contains("X7Q"),
+        "a client's method became a label value"
+    );
     check_exposition(&text);
     let path = s.dir.path().join("metrics.txt");
     std::fs::write(&path, &text).unwrap();

@@ -442,7 +442,7 @@ pub(crate) async fn tenant_usage(
                 filters: [("result".to_string(), result.to_string())].into(),
             },
             agg: Agg::Sum,
-            step_ms: (to - from).max(1) + 1,
+            step_ms: to.saturating_sub(from).max(1).saturating_add(1),
             group_by: Some("reason".into()),
         };
         let (series, _) = s.runtime.query(&q).await?;

@@ -306,6 +306,31 @@ async fn require_metrics_token(
     Ok(next.run(req).await)
 }
 
+/// Refuses a body whose declared length is over `max_body_bytes` before any of it is read (a
+/// client declaring 1 GB and sending nothing held its connection until the request timeout).
+async fn declared_size(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > state.settings.max_body_bytes as u64 => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the body declares {n} bytes; at most {} are accepted",
+                state.settings.max_body_bytes
+            ),
+        )),
+        _ => Ok(next.run(req).await),
+    }
+}
+
 async fn timeout(
     State(state): State<AppState>,
     req: Request,
@@ -401,6 +426,7 @@ pub fn router(runtime: Arc<Runtime>, settings: ServerSettings, tokens: Tokens) -
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), timeout))
+        .layer(middleware::from_fn_with_state(state.clone(), declared_size))
         .layer(axum::extract::DefaultBodyLimit::max(
             settings.max_body_bytes,
         ))

@@ -32,7 +32,7 @@ mod test_sqld;
 
 pub use error::StoreError;
 pub use location::Location;
-pub use query::{Agg, AggregateQuery, FindQuery, NameInfo, Series, Tier};
+pub use query::{Agg, AggregateQuery, FindQuery, NameInfo, Series, Tier, MAX_FILTERS};
 pub use rollup::{Retention, RetentionReport, RollupReport};
 pub use row::{RowData, StoredRow, WindowRow};
 pub use traces::{SpanRecord, TraceRecord};

@@ -298,6 +298,10 @@ impl StoredRow {
     }
 }
 
+/// Most tag filters one query may carry: far above the tags a series may have, far below what
+/// makes SQLite refuse the statement ("Expression tree is too large", a 500 before).
+pub const MAX_FILTERS: usize = 64;
+
 /// A tag key as a JSON path into the `tags` column. Keys are checked (letters, digits, `_`, as
 /// the policy allows) because they are written into the SQL text.
 fn tag_path(k: &str) -> Result<String, StoreError> {
@@ -312,6 +316,12 @@ fn tag_path(k: &str) -> Result<String, StoreError> {
 /// on `json_extract(tags, ...)`, so a `FindQuery` means the same thing on every tier. Returns
 /// the condition and its parameters (numbered from 1); callers append their own.
 fn filter(q: &FindQuery, time_col: &str, from_ms: i64) -> Result<(String, Vec<Value>), StoreError> {
+    if q.filters.len() > MAX_FILTERS {
+        return Err(StoreError::InvalidQuery(format!(
+            "{} tag filters; at most {MAX_FILTERS} (a series has few tags)",
+            q.filters.len()
+        )));
+    }
     let mut params = vec![
         Value::Text(q.name.clone()),
         Value::Integer(from_ms),
