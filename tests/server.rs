@@ -514,6 +514,22 @@ fn metrics_pass_promtool_and_our_own_checks() {
         ],
         "{r}"
     );
+    // Tenants never meet each other's metric names (adversary round 7: a tenant could block
+    // another's metric, and probe which names others use): a metric whose names another
+    // tenant's metric prints is taken, and withheld from /metrics, which stays valid.
+    for (tenant, kind, name) in [
+        ("acme", "histogram", "clash.amount"),
+        ("globex", "gauge", "clash.amount"),
+        ("globex", "gauge", "clash.amount_sum"),
+    ] {
+        let (st, o) = post(
+            &s,
+            "/v1/pipelines/t.probe/execute",
+            Some(EXEC),
+            json!({"tenant": tenant, "event": {"kind": kind, "name": name, "value": 2}}),
+        );
+        assert_eq!((st, &o["context"]["ok"]), (200, &json!(true)), "{o}");
+    }
     // Clients' own method names (any token, before authentication) are one `other` label,
     // never series of their own (adversary round 7: 100,000 methods filled the memory bound).
     use std::io::{Read, Write};
@@ -541,9 +557,16 @@ fn metrics_pass_promtool_and_our_own_checks() {
             && t.contains("host_wait_bucket")
             && t.contains("user_invoices_amount_bucket")
             && t.contains("http_request_duration_seconds_bucket")
-            && t.contains("method=\"other\""))
+            && t.contains("method=\"other\"")
+            && t.contains("user_clash_amount_bucket")
+            && t.contains("luametrics_exposition_withheld 2"))
         .then_some(t)
     });
+    assert!(!t_has_gauge(&text, "user_clash_amount"), "{text}");
+    assert!(
+        !text.contains("user_clash_amount_sum{tenant=\"globex\""),
+        "{text}"
+    );
     assert!(text.contains("tenant=\"acme\""));
     assert!(
         !text.contains("X7Q"),
@@ -581,6 +604,14 @@ fn metrics_pass_promtool_and_our_own_checks() {
         ureq::get(&open.url("/metrics")).call().unwrap().status(),
         200
     );
+}
+
+/// Whether the exposition declares `family` a gauge.
+fn t_has_gauge(text: &str, family: &str) -> bool {
+    text.lines().any(|l| {
+        l == format!("# TYPE {family} gauge")
+            || l.starts_with(&format!("{family}{{tenant=\"globex\""))
+    })
 }
 
 fn free_port() -> u16 {

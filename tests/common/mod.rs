@@ -35,6 +35,12 @@ pub fn pipelines(dir: &Path) -> PathBuf {
         "local x <close> = setmetatable({}, { __close = function() while true do end end })\nwhile true do pcall(function() while true do end end) end\n",
     )
     .unwrap();
+    // Records the metric the event names: any name, kind and tags a tenant might choose.
+    std::fs::write(
+        dir.join("probe.lua"),
+        "local ok, why = helpers.metrics[event.kind](event.name, event.value or 1, event.tags)\nreturn { context = { ok = ok, why = why } }\n",
+    )
+    .unwrap();
     let text = std::fs::read_to_string(repo().join("lua/pipelines.toml"))
         .unwrap()
         .replace(
@@ -43,7 +49,7 @@ pub fn pipelines(dir: &Path) -> PathBuf {
         );
     // Time limits far above the work, so a loaded machine cannot turn a node into a timeout.
     let text = text.replace("timeout_ms = 20\n", "timeout_ms = 20000\n");
-    let text = format!("{text}\n[[pipeline]]\nid = \"broken\"\ntrigger = \"t.broken\"\n[[pipeline.node]]\nid = \"b\"\nscript = \"broken.lua\"\n\n[[pipeline]]\nid = \"spin\"\ntrigger = \"t.spin\"\n[[pipeline.node]]\nid = \"s\"\nscript = \"spin.lua\"\n");
+    let text = format!("{text}\n[[pipeline]]\nid = \"probe\"\ntrigger = \"t.probe\"\n[[pipeline.node]]\nid = \"p\"\nscript = \"probe.lua\"\n\n[[pipeline]]\nid = \"broken\"\ntrigger = \"t.broken\"\n[[pipeline.node]]\nid = \"b\"\nscript = \"broken.lua\"\n\n[[pipeline]]\nid = \"spin\"\ntrigger = \"t.spin\"\n[[pipeline.node]]\nid = \"s\"\nscript = \"spin.lua\"\n");
     let file = dir.join("pipelines.toml");
     std::fs::write(&file, text).unwrap();
     file

@@ -65,6 +65,12 @@ pub fn exported_names(metric_type: MetricType, name: &str, kind: Kind, unit: Uni
 /// or another name mapping to the same Prometheus name) already holds is refused with
 /// [`RejectReason::NameConflict`], so the exposition never prints two families under one name.
 /// Names are claimed for the life of the process (the exposition keeps them as long).
+///
+/// Tenants never meet each other's names: a tenant's metric is refused only for a conflict
+/// with the tenant's own metrics. A tenant's metric whose names another tenant's (or a host's)
+/// metric already prints is taken, stored and queried as usual, but *withheld* from `/metrics`
+/// ([`ExportedNames::is_exported`]): otherwise one tenant could block another's metric, and
+/// learn which names other tenants use by probing (adversary round 7).
 #[derive(Debug, Default)]
 pub struct ExportedNames {
     inner: RwLock<Names>,
@@ -72,13 +78,18 @@ pub struct ExportedNames {
 
 #[derive(Debug, Default)]
 struct Names {
-    /// Exported name -> the metric holding it.
+    /// Exported name -> the metric printing it.
     owners: HashMap<String, (MetricType, String, Kind)>,
-    /// Metrics whose names are all held: the common case answers from here.
+    /// Metrics whose names are all held by themselves: printed on `/metrics`.
     claimed: HashSet<(MetricType, String, Kind)>,
-    /// The user metrics each tenant has used (claimed, or found claimed by another tenant),
-    /// bounded per tenant.
-    tenants: HashMap<String, HashSet<(String, Kind)>>,
+    /// Each tenant's user metrics and the exported names they take, bounded per tenant.
+    tenants: HashMap<String, TenantNames>,
+}
+
+#[derive(Debug, Default)]
+struct TenantNames {
+    used: HashSet<(String, Kind)>,
+    exported: HashMap<String, (String, Kind)>,
 }
 
 /// Who claims a user metric's names, and how many metrics that tenant may use.
@@ -92,8 +103,8 @@ pub struct Claimant<'a> {
 
 impl ExportedNames {
     /// Claims every exported name of a metric, or says which rule it breaks. A tenant's
-    /// metric (`claimant`) counts against the tenant's bound of distinct metrics, whoever
-    /// claimed its names first.
+    /// metric (`claimant`) is checked against the tenant's own metrics and bound of distinct
+    /// metrics only; a host's metric (no claimant) against every metric.
     pub fn claim(
         &self,
         metric_type: MetricType,
@@ -107,45 +118,70 @@ impl ExportedNames {
             names
                 .tenants
                 .get(c.tenant)
-                .is_some_and(|used| used.contains(&(name.to_string(), kind)))
+                .is_some_and(|t| t.used.contains(&(name.to_string(), kind)))
         };
         {
             let names = self.inner.read().unwrap_or_else(|e| e.into_inner());
-            if names.claimed.contains(&key) && claimant.as_ref().is_none_or(|c| used_by(&names, c))
-            {
+            let known = match &claimant {
+                Some(c) => used_by(&names, c),
+                None => names.claimed.contains(&key),
+            };
+            if known {
                 return Ok(());
             }
         }
         let mut names = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let exported = exported_names(metric_type, name, kind, unit);
+        let mine = (name.to_string(), kind);
         if let Some(c) = &claimant {
-            if !used_by(&names, c)
-                && names.tenants.get(c.tenant).map_or(0, |u| u.len()) >= c.max_names
-            {
+            if used_by(&names, c) {
+                return Ok(());
+            }
+            let tenant = names.tenants.get(c.tenant);
+            if tenant.map_or(0, |t| t.used.len()) >= c.max_names {
                 return Err(RejectReason::NameLimit);
             }
-        }
-        if !names.claimed.contains(&key) {
-            let exported = exported_names(metric_type, name, kind, unit);
-            for n in &exported {
-                if let Some(owner) = names.owners.get(n) {
-                    if *owner != key {
-                        return Err(RejectReason::NameConflict);
-                    }
-                }
+            // The tenant's own conflicts are the tenant's to see.
+            if exported.iter().any(|n| {
+                tenant
+                    .and_then(|t| t.exported.get(n))
+                    .is_some_and(|o| *o != mine)
+            }) {
+                return Err(RejectReason::NameConflict);
             }
-            for n in exported {
-                names.owners.insert(n, key.clone());
+        }
+        let free = names.claimed.contains(&key)
+            || exported
+                .iter()
+                .all(|n| names.owners.get(n).is_none_or(|o| *o == key));
+        // A host's metric is refused; a tenant's is taken and withheld from `/metrics`.
+        let withheld = claimant.is_some() && metric_type == MetricType::User;
+        if !free && !withheld {
+            return Err(RejectReason::NameConflict);
+        }
+        if free && !names.claimed.contains(&key) {
+            for n in &exported {
+                names.owners.insert(n.clone(), key.clone());
             }
             names.claimed.insert(key);
         }
         if let Some(c) = claimant {
-            names
-                .tenants
-                .entry(c.tenant.to_string())
-                .or_default()
-                .insert((name.to_string(), kind));
+            let tenant = names.tenants.entry(c.tenant.to_string()).or_default();
+            for n in exported {
+                tenant.exported.insert(n, mine.clone());
+            }
+            tenant.used.insert(mine);
         }
         Ok(())
+    }
+
+    /// Whether a claimed metric is printed on `/metrics` (false for a tenant's metric whose
+    /// names another tenant's or a host's metric already prints).
+    pub fn is_exported(&self, metric_type: MetricType, name: &str, kind: Kind) -> bool {
+        let names = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        names
+            .claimed
+            .contains(&(metric_type, name.to_string(), kind))
     }
 }
 
@@ -176,6 +212,49 @@ mod tests {
             is_reserved_label("le")
                 && is_reserved_label("__name__")
                 && !is_reserved_label("tag_le")
+        );
+    }
+
+    #[test]
+    fn tenants_meet_only_their_own_names() {
+        let names = ExportedNames::default();
+        let a = Some(Claimant {
+            tenant: "a",
+            max_names: 10,
+        });
+        let b = Some(Claimant {
+            tenant: "b",
+            max_names: 10,
+        });
+        let claim = |name, kind, c| names.claim(MetricType::User, name, kind, Unit::Count, c);
+        assert_eq!(claim("x.h", Kind::Histogram, a), Ok(()));
+        // The tenant's own conflicts are its to see.
+        assert_eq!(
+            claim("x.h_sum", Kind::Gauge, a),
+            Err(RejectReason::NameConflict)
+        );
+        assert_eq!(
+            claim("x.h", Kind::Gauge, a),
+            Err(RejectReason::NameConflict)
+        );
+        // Another tenant is neither refused nor told: its metric is withheld from /metrics.
+        assert_eq!(claim("x.h", Kind::Gauge, b), Ok(()));
+        assert_eq!(claim("x.h_sum", Kind::Gauge, b), Ok(()));
+        assert!(names.is_exported(MetricType::User, "x.h", Kind::Histogram));
+        assert!(!names.is_exported(MetricType::User, "x.h", Kind::Gauge));
+        assert!(!names.is_exported(MetricType::User, "x.h_sum", Kind::Gauge));
+        // The same metric in two tenants is one family (the tenant label tells them apart).
+        assert_eq!(
+            claim("x.h", Kind::Histogram, b),
+            Err(RejectReason::NameConflict)
+        );
+        assert_eq!(claim("y.c", Kind::Counter, b), Ok(()));
+        assert_eq!(claim("y.c", Kind::Counter, a), Ok(()));
+        assert!(names.is_exported(MetricType::User, "y.c", Kind::Counter));
+        // A host's metric still meets every claim.
+        assert_eq!(
+            names.claim(MetricType::User, "y.c", Kind::Gauge, Unit::Count, None),
+            Err(RejectReason::NameConflict)
         );
     }
 }

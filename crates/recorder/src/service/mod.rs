@@ -474,6 +474,12 @@ impl MetricsService {
                 && (s.name.starts_with("luametrics.points.")
                     || s.name == "luametrics.flush.backlog_rows"))
         });
+        let before = series.len();
+        let names = &self.inner.names;
+        series.retain(|s| {
+            s.metric_type == MetricType::System || names.is_exported(s.metric_type, &s.name, s.kind)
+        });
+        let withheld = before - series.len();
         let live = |name: &str, kind: Kind, value: f64, tags: Tags| crate::ExposedSeries {
             metric_type: MetricType::System,
             kind,
@@ -493,6 +499,12 @@ impl MetricsService {
                 counter_tags(mt, reason),
             ));
         }
+        series.push(live(
+            "luametrics.exposition.withheld",
+            Kind::Gauge,
+            withheld as f64,
+            Tags::new(),
+        ));
         series.push(live(
             "luametrics.flush.backlog_rows",
             Kind::Gauge,
