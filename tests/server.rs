@@ -904,6 +904,50 @@ fn raw_healthz(addr: &str) -> usize {
     read_until_closed(&mut c).unwrap_or(0)
 }
 
+/// A connection from a loopback address of our choice (all of 127/8 reaches the server).
+fn connect_from(local: &str, addr: &str) -> std::net::TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: std::net::SocketAddr = format!("{local}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    socket.connect(&addr.into()).unwrap();
+    socket.into()
+}
+
+// A few clients holding every place cannot shut a new one out (adversary round 7: 9 addresses
+// x 128 connections, `/healthz` answered 6 times in 80): at the cap, a client holding fewer
+// connections than the busiest takes the busiest one's oldest connection's place.
+#[test]
+fn clients_holding_every_place_make_room_for_a_new_one() {
+    use std::io::Write;
+    let s = Server::start(&[
+        ("LUAMETRICS_SERVER_MAX_CONNECTIONS", "8"),
+        ("LUAMETRICS_SERVER_MAX_CONNECTIONS_PER_PEER", "4"),
+        ("LUAMETRICS_SERVER_HEADER_READ_TIMEOUT_MS", "600000"),
+    ]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let healthz_from = |local: &str| {
+        let mut c = connect_from(local, &addr);
+        let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        read_until_closed(&mut c).unwrap_or(0)
+    };
+    // Two clients take every place with connections that never send a request.
+    let mut held = Vec::new();
+    for local in ["127.0.0.2", "127.0.0.3"] {
+        for _ in 0..4 {
+            held.push(connect_from(local, &addr));
+        }
+    }
+    // Connections are accepted in the order they were made: the third client's comes after
+    // all eight (without room made for it, it would be closed unanswered every time).
+    poll(
+        "a new client to be served while two hold every place",
+        || (healthz_from("127.0.0.4") > 0).then_some(()),
+    );
+    drop(held);
+    s.stop();
+}
+
 // One client cannot hold the server: it gets `max_connections_per_peer` connections however
 // many places the cap has, and a connection whose client sends requests but never reads the
 // answers is closed once its writes have waited `write_timeout_ms`, which frees its place.

@@ -467,7 +467,7 @@ pub async fn serve(
     let limits = ConnLimits {
         header_timeout: Duration::from_millis(settings.header_read_timeout_ms.max(1)),
         write_timeout: Duration::from_millis(settings.write_timeout_ms.max(1)),
-        connections: Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1))),
+        max_connections: settings.max_connections.max(1),
         per_peer: settings.max_connections_per_peer.max(1),
     };
     let app = router(runtime, settings, tokens);
@@ -480,38 +480,119 @@ pub async fn serve(
 struct ConnLimits {
     header_timeout: Duration,
     write_timeout: Duration,
-    connections: Arc<tokio::sync::Semaphore>,
+    max_connections: usize,
     per_peer: usize,
 }
 
-/// Connections open per client address; an entry goes when its last connection does.
+/// Which share a connection counts against: its IPv4 address, or its IPv6 /64 (what one
+/// subscriber is handed: one machine may speak from any address in it).
+fn peer_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// The connections being served, per peer, each with the handle that closes it.
+#[derive(Default)]
+struct Table {
+    total: usize,
+    next_id: u64,
+    peers:
+        std::collections::HashMap<std::net::IpAddr, Vec<(u64, Option<tokio::task::AbortHandle>)>>,
+}
+
+/// Connections open per client (see [`peer_key`]); an entry goes when its last connection does.
 #[derive(Clone, Default)]
-struct Peers(Arc<parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+struct Peers(Arc<parking_lot::Mutex<Table>>);
 
 /// One connection's place in [`Peers`], given back on drop.
-struct PeerPlace(Peers, std::net::IpAddr);
+struct PeerPlace {
+    peers: Peers,
+    key: std::net::IpAddr,
+    id: u64,
+}
 
 impl Peers {
-    fn enter(&self, ip: std::net::IpAddr, max: usize) -> Option<PeerPlace> {
-        let mut map = self.0.lock();
-        let n = map.entry(ip).or_insert(0);
-        if *n >= max {
+    /// A place for a new connection from `ip`: none past `per_peer` of its own. At
+    /// `max_total`, a peer holding fewer connections than the busiest peer takes the place of
+    /// the busiest peer's oldest connection, which is closed: a few addresses holding every
+    /// place (adversary round 7: 9 addresses, `/healthz` answered 6 times in 80) cannot shut
+    /// a new client out; only when every peer holds as many as it does is it turned away.
+    fn enter(&self, ip: std::net::IpAddr, per_peer: usize, max_total: usize) -> Option<PeerPlace> {
+        let key = peer_key(ip);
+        let mut table = self.0.lock();
+        let mine = table.peers.get(&key).map_or(0, Vec::len);
+        if mine >= per_peer {
             return None;
         }
-        *n += 1;
-        Some(PeerPlace(self.clone(), ip))
+        if table.total >= max_total {
+            let (busiest, held) = table
+                .peers
+                .iter()
+                .map(|(k, conns)| (*k, conns.len()))
+                .max_by_key(|(_, n)| *n)?;
+            if held <= mine + 1 {
+                return None;
+            }
+            let conns = table.peers.get_mut(&busiest)?;
+            // The oldest that is running (a place just taken has no handle yet).
+            let at = conns.iter().position(|(_, h)| h.is_some())?;
+            let (_, handle) = conns.remove(at);
+            if conns.is_empty() {
+                table.peers.remove(&busiest);
+            }
+            table.total -= 1;
+            if let Some(handle) = handle {
+                handle.abort();
+            }
+        }
+        table.next_id += 1;
+        let id = table.next_id;
+        table.peers.entry(key).or_default().push((id, None));
+        table.total += 1;
+        Some(PeerPlace {
+            peers: self.clone(),
+            key,
+            id,
+        })
+    }
+
+    /// Gives a place (`key`, `id`) the handle that closes its connection.
+    fn running(&self, key: std::net::IpAddr, id: u64, handle: tokio::task::AbortHandle) {
+        let mut table = self.0.lock();
+        if let Some(conn) = table
+            .peers
+            .get_mut(&key)
+            .and_then(|conns| conns.iter_mut().find(|(i, _)| *i == id))
+        {
+            conn.1 = Some(handle);
+        }
     }
 }
 
 impl Drop for PeerPlace {
     fn drop(&mut self) {
-        let mut map = self.0 .0.lock();
-        if let Some(n) = map.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.1);
-            }
+        let mut table = self.peers.0.lock();
+        let Some(conns) = table.peers.get_mut(&self.key) else {
+            return;
+        };
+        // Gone already when its place was given to another peer.
+        let Some(at) = conns.iter().position(|(id, _)| *id == self.id) else {
+            return;
+        };
+        conns.remove(at);
+        if conns.is_empty() {
+            table.peers.remove(&self.key);
         }
+        table.total -= 1;
     }
 }
 
@@ -622,7 +703,7 @@ async fn accept_loop(
     let ConnLimits {
         header_timeout,
         write_timeout,
-        connections,
+        max_connections,
         per_peer,
     } = limits;
     let peers = Peers::default();
@@ -644,13 +725,9 @@ async fn accept_loop(
                 }
             },
         };
-        let Some(place) = peers.enter(peer.ip(), per_peer) else {
-            // This client holds its share already: closed at once, before anything is read.
-            drop(stream);
-            continue;
-        };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            // At the cap: closed at once, before anything is read.
+        let Some(place) = peers.enter(peer.ip(), per_peer, max_connections) else {
+            // This client holds its share already, or every place is taken by clients holding
+            // no more than it does: closed at once, before anything is read.
             drop(stream);
             continue;
         };
@@ -669,12 +746,14 @@ async fn accept_loop(
         };
         let conn = builder.serve_connection(TokioIo::new(io), service);
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _places = (permit, place);
+        let (key, id) = (place.key, place.id);
+        let task = tokio::spawn(async move {
+            let _place = place;
             if let Err(e) = conn.await {
                 tracing::trace!("connection ended: {e}");
             }
         });
+        peers.running(key, id, task.abort_handle());
     }
     drop(listener);
     graceful.shutdown().await;
