@@ -3,7 +3,7 @@
 //! Lua never runs on an async worker. [`EnginePool::run`] hands an execution to one of the
 //! pool's runner threads (`runner.rs`: threads meant to block) and awaits the answer. With an
 //! engine free, the execution goes to a runner at once; with every engine busy it waits in the
-//! pool's queue (`queue.rs`: one line per tenant, served in turn, each bounded), and the
+//! pool's queue (`queue.rs`: one line per tenant, served by engine time used, each bounded), and the
 //! runner that finishes an execution takes the next waiting one itself, with the engine it
 //! holds: under load engines never leave their threads, and no async task sits between two
 //! executions. A script stuck in a C function past its time limit blocks only its runner; past
@@ -127,6 +127,8 @@ struct RunJob {
     enqueued: Instant,
     /// Whether it waited in the queue (its checkout is counted when it starts).
     queued: bool,
+    /// Engine ms the fair queue charged its tenant for it when it was handed an engine.
+    provisional_ms: f64,
 }
 
 #[derive(Default)]
@@ -189,7 +191,13 @@ impl Inner {
         });
         loop {
             let mut state = self.state.lock();
-            let next = state.queue.pop();
+            let next = state.queue.pop().map(|(item, provisional_ms)| match item {
+                Pending::Run(mut job) => {
+                    job.provisional_ms = provisional_ms;
+                    Pending::Run(job)
+                }
+                checkout => checkout,
+            });
             if next.is_some() {
                 self.note_queue(&state);
             }
@@ -263,6 +271,7 @@ impl Inner {
             ticket,
             enqueued,
             queued,
+            provisional_ms,
         } = job;
         if ticket.released.load(Relaxed) {
             // Given up on before it started: the waiting side passed the place on already.
@@ -297,8 +306,16 @@ impl Inner {
         *held.0.running_on.lock() = Some((runner::current_tid(), engine.slot().clone()));
         let deliver = work(Ok(&mut engine), wait_ms);
         *held.0.running_on.lock() = None;
-        self.budgets
-            .charge(&tenant, engine.busy_ns().saturating_sub(busy) as f64 / 1e6);
+        let used_ms = engine.busy_ns().saturating_sub(busy) as f64 / 1e6;
+        self.budgets.charge(&tenant, used_ms);
+        // The fair queue's clock matters only while work waits (a tenant that starts waiting
+        // joins at the queue's time): no lock on the path when nothing does.
+        if queued || self.stats.waiting.load(Relaxed) > 0 {
+            self.state
+                .lock()
+                .queue
+                .charge(&tenant, used_ms, provisional_ms);
+        }
         if !held.take() {
             // Abandoned meanwhile: its place went on without it; the engine is written off,
             // and this thread, demoted, ends.
@@ -823,6 +840,7 @@ impl EnginePool {
             ticket: ticket.clone(),
             enqueued,
             queued: false,
+            provisional_ms: 0.0,
         });
         let (queued_id, hot) = {
             let mut state = inner.state.lock();
