@@ -84,11 +84,14 @@ struct Names {
     claimed: HashSet<(MetricType, String, Kind)>,
     /// Each tenant's user metrics and the exported names they take, bounded per tenant.
     tenants: HashMap<String, TenantNames>,
+    /// Tenants using each claimed metric (`None`: a host claimed it, held for good), and its
+    /// unit, which its exported names depend on.
+    users: HashMap<(MetricType, String, Kind), (Option<usize>, Unit)>,
 }
 
 #[derive(Debug, Default)]
 struct TenantNames {
-    used: HashSet<(String, Kind)>,
+    used: HashSet<(MetricType, String, Kind)>,
     exported: HashMap<String, (String, Kind)>,
 }
 
@@ -118,7 +121,7 @@ impl ExportedNames {
             names
                 .tenants
                 .get(c.tenant)
-                .is_some_and(|t| t.used.contains(&(name.to_string(), kind)))
+                .is_some_and(|t| t.used.contains(&(metric_type, name.to_string(), kind)))
         };
         {
             let names = self.inner.read().unwrap_or_else(|e| e.into_inner());
@@ -163,16 +166,73 @@ impl ExportedNames {
             for n in &exported {
                 names.owners.insert(n.clone(), key.clone());
             }
-            names.claimed.insert(key);
+            names.claimed.insert(key.clone());
+        }
+        if free {
+            let (users, _) = names.users.entry(key.clone()).or_insert((Some(0), unit));
+            match (&claimant, users.as_mut()) {
+                (None, _) => *users = None,
+                (Some(_), Some(n)) => *n += 1,
+                (Some(_), None) => {}
+            }
         }
         if let Some(c) = claimant {
             let tenant = names.tenants.entry(c.tenant.to_string()).or_default();
             for n in exported {
                 tenant.exported.insert(n, mine.clone());
             }
-            tenant.used.insert(mine);
+            tenant.used.insert((metric_type, mine.0, mine.1));
         }
         Ok(())
+    }
+
+    /// Forgets the names of tenants `holding` says hold nothing any more (no series, no
+    /// rows, no ledger): their bound of distinct metrics starts again, and a metric no tenant
+    /// uses any more (and no host claimed) gives its exported names back. Safe because a
+    /// tenant that holds nothing prints nothing on `/metrics`.
+    pub fn forget_tenants(&self, holding: impl Fn(&str) -> bool) {
+        let mut names = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let names = &mut *names;
+        let gone: Vec<String> = names
+            .tenants
+            .keys()
+            .filter(|t| !holding(t))
+            .cloned()
+            .collect();
+        for tenant in gone {
+            let Some(t) = names.tenants.remove(&tenant) else {
+                continue;
+            };
+            for key in t.used {
+                let Some((Some(n), unit)) = names.users.get_mut(&key) else {
+                    continue;
+                };
+                *n = n.saturating_sub(1);
+                if *n > 0 {
+                    continue;
+                }
+                let unit = *unit;
+                names.users.remove(&key);
+                names.claimed.remove(&key);
+                for n in exported_names(key.0, &key.1, key.2, unit) {
+                    if names.owners.get(&n) == Some(&key) {
+                        names.owners.remove(&n);
+                    }
+                }
+            }
+        }
+        if names.tenants.capacity() > 4 * names.tenants.len() + 64 {
+            names.tenants.shrink_to_fit();
+        }
+    }
+
+    /// Tenants whose names are kept.
+    pub fn tenants(&self) -> usize {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .tenants
+            .len()
     }
 
     /// Whether a claimed metric is printed on `/metrics` (false for a tenant's metric whose
@@ -250,6 +310,19 @@ mod tests {
         );
         assert_eq!(claim("y.c", Kind::Counter, b), Ok(()));
         assert_eq!(claim("y.c", Kind::Counter, a), Ok(()));
+        assert!(names.is_exported(MetricType::User, "y.c", Kind::Counter));
+        // Tenants that hold nothing any more are forgotten; a metric nobody uses gives its
+        // names back, and what was withheld for it may be printed once claimed.
+        names.forget_tenants(|t| t == "b");
+        assert_eq!(names.tenants(), 1);
+        assert!(!names.is_exported(MetricType::User, "x.h", Kind::Histogram));
+        let c = Some(Claimant {
+            tenant: "c",
+            max_names: 10,
+        });
+        assert_eq!(claim("x.h", Kind::Gauge, c), Ok(()));
+        assert!(names.is_exported(MetricType::User, "x.h", Kind::Gauge));
+        // `y.c` is still used by `b`: kept.
         assert!(names.is_exported(MetricType::User, "y.c", Kind::Counter));
         // A host's metric still meets every claim.
         assert_eq!(

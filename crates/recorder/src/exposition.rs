@@ -162,4 +162,13 @@ impl Exposition {
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
+
+    /// Tenants with a series held here.
+    pub fn tenants_held(&self) -> std::collections::HashSet<Arc<str>> {
+        let mut out = std::collections::HashSet::new();
+        for shard in &self.shards {
+            out.extend(shard.lock().keys().filter_map(|k| k.0.tenant.clone()));
+        }
+        out
+    }
 }

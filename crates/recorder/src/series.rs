@@ -356,6 +356,14 @@ impl Registry {
         evicted
     }
 
+    /// Tenants with a series tracked (overflow series included).
+    pub fn tenants_held(&self) -> std::collections::HashSet<Arc<str>> {
+        self.seen
+            .iter()
+            .filter_map(|e| e.key().tenant.clone())
+            .collect()
+    }
+
     /// Series currently tracked.
     pub fn len(&self) -> usize {
         self.seen.len()

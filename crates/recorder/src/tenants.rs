@@ -50,6 +50,8 @@ struct Entry {
     reported: BTreeMap<(&'static str, String), u64>,
     /// `(metric, reason)` -> points.
     troubles: BTreeMap<(String, String), u64>,
+    /// Counted since the last eviction pass.
+    touched: bool,
 }
 
 /// Per-tenant point counts.
@@ -74,10 +76,13 @@ impl TenantLedger {
             return;
         }
         if let Some(mut e) = self.tenants.get_mut(tenant) {
+            e.touched = true;
             f(&mut e);
             return;
         }
-        f(&mut self.tenants.entry(Arc::from(tenant)).or_default());
+        let mut e = self.tenants.entry(Arc::from(tenant)).or_default();
+        e.touched = true;
+        f(&mut e);
     }
 
     /// Counts `n` points of `tenant` with `result` (`accepted`, `overflowed`, `rejected`,
@@ -123,7 +128,34 @@ impl TenantLedger {
         }
     }
 
-    /// `tenant`'s points since the process started.
+    /// Forgets tenants that hold nothing (`holding` says who still does), whose counts are
+    /// all recorded to the store, and that were not counted since the last pass: a process
+    /// serving tenants that come and go keeps only the ones around. A forgotten tenant's
+    /// counts start again from zero if it comes back (its history is in the store).
+    pub(crate) fn forget_idle(&self, holding: impl Fn(&str) -> bool) {
+        self.tenants.retain(|tenant, e| {
+            let keep = e.touched
+                || holding(tenant)
+                || e.counts.iter().any(|(k, n)| e.reported.get(k) != Some(n));
+            e.touched = false;
+            keep
+        });
+        if self.tenants.capacity() > 4 * self.tenants.len() + 64 {
+            self.tenants.shrink_to_fit();
+        }
+    }
+
+    /// Whether `tenant` has a ledger entry.
+    pub(crate) fn has(&self, tenant: &str) -> bool {
+        self.tenants.contains_key(tenant)
+    }
+
+    /// Tenants with a ledger entry.
+    pub(crate) fn len(&self) -> usize {
+        self.tenants.len()
+    }
+
+    /// `tenant`'s points since the process started (or since it was last forgotten).
     pub(crate) fn points(&self, tenant: &str) -> TenantPoints {
         let mut out = TenantPoints::default();
         let Some(e) = self.tenants.get(tenant) else {

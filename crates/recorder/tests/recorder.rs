@@ -573,6 +573,82 @@ async fn idle_series_are_evicted_and_limiter_state_pruned() {
     assert_eq!(n, 4);
 }
 
+// Tenants come and go: the bookkeeping of a tenant that holds nothing any more (its point
+// ledger, once reported; its metric names) is forgotten, so a process serving an unbounded
+// stream of tenants does not grow with them (adversary round 7: ~5.5 KB per tenant ever seen).
+#[tokio::test]
+async fn tenants_that_left_leave_nothing_behind() {
+    let h = harness(
+        RecorderSettings {
+            idle_eviction_ms: 60_000,
+            ..Default::default()
+        },
+        Limits {
+            max_names_per_tenant: 2,
+            ..big_limits()
+        },
+    )
+    .await;
+    let record = |tenant: &str, name: &str, kind| {
+        h.service
+            .record_user_metric(tenant, name, kind, 1.0, &tags(&[("s", "a")]))
+    };
+    for t in 0..200 {
+        record(&format!("t{t}"), &format!("m{t}.x"), Kind::Counter).unwrap();
+    }
+    // One name per kind is held by a tenant that stays.
+    record("stays", "shared.h", Kind::Histogram).unwrap();
+    record("t0", "other.count", Kind::Counter).unwrap();
+    assert_eq!(
+        record("t0", "third.count", Kind::Counter),
+        Err(Rejected::Invalid(RejectReason::NameLimit))
+    );
+    assert!(h.service.tenants_tracked() >= 201);
+    // Written, reported, then idle past the eviction time: two passes (a ledger counted since
+    // the last pass is kept one more).
+    h.service.flush().await.unwrap();
+    h.service.flush().await.unwrap();
+    h.clock.fetch_add(61_000, Ordering::SeqCst);
+    record("stays", "shared.h", Kind::Histogram).unwrap();
+    h.service.flush().await.unwrap();
+    h.service.evict_idle();
+    h.service.flush().await.unwrap();
+    h.service.evict_idle();
+    assert_eq!(
+        h.service.tenants_tracked(),
+        1,
+        "only the tenant still holding a series"
+    );
+    assert_eq!(h.service.tenant_points("t0").accepted, 0);
+    // A tenant that comes back starts its bound of names again; the names others used are
+    // free for it (nobody holds them now), and the stayer's are still the stayer's to print.
+    record("t0", "third.count", Kind::Counter).unwrap();
+    record("t0", "m1.x", Kind::Gauge).unwrap();
+    assert_eq!(
+        record("newcomer", "shared.h", Kind::Gauge),
+        Ok(Accepted::Stored)
+    );
+    let exposed_kinds: Vec<Kind> = {
+        h.service.flush().await.unwrap();
+        h.clock.fetch_add(11_000, Ordering::SeqCst);
+        h.service.flush().await.unwrap();
+        h.service
+            .exposition()
+            .into_iter()
+            .filter(|s| s.name == "shared.h")
+            .map(|s| s.kind)
+            .collect()
+    };
+    assert_eq!(
+        exposed_kinds,
+        vec![Kind::Histogram],
+        "the newcomer's gauge is withheld"
+    );
+    // Nothing written was lost on the way.
+    let (_, sum) = stored(&h.store, "m7.x", Some("t7")).await;
+    assert_eq!(sum, 1.0);
+}
+
 #[tokio::test]
 async fn system_metrics_follow_the_catalog_and_the_metrics_facade_lands_in_the_store() {
     let h = harness(RecorderSettings::default(), big_limits()).await;

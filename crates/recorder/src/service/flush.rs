@@ -512,10 +512,7 @@ pub(super) async fn flusher(inner: Arc<Inner>) {
         }
         let now = (inner.config.clock)();
         if now - last_evict >= evict_every {
-            inner.registry.evict_idle(now - s.idle_eviction_ms as i64);
-            let freed = inner.exposition.evict_idle(now - s.idle_eviction_ms as i64);
-            inner.memory.fetch_sub(freed, Relaxed);
-            inner.quota.prune();
+            inner.evict_idle(now - s.idle_eviction_ms as i64);
             last_evict = now;
         }
     }

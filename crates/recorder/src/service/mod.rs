@@ -522,11 +522,46 @@ impl MetricsService {
     /// Evicts idle series and prunes limiter state now (the flusher also does it periodically).
     pub fn evict_idle(&self) -> usize {
         let now = self.now_ms();
-        let cutoff = now - self.inner.config.settings.idle_eviction_ms as i64;
-        let n = self.inner.registry.evict_idle(cutoff);
-        let freed = self.inner.exposition.evict_idle(cutoff);
-        self.inner.memory.fetch_sub(freed, Relaxed);
-        self.inner.quota.prune();
+        self.inner
+            .evict_idle(now - self.inner.config.settings.idle_eviction_ms as i64)
+    }
+
+    /// Tenants with bookkeeping kept (their point ledger or their metric names).
+    pub fn tenants_tracked(&self) -> usize {
+        self.inner.tenants.len().max(self.inner.names.tenants())
+    }
+}
+
+impl Inner {
+    /// Forgets what has been idle since `cutoff`: series (registry, exposition), limiter
+    /// state, and the bookkeeping of tenants that hold nothing any more (their point ledger
+    /// once fully reported and untouched for a pass, their metric names), so tenants coming
+    /// and going do not grow the process. Returns the series evicted.
+    pub(super) fn evict_idle(&self, cutoff: i64) -> usize {
+        let n = self.registry.evict_idle(cutoff);
+        let freed = self.exposition.evict_idle(cutoff);
+        self.memory.fetch_sub(freed, Relaxed);
+        self.quota.prune();
+        let mut holding: std::collections::HashSet<Arc<str>> = self.registry.tenants_held();
+        holding.extend(self.exposition.tenants_held());
+        for shard in &self.shards {
+            let shard = shard.lock();
+            holding.extend(shard.windows.keys().filter_map(|k| k.tenant.clone()));
+            holding.extend(shard.raw.iter().filter_map(|(r, _)| r.key.tenant.clone()));
+        }
+        {
+            // Rows waiting to be written hold their tenants too (a try: never waits on a
+            // flush; a busy queue keeps everyone this pass).
+            match self.pending.try_lock() {
+                Ok(pending) => {
+                    holding.extend(pending.iter().filter_map(|(r, _)| r.key.tenant.clone()))
+                }
+                Err(_) => return n,
+            }
+        }
+        self.tenants.forget_idle(|t| holding.contains(t));
+        self.names
+            .forget_tenants(|t| holding.contains(t) || self.tenants.has(t));
         n
     }
 }
