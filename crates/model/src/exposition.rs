@@ -91,7 +91,9 @@ struct Names {
 
 #[derive(Debug, Default)]
 struct TenantNames {
-    used: HashSet<(MetricType, String, Kind)>,
+    /// The tenant's metrics, each with whether it counts among its metric's users (false:
+    /// withheld when claimed, so it holds nothing to give back).
+    used: HashMap<(MetricType, String, Kind), bool>,
     exported: HashMap<String, (String, Kind)>,
 }
 
@@ -121,7 +123,7 @@ impl ExportedNames {
             names
                 .tenants
                 .get(c.tenant)
-                .is_some_and(|t| t.used.contains(&(metric_type, name.to_string(), kind)))
+                .is_some_and(|t| t.used.contains_key(&(metric_type, name.to_string(), kind)))
         };
         {
             let names = self.inner.read().unwrap_or_else(|e| e.into_inner());
@@ -181,7 +183,7 @@ impl ExportedNames {
             for n in exported {
                 tenant.exported.insert(n, mine.clone());
             }
-            tenant.used.insert((metric_type, mine.0, mine.1));
+            tenant.used.insert((metric_type, mine.0, mine.1), free);
         }
         Ok(())
     }
@@ -203,7 +205,10 @@ impl ExportedNames {
             let Some(t) = names.tenants.remove(&tenant) else {
                 continue;
             };
-            for key in t.used {
+            for (key, counted) in t.used {
+                if !counted {
+                    continue;
+                }
                 let Some((Some(n), unit)) = names.users.get_mut(&key) else {
                     continue;
                 };
@@ -324,9 +329,13 @@ mod tests {
         assert!(names.is_exported(MetricType::User, "x.h", Kind::Gauge));
         // `y.c` is still used by `b`: kept.
         assert!(names.is_exported(MetricType::User, "y.c", Kind::Counter));
+        // `b`'s gauge was withheld: forgetting `b` gives back nothing of `c`'s claim.
+        names.forget_tenants(|t| t == "c");
+        assert!(names.is_exported(MetricType::User, "x.h", Kind::Gauge));
+        assert!(!names.is_exported(MetricType::User, "y.c", Kind::Counter));
         // A host's metric still meets every claim.
         assert_eq!(
-            names.claim(MetricType::User, "y.c", Kind::Gauge, Unit::Count, None),
+            names.claim(MetricType::User, "x.h", Kind::Histogram, Unit::Count, None),
             Err(RejectReason::NameConflict)
         );
     }
