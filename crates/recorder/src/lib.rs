@@ -37,5 +37,7 @@ pub use config::{system_clock, Clock, RecorderConfig, RecorderSettings};
 pub use exposition::ExposedSeries;
 pub use handle::{Counter, Gauge, Histogram, SystemSeries};
 pub use health::Health;
-pub use service::{Accepted, MetricsService, RecorderError, Rejected, ShutdownReport};
+pub use service::{
+    Accepted, MetricsService, RecorderError, Rejected, ShutdownReport, MAX_HOST_NAMES,
+};
 pub use tenants::{MetricTrouble, TenantPoints, MAX_NAMES as MAX_TENANT_TROUBLE_NAMES};

@@ -1003,6 +1003,26 @@ async fn host_names_for_a_tenant_count_against_its_bound() {
     assert!(record("jwks.active_key.age_ms", Some("hx")).is_ok());
     assert!(record("host.t3", None).is_ok());
     assert!(record("host.t4", Some("other")).is_ok());
+    // The host's own names outside the catalog are bounded as well (each holds its exported
+    // names for good), and outlive any eviction.
+    for i in 4..MAX_HOST_NAMES + 3 {
+        assert!(record(&format!("host.t{i}"), None).is_ok(), "{i}");
+    }
+    assert_eq!(
+        record("host.one_more", None),
+        Err(Rejected::Invalid(RejectReason::NameLimit))
+    );
+    assert!(
+        record("jwks.active_key.age_ms", None).is_ok(),
+        "the catalog's are not counted"
+    );
+    h.clock.fetch_add(7_200_000, Ordering::SeqCst);
+    h.service.evict_idle();
+    h.service.evict_idle();
+    assert_eq!(
+        record("host.one_more", None),
+        Err(Rejected::Invalid(RejectReason::NameLimit))
+    );
 }
 
 // Adversary round 6: one execution each for 10,000 tenants made 10,000 x 3 per-tenant system

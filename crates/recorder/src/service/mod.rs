@@ -37,6 +37,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+/// Distinct metric names (per kind) a host may record outside the catalog without a tenant:
+/// each holds its exported names for the life of the process (`name_limit` past it).
+pub const MAX_HOST_NAMES: usize = 10_000;
+/// Who the host's own names are counted under (not a valid tenant id: never a tenant's).
+const HOST_CLAIMANT: &str = "";
+
 /// Bytes an accumulator entry costs besides its key and sketch: its map slot, its window (a
 /// `Vec` of one), and the row it becomes while it waits to be written (in a queue that
 /// doubles as it grows).
@@ -376,6 +382,13 @@ impl MetricsService {
                 tenant,
                 max_names: self.inner.config.policy.limits.max_names_per_tenant,
             }),
+            // The host's own names outside the catalog are bounded too (each holds its
+            // exported names for good), counted under the host's pseudo-tenant `""`, which no
+            // tenant id can be and which is never forgotten.
+            (None, None) => Some(luametrics_model::Claimant {
+                tenant: HOST_CLAIMANT,
+                max_names: MAX_HOST_NAMES,
+            }),
             _ => None,
         };
         self.inner
@@ -561,7 +574,7 @@ impl Inner {
         }
         self.tenants.forget_idle(|t| holding.contains(t));
         self.names
-            .forget_tenants(|t| holding.contains(t) || self.tenants.has(t));
+            .forget_tenants(|t| t == HOST_CLAIMANT || holding.contains(t) || self.tenants.has(t));
         n
     }
 }
