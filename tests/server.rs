@@ -945,6 +945,72 @@ fn clients_holding_every_place_make_room_for_a_new_one() {
         || (healthz_from("127.0.0.4") > 0).then_some(()),
     );
     drop(held);
+    // Eight clients holding one idle connection each (adversary round 8: 12 addresses with
+    // one each kept `/healthz` out entirely): a client holding none still gets in.
+    let one_each: Vec<_> = (10..18)
+        .map(|n| connect_from(&format!("127.0.0.{n}"), &addr))
+        .collect();
+    poll(
+        "a new client to be served while eight hold one place each",
+        || (healthz_from("127.0.0.20") > 0).then_some(()),
+    );
+    drop(one_each);
+    s.stop();
+}
+
+// Room is made only from idle connections (adversary round 8: a stream of new addresses cut a
+// host's requests in flight): at the cap, a request in flight is never closed to let a new
+// client in.
+#[test]
+fn room_is_never_made_by_cutting_a_request_in_flight() {
+    use std::io::{Read, Write};
+    let s = Server::start(&[
+        ("LUAMETRICS_SERVER_MAX_CONNECTIONS", "8"),
+        ("LUAMETRICS_SERVER_MAX_CONNECTIONS_PER_PEER", "4"),
+        ("LUAMETRICS_SERVER_HEADER_READ_TIMEOUT_MS", "600000"),
+        ("LUAMETRICS_SERVER_REQUEST_TIMEOUT_MS", "600000"),
+    ]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    // A host with four requests in flight: each has asked to send its body
+    // (`Expect: 100-continue`), and the server's `100 Continue` says the request is being
+    // handled; the bodies are sent once the new clients are in.
+    let body = r#"{"points":[{"name":"host.queue_depth","kind":"gauge","value":1}]}"#;
+    let mut host: Vec<_> = (0..4)
+        .map(|_| {
+            let mut c = connect_from("127.0.0.3", &addr);
+            write!(
+                c,
+                "POST /v1/metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {EXEC}\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+            let mut head = [0u8; 25];
+            c.read_exact(&mut head).unwrap();
+            assert_eq!(&head, b"HTTP/1.1 100 Continue\r\n\r\n");
+            c
+        })
+        .collect();
+    // Another client takes the other places with idle connections.
+    let idle: Vec<_> = (0..4).map(|_| connect_from("127.0.0.2", &addr)).collect();
+    // New clients get in by closing idle connections only.
+    for n in 4..10 {
+        let mut c = connect_from(&format!("127.0.0.{n}"), &addr);
+        let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert!(
+            read_until_closed(&mut c).unwrap_or(0) > 0,
+            "client {n} was not served"
+        );
+    }
+    // Every request in flight is answered once its body arrives.
+    for c in &mut host {
+        c.write_all(body.as_bytes()).unwrap();
+        let mut head = [0u8; 12];
+        c.read_exact(&mut head)
+            .expect("a request in flight was cut to make room");
+        assert_eq!(&head, b"HTTP/1.1 200");
+    }
+    drop(idle);
     s.stop();
 }
 

@@ -500,13 +500,20 @@ fn peer_key(ip: std::net::IpAddr) -> std::net::IpAddr {
     }
 }
 
-/// The connections being served, per peer, each with the handle that closes it.
+/// One connection being served: its id, the handle that closes it (once its task runs), and
+/// how many of its requests are in flight.
+type Conn = (
+    u64,
+    Option<tokio::task::AbortHandle>,
+    Arc<std::sync::atomic::AtomicUsize>,
+);
+
+/// The connections being served, per peer.
 #[derive(Default)]
 struct Table {
     total: usize,
     next_id: u64,
-    peers:
-        std::collections::HashMap<std::net::IpAddr, Vec<(u64, Option<tokio::task::AbortHandle>)>>,
+    peers: std::collections::HashMap<std::net::IpAddr, Vec<Conn>>,
 }
 
 /// Connections open per client (see [`peer_key`]); an entry goes when its last connection does.
@@ -518,15 +525,20 @@ struct PeerPlace {
     peers: Peers,
     key: std::net::IpAddr,
     id: u64,
+    /// Requests in flight on the connection.
+    busy: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Peers {
     /// A place for a new connection from `ip`: none past `per_peer` of its own. At
-    /// `max_total`, a peer holding fewer connections than the busiest peer takes the place of
-    /// the busiest peer's oldest connection, which is closed: a few addresses holding every
-    /// place (adversary round 7: 9 addresses, `/healthz` answered 6 times in 80) cannot shut
-    /// a new client out; only when every peer holds as many as it does is it turned away.
+    /// `max_total`, a client holding fewer connections than another takes the place of that
+    /// client's oldest *idle* connection (no request in flight: an idle keep-alive one, or one
+    /// still sending its headers), which is closed: a few addresses holding every place
+    /// (adversary round 7: 9 addresses, `/healthz` answered 6 times in 80) cannot shut a new
+    /// client out, and no request in flight is ever cut to make room (round 8). Only when no
+    /// client holding more has an idle connection is the new one turned away.
     fn enter(&self, ip: std::net::IpAddr, per_peer: usize, max_total: usize) -> Option<PeerPlace> {
+        use std::sync::atomic::Ordering::Relaxed;
         let key = peer_key(ip);
         let mut table = self.0.lock();
         let mine = table.peers.get(&key).map_or(0, Vec::len);
@@ -534,20 +546,24 @@ impl Peers {
             return None;
         }
         if table.total >= max_total {
-            let (busiest, held) = table
+            let mut candidates: Vec<(std::net::IpAddr, usize)> = table
                 .peers
                 .iter()
+                .filter(|(_, conns)| conns.len() > mine)
                 .map(|(k, conns)| (*k, conns.len()))
-                .max_by_key(|(_, n)| *n)?;
-            if held <= mine + 1 {
-                return None;
-            }
-            let conns = table.peers.get_mut(&busiest)?;
-            // The oldest that is running (a place just taken has no handle yet).
-            let at = conns.iter().position(|(_, h)| h.is_some())?;
-            let (_, handle) = conns.remove(at);
+                .collect();
+            candidates.sort_by(|a, b| b.1.cmp(&a.1));
+            let (victim, at) = candidates.iter().find_map(|(peer, _)| {
+                let conns = table.peers.get(peer)?;
+                let at = conns
+                    .iter()
+                    .position(|(_, h, busy)| h.is_some() && busy.load(Relaxed) == 0)?;
+                Some((*peer, at))
+            })?;
+            let conns = table.peers.get_mut(&victim)?;
+            let (_, handle, _) = conns.remove(at);
             if conns.is_empty() {
-                table.peers.remove(&busiest);
+                table.peers.remove(&victim);
             }
             table.total -= 1;
             if let Some(handle) = handle {
@@ -556,12 +572,18 @@ impl Peers {
         }
         table.next_id += 1;
         let id = table.next_id;
-        table.peers.entry(key).or_default().push((id, None));
+        let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        table
+            .peers
+            .entry(key)
+            .or_default()
+            .push((id, None, busy.clone()));
         table.total += 1;
         Some(PeerPlace {
             peers: self.clone(),
             key,
             id,
+            busy,
         })
     }
 
@@ -571,10 +593,26 @@ impl Peers {
         if let Some(conn) = table
             .peers
             .get_mut(&key)
-            .and_then(|conns| conns.iter_mut().find(|(i, _)| *i == id))
+            .and_then(|conns| conns.iter_mut().find(|(i, _, _)| *i == id))
         {
             conn.1 = Some(handle);
         }
+    }
+}
+
+/// Counts a request in flight on its connection until its answer is ready.
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    fn enter(busy: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(busy.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -585,7 +623,7 @@ impl Drop for PeerPlace {
             return;
         };
         // Gone already when its place was given to another peer.
-        let Some(at) = conns.iter().position(|(id, _)| *id == self.id) else {
+        let Some(at) = conns.iter().position(|(id, _, _)| *id == self.id) else {
             return;
         };
         conns.remove(at);
@@ -732,9 +770,21 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone().map_request(
-            |req: axum::http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
-        ));
+        let busy = place.busy.clone();
+        let service = hyper_util::service::TowerToHyperService::new(
+            app.clone()
+                .map_request(|req: axum::http::Request<hyper::body::Incoming>| {
+                    req.map(axum::body::Body::new)
+                })
+                .map_future(move |answer| {
+                    let in_flight = InFlight::enter(&busy);
+                    async move {
+                        let answer = answer.await;
+                        drop(in_flight);
+                        answer
+                    }
+                }),
+        );
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
