@@ -552,7 +552,7 @@ impl Peers {
                 .filter(|(_, conns)| conns.len() > mine)
                 .map(|(k, conns)| (*k, conns.len()))
                 .collect();
-            candidates.sort_by(|a, b| b.1.cmp(&a.1));
+            candidates.sort_by_key(|c| std::cmp::Reverse(c.1));
             let (victim, at) = candidates.iter().find_map(|(peer, _)| {
                 let conns = table.peers.get(peer)?;
                 let at = conns
