@@ -4,7 +4,7 @@
 //! short ones and taking every engine. Each tenant has a token bucket of engine milliseconds
 //! refilled at `tenant_engine_ms_per_s` up to `tenant_engine_burst_ms`. An execution is
 //! admitted while the bucket is above zero and charged afterwards with what it measured (its
-//! script and helper time), so the last admitted execution may take the bucket below zero: a
+//! time holding the engine: script, helpers, and the event's and result's conversion), so the last admitted execution may take the bucket below zero: a
 //! debt the next refills pay first. Executions admitted and not yet charged count against the
 //! bucket at the tenant's average cost (until one was measured, the average over all tenants,
 //! and never more than the time limit or the burst shared by the pool's engines), so a burst of

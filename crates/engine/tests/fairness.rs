@@ -228,6 +228,16 @@ async fn a_spent_engine_time_budget_refuses_that_tenant_before_checkout() {
         "{usage:?}"
     );
     assert_eq!(pool.status().checkouts, ran, "a refusal takes no engine");
+    // What was charged is all the time the executions held the engine, overhead included
+    // (adversary round 8: converting a 1 MB event was charged to nobody): on the ticking
+    // clock, the executions' total time exactly.
+    let other = pool
+        .execute(&marker(), "measured", &json!({ "n": 0 }), &json!({}))
+        .await
+        .unwrap();
+    let charged = pool.tenant_usage("measured").used_ms;
+    assert_eq!(charged, other.timings.total_ms, "{:?}", other.timings);
+    assert!(charged > other.timings.script_ms + other.timings.helpers_ms);
     let other = pool
         .execute(&marker(), "modest", &json!({ "n": 1 }), &json!({}))
         .await
