@@ -93,7 +93,7 @@ struct Names {
 struct TenantNames {
     /// The tenant's metrics, each with whether it counts among its metric's users (false:
     /// withheld when claimed, so it holds nothing to give back).
-    used: HashMap<(MetricType, String, Kind), bool>,
+    used: HashMap<(MetricType, String, Kind), (bool, Unit)>,
     exported: HashMap<String, (String, Kind)>,
 }
 
@@ -183,7 +183,9 @@ impl ExportedNames {
             for n in exported {
                 tenant.exported.insert(n, mine.clone());
             }
-            tenant.used.insert((metric_type, mine.0, mine.1), free);
+            tenant
+                .used
+                .insert((metric_type, mine.0, mine.1), (free, unit));
         }
         Ok(())
     }
@@ -201,11 +203,12 @@ impl ExportedNames {
             .filter(|t| !holding(t))
             .cloned()
             .collect();
+        let mut released = false;
         for tenant in gone {
             let Some(t) = names.tenants.remove(&tenant) else {
                 continue;
             };
-            for (key, counted) in t.used {
+            for (key, (counted, _)) in t.used {
                 if !counted {
                     continue;
                 }
@@ -222,6 +225,43 @@ impl ExportedNames {
                 for n in exported_names(key.0, &key.1, key.2, unit) {
                     if names.owners.get(&n) == Some(&key) {
                         names.owners.remove(&n);
+                    }
+                }
+                released = true;
+            }
+        }
+        if released {
+            // What was withheld for a released metric may be printed now: the first tenant
+            // metric found free claims its names (and the metric's other users are printed
+            // with it).
+            let Names {
+                tenants,
+                owners,
+                claimed,
+                users,
+            } = names;
+            for t in tenants.values_mut() {
+                for (key, (counted, unit)) in t.used.iter_mut() {
+                    if *counted || key.0 != MetricType::User {
+                        continue;
+                    }
+                    let exported = exported_names(key.0, &key.1, key.2, *unit);
+                    let free = claimed.contains(key)
+                        || exported
+                            .iter()
+                            .all(|n| owners.get(n).is_none_or(|o| o == key));
+                    if !free {
+                        continue;
+                    }
+                    if claimed.insert(key.clone()) {
+                        for n in exported {
+                            owners.insert(n, key.clone());
+                        }
+                    }
+                    *counted = true;
+                    match users.entry(key.clone()).or_insert((Some(0), *unit)) {
+                        (Some(n), _) => *n += 1,
+                        (None, _) => {}
                     }
                 }
             }
@@ -329,6 +369,17 @@ mod tests {
         assert!(names.is_exported(MetricType::User, "x.h", Kind::Gauge));
         // `y.c` is still used by `b`: kept.
         assert!(names.is_exported(MetricType::User, "y.c", Kind::Counter));
+        // A withheld metric is printed once what withheld it is released.
+        let d = Some(Claimant {
+            tenant: "d",
+            max_names: 10,
+        });
+        assert_eq!(claim("z.q", Kind::Histogram, d), Ok(()));
+        assert_eq!(claim("z.q", Kind::Gauge, c), Ok(()));
+        assert!(!names.is_exported(MetricType::User, "z.q", Kind::Gauge));
+        names.forget_tenants(|t| t != "d");
+        assert!(names.is_exported(MetricType::User, "z.q", Kind::Gauge));
+        assert!(!names.is_exported(MetricType::User, "z.q", Kind::Histogram));
         // `b`'s gauge was withheld: forgetting `b` gives back nothing of `c`'s claim.
         names.forget_tenants(|t| t == "c");
         assert!(names.is_exported(MetricType::User, "x.h", Kind::Gauge));
