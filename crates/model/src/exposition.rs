@@ -259,9 +259,8 @@ impl ExportedNames {
                         }
                     }
                     *counted = true;
-                    match users.entry(key.clone()).or_insert((Some(0), *unit)) {
-                        (Some(n), _) => *n += 1,
-                        (None, _) => {}
+                    if let (Some(n), _) = users.entry(key.clone()).or_insert((Some(0), *unit)) {
+                        *n += 1;
                     }
                 }
             }
