@@ -294,6 +294,11 @@ impl TagPolicy {
         if value.chars().any(crate::tenant::is_invisible_format) {
             return Err(RejectReason::InvalidTags);
         }
+        // One visible value, one text: `café` composed and decomposed would be two series
+        // that print alike; and a value of blanks alone reads as none.
+        if user && (!unicode_normalization::is_nfc(value) || value.trim().is_empty()) {
+            return Err(RejectReason::InvalidTags);
+        }
         // Keys are compared without case: `TENANT="x"` beside the real `tenant` label reads
         // as the tenant to a person or a case-insensitive query.
         let lower = key.to_ascii_lowercase();
@@ -342,12 +347,43 @@ fn valid_key(key: &str) -> bool {
 /// credential, UUID, or a long high-entropy token (hex or base64 of 24+ characters).
 pub fn looks_sensitive(value: &str) -> bool {
     if value.is_ascii() {
-        return looks_sensitive_ascii(value);
+        return looks_sensitive_text(value);
     }
     // Fullwidth and other compatibility forms (`ａ＠ｂ．ｃｏｍ`, `１０．０．０．１`) read as what they
-    // fold to: judge that too.
+    // fold to, ideographic full stops as dots and any script's digits as digits: judge that
+    // too.
     use unicode_normalization::UnicodeNormalization;
-    looks_sensitive_ascii(value) || looks_sensitive_ascii(&value.nfkc().collect::<String>())
+    let folded: String = value
+        .nfkc()
+        .map(|c| match c {
+            '\u{3002}' | '\u{FF61}' | '\u{FE52}' => '.',
+            c => fold_digit(c).unwrap_or(c),
+        })
+        .collect();
+    looks_sensitive_text(value) || looks_sensitive_text(&folded)
+}
+
+/// A decimal digit of any of the common scripts as its ASCII digit.
+fn fold_digit(c: char) -> Option<char> {
+    const ZEROS: [u32; 12] = [
+        0x0660, 0x06F0, 0x07C0, 0x0966, 0x09E6, 0x0A66, 0x0AE6, 0x0B66, 0x0BE6, 0x0C66, 0x0CE6,
+        0x0D66,
+    ];
+    let u = c as u32;
+    ZEROS
+        .iter()
+        .find(|z| (**z..**z + 10).contains(&u))
+        .and_then(|z| char::from_digit(u - z, 10))
+}
+
+/// The value as a whole, and each word of it (`Jane <jane@example.com>`, `{uuid}`,
+/// `urn:uuid:...`).
+fn looks_sensitive_text(value: &str) -> bool {
+    looks_sensitive_ascii(value)
+        || value
+            .split(|c: char| c.is_whitespace() || "<>(){}[]\"',;".contains(c))
+            .filter(|w| !w.is_empty() && w.len() < value.len())
+            .any(looks_sensitive_ascii)
 }
 
 fn looks_sensitive_ascii(value: &str) -> bool {
@@ -357,6 +393,9 @@ fn looks_sensitive_ascii(value: &str) -> bool {
         || is_jwt(v)
         || is_credential(v)
         || is_uuid(v)
+        || v.get(..9)
+            .is_some_and(|p| p.eq_ignore_ascii_case("urn:uuid:"))
+            && is_uuid(&v[9..])
         || is_long_hex(v)
         || is_high_entropy(v)
 }
@@ -378,6 +417,19 @@ fn is_email(v: &str) -> bool {
 fn is_ip(v: &str) -> bool {
     use std::net::{IpAddr, Ipv4Addr, SocketAddr};
     if v.parse::<IpAddr>().is_ok() || v.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    // Dotted quads with leading zeros (`192.168.001.010`), which the parser refuses.
+    let quad = v.split([':', '/']).next().unwrap_or(v);
+    let parts: Vec<&str> = quad.split('.').collect();
+    if parts.len() == 4
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.len() <= 3
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && p.parse::<u16>().is_ok_and(|n| n <= 255)
+        })
+    {
         return true;
     }
     // `fe80::1%eth0`, `[::1]`, `10.0.0.1:8080` and CIDR forms.
@@ -518,6 +570,15 @@ mod tests {
             // Compatibility forms read as what they fold to (adversary round 7).
             ("fullwidth email", "jane\u{FF20}example.com"),
             ("fullwidth ipv4", "\u{FF11}\u{FF10}.0.0.1"),
+            // Adversary round 8.
+            ("ipv4 leading zeros", "192.168.001.010"),
+            ("uuid in braces", "{123e4567-e89b-12d3-a456-426614174000}"),
+            ("urn uuid", "urn:uuid:123e4567-e89b-12d3-a456-426614174000"),
+            ("ideographic dots", "jane@example\u{3002}com"),
+            ("ideographic ipv4", "10\u{3002}0\u{3002}0\u{3002}1"),
+            ("arabic-indic ipv4", "\u{0661}\u{0660}.\u{0660}.\u{0660}.\u{0661}"),
+            ("email in angle brackets", "<jane@example.com>"),
+            ("named email", "Jane <jane@example.com>"),
         ];
         for (what, value) in cases {
             assert!(looks_sensitive(value), "{what}: {value}");
@@ -580,7 +641,23 @@ mod tests {
         );
         // Adversary round 7: invisible characters (which also slipped PII past the shape
         // checks), reserved keys in another case, and the overflow series' own tag.
-        for v in ["a\u{AD}b", "pro\u{200B}", "\u{202E}gnp.exe", "x\u{FEFF}"] {
+        for v in [
+            "a\u{AD}b",
+            "pro\u{200B}",
+            "\u{202E}gnp.exe",
+            "x\u{FEFF}",
+            // Adversary round 8: default-ignorables, separators, blanks, decomposed text.
+            "jane@exa\u{34F}mple.com",
+            "jane@example.c\u{E0100}om",
+            "10.0.0.1\u{FE0F}",
+            "a\u{3164}",
+            "a\u{2800}",
+            "a\u{2028}b",
+            "a\u{1D173}",
+            "cafe\u{301}",
+            " ",
+            "\u{A0}",
+        ] {
             assert_eq!(check(&[("k", v)]), Err(RejectReason::InvalidTags), "{v:?}");
         }
         assert_eq!(check(&[("TENANT", "x")]), Err(RejectReason::InvalidTags));
