@@ -88,6 +88,9 @@ type Grant = Option<Engine>;
 type Work = Box<dyn FnOnce(Result<&mut Engine, PoolError>, f64) -> Deliver + Send>;
 /// Sends a finished piece of work's result to its caller.
 type Deliver = Box<dyn FnOnce() + Send>;
+/// Engine ms a tenant's execution used, and what the fair queue charged it provisionally:
+/// settled with the queue when the place is passed on (under the lock taken for that anyway).
+type Charge = (Arc<str>, f64, f64);
 
 /// Work waiting for a place, in the pool's fair queue.
 enum Pending {
@@ -181,7 +184,11 @@ impl Inner {
     /// waiting work in the tenants' turn, else back to the idle list (or the place is freed).
     /// A waiting checkout is served here, on this thread; a waiting execution is returned for
     /// the caller to run on a runner thread.
-    fn pass_on(self: &Arc<Self>, engine: Grant) -> Option<(Grant, Box<RunJob>)> {
+    fn pass_on(
+        self: &Arc<Self>,
+        engine: Grant,
+        mut charge: Option<Charge>,
+    ) -> Option<(Grant, Box<RunJob>)> {
         let mut grant = engine.and_then(|mut e| match e.health() {
             None => Some(e),
             Some(reason) => {
@@ -191,6 +198,9 @@ impl Inner {
         });
         loop {
             let mut state = self.state.lock();
+            if let Some((tenant, used_ms, provisional_ms)) = charge.take() {
+                state.queue.charge(&tenant, used_ms, provisional_ms);
+            }
             let next = state.queue.pop().map(|(item, provisional_ms)| match item {
                 Pending::Run(mut job) => {
                     job.provisional_ms = provisional_ms;
@@ -229,7 +239,7 @@ impl Inner {
 
     /// Gives a place back from any thread: waiting work gets it, an execution on a runner.
     fn give_back(self: &Arc<Self>, engine: Grant) {
-        if let Some((grant, job)) = self.pass_on(engine) {
+        if let Some((grant, job)) = self.pass_on(engine, None) {
             self.spawn_serve(grant, job);
         }
     }
@@ -250,8 +260,8 @@ impl Inner {
     #[allow(clippy::boxed_local)]
     fn serve(self: &Arc<Self>, mut grant: Grant, mut job: Box<RunJob>) {
         loop {
-            let (place, deliver) = self.run_one(grant, *job);
-            let next = place.and_then(|g| self.pass_on(g));
+            let (place, deliver, charge) = self.run_one(grant, *job);
+            let next = place.and_then(|g| self.pass_on(g, charge));
             if let Some(deliver) = deliver {
                 deliver();
             }
@@ -264,7 +274,11 @@ impl Inner {
 
     /// Runs one piece of work with the place given. Returns the place to pass on (`None` when
     /// the waiting side already did: abandoned work) and the delivery of its result.
-    fn run_one(self: &Arc<Self>, grant: Grant, job: RunJob) -> (Option<Grant>, Option<Deliver>) {
+    fn run_one(
+        self: &Arc<Self>,
+        grant: Grant,
+        job: RunJob,
+    ) -> (Option<Grant>, Option<Deliver>, Option<Charge>) {
         let RunJob {
             work,
             tenant,
@@ -275,11 +289,11 @@ impl Inner {
         } = job;
         if ticket.released.load(Relaxed) {
             // Given up on before it started: the waiting side passed the place on already.
-            return (None, None);
+            return (None, None, None);
         }
         if ticket.gone.load(Relaxed) {
             // Its caller went away while it waited: nothing to run.
-            return (Some(grant), None);
+            return (Some(grant), None, None);
         }
         let wait_ms = if queued {
             enqueued.elapsed().as_secs_f64() * 1000.0
@@ -298,7 +312,7 @@ impl Inner {
                 Err(err) => {
                     let deliver = work(Err(err), wait_ms);
                     let place = held.take().then_some(None);
-                    return (place, Some(deliver));
+                    return (place, Some(deliver), None);
                 }
             },
         };
@@ -309,20 +323,19 @@ impl Inner {
         let used_ms = engine.busy_ns().saturating_sub(busy) as f64 / 1e6;
         self.budgets.charge(&tenant, used_ms);
         // The fair queue's clock matters only while work waits (a tenant that starts waiting
-        // joins at the queue's time): no lock on the path when nothing does.
-        if queued || self.stats.waiting.load(Relaxed) > 0 {
-            self.state
-                .lock()
-                .queue
-                .charge(&tenant, used_ms, provisional_ms);
-        }
+        // joins at the queue's time): nothing to settle when nothing does.
+        let charge = (queued || self.stats.waiting.load(Relaxed) > 0).then_some((
+            tenant,
+            used_ms,
+            provisional_ms,
+        ));
         if !held.take() {
             // Abandoned meanwhile: its place went on without it; the engine is written off,
             // and this thread, demoted, ends.
             runner::retire_current();
-            return (None, None);
+            return (None, None, None);
         }
-        (Some(Some(engine)), Some(deliver))
+        (Some(Some(engine)), Some(deliver), charge)
     }
 }
 
