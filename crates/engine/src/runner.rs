@@ -3,7 +3,10 @@
 //! Handing each execution to tokio's blocking pool cost two cross-thread wake-ups (the blocking
 //! thread, then the awaiting task's worker), tens of microseconds on a virtual machine against
 //! an execution of ten. A runner that just finished its work stays awake for a short while
-//! (`SPIN`), taking the next task without being woken; only an idle runner sleeps. Under load
+//! (`PURE` polls on the core, then `SPIN` polls yielding it), taking the next task without
+//! being woken; only an idle runner sleeps. It counts as awake from the moment it knows it has
+//! no more work, before it hands its last answer over, so the caller that gets that answer and
+//! submits its next execution at once finds it awake (see `Runners::will_idle`). Under load
 //! a runner rarely comes back here at all: the pool's task keeps it serving the pool's queue
 //! with the engine it holds. A runner stuck in a C function simply stays busy: the others
 //! serve, and a new runner is started whenever a task waits with no runner awake and fewer
@@ -17,6 +20,8 @@ use std::time::Duration;
 
 /// Queue polls a runner makes before it sleeps (a few tens of microseconds).
 const SPIN: usize = 50;
+/// Polls before those, without yielding the core (a few microseconds).
+const PURE: usize = 256;
 /// An idle runner ends after this long without work.
 const IDLE: Duration = Duration::from_secs(30);
 
@@ -26,6 +31,9 @@ thread_local! {
     /// Set on a runner whose execution was written off while it ran: it ends after its task
     /// instead of serving more (it was demoted, and a thread cannot win its priority back).
     static RETIRE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set on a runner that counted itself as spinning before its task returned (see
+    /// [`Runners::will_idle`]), so its loop does not count it twice.
+    static COUNTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// The calling thread's kernel id, for [`demote`]; 0 where there is none to name. Asked of
@@ -77,6 +85,8 @@ pub(crate) struct Runners {
     sleeping: AtomicUsize,
     /// Runners alive.
     threads: AtomicUsize,
+    /// Tasks in `queue`, readable without its lock.
+    queued: AtomicUsize,
 }
 
 impl Runners {
@@ -87,6 +97,7 @@ impl Runners {
         let waiting = {
             let mut q = self.queue.lock();
             q.push_back(task);
+            self.queued.store(q.len(), SeqCst);
             q.len()
         };
         // Pushed first, read second: a runner that stops spinning checks the queue under its
@@ -125,17 +136,47 @@ impl Runners {
         false
     }
 
+    /// Called by a task on its runner when it has no more work and is about to hand its
+    /// last answer over: the runner counts as spinning from now on, so a caller that gets
+    /// the answer and submits its next execution at once finds a runner awake for it (and
+    /// may spin for the answer) instead of queueing it as if every runner were busy (then
+    /// parking, and being woken: the slow half of a bimodal hand-off).
+    pub(crate) fn will_idle(&self) {
+        if RETIRE.with(|r| r.get()) || COUNTED.with(|c| c.replace(true)) {
+            return;
+        }
+        self.spinning.fetch_add(1, SeqCst);
+    }
+
+    fn pop(&self) -> Option<Task> {
+        let mut q = self.queue.lock();
+        let t = q.pop_front();
+        self.queued.store(q.len(), SeqCst);
+        t
+    }
+
     fn work(self: Arc<Self>) {
         loop {
             let mut task = None;
-            self.spinning.fetch_add(1, SeqCst);
-            for _ in 0..SPIN {
-                if let Some(t) = self.queue.lock().pop_front() {
-                    task = Some(t);
-                    break;
+            if !COUNTED.with(|c| c.replace(false)) {
+                self.spinning.fetch_add(1, SeqCst);
+            }
+            // First without giving the core up (a caller that just got its answer submits its
+            // next execution within a microsecond or two, and a yield costs about as much),
+            // then yielding between polls.
+            for poll in 0..PURE + SPIN {
+                // Read without the lock: polling under it would contend with the caller
+                // pushing the task this runner waits for.
+                if self.queued.load(SeqCst) > 0 {
+                    if let Some(t) = self.pop() {
+                        task = Some(t);
+                        break;
+                    }
                 }
                 std::hint::spin_loop();
-                std::thread::yield_now();
+                if poll >= PURE {
+                    std::thread::yield_now();
+                }
             }
             self.spinning.fetch_sub(1, SeqCst);
             let task = match task {
@@ -144,6 +185,7 @@ impl Runners {
                     let mut q = self.queue.lock();
                     loop {
                         if let Some(t) = q.pop_front() {
+                            self.queued.store(q.len(), SeqCst);
                             break t;
                         }
                         self.sleeping.fetch_add(1, SeqCst);
@@ -160,6 +202,9 @@ impl Runners {
             // unwinds its guards, which give its place back; the runner goes on.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
             if RETIRE.with(|r| r.replace(false)) {
+                if COUNTED.with(|c| c.replace(false)) {
+                    self.spinning.fetch_sub(1, SeqCst);
+                }
                 self.threads.fetch_sub(1, SeqCst);
                 return;
             }
@@ -204,5 +249,61 @@ mod tests {
                 "the second task waited behind the first"
             );
         }
+    }
+
+    // A task that said it has no more work (`will_idle`) and has not returned yet: a task
+    // submitted now is taken by that runner as an awake one (no wake-up, so the caller may
+    // spin for its answer), and runs once the first returns. A retired runner never counts.
+    #[test]
+    fn a_runner_about_to_idle_counts_as_awake_and_takes_the_next_task() {
+        let runners = Arc::new(Runners::default());
+        let (said_tx, said_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let me = runners.clone();
+        assert!(!runners.run(
+            1,
+            Box::new(move || {
+                me.will_idle();
+                said_tx.send(()).unwrap();
+                let _ = go_rx.recv_timeout(Duration::from_secs(20));
+            }),
+        ));
+        said_rx.recv().unwrap();
+        assert_eq!(runners.spinning.load(SeqCst), 1);
+        let (out_tx, out_rx) = mpsc::channel();
+        assert!(
+            runners.run(1, Box::new(move || out_tx.send(()).unwrap())),
+            "a runner about to idle was not counted as awake"
+        );
+        go_tx.send(()).unwrap();
+        out_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the next task ran on the runner that was about to idle");
+        // Counted once: after both tasks the one runner is awake or asleep, never twice.
+        for _ in 0..10_000 {
+            if runners.sleeping.load(SeqCst) == 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(runners.sleeping.load(SeqCst), 1);
+        assert_eq!(runners.spinning.load(SeqCst), 0);
+
+        // A runner whose execution was written off ends after its task: not awake for more.
+        let (said_tx, said_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let me = runners.clone();
+        runners.run(
+            2,
+            Box::new(move || {
+                retire_current();
+                me.will_idle();
+                said_tx.send(()).unwrap();
+                let _ = go_rx.recv_timeout(Duration::from_secs(20));
+            }),
+        );
+        said_rx.recv().unwrap();
+        assert_eq!(runners.spinning.load(SeqCst), 0);
+        go_tx.send(()).unwrap();
     }
 }
