@@ -9,6 +9,10 @@ use luametrics::store::WindowRow;
 use luametrics::{Config, Runtime};
 use std::sync::Arc;
 
+/// The allocator the `luametrics` binary ships with, so both measure the same thing.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const HOUR: i64 = 3_600_000;
 
 fn rows(now: i64) -> Vec<WindowRow> {

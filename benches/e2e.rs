@@ -18,6 +18,10 @@ use harness::*;
 mod held;
 use held::held_per_event;
 
+/// The allocator the `luametrics` binary ships with, so both measure the same thing.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const TRIGGER: &str = "user.login";
 
 fn repo() -> PathBuf {

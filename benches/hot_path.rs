@@ -18,7 +18,9 @@
 //! Every side gets the same engine settings, the same kind of sink, and builds and warms its
 //! engines (and threads or tasks) before its clock starts.
 
-use luametrics_engine::{Engine, EnginePool, EngineSettings, MetricsSink, PoolSettings, Script};
+use luametrics_engine::{
+    Engine, EnginePool, EngineSettings, Job, MetricsSink, PoolSettings, Script,
+};
 use serde_json::json;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Barrier};
@@ -26,6 +28,23 @@ use std::time::Instant;
 
 mod harness;
 use harness::*;
+
+/// The allocator the `luametrics` binary ships with, so both measure the same thing.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The pooled sides' execution: the held side's script, event and context, owned behind
+/// `Arc`s (`EnginePool::execute` would deep-copy them for the runner thread; see
+/// `src/cli/bench/hot_path.rs`).
+fn shared_job(script: &Script) -> Job {
+    Job {
+        script: script.clone(),
+        tenant: Arc::from("acme"),
+        event: Arc::new(event()),
+        context: Arc::new(json!({})),
+        time_limit_ms: None,
+    }
+}
 
 const N: usize = 10_000;
 
@@ -174,11 +193,12 @@ fn pool_vs_held(args: &Args) {
     };
     // The loop runs inside one `block_on`: entering the runtime per execution would add a
     // cost that is not the pool's.
+    let job = shared_job(&script);
     let mut pooled_us = || {
         rt.block_on(async {
             let t = Instant::now();
             for _ in 0..reps {
-                pool.execute(&script, "acme", &ev, &cx).await.unwrap();
+                pool.run(job.clone()).await.unwrap();
             }
             t.elapsed().as_secs_f64() * 1e6 / reps as f64
         })
@@ -295,11 +315,11 @@ fn pooled_throughput(total: usize, tasks: usize) -> f64 {
         for _ in 0..tasks {
             let (pool, script, start) = (pool.clone(), script.clone(), start.clone());
             handles.push(tokio::spawn(async move {
-                let (ev, cx) = (event(), json!({}));
+                let job = shared_job(&script);
                 start.wait().await;
                 let mut n = 0u64;
                 for _ in 0..total / tasks {
-                    let ex = pool.execute(&script, "acme", &ev, &cx).await.unwrap();
+                    let ex = pool.run(job.clone()).await.unwrap();
                     n += u64::from(ex.result.is_ok());
                 }
                 n

@@ -27,6 +27,10 @@ use std::time::{Duration, Instant};
 mod harness;
 use harness::*;
 
+/// The allocator the `luametrics` binary ships with, so both measure the same thing.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SERIES: usize = 100_000;
 /// Series recorded into during the timed work (rows per flush).
 const ACTIVE: usize = 2_000;

@@ -30,6 +30,10 @@ use std::time::{Duration, Instant};
 mod harness;
 use harness::*;
 
+/// The allocator the `luametrics` binary ships with, so both measure the same thing.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const N: usize = 10_000;
 
 fn limits() -> Limits {

@@ -2,6 +2,12 @@
 
 mod cli;
 
+/// Executions move their inputs to a runner thread and their results back: with glibc's
+/// malloc each such free takes the slow path and a pooled execution cost ~15% more
+/// (BENCHMARKS.md, twelfth session). mimalloc frees across threads cheaply.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use luametrics::engine::EngineSettings;
 use std::path::PathBuf;

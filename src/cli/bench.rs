@@ -18,7 +18,9 @@ mod remote;
 pub(crate) use e2e::{e2e, E2eArgs};
 pub(crate) use fairness::{fairness, FairnessArgs};
 pub(crate) use hot_path::hot_path;
-use luametrics::engine::{Engine, EnginePool, EngineSettings, MetricsSink, PoolSettings, Script};
+use luametrics::engine::{
+    Engine, EnginePool, EngineSettings, Job, MetricsSink, PoolSettings, Script,
+};
 use luametrics::model::{Limits, TagPolicy, DEFAULT_DENIED_KEYS};
 use luametrics::recorder::{MetricsService, RecorderConfig};
 use luametrics::store::{Location, Store};
