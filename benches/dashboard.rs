@@ -120,11 +120,11 @@ fn bench(c: &mut Criterion) {
         let rows = rows(now);
         runtime.store().create_batch(&rows).await.unwrap();
         runtime.store().rollup().await.unwrap();
-        AppState {
+        AppState::new(
             runtime,
-            tokens: Tokens::from_settings(&config.server),
-            settings: config.server,
-        }
+            Tokens::from_settings(&config.server),
+            config.server,
+        )
     });
     let mut group = c.benchmark_group("dashboard");
     group.sample_size(10);

@@ -513,13 +513,20 @@ pub(crate) async fn prometheus(State(s): State<AppState>, headers: HeaderMap) ->
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/openmetrics-text"));
     let metrics = s.runtime.metrics().clone();
-    // Snapshot shard by shard, then encode off the async workers: recording never waits.
-    let body = tokio::task::spawn_blocking(move || {
+    // Snapshot shard by shard, then encode off the async workers: recording never waits. One
+    // encoding per format at a time, shared by the scrapes waiting for it (`scrape.rs`).
+    let encode = move || {
         let series = metrics.exposition();
         prometheus::encode(&series, &metrics.config().catalog, openmetrics)
-    })
-    .await
-    .unwrap_or_default();
+    };
+    let Some(body) = s.scrapes.body(openmetrics, encode).await else {
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "exposition_failed",
+            "encoding the exposition failed".to_string(),
+        )
+        .into_response();
+    };
     let ct = if openmetrics {
         prometheus::OPENMETRICS_CONTENT_TYPE
     } else {

@@ -16,6 +16,7 @@ mod error;
 mod handlers;
 mod layer;
 pub mod prometheus;
+mod scrape;
 pub mod time;
 
 pub use error::ApiError;
@@ -195,6 +196,20 @@ pub struct AppState {
     pub tokens: Tokens,
     /// Server settings.
     pub settings: ServerSettings,
+    /// `/metrics` scrapes in progress, sharing their encodings.
+    scrapes: Arc<scrape::Scrapes>,
+}
+
+impl AppState {
+    /// What the handlers of one server share.
+    pub fn new(runtime: Arc<Runtime>, tokens: Tokens, settings: ServerSettings) -> Self {
+        AppState {
+            runtime,
+            tokens,
+            settings,
+            scrapes: Arc::default(),
+        }
+    }
 }
 
 /// Who a request's bearer token says it comes from.
@@ -376,11 +391,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// The router with every route, its auth, limits and the HTTP metrics layer.
 pub fn router(runtime: Arc<Runtime>, settings: ServerSettings, tokens: Tokens) -> Router {
-    let state = AppState {
-        runtime: runtime.clone(),
-        tokens,
-        settings: settings.clone(),
-    };
+    let state = AppState::new(runtime.clone(), tokens, settings.clone());
     let execute = Router::new()
         .route("/v1/pipelines/{trigger}/execute", post(handlers::execute))
         .route("/v1/metrics", post(handlers::ingest))
