@@ -1010,6 +1010,75 @@ fn room_is_never_made_by_cutting_a_request_in_flight() {
     s.stop();
 }
 
+// Bodies in flight are bounded in bytes, whatever the number of connections: a request that
+// would pass `max_inflight_body_bytes` is refused (`503 server_busy`, `Retry-After`) before its
+// body is read, requests without a body are not held back, and the room comes back when the
+// request holding it is answered.
+#[test]
+fn request_bodies_in_flight_are_bounded_in_bytes() {
+    use std::io::{Read, Write};
+    let s = Server::start(&[
+        ("LUAMETRICS_SERVER_MAX_BODY_BYTES", "4096"),
+        ("LUAMETRICS_SERVER_MAX_INFLIGHT_BODY_BYTES", "4096"),
+        ("LUAMETRICS_SERVER_REQUEST_TIMEOUT_MS", "600000"),
+    ]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let points = r#"{"points":[{"name":"host.queue_depth","kind":"gauge","value":1}]}"#;
+    let post = |body_len: usize, expect: bool| {
+        format!(
+            "POST /v1/metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {EXEC}\r\nContent-Type: application/json\r\n{}Content-Length: {body_len}\r\nConnection: close\r\n\r\n",
+            if expect { "Expect: 100-continue\r\n" } else { "" }
+        )
+    };
+    let answer = |c: &mut std::net::TcpStream| {
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut text = String::new();
+        let _ = c.read_to_string(&mut text);
+        text
+    };
+    // A request declaring 4,090 bytes is being served (the server asked for its body): the
+    // 6 bytes left of the budget hold no other body.
+    let big = format!("{points:<4090}");
+    let mut holder = std::net::TcpStream::connect(&addr).unwrap();
+    holder.write_all(post(big.len(), true).as_bytes()).unwrap();
+    holder
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut head = [0u8; 25];
+    holder.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 100 Continue\r\n\r\n");
+    // Another body does not fit beside it: refused before it is read.
+    let mut other = std::net::TcpStream::connect(&addr).unwrap();
+    other
+        .write_all(post(points.len(), false).as_bytes())
+        .unwrap();
+    other.write_all(points.as_bytes()).unwrap();
+    let refused = answer(&mut other);
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("server_busy"), "{refused}");
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after: 1"),
+        "{refused}"
+    );
+    // A request without a body is not held back.
+    assert!(
+        raw_healthz(&addr) > 0,
+        "/healthz was held back by the body budget"
+    );
+    // The holder is answered, and its room is free again.
+    holder.write_all(big.as_bytes()).unwrap();
+    let served = answer(&mut holder);
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    let mut again = std::net::TcpStream::connect(&addr).unwrap();
+    again
+        .write_all(post(points.len(), false).as_bytes())
+        .unwrap();
+    again.write_all(points.as_bytes()).unwrap();
+    let served = answer(&mut again);
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    s.stop();
+}
+
 // One client cannot hold the server: it gets `max_connections_per_peer` connections however
 // many places the cap has, and a connection whose client sends requests but never reads the
 // answers is closed once its writes have waited `write_timeout_ms`, which frees its place.

@@ -111,6 +111,11 @@ pub struct ServerSettings {
     pub metrics_requires_token: bool,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Request bodies in flight at once, in declared bytes (a body without a declared length
+    /// counts as `max_body_bytes`); a request that would pass it gets `503 server_busy` before
+    /// its body is read. Parsed, a body holds a few times its bytes: without this bound
+    /// `max_connections` full-size requests could hold gigabytes. At least `max_body_bytes`.
+    pub max_inflight_body_bytes: usize,
     /// Longest a request may take before a 503.
     pub request_timeout_ms: u64,
     /// Longest a connection may take to send a request's headers (and longest an idle
@@ -138,6 +143,7 @@ impl Default for ServerSettings {
             admin_token: None,
             metrics_requires_token: true,
             max_body_bytes: 1024 * 1024,
+            max_inflight_body_bytes: 64 * 1024 * 1024,
             request_timeout_ms: 10_000,
             header_read_timeout_ms: 10_000,
             max_connections: 1_024,

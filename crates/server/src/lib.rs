@@ -198,16 +198,23 @@ pub struct AppState {
     pub settings: ServerSettings,
     /// `/metrics` scrapes in progress, sharing their encodings.
     scrapes: Arc<scrape::Scrapes>,
+    /// Request body bytes still free under `max_inflight_body_bytes`.
+    bodies: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
     /// What the handlers of one server share.
     pub fn new(runtime: Arc<Runtime>, tokens: Tokens, settings: ServerSettings) -> Self {
+        let budget = settings
+            .max_inflight_body_bytes
+            .max(settings.max_body_bytes)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
         AppState {
             runtime,
             tokens,
             settings,
             scrapes: Arc::default(),
+            bodies: Arc::new(tokio::sync::Semaphore::new(budget)),
         }
     }
 }
@@ -346,6 +353,46 @@ async fn declared_size(
     }
 }
 
+/// Holds a request's share of `max_inflight_body_bytes` (its declared length, or
+/// `max_body_bytes` when it declares none but has a body) while it is served, or answers
+/// `503 server_busy` at once when the bodies in flight leave no room: a bound on what parsed
+/// bodies hold, whatever the number of connections.
+async fn body_budget(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let headers = req.headers();
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let bytes = match declared {
+        Some(n) => n.min(state.settings.max_body_bytes as u64),
+        None if headers.contains_key(axum::http::header::TRANSFER_ENCODING) => {
+            state.settings.max_body_bytes as u64
+        }
+        None => 0,
+    };
+    if bytes == 0 {
+        return Ok(next.run(req).await);
+    }
+    let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+    match state.bodies.clone().try_acquire_many_owned(permits) {
+        Ok(_held) => Ok(next.run(req).await),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_busy",
+            format!(
+                "request bodies in flight leave no room for {bytes} more bytes \
+                 (server.max_inflight_body_bytes = {}); retry shortly",
+                state.settings.max_inflight_body_bytes
+            ),
+        )
+        .with_retry_after(1000)),
+    }
+}
+
 async fn timeout(
     State(state): State<AppState>,
     req: Request,
@@ -437,6 +484,7 @@ pub fn router(runtime: Arc<Runtime>, settings: ServerSettings, tokens: Tokens) -
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), timeout))
+        .layer(middleware::from_fn_with_state(state.clone(), body_budget))
         .layer(middleware::from_fn_with_state(state.clone(), declared_size))
         .layer(axum::extract::DefaultBodyLimit::max(
             settings.max_body_bytes,
