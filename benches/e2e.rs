@@ -44,6 +44,7 @@ fn login_events(n: usize) -> Vec<(String, Json)> {
 }
 
 fn main() {
+    luametrics::prepare_process();
     let args = Args::parse();
     if !args.wants("e2e") {
         return;

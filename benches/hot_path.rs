@@ -371,6 +371,7 @@ fn idle_heap() {
 }
 
 fn main() {
+    luametrics::prepare_process();
     let args = Args::parse();
     if args.wants("hot_path") {
         hot_path(&args);

@@ -188,6 +188,7 @@ impl Neighbour {
 }
 
 fn main() {
+    luametrics::prepare_process();
     let args = Args::parse();
     if !args.wants("scrape") {
         return;

@@ -500,6 +500,7 @@ fn memory(args: &Args) {
 criterion_group!(benches, record, query);
 
 fn main() {
+    luametrics::prepare_process();
     if let Ok(series) = std::env::var(MEMORY_CHILD) {
         memory_child(series.parse().unwrap());
         return;

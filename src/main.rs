@@ -134,6 +134,7 @@ enum BenchCommand {
 }
 
 fn main() -> ExitCode {
+    luametrics::prepare_process();
     // Like other command-line tools, end quietly when the reader of our output goes away
     // (`luametrics names | head`) instead of printing a panic for the failed print. SIGPIPE
     // itself stays ignored (Rust's default): restored to its default, it killed `serve` (exit
