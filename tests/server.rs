@@ -1036,6 +1036,18 @@ fn request_bodies_in_flight_are_bounded_in_bytes() {
         let _ = c.read_to_string(&mut text);
         text
     };
+    // Requests without the execute token take none of the budget: a body being trickled to
+    // the open sign-in form (the server asked for it) leaves the whole budget to the others.
+    let mut trickler = std::net::TcpStream::connect(&addr).unwrap();
+    trickler
+        .write_all(b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    trickler
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut head = [0u8; 25];
+    trickler.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 100 Continue\r\n\r\n");
     // A request declaring 4,090 bytes is being served (the server asked for its body): the
     // 6 bytes left of the budget hold no other body.
     let big = format!("{points:<4090}");
@@ -1076,6 +1088,7 @@ fn request_bodies_in_flight_are_bounded_in_bytes() {
     again.write_all(points.as_bytes()).unwrap();
     let served = answer(&mut again);
     assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    drop(trickler);
     s.stop();
 }
 

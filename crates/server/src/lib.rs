@@ -353,10 +353,11 @@ async fn declared_size(
     }
 }
 
-/// Holds a request's share of `max_inflight_body_bytes` (its declared length, or
-/// `max_body_bytes` when it declares none but has a body) while it is served, or answers
-/// `503 server_busy` at once when the bodies in flight leave no room: a bound on what parsed
-/// bodies hold, whatever the number of connections.
+/// Holds an authorized execute or ingest request's share of `max_inflight_body_bytes` (its
+/// declared length, or `max_body_bytes` when it declares none but has a body) while it is
+/// served, or answers `503 server_busy` at once when the bodies in flight leave no room: a
+/// bound on what parsed bodies hold, whatever the number of connections. (The other routes
+/// read no body, or a small one: `/login`'s.)
 async fn body_budget(
     State(state): State<AppState>,
     req: Request,
@@ -436,12 +437,18 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/login"),
 ];
 
+/// Largest body of `POST /login` (a form holding one token).
+const LOGIN_BODY_BYTES: usize = 8 * 1024;
+
 /// The router with every route, its auth, limits and the HTTP metrics layer.
 pub fn router(runtime: Arc<Runtime>, settings: ServerSettings, tokens: Tokens) -> Router {
     let state = AppState::new(runtime.clone(), tokens, settings.clone());
     let execute = Router::new()
         .route("/v1/pipelines/{trigger}/execute", post(handlers::execute))
         .route("/v1/metrics", post(handlers::ingest))
+        // Inside the auth check: a request without the token never holds any of the budget
+        // (a body trickled to an open route could otherwise hold it for a whole timeout).
+        .route_layer(middleware::from_fn_with_state(state.clone(), body_budget))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_execute,
@@ -471,7 +478,11 @@ pub fn router(runtime: Arc<Runtime>, settings: ServerSettings, tokens: Tokens) -
         ));
     let open = Router::new()
         .route("/", get(dashboard::page))
-        .route("/login", post(dashboard::login))
+        // A sign-in form is a token: anyone may post one, so its body is kept small.
+        .route(
+            "/login",
+            post(dashboard::login).layer(axum::extract::DefaultBodyLimit::max(LOGIN_BODY_BYTES)),
+        )
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/v1/openapi.json", get(handlers::openapi));
@@ -484,7 +495,6 @@ pub fn router(runtime: Arc<Runtime>, settings: ServerSettings, tokens: Tokens) -
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), timeout))
-        .layer(middleware::from_fn_with_state(state.clone(), body_budget))
         .layer(middleware::from_fn_with_state(state.clone(), declared_size))
         .layer(axum::extract::DefaultBodyLimit::max(
             settings.max_body_bytes,
