@@ -1010,16 +1010,18 @@ fn room_is_never_made_by_cutting_a_request_in_flight() {
     s.stop();
 }
 
-// Bodies in flight are bounded in bytes, whatever the number of connections: a request that
-// would pass `max_inflight_body_bytes` is refused (`503 server_busy`, `Retry-After`) before its
-// body is read, requests without a body are not held back, and the room comes back when the
-// request holding it is answered.
+// Bodies in flight are bounded in memory, whatever the number of connections: each is charged
+// 16 times its declared length (what it may hold once parsed), a request that would pass
+// `max_inflight_body_bytes` is refused (`503 server_busy`, `Retry-After`) before its body is
+// read, requests without a body are not held back, and the room comes back when the request
+// holding it is answered.
 #[test]
 fn request_bodies_in_flight_are_bounded_in_bytes() {
     use std::io::{Read, Write};
     let s = Server::start(&[
         ("LUAMETRICS_SERVER_MAX_BODY_BYTES", "4096"),
-        ("LUAMETRICS_SERVER_MAX_INFLIGHT_BODY_BYTES", "4096"),
+        // 16 full-size bodies' bytes, one full-size body's parsed charge.
+        ("LUAMETRICS_SERVER_MAX_INFLIGHT_BODY_BYTES", "65536"),
         ("LUAMETRICS_SERVER_REQUEST_TIMEOUT_MS", "600000"),
     ]);
     let addr = s.base.trim_start_matches("http://").to_string();
@@ -1048,8 +1050,9 @@ fn request_bodies_in_flight_are_bounded_in_bytes() {
     let mut head = [0u8; 25];
     trickler.read_exact(&mut head).unwrap();
     assert_eq!(&head, b"HTTP/1.1 100 Continue\r\n\r\n");
-    // A request declaring 4,090 bytes is being served (the server asked for its body): the
-    // 6 bytes left of the budget hold no other body.
+    // A request declaring 4,090 bytes is being served (the server asked for its body): it is
+    // charged 65,440 bytes, and the 96 left hold no other body (a budget of raw bytes would
+    // have room for 15 more).
     let big = format!("{points:<4090}");
     let mut holder = std::net::TcpStream::connect(&addr).unwrap();
     holder.write_all(post(big.len(), true).as_bytes()).unwrap();

@@ -7,5 +7,7 @@
 mod config;
 mod runtime;
 
-pub use config::{Config, ConfigError, DatabaseSettings, PipelineSettings, ServerSettings};
+pub use config::{
+    Config, ConfigError, DatabaseSettings, PipelineSettings, ServerSettings, BODY_MEMORY_PER_BYTE,
+};
 pub use runtime::{Error, ErrorKind, Runtime, RuntimeBuilder, ShutdownSummary};

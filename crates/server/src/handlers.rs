@@ -509,9 +509,12 @@ pub(crate) async fn pool(State(s): State<AppState>) -> Json<Value> {
 
 pub(crate) async fn prometheus(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let openmetrics = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/openmetrics-text"));
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let openmetrics = wants_openmetrics(&openmetrics);
     let metrics = s.runtime.metrics().clone();
     // Snapshot shard by shard, then encode off the async workers: recording never waits. One
     // encoding per format at a time, shared by the scrapes waiting for it (`scrape.rs`).
@@ -533,6 +536,28 @@ pub(crate) async fn prometheus(State(s): State<AppState>, headers: HeaderMap) ->
         prometheus::TEXT_CONTENT_TYPE
     };
     ([(header::CONTENT_TYPE, ct)], body).into_response()
+}
+
+/// Whether a scraper's `Accept` prefers OpenMetrics to the text format: its best quality for
+/// `application/openmetrics-text` is above zero and at least that of `text/plain` (or of a
+/// wildcard standing for it), so `q=0` refuses it as RFC 9110 says.
+fn wants_openmetrics(accept: &str) -> bool {
+    let (mut om, mut text) = (0.0f32, 0.0f32);
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .map_or(1.0, |(_, v)| v.trim().parse::<f32>().unwrap_or(0.0))
+            .clamp(0.0, 1.0);
+        match media.as_str() {
+            "application/openmetrics-text" => om = om.max(q),
+            "text/plain" | "text/*" | "*/*" => text = text.max(q),
+            _ => {}
+        }
+    }
+    om > 0.0 && om >= text
 }
 
 pub(crate) async fn healthz() -> Json<Value> {
@@ -620,4 +645,33 @@ pub(crate) fn parse_filters(text: Option<&str>) -> Result<Tags, ApiError> {
         tags.insert(k.to_string(), v.to_string());
     }
     Ok(tags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wants_openmetrics;
+
+    #[test]
+    fn openmetrics_is_served_only_when_preferred() {
+        // What Prometheus sends: OpenMetrics first.
+        assert!(wants_openmetrics(
+            "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+        ));
+        assert!(wants_openmetrics(
+            "application/openmetrics-text; version=1.0.0"
+        ));
+        assert!(wants_openmetrics("Application/OpenMetrics-Text"));
+        // Refused, or preferred less than the text format.
+        assert!(!wants_openmetrics("application/openmetrics-text;q=0"));
+        assert!(!wants_openmetrics(
+            "application/openmetrics-text;q=0.0, */*"
+        ));
+        assert!(!wants_openmetrics(
+            "text/plain;q=0.9, application/openmetrics-text;q=0.5"
+        ));
+        assert!(!wants_openmetrics("application/openmetrics-text;q=junk"));
+        assert!(!wants_openmetrics(""));
+        assert!(!wants_openmetrics("*/*"));
+        assert!(!wants_openmetrics("application/json"));
+    }
 }

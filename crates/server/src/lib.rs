@@ -207,7 +207,7 @@ impl AppState {
     pub fn new(runtime: Arc<Runtime>, tokens: Tokens, settings: ServerSettings) -> Self {
         let budget = settings
             .max_inflight_body_bytes
-            .max(settings.max_body_bytes)
+            .max(body_charge(settings.max_body_bytes as u64))
             .min(tokio::sync::Semaphore::MAX_PERMITS);
         AppState {
             runtime,
@@ -353,11 +353,19 @@ async fn declared_size(
     }
 }
 
-/// Holds an authorized execute or ingest request's share of `max_inflight_body_bytes` (its
-/// declared length, or `max_body_bytes` when it declares none but has a body) while it is
-/// served, or answers `503 server_busy` at once when the bodies in flight leave no room: a
-/// bound on what parsed bodies hold, whatever the number of connections. (The other routes
-/// read no body, or a small one: `/login`'s.)
+/// What a body of `declared` bytes may hold, raw and parsed, charged against
+/// `max_inflight_body_bytes`: parsing, not the bytes, is what costs memory.
+fn body_charge(declared: u64) -> usize {
+    usize::try_from(declared)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(luametrics_runtime::BODY_MEMORY_PER_BYTE)
+}
+
+/// Holds an authorized execute or ingest request's share of `max_inflight_body_bytes`
+/// (`body_charge` of its declared length, or of `max_body_bytes` when it declares none but has
+/// a body) while it is served, or answers `503 server_busy` at once when the bodies in flight
+/// leave no room: a bound on what bodies hold once parsed, whatever the number of
+/// connections. (The other routes read no body, or a small one: `/login`'s.)
 async fn body_budget(
     State(state): State<AppState>,
     req: Request,
@@ -378,15 +386,16 @@ async fn body_budget(
     if bytes == 0 {
         return Ok(next.run(req).await);
     }
-    let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+    let permits = u32::try_from(body_charge(bytes)).unwrap_or(u32::MAX);
     match state.bodies.clone().try_acquire_many_owned(permits) {
         Ok(_held) => Ok(next.run(req).await),
         Err(_) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_busy",
             format!(
-                "request bodies in flight leave no room for {bytes} more bytes \
-                 (server.max_inflight_body_bytes = {}); retry shortly",
+                "request bodies in flight leave no room for one of {bytes} bytes, charged \
+                 {} bytes once parsed (server.max_inflight_body_bytes = {}); retry shortly",
+                body_charge(bytes),
                 state.settings.max_inflight_body_bytes
             ),
         )
