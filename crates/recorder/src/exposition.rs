@@ -8,6 +8,7 @@ use luametrics_model::{Kind, MetricType, Tags};
 use luametrics_sketch::{Sketch, Summary};
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// One series as a scrape sees it.
@@ -157,6 +158,45 @@ impl Exposition {
             crate::service::shrink_map(&mut shard.lock());
         }
         freed
+    }
+
+    /// Under memory pressure: lets go of series not updated since `before_ms`, least
+    /// recently updated first, until `memory` (the recorder's charge) is at most `low`. Their
+    /// rows are written; a scrape shows a series again, from zero, when it is next recorded (a
+    /// counter reset to Prometheus). Gives back what `fold` charged for each (a key's own
+    /// charge comes back when its last holder lets it go) and returns the series evicted.
+    pub fn evict_oldest(&self, before_ms: i64, memory: &AtomicUsize, low: usize) -> usize {
+        let mut candidates: Vec<(i64, usize, Shared)> = Vec::new();
+        for (i, shard) in self.shards.iter().enumerate() {
+            let shard = shard.lock();
+            candidates.extend(
+                shard
+                    .iter()
+                    .filter(|(_, c)| c.updated_ms < before_ms)
+                    .map(|(k, c)| (c.updated_ms, i, k.clone())),
+            );
+        }
+        candidates.sort_unstable_by_key(|(updated, _, _)| *updated);
+        let mut evicted = 0;
+        for (_, i, key) in candidates.drain(..) {
+            if memory.load(Relaxed) <= low {
+                break;
+            }
+            let mut shard = self.shards[i].lock();
+            if shard.get(&key).is_some_and(|c| c.updated_ms < before_ms) {
+                if let Some(c) = shard.remove(&key) {
+                    memory.fetch_sub(c.summary.heap_bytes() + entry_cost(&key.0), Relaxed);
+                    evicted += 1;
+                }
+            }
+            // `key` goes here: the last holder of a key gives its charge back.
+        }
+        // The candidates not reached go back to their holders.
+        drop(candidates);
+        for shard in &self.shards {
+            crate::service::shrink_map(&mut shard.lock());
+        }
+        evicted
     }
 
     pub fn len(&self) -> usize {

@@ -1073,3 +1073,89 @@ async fn many_tenants_cannot_grow_the_exposition_past_the_memory_bound() {
         h.service.memory_used()
     );
 }
+
+// Tenants that come once and go (a host with many customers) leave per-tenant system series in
+// the `/metrics` exposition, which is charged against the memory bound. Once they fill it, the
+// exposition gives way, least recently updated first, rather than every later point (another
+// tenant's included) being dropped until the series are idle for the eviction time (an hour).
+// What was written stays written; evicted series are counted.
+#[tokio::test]
+async fn under_memory_pressure_the_exposition_gives_way_to_new_points() {
+    let bound = 256 * 1024;
+    let h = harness(
+        RecorderSettings {
+            max_memory_bytes: bound,
+            ..Default::default()
+        },
+        big_limits(),
+    )
+    .await;
+    let window = RecorderSettings::default().window_ms as i64;
+    let ok = tags(&[("method", "password"), ("status", "ok")]);
+    let mut accepted = 0u64;
+    for i in 0..6_000 {
+        let tenant = format!("tenant-{i}");
+        let r = h.service.record_system(
+            "auth.login.attempt",
+            Kind::Counter,
+            1.0,
+            ok.clone(),
+            Some(&tenant),
+            None,
+        );
+        accepted += u64::from(r.is_ok());
+        if i % 25 == 24 {
+            // Each batch of tenants in a window of its own, then gone.
+            h.clock.fetch_add(window, Ordering::SeqCst);
+            h.service.flush().await.unwrap();
+        }
+    }
+    h.clock.fetch_add(window, Ordering::SeqCst);
+    h.service.flush().await.unwrap();
+    h.service.flush().await.unwrap();
+    let evicted = h
+        .service
+        .exposition()
+        .iter()
+        .find(|s| s.name == "luametrics.exposition.evicted.count")
+        .map(|s| s.value)
+        .expect("the evicted counter is exposed");
+    assert!(evicted > 0.0, "nothing was evicted");
+    assert!(
+        h.service.memory_used() <= bound,
+        "{}",
+        h.service.memory_used()
+    );
+    // A new tenant's points are taken, though the departed tenants' series are hours from idle.
+    for shop in 0..20 {
+        h.service
+            .record_user_metric(
+                "newcomer",
+                "shop.orders_count",
+                Kind::Counter,
+                1.0,
+                &tags(&[("shop", &format!("s{shop}"))]),
+            )
+            .expect("a new tenant's point was refused under the bound");
+    }
+    // The most recently updated series are the ones kept.
+    let exposed: Vec<_> = h
+        .service
+        .exposition()
+        .into_iter()
+        .filter(|s| s.name == "auth.login.attempt")
+        .collect();
+    assert!(!exposed.is_empty());
+    assert!(exposed
+        .iter()
+        .any(|s| s.tenant.as_deref() == Some("tenant-5999")));
+    assert!(!exposed
+        .iter()
+        .any(|s| s.tenant.as_deref() == Some("tenant-0")));
+    // Every accepted point was written: eviction forgets the scrape's copy only.
+    h.service.flush().await.unwrap();
+    let acc = h.service.accounting();
+    assert!(acc.system.balances());
+    let (n, _) = stored(&h.store, "auth.login.attempt", None).await;
+    assert_eq!(n, accepted);
+}

@@ -139,6 +139,7 @@ impl Inner {
             // Accepted already: charged whatever the bound (new points meet it instead).
             self.memory.fetch_add(grown, Relaxed);
         }
+        self.relieve_pressure(now);
         let mut pending = self.pending.lock().await;
         for (row, _) in &sealed {
             self.backlog_points[type_index(row.key.metric_type)]
@@ -522,6 +523,26 @@ pub(super) async fn flusher(inner: Arc<Inner>) {
 
 /// Gives a map's room back when at most a quarter of it is used (the bound charges entries
 /// at twice their size, so a map may keep up to that).
+impl Inner {
+    /// Near the memory bound, the exposition gives way before new points are dropped: series
+    /// not sealed for two windows (tenants that came and went, a host's one-off series) go,
+    /// least recently updated first, until the charge is back to three quarters of the bound.
+    /// They are written already; only a scrape's cumulative copy goes. Otherwise departed
+    /// tenants' series would hold the bound for the idle-eviction time (an hour) and every
+    /// new point, any tenant's, be dropped meanwhile.
+    pub(super) fn relieve_pressure(&self, now: i64) {
+        let bound = self.config.settings.max_memory_bytes;
+        if self.memory.load(Relaxed) <= bound / 8 * 7 {
+            return;
+        }
+        let recent = now.saturating_sub(2 * self.config.settings.window_ms as i64);
+        let evicted = self
+            .exposition
+            .evict_oldest(recent, &self.memory, bound / 4 * 3);
+        self.exposition_evicted.fetch_add(evicted as u64, Relaxed);
+    }
+}
+
 pub(crate) fn shrink_map<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
     map: &mut HashMap<K, V, S>,
 ) {

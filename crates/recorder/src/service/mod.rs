@@ -231,6 +231,8 @@ struct Inner {
     rows_written_total: AtomicU64,
     /// Exported names held by user metrics.
     names: luametrics_model::ExportedNames,
+    /// Series the exposition let go of under memory pressure (`relieve_pressure`).
+    exposition_evicted: AtomicU64,
     flush_errors: AtomicU64,
     /// A chunk whose write failed without saying whether it committed: its batch id and row
     /// count. The next attempt writes exactly those rows under the same id (see
@@ -305,6 +307,7 @@ impl MetricsService {
             flushed_rows: AtomicU64::new(0),
             rows_written_total: AtomicU64::new(0),
             names: Default::default(),
+            exposition_evicted: AtomicU64::new(0),
             flush_errors: AtomicU64::new(0),
             in_doubt: parking_lot::Mutex::new(None),
             last_reported: Mutex::new(HashMap::new()),
@@ -516,6 +519,12 @@ impl MetricsService {
             "luametrics.exposition.withheld",
             Kind::Gauge,
             withheld as f64,
+            Tags::new(),
+        ));
+        series.push(live(
+            "luametrics.exposition.evicted.count",
+            Kind::Counter,
+            self.inner.exposition_evicted.load(Relaxed) as f64,
             Tags::new(),
         ));
         series.push(live(
