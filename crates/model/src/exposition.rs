@@ -58,7 +58,16 @@ pub fn exported_names(metric_type: MetricType, name: &str, kind: Kind, unit: Uni
         Kind::Gauge => &[""],
         Kind::Histogram => &["", "_bucket", "_sum", "_count", "_created"],
     };
-    suffixes.iter().map(|s| format!("{base}{s}")).collect()
+    // Exactly sized: these are held for as long as the metric is used, and charged so.
+    suffixes
+        .iter()
+        .map(|s| {
+            let mut n = String::with_capacity(base.len() + s.len());
+            n.push_str(&base);
+            n.push_str(s);
+            n
+        })
+        .collect()
 }
 
 /// Which metric holds each exported name. A metric whose names another metric (another kind,
@@ -106,10 +115,73 @@ pub struct Claimant<'a> {
     pub max_names: usize,
 }
 
+/// What the names of metrics hold, so they count against a memory bound like the series do
+/// (adversary round 8: 1,000 long histogram names per tenant held ~4 MB each, uncharged). An
+/// estimate of the heap, as the recorder's charges are: each string's bytes plus an
+/// allocator block's overhead, each map slot at twice its size (a hash map's load factor).
+mod cost {
+    use super::*;
+    use std::mem::size_of;
+
+    /// Per heap block: the allocator's header and rounding.
+    const BLOCK: usize = 16;
+
+    fn text(s: &str) -> usize {
+        s.len() + BLOCK
+    }
+
+    fn slot<T>() -> usize {
+        2 * size_of::<T>() + 1
+    }
+
+    type Key = (MetricType, String, Kind);
+
+    /// A tenant's own record of one metric: its entry in `used` and its exported names.
+    pub(super) fn tenant_part(name: &str, exported: &[String]) -> usize {
+        slot::<(Key, (bool, Unit))>()
+            + text(name)
+            + exported
+                .iter()
+                .map(|n| slot::<(String, (String, Kind))>() + text(n) + text(name))
+                .sum::<usize>()
+    }
+
+    /// A metric printed on `/metrics`: its exported names' owners, its claim, its users.
+    pub(super) fn global_part(name: &str, exported: &[String]) -> usize {
+        exported
+            .iter()
+            .map(|n| slot::<(String, Key)>() + text(n) + text(name))
+            .sum::<usize>()
+            + slot::<Key>()
+            + text(name)
+            + slot::<(Key, (Option<usize>, Unit))>()
+            + text(name)
+    }
+
+    /// A tenant's entry, before any of its metrics.
+    pub(super) fn tenant(tenant: &str) -> usize {
+        slot::<(String, TenantNames)>() + text(tenant)
+    }
+}
+
+/// Memory that forgetting tenants gave back and took (a withheld metric printed once its
+/// names are free holds them now), to settle with a memory bound.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// Bytes no longer held.
+    pub freed: usize,
+    /// Bytes newly held.
+    pub taken: usize,
+}
+
 impl ExportedNames {
     /// Claims every exported name of a metric, or says which rule it breaks. A tenant's
     /// metric (`claimant`) is checked against the tenant's own metrics and bound of distinct
     /// metrics only; a host's metric (no claimant) against every metric.
+    ///
+    /// `room` is asked for the bytes a claim would newly hold (see [`cost`]) before anything
+    /// is held: false refuses it with [`RejectReason::MemoryBound`]. A bound that must never
+    /// refuse (a host's own names) charges and answers true.
     pub fn claim(
         &self,
         metric_type: MetricType,
@@ -117,6 +189,7 @@ impl ExportedNames {
         kind: Kind,
         unit: Unit,
         claimant: Option<Claimant<'_>>,
+        room: &mut dyn FnMut(usize) -> bool,
     ) -> Result<(), RejectReason> {
         let key = (metric_type, name.to_string(), kind);
         let used_by = |names: &Names, c: &Claimant<'_>| {
@@ -164,6 +237,19 @@ impl ExportedNames {
         if !free && !withheld {
             return Err(RejectReason::NameConflict);
         }
+        let mut bytes = 0;
+        if free && !names.claimed.contains(&key) {
+            bytes += cost::global_part(name, &exported);
+        }
+        if let Some(c) = &claimant {
+            bytes += cost::tenant_part(name, &exported);
+            if !names.tenants.contains_key(c.tenant) {
+                bytes += cost::tenant(c.tenant);
+            }
+        }
+        if bytes > 0 && !room(bytes) {
+            return Err(RejectReason::MemoryBound);
+        }
         if free && !names.claimed.contains(&key) {
             for n in &exported {
                 names.owners.insert(n.clone(), key.clone());
@@ -194,7 +280,8 @@ impl ExportedNames {
     /// rows, no ledger): their bound of distinct metrics starts again, and a metric no tenant
     /// uses any more (and no host claimed) gives its exported names back. Safe because a
     /// tenant that holds nothing prints nothing on `/metrics`.
-    pub fn forget_tenants(&self, holding: impl Fn(&str) -> bool) {
+    pub fn forget_tenants(&self, holding: impl Fn(&str) -> bool) -> Settled {
+        let mut settled = Settled::default();
         let mut names = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let names = &mut *names;
         let gone: Vec<String> = names
@@ -208,21 +295,24 @@ impl ExportedNames {
             let Some(t) = names.tenants.remove(&tenant) else {
                 continue;
             };
-            for (key, (counted, _)) in t.used {
+            settled.freed += cost::tenant(&tenant);
+            for (key, (counted, unit)) in t.used {
+                let exported = exported_names(key.0, &key.1, key.2, unit);
+                settled.freed += cost::tenant_part(&key.1, &exported);
                 if !counted {
                     continue;
                 }
-                let Some((Some(n), unit)) = names.users.get_mut(&key) else {
+                let Some((Some(n), _)) = names.users.get_mut(&key) else {
                     continue;
                 };
                 *n = n.saturating_sub(1);
                 if *n > 0 {
                     continue;
                 }
-                let unit = *unit;
                 names.users.remove(&key);
                 names.claimed.remove(&key);
-                for n in exported_names(key.0, &key.1, key.2, unit) {
+                settled.freed += cost::global_part(&key.1, &exported);
+                for n in exported {
                     if names.owners.get(&n) == Some(&key) {
                         names.owners.remove(&n);
                     }
@@ -254,6 +344,7 @@ impl ExportedNames {
                         continue;
                     }
                     if claimed.insert(key.clone()) {
+                        settled.taken += cost::global_part(&key.1, &exported);
                         for n in exported {
                             owners.insert(n, key.clone());
                         }
@@ -268,6 +359,7 @@ impl ExportedNames {
         if names.tenants.capacity() > 4 * names.tenants.len() + 64 {
             names.tenants.shrink_to_fit();
         }
+        settled
     }
 
     /// Tenants whose names are kept.
@@ -330,7 +422,9 @@ mod tests {
             tenant: "b",
             max_names: 10,
         });
-        let claim = |name, kind, c| names.claim(MetricType::User, name, kind, Unit::Count, c);
+        let claim = |name, kind, c| {
+            names.claim(MetricType::User, name, kind, Unit::Count, c, &mut |_| true)
+        };
         assert_eq!(claim("x.h", Kind::Histogram, a), Ok(()));
         // The tenant's own conflicts are its to see.
         assert_eq!(
@@ -385,8 +479,67 @@ mod tests {
         assert!(!names.is_exported(MetricType::User, "y.c", Kind::Counter));
         // A host's metric still meets every claim.
         assert_eq!(
-            names.claim(MetricType::User, "x.h", Kind::Histogram, Unit::Count, None),
+            names.claim(
+                MetricType::User,
+                "x.h",
+                Kind::Histogram,
+                Unit::Count,
+                None,
+                &mut |_| true
+            ),
             Err(RejectReason::NameConflict)
         );
+    }
+
+    // Names count against a memory bound: a claim asks for room first and holds nothing when
+    // refused; forgetting tenants gives back exactly what their claims took (withheld metrics
+    // printed once free take theirs then).
+    #[test]
+    fn names_are_charged_and_give_every_byte_back() {
+        let names = ExportedNames::default();
+        let held = std::cell::Cell::new(0isize);
+        let claim = |tenant, name, kind, room: bool| {
+            names.claim(
+                MetricType::User,
+                name,
+                kind,
+                Unit::Count,
+                Some(Claimant {
+                    tenant,
+                    max_names: 100,
+                }),
+                &mut |b| {
+                    if room {
+                        held.set(held.get() + b as isize);
+                    }
+                    room
+                },
+            )
+        };
+        let long = "m".repeat(128);
+        assert_eq!(
+            claim("a", long.as_str(), Kind::Histogram, false),
+            Err(RejectReason::MemoryBound)
+        );
+        assert_eq!(names.tenants(), 0);
+        assert_eq!(held.get(), 0);
+        assert_eq!(claim("a", long.as_str(), Kind::Histogram, true), Ok(()));
+        // Five exported names of ~133 bytes, each held twice or more: kilobytes, not bytes.
+        assert!(held.get() > 2_000, "{}", held.get());
+        // Known already: nothing more to hold, and no room asked.
+        assert_eq!(claim("a", long.as_str(), Kind::Histogram, false), Ok(()));
+        assert_eq!(claim("b", long.as_str(), Kind::Histogram, true), Ok(()));
+        assert_eq!(claim("b", "x.h", Kind::Gauge, true), Ok(()));
+        assert_eq!(claim("c", "x.h", Kind::Histogram, true), Ok(())); // withheld behind b's
+        assert_eq!(claim("c", "y", Kind::Counter, true), Ok(()));
+        let settle = |s: Settled| held.set(held.get() - s.freed as isize + s.taken as isize);
+        // b goes: c's withheld histogram is printed and takes its names.
+        let s = names.forget_tenants(|t| t != "b");
+        assert!(s.taken > 0 && s.freed > s.taken);
+        settle(s);
+        assert!(names.is_exported(MetricType::User, "x.h", Kind::Histogram));
+        settle(names.forget_tenants(|_| false));
+        assert_eq!(names.tenants(), 0);
+        assert_eq!(held.get(), 0);
     }
 }

@@ -18,7 +18,8 @@ mod tenant;
 pub use catalog::{Catalog, CatalogEntry, CatalogError};
 pub use dashboard::{ChartSpec, Dashboard, PanelSpec, SeriesSpec};
 pub use exposition::{
-    exported_names, family_base, is_reserved_label, Claimant, ExportedNames, RESERVED_LABELS,
+    exported_names, family_base, is_reserved_label, Claimant, ExportedNames, Settled,
+    RESERVED_LABELS,
 };
 pub use name::{infer_kind, infer_unit, validate_name, MAX_NAME_LEN};
 pub use point::{canonical_tags, Kind, MetricType, Point, Tags, Unit};

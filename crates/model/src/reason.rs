@@ -45,11 +45,14 @@ pub enum RejectReason {
     InvalidTenant,
     /// A host's point carries a timestamp outside years 1970 to 9999.
     InvalidTimestamp,
+    /// A metric new to its tenant: the memory bound (`recorder.max_memory_bytes`) has no room
+    /// for the names it would hold. Asked again when room comes back.
+    MemoryBound,
 }
 
 impl RejectReason {
     /// Every reason, for exhaustive reporting.
-    pub const ALL: [RejectReason; 18] = [
+    pub const ALL: [RejectReason; 19] = [
         RejectReason::InvalidName,
         RejectReason::InvalidValue,
         RejectReason::InvalidTags,
@@ -68,6 +71,7 @@ impl RejectReason {
         RejectReason::NameLimit,
         RejectReason::InvalidTenant,
         RejectReason::InvalidTimestamp,
+        RejectReason::MemoryBound,
     ];
 
     /// The stable snake_case code.
@@ -91,6 +95,7 @@ impl RejectReason {
             RejectReason::NameLimit => "name_limit",
             RejectReason::InvalidTenant => "invalid_tenant",
             RejectReason::InvalidTimestamp => "invalid_timestamp",
+            RejectReason::MemoryBound => "memory_bound",
         }
     }
 

@@ -1159,3 +1159,46 @@ async fn under_memory_pressure_the_exposition_gives_way_to_new_points() {
     let (n, _) = stored(&h.store, "auth.login.attempt", None).await;
     assert_eq!(n, accepted);
 }
+
+// A tenant's new metric names are charged against the memory bound: past it they are refused
+// (`memory_bound`), the bound holds, and a name already held is still taken.
+#[tokio::test]
+async fn new_metric_names_are_refused_past_the_memory_bound() {
+    let bound = 256 * 1024;
+    let h = harness(
+        RecorderSettings {
+            max_memory_bytes: bound,
+            ..Default::default()
+        },
+        Limits {
+            max_names_per_tenant: 100_000,
+            ..big_limits()
+        },
+    )
+    .await;
+    let long = "x".repeat(100);
+    let mut refused = None;
+    for i in 0..1_000 {
+        let name = format!("h{long}.amount_{i:04}");
+        if let Err(e) =
+            h.service
+                .record_user_metric("acme", &name, Kind::Histogram, 1.0, &Tags::new())
+        {
+            refused = Some((i, e));
+            break;
+        }
+    }
+    let (i, e) = refused.expect("1,000 long names fit a 256 KiB bound");
+    assert_eq!(e, Rejected::Invalid(RejectReason::MemoryBound), "{i}");
+    assert!(h.service.memory_used() <= bound);
+    let acc = h.service.accounting();
+    assert_eq!(acc.user.rejected.get("memory_bound"), Some(&1));
+    assert!(acc.user.balances());
+    // A name the tenant holds already costs nothing more to use.
+    let held = format!("h{long}.amount_0000");
+    assert!(matches!(
+        h.service
+            .record_user_metric("acme", &held, Kind::Histogram, 2.0, &Tags::new()),
+        Ok(_) | Err(Rejected::Dropped(_))
+    ));
+}

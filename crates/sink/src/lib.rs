@@ -185,6 +185,7 @@ impl MetricsSink for CollectingSink {
                 tenant,
                 max_names: self.policy.limits.max_names_per_tenant,
             }),
+            &mut |_| true,
         )
     }
 }

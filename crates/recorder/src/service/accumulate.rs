@@ -59,9 +59,13 @@ impl Inner {
         let (key, overflowed) = match key.into() {
             KeyIn::Owned(key) if key.is_registered() => {
                 let now = (self.config.clock)();
+                // A new series is admitted only with room for its first entry too: admitted
+                // and then refused, it would count against the tenant's limits while holding
+                // no point.
+                let room = max.saturating_sub(ENTRY_OVERHEAD + summary.heap_bytes());
                 match self
                     .registry
-                    .admit(key, now, &self.config.policy.limits, &self.memory, max)
+                    .admit(key, now, &self.config.policy.limits, &self.memory, room)
                 {
                     Some((key, overflowed)) => (KeyIn::Shared(key), overflowed),
                     None => return Err(Rejected::Dropped(DropReason::MemoryBound)),

@@ -394,15 +394,27 @@ impl MetricsService {
             }),
             _ => None,
         };
-        self.inner
-            .names
-            .claim(MetricType::System, name, kind, unit, claimant)
+        // A host's names are charged but never refused for memory: a handle made while the
+        // bound is full would otherwise refuse its points for good.
+        let memory = &self.inner.memory;
+        self.inner.names.claim(
+            MetricType::System,
+            name,
+            kind,
+            unit,
+            claimant,
+            &mut |bytes| {
+                memory.fetch_add(bytes, Relaxed);
+                true
+            },
+        )
     }
 
     /// Claims the exported Prometheus names of `tenant`'s user metric: refused
     /// (`name_conflict`) when another metric already holds one of them, so `/metrics` stays
     /// valid for any input, and (`name_limit`) past the tenant's bound of distinct metrics, so
-    /// no tenant makes the process hold any number of them.
+    /// no tenant makes the process hold any number of them. The names are charged against the
+    /// memory bound (`memory_bound` when it has no room).
     pub fn claim_user_name(
         &self,
         tenant: &str,
@@ -418,6 +430,11 @@ impl MetricsService {
                 tenant,
                 max_names: self.inner.config.policy.limits.max_names_per_tenant,
             }),
+            &mut |bytes| {
+                self.inner
+                    .memory
+                    .charge(bytes, self.inner.config.settings.max_memory_bytes)
+            },
         )
     }
 
@@ -582,8 +599,11 @@ impl Inner {
             }
         }
         self.tenants.forget_idle(|t| holding.contains(t));
-        self.names
+        let settled = self
+            .names
             .forget_tenants(|t| t == HOST_CLAIMANT || holding.contains(t) || self.tenants.has(t));
+        self.memory.fetch_add(settled.taken, Relaxed);
+        self.memory.fetch_sub(settled.freed, Relaxed);
         n
     }
 }
