@@ -45,6 +45,11 @@ pub struct RecorderSettings {
     /// Share of `max_memory_bytes` held by accumulators and unwritten rows past which
     /// `/readyz` reports not ready.
     pub ready_memory_share: f64,
+    /// Share of `max_memory_bytes` each tenant's user series may hold whatever the others do:
+    /// past it a tenant is refused (`memory_bound`) once less than this share of the bound is
+    /// free, so the tenants within their share always keep it among them and one tenant cannot
+    /// crowd out the rest. 1 lets one tenant take the whole bound.
+    pub tenant_memory_share: f64,
     /// Keeps each tenant's ledger of accepted, overflowed, rejected and dropped points (what
     /// `/v1/tenant/usage` and the tenant dashboard read, recorded each window as
     /// `luametrics.tenant.points.count`); off, tenants see no point usage.
@@ -64,6 +69,7 @@ impl Default for RecorderSettings {
             shutdown_timeout_ms: 10_000,
             checkpoint_interval_ms: 60_000,
             ready_memory_share: 0.8,
+            tenant_memory_share: 0.25,
             tenant_usage: true,
         }
     }

@@ -3,12 +3,12 @@
 //! recording hot path never touches it, and read shard by shard so a scrape of 100k series
 //! never holds a lock that recording needs.
 
-use crate::series::SeriesKey;
+use crate::series::{owner, Memory, SeriesKey};
 use luametrics_model::{Kind, MetricType, Tags};
 use luametrics_sketch::{Sketch, Summary};
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// One series as a scrape sees it.
@@ -143,49 +143,54 @@ impl Exposition {
         out
     }
 
-    /// Lets go of series not updated since `cutoff_ms`; returns the bytes freed (what `fold`
-    /// charged for them).
-    pub fn evict_idle(&self, cutoff_ms: i64) -> usize {
-        let mut freed = 0;
+    /// Lets go of series not updated since `cutoff_ms`, giving back to `memory` what `fold`
+    /// charged for them.
+    pub fn evict_idle(&self, cutoff_ms: i64, memory: &Memory) {
         for shard in &self.shards {
             shard.lock().retain(|k, c| {
                 let keep = c.updated_ms >= cutoff_ms;
                 if !keep {
-                    freed += c.summary.heap_bytes() + entry_cost(&k.0);
+                    memory.release_for(owner(&k.0), c.summary.heap_bytes() + entry_cost(&k.0));
                 }
                 keep
             });
             crate::service::shrink_map(&mut shard.lock());
         }
-        freed
     }
 
-    /// Under memory pressure: lets go of series not updated since `before_ms`, least
-    /// recently updated first, until `memory` (the recorder's charge) is at most `low`. Their
-    /// rows are written; a scrape shows a series again, from zero, when it is next recorded (a
-    /// counter reset to Prometheus). Gives back what `fold` charged for each (a key's own
-    /// charge comes back when its last holder lets it go) and returns the series evicted.
-    pub fn evict_oldest(&self, before_ms: i64, memory: &AtomicUsize, low: usize) -> usize {
-        let mut candidates: Vec<(i64, usize, Shared)> = Vec::new();
+    /// Under memory pressure: lets go of series not updated since `before_ms` until `memory`
+    /// is at most `low`: first those of tenants past their share of the bound (`first`), then
+    /// the rest, least recently updated first. Their rows are written; a scrape shows a series
+    /// again, from zero, when it is next recorded (a counter reset to Prometheus). Gives back
+    /// what `fold` charged for each (a key's own charge comes back when its last holder lets
+    /// it go) and returns the series evicted.
+    pub fn evict_oldest(
+        &self,
+        before_ms: i64,
+        memory: &Memory,
+        low: usize,
+        first: impl Fn(&SeriesKey) -> bool,
+    ) -> usize {
+        let mut candidates: Vec<(bool, i64, usize, Shared)> = Vec::new();
         for (i, shard) in self.shards.iter().enumerate() {
             let shard = shard.lock();
             candidates.extend(
                 shard
                     .iter()
                     .filter(|(_, c)| c.updated_ms < before_ms)
-                    .map(|(k, c)| (c.updated_ms, i, k.clone())),
+                    .map(|(k, c)| (!first(&k.0), c.updated_ms, i, k.clone())),
             );
         }
-        candidates.sort_unstable_by_key(|(updated, _, _)| *updated);
+        candidates.sort_unstable_by_key(|(later, updated, _, _)| (*later, *updated));
         let mut evicted = 0;
-        for (_, i, key) in candidates.drain(..) {
+        for (_, _, i, key) in candidates.drain(..) {
             if memory.load(Relaxed) <= low {
                 break;
             }
             let mut shard = self.shards[i].lock();
             if shard.get(&key).is_some_and(|c| c.updated_ms < before_ms) {
                 if let Some(c) = shard.remove(&key) {
-                    memory.fetch_sub(c.summary.heap_bytes() + entry_cost(&key.0), Relaxed);
+                    memory.release_for(owner(&key.0), c.summary.heap_bytes() + entry_cost(&key.0));
                     evicted += 1;
                 }
             }

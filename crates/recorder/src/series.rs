@@ -29,9 +29,20 @@ const REGISTRY_SLOT: usize = map_slot::<(Arc<SeriesKey>, AtomicI64)>();
 
 /// The memory bound's counter: bytes held by accumulators, unwritten rows, the exposition and
 /// series keys. Shared with the keys, which give their bytes back when the last holder drops
-/// them.
+/// them. It also keeps what each tenant's user series hold (`Shares`), so one tenant cannot
+/// take the whole bound from the others (adversary round 9).
 #[derive(Clone, Default)]
-pub(crate) struct Memory(Arc<AtomicUsize>);
+pub(crate) struct Memory(Arc<AtomicUsize>, Arc<Shares>);
+
+/// Each tenant's user bytes, and its fair share: a tenant holding more than `share` bytes is
+/// refused once the total passes `max - share`, so the tenants within their share always have
+/// at least `share` bytes among them.
+#[derive(Default)]
+pub(crate) struct Shares {
+    /// Bytes a tenant may hold whatever the others do; 0: no share (one tenant may take all).
+    share: AtomicUsize,
+    used: Mutex<HashMap<Arc<str>, usize, ahash::RandomState>>,
+}
 
 impl std::ops::Deref for Memory {
     type Target = AtomicUsize;
@@ -40,7 +51,24 @@ impl std::ops::Deref for Memory {
     }
 }
 
+/// The tenant whose share a key's bytes count in: user series only (the host's own series,
+/// per-tenant or not, are the host's).
+pub(crate) fn owner(key: &SeriesKey) -> Option<&Arc<str>> {
+    if key.metric_type == MetricType::User {
+        key.tenant.as_ref()
+    } else {
+        None
+    }
+}
+
 impl Memory {
+    /// A counter whose tenants may each hold `share` bytes whatever the others do (0: none).
+    pub fn with_share(share: usize) -> Self {
+        let m = Memory::default();
+        m.1.share.store(share, Relaxed);
+        m
+    }
+
     /// Charges `cost` if the total stays within `max`; whether it did.
     pub fn charge(&self, cost: usize, max: usize) -> bool {
         let mut cur = self.load(Relaxed);
@@ -54,25 +82,83 @@ impl Memory {
             }
         }
     }
+
+    /// Charges `cost` for `tenant`'s user series (`None`: the host's, the bound only): past
+    /// its share a tenant is refused once the total would pass `max - share`.
+    pub fn charge_for(&self, tenant: Option<&Arc<str>>, cost: usize, max: usize) -> bool {
+        let Some(tenant) = tenant else {
+            return self.charge(cost, max);
+        };
+        let share = self.1.share.load(Relaxed);
+        let mut used = self.1.used.lock();
+        let mine = used.get(tenant).copied().unwrap_or(0);
+        let limit = if share > 0 && mine.saturating_add(cost) > share {
+            max.saturating_sub(share)
+        } else {
+            max
+        };
+        if !self.charge(cost, limit) {
+            return false;
+        }
+        *used.entry(tenant.clone()).or_insert(0) += cost;
+        true
+    }
+
+    /// Adds `cost` for `tenant` whatever the bound (what is accepted already: the exposition).
+    pub fn add_for(&self, tenant: Option<&Arc<str>>, cost: usize) {
+        self.fetch_add(cost, Relaxed);
+        if let (Some(tenant), true) = (tenant, cost > 0) {
+            *self.1.used.lock().entry(tenant.clone()).or_insert(0) += cost;
+        }
+    }
+
+    /// Gives back `cost` charged for `tenant`.
+    pub fn release_for(&self, tenant: Option<&Arc<str>>, cost: usize) {
+        self.fetch_sub(cost, Relaxed);
+        if let (Some(tenant), true) = (tenant, cost > 0) {
+            let mut used = self.1.used.lock();
+            if let Some(n) = used.get_mut(tenant) {
+                *n = n.saturating_sub(cost);
+                if *n == 0 {
+                    used.remove(tenant);
+                }
+            }
+        }
+    }
+
+    /// Bytes `tenant`'s user series hold.
+    pub fn held_by(&self, tenant: &str) -> usize {
+        self.1.used.lock().get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Whether `tenant` holds more than its share.
+    pub fn past_share(&self, tenant: &str) -> bool {
+        let share = self.1.share.load(Relaxed);
+        share > 0 && self.held_by(tenant) > share
+    }
 }
 
 /// The bytes a shared key was charged, given back when the key is dropped: a key is shared
 /// by `Arc` between the registry, the accumulators, the rows waiting to be written and the
 /// exposition, and is charged once, for as long as any of them holds it.
 #[derive(Default)]
-pub(crate) struct KeyCharge(Option<(Memory, usize)>);
+pub(crate) struct KeyCharge(Option<(Memory, usize, Option<Arc<str>>)>);
 
 impl Drop for KeyCharge {
     fn drop(&mut self) {
-        if let Some((memory, bytes)) = self.0.take() {
-            memory.fetch_sub(bytes, Relaxed);
+        if let Some((memory, bytes, tenant)) = self.0.take() {
+            memory.release_for(tenant.as_ref(), bytes);
         }
     }
 }
 
 impl std::fmt::Debug for KeyCharge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "KeyCharge({})", self.0.as_ref().map_or(0, |(_, b)| *b))
+        write!(
+            f,
+            "KeyCharge({})",
+            self.0.as_ref().map_or(0, |(_, b, _)| *b)
+        )
     }
 }
 
@@ -183,10 +269,11 @@ impl SeriesKey {
     /// against the bound until the last holder drops it; `None` when the bound has no room.
     pub fn charged(mut self, memory: &Memory, max: usize, extra: usize) -> Option<Arc<Self>> {
         let bytes = self.heap_bytes() + extra;
-        if !memory.charge(bytes, max) {
+        let tenant = owner(&self).cloned();
+        if !memory.charge_for(tenant.as_ref(), bytes, max) {
             return None;
         }
-        self.charge = KeyCharge(Some((memory.clone(), bytes)));
+        self.charge = KeyCharge(Some((memory.clone(), bytes, tenant)));
         Some(Arc::new(self))
     }
 

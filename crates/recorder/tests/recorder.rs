@@ -1168,6 +1168,8 @@ async fn new_metric_names_are_refused_past_the_memory_bound() {
     let h = harness(
         RecorderSettings {
             max_memory_bytes: bound,
+            // One tenant: the names, not its share of the bound, are what meets it.
+            tenant_memory_share: 1.0,
             ..Default::default()
         },
         Limits {
@@ -1177,19 +1179,24 @@ async fn new_metric_names_are_refused_past_the_memory_bound() {
     )
     .await;
     let long = "x".repeat(100);
-    let mut refused = None;
+    // The name is claimed before the series is charged: near the bound a name may fit and
+    // its series not (a drop); the names go on taking room until one does not fit.
+    let mut refused = false;
     for i in 0..1_000 {
         let name = format!("h{long}.amount_{i:04}");
-        if let Err(e) =
-            h.service
-                .record_user_metric("acme", &name, Kind::Histogram, 1.0, &Tags::new())
+        match h
+            .service
+            .record_user_metric("acme", &name, Kind::Histogram, 1.0, &Tags::new())
         {
-            refused = Some((i, e));
-            break;
+            Ok(_) | Err(Rejected::Dropped(DropReason::MemoryBound)) => {}
+            Err(Rejected::Invalid(RejectReason::MemoryBound)) => {
+                refused = true;
+                break;
+            }
+            Err(e) => panic!("{i}: {e:?}"),
         }
     }
-    let (i, e) = refused.expect("1,000 long names fit a 256 KiB bound");
-    assert_eq!(e, Rejected::Invalid(RejectReason::MemoryBound), "{i}");
+    assert!(refused, "1,000 long names fit a 256 KiB bound");
     assert!(h.service.memory_used() <= bound);
     let acc = h.service.accounting();
     assert_eq!(acc.user.rejected.get("memory_bound"), Some(&1));
@@ -1201,4 +1208,71 @@ async fn new_metric_names_are_refused_past_the_memory_bound() {
             .record_user_metric("acme", &held, Kind::Histogram, 2.0, &Tags::new()),
         Ok(_) | Err(Rejected::Dropped(_))
     ));
+}
+
+// Adversary round 9: one tenant within its own series limits could fill the whole memory
+// bound (10,000 histogram series with spread values hold far more than 64 MiB): another
+// tenant's points were then dropped (73%) and its series vanished from `/metrics`. Each tenant
+// past its share (`tenant_memory_share`) is now refused while the others keep their room.
+#[tokio::test]
+async fn one_tenant_cannot_crowd_the_others_out_of_the_memory_bound() {
+    let bound = 1024 * 1024;
+    let h = harness(
+        RecorderSettings {
+            max_memory_bytes: bound,
+            ..Default::default()
+        },
+        big_limits(),
+    )
+    .await;
+    let window = RecorderSettings::default().window_ms as i64;
+    let mut victim_sent = 0u64;
+    for round in 0..6 {
+        // The flood: histogram series whose values span many orders of magnitude.
+        for i in 0..3_000 {
+            let series = format!("s{}", (round * 3_000 + i) % 5_000);
+            let _ = h.service.record_user_metric(
+                "mallory",
+                "m.latency",
+                Kind::Histogram,
+                10f64.powi(i % 12) * (1.0 + i as f64 / 7.0),
+                &tags(&[("series", &series)]),
+            );
+        }
+        // The other tenant records a few series each window: every point is taken.
+        for s in 0..20 {
+            h.service
+                .record_user_metric(
+                    "victim",
+                    "v.orders_count",
+                    Kind::Counter,
+                    1.0,
+                    &tags(&[("shop", &format!("shop{s}"))]),
+                )
+                .unwrap_or_else(|e| panic!("round {round}: the victim's point was refused: {e:?}"));
+            victim_sent += 1;
+        }
+        h.clock.fetch_add(window, Ordering::SeqCst);
+        h.service.flush().await.unwrap();
+    }
+    let acc = h.service.accounting();
+    assert!(acc.user.balances());
+    // The flood met the bound.
+    assert!(acc.user.dropped.get("memory_bound").copied().unwrap_or(0) > 0);
+    assert!(
+        h.service.memory_used() <= bound * 5 / 4,
+        "{}",
+        h.service.memory_used()
+    );
+    // The victim's series are all on `/metrics`, with every point.
+    let exposed: f64 = h
+        .service
+        .exposition()
+        .iter()
+        .filter(|s| s.tenant.as_deref() == Some("victim"))
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(exposed, victim_sent as f64);
+    let victim = h.service.tenant_points("victim");
+    assert!(victim.dropped.is_empty(), "{:?}", victim.dropped);
 }

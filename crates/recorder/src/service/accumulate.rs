@@ -91,7 +91,7 @@ impl Inner {
             let Some(key) = key.into_shared(&self.memory, max) else {
                 return Err(Rejected::Dropped(DropReason::MemoryBound));
             };
-            if !self.charge(cost, max) {
+            if !self.memory.charge_for(owner(&key), cost, max) {
                 return Err(Rejected::Dropped(DropReason::MemoryBound));
             }
             let row = Sealed {
@@ -109,14 +109,14 @@ impl Inner {
             open.idle_flushes = 0;
             if open.idle_charge > 0 {
                 self.memory
-                    .fetch_sub(std::mem::take(&mut open.idle_charge), Relaxed);
+                    .release_for(owner(k), std::mem::take(&mut open.idle_charge));
             }
             let windows = &mut open.windows;
             if let Some((_, entry)) = windows.iter_mut().find(|(w, _)| *w == window) {
                 // A histogram's sketch grows with the range of its values (up to 64 KiB): the
                 // growth is charged before the merge, so the bound holds whatever the values.
                 let growth = entry.summary.growth_with(&summary);
-                if growth > 0 && !self.charge(growth, max) {
+                if growth > 0 && !self.memory.charge_for(owner(k), growth, max) {
                     return Err(Rejected::Dropped(DropReason::MemoryBound));
                 }
                 let before = entry.summary.heap_bytes();
@@ -124,12 +124,12 @@ impl Inner {
                 let _ = entry.summary.merge(&summary);
                 let grown = entry.summary.heap_bytes().saturating_sub(before);
                 if growth > grown {
-                    self.memory.fetch_sub(growth - grown, Relaxed);
+                    self.memory.release_for(owner(k), growth - grown);
                 }
                 entry.cost += grown;
                 return Ok(accepted);
             }
-            if !self.charge(cost, max) {
+            if !self.memory.charge_for(owner(k), cost, max) {
                 return Err(Rejected::Dropped(DropReason::MemoryBound));
             }
             windows.push((
@@ -146,7 +146,7 @@ impl Inner {
         let Some(key) = key.into_shared(&self.memory, max) else {
             return Err(Rejected::Dropped(DropReason::MemoryBound));
         };
-        if !self.charge(cost, max) {
+        if !self.memory.charge_for(owner(&key), cost, max) {
             return Err(Rejected::Dropped(DropReason::MemoryBound));
         }
         shard.windows.insert(
@@ -166,9 +166,5 @@ impl Inner {
             },
         );
         Ok(accepted)
-    }
-
-    pub(super) fn charge(&self, cost: usize, max: usize) -> bool {
-        self.memory.charge(cost, max)
     }
 }

@@ -119,25 +119,25 @@ impl Inner {
                     if open.idle_flushes == 0 {
                         // Keep the key one more flush, charged, if the bound allows.
                         let cost = ENTRY_OVERHEAD + key.uncharged_bytes();
-                        if self.charge(cost, self.config.settings.max_memory_bytes) {
+                        let max = self.config.settings.max_memory_bytes;
+                        if self.memory.charge_for(owner(key), cost, max) {
                             open.idle_charge = cost;
                             open.idle_flushes = 1;
                             return true;
                         }
                     }
                     self.memory
-                        .fetch_sub(std::mem::take(&mut open.idle_charge), Relaxed);
+                        .release_for(owner(key), std::mem::take(&mut open.idle_charge));
                     false
                 });
                 // Memory the bound no longer charges goes back when the series are gone.
                 shrink_map(&mut shard.windows);
             }
-            let mut grown = 0;
             for (row, _) in &sealed[start..] {
-                grown += self.exposition.fold(&row.key, &row.summary, now);
+                let grown = self.exposition.fold(&row.key, &row.summary, now);
+                // Accepted already: charged whatever the bound (new points meet it instead).
+                self.memory.add_for(owner(&row.key), grown);
             }
-            // Accepted already: charged whatever the bound (new points meet it instead).
-            self.memory.fetch_add(grown, Relaxed);
         }
         self.relieve_pressure(now);
         let mut pending = self.pending.lock().await;
@@ -203,10 +203,9 @@ impl Inner {
             }
             match result {
                 Ok(_) => {
-                    let mut freed = 0;
                     let mut points = [0u64; 2];
                     for (row, cost) in pending.drain(..n) {
-                        freed += cost;
+                        self.memory.release_for(owner(&row.key), cost);
                         points[type_index(row.key.metric_type)] += row.accounted_points();
                     }
                     for (i, p) in points.into_iter().enumerate() {
@@ -215,7 +214,6 @@ impl Inner {
                     }
                     self.file_rows.fetch_add(n as u64, Relaxed);
                     self.backlog_rows.store(pending.len(), Relaxed);
-                    self.memory.fetch_sub(freed, Relaxed);
                     if pending.is_empty() {
                         // The queue's room is charged only while rows fill it.
                         pending.shrink_to(0);
@@ -420,9 +418,8 @@ impl Inner {
         self.in_doubt.lock().take();
         let rows = pending.len();
         let mut points = [0u64; 2];
-        let mut freed = 0;
         for (row, cost) in pending.drain(..) {
-            freed += cost;
+            self.memory.release_for(owner(&row.key), cost);
             points[type_index(row.key.metric_type)] += row.accounted_points();
         }
         for (i, t) in TYPES.into_iter().enumerate() {
@@ -430,7 +427,6 @@ impl Inner {
             self.backlog_points[i].fetch_sub(points[i], Relaxed);
         }
         self.backlog_rows.store(0, Relaxed);
-        self.memory.fetch_sub(freed, Relaxed);
         tracing::error!(
             rows,
             system_points = points[0],
@@ -536,9 +532,12 @@ impl Inner {
             return;
         }
         let recent = now.saturating_sub(2 * self.config.settings.window_ms as i64);
+        let memory = &self.memory;
         let evicted = self
             .exposition
-            .evict_oldest(recent, &self.memory, bound / 4 * 3);
+            .evict_oldest(recent, memory, bound / 4 * 3, |k| {
+                owner(k).is_some_and(|t| memory.past_share(t))
+            });
         self.exposition_evicted.fetch_add(evicted as u64, Relaxed);
     }
 }

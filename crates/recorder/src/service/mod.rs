@@ -22,7 +22,7 @@ use self_metrics::{accounting_counters, counter_tags};
 use crate::accounting::{Counters, DropReason, LostReason};
 use crate::config::RecorderConfig;
 use crate::quota::TenantQuota;
-use crate::series::{map_slot, KeyIn, Memory, Registry, SeriesKey, ALLOC_OVERHEAD};
+use crate::series::{map_slot, owner, KeyIn, Memory, Registry, SeriesKey, ALLOC_OVERHEAD};
 use crate::Accounting;
 use luametrics_model::{Kind, MetricType, RejectReason, Tags};
 use luametrics_sink::{BatchPoint, BatchReport};
@@ -290,6 +290,11 @@ impl MetricsService {
     /// Starts the service and its background flusher. Must be called inside a tokio runtime.
     pub fn start(store: Arc<Store>, config: RecorderConfig) -> Self {
         let tenant_usage = config.settings.tenant_usage;
+        // A share of 1 (or more) is no share: one tenant may take the whole bound.
+        let share = match config.settings.tenant_memory_share {
+            s if s > 0.0 && s < 1.0 => (config.settings.max_memory_bytes as f64 * s) as usize,
+            _ => 0,
+        };
         let shards = (0..config.settings.shards.max(1))
             .map(|_| Mutex::new(Shard::default()))
             .collect();
@@ -302,7 +307,7 @@ impl MetricsService {
             registry: Registry::default(),
             exposition: crate::exposition::Exposition::new(16),
             counters: Counters::default(),
-            memory: Memory::default(),
+            memory: Memory::with_share(share),
             pending: tokio::sync::Mutex::new(VecDeque::new()),
             flushed_rows: AtomicU64::new(0),
             rows_written_total: AtomicU64::new(0),
@@ -578,8 +583,7 @@ impl Inner {
     /// and going do not grow the process. Returns the series evicted.
     pub(super) fn evict_idle(&self, cutoff: i64) -> usize {
         let n = self.registry.evict_idle(cutoff);
-        let freed = self.exposition.evict_idle(cutoff);
-        self.memory.fetch_sub(freed, Relaxed);
+        self.exposition.evict_idle(cutoff, &self.memory);
         self.quota.prune();
         let mut holding: std::collections::HashSet<Arc<str>> = self.registry.tenants_held();
         holding.extend(self.exposition.tenants_held());
