@@ -356,8 +356,18 @@ impl ExportedNames {
                 }
             }
         }
+        // The charges came back: so does the room (maps keep their peak capacity otherwise).
         if names.tenants.capacity() > 4 * names.tenants.len() + 64 {
             names.tenants.shrink_to_fit();
+        }
+        if names.owners.capacity() > 4 * names.owners.len() + 64 {
+            names.owners.shrink_to_fit();
+        }
+        if names.claimed.capacity() > 4 * names.claimed.len() + 64 {
+            names.claimed.shrink_to_fit();
+        }
+        if names.users.capacity() > 4 * names.users.len() + 64 {
+            names.users.shrink_to_fit();
         }
         settled
     }
@@ -522,8 +532,9 @@ mod tests {
             Err(RejectReason::MemoryBound)
         );
         assert_eq!(names.tenants(), 0);
-        assert_eq!(held.get(), 0);
+        assert!(!names.is_exported(MetricType::User, &long, Kind::Histogram));
         assert_eq!(claim("a", long.as_str(), Kind::Histogram, true), Ok(()));
+        assert!(names.is_exported(MetricType::User, &long, Kind::Histogram));
         // Five exported names of ~133 bytes, each held twice or more: kilobytes, not bytes.
         assert!(held.get() > 2_000, "{}", held.get());
         // Known already: nothing more to hold, and no room asked.

@@ -10,10 +10,9 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Most (tenant, pipeline) pairs kept; past it the cache starts over (handles are cheap to
-/// make again, and the bound keeps a stream of one-off tenants from growing it forever). A
-/// handle's key keeps its charge against the recorder's memory bound while it is held (~0.8
-/// KB, 2 x nodes + 1 in use per pair): 1,024 pairs of 3-node pipelines pin ~6 MB of it.
+/// Most (tenant, pipeline) pairs kept, so a stream of one-off tenants cannot grow the cache
+/// forever: each handle's key is charged against the recorder's memory bound while it is held
+/// (~0.8 KB; 2 x nodes + 3 handles per pair: 1,024 pairs of 3-node pipelines hold ~7 MB).
 const MAX_ENTRIES: usize = 1_024;
 
 /// The handles of one pipeline for one tenant.
@@ -75,10 +74,48 @@ impl PipelineSeries {
 /// A tenant and the address of a pipeline (kept alive by its entry).
 type Key = (Arc<str>, usize);
 
-/// Handles by (tenant, pipeline address).
+/// Handles by (tenant, pipeline address), in two generations: a pair used since the last
+/// turn is in `young`; at `MAX_ENTRIES / 2` young pairs the old generation is dropped and the
+/// young one becomes old, so the pairs in use stay (a hit in `old` moves back to `young`)
+/// and the cache never empties at once under many tenants.
 #[derive(Default)]
 pub(crate) struct SeriesCache {
-    map: Mutex<HashMap<Key, Arc<PipelineSeries>>>,
+    map: Mutex<Generations>,
+}
+
+#[derive(Default)]
+struct Generations {
+    young: HashMap<Key, Arc<PipelineSeries>>,
+    old: HashMap<Key, Arc<PipelineSeries>>,
+}
+
+impl Generations {
+    /// The pair's handles if kept, moved to the young generation.
+    fn get(&mut self, key: &Key) -> Option<Arc<PipelineSeries>> {
+        if let Some(s) = self.young.get(key) {
+            return Some(s.clone());
+        }
+        let s = self.old.remove(key)?;
+        self.insert(key.clone(), s.clone());
+        Some(s)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.young.len() + self.old.len()
+    }
+
+    #[cfg(test)]
+    fn values(&self) -> impl Iterator<Item = &Arc<PipelineSeries>> {
+        self.young.values().chain(self.old.values())
+    }
+
+    fn insert(&mut self, key: Key, s: Arc<PipelineSeries>) {
+        if self.young.len() >= MAX_ENTRIES / 2 {
+            self.old = std::mem::take(&mut self.young);
+        }
+        self.young.insert(key, s);
+    }
 }
 
 impl SeriesCache {
@@ -91,18 +128,20 @@ impl SeriesCache {
     ) -> Arc<PipelineSeries> {
         let key = (tenant.clone(), Arc::as_ptr(pipeline) as usize);
         if let Some(s) = self.map.lock().get(&key) {
-            return s.clone();
+            return s;
         }
         // Made outside the lock (the checks take a while); a racing caller's copy is equal.
         let made = Arc::new(PipelineSeries::new(metrics, tenant, pipeline));
         let mut map = self.map.lock();
+        if let Some(s) = map.get(&key) {
+            return s;
+        }
         // Pipelines replaced by a reload are held by nothing but their entries (the registry
         // and executions in flight hold the current ones): forget them, and their scripts.
-        map.retain(|_, s| Arc::strong_count(&s.pipeline) > 1);
-        if map.len() >= MAX_ENTRIES {
-            map.clear();
-        }
-        map.entry(key).or_insert(made).clone()
+        map.young.retain(|_, s| Arc::strong_count(&s.pipeline) > 1);
+        map.old.retain(|_, s| Arc::strong_count(&s.pipeline) > 1);
+        map.insert(key, made.clone());
+        made
     }
 }
 
@@ -160,5 +199,30 @@ mod tests {
             .lock()
             .values()
             .all(|s| Arc::ptr_eq(&s.pipeline, &second)));
+    }
+
+    // Under a stream of one-off tenants the cache stays within its bound, and a pair in use
+    // all along keeps its handles (the cache never empties at once).
+    #[test]
+    fn many_tenants_stay_within_the_bound_and_pairs_in_use_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("pipelines.toml"),
+            "[[pipeline]]\nid = \"p\"\ntrigger = \"t\"\n[[pipeline.node]]\nid = \"a\"\nscript = \"a.lua\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("a.lua"), "return {}").unwrap();
+        let pipelines = load(dir.path());
+        let p = pipelines.for_trigger("t").unwrap().clone();
+        let cache = SeriesCache::default();
+        let regular: Arc<str> = Arc::from("regular");
+        let first = cache.get(&Fake, &regular, &p);
+        for i in 0..10 * MAX_ENTRIES {
+            cache.get(&Fake, &Arc::from(format!("once-{i}")), &p);
+            assert!(cache.map.lock().len() <= MAX_ENTRIES);
+            if i % 100 == 0 {
+                assert!(Arc::ptr_eq(&first, &cache.get(&Fake, &regular, &p)));
+            }
+        }
     }
 }

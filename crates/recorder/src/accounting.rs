@@ -76,6 +76,11 @@ impl Counters {
     }
 
     pub fn reject(&self, t: MetricType, reason: RejectReason, n: u64) {
+        // A valid point whose metric's names found no room is dropped at the bound, like a
+        // point whose series found none: one count for one cause.
+        if reason == RejectReason::MemoryBound {
+            return self.drop_points(t, DropReason::MemoryBound, n);
+        }
         let c = self.of(t);
         c.offered.fetch_add(n, Relaxed);
         c.rejected[reason.index()].fetch_add(n, Relaxed);

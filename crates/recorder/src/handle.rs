@@ -46,11 +46,13 @@ impl SystemSeries {
             .catalog
             .check(name, kind, &tags)
             .and_then(|_| config.policy.check_system_tags(&tags))
-            .and_then(|_| service.claim_system_name(name, kind, tenant));
+            // A handle's names are never refused for memory: it would refuse its points
+            // for good.
+            .and_then(|_| service.claim_system_name(name, kind, tenant, false));
         let key = check.map(|_| {
             // The tenant is the host's, a column of its own, never a tag.
             tags.remove("tenant");
-            Arc::new(SeriesKey::new(
+            service.handle_key(SeriesKey::new(
                 MetricType::System,
                 kind,
                 tenant.map(Arc::from),

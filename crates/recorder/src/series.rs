@@ -277,6 +277,16 @@ impl SeriesKey {
         Some(Arc::new(self))
     }
 
+    /// Shares the key charged whatever the bound (a handle's, made once and few): its bytes
+    /// count for as long as the handle or anything sharing the key holds it.
+    pub fn charged_always(mut self, memory: &Memory) -> Arc<Self> {
+        let bytes = self.heap_bytes();
+        let tenant = owner(&self).cloned();
+        memory.add_for(tenant.as_ref(), bytes);
+        self.charge = KeyCharge(Some((memory.clone(), bytes, tenant)));
+        Arc::new(self)
+    }
+
     /// Bytes of the key a holder must charge itself: none when the key carries its own
     /// charge, all of it for a key shared uncharged (a handle's).
     pub fn uncharged_bytes(&self) -> usize {

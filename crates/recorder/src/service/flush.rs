@@ -531,7 +531,8 @@ impl Inner {
         if self.memory.load(Relaxed) <= bound / 8 * 7 {
             return;
         }
-        let recent = now.saturating_sub(2 * self.config.settings.window_ms as i64);
+        // Two windows, and at least 20 s (raw mode has no windows).
+        let recent = now.saturating_sub((2 * self.config.settings.window_ms as i64).max(20_000));
         let memory = &self.memory;
         let evicted = self
             .exposition

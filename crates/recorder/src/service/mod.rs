@@ -377,11 +377,18 @@ impl MetricsService {
     /// the catalog), so no two metrics, system or user, print one family. A name outside the
     /// catalog recorded for a tenant counts against that tenant's bound of names (`name_limit`),
     /// as a script's would: the catalog's own are fixed and few.
+    ///
+    /// The names are charged against the memory bound. A point's claim (`refusable`) is
+    /// refused when the bound has no room (`memory_bound`, counted as dropped), so cycling
+    /// tenant ids through `POST /v1/metrics` cannot push the charge past the bound; a
+    /// handle's is charged and never refused (it would refuse its points for good), and the
+    /// handles a host makes are few and fixed.
     pub fn claim_system_name(
         &self,
         name: &str,
         kind: Kind,
         tenant: Option<&str>,
+        refusable: bool,
     ) -> Result<(), RejectReason> {
         let entry = self.inner.config.catalog.get(name);
         let unit = entry.map_or_else(|| luametrics_model::infer_unit(name), |e| e.unit);
@@ -399,20 +406,35 @@ impl MetricsService {
             }),
             _ => None,
         };
-        // A host's names are charged but never refused for memory: a handle made while the
-        // bound is full would otherwise refuse its points for good.
-        let memory = &self.inner.memory;
-        self.inner.names.claim(
+        let inner = &self.inner;
+        let max = inner.config.settings.max_memory_bytes;
+        let result = inner.names.claim(
             MetricType::System,
             name,
             kind,
             unit,
             claimant,
             &mut |bytes| {
-                memory.fetch_add(bytes, Relaxed);
-                true
+                if refusable {
+                    inner.memory.charge(bytes, max)
+                } else {
+                    inner.memory.fetch_add(bytes, Relaxed);
+                    true
+                }
             },
-        )
+        );
+        if result == Err(RejectReason::MemoryBound) {
+            inner
+                .last_memory_drop_ms
+                .store((inner.config.clock)(), Relaxed);
+        }
+        result
+    }
+
+    /// A handle's key, charged against the memory bound while anything holds it (a cache of
+    /// handles pins what it keeps), never refused.
+    pub(crate) fn handle_key(&self, key: SeriesKey) -> Arc<SeriesKey> {
+        key.charged_always(&self.inner.memory)
     }
 
     /// Claims the exported Prometheus names of `tenant`'s user metric: refused
@@ -426,7 +448,7 @@ impl MetricsService {
         name: &str,
         kind: Kind,
     ) -> Result<(), RejectReason> {
-        self.inner.names.claim(
+        let result = self.inner.names.claim(
             MetricType::User,
             name,
             kind,
@@ -440,7 +462,12 @@ impl MetricsService {
                     .memory
                     .charge(bytes, self.inner.config.settings.max_memory_bytes)
             },
-        )
+        );
+        if result == Err(RejectReason::MemoryBound) {
+            let now = (self.inner.config.clock)();
+            self.inner.last_memory_drop_ms.store(now, Relaxed);
+        }
+        result
     }
 
     /// Metric rows the store confirmed written since the service started: the flusher's own

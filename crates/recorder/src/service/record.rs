@@ -122,7 +122,7 @@ impl MetricsService {
             .and_then(|_| inner.config.policy.check_system_tags(&tags))
             // Hosts may record names outside the catalog: their exported names are claimed
             // like a user metric's, so no two metrics (system or user) print one family.
-            .and_then(|_| self.claim_system_name(name, kind, tenant));
+            .and_then(|_| self.claim_system_name(name, kind, tenant, true));
         if let Err(reason) = check {
             inner
                 .counters
@@ -181,6 +181,9 @@ impl MetricsService {
         }
         if let Err(reason) = self.claim_user_name(tenant, name, kind) {
             inner.counters.reject(MetricType::User, reason, 1);
+            if reason == RejectReason::MemoryBound {
+                return Err(Rejected::Dropped(DropReason::MemoryBound));
+            }
             return Err(Rejected::Invalid(reason));
         }
         let tenant: Arc<str> = Arc::from(tenant);
@@ -312,7 +315,13 @@ impl MetricsService {
     ) {
         let ledger = &self.inner.tenants;
         for &(reason, n) in rejected {
-            ledger.count(tenant, "rejected", reason.as_str(), n);
+            // Counted as the service counts it (`Counters::reject`).
+            let what = if reason == RejectReason::MemoryBound {
+                "dropped"
+            } else {
+                "rejected"
+            };
+            ledger.count(tenant, what, reason.as_str(), n);
         }
         for (metric, reason, n) in by_metric {
             ledger.trouble(tenant, metric, reason, n);
