@@ -113,10 +113,10 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// Memory that request bodies in flight may hold at once, raw and parsed: each is charged
     /// `BODY_MEMORY_PER_BYTE` (16) times its declared length (a body without a declared length
-    /// as `max_body_bytes`), the most a JSON body grows when parsed (a 1 MiB array of `0,`
-    /// holds ~13 MiB as values). A request that would pass it gets `503 server_busy` before its
-    /// body is read: without this bound `max_connections` full-size requests could hold
-    /// gigabytes. At least one full-size body's charge.
+    /// as `max_body_bytes`) before it is read (a 1 MiB array of `0,` holds ~13 MiB as values),
+    /// and once read what its objects and arrays add (a map node per object). A request that
+    /// would pass it gets `503 server_busy`: without this bound `max_connections` full-size
+    /// requests could hold gigabytes. At least one full-size body's charge.
     pub max_inflight_body_bytes: usize,
     /// Longest a request may take before a 503.
     pub request_timeout_ms: u64,
@@ -138,8 +138,9 @@ pub struct ServerSettings {
 }
 
 /// What a request body is charged against `max_inflight_body_bytes` per declared byte: a
-/// parsed JSON value is 32 bytes and the shortest element (`0,`) is 2, so a body's values hold
-/// at most ~16 times its length (measured: a 1 MiB array of zeros, ~13 MiB resident).
+/// parsed JSON value is 32 bytes and the shortest element (`0,`) is 2, so a body's scalar
+/// values hold ~16 times its length (measured: a 1 MiB array of zeros, ~13 MiB resident);
+/// objects and arrays are charged on top once the body is read.
 pub const BODY_MEMORY_PER_BYTE: usize = 16;
 
 impl Default for ServerSettings {

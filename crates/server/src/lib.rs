@@ -200,6 +200,8 @@ pub struct AppState {
     scrapes: Arc<scrape::Scrapes>,
     /// Request body bytes still free under `max_inflight_body_bytes`.
     bodies: Arc<tokio::sync::Semaphore>,
+    /// What `bodies` started with: the setting, raised to one full-size body's charge.
+    bodies_budget: usize,
 }
 
 impl AppState {
@@ -215,6 +217,7 @@ impl AppState {
             settings,
             scrapes: Arc::default(),
             bodies: Arc::new(tokio::sync::Semaphore::new(budget)),
+            bodies_budget: budget,
         }
     }
 }
@@ -386,22 +389,94 @@ async fn body_budget(
     if bytes == 0 {
         return Ok(next.run(req).await);
     }
-    let permits = u32::try_from(body_charge(bytes)).unwrap_or(u32::MAX);
-    match state.bodies.clone().try_acquire_many_owned(permits) {
-        Ok(_held) => Ok(next.run(req).await),
-        Err(_) => Err(ApiError::new(
+    let busy = |charge: usize| {
+        ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_busy",
             format!(
                 "request bodies in flight leave no room for one of {bytes} bytes, charged \
-                 {} bytes once parsed (server.max_inflight_body_bytes = {}); retry shortly",
-                body_charge(bytes),
-                state.settings.max_inflight_body_bytes
+                 {charge} bytes once parsed (server.max_inflight_body_bytes = {}); retry shortly",
+                state.bodies_budget
             ),
         )
-        .with_retry_after(1000)),
+        .with_retry_after(1000)
+    };
+    let permits = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let Ok(_held) = state
+        .bodies
+        .clone()
+        .try_acquire_many_owned(permits(body_charge(bytes)))
+    else {
+        return Err(busy(body_charge(bytes)));
+    };
+    // Read here (the server asks for the body only now), then charged what its objects and
+    // arrays will hold beyond the bytes' share: a one-entry object is 7 bytes of text and a
+    // ~650-byte map node parsed (adversary round 9: ~90x a body of them).
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, state.settings.max_body_bytes).await {
+        Ok(body) => body,
+        Err(e) if e.to_string().contains("length limit") => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the body is larger than server.max_body_bytes = {}",
+                    state.settings.max_body_bytes
+                ),
+            ))
+        }
+        Err(e) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                format!("reading the request body failed: {e}"),
+            ))
+        }
+    };
+    let structure = containers_charge(&body);
+    let total = body_charge(bytes).saturating_add(structure);
+    if total > state.bodies_budget {
+        // No wait makes room for it.
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the body's objects and arrays would hold ~{total} bytes parsed, more than all \
+                 request bodies in flight may (server.max_inflight_body_bytes = {})",
+                state.bodies_budget
+            ),
+        ));
     }
+    let _more = match structure {
+        0 => None,
+        n => match state.bodies.clone().try_acquire_many_owned(permits(n)) {
+            Ok(p) => Some(p),
+            Err(_) => return Err(busy(total)),
+        },
+    };
+    Ok(next
+        .run(Request::from_parts(parts, axum::body::Body::from(body)))
+        .await)
 }
+
+/// What a JSON body's objects and arrays hold once parsed beyond `body_charge` of its bytes:
+/// a map node (~650 bytes) per `{` and a vector's first room (~130 bytes) per `[`, counted on
+/// the raw bytes (inside strings too: an overestimate, never an underestimate).
+fn containers_charge(body: &[u8]) -> usize {
+    let (objects, arrays) = body.iter().fold((0usize, 0usize), |(o, a), b| match b {
+        b'{' => (o + 1, a),
+        b'[' => (o, a + 1),
+        _ => (o, a),
+    });
+    objects
+        .saturating_mul(OBJECT_BYTES)
+        .saturating_add(arrays.saturating_mul(ARRAY_BYTES))
+}
+
+/// A parsed JSON object's map: one B-tree leaf of 11 `String` keys and 11 values, and the
+/// allocator's overhead.
+const OBJECT_BYTES: usize = 11 * 24 + 11 * 32 + 32;
+/// A parsed JSON array's first allocation: room for four values.
+const ARRAY_BYTES: usize = 4 * 32 + 16;
 
 async fn timeout(
     State(state): State<AppState>,
