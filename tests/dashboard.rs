@@ -213,6 +213,38 @@ fn without_the_token_the_dashboard_is_refused_and_the_login_form_signs_in() {
         .call()
         .unwrap();
     assert_eq!(page.status(), 200);
+    // No script, frame or outside resource may run the page; nobody caches or frames it.
+    let csp = page.header("content-security-policy").unwrap_or_default();
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    assert_eq!(page.header("cache-control"), Some("no-store"));
+    assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
+    // A sign-in posted from another site (login CSRF: an admin signed in as an attacker's
+    // tenant) is refused, and sets no cookie.
+    for (name, value) in [
+        ("Origin", "https://evil.example"),
+        ("Sec-Fetch-Site", "cross-site"),
+    ] {
+        match agent
+            .post(&s.url("/login"))
+            .set(name, value)
+            .send_form(&[("token", ADMIN)])
+        {
+            Err(ureq::Error::Status(403, resp)) => assert!(resp.header("set-cookie").is_none()),
+            other => panic!("{name}: expected 403, got {other:?}"),
+        }
+    }
+    // The server's own page posts with its own origin.
+    let own = s.url("");
+    let resp = agent
+        .post(&s.url("/login"))
+        .set("Origin", own.trim_end_matches('/'))
+        .send_form(&[("token", ADMIN)])
+        .unwrap();
+    assert_eq!(resp.status(), 303);
     let html = page.into_string().unwrap();
     assert!(html.contains("data-panel=\"system\""));
     // A fresh server with no data: every panel explains which metrics feed it.

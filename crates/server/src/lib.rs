@@ -560,13 +560,16 @@ pub fn router(runtime: Arc<Runtime>, settings: ServerSettings, tokens: Tokens) -
             state.clone(),
             require_metrics_token,
         ));
-    let open = Router::new()
+    let pages = Router::new()
         .route("/", get(dashboard::page))
         // A sign-in form is a token: anyone may post one, so its body is kept small.
         .route(
             "/login",
             post(dashboard::login).layer(axum::extract::DefaultBodyLimit::max(LOGIN_BODY_BYTES)),
         )
+        .layer(middleware::map_response(dashboard::page_headers));
+    let open = Router::new()
+        .merge(pages)
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/v1/openapi.json", get(handlers::openapi));

@@ -81,10 +81,59 @@ pub(crate) struct Login {
     token: String,
 }
 
+/// What the dashboard's pages (HTML with secrets in their cookie) answer with: no script,
+/// frame or outside resource may run them (`default-src 'none'`, styles and inline SVG
+/// only), no one frames them, no one caches them, and their links leak no URL (a `token`
+/// parameter).
+pub(crate) async fn page_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        headers.insert(name, header::HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Whether a sign-in comes from another site (a browser says so in `Origin` or
+/// `Sec-Fetch-Site`): such a form could sign an admin in as an attacker's tenant (login CSRF).
+fn cross_site(headers: &HeaderMap) -> bool {
+    if headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("cross-site"))
+    {
+        return true;
+    }
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin
+        .split_once("://")
+        .map_or(origin, |(_, rest)| rest)
+        .trim_end_matches('/');
+    host.is_none_or(|h| !h.eq_ignore_ascii_case(origin_host))
+}
+
 pub(crate) async fn login(
     State(state): State<AppState>,
+    headers: HeaderMap,
     crate::handlers::ApiForm(form): crate::handlers::ApiForm<Login>,
 ) -> Response {
+    if cross_site(&headers) {
+        let mut page = login_page("Sign in from this server's own page.");
+        *page.status_mut() = StatusCode::FORBIDDEN;
+        return page;
+    }
     if !matches!(
         crate::who(&state, &form.token),
         Some(Who::Admin | Who::Tenant(_))
