@@ -171,9 +171,24 @@ fn malformed_lines_are_reported_with_their_number_and_skipped() {
         good,
     ]
     .join("\n");
+    // Lines are read one by one: one that is not UTF-8 costs that line only, and one longer
+    // than the HTTP API's body limit is skipped too (it would be refused there).
+    let mut bytes = text.into_bytes();
+    bytes.extend(b"\n{\"trigger\":\"token.issue\",\"tenant\":\"t\xff1\",\"event\":{}}\n");
+    bytes.extend(
+        format!(
+            r#"{{"trigger":"token.issue","tenant":"t1","event":{{"pad":"{}"}}}}"#,
+            "x".repeat(5_000)
+        )
+        .as_bytes(),
+    );
     let path = dir.path().join("events.jsonl");
-    std::fs::write(&path, text).unwrap();
-    let out = luametrics(dir.path(), &["run", path.to_str().unwrap(), "--json"], &[]);
+    std::fs::write(&path, bytes).unwrap();
+    let out = luametrics(
+        dir.path(),
+        &["run", path.to_str().unwrap(), "--json"],
+        &[("LUAMETRICS_SERVER_MAX_BODY_BYTES", "4096")],
+    );
     let s = summary(&out);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("events.jsonl:2:"), "{err}");
@@ -181,7 +196,12 @@ fn malformed_lines_are_reported_with_their_number_and_skipped() {
         err.contains("events.jsonl:4:") && err.contains("tenant"),
         "{err}"
     );
-    assert_eq!(s["malformed_lines"], 2);
+    assert!(err.contains("events.jsonl:9:"), "{err}");
+    assert!(
+        err.contains("events.jsonl:10:") && err.contains("longer than"),
+        "{err}"
+    );
+    assert_eq!(s["malformed_lines"], 4);
     assert_eq!(s["events"], 5);
     assert_eq!(s["unknown_trigger"], 1);
     assert_eq!(s["not_started"], serde_json::json!({"invalid_tenant": 1}));

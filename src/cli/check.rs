@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-/// Largest event or context file `check` reads (an event past the engine's memory limit fails
-/// in the engine anyway; this bounds what an endless file such as `/dev/zero` costs).
-const MAX_JSON_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest event or context file `check` reads: twice what the HTTP API takes by default
+/// (`server.max_body_bytes`, 1 MiB). It bounds what an endless file such as `/dev/zero`
+/// costs, and what parsing holds (adversary round 9: 8 MiB of small objects held 1.6 GB
+/// parsed, each object a ~650-byte map node).
+const MAX_JSON_BYTES: u64 = 2 * 1024 * 1024;
 
 pub(crate) fn read_json(path: &Option<PathBuf>) -> Result<serde_json::Value, CliError> {
     let Some(path) = path else {

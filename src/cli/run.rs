@@ -95,39 +95,75 @@ struct Summary {
 /// Largest events file `run` reads into memory (split bigger replays into several files).
 const MAX_EVENTS_BYTES: u64 = 256 * 1024 * 1024;
 
+/// The file's bytes, refused past `max` (its lines are checked one by one, so one line that is
+/// not UTF-8 costs that line only).
+fn read_bounded(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes: split it into several files"),
+        ));
+    }
+    Ok(bytes)
+}
+
 pub(crate) async fn run(
     events: PathBuf,
     config: Option<PathBuf>,
     concurrency: usize,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let text =
-        luametrics::engine::read_text_bounded(&events, MAX_EVENTS_BYTES).map_err(|source| {
-            CliError::Read {
-                path: events.display().to_string(),
-                source,
-            }
-        })?;
+    let text = read_bounded(&events, MAX_EVENTS_BYTES).map_err(|source| CliError::Read {
+        path: events.display().to_string(),
+        source,
+    })?;
     let config = Config::load(config.as_deref())?;
     let database = config.database.url.clone();
+    // A line is an event as the HTTP API would take it: at most `server.max_body_bytes`.
+    let max_line = config.server.max_body_bytes;
     let runtime = Arc::new(Runtime::start(config).await?);
 
-    // Parse first: malformed lines are reported with their number and skipped.
-    let mut jobs = Vec::new();
-    let mut malformed = 0u64;
-    for (i, raw) in text.lines().enumerate() {
-        if raw.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Line>(raw) {
-            Ok(l) => jobs.push(l),
-            Err(e) => {
-                malformed += 1;
-                eprintln!("{}:{}: skipped: {e}", events.display(), i + 1);
-            }
+    // Lines are parsed by the workers as they take them, so what a replay holds parsed is a
+    // few events, not the file (a 20 MiB file of small objects held 2.7 GB parsed at once).
+    // A malformed line (bad JSON, not UTF-8, too long) is reported with its number and
+    // skipped.
+    let text = Arc::new(text);
+    let mut lines = Vec::new();
+    let mut at = 0;
+    for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
+        let range = at..at + raw.len();
+        at += raw.len() + 1;
+        if !raw.iter().all(u8::is_ascii_whitespace) {
+            lines.push((i + 1, range));
         }
     }
-    let n = jobs.len() as u64;
+    let n = lines.len() as u64;
+    let malformed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let parse = {
+        let (text, malformed, path) = (text.clone(), malformed.clone(), events.clone());
+        move |line: usize, range: std::ops::Range<usize>| -> Option<Line> {
+            let raw = &text[range];
+            let parsed = if raw.len() > max_line {
+                Err(format!(
+                    "{} bytes, longer than server.max_body_bytes ({max_line})",
+                    raw.len()
+                ))
+            } else {
+                serde_json::from_slice::<Line>(raw).map_err(|e| e.to_string())
+            };
+            parsed
+                .map_err(|e| {
+                    malformed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    eprintln!("{}:{line}: skipped: {e}", path.display());
+                })
+                .ok()
+        }
+    };
     let bar = if std::io::stderr().is_terminal() && !json {
         let pb = indicatif::ProgressBar::new(n);
         if let Ok(style) = indicatif::ProgressStyle::with_template(
@@ -142,19 +178,33 @@ pub(crate) async fn run(
 
     let start = Instant::now();
     let queue = Arc::new(parking_lot::Mutex::new(
-        jobs.into_iter().rev().collect::<Vec<_>>(),
+        lines.into_iter().rev().collect::<Vec<_>>(),
     ));
     let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut workers = Vec::new();
     // More workers than events would only wait for nothing (and a huge --concurrency would
     // spawn tasks until memory ran out).
     for _ in 0..concurrency.clamp(1, (n as usize).max(1)) {
-        let (runtime, queue, done, bar) =
-            (runtime.clone(), queue.clone(), done.clone(), bar.clone());
+        let (runtime, queue, done, bar, parse) = (
+            runtime.clone(),
+            queue.clone(),
+            done.clone(),
+            bar.clone(),
+            parse.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut c = Collected::default();
             loop {
-                let Some(job) = queue.lock().pop() else { break };
+                let Some((line, range)) = queue.lock().pop() else {
+                    break;
+                };
+                let Some(job) = parse(line, range) else {
+                    let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    if let Some(pb) = &bar {
+                        pb.set_position(d);
+                    }
+                    continue;
+                };
                 // A tenant over its engine-time budget waits its turn: a replay loses nothing.
                 let result = loop {
                     match runtime
@@ -251,6 +301,8 @@ pub(crate) async fn run(
     // What the flusher says it wrote, not a count of the table: tests hold one against the
     // other.
     let rows_written = runtime.metrics().rows_written();
+    let malformed = malformed.load(std::sync::atomic::Ordering::Relaxed);
+    let n = n - malformed;
     let summary = Summary {
         events: n,
         malformed_lines: malformed,
