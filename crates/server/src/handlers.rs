@@ -400,7 +400,11 @@ pub(crate) async fn trace(
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "unknown_trace",
-            format!("no trace `{id}` (not sampled, expired or never existed)"),
+            format!(
+                "no trace `{}` (not sampled, expired or never existed)",
+                // An id is a short hex string: a long one is not echoed whole.
+                truncate_for_message(&id, 64)
+            ),
         )),
     }
 }
@@ -620,6 +624,14 @@ pub(crate) async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
 }
 
+/// At most `max` characters of `s`, marked when cut: what an error message repeats of an input.
+fn truncate_for_message(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}...", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
 pub(crate) async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
@@ -649,7 +661,16 @@ pub(crate) fn parse_filters(text: Option<&str>) -> Result<Tags, ApiError> {
 
 #[cfg(test)]
 mod tests {
-    use super::wants_openmetrics;
+    use super::{truncate_for_message, wants_openmetrics};
+
+    #[test]
+    fn messages_repeat_at_most_a_bounded_part_of_an_input() {
+        assert_eq!(truncate_for_message("abc", 64), "abc");
+        let long = "€".repeat(60_000);
+        let shown = truncate_for_message(&long, 64);
+        assert_eq!(shown.chars().count(), 67);
+        assert!(shown.ends_with("..."));
+    }
 
     #[test]
     fn openmetrics_is_served_only_when_preferred() {

@@ -212,7 +212,13 @@ pub(super) async fn user_panel(
         } else {
             ""
         };
-        let _ = write!(extra, "<option{sel}>{}</option>", esc(t));
+        // The value exactly: a browser would collapse the blanks of an option's text.
+        let _ = write!(
+            extra,
+            "<option value=\"{}\"{sel}>{}</option>",
+            esc(t),
+            esc(t)
+        );
     }
     extra.push_str("</select></label> <label>metric <select name=\"metric\">");
     extra.push_str(&metric_options(&user, chosen));
