@@ -164,14 +164,26 @@ mod cost {
     }
 }
 
+/// What a claim would newly hold: the claimant tenant's own record of the metric (its share
+/// of a bound) and what printing the metric holds (shared by every tenant using it).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimCost {
+    /// The claimant's record (and its entry, for its first metric); 0 for a host's metric.
+    pub tenant: usize,
+    /// The metric's exported names, claim and users, when it is first printed.
+    pub shared: usize,
+}
+
 /// Memory that forgetting tenants gave back and took (a withheld metric printed once its
 /// names are free holds them now), to settle with a memory bound.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Settled {
-    /// Bytes no longer held.
+    /// Shared bytes no longer held.
     pub freed: usize,
-    /// Bytes newly held.
+    /// Shared bytes newly held.
     pub taken: usize,
+    /// Each forgotten tenant's own bytes ([`ClaimCost::tenant`] of its claims), given back.
+    pub tenants: Vec<(String, usize)>,
 }
 
 impl ExportedNames {
@@ -179,9 +191,9 @@ impl ExportedNames {
     /// metric (`claimant`) is checked against the tenant's own metrics and bound of distinct
     /// metrics only; a host's metric (no claimant) against every metric.
     ///
-    /// `room` is asked for the bytes a claim would newly hold (see [`cost`]) before anything
-    /// is held: false refuses it with [`RejectReason::MemoryBound`]. A bound that must never
-    /// refuse (a host's own names) charges and answers true.
+    /// `room` is asked for what a claim would newly hold ([`ClaimCost`], see [`cost`]) before
+    /// anything is held: false refuses it with [`RejectReason::MemoryBound`]. A bound that
+    /// must never refuse (a host's own names) charges and answers true.
     pub fn claim(
         &self,
         metric_type: MetricType,
@@ -189,7 +201,7 @@ impl ExportedNames {
         kind: Kind,
         unit: Unit,
         claimant: Option<Claimant<'_>>,
-        room: &mut dyn FnMut(usize) -> bool,
+        room: &mut dyn FnMut(ClaimCost) -> bool,
     ) -> Result<(), RejectReason> {
         let key = (metric_type, name.to_string(), kind);
         let used_by = |names: &Names, c: &Claimant<'_>| {
@@ -237,17 +249,17 @@ impl ExportedNames {
         if !free && !withheld {
             return Err(RejectReason::NameConflict);
         }
-        let mut bytes = 0;
+        let mut bytes = ClaimCost::default();
         if free && !names.claimed.contains(&key) {
-            bytes += cost::global_part(name, &exported);
+            bytes.shared = cost::global_part(name, &exported);
         }
         if let Some(c) = &claimant {
-            bytes += cost::tenant_part(name, &exported);
+            bytes.tenant = cost::tenant_part(name, &exported);
             if !names.tenants.contains_key(c.tenant) {
-                bytes += cost::tenant(c.tenant);
+                bytes.tenant += cost::tenant(c.tenant);
             }
         }
-        if bytes > 0 && !room(bytes) {
+        if bytes != ClaimCost::default() && !room(bytes) {
             return Err(RejectReason::MemoryBound);
         }
         if free && !names.claimed.contains(&key) {
@@ -295,10 +307,10 @@ impl ExportedNames {
             let Some(t) = names.tenants.remove(&tenant) else {
                 continue;
             };
-            settled.freed += cost::tenant(&tenant);
+            let mut own = cost::tenant(&tenant);
             for (key, (counted, unit)) in t.used {
                 let exported = exported_names(key.0, &key.1, key.2, unit);
-                settled.freed += cost::tenant_part(&key.1, &exported);
+                own += cost::tenant_part(&key.1, &exported);
                 if !counted {
                     continue;
                 }
@@ -319,6 +331,7 @@ impl ExportedNames {
                 }
                 released = true;
             }
+            settled.tenants.push((tenant, own));
         }
         if released {
             // What was withheld for a released metric may be printed now: the first tenant
@@ -518,9 +531,9 @@ mod tests {
                     tenant,
                     max_names: 100,
                 }),
-                &mut |b| {
+                &mut |b: ClaimCost| {
                     if room {
-                        held.set(held.get() + b as isize);
+                        held.set(held.get() + (b.tenant + b.shared) as isize);
                     }
                     room
                 },
@@ -543,10 +556,15 @@ mod tests {
         assert_eq!(claim("b", "x.h", Kind::Gauge, true), Ok(()));
         assert_eq!(claim("c", "x.h", Kind::Histogram, true), Ok(())); // withheld behind b's
         assert_eq!(claim("c", "y", Kind::Counter, true), Ok(()));
-        let settle = |s: Settled| held.set(held.get() - s.freed as isize + s.taken as isize);
+        let settle = |s: Settled| {
+            let own: usize = s.tenants.iter().map(|(_, b)| b).sum();
+            held.set(held.get() - s.freed as isize + s.taken as isize - own as isize)
+        };
         // b goes: c's withheld histogram is printed and takes its names.
         let s = names.forget_tenants(|t| t != "b");
-        assert!(s.taken > 0 && s.freed > s.taken);
+        assert!(s.taken > 0 && s.freed > 0);
+        assert_eq!(s.tenants.len(), 1);
+        assert!(s.tenants[0].0 == "b" && s.tenants[0].1 > 2_000);
         settle(s);
         assert!(names.is_exported(MetricType::User, "x.h", Kind::Histogram));
         settle(names.forget_tenants(|_| false));

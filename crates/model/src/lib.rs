@@ -18,7 +18,7 @@ mod tenant;
 pub use catalog::{Catalog, CatalogEntry, CatalogError};
 pub use dashboard::{ChartSpec, Dashboard, PanelSpec, SeriesSpec};
 pub use exposition::{
-    exported_names, family_base, is_reserved_label, Claimant, ExportedNames, Settled,
+    exported_names, family_base, is_reserved_label, ClaimCost, Claimant, ExportedNames, Settled,
     RESERVED_LABELS,
 };
 pub use name::{infer_kind, infer_unit, validate_name, MAX_NAME_LEN};

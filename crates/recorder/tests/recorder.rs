@@ -1318,3 +1318,45 @@ async fn host_points_cannot_push_names_past_the_memory_bound() {
     assert!(acc.system.dropped.get("memory_bound").copied().unwrap_or(0) > 0);
     assert!(acc.system.balances());
 }
+
+// A tenant's metric names count in its share of the memory bound too: one tenant claiming
+// thousands of long names stops at its share, and another tenant's new metrics still fit.
+#[tokio::test]
+async fn one_tenant_cannot_take_the_bound_with_names() {
+    let bound = 1024 * 1024;
+    let h = harness(
+        RecorderSettings {
+            max_memory_bytes: bound,
+            ..Default::default()
+        },
+        Limits {
+            max_names_per_tenant: 100_000,
+            ..big_limits()
+        },
+    )
+    .await;
+    let long = "n".repeat(100);
+    let mut refused = 0;
+    for i in 0..2_000 {
+        let name = format!("a{long}.c_{i:04}_count");
+        if h.service
+            .record_user_metric("namer", &name, Kind::Counter, 1.0, &Tags::new())
+            .is_err()
+        {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "2,000 long names fit a 1 MiB bound");
+    assert!(h.service.memory_used() <= bound);
+    for i in 0..20 {
+        h.service
+            .record_user_metric(
+                "victim",
+                &format!("v.metric_{i}_count"),
+                Kind::Counter,
+                1.0,
+                &Tags::new(),
+            )
+            .unwrap_or_else(|e| panic!("{i}: the victim's new metric was refused: {e:?}"));
+    }
+}

@@ -407,21 +407,14 @@ impl MetricsService {
             _ => None,
         };
         let inner = &self.inner;
-        let max = inner.config.settings.max_memory_bytes;
+        let who = claimant.map(|c| c.tenant);
         let result = inner.names.claim(
             MetricType::System,
             name,
             kind,
             unit,
             claimant,
-            &mut |bytes| {
-                if refusable {
-                    inner.memory.charge(bytes, max)
-                } else {
-                    inner.memory.fetch_add(bytes, Relaxed);
-                    true
-                }
-            },
+            &mut |cost| inner.charge_claim(who, cost, refusable),
         );
         if result == Err(RejectReason::MemoryBound) {
             inner
@@ -457,11 +450,7 @@ impl MetricsService {
                 tenant,
                 max_names: self.inner.config.policy.limits.max_names_per_tenant,
             }),
-            &mut |bytes| {
-                self.inner
-                    .memory
-                    .charge(bytes, self.inner.config.settings.max_memory_bytes)
-            },
+            &mut |cost| self.inner.charge_claim(Some(tenant), cost, true),
         );
         if result == Err(RejectReason::MemoryBound) {
             let now = (self.inner.config.clock)();
@@ -635,6 +624,35 @@ impl Inner {
             .forget_tenants(|t| t == HOST_CLAIMANT || holding.contains(t) || self.tenants.has(t));
         self.memory.fetch_add(settled.taken, Relaxed);
         self.memory.fetch_sub(settled.freed, Relaxed);
+        for (tenant, bytes) in settled.tenants {
+            self.memory.release_for(Some(&Arc::from(tenant)), bytes);
+        }
         n
+    }
+
+    /// Charges what a name claim newly holds: the claimant tenant's own record against its
+    /// share of the bound (`charge_for`), what printing the metric holds against the bound.
+    /// Unless `refusable`, charged whatever the bound (a handle's names).
+    fn charge_claim(
+        &self,
+        tenant: Option<&str>,
+        cost: luametrics_model::ClaimCost,
+        refusable: bool,
+    ) -> bool {
+        let max = self.config.settings.max_memory_bytes;
+        let tenant: Option<Arc<str>> = tenant.filter(|_| cost.tenant > 0).map(Arc::from);
+        if !refusable {
+            self.memory.add_for(tenant.as_ref(), cost.tenant);
+            self.memory.fetch_add(cost.shared, Relaxed);
+            return true;
+        }
+        if !self.memory.charge_for(tenant.as_ref(), cost.tenant, max) {
+            return false;
+        }
+        if !self.memory.charge(cost.shared, max) {
+            self.memory.release_for(tenant.as_ref(), cost.tenant);
+            return false;
+        }
+        true
     }
 }
