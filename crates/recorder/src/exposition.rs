@@ -83,39 +83,56 @@ impl Exposition {
         &self.shards[(self.hasher.hash_one(key) as usize) % self.shards.len()]
     }
 
-    /// Folds a sealed window of `key` in (the key is shared, never copied). Returns the
-    /// bytes it grew by, which count against the recorder's memory bound: a new entry (its key
-    /// outlives the window's accumulator here) and its histogram sketch's growth (a sketch may
-    /// hold 64 KiB), kept until the series is idle for the eviction time.
-    pub fn fold(&self, key: &Arc<SeriesKey>, summary: &Summary, now_ms: i64) -> usize {
+    /// Folds a sealed window of `key` in (the key is shared, never copied), charging what the
+    /// entry grows by (a new entry and its key's slot, a histogram sketch's growth: up to 64
+    /// KiB, and a one-bin window can make a wide sketch take it all) against `memory`: the
+    /// series' tenant's share and the bound `max`, before it grows. When there is no room the
+    /// series leaves the exposition instead (its rows are written; it shows again, from zero,
+    /// when there is room): adversary round 10 grew the exposition to 35x the bound this way.
+    /// Returns whether the series is still exposed.
+    pub fn fold(
+        &self,
+        key: &Arc<SeriesKey>,
+        summary: &Summary,
+        now_ms: i64,
+        memory: &Memory,
+        max: usize,
+    ) -> bool {
+        let tenant = owner(key);
         let mut shard = self.shard(key).lock();
-        let key = Shared(key.clone());
-        if let Some(c) = shard.get_mut(&key) {
+        let shared = Shared(key.clone());
+        if let Some(c) = shard.get_mut(&shared) {
+            let growth = c.summary.growth_with(summary);
+            if growth > 0 && !memory.charge_for(tenant, growth, max) {
+                if let Some(c) = shard.remove(&shared) {
+                    memory.release_for(tenant, c.summary.heap_bytes() + entry_cost(&shared.0));
+                }
+                return false;
+            }
             let before = c.summary.heap_bytes();
             // Same accuracy everywhere: merging cannot fail.
             let _ = c.summary.merge(summary);
             c.updated_ms = now_ms;
-            return c.summary.heap_bytes().saturating_sub(before);
+            let grown = c.summary.heap_bytes().saturating_sub(before);
+            if growth > grown {
+                memory.release_for(tenant, growth - grown);
+            } else if grown > growth {
+                // The estimate is an upper bound; never less than what was taken.
+                memory.add_for(tenant, grown - growth);
+            }
+            return true;
         }
         let mut c = Cumulative {
-            summary: Summary::new(key.0.kind == Kind::Histogram),
+            summary: Summary::new(shared.0.kind == Kind::Histogram),
             updated_ms: now_ms,
         };
         let _ = c.summary.merge(summary);
-        let grown = c.summary.heap_bytes() + entry_cost(&key.0);
-        shard.insert(key, c);
-        grown
-    }
-
-    /// Makes room for up to `series` series spread over the shards (no-op when the maps already
-    /// hold that many: reserving beyond the length would rehash them).
-    pub fn reserve(&self, series: usize) {
-        let per_shard = series / self.shards.len();
-        for shard in &self.shards {
-            let mut map = shard.lock();
-            let missing = per_shard.saturating_sub(map.len());
-            map.reserve(missing);
+        let cost = c.summary.heap_bytes() + entry_cost(&shared.0);
+        if !memory.charge_for(tenant, cost, max) {
+            return false;
         }
+        shard.insert(shared, c);
+        true
     }
 
     pub fn snapshot(&self) -> Vec<ExposedSeries> {

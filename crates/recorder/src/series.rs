@@ -104,7 +104,7 @@ impl Memory {
         true
     }
 
-    /// Adds `cost` for `tenant` whatever the bound (what is accepted already: the exposition).
+    /// Adds `cost` for `tenant` whatever the bound (what must be held: a handle's key and names).
     pub fn add_for(&self, tenant: Option<&Arc<str>>, cost: usize) {
         self.fetch_add(cost, Relaxed);
         if let (Some(tenant), true) = (tenant, cost > 0) {

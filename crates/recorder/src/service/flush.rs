@@ -83,10 +83,11 @@ impl Inner {
         let mut sealed: Vec<(Sealed, usize)> = Vec::new();
         for (i, shard) in self.shards.iter().enumerate() {
             if i == 0 {
-                // Size both collections once instead of growing them row by row.
+                // Size the rows once instead of growing them row by row. (Not the exposition:
+                // room reserved there for every open window, sealed or not, was heap no charge
+                // covered; its map slots are charged as entries come, at twice their size.)
                 let open: usize = self.shards.iter().map(|s| s.lock().windows.len()).sum();
                 sealed.reserve(open);
-                self.exposition.reserve(open);
             }
             // Take the sealed windows under the shard lock; fold them into the exposition after
             // releasing it, so recording into this shard waits as little as possible.
@@ -133,11 +134,24 @@ impl Inner {
                 // Memory the bound no longer charges goes back when the series are gone.
                 shrink_map(&mut shard.windows);
             }
+            let max = self.config.settings.max_memory_bytes;
+            let mut left = 0;
             for (row, _) in &sealed[start..] {
-                let grown = self.exposition.fold(&row.key, &row.summary, now);
-                // Accepted already: charged whatever the bound (new points meet it instead).
-                self.memory.add_for(owner(&row.key), grown);
+                // The host's series have the room reserved for the service's own above the
+                // bound; a tenant's meet its share.
+                let max = if owner(&row.key).is_some() {
+                    max
+                } else {
+                    max + SELF_RESERVE
+                };
+                if !self
+                    .exposition
+                    .fold(&row.key, &row.summary, now, &self.memory, max)
+                {
+                    left += 1;
+                }
             }
+            self.exposition_evicted.fetch_add(left, Relaxed);
         }
         self.relieve_pressure(now);
         let mut pending = self.pending.lock().await;
