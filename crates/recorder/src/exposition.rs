@@ -135,6 +135,18 @@ impl Exposition {
         true
     }
 
+    /// Makes room for `series` more series spread over the shards (the rows a flush is about
+    /// to fold in), so the maps grow once instead of doubling by doubling.
+    pub fn reserve_more(&self, series: usize) {
+        if series == 0 {
+            return;
+        }
+        let per_shard = series / self.shards.len() + 1;
+        for shard in &self.shards {
+            shard.lock().reserve(per_shard);
+        }
+    }
+
     pub fn snapshot(&self) -> Vec<ExposedSeries> {
         let mut out = Vec::new();
         for shard in &self.shards {

@@ -83,9 +83,7 @@ impl Inner {
         let mut sealed: Vec<(Sealed, usize)> = Vec::new();
         for (i, shard) in self.shards.iter().enumerate() {
             if i == 0 {
-                // Size the rows once instead of growing them row by row. (Not the exposition:
-                // room reserved there for every open window, sealed or not, was heap no charge
-                // covered; its map slots are charged as entries come, at twice their size.)
+                // Size the rows once instead of growing them row by row.
                 let open: usize = self.shards.iter().map(|s| s.lock().windows.len()).sum();
                 sealed.reserve(open);
             }
@@ -134,6 +132,10 @@ impl Inner {
                 // Memory the bound no longer charges goes back when the series are gone.
                 shrink_map(&mut shard.windows);
             }
+            // Room for the rows about to be folded, at once rather than doubling by doubling
+            // (only for sealed rows: room reserved for every open window was heap no charge
+            // covered; the slots filled are charged at twice their size).
+            self.exposition.reserve_more(sealed.len() - start);
             let max = self.config.settings.max_memory_bytes;
             let mut left = 0;
             for (row, _) in &sealed[start..] {
