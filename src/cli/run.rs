@@ -95,33 +95,21 @@ struct Summary {
 /// Largest events file `run` reads into memory (split bigger replays into several files).
 const MAX_EVENTS_BYTES: u64 = 256 * 1024 * 1024;
 
-/// The file's bytes, refused past `max` (its lines are checked one by one, so one line that is
-/// not UTF-8 costs that line only).
-fn read_bounded(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(max + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("larger than {max} bytes: split it into several files"),
-        ));
-    }
-    Ok(bytes)
-}
-
 pub(crate) async fn run(
     events: PathBuf,
     config: Option<PathBuf>,
     concurrency: usize,
     json: bool,
 ) -> Result<ExitCode, CliError> {
-    let text = read_bounded(&events, MAX_EVENTS_BYTES).map_err(|source| CliError::Read {
-        path: events.display().to_string(),
-        source,
-    })?;
+    // Bytes, not text: its lines are checked one by one, so one line that is not UTF-8 costs
+    // that line only.
+    let text =
+        luametrics::engine::read_bytes_bounded(&events, MAX_EVENTS_BYTES).map_err(|source| {
+            CliError::Read {
+                path: events.display().to_string(),
+                source,
+            }
+        })?;
     let config = Config::load(config.as_deref())?;
     let database = config.database.url.clone();
     // A line is an event as the HTTP API would take it: at most `server.max_body_bytes`.

@@ -42,7 +42,7 @@ pub use engine::{canonical_number, printable, Engine, Execution, MetricsReport, 
 pub use error::{DiscardReason, PoolError, ScriptError};
 pub use luametrics_sink::{BatchPoint, BatchReport, CollectingSink, MetricsSink, Warning};
 pub use pool::{EnginePool, Job, PoolStatus, PooledEngine, Ran};
-pub use script::{read_text_bounded, Script, MAX_SCRIPT_BYTES};
+pub use script::{read_bytes_bounded, read_text_bounded, Script, MAX_SCRIPT_BYTES};
 
 /// The Lua side of the sandbox and of `helpers.metrics`.
 pub const PRELUDE: &str = include_str!("../../../lua/prelude.lua");

@@ -8,21 +8,31 @@ use std::sync::Arc;
 /// `/dev/zero` (endless) can make the host read into memory.
 pub const MAX_SCRIPT_BYTES: u64 = 16 * 1024 * 1024;
 
-/// Reads a UTF-8 text file of at most `max` bytes: a larger or endless file is an
-/// `InvalidData` error naming the bound, after reading at most `max + 1` bytes.
-pub fn read_text_bounded(path: &std::path::Path, max: u64) -> std::io::Result<String> {
+/// Reads a file of at most `max` bytes: a larger or endless file is an `InvalidData` error
+/// naming the bound, after reading at most `max + 1` bytes.
+pub fn read_bytes_bounded(path: &std::path::Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     std::fs::File::open(path)?
         .take(max.saturating_add(1))
-        .read_to_string(&mut text)?;
-    if text.len() as u64 > max {
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("larger than {max} bytes"),
         ));
     }
-    Ok(text)
+    Ok(bytes)
+}
+
+/// Reads a UTF-8 text file of at most `max` bytes (see [`read_bytes_bounded`]).
+pub fn read_text_bounded(path: &std::path::Path, max: u64) -> std::io::Result<String> {
+    String::from_utf8(read_bytes_bounded(path, max)?).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("stream did not contain valid UTF-8: {e}"),
+        )
+    })
 }
 
 /// A tenant script: an id for errors and metrics, and its source. Engines cache the compiled

@@ -165,6 +165,16 @@ mod tests {
         }
     }
 
+    /// One pipeline `p` on trigger `t` with one node.
+    fn write_one_node(dir: &std::path::Path) {
+        std::fs::write(
+            dir.join("pipelines.toml"),
+            "[[pipeline]]\nid = \"p\"\ntrigger = \"t\"\n[[pipeline.node]]\nid = \"a\"\nscript = \"a.lua\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("a.lua"), "return {}").unwrap();
+    }
+
     fn load(dir: &std::path::Path) -> Pipelines {
         Pipelines::load(&dir.join("pipelines.toml")).unwrap()
     }
@@ -174,12 +184,7 @@ mod tests {
     #[test]
     fn pipelines_replaced_by_a_reload_leave_the_cache() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("pipelines.toml"),
-            "[[pipeline]]\nid = \"p\"\ntrigger = \"t\"\n[[pipeline.node]]\nid = \"a\"\nscript = \"a.lua\"\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("a.lua"), "return {}").unwrap();
+        write_one_node(dir.path());
         let cache = SeriesCache::default();
         let tenant: Arc<str> = Arc::from("acme");
         let old = load(dir.path());
@@ -206,12 +211,7 @@ mod tests {
     #[test]
     fn many_tenants_stay_within_the_bound_and_pairs_in_use_stay() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("pipelines.toml"),
-            "[[pipeline]]\nid = \"p\"\ntrigger = \"t\"\n[[pipeline.node]]\nid = \"a\"\nscript = \"a.lua\"\n",
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("a.lua"), "return {}").unwrap();
+        write_one_node(dir.path());
         let pipelines = load(dir.path());
         let p = pipelines.for_trigger("t").unwrap().clone();
         let cache = SeriesCache::default();
