@@ -45,10 +45,10 @@ pub struct RecorderSettings {
     /// Share of `max_memory_bytes` held by accumulators and unwritten rows past which
     /// `/readyz` reports not ready.
     pub ready_memory_share: f64,
-    /// Share of `max_memory_bytes` each tenant's user series may hold whatever the others do:
-    /// past it a tenant is refused (`memory_bound`) once less than this share of the bound is
-    /// free, so the tenants within their share always keep it among them and one tenant cannot
-    /// crowd out the rest. 1 lets one tenant take the whole bound.
+    /// Share of `max_memory_bytes` kept in reserve for tenants holding little, so one tenant,
+    /// or a few tenant ids together, cannot crowd out the rest: once less than this share is
+    /// free, a tenant holding more than its part of the reserve (the reserve divided among at
+    /// least 8 tenants) is refused (`memory_bound`). 1 lets one tenant take the whole bound.
     pub tenant_memory_share: f64,
     /// Keeps each tenant's ledger of accepted, overflowed, rejected and dropped points (what
     /// `/v1/tenant/usage` and the tenant dashboard read, recorded each window as

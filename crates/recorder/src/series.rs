@@ -34,12 +34,16 @@ const REGISTRY_SLOT: usize = map_slot::<(Arc<SeriesKey>, AtomicI64)>();
 #[derive(Clone, Default)]
 pub(crate) struct Memory(Arc<AtomicUsize>, Arc<Shares>);
 
-/// Each tenant's user bytes, and its fair share: a tenant holding more than `share` bytes is
-/// refused once the total passes `max - share`, so the tenants within their share always have
-/// at least `share` bytes among them.
+/// Each tenant's user bytes, and the reserve kept for tenants holding little: once the total
+/// passes `max - share`, a tenant is refused when it holds more than its fair share of the
+/// reserve, `share / max(8, tenants holding bytes)`. So the tenants that hold little always
+/// have room among them, and it takes more than 8 tenant ids to fill the reserve, arriving
+/// in any order. (Adversary round 10: with a fair share of `share` itself, five tenant ids,
+/// each within it, filled the bound together and another tenant kept 2 points of 178.)
 #[derive(Default)]
 pub(crate) struct Shares {
-    /// Bytes a tenant may hold whatever the others do; 0: no share (one tenant may take all).
+    /// The reserve: the last bytes of the bound, kept for tenants holding little; 0: none (one
+    /// tenant may take the whole bound).
     share: AtomicUsize,
     used: Mutex<HashMap<Arc<str>, usize, ahash::RandomState>>,
 }
@@ -62,7 +66,7 @@ pub(crate) fn owner(key: &SeriesKey) -> Option<&Arc<str>> {
 }
 
 impl Memory {
-    /// A counter whose tenants may each hold `share` bytes whatever the others do (0: none).
+    /// A counter keeping its last `share` bytes for tenants holding little (0: none).
     pub fn with_share(share: usize) -> Self {
         let m = Memory::default();
         m.1.share.store(share, Relaxed);
@@ -84,15 +88,18 @@ impl Memory {
     }
 
     /// Charges `cost` for `tenant`'s user series (`None`: the host's, the bound only): past
-    /// its share a tenant is refused once the total would pass `max - share`.
+    /// its fair share of the reserve a tenant is refused once the total would pass
+    /// `max - share`.
     pub fn charge_for(&self, tenant: Option<&Arc<str>>, cost: usize, max: usize) -> bool {
         let Some(tenant) = tenant else {
             return self.charge(cost, max);
         };
         let share = self.1.share.load(Relaxed);
         let mut used = self.1.used.lock();
-        let mine = used.get(tenant).copied().unwrap_or(0);
-        let limit = if share > 0 && mine.saturating_add(cost) > share {
+        let mine = used.get(tenant).copied();
+        let limit = if share > 0
+            && mine.unwrap_or(0).saturating_add(cost) > fair(share, &used, mine.is_some())
+        {
             max.saturating_sub(share)
         } else {
             max
@@ -126,17 +133,27 @@ impl Memory {
         }
     }
 
-    /// Bytes `tenant`'s user series hold.
-    pub fn held_by(&self, tenant: &str) -> usize {
-        self.1.used.lock().get(tenant).copied().unwrap_or(0)
-    }
-
-    /// Whether `tenant` holds more than its share.
+    /// Whether `tenant` holds more than its fair share of the reserve.
     pub fn past_share(&self, tenant: &str) -> bool {
         let share = self.1.share.load(Relaxed);
-        share > 0 && self.held_by(tenant) > share
+        let used = self.1.used.lock();
+        share > 0
+            && used
+                .get(tenant)
+                .is_some_and(|&mine| mine > fair(share, &used, true))
     }
 }
+
+/// The most a tenant may hold and still take from the reserve: the reserve split among at
+/// least [`RESERVE_SPLIT`] tenants, or all those holding bytes (this one included) if more.
+fn fair(share: usize, used: &HashMap<Arc<str>, usize, ahash::RandomState>, holds: bool) -> usize {
+    let tenants = used.len() + usize::from(!holds);
+    share / tenants.max(RESERVE_SPLIT)
+}
+
+/// The fewest tenants the reserve is split among: a tenant arriving first cannot take it all
+/// because it is alone yet.
+pub(crate) const RESERVE_SPLIT: usize = 8;
 
 /// The bytes a shared key was charged, given back when the key is dropped: a key is shared
 /// by `Arc` between the registry, the accumulators, the rows waiting to be written and the

@@ -1218,7 +1218,7 @@ async fn new_metric_names_are_refused_past_the_memory_bound() {
 // past its share (`tenant_memory_share`) is now refused while the others keep their room.
 #[tokio::test]
 async fn one_tenant_cannot_crowd_the_others_out_of_the_memory_bound() {
-    let bound = 1024 * 1024;
+    let bound = 4 * 1024 * 1024;
     let h = harness(
         RecorderSettings {
             max_memory_bytes: bound,
@@ -1231,11 +1231,12 @@ async fn one_tenant_cannot_crowd_the_others_out_of_the_memory_bound() {
     let mut victim_sent = 0u64;
     for round in 0..6 {
         // The flood: histogram series whose values span many orders of magnitude.
-        for i in 0..3_000 {
-            let series = format!("s{}", (round * 3_000 + i) % 5_000);
+        for i in 0..6_000 {
+            let n = (round * 6_000 + i) % 8_000;
+            let series = format!("s{n}");
             let _ = h.service.record_user_metric(
                 "mallory",
-                "m.latency",
+                &format!("m{}.latency", n % 8),
                 Kind::Histogram,
                 10f64.powi(i % 12) * (1.0 + i as f64 / 7.0),
                 &tags(&[("series", &series)]),
@@ -1279,6 +1280,69 @@ async fn one_tenant_cannot_crowd_the_others_out_of_the_memory_bound() {
     assert!(victim.dropped.is_empty(), "{:?}", victim.dropped);
 }
 
+// Adversary round 10 (F2): five tenant ids, each within its share of the bound, filled it
+// together and another tenant kept 2 of its 178 points. The fair share shrinks as more tenants
+// hold bytes, so past three quarters of the bound the five are refused and the other tenant's
+// points are all taken.
+#[tokio::test]
+async fn several_tenant_ids_cannot_crowd_another_tenant_out_together() {
+    let bound = 4 * 1024 * 1024;
+    let h = harness(
+        RecorderSettings {
+            max_memory_bytes: bound,
+            ..Default::default()
+        },
+        big_limits(),
+    )
+    .await;
+    let window = RecorderSettings::default().window_ms as i64;
+    let mut victim_sent = 0u64;
+    for round in 0..6 {
+        for attacker in 0..5 {
+            let tenant = format!("mallory-{attacker}");
+            for i in 0..1_500 {
+                let n = (round * 1_500 + i) % 4_000;
+                let series = format!("s{n}");
+                let _ = h.service.record_user_metric(
+                    &tenant,
+                    &format!("m{}.latency", n % 4),
+                    Kind::Histogram,
+                    10f64.powi(i % 12) * (1.0 + i as f64 / 7.0),
+                    &tags(&[("series", &series)]),
+                );
+            }
+        }
+        for s in 0..20 {
+            h.service
+                .record_user_metric(
+                    "victim",
+                    "v.orders_count",
+                    Kind::Counter,
+                    1.0,
+                    &tags(&[("shop", &format!("shop{s}"))]),
+                )
+                .unwrap_or_else(|e| panic!("round {round}: the victim's point was refused: {e:?}"));
+            victim_sent += 1;
+        }
+        h.clock.fetch_add(window, Ordering::SeqCst);
+        h.service.flush().await.unwrap();
+    }
+    let acc = h.service.accounting();
+    assert!(acc.user.balances());
+    // The flood met the bound, each attacker within the share a lone tenant would have.
+    assert!(acc.user.dropped.get("memory_bound").copied().unwrap_or(0) > 0);
+    assert!(h.service.memory_used() <= bound * 5 / 4);
+    let exposed: f64 = h
+        .service
+        .exposition()
+        .iter()
+        .filter(|s| s.tenant.as_deref() == Some("victim"))
+        .map(|s| s.value)
+        .sum();
+    assert_eq!(exposed, victim_sent as f64);
+    assert!(h.service.tenant_points("victim").dropped.is_empty());
+}
+
 // A host's point naming a metric outside the catalog claims its names for the point's tenant:
 // cycling tenant ids (each may hold 1,000 names) could push the names' charge past the bound
 // if a point's claim were never refused. Past the bound it is dropped (`memory_bound`).
@@ -1318,7 +1382,7 @@ async fn host_points_cannot_push_names_past_the_memory_bound() {
 // thousands of long names stops at its share, and another tenant's new metrics still fit.
 #[tokio::test]
 async fn one_tenant_cannot_take_the_bound_with_names() {
-    let bound = 1024 * 1024;
+    let bound = 4 * 1024 * 1024;
     let h = harness(
         RecorderSettings {
             max_memory_bytes: bound,
@@ -1332,7 +1396,7 @@ async fn one_tenant_cannot_take_the_bound_with_names() {
     .await;
     let long = "n".repeat(100);
     let mut refused = 0;
-    for i in 0..2_000 {
+    for i in 0..8_000 {
         let name = format!("a{long}.c_{i:04}_count");
         if h.service
             .record_user_metric("namer", &name, Kind::Counter, 1.0, &Tags::new())
@@ -1341,7 +1405,7 @@ async fn one_tenant_cannot_take_the_bound_with_names() {
             refused += 1;
         }
     }
-    assert!(refused > 0, "2,000 long names fit a 1 MiB bound");
+    assert!(refused > 0, "8,000 long names fit a 4 MiB bound");
     assert!(h.service.memory_used() <= bound);
     for i in 0..20 {
         h.service
