@@ -222,6 +222,36 @@ fn without_the_token_the_dashboard_is_refused_and_the_login_form_signs_in() {
     assert_eq!(page.header("x-frame-options"), Some("DENY"));
     assert_eq!(page.header("cache-control"), Some("no-store"));
     assert_eq!(page.header("referrer-policy"), Some("no-referrer"));
+    // The page keeps its own policy (its styles), not the one every other answer gets.
+    assert!(csp.contains("style-src 'unsafe-inline'"), "{csp}");
+    // Error answers on any path (404, 405, 413) can echo what a request sent: a browser may
+    // neither sniff them into a document nor frame them.
+    // (Their own agent: the server closes a connection whose body it did not read.)
+    let big = "x".repeat(64 * 1024);
+    let once = ureq::AgentBuilder::new().build();
+    for (what, answer) in [
+        ("404", once.get(&s.url("/nope%3Cscript%3E")).call()),
+        ("405", once.get(&s.url("/login")).call()),
+        (
+            "413",
+            once.post(&s.url("/login")).send_form(&[("token", &big)]),
+        ),
+    ] {
+        let Err(ureq::Error::Status(code, resp)) = answer else {
+            panic!("{what}: {answer:?}");
+        };
+        assert_eq!(code.to_string(), what);
+        let csp = resp.header("content-security-policy").unwrap_or_default();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"),
+            "{what}: {csp}"
+        );
+        assert_eq!(
+            resp.header("x-content-type-options"),
+            Some("nosniff"),
+            "{what}"
+        );
+    }
     // A sign-in posted from another site (login CSRF: an admin signed in as an attacker's
     // tenant) is refused, and sets no cookie.
     for (name, value) in [

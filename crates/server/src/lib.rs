@@ -459,14 +459,30 @@ async fn body_budget(
 }
 
 /// What a JSON body's objects and arrays hold once parsed beyond `body_charge` of its bytes:
-/// a map node (~650 bytes) per `{` and a vector's first room (~130 bytes) per `[`, counted on
-/// the raw bytes (inside strings too: an overestimate, never an underestimate).
+/// a map node (~650 bytes) per `{` and a vector's first room (~130 bytes) per `[` outside
+/// strings. The scan follows JSON's strings and escapes as the parser does, so for any prefix
+/// the parser accepts (it stops at the first error) the count is exact; braces inside strings
+/// cost nothing (they got a false 413 before).
 fn containers_charge(body: &[u8]) -> usize {
-    let (objects, arrays) = body.iter().fold((0usize, 0usize), |(o, a), b| match b {
-        b'{' => (o + 1, a),
-        b'[' => (o, a + 1),
-        _ => (o, a),
-    });
+    let (mut objects, mut arrays) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'{' => objects += 1,
+                b'[' => arrays += 1,
+                _ => {}
+            }
+        }
+    }
     objects
         .saturating_mul(OBJECT_BYTES)
         .saturating_add(arrays.saturating_mul(ARRAY_BYTES))
@@ -587,6 +603,7 @@ pub fn router(runtime: Arc<Runtime>, settings: ServerSettings, tokens: Tokens) -
             settings.max_body_bytes,
         ))
         .layer(HttpMetricsLayer::new(runtime.metrics().clone()))
+        .layer(middleware::map_response(dashboard::api_headers))
         .with_state(state)
 }
 
@@ -1050,5 +1067,27 @@ mod tenant_token_tests {
         let (a, b) = (random_token(), random_token());
         assert_eq!(a.len(), 64);
         assert_ne!(a, b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containers_are_counted_outside_strings_only() {
+        let both = OBJECT_BYTES + ARRAY_BYTES;
+        assert_eq!(containers_charge(br#"{"a":[1,2]}"#), both);
+        // Braces inside a string are text: the parser allocates no container for them.
+        assert_eq!(containers_charge(br#"{"a":"{{{[[["}"#), OBJECT_BYTES);
+        // An escaped quote does not end the string; an escaped backslash does not escape it.
+        assert_eq!(containers_charge(br#"{"a":"\"{{"}"#), OBJECT_BYTES);
+        assert_eq!(
+            containers_charge(br#"{"a":"\\",  "b":{}}"#),
+            2 * OBJECT_BYTES
+        );
+        // A body of nested containers is charged for each.
+        let nested = "[{".repeat(1_000);
+        assert_eq!(containers_charge(nested.as_bytes()), 1_000 * both);
     }
 }

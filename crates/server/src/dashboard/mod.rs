@@ -103,6 +103,25 @@ pub(crate) async fn page_headers(mut response: Response) -> Response {
     response
 }
 
+/// What every other answer carries (JSON, `/metrics`, the 404, 405 and 413 answers on any path,
+/// a page's included): nothing a browser could sniff into a document and run, nothing framed.
+/// A page's own policy, set first, is kept.
+pub(crate) async fn api_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ] {
+        if !headers.contains_key(&name) {
+            headers.insert(name, header::HeaderValue::from_static(value));
+        }
+    }
+    response
+}
+
 /// Whether a sign-in comes from another site (a browser says so in `Origin` or
 /// `Sec-Fetch-Site`): such a form could sign an admin in as an attacker's tenant (login CSRF).
 fn cross_site(headers: &HeaderMap) -> bool {
