@@ -172,19 +172,27 @@ impl Exposition {
         out
     }
 
-    /// Lets go of series not updated since `cutoff_ms`, giving back to `memory` what `fold`
-    /// charged for them.
-    pub fn evict_idle(&self, cutoff_ms: i64, memory: &Memory) {
+    /// Lets go of series not updated since `cutoff_ms` for which `which` holds, giving back
+    /// to `memory` what `fold` charged for them; returns how many.
+    pub fn evict_idle(
+        &self,
+        cutoff_ms: i64,
+        memory: &Memory,
+        which: impl Fn(&SeriesKey) -> bool,
+    ) -> usize {
+        let mut evicted = 0;
         for shard in &self.shards {
             shard.lock().retain(|k, c| {
-                let keep = c.updated_ms >= cutoff_ms;
+                let keep = c.updated_ms >= cutoff_ms || !which(&k.0);
                 if !keep {
                     memory.release_for(owner(&k.0), c.summary.heap_bytes() + entry_cost(&k.0));
+                    evicted += 1;
                 }
                 keep
             });
             crate::service::shrink_map(&mut shard.lock());
         }
+        evicted
     }
 
     /// Under memory pressure: lets go of series not updated since `before_ms` until `memory`

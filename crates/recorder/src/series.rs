@@ -133,6 +133,11 @@ impl Memory {
         }
     }
 
+    /// The reserve: the last bytes of the bound, kept for tenants holding little.
+    pub fn reserve(&self) -> usize {
+        self.1.share.load(Relaxed)
+    }
+
     /// Whether `tenant` holds more than its fair share of the reserve.
     pub fn past_share(&self, tenant: &str) -> bool {
         let share = self.1.share.load(Relaxed);
@@ -436,12 +441,12 @@ impl Registry {
         Some((shared, false))
     }
 
-    /// Forgets series unused since `cutoff`; returns how many were evicted.
-    pub fn evict_idle(&self, cutoff: i64) -> usize {
+    /// Forgets series unused since `cutoff` for which `which` holds; returns how many.
+    pub fn evict_idle(&self, cutoff: i64, which: impl Fn(&SeriesKey) -> bool) -> usize {
         let mut counts = self.counts.lock();
         let mut evicted = 0;
         self.seen.retain(|key, last| {
-            if last.load(Relaxed) >= cutoff {
+            if last.load(Relaxed) >= cutoff || !which(key) {
                 return true;
             }
             evicted += 1;

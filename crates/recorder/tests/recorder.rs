@@ -1289,6 +1289,64 @@ async fn one_tenant_cannot_crowd_the_others_out_of_the_memory_bound() {
     flood_beside_a_small_tenant(1, 6_000, 8_000).await;
 }
 
+// A tenant past its part of the reserve is refused while the total is past it. Its idle
+// series (exposition entries, registry keys) used to hold the total there until idle eviction
+// (an hour): once other tenants took the total past the reserve, it stayed refused whether it
+// recorded or not. Past the reserve they now go once idle for two windows (their rows are
+// written), and the tenant is admitted again.
+#[tokio::test]
+async fn a_tenant_past_its_part_is_admitted_again_once_its_series_idle() {
+    let bound = 40 * 1024 * 1024;
+    let h = harness(
+        RecorderSettings {
+            max_memory_bytes: bound,
+            // Half the bound in reserve: a wide band between it and 7/8 of the bound, where
+            // the exposition gives way for everyone.
+            tenant_memory_share: 0.5,
+            ..Default::default()
+        },
+        big_limits(),
+    )
+    .await;
+    let window = RecorderSettings::default().window_ms as i64;
+    let record = |tenant: &str, series: usize| {
+        h.service.record_user_metric(
+            tenant,
+            &format!("m{}.orders_count", series % 10),
+            Kind::Counter,
+            1.0,
+            &tags(&[("series", &format!("s{series}"))]),
+        )
+    };
+    // One tenant records 10,000 series once, all taken: under half the bound.
+    for i in 0..10_000 {
+        record("mallory", i).unwrap_or_else(|e| panic!("{i}: {e:?}"));
+    }
+    h.clock.fetch_add(window, Ordering::SeqCst);
+    h.service.flush().await.unwrap();
+    // Eight others, each within its part, keep recording and take the total past the reserve.
+    for round in 0..5 {
+        for t in 0..8 {
+            for i in 0..1_000 {
+                record(&format!("shop-{t}"), i)
+                    .unwrap_or_else(|e| panic!("round {round}, shop-{t}, {i}: {e:?}"));
+            }
+        }
+        h.clock.fetch_add(window, Ordering::SeqCst);
+        h.service.flush().await.unwrap();
+    }
+    assert_eq!(h.service.tenant_series("shop-0"), 1_000);
+    // The idle tenant's series are forgotten; what it recorded is written.
+    assert_eq!(h.service.tenant_series("mallory"), 0);
+    let (n, _) = stored(&h.store, "m0.orders_count", Some("mallory")).await;
+    assert_eq!(n, 1_000);
+    for i in 0..100 {
+        record("mallory", 20_000 + i).unwrap_or_else(|e| panic!("{i}: refused once idle: {e:?}"));
+    }
+    h.service.flush().await.unwrap();
+    assert!(h.service.accounting().user.balances());
+}
+
 // Adversary round 10 (F2): five tenant ids, each within its share of the bound, filled it
 // together and another tenant kept 2 of its 178 points (the first alone could reach three
 // quarters, the next took the reserve). The reserve is split among at least 8 tenants, so the

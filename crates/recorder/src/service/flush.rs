@@ -533,32 +533,38 @@ pub(super) async fn flusher(inner: Arc<Inner>) {
     inner.stopped.notify_waiters();
 }
 
-/// Gives a map's room back when at most a quarter of it is used (the bound charges entries
-/// at twice their size, so a map may keep up to that).
 impl Inner {
-    /// Near the memory bound, the exposition gives way before new points are dropped: series
-    /// not sealed for two windows (tenants that came and went, a host's one-off series) go,
-    /// least recently updated first, until the charge is back to three quarters of the bound.
-    /// They are written already; only a scrape's cumulative copy goes. Otherwise departed
-    /// tenants' series would hold the bound for the idle-eviction time (an hour) and every
-    /// new point, any tenant's, be dropped meanwhile.
+    /// Near the memory bound, what only serves scrapes and the series limits gives way before
+    /// new points are dropped. Past the reserve (`tenant_memory_share`), a tenant holding more
+    /// than its part is refused, and its series idle for two windows (at least 20 s: raw mode
+    /// has no windows) would keep it so until idle eviction (an hour) whether it records or
+    /// not: their exposition entries and registry keys go (written already; a series recorded
+    /// again is admitted anew). Past 7/8 of the bound, any tenant's idle series leave the
+    /// exposition too, least recently updated first, until the charge is back to three
+    /// quarters: tenants that came and went, a host's one-off series; otherwise they would hold
+    /// the bound for an hour and every new point, any tenant's, be dropped meanwhile.
     pub(super) fn relieve_pressure(&self, now: i64) {
         let bound = self.config.settings.max_memory_bytes;
-        if self.memory.load(Relaxed) <= bound / 8 * 7 {
-            return;
-        }
-        // Two windows, and at least 20 s (raw mode has no windows).
-        let recent = now.saturating_sub((2 * self.config.settings.window_ms as i64).max(20_000));
         let memory = &self.memory;
-        let evicted = self
-            .exposition
-            .evict_oldest(recent, memory, bound / 4 * 3, |k| {
-                owner(k).is_some_and(|t| memory.past_share(t))
-            });
+        let reserve = memory.reserve();
+        let past_share = |k: &SeriesKey| owner(k).is_some_and(|t| memory.past_share(t));
+        let recent = now.saturating_sub((2 * self.config.settings.window_ms as i64).max(20_000));
+        let mut evicted = 0;
+        if reserve > 0 && memory.load(Relaxed) > bound.saturating_sub(reserve) {
+            evicted += self.exposition.evict_idle(recent, memory, past_share);
+            self.registry.evict_idle(recent, past_share);
+        }
+        if memory.load(Relaxed) > bound / 8 * 7 {
+            evicted += self
+                .exposition
+                .evict_oldest(recent, memory, bound / 4 * 3, past_share);
+        }
         self.exposition_evicted.fetch_add(evicted as u64, Relaxed);
     }
 }
 
+/// Gives a map's room back when at most a quarter of it is used (the bound charges entries
+/// at twice their size, so a map may keep up to that).
 pub(crate) fn shrink_map<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
     map: &mut HashMap<K, V, S>,
 ) {

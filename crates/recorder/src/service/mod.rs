@@ -598,8 +598,8 @@ impl Inner {
     /// once fully reported and untouched for a pass, their metric names), so tenants coming
     /// and going do not grow the process. Returns the series evicted.
     pub(super) fn evict_idle(&self, cutoff: i64) -> usize {
-        let n = self.registry.evict_idle(cutoff);
-        self.exposition.evict_idle(cutoff, &self.memory);
+        let n = self.registry.evict_idle(cutoff, |_| true);
+        self.exposition.evict_idle(cutoff, &self.memory, |_| true);
         self.quota.prune();
         let mut holding: std::collections::HashSet<Arc<str>> = self.registry.tenants_held();
         holding.extend(self.exposition.tenants_held());
