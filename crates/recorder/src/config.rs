@@ -47,8 +47,8 @@ pub struct RecorderSettings {
     pub ready_memory_share: f64,
     /// Share of `max_memory_bytes` kept in reserve for tenants holding little, so one tenant,
     /// or a few tenant ids together, cannot crowd out the rest: once less than this share is
-    /// free, a tenant holding more than its part of the reserve (the reserve divided among at
-    /// least 8 tenants) is refused (`memory_bound`). 1 lets one tenant take the whole bound.
+    /// free, a tenant holding more than its part of the reserve (an eighth of it) is refused
+    /// (`memory_bound`). 1 lets one tenant take the whole bound.
     pub tenant_memory_share: f64,
     /// Keeps each tenant's ledger of accepted, overflowed, rejected and dropped points (what
     /// `/v1/tenant/usage` and the tenant dashboard read, recorded each window as

@@ -35,11 +35,14 @@ const REGISTRY_SLOT: usize = map_slot::<(Arc<SeriesKey>, AtomicI64)>();
 pub(crate) struct Memory(Arc<AtomicUsize>, Arc<Shares>);
 
 /// Each tenant's user bytes, and the reserve kept for tenants holding little: once the total
-/// passes `max - share`, a tenant is refused when it holds more than its fair share of the
-/// reserve, `share / max(8, tenants holding bytes)`. So the tenants that hold little always
-/// have room among them, and it takes more than 8 tenant ids to fill the reserve, arriving
-/// in any order. (Adversary round 10: with a fair share of `share` itself, five tenant ids,
-/// each within it, filled the bound together and another tenant kept 2 points of 178.)
+/// passes `max - share`, a tenant holding more than its part of the reserve, an eighth
+/// ([`RESERVE_SPLIT`]), is refused. So tenants holding little always have room among them, and
+/// it takes more than 8 tenant ids, arriving in any order, to fill the reserve. (Adversary
+/// round 10: with the whole reserve as each tenant's part, five tenant ids, each within it,
+/// filled the bound together, the first alone reaching three quarters, and another tenant kept
+/// 2 points of 178.) The part does not shrink with the number of tenants: tenants arriving
+/// together fill a shrinking part as fast, and the reserve would sit unused by many tenants
+/// holding a little more than it.
 #[derive(Default)]
 pub(crate) struct Shares {
     /// The reserve: the last bytes of the bound, kept for tenants holding little; 0: none (one
@@ -97,9 +100,7 @@ impl Memory {
         let share = self.1.share.load(Relaxed);
         let mut used = self.1.used.lock();
         let mine = used.get(tenant).copied();
-        let limit = if share > 0
-            && mine.unwrap_or(0).saturating_add(cost) > fair(share, &used, mine.is_some())
-        {
+        let limit = if share > 0 && mine.unwrap_or(0).saturating_add(cost) > share / RESERVE_SPLIT {
             max.saturating_sub(share)
         } else {
             max
@@ -138,26 +139,19 @@ impl Memory {
         self.1.share.load(Relaxed)
     }
 
-    /// Whether `tenant` holds more than its fair share of the reserve.
+    /// Whether `tenant` holds more than its part of the reserve.
     pub fn past_share(&self, tenant: &str) -> bool {
         let share = self.1.share.load(Relaxed);
         let used = self.1.used.lock();
         share > 0
             && used
                 .get(tenant)
-                .is_some_and(|&mine| mine > fair(share, &used, true))
+                .is_some_and(|&mine| mine > share / RESERVE_SPLIT)
     }
 }
 
-/// The most a tenant may hold and still take from the reserve: the reserve split among at
-/// least [`RESERVE_SPLIT`] tenants, or all those holding bytes (this one included) if more.
-fn fair(share: usize, used: &HashMap<Arc<str>, usize, ahash::RandomState>, holds: bool) -> usize {
-    let tenants = used.len() + usize::from(!holds);
-    share / tenants.max(RESERVE_SPLIT)
-}
-
-/// The fewest tenants the reserve is split among: a tenant arriving first cannot take it all
-/// because it is alone yet.
+/// The parts the reserve is split into: the most a tenant may hold and still take from it is
+/// one of them, so a tenant arriving first cannot take it all because it is alone yet.
 pub(crate) const RESERVE_SPLIT: usize = 8;
 
 /// The bytes a shared key was charged, given back when the key is dropped: a key is shared
