@@ -7,11 +7,48 @@
 //! their deltas are recorded each window as `luametrics.tenant.points.count{result, reason}`
 //! under the tenant, so a range can be read back from the store. Metric names are kept for at
 //! most [`MAX_NAMES`] per tenant (the rest count under `other`).
+//!
+//! The ledger's memory is charged against the recorder's bound and held to an eighth of it
+//! ([`LEDGER_SHARE`]): adversary round 11 cycled tenant ids whose executions each rejected 32
+//! long names and grew the process to 75x an 8 MiB bound (about 10 KB per id, uncharged, kept
+//! an hour). Past its room a tenant gets no new entry (nor a new reason or name): its points
+//! are counted as unattributed (`luametrics.tenant.usage.unattributed.count`) instead, and the
+//! service's own accounting stays exact either way.
 
+use crate::series::{map_slot, Memory, ALLOC_OVERHEAD};
 use dashmap::DashMap;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::mem::size_of;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+
+/// The ledger's part of the memory bound: it is a view for tenants, and must not take the
+/// room their points need.
+pub const LEDGER_SHARE: usize = 8;
+
+type CountKey = (&'static str, String);
+type TroubleKey = (String, String);
+
+/// What a B-tree map's entry of `K` and `V` costs: nodes are at least half full, so each
+/// entry pays for up to two slots.
+const fn tree_entry<K, V>() -> usize {
+    2 * (size_of::<K>() + size_of::<V>())
+}
+
+/// A B-tree map's first node: eleven slots and the allocator's overhead.
+const fn tree_leaf<K, V>() -> usize {
+    11 * (size_of::<K>() + size_of::<V>()) + 16 + ALLOC_OVERHEAD
+}
+
+/// A string's heap, as the allocator hands it out.
+fn text_bytes(s: &str) -> usize {
+    if s.is_empty() {
+        0
+    } else {
+        s.len() + ALLOC_OVERHEAD
+    }
+}
 
 /// Distinct metric names kept per tenant for rejections and overflow.
 pub const MAX_NAMES: usize = 32;
@@ -45,72 +82,176 @@ pub struct TenantPoints {
 #[derive(Default)]
 struct Entry {
     /// `(result, reason)` -> points.
-    counts: BTreeMap<(&'static str, String), u64>,
+    counts: BTreeMap<CountKey, u64>,
     /// What was recorded to the store already, per key of `counts`.
-    reported: BTreeMap<(&'static str, String), u64>,
+    reported: BTreeMap<CountKey, u64>,
     /// `(metric, reason)` -> points.
-    troubles: BTreeMap<(String, String), u64>,
+    troubles: BTreeMap<TroubleKey, u64>,
     /// Counted since the last eviction pass.
     touched: bool,
+    /// Counted since the last pass under memory pressure.
+    recent: bool,
+    /// Bytes charged for the entry.
+    bytes: usize,
 }
 
 /// Per-tenant point counts.
-#[derive(Default)]
 pub(crate) struct TenantLedger {
     tenants: DashMap<Arc<str>, Entry>,
     /// Off (`recorder.tenant_usage = false`): nothing is counted.
     off: bool,
+    /// The recorder's memory and its bound, which the entries are charged against.
+    memory: Memory,
+    max: usize,
+    /// Bytes the entries hold (at most `max / LEDGER_SHARE`).
+    held: AtomicUsize,
+    /// Points no tenant's entry had room for.
+    unattributed: AtomicU64,
+}
+
+impl Default for TenantLedger {
+    /// A ledger that counts, with no bound.
+    fn default() -> Self {
+        Self::new(true, Memory::default(), usize::MAX)
+    }
 }
 
 impl TenantLedger {
-    /// A ledger that counts (`on`) or ignores every call.
-    pub(crate) fn new(on: bool) -> Self {
+    /// A ledger that counts (`on`) or ignores every call, charging its entries to `memory`
+    /// within `max`.
+    pub(crate) fn new(on: bool, memory: Memory, max: usize) -> Self {
         Self {
             tenants: DashMap::new(),
             off: !on,
+            memory,
+            max,
+            held: AtomicUsize::new(0),
+            unattributed: AtomicU64::new(0),
         }
     }
 
-    fn with(&self, tenant: &str, f: impl FnOnce(&mut Entry)) {
-        if self.off {
-            return;
+    /// Charges `bytes` if the ledger and the bound have room; whether they did.
+    fn charge(&self, bytes: usize) -> bool {
+        let room = self.max / LEDGER_SHARE;
+        let mut cur = self.held.load(Relaxed);
+        loop {
+            if cur.saturating_add(bytes) > room {
+                return false;
+            }
+            match self
+                .held
+                .compare_exchange_weak(cur, cur + bytes, Relaxed, Relaxed)
+            {
+                Ok(_) => break,
+                Err(actual) => cur = actual,
+            }
         }
+        if self.memory.charge(bytes, self.max) {
+            return true;
+        }
+        self.held.fetch_sub(bytes, Relaxed);
+        false
+    }
+
+    fn release(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Relaxed);
+        self.memory.fetch_sub(bytes, Relaxed);
+    }
+
+    /// Runs `f` on `tenant`'s entry, made (and charged) if there is room; `false` when there
+    /// is none.
+    fn with(&self, tenant: &str, f: impl FnOnce(&Self, &mut Entry)) -> bool {
         if let Some(mut e) = self.tenants.get_mut(tenant) {
             e.touched = true;
-            f(&mut e);
-            return;
+            e.recent = true;
+            f(self, &mut e);
+            return true;
+        }
+        let base = map_slot::<(Arc<str>, Entry)>()
+            + 2 * size_of::<usize>()
+            + tenant.len()
+            + ALLOC_OVERHEAD
+            + 2 * tree_leaf::<CountKey, u64>()
+            + tree_leaf::<TroubleKey, u64>();
+        if !self.charge(base) {
+            return false;
         }
         let mut e = self.tenants.entry(Arc::from(tenant)).or_default();
+        if e.bytes > 0 {
+            // Made by another thread meanwhile.
+            self.release(base);
+        } else {
+            e.bytes = base;
+        }
         e.touched = true;
-        f(&mut e);
+        e.recent = true;
+        f(self, &mut e);
+        true
     }
 
     /// Counts `n` points of `tenant` with `result` (`accepted`, `overflowed`, `rejected`,
-    /// `dropped`) and `reason` (empty for accepted).
+    /// `dropped`) and `reason` (empty for accepted); unattributed when there is no room.
     pub(crate) fn count(&self, tenant: &str, result: &'static str, reason: &str, n: u64) {
-        if n == 0 {
+        if n == 0 || self.off {
             return;
         }
-        self.with(tenant, |e| {
-            *e.counts.entry((result, reason.to_string())).or_default() += n;
+        let mut counted = false;
+        let made = self.with(tenant, |ledger, e| {
+            if let Some(c) = e.counts.get_mut(&(result, reason.to_string())) {
+                *c += n;
+                counted = true;
+                return;
+            }
+            // In `counts` and, once reported, in `reported`.
+            let cost = 2 * (tree_entry::<CountKey, u64>() + text_bytes(reason));
+            if ledger.charge(cost) {
+                e.bytes += cost;
+                e.counts.insert((result, reason.to_string()), n);
+                counted = true;
+            }
+        });
+        if !(made && counted) {
+            self.unattributed.fetch_add(n, Relaxed);
+        }
+    }
+
+    /// Notes `n` points of `metric` rejected or overflowed for `reason` (past [`MAX_NAMES`]
+    /// or the ledger's room, under `other`; with no room for that either, not at all).
+    pub(crate) fn trouble(&self, tenant: &str, metric: &str, reason: &str, n: u64) {
+        if n == 0 || self.off {
+            return;
+        }
+        self.with(tenant, |ledger, e| {
+            let key = (metric.to_string(), reason.to_string());
+            if let Some(c) = e.troubles.get_mut(&key) {
+                *c += n;
+                return;
+            }
+            let cost =
+                |m: &str| tree_entry::<TroubleKey, u64>() + text_bytes(m) + text_bytes(reason);
+            if e.troubles.len() < MAX_NAMES && ledger.charge(cost(metric)) {
+                e.bytes += cost(metric);
+                e.troubles.insert(key, n);
+                return;
+            }
+            let other = ("other".to_string(), reason.to_string());
+            if let Some(c) = e.troubles.get_mut(&other) {
+                *c += n;
+            } else if ledger.charge(cost("other")) {
+                e.bytes += cost("other");
+                e.troubles.insert(other, n);
+            }
         });
     }
 
-    /// Notes `n` points of `metric` rejected or overflowed for `reason`.
-    pub(crate) fn trouble(&self, tenant: &str, metric: &str, reason: &str, n: u64) {
-        if n == 0 {
-            return;
-        }
-        self.with(tenant, |e| {
-            let key = (metric.to_string(), reason.to_string());
-            let names_full = e.troubles.len() >= MAX_NAMES && !e.troubles.contains_key(&key);
-            let key = if names_full {
-                ("other".to_string(), reason.to_string())
-            } else {
-                key
-            };
-            *e.troubles.entry(key).or_default() += n;
-        });
+    /// Points no tenant's entry had room for, since the process started.
+    pub(crate) fn unattributed(&self) -> u64 {
+        self.unattributed.load(Relaxed)
+    }
+
+    /// Bytes the entries hold.
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Relaxed)
     }
 
     /// The counts not yet recorded: `(tenant, result, reason, delta)`. Each is marked recorded
@@ -134,10 +275,28 @@ impl TenantLedger {
     /// counts start again from zero if it comes back (its history is in the store).
     pub(crate) fn forget_idle(&self, holding: impl Fn(&str) -> bool) {
         self.tenants.retain(|tenant, e| {
-            let keep = e.touched
-                || holding(tenant)
-                || e.counts.iter().any(|(k, n)| e.reported.get(k) != Some(n));
+            let keep = e.touched || holding(tenant) || !e.all_reported();
             e.touched = false;
+            if !keep {
+                self.release(e.bytes);
+            }
+            keep
+        });
+        if self.tenants.capacity() > 4 * self.tenants.len() + 64 {
+            self.tenants.shrink_to_fit();
+        }
+    }
+
+    /// Under memory pressure: forgets the tenants not counted since the last such pass whose
+    /// counts are all recorded to the store, whatever they hold (a tenant's series keep it
+    /// for an hour). Their history is in the store; `since_start` starts again from zero.
+    pub(crate) fn forget_quiet(&self) {
+        self.tenants.retain(|_, e| {
+            let keep = e.recent || !e.all_reported();
+            e.recent = false;
+            if !keep {
+                self.release(e.bytes);
+            }
             keep
         });
         if self.tenants.capacity() > 4 * self.tenants.len() + 64 {
@@ -179,6 +338,15 @@ impl TenantLedger {
             })
             .collect();
         out
+    }
+}
+
+impl Entry {
+    /// Whether every count is recorded to the store.
+    fn all_reported(&self) -> bool {
+        self.counts
+            .iter()
+            .all(|(k, n)| self.reported.get(k) == Some(n))
     }
 }
 
@@ -230,7 +398,7 @@ mod tests {
 
     #[test]
     fn a_ledger_turned_off_counts_nothing() {
-        let l = TenantLedger::new(false);
+        let l = TenantLedger::new(false, Memory::default(), usize::MAX);
         l.count("a", "accepted", "", 5);
         l.trouble("a", "m", "overflow", 1);
         assert_eq!(l.points("a"), TenantPoints::default());
@@ -240,6 +408,6 @@ mod tests {
             true
         });
         assert_eq!(seen, 0);
-        assert_eq!(TenantLedger::new(true).off, TenantLedger::default().off);
+        assert!(!TenantLedger::default().off);
     }
 }

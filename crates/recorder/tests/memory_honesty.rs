@@ -2,8 +2,9 @@
 //! series are compared with the heap the process actually allocated for them (a counting
 //! allocator), so an estimate that drifts low fails here instead of in production.
 
-use luametrics_model::{Kind, Limits, TagPolicy, Tags};
+use luametrics_model::{Kind, Limits, RejectReason, TagPolicy, Tags};
 use luametrics_recorder::*;
+use luametrics_sink::{MetricsSink, Warning};
 use luametrics_store::{Location, Store};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -43,6 +44,10 @@ static GLOBAL: Counting = Counting;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn service(dir: &std::path::Path) -> (MetricsService, Arc<AtomicI64>) {
+    bounded_service(dir, 1 << 30).await
+}
+
+async fn bounded_service(dir: &std::path::Path, bound: usize) -> (MetricsService, Arc<AtomicI64>) {
     let store = Arc::new(
         Store::open_with(Location::File(dir.join("m.db")), Duration::from_millis(50))
             .await
@@ -60,7 +65,7 @@ async fn service(dir: &std::path::Path) -> (MetricsService, Arc<AtomicI64>) {
     let config = RecorderConfig {
         settings: RecorderSettings {
             window_ms: 3_600_000,
-            max_memory_bytes: 1 << 30,
+            max_memory_bytes: bound,
             idle_eviction_ms: 2 * HOUR as u64,
             ..RecorderSettings::default()
         },
@@ -186,4 +191,79 @@ async fn metric_names_are_charged_and_come_back() {
     service.evict_idle();
     let left = service.memory_used() as i64 - charged0 as i64;
     assert!(left.abs() < 64 * 1024, "{left} B charged beyond the start");
+}
+
+// Adversary round 11: each tenant's usage ledger (which of its metric names were rejected,
+// and why) was outside the memory bound; cycling tenant ids whose executions each rejected 32
+// long names grew the process to 75x an 8 MiB bound, kept for the idle-eviction hour. The
+// ledger is charged (what the heap grows by is covered) and held to an eighth of the bound:
+// past it a tenant's points are counted as unattributed, and once written, the entries of
+// quiet tenants go and new tenants are counted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenants_ledger_is_charged_and_bounded() {
+    let _serial = SERIAL.lock().await;
+    let bound = 8 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let (service, clock) = bounded_service(dir.path(), bound).await;
+    let long = "Z".repeat(120);
+    let warnings: Vec<Warning> = (0..32)
+        .map(|i| Warning {
+            metric: format!("{long}{i}"),
+            reason: "invalid_name".into(),
+            count: 1,
+        })
+        .collect();
+    let reject = |tenant: &str| {
+        MetricsSink::count_tenant_rejections(
+            &service,
+            tenant,
+            &[(RejectReason::InvalidName, 32)],
+            &warnings,
+        )
+    };
+    // Warm up: the map's first growth.
+    for t in 0..20 {
+        reject(&format!("warmup-{t}"));
+    }
+    let (heap0, charged0) = (heap(), service.memory_used());
+    for t in 0..50 {
+        reject(&format!("t{t}"));
+    }
+    let (heap, charged) = (
+        heap().saturating_sub(heap0),
+        service.memory_used() - charged0,
+    );
+    eprintln!("50 tenants' ledgers: heap {heap} B, charged {charged} B");
+    assert!(
+        charged >= heap && charged <= 3 * heap,
+        "the ledgers took {heap} B of heap but were charged {charged} B"
+    );
+    for t in 50..20_000 {
+        reject(&format!("t{t}"));
+    }
+    let grown = self::heap().saturating_sub(heap0);
+    assert!(
+        grown <= bound / 8,
+        "20,000 tenant ids grew the heap by {grown} B"
+    );
+    assert!(service.memory_used() <= bound);
+    let unattributed = |service: &MetricsService| {
+        service
+            .exposition()
+            .iter()
+            .find(|s| s.name == "luametrics.tenant.usage.unattributed.count")
+            .map_or(0.0, |s| s.value)
+    };
+    assert!(unattributed(&service) > 0.0);
+    assert_eq!(service.tenant_points("t0").rejected["invalid_name"], 32);
+    // Written, and quiet since: the entries go, and a new tenant is counted again.
+    for _ in 0..3 {
+        clock.fetch_add(HOUR, Ordering::SeqCst);
+        service.flush().await.unwrap();
+    }
+    let before = unattributed(&service);
+    reject("late");
+    assert_eq!(service.tenant_points("late").rejected["invalid_name"], 32);
+    assert_eq!(unattributed(&service), before);
+    assert!(service.tenant_points("t0").rejected.is_empty());
 }

@@ -554,6 +554,13 @@ impl Inner {
             evicted += self.exposition.evict_idle(recent, memory, past_share);
             self.registry.evict_idle(recent, past_share);
         }
+        // The tenants' ledger, past three quarters of its room or of the bound: the entries
+        // of tenants quiet since the last such pass and all written go (adversary round 11:
+        // tenant ids that came once each held theirs for the idle-eviction hour).
+        let ledger_room = bound / crate::tenants::LEDGER_SHARE;
+        if self.tenants.held() > ledger_room / 4 * 3 || memory.load(Relaxed) > bound / 4 * 3 {
+            self.tenants.forget_quiet();
+        }
         if memory.load(Relaxed) > bound / 8 * 7 {
             evicted += self
                 .exposition

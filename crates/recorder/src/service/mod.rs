@@ -298,6 +298,12 @@ impl MetricsService {
         let shards = (0..config.settings.shards.max(1))
             .map(|_| Mutex::new(Shard::default()))
             .collect();
+        let memory = Memory::with_share(share);
+        let tenants = crate::tenants::TenantLedger::new(
+            tenant_usage,
+            memory.clone(),
+            config.settings.max_memory_bytes,
+        );
         let inner = Arc::new(Inner {
             quota: TenantQuota::new(&config.policy.limits),
             config,
@@ -307,7 +313,7 @@ impl MetricsService {
             registry: Registry::default(),
             exposition: crate::exposition::Exposition::new(16),
             counters: Counters::default(),
-            memory: Memory::with_share(share),
+            memory,
             pending: tokio::sync::Mutex::new(VecDeque::new()),
             flushed_rows: AtomicU64::new(0),
             rows_written_total: AtomicU64::new(0),
@@ -316,7 +322,7 @@ impl MetricsService {
             flush_errors: AtomicU64::new(0),
             in_doubt: parking_lot::Mutex::new(None),
             last_reported: Mutex::new(HashMap::new()),
-            tenants: crate::tenants::TenantLedger::new(tenant_usage),
+            tenants,
             backlog_rows: AtomicUsize::new(0),
             backlog_points: Default::default(),
             file_points: Default::default(),
@@ -563,6 +569,12 @@ impl MetricsService {
             "luametrics.exposition.evicted.count",
             Kind::Counter,
             self.inner.exposition_evicted.load(Relaxed) as f64,
+            Tags::new(),
+        ));
+        series.push(live(
+            "luametrics.tenant.usage.unattributed.count",
+            Kind::Counter,
+            self.inner.tenants.unattributed() as f64,
             Tags::new(),
         ));
         series.push(live(
