@@ -434,6 +434,28 @@ mod tests {
         );
     }
 
+    // The service claims every catalog family at start (so no host point prints as one of
+    // them): the catalog's own names must not collide.
+    #[test]
+    fn the_builtin_catalogs_families_are_distinct() {
+        let names = ExportedNames::default();
+        for e in crate::Catalog::builtin().entries() {
+            assert_eq!(
+                names.claim(
+                    MetricType::System,
+                    &e.name,
+                    e.kind,
+                    e.unit,
+                    None,
+                    &mut |_| true
+                ),
+                Ok(()),
+                "{}",
+                e.name
+            );
+        }
+    }
+
     #[test]
     fn tenants_meet_only_their_own_names() {
         let names = ExportedNames::default();

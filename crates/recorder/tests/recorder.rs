@@ -1356,6 +1356,64 @@ async fn several_tenant_ids_cannot_crowd_another_tenant_out_together() {
     flood_beside_a_small_tenant(5, 1_500, 4_000).await;
 }
 
+// Adversary round 11: a host's point (`POST /v1/metrics`) named outside the catalog but printing
+// as one of the service's own families (`luametrics.points_accepted.count` prints as
+// `luametrics_points_accepted_count_total`) was added into the live accounting counters, or
+// replaced the flush-backlog gauge. Every catalog family is the service's from the start.
+#[tokio::test]
+async fn no_point_prints_as_one_of_the_services_own_families() {
+    let h = harness(RecorderSettings::default(), big_limits()).await;
+    for (name, kind, tenant) in [
+        ("luametrics.points_accepted.count", Kind::Counter, None),
+        ("luametrics_points.dropped_count", Kind::Counter, None),
+        ("luametrics.exposition_evicted.count", Kind::Counter, None),
+        ("luametrics.flush.backlog.rows", Kind::Counter, None),
+        ("luametrics.flush.backlog.rows", Kind::Gauge, Some("acme")),
+    ] {
+        let r = h
+            .service
+            .record_system(name, kind, 5_000.0, Tags::new(), tenant, None);
+        assert_eq!(
+            r,
+            Err(Rejected::Invalid(RejectReason::NameConflict)),
+            "{name}"
+        );
+    }
+    assert_eq!(
+        h.service.record_user_metric(
+            "acme",
+            "luametrics.points.accepted.count",
+            Kind::Counter,
+            5_000.0,
+            &Tags::new()
+        ),
+        Err(Rejected::Invalid(RejectReason::ReservedPrefix))
+    );
+    // The catalog's own names print as they did, and nothing was offered.
+    h.service
+        .record_system(
+            "luametrics.flush.rows.count",
+            Kind::Counter,
+            1.0,
+            Tags::new(),
+            None,
+            None,
+        )
+        .unwrap();
+    h.service.flush().await.unwrap();
+    let exposed = h.service.exposition();
+    let accepted: f64 = exposed
+        .iter()
+        .filter(|s| s.name == "luametrics.points.accepted.count")
+        .map(|s| s.value)
+        .sum();
+    // The one system point above, none of the forged 5,000s.
+    assert_eq!(accepted, 1.0);
+    assert!(exposed
+        .iter()
+        .any(|s| s.name == "luametrics.flush.backlog_rows" && s.kind == Kind::Gauge));
+}
+
 // A host's point naming a metric outside the catalog claims its names for the point's tenant:
 // cycling tenant ids (each may hold 1,000 names) could push the names' charge past the bound
 // if a point's claim were never refused. Past the bound it is dropped (`memory_bound`).
