@@ -1010,6 +1010,49 @@ fn room_is_never_made_by_cutting_a_request_in_flight() {
     s.stop();
 }
 
+// Requests that trickle their bodies cannot hold every place either (adversary round 11: 8
+// addresses x 128 connections, each sending a `/login` body a byte a second and reconnecting
+// after the request timeout, and `/healthz` answered 1 probe in 60): at the cap, when no
+// connection is idle, one whose request has been receiving its body for over a second makes
+// room.
+#[test]
+fn clients_trickling_bodies_make_room_for_a_new_one() {
+    use std::io::{Read, Write};
+    let s = Server::start(&[
+        ("LUAMETRICS_SERVER_MAX_CONNECTIONS", "8"),
+        ("LUAMETRICS_SERVER_MAX_CONNECTIONS_PER_PEER", "4"),
+        ("LUAMETRICS_SERVER_REQUEST_TIMEOUT_MS", "600000"),
+    ]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut held = Vec::new();
+    for local in ["127.0.0.2", "127.0.0.3"] {
+        for _ in 0..4 {
+            let mut c = connect_from(local, &addr);
+            c.write_all(
+                b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nExpect: 100-continue\r\nContent-Length: 8000\r\n\r\n",
+            )
+            .unwrap();
+            // In flight: the server asks for the body, which comes a byte at a time.
+            c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+            let mut head = [0u8; 25];
+            c.read_exact(&mut head).unwrap();
+            assert_eq!(&head, b"HTTP/1.1 100 Continue\r\n\r\n");
+            c.write_all(b"t").unwrap();
+            held.push(c);
+        }
+    }
+    poll(
+        "a new client to be served while two trickle bodies on every place",
+        || {
+            let mut c = connect_from("127.0.0.4", &addr);
+            let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            (read_until_closed(&mut c).unwrap_or(0) > 0).then_some(())
+        },
+    );
+    drop(held);
+    s.stop();
+}
+
 // Bodies in flight are bounded in memory, whatever the number of connections: each is charged
 // 16 times its declared length (what it may hold once parsed), a request that would pass
 // `max_inflight_body_bytes` is refused (`503 server_busy`, `Retry-After`) before its body is

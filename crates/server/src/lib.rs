@@ -674,12 +674,92 @@ fn peer_key(ip: std::net::IpAddr) -> std::net::IpAddr {
 }
 
 /// One connection being served: its id, the handle that closes it (once its task runs), and
-/// how many of its requests are in flight.
-type Conn = (
-    u64,
-    Option<tokio::task::AbortHandle>,
-    Arc<std::sync::atomic::AtomicUsize>,
-);
+/// what it is doing.
+type Conn = (u64, Option<tokio::task::AbortHandle>, Arc<Activity>);
+
+/// What a connection is doing: requests in flight, and since when (ms on [`clock_ms`], plus
+/// one; 0: not) its request has been receiving a body that has not all arrived.
+#[derive(Default)]
+struct Activity {
+    busy: std::sync::atomic::AtomicUsize,
+    receiving_since: std::sync::atomic::AtomicU64,
+}
+
+/// How long a request may have been receiving its body before its connection may be closed
+/// to make room at the cap: a body trickled in (adversary round 11: 8 addresses x 128
+/// connections each sending a `/login` body a byte a second held every place and `/healthz`
+/// answered 1 probe in 60), not one on its way.
+const SLOW_BODY: Duration = Duration::from_secs(1);
+
+/// Milliseconds since the first call: the receiving clock.
+fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+/// A request body that marks its connection as receiving until it has all arrived (or the
+/// request is dropped).
+struct Receiving {
+    inner: hyper::body::Incoming,
+    activity: Option<Arc<Activity>>,
+}
+
+impl Receiving {
+    fn new(inner: hyper::body::Incoming, activity: &Arc<Activity>) -> Self {
+        use http_body::Body as _;
+        let activity = (!inner.is_end_stream()).then(|| {
+            activity
+                .receiving_since
+                .store(clock_ms() + 1, std::sync::atomic::Ordering::Relaxed);
+            activity.clone()
+        });
+        Self { inner, activity }
+    }
+
+    fn done(&mut self) {
+        if let Some(a) = self.activity.take() {
+            a.receiving_since
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+impl http_body::Body for Receiving {
+    type Data = axum::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+            || this.inner.is_end_stream()
+        {
+            this.done();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// The connections being served, per peer.
 #[derive(Default)]
@@ -698,8 +778,8 @@ struct PeerPlace {
     peers: Peers,
     key: std::net::IpAddr,
     id: u64,
-    /// Requests in flight on the connection.
-    busy: Arc<std::sync::atomic::AtomicUsize>,
+    /// What the connection is doing.
+    activity: Arc<Activity>,
 }
 
 impl Peers {
@@ -709,7 +789,10 @@ impl Peers {
     /// still sending its headers), which is closed: a few addresses holding every place
     /// (adversary round 7: 9 addresses, `/healthz` answered 6 times in 80) cannot shut a new
     /// client out, and no request in flight is ever cut to make room (round 8). Only when no
-    /// client holding more has an idle connection is the new one turned away.
+    /// client holding more has an idle connection does a request receiving its body for
+    /// longer than [`SLOW_BODY`] lose its connection instead, the longest receiving first
+    /// (adversary round 11: bodies trickled a byte a second held every place); a request
+    /// whose body has arrived is never cut. Otherwise the new one is turned away.
     fn enter(&self, ip: std::net::IpAddr, per_peer: usize, max_total: usize) -> Option<PeerPlace> {
         use std::sync::atomic::Ordering::Relaxed;
         let key = peer_key(ip);
@@ -726,13 +809,32 @@ impl Peers {
                 .map(|(k, conns)| (*k, conns.len()))
                 .collect();
             candidates.sort_by_key(|c| std::cmp::Reverse(c.1));
-            let (victim, at) = candidates.iter().find_map(|(peer, _)| {
+            let idle = candidates.iter().find_map(|(peer, _)| {
                 let conns = table.peers.get(peer)?;
                 let at = conns
                     .iter()
-                    .position(|(_, h, busy)| h.is_some() && busy.load(Relaxed) == 0)?;
+                    .position(|(_, h, a)| h.is_some() && a.busy.load(Relaxed) == 0)?;
                 Some((*peer, at))
-            })?;
+            });
+            let slow = || {
+                let before = (clock_ms() + 1).checked_sub(SLOW_BODY.as_millis() as u64)?;
+                candidates
+                    .iter()
+                    .filter_map(|(peer, _)| {
+                        let conns = table.peers.get(peer)?;
+                        conns
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, (_, h, _))| h.is_some())
+                            .map(|(at, (_, _, a))| (at, a.receiving_since.load(Relaxed)))
+                            .filter(|&(_, since)| since != 0 && since <= before)
+                            .min_by_key(|&(_, since)| since)
+                            .map(|(at, since)| (since, *peer, at))
+                    })
+                    .min()
+                    .map(|(_, peer, at)| (peer, at))
+            };
+            let (victim, at) = idle.or_else(slow)?;
             let conns = table.peers.get_mut(&victim)?;
             let (_, handle, _) = conns.remove(at);
             if conns.is_empty() {
@@ -745,18 +847,18 @@ impl Peers {
         }
         table.next_id += 1;
         let id = table.next_id;
-        let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let activity = Arc::new(Activity::default());
         table
             .peers
             .entry(key)
             .or_default()
-            .push((id, None, busy.clone()));
+            .push((id, None, activity.clone()));
         table.total += 1;
         Some(PeerPlace {
             peers: self.clone(),
             key,
             id,
-            busy,
+            activity,
         })
     }
 
@@ -774,18 +876,22 @@ impl Peers {
 }
 
 /// Counts a request in flight on its connection until its answer is ready.
-struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+struct InFlight(Arc<Activity>);
 
 impl InFlight {
-    fn enter(busy: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
-        busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(busy.clone())
+    fn enter(activity: &Arc<Activity>) -> Self {
+        activity
+            .busy
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(activity.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0
+            .busy
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -943,14 +1049,14 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let busy = place.busy.clone();
+        let (activity, receiving) = (place.activity.clone(), place.activity.clone());
         let service = hyper_util::service::TowerToHyperService::new(
             app.clone()
-                .map_request(|req: axum::http::Request<hyper::body::Incoming>| {
-                    req.map(axum::body::Body::new)
+                .map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
+                    req.map(|body| axum::body::Body::new(Receiving::new(body, &receiving)))
                 })
                 .map_future(move |answer| {
-                    let in_flight = InFlight::enter(&busy);
+                    let in_flight = InFlight::enter(&activity);
                     async move {
                         let answer = answer.await;
                         drop(in_flight);
