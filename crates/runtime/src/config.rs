@@ -313,6 +313,36 @@ impl Config {
                 path: path.clone(),
                 message: e.to_string(),
             })?;
+        // Shares and rates: NaN compares false with everything, so `ready_memory_share = nan`
+        // made `/readyz` answer 503 for good (adversary round 11), and a negative share or rate
+        // means nothing.
+        for (key, value, range, what) in [
+            (
+                "recorder.ready_memory_share",
+                config.recorder.ready_memory_share,
+                (f64::MIN_POSITIVE, 1.0),
+                "a share of the memory bound above 0 and at most 1",
+            ),
+            (
+                "recorder.tenant_memory_share",
+                config.recorder.tenant_memory_share,
+                (0.0, f64::MAX),
+                "a share of the memory bound from 0 (1 or more: no reserve)",
+            ),
+            (
+                "pipelines.trace_sample_rate",
+                config.pipelines.trace_sample_rate,
+                (0.0, 1.0),
+                "a share of executions from 0 to 1",
+            ),
+        ] {
+            if !(value >= range.0 && value <= range.1) {
+                return Err(ConfigError::Invalid {
+                    path,
+                    message: format!("{key} = {value}: expected {what}"),
+                });
+            }
+        }
         // An empty token would let an empty bearer (or `?token=`) in.
         for (key, token) in [
             ("server.execute_token", &config.server.execute_token),
@@ -371,6 +401,40 @@ mod tests {
             vars(&[("LUAMETRICS_SERVER_ADMIN_TOKEN", "s3cret")]),
         );
         assert_eq!(ok.unwrap().server.admin_token.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn shares_and_rates_out_of_range_are_refused_at_start() {
+        for (var, value) in [
+            ("LUAMETRICS_RECORDER_READY_MEMORY_SHARE", "nan"),
+            ("LUAMETRICS_RECORDER_READY_MEMORY_SHARE", "0"),
+            ("LUAMETRICS_RECORDER_READY_MEMORY_SHARE", "1.5"),
+            ("LUAMETRICS_RECORDER_TENANT_MEMORY_SHARE", "-1"),
+            ("LUAMETRICS_RECORDER_TENANT_MEMORY_SHARE", "nan"),
+            ("LUAMETRICS_PIPELINES_TRACE_SAMPLE_RATE", "nan"),
+            ("LUAMETRICS_PIPELINES_TRACE_SAMPLE_RATE", "-5"),
+            ("LUAMETRICS_PIPELINES_TRACE_SAMPLE_RATE", "inf"),
+        ] {
+            let e = Config::from_sources("", "defaults", vars(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            let key = var
+                .trim_start_matches("LUAMETRICS_")
+                .to_lowercase()
+                .replacen('_', ".", 1);
+            assert!(e.contains(&key), "{var}={value}: {e}");
+        }
+        for (var, value) in [
+            ("LUAMETRICS_RECORDER_READY_MEMORY_SHARE", "1"),
+            ("LUAMETRICS_RECORDER_TENANT_MEMORY_SHARE", "1"),
+            ("LUAMETRICS_RECORDER_TENANT_MEMORY_SHARE", "0"),
+            ("LUAMETRICS_PIPELINES_TRACE_SAMPLE_RATE", "0"),
+        ] {
+            assert!(
+                Config::from_sources("", "defaults", vars(&[(var, value)])).is_ok(),
+                "{var}={value}"
+            );
+        }
     }
 
     #[test]
