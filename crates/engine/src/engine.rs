@@ -151,8 +151,9 @@ pub struct Engine {
     busy_ns: u64,
     /// The time limit of the execution in progress.
     limit_ms: u64,
-    /// The state the next execution's random seed is drawn from (splitmix64).
-    seed: u64,
+    /// Executions' random seeds: a keyed hash (SipHash, a key of its own per engine) of a
+    /// count, so seeds seen by one tenant say nothing of the next.
+    seed: (std::collections::hash_map::RandomState, u64),
     /// The Lua state's allocator state; after `lua`, which uses it until it is closed.
     heap: HeapBox,
     /// The Rust half of `helpers.metrics`; last, so the Lua state pointing at it goes first.
@@ -292,13 +293,7 @@ impl Engine {
                 ffi::lua_pop(l, 1);
             })?;
         }
-        let seed = {
-            use std::hash::{BuildHasher, Hasher};
-            // A process- and engine-specific start, so tenants cannot predict seeds.
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_usize(Arc::as_ptr(&slot) as usize);
-            h.finish()
-        };
+        let seed = (std::collections::hash_map::RandomState::new(), 0);
         Ok(Self {
             lua,
             main: MainThread(main),
@@ -354,11 +349,8 @@ impl Engine {
     /// A fresh random seed for an execution, chosen by the host: a script's
     /// `math.randomseed` lasts only until its execution ends.
     fn next_seed(&mut self) -> i64 {
-        self.seed = self.seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.seed;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) as i64
+        self.seed.1 = self.seed.1.wrapping_add(1);
+        keyed_seed(&self.seed.0, self.seed.1)
     }
 
     /// Checks the engine can be reused; collects garbage when the heap is large.
@@ -846,4 +838,47 @@ pub fn canonical_number(f: f64) -> String {
     }
     // Debug formatting is Rust's shortest round-trip form (exponent for very large or small).
     format!("{f:?}")
+}
+
+/// The `n`th seed under `key`. A script can recover its seed from `math.random`'s outputs
+/// (xoshiro256** and Lua's seeding are invertible); seeds were splitmix64 steps, themselves
+/// invertible, so a tenant could count the executions other tenants ran on its engine between
+/// two of its own (adversary round 11). A keyed hash of the count gives nothing away.
+fn keyed_seed(key: &std::collections::hash_map::RandomState, n: u64) -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = key.build_hasher();
+    h.write_u64(n);
+    h.finish() as i64
+}
+
+#[cfg(test)]
+mod seed_tests {
+    use super::keyed_seed;
+    use std::collections::hash_map::RandomState;
+
+    /// splitmix64's output mix, undone: what a script learns of the old state from its seed.
+    fn unmix(z: u64) -> u64 {
+        let mut z = z ^ (z >> 31) ^ (z >> 62);
+        z = z.wrapping_mul(0x3196_42b2_d24d_8ec3);
+        z ^= (z >> 27) ^ (z >> 54);
+        z = z.wrapping_mul(0x96de_1b17_3f11_9089);
+        z ^ (z >> 30) ^ (z >> 60)
+    }
+
+    #[test]
+    fn consecutive_seeds_do_not_reveal_their_distance() {
+        // The inverse is right: it recovers splitmix64's state from its output.
+        let state = 0x1234_5678_9abc_def0u64;
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        assert_eq!(unmix(z ^ (z >> 31)), state);
+        // Seeds are not splitmix64 steps: the states behind three consecutive seeds are not
+        // equally spaced (they were, by the golden-ratio increment).
+        let key = RandomState::new();
+        let s: Vec<u64> = (1..=3).map(|n| unmix(keyed_seed(&key, n) as u64)).collect();
+        assert_ne!(s[1].wrapping_sub(s[0]), s[2].wrapping_sub(s[1]));
+        // And each engine's key is its own.
+        assert_ne!(keyed_seed(&key, 1), keyed_seed(&RandomState::new(), 1));
+    }
 }
