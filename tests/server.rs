@@ -91,6 +91,30 @@ fn auth_limits_and_errors_are_json_with_stable_codes() {
         code(&get(&s, "/v1/pool", Some("nope"))),
         (401, "invalid_token".into())
     );
+    // A header that is there but not a bearer token in text is a wrong token, not a missing
+    // one (another scheme; bytes that are not UTF-8, sent raw).
+    let other_scheme = ureq::get(&s.url("/v1/pool"))
+        .set("Authorization", &format!("Basic {ADMIN}"))
+        .call();
+    let Err(ureq::Error::Status(401, r)) = other_scheme else {
+        panic!("{other_scheme:?}");
+    };
+    let body: Value = r.into_json().unwrap();
+    assert_eq!(body["error"]["code"], "invalid_token");
+    {
+        use std::io::Write;
+        let addr = s.base.trim_start_matches("http://").to_string();
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.write_all(b"GET /v1/pool HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer \xff\xfe\r\n\r\n")
+            .unwrap();
+        let mut answer = Vec::new();
+        std::io::Read::read_to_end(&mut c, &mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 401") && answer.contains("invalid_token"),
+            "{answer}"
+        );
+    }
     assert_eq!(
         code(&get(&s, "/v1/pool", Some(EXEC))),
         (403, "forbidden".into())
@@ -118,7 +142,7 @@ fn auth_limits_and_errors_are_json_with_stable_codes() {
     // The server answers 413 before reading the whole body and closes the connection, so the
     // client may see a broken pipe while still writing: retry until it reads the answer.
     let big = json!({"tenant": "a", "event": {"blob": "x".repeat(100_000)}});
-    let too_large = (0..20)
+    let too_large = (0..200)
         .find_map(|_| {
             let r = ureq::post(&s.url("/v1/pipelines/user.login/execute"))
                 .set("Authorization", &format!("Bearer {EXEC}"))

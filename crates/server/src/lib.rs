@@ -259,6 +259,15 @@ pub(crate) fn who(state: &AppState, token: &str) -> Option<Who> {
 
 fn identify(state: &AppState, req: &Request) -> Result<Who, ApiError> {
     let Some(token) = bearer(req.headers()) else {
+        // A header that is there but not a bearer token in text (another scheme, bytes that
+        // are not UTF-8) is a wrong token, not a missing one.
+        if req.headers().contains_key(header::AUTHORIZATION) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the Authorization header is not `Bearer <token>` in text",
+            ));
+        }
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing_token",
