@@ -616,3 +616,34 @@ async fn a_wide_pipeline_is_admitted_once_against_the_budget() {
     assert_eq!(o.context, json!({"a": 1, "b": 1}));
     rt.shutdown().await.unwrap();
 }
+
+// Adversary round 12: each (tenant, pipeline) pair's handles (its per-tenant system series)
+// were kept in a cache and charged whatever the memory bound; one execution for each of 3,000
+// one-off tenant ids with long ids held twice a 4 MiB bound, for good (pairs are only
+// replaced by new pairs), and every tenant's points were refused after. Tenants' handles are
+// now charged within a sixteenth of the bound, and those with no room are used once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_off_tenants_cannot_hold_the_bound_with_pipeline_handles() {
+    let f = Fixture::new(
+        &pipeline("t.one", &[node("a", "a.lua", "")]),
+        &[("a.lua", "return")],
+    );
+    let mut config = f.config();
+    let bound = 4 << 20;
+    config.recorder.max_memory_bytes = bound;
+    config.pipelines.trace_sample_rate = 0.0;
+    let rt = Runtime::start(config).await.unwrap();
+    let long = "t".repeat(200);
+    for i in 0..3_000 {
+        rt.execute("t.one", &format!("{long}-{i}"), json!({}))
+            .await
+            .unwrap();
+    }
+    let used = rt.metrics().memory_used();
+    assert!(used <= bound, "{used} bytes charged, bound {bound}");
+    // The handles of a tenant that keeps coming are still kept and work.
+    for _ in 0..3 {
+        rt.execute("t.one", "acme", json!({})).await.unwrap();
+    }
+    rt.shutdown().await.unwrap();
+}

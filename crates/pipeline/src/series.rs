@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 /// Most (tenant, pipeline) pairs kept, so a stream of one-off tenants cannot grow the cache
 /// forever: each handle's key is charged against the recorder's memory bound while it is held
-/// (~0.8 KB; 2 x nodes + 3 handles per pair: 1,024 pairs of 3-node pipelines hold ~7 MB).
+/// (~0.8 KB; 2 x nodes + 3 handles per pair: 1,024 pairs of 3-node pipelines hold ~7 MB),
+/// within the part of it tenants' handles may hold; handles it had no room for are not kept.
 const MAX_ENTRIES: usize = 1_024;
 
 /// The handles of one pipeline for one tenant.
@@ -59,6 +60,15 @@ impl PipelineSeries {
             node_duration: node("script.exec.duration_ms"),
             exec: [exec("ok"), exec("blocked"), exec("error")],
         }
+    }
+
+    /// Whether every handle may be kept (the recorder charged them all).
+    fn keepable(&self) -> bool {
+        self.node_overhead
+            .iter()
+            .chain(&self.node_duration)
+            .chain(&self.exec)
+            .all(|h| h.keepable())
     }
 
     /// The `pipeline.exec.duration` series of a status (`ok`, `blocked` or `error`).
@@ -132,6 +142,11 @@ impl SeriesCache {
         }
         // Made outside the lock (the checks take a while); a racing caller's copy is equal.
         let made = Arc::new(PipelineSeries::new(metrics, tenant, pipeline));
+        if !made.keepable() {
+            // The recorder had no room to charge them (tenants' handles hold their part of
+            // the bound): used for this execution only, never holding memory outside it.
+            return made;
+        }
         let mut map = self.map.lock();
         if let Some(s) = map.get(&key) {
             return s;

@@ -16,6 +16,9 @@ use std::sync::Arc;
 pub struct SystemSeries {
     service: MetricsService,
     key: Result<Arc<SeriesKey>, RejectReason>,
+    /// Whether the key is charged (a tenant's handle may not be, when the tenants' handles
+    /// have no room): an uncharged handle is for one use, not to be kept.
+    held: bool,
 }
 
 impl std::fmt::Debug for SystemSeries {
@@ -49,18 +52,31 @@ impl SystemSeries {
             // A handle's names are never refused for memory: it would refuse its points
             // for good.
             .and_then(|_| service.claim_system_name(name, kind, tenant, false));
+        let mut held = true;
         let key = check.map(|_| {
             // The tenant is the host's, a column of its own, never a tag.
             tags.remove("tenant");
-            service.handle_key(SeriesKey::new(
+            let key = SeriesKey::new(
                 MetricType::System,
                 kind,
                 tenant.map(Arc::from),
                 name.to_string(),
                 tags,
-            ))
+            );
+            if tenant.is_some() {
+                let (key, charged) = service.tenant_handle_key(key);
+                held = charged;
+                key
+            } else {
+                service.handle_key(key)
+            }
         });
-        Self { service, key }
+        Self { service, key, held }
+    }
+
+    /// Whether the handle may be kept: its key is charged against the memory bound.
+    pub fn held(&self) -> bool {
+        self.held
     }
 
     /// Why the series was refused when it was made, if it was: then every point it is given is

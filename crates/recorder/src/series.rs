@@ -157,13 +157,21 @@ pub(crate) const RESERVE_SPLIT: usize = 8;
 /// The bytes a shared key was charged, given back when the key is dropped: a key is shared
 /// by `Arc` between the registry, the accumulators, the rows waiting to be written and the
 /// exposition, and is charged once, for as long as any of them holds it.
+/// A key charged within a budget of its own besides the bound (tenants' handles) gives its
+/// bytes back to that budget too.
 #[derive(Default)]
-pub(crate) struct KeyCharge(Option<(Memory, usize, Option<Arc<str>>)>);
+pub(crate) struct KeyCharge(
+    Option<(Memory, usize, Option<Arc<str>>)>,
+    Option<Arc<AtomicUsize>>,
+);
 
 impl Drop for KeyCharge {
     fn drop(&mut self) {
         if let Some((memory, bytes, tenant)) = self.0.take() {
             memory.release_for(tenant.as_ref(), bytes);
+            if let Some(budget) = self.1.take() {
+                budget.fetch_sub(bytes, Relaxed);
+            }
         }
     }
 }
@@ -289,8 +297,37 @@ impl SeriesKey {
         if !memory.charge_for(tenant.as_ref(), bytes, max) {
             return None;
         }
-        self.charge = KeyCharge(Some((memory.clone(), bytes, tenant)));
+        self.charge = KeyCharge(Some((memory.clone(), bytes, tenant)), None);
         Some(Arc::new(self))
+    }
+
+    /// Shares the key charged against the bound and within `budget` (at most `budget_max`
+    /// bytes held); `Err` with the key, uncharged, when either has no room.
+    pub fn charged_within(
+        mut self,
+        memory: &Memory,
+        max: usize,
+        budget: &Arc<AtomicUsize>,
+        budget_max: usize,
+    ) -> Result<Arc<Self>, Self> {
+        let bytes = self.heap_bytes();
+        let mut cur = budget.load(Relaxed);
+        loop {
+            if cur.saturating_add(bytes) > budget_max {
+                return Err(self);
+            }
+            match budget.compare_exchange_weak(cur, cur + bytes, Relaxed, Relaxed) {
+                Ok(_) => break,
+                Err(actual) => cur = actual,
+            }
+        }
+        let tenant = owner(&self).cloned();
+        if !memory.charge_for(tenant.as_ref(), bytes, max) {
+            budget.fetch_sub(bytes, Relaxed);
+            return Err(self);
+        }
+        self.charge = KeyCharge(Some((memory.clone(), bytes, tenant)), Some(budget.clone()));
+        Ok(Arc::new(self))
     }
 
     /// Shares the key charged whatever the bound (a handle's, made once and few): its bytes
@@ -299,7 +336,7 @@ impl SeriesKey {
         let bytes = self.heap_bytes();
         let tenant = owner(&self).cloned();
         memory.add_for(tenant.as_ref(), bytes);
-        self.charge = KeyCharge(Some((memory.clone(), bytes, tenant)));
+        self.charge = KeyCharge(Some((memory.clone(), bytes, tenant)), None);
         Arc::new(self)
     }
 

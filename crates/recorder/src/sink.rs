@@ -15,6 +15,9 @@ impl SeriesHandle for SystemSeries {
         // A refused point is counted by the service; it never fails the caller.
         let _ = SystemSeries::record(self, value);
     }
+    fn keepable(&self) -> bool {
+        SystemSeries::held(self)
+    }
 }
 
 impl SystemMetrics for MetricsService {

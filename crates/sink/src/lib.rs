@@ -96,6 +96,11 @@ pub trait MetricsSink: Send + Sync + 'static {
 pub trait SeriesHandle: Send + Sync {
     /// Records one value now.
     fn record(&self, value: f64);
+    /// Whether a cache may keep the handle: a handle whose memory the recorder could not
+    /// charge (its part of the bound was full) works, but is for one use.
+    fn keepable(&self) -> bool {
+        true
+    }
 }
 
 /// What the runtime's own components (the pipeline executor, the trace writer, the HTTP

@@ -233,6 +233,8 @@ struct Inner {
     names: luametrics_model::ExportedNames,
     /// Series the exposition let go of under memory pressure (`relieve_pressure`).
     exposition_evicted: AtomicU64,
+    /// Bytes tenants' handles hold (`tenant_handle_key`).
+    tenant_handles: Arc<AtomicUsize>,
     flush_errors: AtomicU64,
     /// A chunk whose write failed without saying whether it committed: its batch id and row
     /// count. The next attempt writes exactly those rows under the same id (see
@@ -278,6 +280,10 @@ impl std::fmt::Debug for MetricsService {
     }
 }
 
+/// The part of the memory bound tenants' handles (the pipeline's per-tenant series, kept in
+/// its cache) may hold together: a sixteenth.
+pub const TENANT_HANDLES_SHARE: usize = 16;
+
 /// Owned tags from a host's `(key, value)` pairs.
 pub(crate) fn tags_from(pairs: &[(&str, &str)]) -> Tags {
     pairs
@@ -319,6 +325,7 @@ impl MetricsService {
             rows_written_total: AtomicU64::new(0),
             names: Default::default(),
             exposition_evicted: AtomicU64::new(0),
+            tenant_handles: Arc::new(AtomicUsize::new(0)),
             flush_errors: AtomicU64::new(0),
             in_doubt: parking_lot::Mutex::new(None),
             last_reported: Mutex::new(HashMap::new()),
@@ -453,6 +460,25 @@ impl MetricsService {
     /// handles pins what it keeps), never refused.
     pub(crate) fn handle_key(&self, key: SeriesKey) -> Arc<SeriesKey> {
         key.charged_always(&self.inner.memory)
+    }
+
+    /// A tenant's handle's key (the pipeline's per-tenant series), charged against the bound
+    /// within the tenants' handles' part of it ([`TENANT_HANDLES_SHARE`]); `false` with the
+    /// key uncharged when there is no room: the handle works, each point charging what it
+    /// holds, and is not to be kept (adversary round 12: one-off tenant ids filled a cache of
+    /// handles charged whatever the bound to twice a 4 MiB bound, and every tenant was
+    /// refused until restart).
+    pub(crate) fn tenant_handle_key(&self, key: SeriesKey) -> (Arc<SeriesKey>, bool) {
+        let max = self.inner.config.settings.max_memory_bytes;
+        match key.charged_within(
+            &self.inner.memory,
+            max,
+            &self.inner.tenant_handles,
+            max / TENANT_HANDLES_SHARE,
+        ) {
+            Ok(k) => (k, true),
+            Err(k) => (Arc::new(k), false),
+        }
     }
 
     /// Claims the exported Prometheus names of `tenant`'s user metric: refused
