@@ -78,6 +78,10 @@ impl From<luametrics_store::StoreError> for ApiError {
                 "read_timeout",
                 e.to_string(),
             ),
+            e @ luametrics_store::StoreError::ReadBusy { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "read_busy", e.to_string())
+                    .with_retry_after(1_000)
+            }
             other if other.is_transient() => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "database_unavailable",

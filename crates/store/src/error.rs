@@ -108,6 +108,15 @@ pub enum StoreError {
         /// The read timeout.
         after_ms: u64,
     },
+    /// A tenant already has as many reads in flight or waiting as it may
+    /// ([`crate::MAX_TENANT_READS_WAITING`] beyond its places).
+    #[error(
+        "this tenant already has {in_line} reads running or waiting; retry once some are answered"
+    )]
+    ReadBusy {
+        /// Reads of the tenant running or waiting.
+        in_line: usize,
+    },
     /// A retention setting is out of range.
     #[error("invalid retention setting: {0}")]
     InvalidRetention(String),

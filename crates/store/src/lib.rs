@@ -131,23 +131,32 @@ struct ReadWatch {
 }
 
 /// A tenant's place among the reads; its line is forgotten when nobody holds or waits in it.
+/// (The line is referenced by the map and once by each read holding or waiting for one of
+/// its places, through its permit or the future acquiring it: what `tenant_place` counts.)
 struct TenantPlace<'a> {
     store: &'a Store,
     tenant: String,
-    line: std::sync::Arc<tokio::sync::Semaphore>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Drop for TenantPlace<'_> {
     fn drop(&mut self) {
-        drop(self.permit.take());
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        let line = permit.semaphore().clone();
+        drop(permit);
         let mut lines = self.store.tenant_reads.lock();
         // The map's reference and this one: nobody else holds or waits in the line.
-        if std::sync::Arc::strong_count(&self.line) == 2 {
+        if std::sync::Arc::strong_count(&line) == 2 {
             lines.remove(&self.tenant);
         }
     }
 }
+
+/// Reads of one tenant that may wait for its places at once; past them a read is refused
+/// (`ReadBusy`). A dashboard page draws its panels at once: well within it.
+pub const MAX_TENANT_READS_WAITING: usize = 32;
 
 /// Aborts a spawned task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -425,29 +434,33 @@ impl Store {
         }
     }
 
-    /// One of `tenant`'s places among the reads (see `tenant_reads`).
+    /// One of `tenant`'s places among the reads (see `tenant_reads`); `ReadBusy` at once when
+    /// [`MAX_TENANT_READS_WAITING`] of its reads wait already (adversary round 12: a tenant's
+    /// pipelined reads on 1,024 connections all waited for its one place, so no connection
+    /// was ever idle and no new client, `/healthz` included, could get one).
     async fn tenant_place(&self, tenant: &str) -> Result<TenantPlace<'_>, StoreError> {
         let line = {
             let mut lines = self.tenant_reads.lock();
-            lines
+            let places = self
+                .reads_per_tenant
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let line = lines
                 .entry(tenant.to_string())
-                .or_insert_with(|| {
-                    std::sync::Arc::new(tokio::sync::Semaphore::new(
-                        self.reads_per_tenant
-                            .load(std::sync::atomic::Ordering::Relaxed),
-                    ))
-                })
-                .clone()
+                .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(places)));
+            // The map's reference, and one per read running or waiting.
+            let in_line = std::sync::Arc::strong_count(line) - 1;
+            if in_line >= places + MAX_TENANT_READS_WAITING {
+                return Err(StoreError::ReadBusy { in_line });
+            }
+            line.clone()
         };
         let permit = line
-            .clone()
             .acquire_owned()
             .await
             .map_err(|_| StoreError::InvalidQuery("the store is closed".into()))?;
         Ok(TenantPlace {
             store: self,
             tenant: tenant.to_string(),
-            line,
             permit: Some(permit),
         })
     }

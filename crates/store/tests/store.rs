@@ -724,6 +724,35 @@ async fn reads_are_stopped_past_their_timeout_and_take_turns() {
     for r in long {
         assert_eq!(r.await.unwrap(), 20_000);
     }
+    // A tenant's reads wait in a bounded line: asked for 60 long reads at once (each holds
+    // its place far longer than the others take to ask), those past its place and 32
+    // waiting are refused at once (`ReadBusy`), and every other one is served.
+    let many: Vec<_> = (0..60)
+        .map(|_| {
+            let (store, heavy) = (store.clone(), heavy.clone());
+            tokio::spawn(async move { store.find_metrics(&heavy).await.map(|r| r.len()) })
+        })
+        .collect();
+    let (mut served, mut busy) = (0, 0);
+    for r in many {
+        match r.await.unwrap() {
+            Ok(n) => {
+                assert_eq!(n, 20_000);
+                served += 1;
+            }
+            Err(StoreError::ReadBusy { in_line }) => {
+                assert!(in_line >= 1 + luametrics_store::MAX_TENANT_READS_WAITING);
+                busy += 1;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        busy > 0 && served >= 1 + luametrics_store::MAX_TENANT_READS_WAITING,
+        "{served} served, {busy} busy"
+    );
+    // Answered, the line is empty again.
+    assert_eq!(store.find_metrics(&heavy).await.unwrap().len(), 20_000);
 }
 
 /// Runs SQL straight on the store's file (rows as an older version, or a fault, left them).
