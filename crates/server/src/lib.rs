@@ -692,6 +692,9 @@ type Conn = (u64, Option<tokio::task::AbortHandle>, Arc<Activity>);
 struct Activity {
     busy: std::sync::atomic::AtomicUsize,
     receiving_since: std::sync::atomic::AtomicU64,
+    /// The request in flight is safe to cut (GET, HEAD, OPTIONS: the client may ask again,
+    /// nothing was done for it that asking again would do twice).
+    safe: std::sync::atomic::AtomicBool,
 }
 
 /// How long a request may have been receiving its body before its connection may be closed
@@ -800,7 +803,9 @@ impl Peers {
     /// client out, and no request in flight is ever cut to make room (round 8). Only when no
     /// client holding more has an idle connection does a request receiving its body for
     /// longer than [`SLOW_BODY`] lose its connection instead, the longest receiving first
-    /// (adversary round 11: bodies trickled a byte a second held every place); a request
+    /// (adversary round 11: bodies trickled a byte a second held every place), and else a
+    /// safe request in flight (a read, which its client may ask again: adversary round 12,
+    /// one tenant's pipelined reads kept every connection busy); an execution or an ingest
     /// whose body has arrived is never cut. Otherwise the new one is turned away.
     fn enter(&self, ip: std::net::IpAddr, per_peer: usize, max_total: usize) -> Option<PeerPlace> {
         use std::sync::atomic::Ordering::Relaxed;
@@ -843,7 +848,16 @@ impl Peers {
                     .min()
                     .map(|(_, peer, at)| (peer, at))
             };
-            let (victim, at) = idle.or_else(slow)?;
+            let safe = || {
+                candidates.iter().find_map(|(peer, _)| {
+                    let conns = table.peers.get(peer)?;
+                    let at = conns
+                        .iter()
+                        .position(|(_, h, a)| h.is_some() && a.safe.load(Relaxed))?;
+                    Some((*peer, at))
+                })
+            };
+            let (victim, at) = idle.or_else(slow).or_else(safe)?;
             let conns = table.peers.get_mut(&victim)?;
             let (_, handle, _) = conns.remove(at);
             if conns.is_empty() {
@@ -898,6 +912,9 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.0
+            .safe
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         self.0
             .busy
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -1062,6 +1079,12 @@ async fn accept_loop(
         let service = hyper_util::service::TowerToHyperService::new(
             app.clone()
                 .map_request(move |req: axum::http::Request<hyper::body::Incoming>| {
+                    use axum::http::Method;
+                    let safe =
+                        matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+                    receiving
+                        .safe
+                        .store(safe, std::sync::atomic::Ordering::Relaxed);
                     req.map(|body| axum::body::Body::new(Receiving::new(body, &receiving)))
                 })
                 .map_future(move |answer| {
@@ -1204,5 +1227,51 @@ mod tests {
         // A body of nested containers is charged for each.
         let nested = "[{".repeat(1_000);
         assert_eq!(containers_charge(nested.as_bytes()), 1_000 * both);
+    }
+}
+
+#[cfg(test)]
+mod peers_tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    /// A connection from `ip` taking a place, served by a task that never ends.
+    fn connect(peers: &Peers, ip: &str) -> Option<(PeerPlace, tokio::task::JoinHandle<()>)> {
+        let place = peers.enter(ip.parse().unwrap(), 4, 4)?;
+        let task = tokio::spawn(std::future::pending::<()>());
+        peers.running(place.key, place.id, task.abort_handle());
+        Some((place, task))
+    }
+
+    /// The connection's request in flight: `safe` (a read) or not.
+    fn in_flight(place: &PeerPlace, safe: bool) {
+        place.activity.busy.fetch_add(1, Relaxed);
+        place.activity.safe.store(safe, Relaxed);
+    }
+
+    // At the cap with no idle connection and no body trickling in, a read in flight makes room
+    // (adversary round 12: one tenant's pipelined reads kept every connection busy and no new
+    // client got in); an execution or ingest in flight never does.
+    #[tokio::test]
+    async fn at_the_cap_a_read_in_flight_makes_room_and_a_write_never_does() {
+        let peers = Peers::default();
+        let (a_post, _t1) = connect(&peers, "127.0.0.2").unwrap();
+        let (a_get, a_get_task) = connect(&peers, "127.0.0.2").unwrap();
+        let (b1, _t3) = connect(&peers, "127.0.0.3").unwrap();
+        let (b2, _t4) = connect(&peers, "127.0.0.3").unwrap();
+        in_flight(&a_post, false);
+        in_flight(&a_get, true);
+        in_flight(&b1, false);
+        in_flight(&b2, false);
+        let (c, _t5) = connect(&peers, "127.0.0.4").expect("a read's place was not given");
+        assert!(a_get_task.await.unwrap_err().is_cancelled());
+        in_flight(&c, false);
+        // Only writes in flight now: the next new client is turned away.
+        assert!(connect(&peers, "127.0.0.5").is_none());
+        // A body trickling in for over `SLOW_BODY` makes room too.
+        b1.activity.receiving_since.store(1, Relaxed);
+        tokio::time::sleep(SLOW_BODY + Duration::from_millis(50)).await;
+        assert!(connect(&peers, "127.0.0.5").is_some());
+        drop((a_post, b2));
     }
 }
