@@ -48,6 +48,7 @@ impl SystemSeries {
         let check = config
             .catalog
             .check(name, kind, &tags)
+            .and_then(|_| crate::service::tenant_tag(&tags, tenant))
             .and_then(|_| config.policy.check_system_tags(&tags))
             // A handle's names are never refused for memory: it would refuse its points
             // for good.

@@ -777,11 +777,19 @@ async fn handles_check_once_never_fail_the_caller_and_count_every_refused_point(
     entries.set(10.0);
     entries.set(f64::INFINITY);
     entries.set(7.0);
-    // A host's series of one tenant: the tenant is a column, never a tag.
-    let per_tenant = h.service.system_series(
+    // A host's series of one tenant: the tenant is a column, never a tag (a tag naming
+    // another tenant is refused).
+    let spoofed = h.service.system_series(
         "host.cache.latency_ms",
         Kind::Histogram,
         tags(&[("tenant", "spoofed")]),
+        Some("acme"),
+    );
+    assert_eq!(spoofed.refused(), Some(RejectReason::ReservedTag));
+    let per_tenant = h.service.system_series(
+        "host.cache.latency_ms",
+        Kind::Histogram,
+        tags(&[("tenant", "acme")]),
         Some("acme"),
     );
     per_tenant.record(3.0).unwrap();
@@ -1412,6 +1420,41 @@ async fn no_point_prints_as_one_of_the_services_own_families() {
     assert!(exposed
         .iter()
         .any(|s| s.name == "luametrics.flush.backlog_rows" && s.kind == Kind::Gauge));
+}
+
+// Adversary round 12: a host's `tenant` tag was dropped (points tagged `tenant=x`, `tenant=y` and
+// untagged merged into one series), and a host's metric named `user.*` printed as a tenant's
+// family (`user_app_c_count_total{tenant="acme"}`), withholding the tenant's own metric.
+#[tokio::test]
+async fn host_points_neither_pass_for_a_tenant_nor_drop_its_tag() {
+    let h = harness(RecorderSettings::default(), big_limits()).await;
+    let record = |name: &str, tags: &[(&str, &str)], tenant: Option<&str>| {
+        h.service
+            .record_system(name, Kind::Counter, 1.0, self::tags(tags), tenant, None)
+    };
+    let reserved = Err(Rejected::Invalid(RejectReason::ReservedTag));
+    assert_eq!(record("host.dup_count", &[("tenant", "x")], None), reserved);
+    assert_eq!(
+        record("host.dup_count", &[("tenant", "x")], Some("acme")),
+        reserved
+    );
+    // The same tenant in both places is the tenant, once.
+    assert!(record("host.dup_count", &[("tenant", "acme")], Some("acme")).is_ok());
+    for name in ["user.app.c.count", "user_app.c_count"] {
+        assert_eq!(
+            record(name, &[], Some("acme")),
+            Err(Rejected::Invalid(RejectReason::ReservedPrefix)),
+            "{name}"
+        );
+    }
+    // The handles' path checks the same.
+    assert_eq!(
+        h.service
+            .counter("host.dup_count", &[("tenant", "y")])
+            .series()
+            .refused(),
+        Some(RejectReason::ReservedTag)
+    );
 }
 
 // A host's point naming a metric outside the catalog claims its names for the point's tenant:

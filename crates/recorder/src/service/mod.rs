@@ -17,6 +17,7 @@ mod self_metrics;
 
 use flush::flusher;
 pub(crate) use flush::shrink_map;
+pub(crate) use record::tenant_tag;
 use self_metrics::{accounting_counters, counter_tags};
 
 use crate::accounting::{Counters, DropReason, LostReason};
@@ -424,6 +425,15 @@ impl MetricsService {
     ) -> Result<(), RejectReason> {
         let entry = self.inner.config.catalog.get(name);
         let unit = entry.map_or_else(|| luametrics_model::infer_unit(name), |e| e.unit);
+        // Tenants' metrics print as `user_*`: a host's printing there would pass for a
+        // tenant's own (with its `tenant` label) and withhold the tenant's metric of that
+        // name (adversary round 12).
+        if luametrics_model::exported_names(MetricType::System, name, kind, unit)
+            .iter()
+            .any(|n| n.starts_with("user_"))
+        {
+            return Err(RejectReason::ReservedPrefix);
+        }
         let claimant = match (entry, tenant) {
             (None, Some(tenant)) => Some(luametrics_model::Claimant {
                 tenant,

@@ -119,6 +119,7 @@ impl MetricsService {
             .check(name, kind, &tags)
             .and(value_ok)
             .and_then(|_| check_origin(tenant, source, ts))
+            .and_then(|_| tenant_tag(&tags, tenant))
             .and_then(|_| inner.config.policy.check_system_tags(&tags))
             // Hosts may record names outside the catalog: their exported names are claimed
             // like a user metric's, so no two metrics (system or user) print one family.
@@ -355,4 +356,14 @@ fn check_origin(tenant: Option<&str>, source: Option<&str>, ts: i64) -> Result<(
         return Err(RejectReason::InvalidTimestamp);
     }
     Ok(())
+}
+
+/// A system point's `tenant` tag names its tenant, which is a column of its own: one that
+/// is not the point's tenant is refused (`reserved_tag`), not dropped (adversary round 12:
+/// points tagged `tenant=x`, `tenant=y` and untagged were merged into one series).
+pub(crate) fn tenant_tag(tags: &Tags, tenant: Option<&str>) -> Result<(), RejectReason> {
+    match tags.get("tenant") {
+        Some(t) if Some(t.as_str()) != tenant => Err(RejectReason::ReservedTag),
+        _ => Ok(()),
+    }
 }
