@@ -25,7 +25,7 @@ pub use layer::{HttpMetrics, HttpMetricsLayer, RouteId};
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use luametrics_runtime::{Runtime, ServerSettings};
@@ -342,27 +342,28 @@ async fn require_metrics_token(
 
 /// Refuses a body whose declared length is over `max_body_bytes` before any of it is read (a
 /// client declaring 1 GB and sending nothing held its connection until the request timeout).
-async fn declared_size(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
+/// (The outermost of our middlewares: every answer from the router goes out through it, and
+/// gets [`dashboard::api_headers`] here rather than through a layer of its own, which cost a
+/// boxed service and future per request.)
+async fn declared_size(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(n) if n > state.settings.max_body_bytes as u64 => Err(ApiError::new(
+    let response = match declared {
+        Some(n) if n > state.settings.max_body_bytes as u64 => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!(
                 "the body declares {n} bytes; at most {} are accepted",
                 state.settings.max_body_bytes
             ),
-        )),
-        _ => Ok(next.run(req).await),
-    }
+        )
+        .into_response(),
+        _ => next.run(req).await,
+    };
+    dashboard::api_headers(response)
 }
 
 /// What a body of `declared` bytes may hold, raw and parsed, charged against
@@ -612,7 +613,6 @@ pub fn router(runtime: Arc<Runtime>, settings: ServerSettings, tokens: Tokens) -
             settings.max_body_bytes,
         ))
         .layer(HttpMetricsLayer::new(runtime.metrics().clone()))
-        .layer(middleware::map_response(dashboard::api_headers))
         .with_state(state)
 }
 

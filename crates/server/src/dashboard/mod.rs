@@ -106,7 +106,7 @@ pub(crate) async fn page_headers(mut response: Response) -> Response {
 /// What every other answer carries (JSON, `/metrics`, the 404, 405 and 413 answers on any path,
 /// a page's included): nothing a browser could sniff into a document and run, nothing framed.
 /// A page's own policy, set first, is kept.
-pub(crate) async fn api_headers(mut response: Response) -> Response {
+pub(crate) fn api_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     for (name, value) in [
         (
