@@ -647,3 +647,27 @@ async fn one_off_tenants_cannot_hold_the_bound_with_pipeline_handles() {
     }
     rt.shutdown().await.unwrap();
 }
+
+// Adversary round 12: points the helpers took but the recorder dropped at its memory bound were
+// in neither `accepted` nor `rejected` of the execution's answer. A node reports them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reports_the_points_the_recorder_dropped() {
+    let f = Fixture::new(
+        &pipeline("t.many", &[node("a", "a.lua", "")]),
+        &[(
+            "a.lua",
+            "for i = 1, 200 do helpers.metrics.histogram('t.spread_value', i * 1e6, { shop = 'shop' .. i }) end",
+        )],
+    );
+    let mut config = f.config();
+    config.recorder.max_memory_bytes = 64 * 1024;
+    config.recorder.tenant_memory_share = 1.0;
+    config.limits.max_points_per_execution = 250;
+    let rt = Runtime::start(config).await.unwrap();
+    let o = rt.execute("t.many", "acme", json!({})).await.unwrap();
+    let n = &o.nodes[0];
+    let rejected: u64 = n.rejected.values().sum();
+    assert!(n.dropped > 0, "{n:?}");
+    assert_eq!(n.accepted + n.dropped + rejected, 200, "{n:?}");
+    rt.shutdown().await.unwrap();
+}

@@ -123,6 +123,10 @@ pub struct NodeReport {
     pub timings: Timings,
     /// Metric points accepted.
     pub accepted: u64,
+    /// Metric points the helpers took but the recorder dropped (its memory bound, a
+    /// shutdown): counted by reason in the tenant's usage; here so a caller sees them at once
+    /// (adversary round 12: they were in neither `accepted` nor `rejected`).
+    pub dropped: u64,
     /// Metric points rejected, by reason.
     pub rejected: BTreeMap<String, u64>,
     /// What it printed.
@@ -468,6 +472,7 @@ impl Executor {
                     error: None,
                     timings: Timings::default(),
                     accepted: 0,
+                    dropped: 0,
                     rejected: BTreeMap::new(),
                     log: Vec::new(),
                     warnings: Vec::new(),

@@ -162,6 +162,7 @@ pub(super) fn node_report(
                         error,
                         timings: ex.timings,
                         accepted: ex.metrics.accepted,
+                        dropped: ex.metrics.dropped,
                         rejected: ex.metrics.rejected,
                         log: ex.log,
                         warnings: ex.warnings,
@@ -184,6 +185,7 @@ pub(super) fn node_report(
                             ..Timings::default()
                         },
                         accepted: 0,
+                        dropped: 0,
                         rejected: BTreeMap::new(),
                         log: Vec::new(),
                         warnings: Vec::new(),
