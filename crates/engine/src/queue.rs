@@ -118,7 +118,7 @@ impl<T> FairQueue<T> {
         });
         clock.vtime += used - provisional_ms;
         clock.estimate = used;
-        // Pruned at twice the bound, down to it, so pruning costs O(1) per charge amortized
+        // Pruned at twice the bound, to at most it, so pruning costs O(1) per charge amortized
         // (adversary round 12: a tenant that never waited is charged ahead of `now`, which
         // only serving waiting work moves, so its clock was kept; past the bound every
         // execution's end scanned them all and 150,000 one-off ids took 12 s, 43 s, 82 s per

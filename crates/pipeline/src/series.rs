@@ -141,11 +141,25 @@ impl SeriesCache {
             return s;
         }
         // Made outside the lock (the checks take a while); a racing caller's copy is equal.
-        let made = Arc::new(PipelineSeries::new(metrics, tenant, pipeline));
+        let mut made = Arc::new(PipelineSeries::new(metrics, tenant, pipeline));
         if !made.keepable() {
-            // The recorder had no room to charge them (tenants' handles hold their part of
-            // the bound): used for this execution only, never holding memory outside it.
-            return made;
+            // The recorder had no room to charge them: tenants' handles hold their part of
+            // the bound. The pairs not used since the last turn give theirs back and the
+            // young generation turns old (a pair used again moves back), so the part is held
+            // by pairs in use, not by tenants long gone; then the pair is made once more.
+            // Without this nothing was ever inserted again, so nothing was ever let go.
+            let stale = {
+                let mut map = self.map.lock();
+                let old = std::mem::take(&mut map.old);
+                map.old = std::mem::take(&mut map.young);
+                old
+            };
+            drop((stale, made));
+            made = Arc::new(PipelineSeries::new(metrics, tenant, pipeline));
+            if !made.keepable() {
+                // Used for this execution only, never holding memory outside the bound.
+                return made;
+            }
         }
         let mut map = self.map.lock();
         if let Some(s) = map.get(&key) {
@@ -219,6 +233,63 @@ mod tests {
             .lock()
             .values()
             .all(|s| Arc::ptr_eq(&s.pipeline, &second)));
+    }
+
+    /// Handles that may be kept while fewer than `room` are alive (a recorder's budget).
+    struct Budget {
+        live: Arc<std::sync::atomic::AtomicUsize>,
+        room: usize,
+    }
+    struct Counted(Arc<std::sync::atomic::AtomicUsize>, bool);
+    impl SeriesHandle for Counted {
+        fn record(&self, _: f64) {}
+        fn keepable(&self) -> bool {
+            self.1
+        }
+    }
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            if self.1 {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+    impl SystemMetrics for Budget {
+        fn now_ms(&self) -> i64 {
+            0
+        }
+        fn series(&self, _: &str, _: Kind, _: Tags, _: Option<&str>) -> Arc<dyn SeriesHandle> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let charged = self
+                .live
+                .fetch_update(SeqCst, SeqCst, |n| (n < self.room).then_some(n + 1))
+                .is_ok();
+            Arc::new(Counted(self.live.clone(), charged))
+        }
+    }
+
+    // Review of round 12's fix: once tenants' handles filled their part of the bound, no pair
+    // was inserted again, so none was let go, and a tenant arriving later was never cached.
+    // Pairs not used since the last turn now give their room back when a pair finds none.
+    #[test]
+    fn a_full_handle_budget_is_given_back_by_pairs_gone_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        write_one_node(dir.path());
+        let pipelines = load(dir.path());
+        let p = pipelines.for_trigger("t").unwrap().clone();
+        let cache = SeriesCache::default();
+        // Five handles a pair (one node): room for four pairs.
+        let budget = Budget {
+            live: Default::default(),
+            room: 20,
+        };
+        for i in 0..100 {
+            cache.get(&budget, &Arc::from(format!("once-{i}")), &p);
+        }
+        let steady: Arc<str> = Arc::from("steady");
+        let first = cache.get(&budget, &steady, &p);
+        assert!(first.keepable(), "a new tenant found no room for good");
+        assert!(Arc::ptr_eq(&first, &cache.get(&budget, &steady, &p)));
     }
 
     // Under a stream of one-off tenants the cache stays within its bound, and a pair in use

@@ -11,9 +11,10 @@
 //! The ledger's memory is charged against the recorder's bound and held to an eighth of it
 //! ([`LEDGER_SHARE`]): adversary round 11 cycled tenant ids whose executions each rejected 32
 //! long names and grew the process to 75x an 8 MiB bound (about 10 KB per id, uncharged, kept
-//! an hour). Past its room a tenant gets no new entry (nor a new reason or name): its points
-//! are counted as unattributed (`luametrics.tenant.usage.unattributed.count`) instead, and the
-//! service's own accounting stays exact either way.
+//! an hour). Past its room a tenant gets no new entry nor a new reason: its points are counted
+//! as unattributed (`luametrics.tenant.usage.unattributed.count`) instead (a new metric name
+//! with no room is only left out of its list, or counted under `other`); the service's own
+//! accounting stays exact either way.
 
 use crate::series::{map_slot, Memory, ALLOC_OVERHEAD};
 use dashmap::DashMap;
