@@ -377,21 +377,16 @@ impl KeyIn {
         }
     }
 
-    /// Bytes of a shared key its holder charges (see [`SeriesKey::uncharged_bytes`]); an owned
-    /// key is charged by itself when it is shared.
-    pub fn uncharged_bytes(&self) -> usize {
-        match self {
-            KeyIn::Owned(_) => 0,
-            KeyIn::Shared(k) => k.uncharged_bytes(),
-        }
-    }
-
-    /// The key shared: a shared key as it is, an owned one charged against the bound (`None`
-    /// when it does not fit).
+    /// The key to keep in a map: a charged shared key as it is, anything else charged against
+    /// the bound (`None` when it does not fit). A shared key with no charge of its own (a
+    /// one-use handle's) is copied and the copy charged: kept as it is, its bytes would be
+    /// charged by whatever entry first held it and go uncharged once that entry left while
+    /// later entries of the series still held the key.
     pub fn into_shared(self, memory: &Memory, max: usize) -> Option<Arc<SeriesKey>> {
         match self {
             KeyIn::Owned(k) => k.charged(memory, max, 0),
-            KeyIn::Shared(k) => Some(k),
+            KeyIn::Shared(k) if k.charge.0.is_some() => Some(k),
+            KeyIn::Shared(k) => SeriesKey::clone(&k).charged(memory, max, 0),
         }
     }
 }

@@ -84,8 +84,8 @@ impl Inner {
         let shard = &self.shards[(self.hasher.hash_one(k) as usize) % self.shards.len()];
         let accounted = !internal;
         // A sketch is charged what it holds; merging into it charges its growth first. A key
-        // is charged by itself when it is first shared (`SeriesKey::charged`).
-        let cost = ENTRY_OVERHEAD + summary.heap_bytes() + key.uncharged_bytes();
+        // is charged by itself before any map keeps it (`KeyIn::into_shared`).
+        let cost = ENTRY_OVERHEAD + summary.heap_bytes();
         let mut shard = shard.lock();
         if self.config.settings.window_ms == 0 {
             let Some(key) = key.into_shared(&self.memory, max) else {
@@ -166,5 +166,70 @@ impl Inner {
             },
         );
         Ok(accepted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RecorderSettings;
+    use luametrics_store::Location;
+
+    // Reviewer finding: a one-use handle's key (no room left for tenants' handles) was kept in
+    // the open windows as it was, its bytes charged by the first window's entry only; once that
+    // window was written, a later window of the same series (recorded through a charged
+    // handle) held the key with none of its bytes charged.
+    #[tokio::test]
+    async fn every_key_the_open_windows_keep_carries_its_own_charge() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            Store::open_with(
+                Location::File(dir.path().join("m.db")),
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap(),
+        );
+        let config = RecorderConfig {
+            settings: RecorderSettings {
+                max_memory_bytes: 1 << 20,
+                ..RecorderSettings::default()
+            },
+            ..RecorderConfig::default()
+        };
+        let service = MetricsService::start(store, config);
+        let tags = |v: &str| Tags::from([("shard".to_string(), v.repeat(40))]);
+        let name = "host.cache.latency_ms";
+        // Fill the room for tenants' handles, then make one that has none.
+        let mut fillers = Vec::new();
+        let one_use = loop {
+            let h = service.system_series(name, Kind::Histogram, tags("x"), Some("acme"));
+            assert_eq!(h.refused(), None);
+            if !h.held() {
+                break h;
+            }
+            fillers.push(h);
+            assert!(
+                fillers.len() < 10_000,
+                "the tenants' handles never ran out of room"
+            );
+        };
+        let ts = service.now_ms();
+        one_use.record_at(1.0, ts).unwrap();
+        drop(one_use);
+        drop(fillers);
+        let shards = &service.inner.shards;
+        let keys: Vec<Arc<SeriesKey>> = shards
+            .iter()
+            .flat_map(|s| s.lock().windows.keys().cloned().collect::<Vec<_>>())
+            .filter(|k| k.tenant.as_deref() == Some("acme"))
+            .collect();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(
+            keys[0].uncharged_bytes(),
+            0,
+            "an open window keeps an uncharged key"
+        );
+        service.shutdown().await.unwrap();
     }
 }
