@@ -130,25 +130,30 @@ struct ReadWatch {
     fired: std::sync::atomic::AtomicBool,
 }
 
-/// A tenant's place among the reads; its line is forgotten when nobody holds or waits in it.
-/// (The line is referenced by the map and once by each read holding or waiting for one of
-/// its places, through its permit or the future acquiring it: what `tenant_place` counts.)
+/// A tenant's place among the reads, or its wait for one; its line is forgotten when nobody
+/// holds or waits in it. (The line is referenced by the map and once by each read holding or
+/// waiting for one of its places: what `tenant_place` counts.) A wait given up (its caller
+/// dropped) leaves the line like a place given back, so lines of cancelled reads never stay.
 struct TenantPlace<'a> {
     store: &'a Store,
     tenant: String,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    line: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Whether the place is taken (its permit forgotten, given back on drop).
+    holding: bool,
 }
 
 impl Drop for TenantPlace<'_> {
     fn drop(&mut self) {
-        let Some(permit) = self.permit.take() else {
-            return;
-        };
-        let line = permit.semaphore().clone();
-        drop(permit);
+        if self.holding {
+            self.line.add_permits(1);
+        }
         let mut lines = self.store.tenant_reads.lock();
         // The map's reference and this one: nobody else holds or waits in the line.
-        if std::sync::Arc::strong_count(&line) == 2 {
+        if std::sync::Arc::strong_count(&self.line) == 2
+            && lines
+                .get(&self.tenant)
+                .is_some_and(|l| std::sync::Arc::ptr_eq(l, &self.line))
+        {
             lines.remove(&self.tenant);
         }
     }
@@ -454,15 +459,20 @@ impl Store {
             }
             line.clone()
         };
-        let permit = line
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::InvalidQuery("the store is closed".into()))?;
-        Ok(TenantPlace {
+        let mut place = TenantPlace {
             store: self,
             tenant: tenant.to_string(),
-            permit: Some(permit),
-        })
+            line,
+            holding: false,
+        };
+        place
+            .line
+            .acquire()
+            .await
+            .map_err(|_| StoreError::InvalidQuery("the store is closed".into()))?
+            .forget();
+        place.holding = true;
+        Ok(place)
     }
 
     /// Writes `inserts` then `tail` all or nothing (see `batch::write_atomically`). A remote
@@ -707,4 +717,148 @@ async fn off_worker<T>(local: bool, fut: impl Future<Output = T>) -> T {
         }
     }
     fut.await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::Poll;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(
+            Location::File(dir.path().join("m.db")),
+            DEFAULT_BUSY_TIMEOUT,
+        )
+        .await
+        .unwrap();
+        (dir, store)
+    }
+
+    type Waiting<'a> = Pin<Box<dyn Future<Output = Result<TenantPlace<'a>, StoreError>> + 'a>>;
+
+    /// Polls each wait once: all of them must be waiting.
+    async fn all_waiting(waiting: &mut [Waiting<'_>]) {
+        std::future::poll_fn(|cx| {
+            for w in waiting.iter_mut() {
+                assert!(w.as_mut().poll(cx).is_pending(), "a read did not wait");
+            }
+            Poll::Ready(())
+        })
+        .await
+    }
+
+    // A tenant's reads wait in a bounded line (adversary round 12), deterministically: with its
+    // one place held and 32 reads waiting, the next is refused at once, another tenant's is
+    // not; a wait given up makes room again.
+    #[tokio::test]
+    async fn a_tenants_line_is_bounded_and_other_tenants_pass() {
+        let (_dir, store) = store().await;
+        store.set_read_limits(2, Duration::from_secs(60));
+        let held = store.tenant_place("acme").await.unwrap();
+        let mut waiting: Vec<Waiting<'_>> = (0..MAX_TENANT_READS_WAITING)
+            .map(|_| Box::pin(store.tenant_place("acme")) as Waiting<'_>)
+            .collect();
+        all_waiting(&mut waiting).await;
+        match store.tenant_place("acme").await {
+            Err(StoreError::ReadBusy { in_line }) => {
+                assert_eq!(in_line, 1 + MAX_TENANT_READS_WAITING)
+            }
+            other => panic!("{:?}", other.err()),
+        }
+        drop(store.tenant_place("globex").await.unwrap());
+        waiting.pop();
+        let again = Box::pin(store.tenant_place("acme")) as Waiting<'_>;
+        waiting.push(again);
+        all_waiting(&mut waiting).await;
+        drop(held);
+        drop(waiting);
+        assert!(store.tenant_reads.lock().is_empty());
+    }
+
+    // Reviewer finding: a read that gave up waiting for its tenant's place (its caller went
+    // away) after the place had been given back left the tenant's line in the map for good:
+    // one entry per tenant id whose read was cancelled.
+    #[tokio::test]
+    async fn a_wait_given_up_leaves_no_line_behind() {
+        let (_dir, store) = store().await;
+        store.set_read_limits(2, Duration::from_secs(60));
+        let held = store.tenant_place("acme").await.unwrap();
+        let mut waiting: Vec<Waiting<'_>> = (0..3)
+            .map(|_| Box::pin(store.tenant_place("acme")) as Waiting<'_>)
+            .collect();
+        all_waiting(&mut waiting).await;
+        // The place goes to the first wait, which is given up before it is polled again.
+        drop(held);
+        drop(waiting);
+        assert!(store.tenant_reads.lock().is_empty());
+        // And the line works again: its one place is free.
+        let place = store.tenant_place("acme").await.unwrap();
+        assert_eq!(place.line.available_permits(), 0);
+        drop(place);
+        assert!(store.tenant_reads.lock().is_empty());
+    }
+
+    /// Waits until `n` reads of `tenant` hold or wait for its places.
+    async fn in_line(store: &Store, tenant: &str, n: usize) {
+        loop {
+            let now = store
+                .tenant_reads
+                .lock()
+                .get(tenant)
+                .map_or(0, |l| std::sync::Arc::strong_count(l) - 1);
+            if now == n {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    // One tenant's reads take at most half the places: with its read holding its place (held
+    // until the test lets it go, so no machine is too fast for this) and ten more waiting,
+    // another tenant's read is served, and the first tenant's are all served after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_tenants_read_passes_a_tenants_waiting_reads() {
+        let (_dir, store) = store().await;
+        let store = std::sync::Arc::new(store);
+        store.set_read_limits(2, Duration::from_secs(60));
+        let (release, held) = tokio::sync::oneshot::channel::<()>();
+        let long = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .gated_read(Some("acme"), async move {
+                        let _ = held.await;
+                        Ok(0)
+                    })
+                    .await
+            })
+        };
+        in_line(&store, "acme", 1).await;
+        let waiting: Vec<_> = (1..=10)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(
+                    async move { store.gated_read(Some("acme"), async move { Ok(i) }).await },
+                )
+            })
+            .collect();
+        in_line(&store, "acme", 11).await;
+        let other = store.gated_read(Some("globex"), async { Ok(99) });
+        let other = tokio::time::timeout(Duration::from_secs(60), other).await;
+        assert_eq!(
+            other
+                .expect("the other tenant waited behind the first")
+                .unwrap(),
+            99
+        );
+        assert!(!long.is_finished());
+        release.send(()).unwrap();
+        assert_eq!(long.await.unwrap().unwrap(), 0);
+        for (i, w) in waiting.into_iter().enumerate() {
+            assert_eq!(w.await.unwrap().unwrap(), i + 1);
+        }
+        assert!(store.tenant_reads.lock().is_empty());
+    }
 }
