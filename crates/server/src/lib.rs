@@ -898,7 +898,8 @@ impl Peers {
     }
 }
 
-/// Counts a request in flight on its connection until its answer is ready.
+/// Counts a request in flight on its connection until its answer has been handed to the
+/// connection in full (see [`Sending`]).
 struct InFlight(Arc<Activity>);
 
 impl InFlight {
@@ -918,6 +919,61 @@ impl Drop for InFlight {
         self.0
             .busy
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// An answer's body that keeps its request in flight until its last byte has been taken to be
+/// written (or the answer is dropped): an execution whose answer a slow client has not read
+/// yet is still in flight, never an idle connection to close at the cap (before, the request
+/// left the count when its answer was ready, and a finished execution's answer could be cut).
+/// A client that stops reading altogether meets the write timeout instead.
+struct Sending {
+    inner: axum::body::Body,
+    in_flight: Option<InFlight>,
+}
+
+/// Counts `answer`'s request in flight on its connection until the answer is sent
+/// ([`Sending`]).
+fn until_sent<E>(
+    activity: &Arc<Activity>,
+    answer: impl Future<Output = Result<axum::response::Response, E>>,
+) -> impl Future<Output = Result<axum::response::Response, E>> {
+    let in_flight = InFlight::enter(activity);
+    async move {
+        answer.await.map(|answer| {
+            answer.map(|inner| {
+                axum::body::Body::new(Sending {
+                    inner,
+                    in_flight: Some(in_flight),
+                })
+            })
+        })
+    }
+}
+
+impl http_body::Body for Sending {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.in_flight = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -1087,14 +1143,7 @@ async fn accept_loop(
                         .store(safe, std::sync::atomic::Ordering::Relaxed);
                     req.map(|body| axum::body::Body::new(Receiving::new(body, &receiving)))
                 })
-                .map_future(move |answer| {
-                    let in_flight = InFlight::enter(&activity);
-                    async move {
-                        let answer = answer.await;
-                        drop(in_flight);
-                        answer
-                    }
-                }),
+                .map_future(move |answer| until_sent(&activity, answer)),
         );
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -1273,5 +1322,47 @@ mod peers_tests {
         tokio::time::sleep(SLOW_BODY + Duration::from_millis(50)).await;
         assert!(connect(&peers, "127.0.0.5").is_some());
         drop((a_post, b2));
+    }
+
+    // Reviewer finding: a request left the count when its answer was ready, before it was
+    // written; a finished execution whose answer a slow client had not read was an idle
+    // connection, closed to make room at the cap. It stays in flight until its body ends.
+    #[tokio::test]
+    async fn a_request_stays_in_flight_until_its_answer_is_taken() {
+        use http_body::Body as _;
+        let activity = Arc::new(Activity::default());
+        let (tx, rx) =
+            tokio::sync::mpsc::unbounded_channel::<Result<axum::body::Bytes, axum::Error>>();
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let answer = async move {
+            Ok::<_, std::convert::Infallible>(axum::response::Response::new(
+                axum::body::Body::from_stream(stream),
+            ))
+        };
+        let answer = until_sent(&activity, answer).await.unwrap();
+        // The answer is ready; its body is not sent yet.
+        assert_eq!(activity.busy.load(Relaxed), 1);
+        let mut body = std::pin::pin!(answer.into_body());
+        tx.send(Ok("part".into())).unwrap();
+        let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+        assert!(frame.is_some());
+        assert_eq!(activity.busy.load(Relaxed), 1);
+        drop(tx);
+        let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+        assert!(frame.is_none());
+        assert_eq!(activity.busy.load(Relaxed), 0);
+        // An answer dropped unsent (its connection closed) leaves the count too.
+        let unsent = until_sent(&activity, async {
+            Ok::<_, std::convert::Infallible>(axum::response::Response::new(
+                axum::body::Body::from("unsent"),
+            ))
+        })
+        .await
+        .unwrap();
+        assert_eq!(activity.busy.load(Relaxed), 1);
+        drop(unsent);
+        assert_eq!(activity.busy.load(Relaxed), 0);
     }
 }
