@@ -675,3 +675,45 @@ async fn a_node_reports_the_points_the_recorder_dropped() {
     assert_eq!(n.accepted + n.dropped + rejected, 200, "{n:?}");
     rt.shutdown().await.unwrap();
 }
+
+// Settings built in code met none of the checks a file's met: a NaN share made `/readyz`
+// answer 503 for good, an empty token let an empty bearer in. `Runtime::start` checks them too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_built_in_code_are_checked_like_a_files() {
+    let f = Fixture::new(
+        &pipeline("t.one", &[node("a", "a.lua", "")]),
+        &[("a.lua", "return")],
+    );
+    let cases: [(&str, fn(&mut Config)); 4] = [
+        ("recorder.ready_memory_share", |c| {
+            c.recorder.ready_memory_share = f64::NAN
+        }),
+        ("recorder.tenant_memory_share", |c| {
+            c.recorder.tenant_memory_share = -0.5
+        }),
+        ("pipelines.trace_sample_rate", |c| {
+            c.pipelines.trace_sample_rate = 2.0
+        }),
+        ("server.admin_token", |c| {
+            c.server.admin_token = Some(" ".into())
+        }),
+    ];
+    for (key, spoil) in cases {
+        let mut config = f.config();
+        spoil(&mut config);
+        match Runtime::start(config).await {
+            Err(e @ luametrics::Error::Config(_)) => {
+                let e = e.to_string();
+                assert!(e.contains(key) && e.contains("Runtime::start"), "{e}")
+            }
+            Err(e) => panic!("{key}: {e}"),
+            Ok(rt) => {
+                rt.shutdown().await.unwrap();
+                panic!("{key}: started")
+            }
+        }
+    }
+    // The same settings, unspoiled, start.
+    let rt = Runtime::start(f.config()).await.unwrap();
+    rt.shutdown().await.unwrap();
+}

@@ -306,11 +306,19 @@ impl Config {
                 path: path.clone(),
                 message: e.to_string().trim().replace('\n', " "),
             })?;
-        config
-            .retention
+        config.validate(&path)?;
+        Ok(config)
+    }
+
+    /// Checks what the types cannot say (retention order, shares and rates in range, tokens
+    /// not blank); `path` names where the settings came from. [`Config::load`] and
+    /// [`crate::Runtime::start`] both call it, so settings built in code meet the same rules
+    /// as a file's.
+    pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        self.retention
             .validate()
             .map_err(|e| ConfigError::Invalid {
-                path: path.clone(),
+                path: path.to_string(),
                 message: e.to_string(),
             })?;
         // Shares and rates: NaN compares false with everything, so `ready_memory_share = nan`
@@ -319,39 +327,39 @@ impl Config {
         for (key, value, range, what) in [
             (
                 "recorder.ready_memory_share",
-                config.recorder.ready_memory_share,
+                self.recorder.ready_memory_share,
                 (f64::MIN_POSITIVE, 1.0),
                 "a share of the memory bound above 0 and at most 1",
             ),
             (
                 "recorder.tenant_memory_share",
-                config.recorder.tenant_memory_share,
+                self.recorder.tenant_memory_share,
                 (0.0, f64::MAX),
                 "a share of the memory bound from 0 (1 or more: no reserve)",
             ),
             (
                 "pipelines.trace_sample_rate",
-                config.pipelines.trace_sample_rate,
+                self.pipelines.trace_sample_rate,
                 (0.0, 1.0),
                 "a share of executions from 0 to 1",
             ),
         ] {
             if !(value >= range.0 && value <= range.1) {
                 return Err(ConfigError::Invalid {
-                    path,
+                    path: path.to_string(),
                     message: format!("{key} = {value}: expected {what}"),
                 });
             }
         }
         // An empty token would let an empty bearer (or `?token=`) in.
         for (key, token) in [
-            ("server.execute_token", &config.server.execute_token),
-            ("server.admin_token", &config.server.admin_token),
+            ("server.execute_token", &self.server.execute_token),
+            ("server.admin_token", &self.server.admin_token),
         ] {
             if let Some(t) = token {
                 if t.trim().is_empty() || t.chars().any(char::is_control) {
                     return Err(ConfigError::Invalid {
-                        path,
+                        path: path.to_string(),
                         message: format!(
                             "{key} is set but empty or blank (or holds control characters): \
                              set a real token, or unset it to have one generated"
@@ -360,7 +368,7 @@ impl Config {
                 }
             }
         }
-        Ok(config)
+        Ok(())
     }
 }
 

@@ -250,6 +250,7 @@ impl Runtime {
     /// Opens the store, starts the recorder and the pool, loads the pipelines.
     /// Must be called inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Self, Error> {
+        config.validate("the settings given to Runtime::start")?;
         let location =
             Location::parse(&config.database.url, config.database.auth_token.as_deref())?;
         let store = Arc::new(
