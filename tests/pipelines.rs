@@ -684,7 +684,8 @@ async fn settings_built_in_code_are_checked_like_a_files() {
         &pipeline("t.one", &[node("a", "a.lua", "")]),
         &[("a.lua", "return")],
     );
-    let cases: [(&str, fn(&mut Config)); 4] = [
+    type Spoil = fn(&mut Config);
+    let cases: [(&str, Spoil); 4] = [
         ("recorder.ready_memory_share", |c| {
             c.recorder.ready_memory_share = f64::NAN
         }),
