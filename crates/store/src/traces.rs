@@ -96,8 +96,7 @@ impl Store {
                     Value::Real(t.overhead_ms),
                     opt(&t.error),
                     Value::Text(serde_json::to_string(&t.warnings).unwrap_or_else(|_| "[]".into())),
-                    // Plain data (strings and numbers): serialising it cannot fail.
-                    Value::Text(serde_json::to_string(&t.spans).unwrap_or_else(|_| "[]".into())),
+                    Value::Text(spans_text(t.started_at_ms, &t.spans)),
                 ]);
             }
             let inserts = [Insert {
@@ -165,7 +164,7 @@ impl Store {
             let conn = self.reader().await?;
             let mut rows = conn
                 .query(
-                    "SELECT spans FROM pipeline_traces WHERE id = ?1",
+                    "SELECT spans, started_at FROM pipeline_traces WHERE id = ?1",
                     [trace_id],
                 )
                 .await
@@ -175,7 +174,8 @@ impl Store {
                     .get::<Option<String>>(0)
                     .map_err(StoreError::db("read spans"))?
                 {
-                    return serde_json::from_str(&json).map_err(|e| StoreError::Corrupt {
+                    let started_at: i64 = r.get(1).map_err(StoreError::db("read spans"))?;
+                    return spans_from_text(&json, started_at).map_err(|e| StoreError::Corrupt {
                         table: "pipeline_traces",
                         id: 0,
                         problem: format!("spans of trace {trace_id}: {e}"),
@@ -337,6 +337,126 @@ impl Store {
     }
 }
 
+/// Nanoseconds of a time in milliseconds (what the clocks measure; finer is noise).
+fn ns(ms: f64) -> i64 {
+    // Saturating, and NaN as 0: a cast never fails.
+    (ms * 1e6).round() as i64
+}
+
+/// A trace's spans as stored: one array per span, `[node_id, script_id, status, start (ms
+/// after the trace's), total, wait, script, helpers, overhead (ns), error]`. A third of the
+/// bytes of the spans as objects: a trace writer at an executor's full rate spent more than
+/// half its time on them (their JSON, and the pages their bytes took in the log and the file).
+fn spans_text(started_at_ms: i64, spans: &[SpanRecord]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(16 + spans.len() * 96);
+    out.push('[');
+    for (i, s) in spans.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('[');
+        for text in [&s.node_id, &s.script_id, &s.status] {
+            json_string(text, &mut out);
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            "{},{},{},{},{},{},",
+            s.started_at_ms.saturating_sub(started_at_ms),
+            ns(s.total_ms),
+            ns(s.wait_ms),
+            ns(s.script_ms),
+            ns(s.helpers_ms),
+            ns(s.overhead_ms)
+        );
+        match &s.error {
+            Some(e) => json_string(e, &mut out),
+            None => out.push_str("null"),
+        }
+        out.push(']');
+    }
+    out.push(']');
+    out
+}
+
+/// Appends `s` as a JSON string.
+fn json_string(s: &str, out: &mut String) {
+    out.push('"');
+    let mut plain = 0;
+    for (i, b) in s.bytes().enumerate() {
+        // Only ASCII bytes are escaped: every cut is on a character boundary.
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            out.push_str(&s[plain..i]);
+            match b {
+                b'"' => out.push_str("\\\""),
+                b'\\' => out.push_str("\\\\"),
+                _ => {
+                    use std::fmt::Write as _;
+                    let _ = write!(out, "\\u{b:04x}");
+                }
+            }
+            plain = i + 1;
+        }
+    }
+    out.push_str(&s[plain..]);
+    out.push('"');
+}
+
+/// A span as stored: an array (since the compact form) or an object (before it).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredSpan {
+    Compact(
+        String,
+        String,
+        String,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        Option<String>,
+    ),
+    Object(SpanRecord),
+}
+
+/// Reads spans stored by [`spans_text`] (or as objects, as older versions wrote them).
+fn spans_from_text(json: &str, started_at_ms: i64) -> Result<Vec<SpanRecord>, serde_json::Error> {
+    let ms = |ns: i64| ns as f64 / 1e6;
+    let spans: Vec<StoredSpan> = serde_json::from_str(json)?;
+    Ok(spans
+        .into_iter()
+        .map(|s| match s {
+            StoredSpan::Object(s) => s,
+            StoredSpan::Compact(
+                node_id,
+                script_id,
+                status,
+                start,
+                total,
+                wait,
+                script,
+                helpers,
+                overhead,
+                error,
+            ) => SpanRecord {
+                node_id,
+                script_id,
+                status,
+                started_at_ms: started_at_ms.saturating_add(start),
+                total_ms: ms(total),
+                wait_ms: ms(wait),
+                script_ms: ms(script),
+                helpers_ms: ms(helpers),
+                overhead_ms: ms(overhead),
+                error,
+            },
+        })
+        .collect())
+}
+
 fn trace_from_row(r: &libsql::Row) -> Result<TraceRecord, StoreError> {
     let e = || StoreError::db("decode a trace");
     let warnings: String = r.get(14).map_err(e())?;
@@ -358,4 +478,55 @@ fn trace_from_row(r: &libsql::Row) -> Result<TraceRecord, StoreError> {
         warnings: serde_json::from_str(&warnings).unwrap_or_default(),
         spans: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(node: &str, error: Option<&str>) -> SpanRecord {
+        SpanRecord {
+            node_id: node.into(),
+            script_id: format!("scripts/{node}.lua"),
+            status: if error.is_some() { "error" } else { "ok" }.into(),
+            started_at_ms: 1_700_000_000_123,
+            total_ms: 0.012_345,
+            wait_ms: 0.0,
+            script_ms: 1_234.567_891,
+            helpers_ms: 0.000_001,
+            overhead_ms: 3.0,
+            error: error.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn spans_read_back_as_written_to_the_nanosecond() {
+        let spans = vec![
+            span("plain", None),
+            span(
+                "quote\"back\\slash\nnew\u{1}line €",
+                Some("boom: \"x\"\t\u{7f}"),
+            ),
+        ];
+        let text = spans_text(1_700_000_000_000, &spans);
+        assert!(
+            text.len() < serde_json::to_string(&spans).unwrap().len() / 2,
+            "{text}"
+        );
+        assert_eq!(spans_from_text(&text, 1_700_000_000_000).unwrap(), spans);
+        // Sub-nanosecond parts are not kept.
+        let mut fine = span("fine", None);
+        fine.total_ms = 0.000_000_4;
+        let back = spans_from_text(&spans_text(0, &[fine]), 0).unwrap();
+        assert_eq!(back[0].total_ms, 0.0);
+    }
+
+    #[test]
+    fn spans_written_as_objects_still_read() {
+        let spans = vec![span("old", Some("e"))];
+        let objects = serde_json::to_string(&spans).unwrap();
+        assert_eq!(spans_from_text(&objects, 0).unwrap(), spans);
+        assert!(spans_from_text("[[\"a\"]]", 0).is_err());
+        assert!(spans_from_text("{}", 0).is_err());
+    }
 }
