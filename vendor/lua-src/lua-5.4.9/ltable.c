@@ -105,43 +105,70 @@ static const TValue absentkey = {ABSTKEYCONSTANT};
 ** remainder, which is faster. Otherwise, use an unsigned-integer
 ** remainder, which uses all bits and ensures a non-negative result.
 */
-static Node *hashint (const Table *t, lua_Integer i) {
-  lua_Unsigned ui = l_castS2U(i);
-  if (ui <= cast_uint(INT_MAX))
-    return hashmod(t, cast_int(ui));
-  else
-    return hashmod(t, ui);
-}
-
-
 /*
-** Hash for floating-point numbers.
-** The main computation should be just
-**     n = frexp(n, &i); return (n * INT_MAX) + i
-** but there are some numerical subtleties.
-** In a two-complement representation, INT_MAX does not has an exact
-** representation as a float, but INT_MIN does; because the absolute
-** value of 'frexp' is smaller than 1 (unless 'n' is inf/NaN), the
-** absolute value of the product 'frexp * -INT_MIN' is smaller or equal
-** to INT_MAX. Next, the use of 'unsigned int' avoids overflows when
-** adding 'i'; the use of '~u' (instead of '-u') avoids problems with
-** INT_MIN.
+** luametrics: numbers are hashed with a secret of the process. Lua's own hashes are
+** public: `j * (2^K - 1)` for every j lands in one slot of a 2^K-slot table, and floats
+** equal in their top 31 mantissa bits hash alike, so a script could make a resize walk one
+** chain per key, quadratic work inside one VM instruction where no hook can stop it
+** (adversary round 13: 2^16 keys kept an engine's thread in C for minutes). Keyed
+** with random bits the kernel gives each process (AT_RANDOM) through two rounds of
+** MurmurHash3's finalizer, a collision set cannot be computed without the secret. Not a
+** cryptographic defence; the pool's bound on abandoned threads is the backstop.
 */
-#if !defined(l_hashfloat)
-static int l_hashfloat (lua_Number n) {
-  int i;
-  lua_Integer ni;
-  n = l_mathop(frexp)(n, &i) * -cast_num(INT_MIN);
-  if (!lua_numbertointeger(n, &ni)) {  /* is 'n' inf/-inf/NaN? */
-    lua_assert(luai_numisnan(n) || l_mathop(fabs)(n) == cast_num(HUGE_VAL));
-    return 0;
-  }
-  else {  /* normal case */
-    unsigned int u = cast_uint(i) + cast_uint(ni);
-    return cast_int(u <= cast_uint(INT_MAX) ? u : ~u);
-  }
-}
+#include <string.h>
+#include <time.h>
+#if defined(__linux__)
+#include <sys/auxv.h>
 #endif
+
+static lua_Unsigned luametrics_seed[2];
+
+__attribute__((constructor))
+static void luametrics_init_seed (void) {
+  lua_Unsigned a = (lua_Unsigned)(size_t)&luametrics_seed;
+  lua_Unsigned b = (lua_Unsigned)time(NULL) * 0x9e3779b97f4a7c15ULL;
+#if defined(__linux__)
+  const unsigned char *r = (const unsigned char *)getauxval(AT_RANDOM);
+  if (r != NULL) {
+    lua_Unsigned x, y;
+    memcpy(&x, r, sizeof(x));
+    memcpy(&y, r + 8, sizeof(y));
+    a ^= x;
+    b ^= y;
+  }
+#endif
+  luametrics_seed[0] = a;
+  luametrics_seed[1] = b | 1;
+}
+
+static lua_Unsigned luametrics_fmix (lua_Unsigned x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  x ^= x >> 33;
+  return x;
+}
+
+static lua_Unsigned luametrics_keyhash (lua_Unsigned x) {
+  return luametrics_fmix(luametrics_fmix(x ^ luametrics_seed[0]) ^ luametrics_seed[1]);
+}
+
+static Node *hashint (const Table *t, lua_Integer i) {
+  return hashpow2(t, luametrics_keyhash(l_castS2U(i)));
+}
+
+/* luametrics: every bit of a float key counts (equal floats have equal bits here: a float
+   key with an integral value is stored as an integer, and NaN is never a key). */
+static Node *hashflt (const Table *t, lua_Number n) {
+  lua_Unsigned u = 0;
+  memcpy(&u, &n, sizeof(n) < sizeof(u) ? sizeof(n) : sizeof(u));
+  return hashpow2(t, luametrics_keyhash(u));
+}
+
+
+/* luametrics: Lua's 'l_hashfloat' (the top 31 bits of the mantissa and the exponent)
+   gave way to 'hashflt' above. */
 
 
 /*
@@ -156,7 +183,7 @@ static Node *mainpositionTV (const Table *t, const TValue *key) {
     }
     case LUA_VNUMFLT: {
       lua_Number n = fltvalue(key);
-      return hashmod(t, l_hashfloat(n));
+      return hashflt(t, n);
     }
     case LUA_VSHRSTR: {
       TString *ts = tsvalue(key);
