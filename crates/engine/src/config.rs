@@ -85,8 +85,10 @@ pub struct PoolSettings {
     pub wait_timeout_ms: u64,
     /// How often pool gauges and counters are recorded.
     pub sample_interval_ms: u64,
-    /// Abandoned executions still stuck on their threads past which `/readyz` reports the
-    /// service not ready (each holds a thread and a Lua state until its C call returns).
+    /// Abandoned executions still stuck on their threads that get a thread in their place
+    /// (each holds a thread and a Lua state until its C call returns); past it `/readyz`
+    /// reports the service not ready and further stuck executions keep their places, so the
+    /// pool shrinks instead of the process growing.
     pub max_abandoned: usize,
     /// Executions one tenant may have waiting for an engine; past it the next is refused
     /// (`queue_full`) instead of lengthening everyone's wait.

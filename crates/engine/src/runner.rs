@@ -121,19 +121,22 @@ impl Runners {
             }
             return false;
         }
-        {
-            self.threads.fetch_add(1, SeqCst);
-            let me = self.clone();
-            let started = std::thread::Builder::new()
-                .name("luametrics-engine".into())
-                .spawn(move || me.work());
-            if started.is_err() {
-                // The task stays queued for a runner that frees up; past its time limit and
-                // grace the caller gets a timeout like any execution that did not return.
-                self.threads.fetch_sub(1, SeqCst);
-            }
-        }
+        self.start();
         false
+    }
+
+    /// Starts a runner thread.
+    fn start(self: &Arc<Self>) {
+        self.threads.fetch_add(1, SeqCst);
+        let me = self.clone();
+        let started = std::thread::Builder::new()
+            .name("luametrics-engine".into())
+            .spawn(move || me.work());
+        if started.is_err() {
+            // The task stays queued for a runner that frees up; past its time limit and
+            // grace the caller gets a timeout like any execution that did not return.
+            self.threads.fetch_sub(1, SeqCst);
+        }
     }
 
     /// Called by a task on its runner when it has no more work and is about to hand its
@@ -206,6 +209,13 @@ impl Runners {
                     self.spinning.fetch_sub(1, SeqCst);
                 }
                 self.threads.fetch_sub(1, SeqCst);
+                // Work queued while every thread was stuck (past the pool's bound on
+                // abandoned threads) gets a fresh thread in this one's place: nothing else
+                // would start one for it.
+                let awake = self.spinning.load(SeqCst) + self.sleeping.load(SeqCst);
+                if self.queued.load(SeqCst) > awake {
+                    self.start();
+                }
                 return;
             }
         }
