@@ -43,7 +43,8 @@ pub enum RejectReason {
     NameLimit,
     /// A host's point names a tenant id [`crate::check_tenant`] refuses.
     InvalidTenant,
-    /// A host's point carries a timestamp outside years 1970 to 9999.
+    /// A host's point carries a timestamp before 1970, or more than a minute (two windows,
+    /// when longer) ahead of the service's clock.
     InvalidTimestamp,
     /// A metric new to its tenant: the memory bound (`recorder.max_memory_bytes`) has no room
     /// for the names it would hold. Asked again when room comes back.

@@ -118,7 +118,7 @@ impl MetricsService {
             .catalog
             .check(name, kind, &tags)
             .and(value_ok)
-            .and_then(|_| check_origin(tenant, source, ts))
+            .and_then(|_| check_origin(tenant, source, ts, self.latest_timestamp()))
             .and_then(|_| tenant_tag(&tags, tenant))
             .and_then(|_| inner.config.policy.check_system_tags(&tags))
             // Hosts may record names outside the catalog: their exported names are claimed
@@ -338,12 +338,40 @@ impl MetricsService {
 
 /// Latest timestamp a host may give a point: the end of year 9999 (ms since the epoch).
 const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
+/// How far ahead of the service's clock a host's point may be, at least (two windows when
+/// they are longer): a clock a little ahead is fine, a point years ahead held its window
+/// (and its share of the memory bound) until shutdown.
+const MAX_AHEAD_MS: i64 = 60_000;
+
+impl MetricsService {
+    /// The latest timestamp a host's point may carry now (see [`MAX_AHEAD_MS`]): adversary
+    /// round 13 filled an 8 MiB bound, reserve included, with ~11k points dated year 9892,
+    /// whose windows never sealed: every new tenant's first point was dropped and `/readyz`
+    /// was not ready until shutdown.
+    fn latest_timestamp(&self) -> i64 {
+        let window = self
+            .inner
+            .config
+            .settings
+            .window_ms
+            .min(i64::MAX as u64 / 4) as i64;
+        let ahead = MAX_AHEAD_MS.max(2 * window);
+        (self.inner.config.clock)()
+            .saturating_add(ahead)
+            .min(MAX_TIMESTAMP_MS)
+    }
+}
 
 /// The host-given parts of a system point that no catalog checks: its tenant (the same rule as
 /// executions and read tokens), its source (a short printable label) and its timestamp (a
-/// calendar date: a far-future window would never expire, an extreme one overflowed the window
-/// arithmetic).
-fn check_origin(tenant: Option<&str>, source: Option<&str>, ts: i64) -> Result<(), RejectReason> {
+/// calendar date, at most `latest`: a far-future window would not expire, an extreme one
+/// overflowed the window arithmetic).
+fn check_origin(
+    tenant: Option<&str>,
+    source: Option<&str>,
+    ts: i64,
+    latest: i64,
+) -> Result<(), RejectReason> {
     if let Some(t) = tenant {
         luametrics_model::check_tenant(t).map_err(|_| RejectReason::InvalidTenant)?;
     }
@@ -352,7 +380,7 @@ fn check_origin(tenant: Option<&str>, source: Option<&str>, ts: i64) -> Result<(
             return Err(RejectReason::InvalidTags);
         }
     }
-    if !(0..=MAX_TIMESTAMP_MS).contains(&ts) {
+    if !(0..=latest).contains(&ts) {
         return Err(RejectReason::InvalidTimestamp);
     }
     Ok(())
