@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 pub struct EngineSettings {
     /// Wall-time limit of one execution.
     pub time_limit_ms: u64,
-    /// Lua heap limit of one engine.
+    /// Lua heap one execution may allocate above what its engine holds when it starts (at
+    /// most `recycle_memory_bytes` after a collection), so what other tenants left cached on
+    /// the engine never shrinks an execution's allowance.
     pub memory_limit_bytes: usize,
     /// The time limit is checked every this many VM instructions.
     pub hook_instructions: u32,

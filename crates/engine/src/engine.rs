@@ -178,6 +178,14 @@ impl HeapBox {
         // SAFETY: valid until drop; read between executions only.
         unsafe { &*self.0 }
     }
+
+    /// Gives the execution about to start `limit` bytes above what the heap holds now.
+    fn limit_from_now(&mut self, limit: usize) {
+        // SAFETY: valid until drop; no Lua runs between executions, so the allocator does not
+        // use it meanwhile, and `&mut self` excludes every other reader here.
+        let heap = unsafe { &mut *self.0 };
+        heap.limit_from_now(limit);
+    }
 }
 
 impl Drop for HeapBox {
@@ -570,6 +578,12 @@ impl Engine {
         context: &Json,
         marks: &mut Marks,
     ) -> Result<Json, ScriptError> {
+        // The limit is the execution's own: what the engine holds already (other tenants'
+        // cached verdicts, garbage not yet collected: at most `recycle_memory_bytes` after a
+        // collection) does not shrink it (adversary round 13: a tenant's 15 MB allocation
+        // failed or not depending on what another tenant had cached on the same engine, which
+        // also told it how many series that tenant used).
+        self.heap.limit_from_now(self.settings.memory_limit_bytes);
         let function = self.compiled(script)?;
         let depth = self.settings.max_depth;
         let invalid = |problem: String| ScriptError::InvalidEvent { problem };

@@ -67,6 +67,11 @@ impl Heap {
     pub(crate) fn used(&self) -> usize {
         self.used
     }
+
+    /// Allows `limit` bytes above what is in use now (an execution's own allowance).
+    pub(crate) fn limit_from_now(&mut self, limit: usize) {
+        self.limit = self.used.saturating_add(limit);
+    }
 }
 
 /// Lua's allocator for engines: the same layout as mlua's (so blocks mlua allocated before the

@@ -358,3 +358,41 @@ async fn os_clock_shows_only_the_executions_own_time() {
     let seen = b.result.unwrap().as_f64().unwrap();
     assert!(seen < spent, "B's clock {seen} shows A's {spent}");
 }
+
+// Adversary round 13: what tenant A left cached on an engine (its metrics' verdicts) counted
+// against tenant B's memory limit on the same engine: B's 15 MB allocation succeeded on a
+// clean engine and failed after A recorded 750 series, which also told B roughly how many
+// series A used. An execution's memory limit is now its own, above what the engine holds when
+// it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_cache_does_not_shrink_a_memory_limit() {
+    let (pool, _sink) = pool(roomy());
+    let b = r#"local t = {}
+        local chunk = string.rep("z", 65536 - 32)
+        for i = 1, 15 * 1024 // 64 do t[i] = chunk .. i end
+        return #t"#;
+    let fresh = run(&pool, "tenant_b", b).await;
+    assert_eq!(fresh.result, Ok(json!(240)), "{:?}", fresh.result);
+    for r in 0..3 {
+        let a = run(
+            &pool,
+            "tenant_a",
+            &format!(
+                r#"for i = 1, 250 do
+                     local tags = {{}}
+                     for j = 1, 8 do
+                       tags["k" .. j .. string.rep("x", 30)] =
+                         string.format("v%d_%d_%s", {base} + i, j, string.rep("y", 40))
+                     end
+                     helpers.metrics.count("crossa.series_count", 1, tags)
+                   end"#,
+                base = 100_000_000 + r * 1_000
+            ),
+        )
+        .await;
+        assert!(a.result.is_ok(), "{:?}", a.result);
+    }
+    let after = run(&pool, "tenant_b", b).await;
+    assert_eq!(after.result, fresh.result);
+    assert_eq!(pool.status().created, 1, "one engine served them all");
+}
