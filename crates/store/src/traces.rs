@@ -231,6 +231,13 @@ impl Store {
                    FROM pipeline_traces WHERE 1 = 1",
             );
             let mut params: Vec<Value> = Vec::new();
+            if let Some(s) = status.filter(|s| !matches!(*s, "ok" | "blocked" | "error")) {
+                // No trace has it: answered at once rather than by reading every trace.
+                return Err(StoreError::InvalidQuery(format!(
+                    "unknown trace status `{}`: expected ok, blocked or error",
+                    s.chars().take(32).collect::<String>()
+                )));
+            }
             if let Some(s) = status {
                 params.push(Value::Text(s.to_string()));
                 sql.push_str(&format!(" AND status = ?{}", params.len()));

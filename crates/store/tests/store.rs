@@ -867,3 +867,58 @@ async fn retention_goes_on_without_a_failed_rollup_and_says_why() {
     assert_eq!(report.raw_deleted, 1);
     assert_eq!(store.count_rows().await.unwrap(), 1);
 }
+
+// Adversary round 13: listing a tenant's traces walked every tenant's (no index had the
+// tenant), and a status no trace has walked them all to find nothing: 3 million traces of
+// one tenant made another's list take seconds and told it how many the others had.
+#[tokio::test]
+async fn a_tenants_trace_list_reads_its_own_traces_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let mut traces: Vec<TraceRecord> = (0..300)
+        .map(|i| TraceRecord {
+            tenant: if i % 3 == 0 { "small" } else { "big" }.into(),
+            ..trace(&format!("t{i}"), 1_700_000_000_000 + i)
+        })
+        .collect();
+    traces[0].status = "error".into();
+    store.insert_traces(&traces).await.unwrap();
+    let small = store
+        .list_traces(1_000, None, None, Some("small"))
+        .await
+        .unwrap();
+    assert_eq!(small.len(), 100);
+    assert!(small.iter().all(|t| t.tenant == "small"));
+    let errors = store
+        .list_traces(10, Some("error"), None, Some("small"))
+        .await
+        .unwrap();
+    assert_eq!(errors.len(), 1);
+    match store
+        .list_traces(10, Some("none"), None, Some("small"))
+        .await
+    {
+        Err(StoreError::InvalidQuery(m)) => assert!(m.contains("none"), "{m}"),
+        other => panic!("{:?}", other.map(|t| t.len())),
+    }
+    // The plan of a tenant's list goes through the tenant's index.
+    let db = libsql::Builder::new_local(dir.path().join("m.db"))
+        .build()
+        .await
+        .unwrap();
+    let conn = db.connect().unwrap();
+    let mut rows = conn
+        .query(
+            "EXPLAIN QUERY PLAN SELECT id FROM pipeline_traces WHERE 1 = 1 AND tenant_id = ?1
+              ORDER BY started_at DESC, id DESC LIMIT ?2",
+            libsql::params!["small", 50],
+        )
+        .await
+        .unwrap();
+    let mut plan = String::new();
+    while let Some(r) = rows.next().await.unwrap() {
+        plan.push_str(&r.get::<String>(3).unwrap());
+        plan.push('\n');
+    }
+    assert!(plan.contains("idx_traces_tenant"), "{plan}");
+}
