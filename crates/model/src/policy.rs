@@ -279,8 +279,9 @@ impl TagPolicy {
             return Err(RejectReason::InvalidTags);
         }
         // Prometheus reads an empty label as no label: `{k=""}` and `{}` would be two of our
-        // series but one of its, and a scrape would keep only one of their values.
-        if user && value.is_empty() {
+        // series but one of its, and a scrape would keep only one of their values (a host's
+        // point too: adversary round 13 printed `a_e_total 1` beside `a_e_total{k=""} 1`).
+        if value.is_empty() {
             return Err(RejectReason::InvalidTags);
         }
         // SQLite's text functions stop at NUL (a group_by would merge `a\0b` into `a`), and
@@ -295,8 +296,8 @@ impl TagPolicy {
             return Err(RejectReason::InvalidTags);
         }
         // One visible value, one text: `café` composed and decomposed would be two series
-        // that print alike; and a value of blanks alone reads as none.
-        if user && (!unicode_normalization::is_nfc(value) || value.trim().is_empty()) {
+        // that print alike; and a value of blanks alone reads as none (for every point).
+        if !unicode_normalization::is_nfc(value) || value.trim().is_empty() {
             return Err(RejectReason::InvalidTags);
         }
         // Keys are compared without case: `TENANT="x"` beside the real `tenant` label reads
@@ -311,7 +312,7 @@ impl TagPolicy {
         // A host's tag may not take a label the exposition prints itself (the sample label of
         // histograms and summaries, or a reserved `__` name): two labels of one name would make
         // `/metrics` invalid. (`job` and `instance` stay the host's: Prometheus renames them.)
-        if !user && (key == "le" || key == "quantile" || key.starts_with("__")) {
+        if !user && (lower == "le" || lower == "quantile" || key.starts_with("__")) {
             return Err(RejectReason::ReservedTag);
         }
         if self.is_denied_key(key) {
@@ -706,5 +707,31 @@ mod tests {
             assert_eq!(RejectReason::parse(r.as_str()), Some(r));
             assert_eq!(RejectReason::ALL[r.index()], r);
         }
+    }
+
+    // Adversary round 13: a host's point could carry an empty, blank or decomposed value, or
+    // a sample label in another case (`Le`): `a_e_total 1` printed beside `a_e_total{k=""} 1`,
+    // one series to Prometheus. The value rules hold for every point.
+    #[test]
+    fn a_hosts_tags_meet_the_value_rules_too() {
+        let policy = TagPolicy::default();
+        for (k, v, reason) in [
+            ("k", "", RejectReason::InvalidTags),
+            ("k", "  ", RejectReason::InvalidTags),
+            ("k", "cafe\u{301}", RejectReason::InvalidTags),
+            ("Le", "1", RejectReason::ReservedTag),
+            ("QUANTILE", "1", RejectReason::ReservedTag),
+        ] {
+            assert_eq!(
+                policy.check_system_tags(&tags(&[(k, v)])),
+                Err(reason),
+                "{k}={v:?}"
+            );
+        }
+        // A host keeps `job` and `instance` (Prometheus renames them), and plain values pass.
+        assert_eq!(
+            policy.check_system_tags(&tags(&[("job", "api"), ("k", "caf\u{e9}")])),
+            Ok(())
+        );
     }
 }
