@@ -718,3 +718,29 @@ async fn settings_built_in_code_are_checked_like_a_files() {
     let rt = Runtime::start(f.config()).await.unwrap();
     rt.shutdown().await.unwrap();
 }
+
+// Adversary round 13: a point refused because its metric's names found no room under the
+// memory bound was `rejected` (memory_bound) in the node's report while `/metrics` counted it
+// as dropped. It is dropped in both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn points_whose_names_find_no_room_are_reported_dropped() {
+    let f = Fixture::new(
+        &pipeline("t.names", &[node("a", "a.lua", "")]),
+        &[(
+            "a.lua",
+            "for i = 1, 200 do helpers.metrics.count('t.' .. string.rep('n', 100) .. i .. '_count', 1) end",
+        )],
+    );
+    let mut config = f.config();
+    config.recorder.max_memory_bytes = 64 * 1024;
+    config.recorder.tenant_memory_share = 1.0;
+    config.limits.max_points_per_execution = 250;
+    let rt = Runtime::start(config).await.unwrap();
+    let o = rt.execute("t.names", "acme", json!({})).await.unwrap();
+    let n = &o.nodes[0];
+    assert!(n.dropped > 0, "{n:?}");
+    assert!(!n.rejected.contains_key("memory_bound"), "{n:?}");
+    let rejected: u64 = n.rejected.values().sum();
+    assert_eq!(n.accepted + n.dropped + rejected, 200, "{n:?}");
+    rt.shutdown().await.unwrap();
+}

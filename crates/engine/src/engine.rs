@@ -697,10 +697,18 @@ impl Engine {
         };
         let mut rejections = Vec::new();
         for (reason, n) in rejected.pairs::<String, u64>().flatten() {
-            if let Some(r) = RejectReason::parse(&reason) {
+            let parsed = RejectReason::parse(&reason);
+            if let Some(r) = parsed {
                 rejections.push((r, n));
             }
-            report.rejected.insert(reason, n);
+            // A valid point that found no room (its metric's names, near the memory bound)
+            // is dropped, not rejected: counted so in the report as on `/metrics` (adversary
+            // round 13: the report said rejected where `/metrics` said dropped).
+            if parsed == Some(RejectReason::MemoryBound) {
+                report.dropped += n;
+            } else {
+                report.rejected.insert(reason, n);
+            }
         }
         let warnings: Vec<Warning> = warnings_t
             .sequence_values::<Table>()
