@@ -34,7 +34,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -297,7 +297,11 @@ impl Inner {
             provisional_ms,
         } = job;
         if ticket.released.load(Relaxed) {
-            // Given up on before it started: the waiting side passed the place on already.
+            // Given up on before it started: the waiting side passed the place on already,
+            // or left it to this work (see `write_off`), which gives it on now.
+            if ticket.keep.fetch_or(RUNNER_DONE, SeqCst) & KEEPS_PLACE != 0 {
+                return (Some(grant), None, None);
+            }
             return (None, None, None);
         }
         if ticket.gone.load(Relaxed) {
@@ -339,9 +343,13 @@ impl Inner {
             provisional_ms,
         ));
         if !held.take() {
-            // Abandoned meanwhile: its place went on without it; the engine is written off,
-            // and this thread, demoted, ends.
+            // Abandoned meanwhile: the engine is written off, and this thread, demoted, ends.
+            // Its place went on without it, or (past `max_abandoned`) waited for this call to
+            // return: then it goes on now.
             runner::retire_current();
+            if held.0.keep.fetch_or(RUNNER_DONE, SeqCst) & KEEPS_PLACE != 0 {
+                self.give_back(None);
+            }
             return (None, None, None);
         }
         (Some(Some(engine)), Some(deliver), charge)
@@ -477,6 +485,35 @@ struct Ticket {
     /// The thread running it and its engine's state, while it runs: what writing it off
     /// demotes and starves. Cleared by the runner, under this lock, before its thread may end.
     running_on: Mutex<Option<(i32, Arc<Slot>)>>,
+    /// Past `max_abandoned`, written-off work keeps its place until its call returns: the
+    /// caller sets [`KEEPS_PLACE`], the runner [`RUNNER_DONE`] when the call returns, and
+    /// whichever comes second gives the place back.
+    keep: std::sync::atomic::AtomicU8,
+}
+
+/// The caller wrote the work off and left it its place (see `Ticket::keep`).
+const KEEPS_PLACE: u8 = 1;
+/// The runner's call returned after the work was written off (see `Ticket::keep`).
+const RUNNER_DONE: u8 = 2;
+
+/// Writes off work still running past its caller's patience, with its place claimed by the
+/// caller (`held`): the place goes on to the next work now, unless more than `max_abandoned`
+/// stuck executions are running, when it stays with the stuck one until its call returns
+/// (adversary round 13: passed on every time, each stuck execution got a new thread and kept
+/// its Lua heap, and past the bound on threads new work waited in the runners' unbounded
+/// queue and was reported as a script timeout).
+fn write_off(ticket: &Arc<Ticket>, held: Held) {
+    abandon(ticket);
+    let inner = &ticket.inner;
+    if inner.stats.abandoned_running.load(Relaxed) <= inner.settings.max_abandoned as i64 {
+        held.pass();
+        return;
+    }
+    if ticket.keep.fetch_or(KEEPS_PLACE, SeqCst) & RUNNER_DONE != 0 {
+        // Its call returned meanwhile: the place goes on now after all.
+        held.pass();
+    }
+    // Claimed already: dropping `held` gives nothing back.
 }
 
 /// Marks the ticket's caller gone when its future ends, however it ends. A caller that goes
@@ -508,8 +545,7 @@ impl Drop for CallerGuard {
             tokio::time::sleep_until(deadline.into()).await;
             let held = Held(ticket.clone());
             if held.claim() {
-                abandon(&ticket);
-                held.pass();
+                write_off(&ticket, held);
             }
         });
     }
@@ -845,6 +881,7 @@ impl EnginePool {
             gone: AtomicBool::new(false),
             counted: AtomicBool::new(false),
             running_on: Mutex::new(None),
+            keep: Default::default(),
         });
         let _caller = CallerGuard {
             ticket: ticket.clone(),
@@ -948,11 +985,10 @@ impl EnginePool {
                 // Still running (stuck in a C function): write it off. Its runner drops the
                 // engine when the call returns; its place goes to the next waiter now (after
                 // the count that lets a new runner start).
-                abandon(&ticket);
                 let wait_ms = ticket.started_at(inner.epoch).map_or(0.0, |s| {
                     s.saturating_duration_since(enqueued).as_secs_f64() * 1000.0
                 });
-                held.pass();
+                write_off(&ticket, held);
                 Ok(Ran::Abandoned {
                     wait_ms,
                     total_ms: enqueued.elapsed().as_secs_f64() * 1000.0,

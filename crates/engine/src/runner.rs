@@ -10,7 +10,9 @@
 //! a runner rarely comes back here at all: the pool's task keeps it serving the pool's queue
 //! with the engine it holds. A runner stuck in a C function simply stays busy: the others
 //! serve, and a new runner is started whenever a task waits with no runner awake and fewer
-//! runners than the pool may need (its places plus the abandoned executions still running).
+//! runners than the pool may need (its places plus the abandoned executions still running, at
+//! most `pool.max_abandoned` of them: past it a stuck execution keeps its place). A stuck
+//! runner that finally ends starts another in its place when tasks wait with none awake.
 
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
