@@ -146,14 +146,21 @@ mod tests {
         release.send(()).unwrap();
         let first = first.await.unwrap().unwrap();
         assert_eq!(&first[..], b"encoding 1");
+        // Every body is kept until all are in: the shared body lives only while a response
+        // holds it, and a scrape still to take the lock must find it alive (dropping each as
+        // it came made a late one encode anew, on a busy machine).
+        let mut bodies = Vec::new();
         for o in others {
-            let body = o.await.unwrap().unwrap();
+            bodies.push(o.await.unwrap().unwrap());
+        }
+        for body in &bodies {
             assert_eq!(
                 &body[..],
                 b"encoding 2",
                 "a waiting scrape encoded on its own"
             );
         }
+        drop(bodies);
         assert_eq!(encodes.load(SeqCst), 2);
 
         // Once every response is gone, the body is too: a later scrape encodes afresh.
