@@ -695,6 +695,9 @@ struct Activity {
     /// The request in flight is safe to cut (GET, HEAD, OPTIONS: the client may ask again,
     /// nothing was done for it that asking again would do twice).
     safe: std::sync::atomic::AtomicBool,
+    /// A write to the client is waiting for it to read (see [`WriteDeadline`]): an answer
+    /// hyper took whole into its buffer is still on its way, not an idle connection.
+    writing: std::sync::atomic::AtomicBool,
 }
 
 /// How long a request may have been receiving its body before its connection may be closed
@@ -825,9 +828,9 @@ impl Peers {
             candidates.sort_by_key(|c| std::cmp::Reverse(c.1));
             let idle = candidates.iter().find_map(|(peer, _)| {
                 let conns = table.peers.get(peer)?;
-                let at = conns
-                    .iter()
-                    .position(|(_, h, a)| h.is_some() && a.busy.load(Relaxed) == 0)?;
+                let at = conns.iter().position(|(_, h, a)| {
+                    h.is_some() && a.busy.load(Relaxed) == 0 && !a.writing.load(Relaxed)
+                })?;
                 Some((*peer, at))
             });
             let slow = || {
@@ -926,7 +929,8 @@ impl Drop for InFlight {
 /// written (or the answer is dropped): an execution whose answer a slow client has not read
 /// yet is still in flight, never an idle connection to close at the cap (before, the request
 /// left the count when its answer was ready, and a finished execution's answer could be cut).
-/// A client that stops reading altogether meets the write timeout instead.
+/// What hyper took into its buffer and the socket has not taken yet is `Activity::writing`
+/// ([`WriteDeadline`]). A client that stops reading altogether meets the write timeout.
 struct Sending {
     inner: axum::body::Body,
     in_flight: Option<InFlight>,
@@ -1002,6 +1006,8 @@ struct WriteDeadline {
     io: tokio::net::TcpStream,
     limit: Duration,
     stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// What the connection is doing: `writing` while a write waits for the client.
+    activity: Arc<Activity>,
 }
 
 impl WriteDeadline {
@@ -1013,10 +1019,19 @@ impl WriteDeadline {
         use std::task::Poll;
         match polled {
             Poll::Ready(r) => {
-                self.stalled = None;
+                if self.stalled.take().is_some() {
+                    self.activity
+                        .writing
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                }
                 Poll::Ready(r)
             }
             Poll::Pending => {
+                if self.stalled.is_none() {
+                    self.activity
+                        .writing
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 let limit = self.limit;
                 let timer = self
                     .stalled
@@ -1153,6 +1168,7 @@ async fn accept_loop(
             io: stream,
             limit: write_timeout,
             stalled: None,
+            activity: place.activity.clone(),
         };
         let conn = builder.serve_connection(TokioIo::new(io), service);
         let conn = graceful.watch(conn);
@@ -1364,5 +1380,31 @@ mod peers_tests {
         assert_eq!(activity.busy.load(Relaxed), 1);
         drop(unsent);
         assert_eq!(activity.busy.load(Relaxed), 0);
+    }
+
+    // Reviewer finding: an answer hyper took whole into its buffer, still waiting for a client
+    // that does not read, left the connection looking idle, so it was closed at the cap. A
+    // write waiting for its client keeps the connection from being taken as idle.
+    #[tokio::test]
+    async fn a_connection_still_writing_is_not_idle() {
+        let peers = Peers::default();
+        let (a1, a1_task) = connect(&peers, "127.0.0.2").unwrap();
+        let (a2, a2_task) = connect(&peers, "127.0.0.2").unwrap();
+        let (b1, _t3) = connect(&peers, "127.0.0.3").unwrap();
+        let (b2, _t4) = connect(&peers, "127.0.0.3").unwrap();
+        in_flight(&b1, false);
+        in_flight(&b2, false);
+        a1.activity.writing.store(true, Relaxed);
+        let (c, _t5) = connect(&peers, "127.0.0.4").expect("the idle connection's place");
+        assert!(a2_task.await.unwrap_err().is_cancelled());
+        in_flight(&c, false);
+        // Only a connection still writing is left to take: the next new client is refused.
+        assert!(connect(&peers, "127.0.0.5").is_none());
+        assert!(!a1_task.is_finished());
+        // Written, it is idle.
+        a1.activity.writing.store(false, Relaxed);
+        assert!(connect(&peers, "127.0.0.5").is_some());
+        assert!(a1_task.await.unwrap_err().is_cancelled());
+        drop((a2, b1, b2));
     }
 }
