@@ -111,35 +111,20 @@ static const TValue absentkey = {ABSTKEYCONSTANT};
 ** equal in their top 31 mantissa bits hash alike, so a script could make a resize walk one
 ** chain per key, quadratic work inside one VM instruction where no hook can stop it
 ** (adversary round 13: 2^16 keys kept an engine's thread in C for minutes). Keyed
-** with random bits the kernel gives each process (AT_RANDOM) through two rounds of
-** MurmurHash3's finalizer, a collision set cannot be computed without the secret. Not a
-** cryptographic defence; the pool's bound on abandoned threads is the backstop.
+** with random bits from the kernel (getrandom) through two rounds of MurmurHash3's
+** finalizer, a collision set cannot be computed in advance. Not a cryptographic defence:
+** the secret lasts as long as the process and `next` order shows where keys land, so a
+** patient tenant could still learn about it; it raises the cost, and the pool's bound on
+** abandoned threads is the backstop.
 */
 #include <string.h>
 #include <time.h>
 #if defined(__linux__)
 #include <sys/auxv.h>
+#include <sys/random.h>
 #endif
 
 static lua_Unsigned luametrics_seed[2];
-
-__attribute__((constructor))
-static void luametrics_init_seed (void) {
-  lua_Unsigned a = (lua_Unsigned)(size_t)&luametrics_seed;
-  lua_Unsigned b = (lua_Unsigned)time(NULL) * 0x9e3779b97f4a7c15ULL;
-#if defined(__linux__)
-  const unsigned char *r = (const unsigned char *)getauxval(AT_RANDOM);
-  if (r != NULL) {
-    lua_Unsigned x, y;
-    memcpy(&x, r, sizeof(x));
-    memcpy(&y, r + 8, sizeof(y));
-    a ^= x;
-    b ^= y;
-  }
-#endif
-  luametrics_seed[0] = a;
-  luametrics_seed[1] = b | 1;
-}
 
 static lua_Unsigned luametrics_fmix (lua_Unsigned x) {
   x ^= x >> 33;
@@ -148,6 +133,34 @@ static lua_Unsigned luametrics_fmix (lua_Unsigned x) {
   x *= 0xc4ceb9fe1a85ec53ULL;
   x ^= x >> 33;
   return x;
+}
+
+__attribute__((constructor))
+static void luametrics_init_seed (void) {
+  lua_Unsigned s[2] = {
+    (lua_Unsigned)(size_t)&luametrics_seed,
+    (lua_Unsigned)time(NULL) * 0x9e3779b97f4a7c15ULL
+  };
+#if defined(__linux__)
+  /* The kernel's random source; if it cannot answer (very early boot, seccomp), the
+     AT_RANDOM bytes, mixed first: they are also glibc's stack canary and pointer guard,
+     which must not be handed to a table's layout as they are. */
+  lua_Unsigned r[2];
+  if (getrandom(r, sizeof(r), GRND_NONBLOCK) == (ssize_t)sizeof(r)) {
+    s[0] ^= r[0];
+    s[1] ^= r[1];
+  }
+  else {
+    const unsigned char *a = (const unsigned char *)getauxval(AT_RANDOM);
+    if (a != NULL) {
+      memcpy(r, a, sizeof(r));
+      s[0] ^= luametrics_fmix(r[0] ^ 0x243f6a8885a308d3ULL);
+      s[1] ^= luametrics_fmix(r[1] ^ 0x13198a2e03707344ULL);
+    }
+  }
+#endif
+  luametrics_seed[0] = s[0];
+  luametrics_seed[1] = s[1] | 1;
 }
 
 static lua_Unsigned luametrics_keyhash (lua_Unsigned x) {
