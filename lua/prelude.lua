@@ -15,7 +15,7 @@ local rawlen = rawlen
 local raw_pcall = pcall
 local s_byte, s_sub, s_find, s_match, s_gmatch, s_gsub = string.byte, string.sub, string.find,
   string.match, string.gmatch, string.gsub
-local m_log, m_randomseed = math.log, math.randomseed
+local m_log, m_randomseed, maxinteger = math.log, math.randomseed, math.maxinteger
 
 local validate, take, reset, bind = host.validate, host.take, host.reset, host.bind
 local max_verdicts = limits.max_verdicts
@@ -112,7 +112,9 @@ end
 -- `__metatable` field says): their length may be a lying `__len`, so the table functions below
 -- measure it once and never let C measure it again, and a missing key may walk a chain of
 -- `__index` tables in C, which the functions below charge.
-local metatabled = setmetatable({}, { __mode = "k" })
+-- (Weak keys and values: the vendored Lua traverses tables with weak keys only as strong ones,
+-- and this table lives as long as the engine.)
+local metatabled = setmetatable({}, { __mode = "kv" })
 
 -- Finalizers would run later, in another tenant's execution or outside any time limit.
 local function safe_setmetatable(t, mt)
@@ -169,7 +171,12 @@ local function check_chain(what, n, t, field, t2, field2)
       if nx == nil then break end
       hops = hops + 1
       for _ in next, mt do w = w + 1 end
-      if type(nx) ~= "table" then break end
+      if type(nx) ~= "table" then
+        -- Lua runs at each access, and may change any chain the C call walks next
+        -- (adversary round 14: an `__index` function that swapped in a chain of 1,999
+        -- tables kept a `table.move` in C for 1.5 s): the caller loops in Lua instead.
+        return true
+      end
       cur = nx
     end
     d = d + hops
@@ -179,6 +186,7 @@ local function check_chain(what, n, t, field, t2, field2)
       .. " tables (" .. w .. " metatable entries) exceed the sandbox limit of "
       .. max_chain_steps .. " steps", 3)
   end
+  return false
 end
 
 -- A script-visible length: `#t` once (a lying `__len` is asked once, in Lua, under the time
@@ -263,7 +271,18 @@ local function safe_move(a1, f, e, t, a2)
   if fi and ei and ei >= fi and type(a1) == "table" then
     local dest = a2
     if dest == nil then dest = a1 end
-    check_chain("table.move", ei - fi + 1, a1, "__index", type(dest) == "table" and dest or nil, "__newindex")
+    if check_chain("table.move", ei - fi + 1, a1, "__index", type(dest) == "table" and dest or nil, "__newindex") then
+      -- A metamethod function on the way: every access in Lua, under the time limit. All
+      -- read first, then written, as C's move does for overlapping ranges.
+      local ti = tointeger(t)
+      -- C raises its own argument errors (a position that is not an integer, a wrap-around)
+      -- before it moves anything.
+      if ti == nil or ti > maxinteger - (ei - fi) then return t_move(a1, f, e, t, a2) end
+      local c = {}
+      for i = fi, ei do c[i - fi + 1] = a1[i] end
+      for k = 1, ei - fi + 1 do dest[ti + k - 1] = c[k] end
+      return dest
+    end
   end
   return t_move(a1, f, e, t, a2)
 end
@@ -275,19 +294,25 @@ local function bounds(t, i, j, what)
   if ii and jj and jj >= ii and span(ii, jj) > max_elements then
     refuse(what .. ": elements", span(ii, jj), max_elements)
   end
-  if ii and jj and jj >= ii and metatabled[t] then check_chain(what, jj - ii + 1, t, "__index") end
-  return i, j
+  if ii and jj and jj >= ii and metatabled[t] and check_chain(what, jj - ii + 1, t, "__index") then
+    -- A metamethod function on the way (see `check_chain`): the elements are read in Lua
+    -- into a plain table, which C then reads.
+    local c = {}
+    for k = ii, jj do c[k - ii + 1] = t[k] end
+    return 1, jj - ii + 1, c
+  end
+  return i, j, t
 end
 
 local function safe_concat(t, sep, i, j)
   if type(t) ~= "table" then return t_concat(t, sep, i, j) end
-  i, j = bounds(t, i, j, "table.concat")
+  i, j, t = bounds(t, i, j, "table.concat")
   return t_concat(t, sep == nil and "" or sep, i, j)
 end
 
 local function safe_unpack(t, i, j)
   if type(t) ~= "table" then return t_unpack(t, i, j) end
-  i, j = bounds(t, i, j, "table.unpack")
+  i, j, t = bounds(t, i, j, "table.unpack")
   return t_unpack(t, i, j)
 end
 
@@ -304,13 +329,29 @@ local function check_sort_cost(t, n)
   end
 end
 
+-- Whether sorting `t`'s first n elements runs no Lua: no comparator, and only strings and
+-- numbers (no `__lt` to call).
+local function sorts_in_c_alone(t, n, comp)
+  if comp ~= nil then return false end
+  for i = 1, n do
+    local tv = type(rawget(t, i))
+    if tv ~= "string" and tv ~= "number" then return false end
+  end
+  return true
+end
+
 local function safe_sort(t, comp)
   if type(t) ~= "table" then return t_sort(t, comp) end
   if not metatabled[t] then
     local n = rawlen(t)
     if n > max_sort then refuse("table.sort: elements", n, max_sort) end
-    check_sort_cost(t, n)
-    return t_sort(t, comp)
+    -- Where Lua runs during the sort (a comparator, an `__lt`), it could change the table C
+    -- is sorting (adversary round 14: an `__lt` that put a 4 MiB string in every slot kept
+    -- the sort comparing them in C for 37 s): then C sorts a copy Lua cannot reach.
+    if sorts_in_c_alone(t, n, comp) then
+      check_sort_cost(t, n)
+      return t_sort(t, comp)
+    end
   end
   -- Sorted through a plain copy, so C never asks a metatable for the length again.
   local n = measured_len(t, "table.sort")
