@@ -226,6 +226,8 @@ impl Pipelines {
                         format!("`{}` does not compile: {e}", path.display()),
                     )
                 })?;
+                label(&[("script_id", script.id())])
+                    .map_err(|problem| bad(Some(&n.id), "script", problem))?;
                 out.sources.push(path.clone());
                 nodes.push(Node {
                     id: n.id.clone(),
@@ -257,6 +259,8 @@ impl Pipelines {
                     format!("cycle between nodes {}", cycle.join(", ")),
                 )
             })?;
+            label(&[("pipeline_id", &p.id), ("trigger_event", &p.trigger)])
+                .map_err(|problem| bad(None, "id", problem))?;
             out.order.push(p.trigger.clone());
             out.by_trigger.insert(
                 p.trigger.clone(),
@@ -392,6 +396,32 @@ after = ["b", "c"]
         r.unwrap_err().to_string()
     }
 
+    // Reviewer finding: a pipeline id or trigger not in NFC (decomposed, as some editors and
+    // file systems write them) loaded fine, then every point of the pipeline's own metrics
+    // was refused by the recorder's label rules, with one log line.
+    #[test]
+    fn values_that_cannot_label_metrics_are_refused_at_load() {
+        for (from, to, field) in [
+            ("id = \"login\"", "id = \"logi\u{301}n\"", "field `id`"),
+            (
+                "trigger = \"user.login\"",
+                "trigger = \"user\u{200b}.login\"",
+                "field `id`",
+            ),
+        ] {
+            let e = err(&OK.replace(from, to));
+            assert!(e.contains(field) && e.contains("cannot label"), "{e}");
+        }
+        // A script file name that is not NFC.
+        let toml = OK.replace("script = \"b.lua\"", "script = \"be\u{301}.lua\"");
+        let (_d, r) = setup(&toml, &["a.lua", "be\u{301}.lua"]);
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.contains("field `script`") && e.contains("cannot label"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn bad_files_name_file_pipeline_and_field() {
         let e = err(&OK.replace("after = [\"a\"]", "after = [\"d\"]"));
@@ -443,4 +473,25 @@ after = ["b", "c"]
             .to_string();
         assert!(e.contains("/no/such/pipelines.toml"), "{e}");
     }
+}
+
+/// Checks values that label a pipeline's own metrics (`pipeline.exec.duration`,
+/// `script.exec.duration_ms`) as the recorder will: one it refuses (not in Unicode NFC, a
+/// control or invisible character, a shape of personal data) would have every point of those
+/// metrics counted rejected, silently for the operator; refused at load, it is named.
+fn label(tags: &[(&str, &str)]) -> Result<(), String> {
+    let tags: luametrics_model::Tags = tags
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    luametrics_model::TagPolicy::default()
+        .check_system_tags(&tags)
+        .map_err(|reason| {
+            let shown: Vec<String> = tags.iter().map(|(k, v)| format!("{k} = {v:?}")).collect();
+            format!(
+                "{} cannot label the pipeline's metrics ({}): use printable text in Unicode NFC",
+                shown.join(", "),
+                reason.as_str()
+            )
+        })
 }
