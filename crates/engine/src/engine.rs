@@ -723,7 +723,11 @@ impl Engine {
             self.sink.count_user_rejections(&rejections);
             self.sink
                 .count_tenant_rejections(tenant, &rejections, &warnings);
-            for (r, n) in &rejections {
+            // Dropped for room, not rejected: `/metrics` counts those as dropped already.
+            for (r, n) in rejections
+                .iter()
+                .filter(|(r, _)| *r != RejectReason::MemoryBound)
+            {
                 self.sink.record_system(
                     "helpers.metrics.rejected.count",
                     Kind::Counter,

@@ -89,11 +89,22 @@ impl SystemSeries {
     /// Records one value now: the value is checked (finite, and not negative for a counter),
     /// then folded into the series' window.
     pub fn record(&self, value: f64) -> Result<Accepted, Rejected> {
-        self.record_at(value, self.service.now_ms())
+        self.record_when(value, self.service.now_ms())
     }
 
-    /// Records one value at `ts` (ms).
+    /// Records one value at `ts` (ms): a time from 1970 up to a minute (two windows, when
+    /// longer) ahead of the service's clock, as for any host point (`invalid_timestamp`).
     pub fn record_at(&self, value: f64, ts: i64) -> Result<Accepted, Rejected> {
+        if !(0..=self.service.latest_timestamp()).contains(&ts) {
+            return Err(self
+                .service
+                .reject_system(RejectReason::InvalidTimestamp, 1));
+        }
+        self.record_when(value, ts)
+    }
+
+    /// Records one value at a time known to be valid.
+    fn record_when(&self, value: f64, ts: i64) -> Result<Accepted, Rejected> {
         let key = match &self.key {
             Ok(k) => k,
             Err(reason) => return Err(self.service.reject_system(*reason, 1)),

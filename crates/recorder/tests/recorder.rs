@@ -794,6 +794,15 @@ async fn handles_check_once_never_fail_the_caller_and_count_every_refused_point(
     );
     per_tenant.record(3.0).unwrap();
     per_tenant.record(5.0).unwrap();
+    // A host's time through a handle meets the same bounds as a host's point.
+    let now = h.service.now_ms();
+    for ts in [-1, now + 10 * 60_000, i64::MAX] {
+        assert_eq!(
+            per_tenant.record_at(1.0, ts),
+            Err(Rejected::Invalid(RejectReason::InvalidTimestamp)),
+            "{ts}"
+        );
+    }
     h.service.flush().await.unwrap();
     let (n, sum) = stored(&h.store, "auth.login.attempt", None).await;
     assert_eq!((n, sum), (1_002, 1_002.5));

@@ -800,9 +800,15 @@ mod tests {
         assert!(store.tenant_reads.lock().is_empty());
     }
 
-    /// Waits until `n` reads of `tenant` hold or wait for its places.
+    /// Waits until `n` reads of `tenant` hold or wait for its places (a hang detector's
+    /// bound, not a timing check).
     async fn in_line(store: &Store, tenant: &str, n: usize) {
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
+            assert!(
+                tokio::time::Instant::now() < give_up,
+                "{n} reads of {tenant} never got in line"
+            );
             let now = store
                 .tenant_reads
                 .lock()

@@ -348,7 +348,7 @@ impl MetricsService {
     /// round 13 filled an 8 MiB bound, reserve included, with ~11k points dated year 9892,
     /// whose windows never sealed: every new tenant's first point was dropped and `/readyz`
     /// was not ready until shutdown.
-    fn latest_timestamp(&self) -> i64 {
+    pub(crate) fn latest_timestamp(&self) -> i64 {
         let window = self
             .inner
             .config
