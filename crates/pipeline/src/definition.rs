@@ -339,6 +339,27 @@ fn layers(nodes: &[Node]) -> Result<Vec<Vec<usize>>, Vec<String>> {
     Ok(out)
 }
 
+/// Checks values that label a pipeline's own metrics (`pipeline.exec.duration`,
+/// `script.exec.duration_ms`) as the recorder will: one it refuses (not in Unicode NFC, a
+/// control or invisible character, a shape of personal data) would have every point of those
+/// metrics counted rejected, silently for the operator; refused at load, it is named.
+fn label(tags: &[(&str, &str)]) -> Result<(), String> {
+    let tags: luametrics_model::Tags = tags
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    luametrics_model::TagPolicy::default()
+        .check_system_tags(&tags)
+        .map_err(|reason| {
+            let shown: Vec<String> = tags.iter().map(|(k, v)| format!("{k} = {v:?}")).collect();
+            format!(
+                "{} cannot label the pipeline's metrics ({}): use printable text in Unicode NFC",
+                shown.join(", "),
+                reason.as_str()
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,25 +494,4 @@ after = ["b", "c"]
             .to_string();
         assert!(e.contains("/no/such/pipelines.toml"), "{e}");
     }
-}
-
-/// Checks values that label a pipeline's own metrics (`pipeline.exec.duration`,
-/// `script.exec.duration_ms`) as the recorder will: one it refuses (not in Unicode NFC, a
-/// control or invisible character, a shape of personal data) would have every point of those
-/// metrics counted rejected, silently for the operator; refused at load, it is named.
-fn label(tags: &[(&str, &str)]) -> Result<(), String> {
-    let tags: luametrics_model::Tags = tags
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    luametrics_model::TagPolicy::default()
-        .check_system_tags(&tags)
-        .map_err(|reason| {
-            let shown: Vec<String> = tags.iter().map(|(k, v)| format!("{k} = {v:?}")).collect();
-            format!(
-                "{} cannot label the pipeline's metrics ({}): use printable text in Unicode NFC",
-                shown.join(", "),
-                reason.as_str()
-            )
-        })
 }
