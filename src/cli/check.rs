@@ -62,6 +62,10 @@ pub(crate) async fn check(
         },
         sink.clone(),
     )?;
+    // Compiled before it runs, as a pipeline's scripts are when loaded: a script that takes
+    // long to compile (Lua's compiler is quadratic on some inputs) then costs its time here,
+    // once, not inside the execution, past its limit. A syntax error is reported by the run.
+    let _ = source.check_syntax();
     let ex = pool.execute(&source, &tenant, &event, &context).await?;
     let points: Vec<serde_json::Value> = sink
         .points

@@ -385,32 +385,43 @@ impl Engine {
         if self.cache.len() >= self.settings.compile_cache_size.max(1) {
             self.cache.clear();
         }
-        let function = self
-            .lua
-            .load(&**script.source())
-            .set_name(format!("={}", script.id()))
-            .set_mode(ChunkMode::Text)
-            .into_function()
-            .map_err(|e| {
-                // Out of memory while compiling (a huge chunk, or a starved engine) is a
-                // memory error, typed by Lua's status, not a syntax error.
-                if matches!(root(&e), mlua::Error::MemoryError(_)) {
-                    return ScriptError::Memory {
-                        script: script.id().to_string(),
-                        limit_bytes: self.settings.memory_limit_bytes,
-                    };
-                }
-                let message = match &e {
-                    mlua::Error::SyntaxError { message, .. } => message.clone(),
-                    other => other.to_string(),
-                };
-                let (line, message) = split_location(&message, script.id());
-                ScriptError::Syntax {
+        // Our own chunk, compiled by this process from the same source: loading it is
+        // linear in its size, where compiling may not be (see `Script::bytecode`).
+        let loaded = match script.bytecode() {
+            Some(chunk) => self
+                .lua
+                .load(&chunk[..])
+                .set_name(format!("={}", script.id()))
+                .set_mode(ChunkMode::Binary)
+                .into_function(),
+            None => self
+                .lua
+                .load(&**script.source())
+                .set_name(format!("={}", script.id()))
+                .set_mode(ChunkMode::Text)
+                .into_function(),
+        };
+        let function = loaded.map_err(|e| {
+            // Out of memory while compiling (a huge chunk, or a starved engine) is a
+            // memory error, typed by Lua's status, not a syntax error.
+            if matches!(root(&e), mlua::Error::MemoryError(_)) {
+                return ScriptError::Memory {
                     script: script.id().to_string(),
-                    line,
-                    message: bounded_text(&printable(&message), MAX_LINE_BYTES),
-                }
-            })?;
+                    limit_bytes: self.settings.memory_limit_bytes,
+                };
+            }
+            let message = match &e {
+                mlua::Error::SyntaxError { message, .. } => message.clone(),
+                other => other.to_string(),
+            };
+            let (line, message) = split_location(&message, script.id());
+            ScriptError::Syntax {
+                script: script.id().to_string(),
+                line,
+                message: bounded_text(&printable(&message), MAX_LINE_BYTES),
+            }
+        })?;
+        script.keep_bytecode(&function);
         self.cache.insert(
             script.hash(),
             Compiled {

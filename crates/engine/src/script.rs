@@ -42,6 +42,12 @@ pub struct Script {
     id: Arc<str>,
     source: Arc<str>,
     hash: u64,
+    /// The compiled chunk, once compiled anywhere (by [`Script::check_syntax`] or an engine),
+    /// shared by every clone: engines load it (linear in its size) instead of compiling the
+    /// source again. Lua's compiler is quadratic on some inputs (a chain of 80,000 `and`
+    /// operands took 7.9 s, in C, outside any execution's deadline: adversary round 15, each
+    /// fresh engine compiling again, each time abandoned).
+    compiled: Arc<std::sync::OnceLock<Arc<[u8]>>>,
 }
 
 impl Script {
@@ -54,6 +60,19 @@ impl Script {
             id: id.into(),
             hash: h.finish(),
             source,
+            compiled: Arc::default(),
+        }
+    }
+
+    /// The compiled chunk, if this script (or a clone) was compiled already.
+    pub(crate) fn bytecode(&self) -> Option<&Arc<[u8]>> {
+        self.compiled.get()
+    }
+
+    /// Keeps the compiled chunk for every clone of this script.
+    pub(crate) fn keep_bytecode(&self, function: &mlua::Function) {
+        if self.compiled.get().is_none() {
+            let _ = self.compiled.set(Arc::from(function.dump(false)));
         }
     }
 
@@ -84,7 +103,8 @@ impl Script {
 
     /// Compiles the script (text only, nothing run) in a bare Lua state, so a definitions file
     /// whose script does not compile is refused when it is loaded, with the script's line,
-    /// rather than failing every execution of its node.
+    /// rather than failing every execution of its node; the compiled chunk is kept for the
+    /// engines.
     pub fn check_syntax(&self) -> Result<(), crate::ScriptError> {
         let syntax = |line: Option<u32>, message: String| crate::ScriptError::Syntax {
             script: self.id.to_string(),
@@ -99,7 +119,10 @@ impl Script {
             .set_mode(mlua::chunk::ChunkMode::Text)
             .into_function()
         {
-            Ok(_) => Ok(()),
+            Ok(f) => {
+                self.keep_bytecode(&f);
+                Ok(())
+            }
             Err(e) => {
                 let text = match &e {
                     mlua::Error::SyntaxError { message, .. } => message.clone(),

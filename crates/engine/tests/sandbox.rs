@@ -566,3 +566,45 @@ async fn library_argument_errors_read_as_luas_own() {
         ]))
     );
 }
+
+// Adversary round 15: Lua's compiler is quadratic on some inputs (80,000 `and` operands: 7.9 s
+// in C, outside any deadline), and every fresh engine compiled the source again. A script is
+// compiled once (when its pipeline loads, or by the first engine) and engines load the chunk.
+// It behaves as the source does: globals fresh per execution, errors with the script's lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_run_the_chunk_compiled_once_as_the_source() {
+    let (pool, _sink) = pool_with(
+        EngineSettings {
+            time_limit_ms: 20_000,
+            ..EngineSettings::default()
+        },
+        2,
+    );
+    let script = Script::new(
+        "chunk.lua",
+        "seen = (seen or 0) + 1\nlocal n = event.n\nif n < 0 then error('negative') end\nreturn { context = { n = n, seen = seen } }",
+    );
+    script.check_syntax().unwrap();
+    for n in [1, 2, 3] {
+        let ex = pool
+            .execute(&script, "acme", &json!({ "n": n }), &json!({}))
+            .await
+            .unwrap();
+        assert_eq!(ex.result, Ok(json!({ "context": { "n": n, "seen": 1 } })));
+    }
+    let ex = pool
+        .execute(&script, "acme", &json!({ "n": -1 }), &json!({}))
+        .await
+        .unwrap();
+    match ex.result {
+        Err(ScriptError::Runtime {
+            script,
+            line,
+            message,
+        }) => {
+            assert_eq!((script.as_str(), line), ("chunk.lua", Some(3)));
+            assert!(message.contains("negative"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -314,7 +314,13 @@ impl Runtime {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    if let Err(e) = registry.reload_if_changed() {
+                    // Reading and compiling the scripts blocks (compiling a large script can
+                    // take seconds): on a thread meant to block, never an async worker.
+                    let registry = registry.clone();
+                    let reloaded =
+                        tokio::task::spawn_blocking(move || registry.reload_if_changed()).await;
+                    let Ok(reloaded) = reloaded else { continue };
+                    if let Err(e) = reloaded {
                         tracing::warn!(
                             error = %e,
                             "pipelines not reloaded, previous definitions stay in force"
