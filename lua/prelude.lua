@@ -15,7 +15,7 @@ local rawlen = rawlen
 local raw_pcall = pcall
 local s_byte, s_sub, s_find, s_match, s_gmatch, s_gsub = string.byte, string.sub, string.find,
   string.match, string.gmatch, string.gsub
-local m_log, m_randomseed, maxinteger = math.log, math.randomseed, math.maxinteger
+local m_log, m_randomseed, maxinteger, m_ult = math.log, math.randomseed, math.maxinteger, math.ult
 
 local validate, take, reset, bind = host.validate, host.take, host.reset, host.bind
 local max_verdicts = limits.max_verdicts
@@ -247,14 +247,16 @@ local function safe_remove(t, ...)
     p = tointeger((...))
     if p == nil then return t_remove(t, ...) end -- C raises its own argument error
   end
-  if nargs == 1 and n + 1 ~= p and (p < 1 or p > n + 1) and not (n == 0 and p == 0) then
+  -- As C checks it: a position other than the length must be in 1..n+1, compared unsigned.
+  if p ~= n and m_ult(n, p - 1) then
     error("bad argument #2 to 'remove' (position out of bounds)", 2)
   end
   if n - p > max_elements then refuse("table.remove: elements to shift", n - p, max_elements) end
   if not metatabled[t] then return t_remove(t, p) end
   local v = t[p]
   for i = p, n - 1 do t[i] = t[i + 1] end
-  if p <= n then t[n] = nil end
+  -- As C ends: the last position it reached is cleared, through `__newindex` if need be.
+  if p <= n then t[n] = nil else t[p] = nil end
   return v
 end
 
@@ -426,9 +428,13 @@ local function safe_format(fmt, ...)
       end
     end
   end
+  -- Every table at a `%s` position, with a metatable or not yet: a `__tostring` run here may
+  -- give a table not converted yet a `__name` of megabytes, which C would then copy for each
+  -- `%s` (adversary round 15: 99,999 `%.0s` of one plain table, named 2 MiB by the last
+  -- argument's `__tostring`, kept `string.format` in C for over 20 s). C gets text only.
   for i = 1, n do
     local v = args[i]
-    if ss[i] and type(v) == "table" and metatabled[v] then
+    if ss[i] and type(v) == "table" then
       v = tostring(v)
       args[i] = v
       total = total + #v
