@@ -608,3 +608,47 @@ async fn engines_run_the_chunk_compiled_once_as_the_source() {
         other => panic!("{other:?}"),
     }
 }
+
+// Adversary round 15: the result is read after the script's deadline, and a table met again
+// was read again, every slot of it, empty ones included: 9,999 references to one emptied
+// table of 2^19 slots took 1.7 s, so the execution was abandoned. A small table met again is
+// copied, not read again (the limit here is far above the work; only re-reading exceeds it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_referring_to_one_table_many_times_is_read_once() {
+    let (pool, _sink) = pool_with(
+        EngineSettings {
+            time_limit_ms: 1_000,
+            abandon_grace_ms: 100,
+            ..EngineSettings::default()
+        },
+        1,
+    );
+    let script = Script::new(
+        "dag.lua",
+        "local big = {}\nfor i = 1, 2 ^ 19 do big[i] = true end\nfor i = 1, 2 ^ 19 do big[i] = nil end\nlocal r = {}\nfor i = 1, 9999 do r[i] = big end\nreturn r",
+    );
+    let ex = pool
+        .execute(&script, "acme", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    let items = match ex.result {
+        Ok(serde_json::Value::Array(items)) => items,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(items.len(), 9_999);
+    assert!(items.iter().all(|v| v == &json!({})));
+    // Copies are charged like reads: past the value budget the result is refused.
+    let too_many = Script::new(
+        "dag2.lua",
+        "local t = { a = 1, b = 2 }\nlocal r = {}\nfor i = 1, 5000 do r[i] = t end\nreturn r",
+    );
+    let ex = pool
+        .execute(&too_many, "acme", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    assert!(
+        matches!(ex.result, Err(ScriptError::InvalidResult { .. })),
+        "{:?}",
+        ex.result
+    );
+}
