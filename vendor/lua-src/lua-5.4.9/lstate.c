@@ -68,10 +68,22 @@ typedef struct LG {
   { size_t t = cast_sizet(e); \
     memcpy(b + p, &t, sizeof(t)); p += sizeof(t); }
 
+#if defined(__linux__)
+#include <sys/random.h>
+#endif
+
 static unsigned int luai_makeseed (lua_State *L) {
   char buff[3 * sizeof(size_t)];
   unsigned int h = cast_uint(time(NULL));
   int p = 0;
+#if defined(__linux__)
+  {  /* luametrics: random bits from the kernel too; the time and the addresses below are
+        what a script can see or guess (tostring shows addresses) */
+    unsigned int r;
+    if (getrandom(&r, sizeof(r), GRND_NONBLOCK) == (ssize_t)sizeof(r))
+      h ^= r;
+  }
+#endif
   addbuff(buff, p, L);  /* heap variable */
   addbuff(buff, p, &h);  /* local variable */
   addbuff(buff, p, &lua_newstate);  /* public function */
