@@ -317,7 +317,7 @@ impl Inner {
         checked_out(&self.stats, wait_ms);
         ticket.counted.store(true, Relaxed);
         ticket.mark_started(self.epoch);
-        let held = Held(ticket);
+        let held = RunnerHeld(Held(ticket));
         let mut engine = match grant {
             Some(e) => e,
             None => match self.build() {
@@ -330,9 +330,9 @@ impl Inner {
             },
         };
         let busy = engine.busy_ns();
-        *held.0.running_on.lock() = Some((runner::current_tid(), engine.slot().clone()));
+        *(held.0).0.running_on.lock() = Some((runner::current_tid(), engine.slot().clone()));
         let deliver = work(Ok(&mut engine), wait_ms);
-        *held.0.running_on.lock() = None;
+        *(held.0).0.running_on.lock() = None;
         let used_ms = engine.busy_ns().saturating_sub(busy) as f64 / 1e6;
         self.budgets.charge(&tenant, used_ms);
         // The fair queue's clock matters only while work waits (a tenant that starts waiting
@@ -345,11 +345,8 @@ impl Inner {
         if !held.take() {
             // Abandoned meanwhile: the engine is written off, and this thread, demoted, ends.
             // Its place went on without it, or (past `max_abandoned`) waited for this call to
-            // return: then it goes on now.
+            // return: then `held` gives it on as it drops.
             runner::retire_current();
-            if held.0.keep.fetch_or(RUNNER_DONE, SeqCst) & KEEPS_PLACE != 0 {
-                self.give_back(None);
-            }
             return (None, None, None);
         }
         (Some(Some(engine)), Some(deliver), charge)
@@ -621,6 +618,28 @@ impl Drop for Held {
     fn drop(&mut self) {
         if self.claim() {
             self.0.inner.give_back(None);
+        }
+    }
+}
+
+/// The runner's hold on a place: however the runner's part ends (answered, the engine not
+/// built, unwinding), a place the caller left to this work when it wrote it off (see
+/// `write_off`) is given on, once.
+struct RunnerHeld(Held);
+
+impl RunnerHeld {
+    fn take(&self) -> bool {
+        self.0.take()
+    }
+}
+
+impl Drop for RunnerHeld {
+    fn drop(&mut self) {
+        let ticket = &(self.0).0;
+        // Claimed here (unwinding before the work was done), or left to this work by the
+        // caller that wrote it off: either way this side gives the place on.
+        if self.0.claim() || ticket.keep.fetch_or(RUNNER_DONE, SeqCst) & KEEPS_PLACE != 0 {
+            ticket.inner.give_back(None);
         }
     }
 }
