@@ -279,7 +279,9 @@ local function safe_move(a1, f, e, t, a2)
       local ti = tointeger(t)
       -- C raises its own argument errors (a position that is not an integer, a wrap-around)
       -- before it moves anything.
-      if ti == nil or ti > maxinteger - (ei - fi) then return t_move(a1, f, e, t, a2) end
+      if ti == nil or ti > maxinteger - (ei - fi) or type(dest) ~= "table" then
+        return t_move(a1, f, e, t, a2)
+      end
       local c = {}
       for i = fi, ei do c[i - fi + 1] = a1[i] end
       for k = 1, ei - fi + 1 do dest[ti + k - 1] = c[k] end
@@ -300,8 +302,8 @@ local function bounds(t, i, j, what)
     -- A metamethod function on the way (see `check_chain`): the elements are read in Lua
     -- into a plain table, which C then reads.
     local c = {}
-    for k = ii, jj do c[k - ii + 1] = t[k] end
-    return 1, jj - ii + 1, c
+    for k = ii, jj do c[k] = t[k] end
+    return ii, jj, c
   end
   return i, j, t
 end

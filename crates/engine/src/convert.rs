@@ -97,17 +97,28 @@ pub(crate) struct FromLua {
     nodes: usize,
     bytes: usize,
     path: Vec<*const c_void>,
+    /// Deepest level the path reached in the table being read (its height, with its level).
+    deepest: usize,
     /// Tables already read, with what they were charged: a table met again (a DAG) is copied,
     /// charged again, not read again. `lua_next` walks every slot of a table, empty ones
     /// included: 9,999 references to one table of 2^19 emptied slots took 1.7 s of reading,
     /// in C after the execution's deadline (adversary round 15).
-    done: std::collections::HashMap<*const c_void, (Json, usize, usize)>,
+    done: std::collections::HashMap<*const c_void, Memo>,
     /// Values held in `done`.
     memo_nodes: usize,
 }
 
 /// Largest table (in values) kept to be copied when met again.
 const MEMO_NODES: usize = 64;
+
+/// A table read once: its value, what it was charged, and its height in levels (a copy
+/// deeper in the result must fit the depth limit as a read would).
+struct Memo {
+    json: Json,
+    nodes: usize,
+    bytes: usize,
+    height: usize,
+}
 
 /// A table key as read, before the table is known to be an array or an object.
 enum Key {
@@ -126,6 +137,7 @@ impl FromLua {
             nodes: 0,
             bytes: 0,
             path: Vec::new(),
+            deepest: 0,
             done: std::collections::HashMap::new(),
             memo_nodes: 0,
         }
@@ -221,8 +233,14 @@ impl FromLua {
                     self.max_depth
                 ));
             }
-            if let Some((json, nodes, bytes)) = self.done.get(&ptr) {
-                let (json, nodes, bytes) = (json.clone(), *nodes, *bytes);
+            let level = self.path.len();
+            if let Some(memo) = self
+                .done
+                .get(&ptr)
+                .filter(|m| level + m.height <= self.max_depth)
+            {
+                let (json, nodes, bytes) = (memo.json.clone(), memo.nodes, memo.bytes);
+                self.deepest = self.deepest.max(level + memo.height);
                 self.nodes = self.nodes.saturating_add(nodes);
                 if self.nodes > self.max_nodes {
                     return Err(format!("more than {} values", self.max_nodes));
@@ -236,6 +254,7 @@ impl FromLua {
             }
             let (nodes_before, bytes_before) = (self.nodes, self.bytes);
             self.path.push(ptr);
+            let deepest_before = std::mem::replace(&mut self.deepest, self.path.len());
             let mut entries: Vec<(Key, Json)> = Vec::new();
             ffi::lua_pushnil(l);
             while ffi::lua_next(l, idx) != 0 {
@@ -274,6 +293,8 @@ impl FromLua {
                 ffi::lua_settop(l, k);
             }
             self.path.pop();
+            let height = self.deepest - level;
+            self.deepest = self.deepest.max(deepest_before);
             let charged = (self.nodes - nodes_before, self.bytes - bytes_before);
             let n = entries.len();
             let is_array = n > 0
@@ -306,7 +327,13 @@ impl FromLua {
             // large table can be met again only as often as the value budget allows.
             if charged.0 <= MEMO_NODES && self.memo_nodes + charged.0 <= self.max_nodes {
                 self.memo_nodes += charged.0;
-                self.done.insert(ptr, (json.clone(), charged.0, charged.1));
+                let memo = Memo {
+                    json: json.clone(),
+                    nodes: charged.0,
+                    bytes: charged.1,
+                    height,
+                };
+                self.done.insert(ptr, memo);
             }
             Ok(json)
         }

@@ -606,9 +606,17 @@ impl Engine {
             .begin
             .call((ev, cx, &*tenant, seed))
             .map_err(|e| self.classify(script, e))?;
-        function
+        // A chunk without its upvalues' names (a stripped dump) would keep the engine's real
+        // globals: never run it.
+        if !function
             .set_environment(env)
-            .map_err(|e| self.classify(script, e))?;
+            .map_err(|e| self.classify(script, e))?
+        {
+            return Err(ScriptError::Internal {
+                script: script.id().to_string(),
+                message: "the script's environment could not be set".into(),
+            });
+        }
 
         let sh = &self.shared;
         let limit_ns = self.limit_ms.saturating_mul(1_000_000).max(1);

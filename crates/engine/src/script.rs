@@ -72,8 +72,16 @@ impl Script {
     /// Keeps the compiled chunk for every clone of this script.
     pub(crate) fn keep_bytecode(&self, function: &mlua::Function) {
         if self.compiled.get().is_none() {
+            // Not stripped: the engine finds `_ENV` by its upvalue's name, and errors keep
+            // their lines.
             let _ = self.compiled.set(Arc::from(function.dump(false)));
         }
+    }
+
+    /// Whether the script was compiled already (by [`Script::check_syntax`] or an engine):
+    /// engines then load the compiled chunk instead of compiling the source.
+    pub fn is_compiled(&self) -> bool {
+        self.compiled.get().is_some()
     }
 
     /// Reads a script file (at most [`MAX_SCRIPT_BYTES`]); the id is the file name.

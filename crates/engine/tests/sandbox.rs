@@ -584,7 +584,12 @@ async fn engines_run_the_chunk_compiled_once_as_the_source() {
         "chunk.lua",
         "seen = (seen or 0) + 1\nlocal n = event.n\nif n < 0 then error('negative') end\nreturn { context = { n = n, seen = seen } }",
     );
+    assert!(!script.is_compiled());
     script.check_syntax().unwrap();
+    assert!(
+        script.clone().is_compiled(),
+        "clones share the compiled chunk"
+    );
     for n in [1, 2, 3] {
         let ex = pool
             .execute(&script, "acme", &json!({ "n": n }), &json!({}))
@@ -651,4 +656,26 @@ async fn a_result_referring_to_one_table_many_times_is_read_once() {
         "{:?}",
         ex.result
     );
+}
+
+// Reviewer finding: a table copied when met again skipped the depth limit for what it holds:
+// met first near the top, again at the bottom of a deep result, it passed where reading it
+// would have been refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_met_again_deeper_meets_the_depth_limit() {
+    let (pool, _sink) = pool_with(fast_limits(), 1);
+    let script = Script::new(
+        "deep.lua",
+        "local T = { a = { b = { c = 1 } } }\nlocal deep = { T }\nlocal cur = deep\nfor i = 1, 30 do local n = {}; cur[2] = n; cur = n end\ncur[1] = T\nreturn deep",
+    );
+    let ex = pool
+        .execute(&script, "acme", &json!({}), &json!({}))
+        .await
+        .unwrap();
+    match ex.result {
+        Err(ScriptError::InvalidResult { problem, .. }) => {
+            assert!(problem.contains("nested deeper"), "{problem}")
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -259,8 +259,9 @@ impl Pipelines {
                     format!("cycle between nodes {}", cycle.join(", ")),
                 )
             })?;
-            label(&[("pipeline_id", &p.id), ("trigger_event", &p.trigger)])
-                .map_err(|problem| bad(None, "id", problem))?;
+            label(&[("pipeline_id", &p.id)]).map_err(|problem| bad(None, "id", problem))?;
+            label(&[("trigger_event", &p.trigger)])
+                .map_err(|problem| bad(None, "trigger", problem))?;
             out.order.push(p.trigger.clone());
             out.by_trigger.insert(
                 p.trigger.clone(),
@@ -427,7 +428,7 @@ after = ["b", "c"]
             (
                 "trigger = \"user.login\"",
                 "trigger = \"user\u{200b}.login\"",
-                "field `id`",
+                "field `trigger`",
             ),
         ] {
             let e = err(&OK.replace(from, to));

@@ -319,7 +319,13 @@ impl Runtime {
                     let registry = registry.clone();
                     let reloaded =
                         tokio::task::spawn_blocking(move || registry.reload_if_changed()).await;
-                    let Ok(reloaded) = reloaded else { continue };
+                    let reloaded = match reloaded {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(error = %e, "pipelines reload failed (panicked)");
+                            continue;
+                        }
+                    };
                     if let Err(e) = reloaded {
                         tracing::warn!(
                             error = %e,
