@@ -333,17 +333,6 @@ local function check_sort_cost(t, n)
   end
 end
 
--- Whether sorting `t`'s first n elements runs no Lua: no comparator, and only strings and
--- numbers (no `__lt` to call).
-local function sorts_in_c_alone(t, n, comp)
-  if comp ~= nil then return false end
-  for i = 1, n do
-    local tv = type(rawget(t, i))
-    if tv ~= "string" and tv ~= "number" then return false end
-  end
-  return true
-end
-
 local function safe_sort(t, comp)
   if type(t) ~= "table" then return t_sort(t, comp) end
   if not metatabled[t] then
@@ -352,7 +341,13 @@ local function safe_sort(t, comp)
     -- Where Lua runs during the sort (a comparator, an `__lt`), it could change the table C
     -- is sorting (adversary round 14: an `__lt` that put a 4 MiB string in every slot kept
     -- the sort comparing them in C for 37 s): then C sorts a copy Lua cannot reach.
-    if sorts_in_c_alone(t, n, comp) then
+    -- C alone: no comparator, and only strings and numbers (no `__lt` to call).
+    local alone = comp == nil
+    for i = 1, alone and n or 0 do
+      local tv = type(rawget(t, i))
+      if tv ~= "string" and tv ~= "number" then alone = false break end
+    end
+    if alone then
       check_sort_cost(t, n)
       return t_sort(t, comp)
     end
