@@ -715,42 +715,20 @@ fn clock_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// A request body that marks its connection as receiving until it has all arrived (or the
-/// request is dropped).
-struct Receiving {
-    inner: hyper::body::Incoming,
-    activity: Option<Arc<Activity>>,
+/// A body that holds `guard` until it has all been taken (its last frame, an error) or is
+/// dropped: what marks a connection as receiving a request's body, or as sending an answer.
+struct UntilEnd<B, G> {
+    inner: B,
+    guard: Option<G>,
 }
 
-impl Receiving {
-    fn new(inner: hyper::body::Incoming, activity: &Arc<Activity>) -> Self {
-        use http_body::Body as _;
-        let activity = (!inner.is_end_stream()).then(|| {
-            activity
-                .receiving_since
-                .store(clock_ms() + 1, std::sync::atomic::Ordering::Relaxed);
-            activity.clone()
-        });
-        Self { inner, activity }
-    }
-
-    fn done(&mut self) {
-        if let Some(a) = self.activity.take() {
-            a.receiving_since
-                .store(0, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
-
-impl Drop for Receiving {
-    fn drop(&mut self) {
-        self.done();
-    }
-}
-
-impl http_body::Body for Receiving {
-    type Data = axum::body::Bytes;
-    type Error = hyper::Error;
+impl<B, G> http_body::Body for UntilEnd<B, G>
+where
+    B: http_body::Body + Unpin,
+    G: Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
@@ -762,7 +740,7 @@ impl http_body::Body for Receiving {
         if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
             || this.inner.is_end_stream()
         {
-            this.done();
+            this.guard = None;
         }
         polled
     }
@@ -773,6 +751,35 @@ impl http_body::Body for Receiving {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Marks its connection as receiving a request's body while it lives.
+struct Receiving(Arc<Activity>);
+
+impl Receiving {
+    /// `inner`, marking the connection as receiving until it has all arrived (or the request
+    /// is dropped).
+    fn body(
+        inner: hyper::body::Incoming,
+        activity: &Arc<Activity>,
+    ) -> UntilEnd<hyper::body::Incoming, Receiving> {
+        use http_body::Body as _;
+        let guard = (!inner.is_end_stream()).then(|| {
+            activity
+                .receiving_since
+                .store(clock_ms() + 1, std::sync::atomic::Ordering::Relaxed);
+            Receiving(activity.clone())
+        });
+        UntilEnd { inner, guard }
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.0
+            .receiving_since
+            .store(0, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -931,10 +938,7 @@ impl Drop for InFlight {
 /// left the count when its answer was ready, and a finished execution's answer could be cut).
 /// What hyper took into its buffer and the socket has not taken yet is `Activity::writing`
 /// ([`WriteDeadline`]). A client that stops reading altogether meets the write timeout.
-struct Sending {
-    inner: axum::body::Body,
-    in_flight: Option<InFlight>,
-}
+type Sending = UntilEnd<axum::body::Body, InFlight>;
 
 /// Counts `answer`'s request in flight on its connection until the answer is sent
 /// ([`Sending`]).
@@ -948,36 +952,10 @@ fn until_sent<E>(
             answer.map(|inner| {
                 axum::body::Body::new(Sending {
                     inner,
-                    in_flight: Some(in_flight),
+                    guard: Some(in_flight),
                 })
             })
         })
-    }
-}
-
-impl http_body::Body for Sending {
-    type Data = axum::body::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        use std::task::Poll;
-        let this = self.get_mut();
-        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.in_flight = None;
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -1156,7 +1134,7 @@ async fn accept_loop(
                     receiving
                         .safe
                         .store(safe, std::sync::atomic::Ordering::Relaxed);
-                    req.map(|body| axum::body::Body::new(Receiving::new(body, &receiving)))
+                    req.map(|body| axum::body::Body::new(Receiving::body(body, &receiving)))
                 })
                 .map_future(move |answer| until_sent(&activity, answer)),
         );
