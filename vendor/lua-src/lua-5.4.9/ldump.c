@@ -157,10 +157,12 @@ static void dumpUpvalues (DumpState *D, const Proto *f) {
 
 static void dumpDebug (DumpState *D, const Proto *f) {
   int i, n;
-  n = (D->strip) ? 0 : f->sizelineinfo;
+  /* luametrics: strip 2 (only the engine, for its prelude) drops the names of local variables
+     alone: lines and upvalue names stay for the error messages scripts read */
+  n = (D->strip == 1) ? 0 : f->sizelineinfo;
   dumpInt(D, n);
   dumpVector(D, f->lineinfo, n);
-  n = (D->strip) ? 0 : f->sizeabslineinfo;
+  n = (D->strip == 1) ? 0 : f->sizeabslineinfo;
   dumpInt(D, n);
   for (i = 0; i < n; i++) {
     dumpInt(D, f->abslineinfo[i].pc);
@@ -173,7 +175,7 @@ static void dumpDebug (DumpState *D, const Proto *f) {
     dumpInt(D, f->locvars[i].startpc);
     dumpInt(D, f->locvars[i].endpc);
   }
-  n = (D->strip) ? 0 : f->sizeupvalues;
+  n = (D->strip == 1) ? 0 : f->sizeupvalues;
   dumpInt(D, n);
   for (i = 0; i < n; i++)
     dumpString(D, f->upvalues[i].name);
@@ -181,7 +183,7 @@ static void dumpDebug (DumpState *D, const Proto *f) {
 
 
 static void dumpFunction (DumpState *D, const Proto *f, TString *psource) {
-  if (D->strip || f->source == psource)
+  if (D->strip == 1 || f->source == psource)
     dumpString(D, NULL);  /* no debug info or same source as its parent */
   else
     dumpString(D, f->source);
