@@ -12,7 +12,6 @@ local host, limits = ...
 local type, pairs, next, tostring, error, select = type, pairs, next, tostring, error, select
 local setmetatable, getmetatable, rawget, rawset = setmetatable, getmetatable, rawget, rawset
 local rawlen = rawlen
-local raw_pcall = pcall
 local s_byte, s_sub, s_find, s_match, s_gmatch, s_gsub = string.byte, string.sub, string.find,
   string.match, string.gmatch, string.gsub
 local m_log, m_randomseed, maxinteger, m_ult = math.log, math.randomseed, math.maxinteger, math.ult
@@ -74,11 +73,13 @@ end
 -- kept reachable until the execution ends.
 ---------------------------------------------------------------------------------------------
 
-local co_create, co_close = coroutine.create, coroutine.close
+local co_create, co_close, co_wrap = coroutine.create, coroutine.close, coroutine.wrap
 local guarded_resume, track, guarded_body = host.resume, host.track, host.body
 local threads, nthreads = {}, 0
 
-local function create(f)
+local function create(...)
+  local f = ...
+  if type(f) ~= "function" then co_create(...) end -- Lua's own argument error
   -- The body runs under the guard's message handler on the coroutine's own thread, so a stack
   -- overflow inside it is probed where it happens, before the coroutine dies.
   local co = co_create(function(...) return guarded_body(f, ...) end)
@@ -103,7 +104,9 @@ end
 local safe_coroutine = coroutine
 safe_coroutine.create = create
 safe_coroutine.resume = guarded_resume
-safe_coroutine.wrap = function(f)
+safe_coroutine.wrap = function(...)
+  local f = ...
+  if type(f) ~= "function" then co_wrap(...) end -- Lua's own argument error
   local co = create(f)
   return function(...) return wrap_results(co, guarded_resume(co, ...)) end
 end
@@ -121,8 +124,9 @@ local function safe_setmetatable(t, mt)
   if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
     error("__gc metamethods are not allowed in the sandbox", 2)
   end
-  local ok, res = raw_pcall(setmetatable, t, mt)
-  if not ok then error(res, 2) end -- blame the script's line, not the prelude's
+  -- Called directly: an argument error names `setmetatable` and is placed at the script's
+  -- line by the message handler, as for the other library functions.
+  local res = setmetatable(t, mt)
   if type(t) == "table" then metatabled[t] = mt end
   return res
 end
@@ -206,7 +210,10 @@ local function string_len_of(v)
   return nil
 end
 
-local function safe_rep(s, n, sep)
+-- The wrappers below pass their arguments on as they were given (`...`), so a missing one
+-- reads "got no value" in the C function's error, as in Lua.
+local function safe_rep(...)
+  local s, n, sep = ...
   local k = tointeger(n)
   local ls, lsep = string_len_of(s), sep == nil and 0 or string_len_of(sep)
   if k and k > 0 and ls and lsep then
@@ -215,7 +222,7 @@ local function safe_rep(s, n, sep)
     local size = ls * k + lsep * (k - 1)
     if size > max_string then refuse("string.rep result size", size, max_string) end
   end
-  return s_rep(s, n, sep)
+  return s_rep(...)
 end
 
 local function safe_insert(t, ...)
@@ -321,16 +328,57 @@ local function safe_unpack(t, i, j)
 end
 
 -- Comparing two strings costs up to their length in C: n log n comparisons of the longest
--- string must fit the same budget as a pattern match.
+-- string must fit the same budget as a pattern match. Returns whether C's quicksort could
+-- exceed that budget: an input built against its choice of pivots leads it into many times
+-- n log n comparisons (its guard against bad splits acts only past 1:128), all in one C call.
+local sort_worst_log = m_log(128)
 local function check_sort_cost(t, n)
-  local longest = 0
+  if n < 2 then return false end
+  local longest = 1 -- a number costs about one byte
   for i = 1, n do
     local v = rawget(t, i)
     if type(v) == "string" and #v > longest then longest = #v end
   end
-  if longest > 0 and n > 1 and m_log(n) + m_log(m_log(n) / m_log(2) + 1) + m_log(longest) > pattern_budget_log then
+  local cost = m_log(n) + m_log(m_log(n) / m_log(2) + 1) + m_log(longest)
+  if cost > pattern_budget_log then
     error("table.sort: " .. n .. " strings of up to " .. longest .. " bytes exceed the sandbox's comparison budget", 3)
   end
+  return cost + sort_worst_log > pattern_budget_log
+end
+
+-- Sorts c[1..n] (strings and numbers, compared with `<`) by merging runs, in Lua: n log n
+-- comparisons whatever the input, each a step the time limit can stop between. Stable.
+-- Returns the sorted table (c or a second one).
+local function merge_sort(c, n)
+  local src, dst, width = c, {}, 1
+  while width < n do
+    local i = 1
+    while i <= n do
+      local mid, hi = i + width, i + 2 * width
+      if mid > n + 1 then mid = n + 1 end
+      if hi > n + 1 then hi = n + 1 end
+      local a, b, k = i, mid, i
+      while a < mid and b < hi do
+        local x, y = src[a], src[b]
+        if y < x then dst[k] = y; b = b + 1 else dst[k] = x; a = a + 1 end
+        k = k + 1
+      end
+      while a < mid do dst[k] = src[a]; a = a + 1; k = k + 1 end
+      while b < hi do dst[k] = src[b]; b = b + 1; k = k + 1 end
+      i = hi
+    end
+    src, dst, width = dst, src, width * 2
+  end
+  return src
+end
+
+-- Only strings and numbers in c[1..n]: C would compare them without calling Lua.
+local function plain_values(c, n)
+  for i = 1, n do
+    local tv = type(rawget(c, i))
+    if tv ~= "string" and tv ~= "number" then return false end
+  end
+  return true
 end
 
 local function safe_sort(t, comp)
@@ -342,14 +390,13 @@ local function safe_sort(t, comp)
     -- is sorting (adversary round 14: an `__lt` that put a 4 MiB string in every slot kept
     -- the sort comparing them in C for 37 s): then C sorts a copy Lua cannot reach.
     -- C alone: no comparator, and only strings and numbers (no `__lt` to call).
-    local alone = comp == nil
-    for i = 1, alone and n or 0 do
-      local tv = type(rawget(t, i))
-      if tv ~= "string" and tv ~= "number" then alone = false break end
-    end
-    if alone then
-      check_sort_cost(t, n)
-      return t_sort(t, comp)
+    if comp == nil and plain_values(t, n) then
+      if not check_sort_cost(t, n) then return t_sort(t) end
+      local c = {}
+      for i = 1, n do c[i] = rawget(t, i) end
+      c = merge_sort(c, n)
+      for i = 1, n do t[i] = c[i] end
+      return
     end
   end
   -- Sorted through a plain copy, so C never asks a metatable for the length again.
@@ -357,19 +404,22 @@ local function safe_sort(t, comp)
   if n > max_sort then refuse("table.sort: elements", n, max_sort) end
   local c = {}
   for i = 1, n do c[i] = t[i] end
-  check_sort_cost(c, n)
-  t_sort(c, comp)
+  if check_sort_cost(c, n) and comp == nil and plain_values(c, n) then
+    c = merge_sort(c, n)
+  else
+    t_sort(c, comp)
+  end
   for i = 1, n do t[i] = c[i] end
 end
 
 -- A numeral in another base is read digit by digit in C: bounded like a string result.
 local raw_tonumber = tonumber
-local function safe_tonumber(v, base)
+local function safe_tonumber(...)
+  local v, base = ...
   if base ~= nil and type(v) == "string" and #v > max_string then
     refuse("tonumber: string length", #v, max_string)
   end
-  if base == nil then return raw_tonumber(v) end
-  return raw_tonumber(v, base)
+  return raw_tonumber(...)
 end
 
 local function safe_date(format, time)
@@ -449,7 +499,13 @@ end
 -- length. A match whose worst case exceeds the budget is refused.
 ---------------------------------------------------------------------------------------------
 
+-- Costs of recent patterns, for one tenant at a time (emptied when an engine's tenant
+-- changes): a tenant timing a pattern's cost must not learn whether another tenant used it
+-- (adversary round 16: a cached 30 KB pattern built from one tenant's event data cost
+-- another 0.04 ms against 1.7 ms). Long patterns are not kept: each costs its own length to
+-- read again, and the cache must not hold megabytes.
 local qcache, qcount = {}, 0
+local max_cached_pattern = 256
 
 -- Quantifiers and back-references of a pattern, and whether it has any special character.
 local function pattern_cost(p)
@@ -487,7 +543,8 @@ local function pattern_cost(p)
     end
   end
   c = special and q or -1
-  if qcount > 1024 then qcache, qcount = {}, 0 end
+  if n > max_cached_pattern then return c end
+  if qcount >= 1024 then qcache, qcount = {}, 0 end
   qcache[p] = c
   qcount = qcount + 1
   return c
@@ -521,17 +578,20 @@ end
 
 local safe_string = string -- in place, as `coroutine`
 safe_string.dump = nil
-safe_string.find = function(s, p, init, plain)
+safe_string.find = function(...)
+  local s, p, _, plain = ...
   check_pattern(s, p, true, plain)
-  return s_find(s, p, init, plain)
+  return s_find(...)
 end
-safe_string.match = function(s, p, init)
+safe_string.match = function(...)
+  local s, p = ...
   check_pattern(s, p, true)
-  return s_match(s, p, init)
+  return s_match(...)
 end
-safe_string.gmatch = function(s, p, init)
+safe_string.gmatch = function(...)
+  local s, p = ...
   check_pattern(s, p, false)
-  return s_gmatch(s, p, init)
+  return s_gmatch(...)
 end
 safe_string.gsub = function(s, p, r, n)
   check_pattern(s, p, true)
@@ -575,21 +635,29 @@ string_mt.__metatable = false
 -- -> series id, in the tags table's own `next` order, so a lookup builds no string. Only
 -- accepted series are planted (a rejected name or value is never kept: nothing a tenant sends
 -- can pin memory on the engine), and each tenant has its own trees, so whether a series is
--- cached (a fast call) says nothing about what other tenants recorded. The helpers are C
+-- cached (a fast call) says nothing about what other tenants recorded. Each tenant's trees
+-- hold at most half of `max_verdicts` leaves and are emptied alone when full, so one tenant
+-- cannot empty another's (adversary round 16: a shared bound told a tenant, by the time of its
+-- next calls, how many series the others had used). Every tenant's trees go at once only when
+-- the engine's live leaves reach `max_verdicts` (two tenants or more near their part) or its
+-- series reach four times that: what that tells a tenant is only that others used thousands
+-- of series. The helpers are C
 -- closures (crates/engine/src/hot.rs) bound to the running tenant's trees at the start of
 -- each execution; they walk the tree and aggregate accepted points on the Rust side; what they
 -- cannot settle comes here, to the slow path.
 local END = host.END
 local rebind = host.rebind
 local trees, ntrees = {}, 0
-local current -- the running tenant's trees: { counter = {}, gauge = {}, histogram = {} }
+local current -- the running tenant's trees: { counter = {}, gauge = {}, histogram = {}, n = leaves }
 local current_tenant
-local nleaves = 0
+local nleaves = 0 -- live leaves of every tenant's trees
+local max_tenant_leaves = max_verdicts // 2
+local max_series = max_verdicts * 4
 local max_trees = 1024
 local bound = {} -- kind -> the helper's C closure
 
 local function new_tree()
-  return { counter = {}, gauge = {}, histogram = {} }
+  return { counter = {}, gauge = {}, histogram = {}, n = 0 }
 end
 
 -- Points the helpers at `tree`.
@@ -654,7 +722,7 @@ local function plant(kind, name, tags)
   end
   local verdict = validate(kind, name, copy)
   if type(verdict) == "string" then return verdict end
-  if nleaves >= max_verdicts then
+  if nleaves >= max_verdicts or verdict >= max_series then
     -- Every tenant's trees go, then the series they named; the helpers get fresh trees.
     trees, ntrees, nleaves = {}, 0, 0
     reset()
@@ -663,6 +731,12 @@ local function plant(kind, name, tags)
     use_tree(tree)
     verdict = validate(kind, name, copy)
     if type(verdict) == "string" then return verdict end
+  elseif current.n >= max_tenant_leaves then
+    -- This tenant's trees alone go (the series stay known: their ids are still valid).
+    nleaves = nleaves - current.n
+    local tree = new_tree()
+    if current_tenant ~= nil then trees[current_tenant] = tree end
+    use_tree(tree)
   end
   local node = current[kind]
   local function step(key)
@@ -678,6 +752,7 @@ local function plant(kind, name, tags)
   end
   node[END] = verdict
   nleaves = nleaves + 1
+  current.n = current.n + 1
   return verdict
 end
 
@@ -774,9 +849,10 @@ local control = {}
 function control.begin(event, context, tenant, seed)
   threads, nthreads = {}, 0
   m_randomseed(seed)
+  if tenant ~= current_tenant then qcache, qcount = {}, 0 end
   local tree = trees[tenant]
   if tree == nil then
-    if ntrees >= max_trees then trees, ntrees = {}, 0 end
+    if ntrees >= max_trees then trees, ntrees, nleaves = {}, 0, 0 end
     tree = new_tree()
     trees[tenant] = tree
     ntrees = ntrees + 1
@@ -784,6 +860,12 @@ function control.begin(event, context, tenant, seed)
   current_tenant = tenant
   if tree ~= current then use_tree(tree) end
   return setmetatable({ event = event, context = context }, env_mt)
+end
+
+-- What the engine's caches hold (`Engine::cache_stats`): pattern costs kept (for the last
+-- tenant only), live verdict leaves of every tenant, and of the last tenant.
+function control.stats()
+  return qcount, nleaves, current and current.n or 0
 end
 
 -- Hands the execution's rejections by reason and its warnings to the host (the accepted

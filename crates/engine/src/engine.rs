@@ -87,6 +87,17 @@ pub struct Timings {
     pub total_ms: f64,
 }
 
+/// What an engine's caches hold ([`Engine::cache_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CacheStats {
+    /// Patterns whose cost is kept: the last tenant's only (emptied when the tenant changes).
+    pub patterns: usize,
+    /// Verdict leaves of every tenant's trees.
+    pub verdicts: usize,
+    /// Verdict leaves of the last tenant's trees (at most half of `max_verdicts`).
+    pub tenant_verdicts: usize,
+}
+
 /// What happened to the metric points of one execution.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct MetricsReport {
@@ -181,6 +192,8 @@ pub struct Engine {
     slot: Arc<Slot>,
     begin: Function,
     drain: Function,
+    /// The prelude's `control.stats`.
+    stats: Function,
     cache: HashMap<u64, Compiled>,
     shared: Arc<Shared>,
     settings: Arc<EngineSettings>,
@@ -310,6 +323,7 @@ impl Engine {
             .call((host, limits))?;
         let begin: Function = control.get("begin")?;
         let drain: Function = control.get("drain")?;
+        let stats: Function = control.get("stats")?;
 
         // Nothing of the full state stays reachable by name: scripts see only the prelude's
         // environment.
@@ -350,6 +364,7 @@ impl Engine {
             heap,
             begin,
             drain,
+            stats,
             cache: HashMap::new(),
             shared,
             settings,
@@ -377,6 +392,19 @@ impl Engine {
     /// Lua heap in use (as the engine's allocator counts it).
     pub fn used_memory(&self) -> usize {
         self.heap.heap().used()
+    }
+
+    /// What the engine's caches hold between executions: one tenant's use must not empty
+    /// another's cache, nor leave it anything to find (docs/limits.md, "Isolation").
+    pub fn cache_stats(&self) -> CacheStats {
+        match self.stats.call::<(usize, usize, usize)>(()) {
+            Ok((patterns, verdicts, tenant_verdicts)) => CacheStats {
+                patterns,
+                verdicts,
+                tenant_verdicts,
+            },
+            Err(_) => CacheStats::default(),
+        }
     }
 
     /// Why this engine must not be reused, if it must not.
@@ -849,6 +877,8 @@ pub(crate) const LIBRARY_NAMES: &[(&str, &str)] = &[
     ("t_sort", "sort"),
     ("os_date", "date"),
     ("raw_tonumber", "tonumber"),
+    ("co_create", "create"),
+    ("co_wrap", "wrap"),
 ];
 
 /// An argument error raised by a C library function the prelude called for the script reads

@@ -304,6 +304,13 @@ unsafe fn relocate(l: *mut ffi::lua_State) {
                 break;
             }
             let src = std::ffi::CStr::from_ptr(ar.short_src.as_ptr()).to_bytes();
+            let lua_code = !ar.what.is_null() && *ar.what != b'C' as std::ffi::c_char;
+            if !in_prelude && lua_code && src != PRELUDE_SRC {
+                // The Lua code nearest the error is the script's: its own text, however it
+                // reads (adversary round 16: a script's `error("luametrics/prelude.lua:1: ...")`
+                // was rewritten).
+                return;
+            }
             if src == PRELUDE_SRC {
                 in_prelude = true;
                 method = !ar.namewhat.is_null()
@@ -320,6 +327,9 @@ unsafe fn relocate(l: *mut ffi::lua_State) {
                 }
                 break;
             }
+        }
+        if !in_prelude {
+            return;
         }
         for (alias, name) in crate::engine::LIBRARY_NAMES {
             let quoted = format!("'{alias}'");

@@ -38,7 +38,9 @@ mod watchdog;
 pub use budget::{Admission, BudgetSpent, TenantEngineUsage};
 pub use clock::Clock;
 pub use config::{EngineSettings, PoolSettings};
-pub use engine::{canonical_number, printable, Engine, Execution, MetricsReport, Timings};
+pub use engine::{
+    canonical_number, printable, CacheStats, Engine, Execution, MetricsReport, Timings,
+};
 pub use error::{DiscardReason, PoolError, ScriptError};
 pub use luametrics_sink::{BatchPoint, BatchReport, CollectingSink, MetricsSink, Warning};
 pub use pool::{EnginePool, Job, PoolStatus, PooledEngine, Ran};

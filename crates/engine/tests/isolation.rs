@@ -396,3 +396,63 @@ async fn another_tenants_cache_does_not_shrink_a_memory_limit() {
     assert_eq!(after.result, fresh.result);
     assert_eq!(pool.status().created, 1, "one engine served them all");
 }
+
+// Adversary round 16: the prelude's caches outlived the tenant. A pattern's cost cached for
+// one tenant made the same pattern fast for the next (0.04 ms against 1.7 ms for a 30 KB
+// pattern built from the first tenant's event data: a timing oracle of its data), and the
+// verdict cache's one bound, shared by every tenant, emptied everyone's trees when one tenant
+// used many series (the next calls of the others told them so). Pattern costs are now kept
+// for one tenant at a time; each tenant's verdicts have their own bound.
+#[test]
+fn one_tenants_use_leaves_nothing_in_and_takes_nothing_from_anothers_caches() {
+    let sink = Arc::new(CollectingSink::new(TagPolicy::default()));
+    let settings = Arc::new(EngineSettings {
+        time_limit_ms: 20_000,
+        max_verdicts: 16,
+        ..EngineSettings::default()
+    });
+    let mut engine = Engine::new(settings, sink).unwrap();
+    let find = Script::new(
+        "find.lua",
+        "return string.find('xy', '^' .. event.p) ~= nil",
+    );
+    let ex = engine.execute(&find, "alice", &json!({ "p": "secret.+" }), &json!({}));
+    assert_eq!(ex.result, Ok(json!(false)));
+    assert_eq!(
+        engine.cache_stats().patterns,
+        1,
+        "alice's pattern is kept for alice"
+    );
+    let none = Script::new("none.lua", "return 1");
+    engine.execute(&none, "mallory", &json!({}), &json!({}));
+    assert_eq!(
+        engine.cache_stats().patterns,
+        0,
+        "nothing of alice's for mallory"
+    );
+
+    // Bob caches two series; mallory then plants far more than the engine's bound.
+    let two = Script::new(
+        "two.lua",
+        "helpers.metrics.count('b.one', 1)\nhelpers.metrics.count('b.two', 1, { k = 'v' })",
+    );
+    engine.execute(&two, "bob", &json!({}), &json!({}));
+    assert_eq!(engine.cache_stats().tenant_verdicts, 2);
+    let many = Script::new(
+        "many.lua",
+        "for i = 1, 40 do helpers.metrics.count('m.c', 1, { i = tostring(i % 20) }) end",
+    );
+    let ex = engine.execute(&many, "mallory", &json!({}), &json!({}));
+    assert!(ex.result.is_ok(), "{:?}", ex.result);
+    let stats = engine.cache_stats();
+    assert!(
+        stats.tenant_verdicts <= 8,
+        "{stats:?}: half of max_verdicts"
+    );
+    engine.execute(&none, "bob", &json!({}), &json!({}));
+    assert_eq!(
+        engine.cache_stats().tenant_verdicts,
+        2,
+        "bob's verdicts survive mallory's"
+    );
+}

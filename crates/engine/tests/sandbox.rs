@@ -522,6 +522,38 @@ async fn library_argument_errors_read_as_luas_own() {
             2,
             "string.rep",
         ),
+        // Adversary round 16: the wrappers passed explicit nils ("got nil"), accepted what
+        // Lua refuses, or lost the function's name.
+        (
+            "local r = string.rep()",
+            1,
+            "bad argument #1 to 'rep' (string expected, got no value)",
+        ),
+        (
+            "local r = string.find('x')",
+            1,
+            "bad argument #2 to 'find' (string expected, got no value)",
+        ),
+        (
+            "local r = setmetatable(1, {})",
+            1,
+            "bad argument #1 to 'setmetatable' (table expected, got number)",
+        ),
+        (
+            "local n = tonumber()",
+            1,
+            "bad argument #1 to 'tonumber' (value expected)",
+        ),
+        (
+            "local c = coroutine.create(5)",
+            1,
+            "bad argument #1 to 'create' (function expected, got number)",
+        ),
+        (
+            "local w = coroutine.wrap()",
+            1,
+            "bad argument #1 to 'wrap' (function expected, got no value)",
+        ),
     ] {
         let s = Script::new("lib.lua", code);
         let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
@@ -565,6 +597,64 @@ async fn library_argument_errors_read_as_luas_own() {
             "bad argument #1 to 'rep' (string expected, got table)"
         ]))
     );
+    // A script's own text is its own, however much it reads like the prelude's (adversary
+    // round 16: it was rewritten as a library error).
+    let forged = "luametrics/prelude.lua:12: bad argument #1 to 's_rep'";
+    let s = Script::new(
+        "forged.lua",
+        format!("local ok, e = pcall(error, {forged:?})\nreturn e"),
+    );
+    let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
+    assert_eq!(ex.result, Ok(json!(forged)));
+}
+
+// Adversary round 16: C's quicksort can be led by an input built against its choice of
+// pivots into many times n log n comparisons, in one C call. A sort of strings and numbers
+// whose worst case in C could pass the comparison budget runs as a merge sort in Lua (n log n
+// whatever the input, stoppable between comparisons); it sorts as C does, and is stable,
+// which C's quicksort is not: equal integers and floats keep their order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_sorts_are_n_log_n_whatever_the_input() {
+    let (pool, _) = pool_with(fast_limits(), 1);
+    let s = Script::new(
+        "sort.lua",
+        r#"
+local t, n = {}, 20000
+for i = 1, n do
+  local v = (i * 7919) % 1000
+  t[i] = ((i // 1000) % 2 == 0) and v or v + 0.0
+end
+local before = {}
+for i = 1, n do before[i] = t[i] end
+table.sort(t)
+-- stable: among equal values, the original order of integers and floats
+local seen = {}
+for i = 1, n do
+  assert(i == 1 or not (t[i] < t[i - 1]), "not sorted at " .. i)
+  local v = t[i]
+  seen[v] = (seen[v] or "") .. math.type(v):sub(1, 1)
+end
+local want = {}
+for i = 1, n do
+  local v = before[i]
+  want[v] = (want[v] or "") .. math.type(v):sub(1, 1)
+end
+for v, order in pairs(want) do assert(seen[v] == order, "unstable at " .. v) end
+local s = {}
+for i = 1, 3000 do s[i] = string.format("%040d", (i * 7919) % 3001) end
+table.sort(s)
+for i = 2, #s do assert(s[i - 1] <= s[i], "strings not sorted at " .. i) end
+local ok, e = pcall(table.sort, { 1, "x", 2, "y", 3, "z", 4, "w", 5, "v", 6, "u",
+  7, "t", 8, "s", 9, "r", 10, "q", 11, "p", 12, "o", 13, "n", 14, "m", 15, "l" })
+return { small = #s, ok = ok, e = e }
+"#,
+    );
+    let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
+    let r = ex.result.expect("sorted");
+    assert_eq!(r["small"], json!(3000));
+    assert_eq!(r["ok"], json!(false));
+    let e = r["e"].as_str().unwrap_or_default();
+    assert!(e.contains("attempt to compare"), "{e}");
 }
 
 // Adversary round 15: Lua's compiler is quadratic on some inputs (80,000 `and` operands: 7.9 s
