@@ -94,7 +94,10 @@ end
 local function wrap_results(co, ok, ...)
   if ok then return ... end
   local err = ...
-  co_close(co)
+  -- Closing runs the coroutine's pending `__close` handlers; one that raises replaces the
+  -- error, as in Lua's own wrap.
+  local closed, cerr = co_close(co)
+  if not closed then err = cerr end
   if type(err) == "string" then error(err, 2) end
   error(err, 0)
 end

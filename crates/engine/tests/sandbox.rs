@@ -606,6 +606,19 @@ async fn library_argument_errors_read_as_luas_own() {
     );
     let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
     assert_eq!(ex.result, Ok(json!(forged)));
+    // A `__close` handler that raises while a wrapped coroutine is closed replaces its error,
+    // as in Lua's own `coroutine.wrap`.
+    let s = Script::new(
+        "wrap.lua",
+        "local f = coroutine.wrap(function()\n\
+           local x <close> = setmetatable({}, { __close = function() error('close', 0) end })\n\
+           error('body', 0)\n\
+         end)\n\
+         local ok, e = pcall(f)\n\
+         return e",
+    );
+    let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
+    assert_eq!(ex.result, Ok(json!("close")));
 }
 
 // Adversary round 16: C's quicksort can be led by an input built against its choice of
