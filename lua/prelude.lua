@@ -639,12 +639,12 @@ string_mt.__metatable = false
 -- accepted series are planted (a rejected name or value is never kept: nothing a tenant sends
 -- can pin memory on the engine), and each tenant has its own trees, so whether a series is
 -- cached (a fast call) says nothing about what other tenants recorded. Each tenant's trees
--- hold at most half of `max_verdicts` leaves and are emptied alone when full, so one tenant
--- cannot empty another's (adversary round 16: a shared bound told a tenant, by the time of its
--- next calls, how many series the others had used). Every tenant's trees go at once only when
--- the engine's live leaves reach `max_verdicts` (two tenants or more near their part) or its
--- series reach four times that: what that tells a tenant is only that others used thousands
--- of series. The helpers are C
+-- hold at most `max_verdicts` leaves and are emptied alone when full, so one tenant cannot
+-- empty another's (adversary round 16: a shared bound told a tenant, by the time of its next
+-- calls, how many series the others had used). Every tenant's trees go at once only when the
+-- engine's live leaves reach twice `max_verdicts` (two tenants or more near their bound) or
+-- its series four times: what that tells a tenant is only that others used thousands of
+-- series. The helpers are C
 -- closures (crates/engine/src/hot.rs) bound to the running tenant's trees at the start of
 -- each execution; they walk the tree and aggregate accepted points on the Rust side; what they
 -- cannot settle comes here, to the slow path.
@@ -654,7 +654,7 @@ local trees, ntrees = {}, 0
 local current -- the running tenant's trees: { counter = {}, gauge = {}, histogram = {}, n = leaves }
 local current_tenant
 local nleaves = 0 -- live leaves of every tenant's trees
-local max_tenant_leaves = max_verdicts // 2
+local max_tenant_leaves = max_verdicts
 local max_series = max_verdicts * 4
 local max_trees = 1024
 local bound = {} -- kind -> the helper's C closure
@@ -725,7 +725,7 @@ local function plant(kind, name, tags)
   end
   local verdict = validate(kind, name, copy)
   if type(verdict) == "string" then return verdict end
-  if nleaves >= max_verdicts or verdict >= max_series then
+  if nleaves >= 2 * max_verdicts or verdict >= max_series then
     -- Every tenant's trees go, then the series they named; the helpers get fresh trees.
     trees, ntrees, nleaves = {}, 0, 0
     reset()

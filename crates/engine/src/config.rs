@@ -43,7 +43,8 @@ pub struct EngineSettings {
     /// How long past its time limit an execution that does not return (stuck in a C function)
     /// is waited for before the pool writes its engine off and answers `timeout`.
     pub abandon_grace_ms: u64,
-    /// Distinct metric name/tag sets whose verdict an engine caches.
+    /// Distinct metric name/tag sets whose verdict an engine caches per tenant (the engine
+    /// holds at most twice this for all its tenants).
     pub max_verdicts: usize,
     /// An engine whose heap stays above this after a collection is discarded, not reused.
     pub recycle_memory_bytes: usize,

@@ -94,7 +94,7 @@ pub struct CacheStats {
     pub patterns: usize,
     /// Verdict leaves of every tenant's trees.
     pub verdicts: usize,
-    /// Verdict leaves of the last tenant's trees (at most half of `max_verdicts`).
+    /// Verdict leaves of the last tenant's trees (at most `max_verdicts`).
     pub tenant_verdicts: usize,
 }
 

@@ -446,8 +446,8 @@ fn one_tenants_use_leaves_nothing_in_and_takes_nothing_from_anothers_caches() {
     assert!(ex.result.is_ok(), "{:?}", ex.result);
     let stats = engine.cache_stats();
     assert!(
-        stats.tenant_verdicts <= 8,
-        "{stats:?}: half of max_verdicts"
+        stats.tenant_verdicts <= 16,
+        "{stats:?}: at most max_verdicts"
     );
     engine.execute(&none, "bob", &json!({}), &json!({}));
     assert_eq!(
