@@ -73,8 +73,10 @@ end
 -- kept reachable until the execution ends.
 ---------------------------------------------------------------------------------------------
 
-local co_create, co_close, co_wrap = coroutine.create, coroutine.close, coroutine.wrap
+local co_create, co_close, co_wrap, co_status = coroutine.create, coroutine.close,
+  coroutine.wrap, coroutine.status
 local guarded_resume, track, guarded_body = host.resume, host.track, host.body
+local library_error = host.library_error
 local threads, nthreads = {}, 0
 
 local function create(...)
@@ -97,7 +99,11 @@ local function wrap_results(co, ok, ...)
   -- Closing runs the coroutine's pending `__close` handlers; one that raises replaces the
   -- error, as in Lua's own wrap.
   local closed, cerr = co_close(co)
-  if not closed then err = cerr end
+  -- (The body's own error came through the message handler already: only a handler's is
+  -- made Lua's own here.)
+  if not closed and cerr ~= err then
+    err = type(cerr) == "string" and library_error(cerr) or cerr
+  end
   if type(err) == "string" then error(err, 2) end
   error(err, 0)
 end
@@ -107,6 +113,21 @@ end
 local safe_coroutine = coroutine
 safe_coroutine.create = create
 safe_coroutine.resume = guarded_resume
+-- Closing a suspended coroutine runs its pending `__close` handlers with no message handler:
+-- a library error raised in one is made Lua's own here. (A dead coroutine's close returns the
+-- error it died of, which came through the message handler already, or a handler's.)
+local function closed(suspended, ok, ...)
+  if suspended and ok == false then
+    local err = ...
+    if type(err) == "string" then return false, library_error(err) end
+  end
+  return ok, ...
+end
+safe_coroutine.close = function(...)
+  local co = ...
+  local suspended = type(co) == "thread" and co_status(co) == "suspended"
+  return closed(suspended, co_close(...))
+end
 safe_coroutine.wrap = function(...)
   local f = ...
   if type(f) ~= "function" then co_wrap(...) end -- Lua's own argument error
@@ -123,13 +144,14 @@ end
 local metatabled = setmetatable({}, { __mode = "kv" })
 
 -- Finalizers would run later, in another tenant's execution or outside any time limit.
-local function safe_setmetatable(t, mt)
+local function safe_setmetatable(...)
+  local t, mt = ...
   if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
     error("__gc metamethods are not allowed in the sandbox", 2)
   end
   -- Called directly: an argument error names `setmetatable` and is placed at the script's
   -- line by the message handler, as for the other library functions.
-  local res = setmetatable(t, mt)
+  local res = setmetatable(...)
   if type(t) == "table" then metatabled[t] = mt end
   return res
 end
@@ -318,14 +340,16 @@ local function bounds(t, i, j, what)
   return i, j, t
 end
 
-local function safe_concat(t, sep, i, j)
-  if type(t) ~= "table" then return t_concat(t, sep, i, j) end
+local function safe_concat(...)
+  local t, sep, i, j = ...
+  if type(t) ~= "table" then return t_concat(...) end
   i, j, t = bounds(t, i, j, "table.concat")
   return t_concat(t, sep == nil and "" or sep, i, j)
 end
 
-local function safe_unpack(t, i, j)
-  if type(t) ~= "table" then return t_unpack(t, i, j) end
+local function safe_unpack(...)
+  local t, i, j = ...
+  if type(t) ~= "table" then return t_unpack(...) end
   i, j, t = bounds(t, i, j, "table.unpack")
   return t_unpack(t, i, j)
 end
@@ -384,8 +408,9 @@ local function plain_values(c, n)
   return true
 end
 
-local function safe_sort(t, comp)
-  if type(t) ~= "table" then return t_sort(t, comp) end
+local function safe_sort(...)
+  local t, comp = ...
+  if type(t) ~= "table" then return t_sort(...) end
   if not metatabled[t] then
     local n = rawlen(t)
     if n > max_sort then refuse("table.sort: elements", n, max_sort) end
@@ -596,8 +621,10 @@ safe_string.gmatch = function(...)
   check_pattern(s, p, false)
   return s_gmatch(...)
 end
-safe_string.gsub = function(s, p, r, n)
+safe_string.gsub = function(...)
+  local s, p, r, n = ...
   check_pattern(s, p, true)
+  local given = r
   if type(r) == "table" then
     -- A table replacement is indexed once per match inside C, where no hook can interrupt:
     -- a key at the end of a long hash-collision chain (or of a chain of `__index` tables) made
@@ -618,6 +645,7 @@ safe_string.gsub = function(s, p, r, n)
       error("string.gsub replacement too costly for a subject of " .. sl .. " bytes (sandbox limit)", 2)
     end
   end
+  if r == given then return s_gsub(...) end
   return s_gsub(s, p, r, n)
 end
 safe_string.rep = safe_rep

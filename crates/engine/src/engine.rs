@@ -879,30 +879,61 @@ pub(crate) const LIBRARY_NAMES: &[(&str, &str)] = &[
     ("raw_tonumber", "tonumber"),
     ("co_create", "create"),
     ("co_wrap", "wrap"),
+    ("co_close", "close"),
 ];
 
-/// An argument error raised by a C library function the prelude called for the script reads
-/// as Lua's own (`bad argument #2 to 'format' (...)`): without the prelude's position, and
-/// with the function's name instead of the prelude's local alias.
-fn from_library(message: &str) -> String {
-    const PRELUDE: &str = "luametrics/prelude.lua:";
-    let Some(rest) = message.strip_prefix(PRELUDE) else {
-        return message.to_string();
-    };
-    let Some((num, msg)) = rest.split_once(':') else {
-        return message.to_string();
-    };
-    if num.parse::<u32>().is_err() {
-        return message.to_string();
+/// Whether `name` is how the prelude calls a library function it wraps (the functions whose
+/// errors are rewritten as Lua's own).
+pub(crate) fn is_library_alias(name: &[u8]) -> bool {
+    name == b"setmetatable" || LIBRARY_NAMES.iter().any(|(a, _)| a.as_bytes() == name)
+}
+
+/// The message of `text` after a `luametrics/prelude.lua:LINE: ` position, if it has one.
+pub(crate) fn without_prelude_position(text: &[u8]) -> Option<&[u8]> {
+    let rest = text.strip_prefix(b"luametrics/prelude.lua:".as_slice())?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    rest[digits..].strip_prefix(b": ").filter(|_| digits > 0)
+}
+
+/// Bytes of a library error's message in which its function's name is looked for: Lua puts
+/// it first (`bad argument #1 to 'rep' (...)`); the rest may be as long as a script's
+/// `__name` and is copied as it is (adversary round 17: an 8 MiB message took the message
+/// handler 100 ms in C, past the time limit).
+const LIBRARY_HEAD: usize = 256;
+
+/// Appends `message` to `out` with Lua's names for the prelude's aliases (and, for a method
+/// call, arguments counted from `self`), rewriting only its head.
+pub(crate) fn library_text(message: &[u8], method: bool, out: &mut Vec<u8>) {
+    let mut cut = message.len().min(LIBRARY_HEAD);
+    while cut > 0 && cut < message.len() && message[cut] & 0xC0 == 0x80 {
+        cut -= 1;
     }
-    let mut msg = msg.trim().to_string();
+    let (head, tail) = message.split_at(cut);
+    let mut head = String::from_utf8_lossy(head).into_owned();
     for (alias, name) in LIBRARY_NAMES {
         let quoted = format!("'{alias}'");
-        if msg.contains(&quoted) {
-            msg = msg.replace(&quoted, &format!("'{name}'"));
+        if head.contains(&quoted) {
+            head = head.replace(&quoted, &format!("'{name}'"));
         }
     }
-    msg
+    if method {
+        head = crate::guard::from_self(head);
+    }
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(tail);
+}
+
+/// An argument error raised by a C library function the prelude called for the script, as
+/// Lua's own (`bad argument #2 to 'format' (...)`): without the prelude's position, and with
+/// the function's name instead of the prelude's local alias. For messages that reach the host
+/// without the message handler (an execution's final error, `coroutine.close`).
+pub(crate) fn from_library(message: &str) -> String {
+    let Some(rest) = without_prelude_position(message.as_bytes()) else {
+        return message.to_string();
+    };
+    let mut out = Vec::with_capacity(rest.len());
+    library_text(rest, false, &mut out);
+    String::from_utf8_lossy(&out).trim().to_string()
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.

@@ -262,11 +262,14 @@ const MAX_RELOCATE_LEVELS: c_int = 32;
 /// Where the prelude's chunk is named in error positions.
 const PRELUDE_SRC: &[u8] = b"luametrics/prelude.lua";
 
-/// Rewrites an error a C library function raised inside the prelude's wrapper (at index 1) as
-/// Lua raises it for a direct call: at the script's line that called the wrapper (none when
-/// a C function such as `pcall` called it, as in Lua), with Lua's name for the function
-/// instead of the prelude's local alias, and counting arguments from `self` for a method
-/// call (`s:rep(x)`: argument #1 is `x`). The prelude's positions never reach the script.
+/// Rewrites an error raised inside the prelude (at index 1) as Lua raises it for a direct
+/// call: at the script's line that called the wrapper (none when a C function such as `pcall`
+/// called it, as in Lua), with Lua's name for the function instead of the prelude's local
+/// alias, and counting arguments from `self` for a method call (`s:rep(x)`: argument #1 is
+/// `x`). The prelude's positions never reach the script. Only errors the prelude's own code
+/// raised, or a library function it wraps raised when the prelude called it: a script's own
+/// text that reads like the prelude's, raised through a wrapper (`error` as a comparator or a
+/// `gsub` replacement, a wrapped coroutine's error) is its own (adversary rounds 16, 17).
 ///
 /// # Safety
 /// A message handler's state, with the error at index 1.
@@ -278,76 +281,67 @@ unsafe fn relocate(l: *mut ffi::lua_State) {
         let mut len = 0;
         let ptr = ffi::lua_tolstring(l, 1, &mut len);
         let text = std::slice::from_raw_parts(ptr as *const u8, len);
-        let Some(rest) = text
-            .strip_prefix(PRELUDE_SRC)
-            .and_then(|r| r.strip_prefix(b":"))
-        else {
+        let Some(message) = crate::engine::without_prelude_position(text) else {
             return;
         };
-        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        let Some(message) = rest[digits..].strip_prefix(b": ").filter(|_| digits > 0) else {
-            return;
-        };
-        let mut message = String::from_utf8_lossy(message).into_owned();
-        // The stack above the handler: the raising C function, the prelude's frames, then
-        // whoever called the prelude.
+        // Level 0 is this handler; level 1 raised the error: the prelude's Lua code, or a C
+        // function the prelude called by one of its library aliases.
         let mut ar: ffi::lua_Debug = std::mem::MaybeUninit::zeroed().assume_init();
+        if ffi::lua_getstack(l, 1, &mut ar) == 0
+            || ffi::lua_getinfo(l, c"Sn".as_ptr(), &mut ar) == 0
+        {
+            return;
+        }
+        let mut level = 1;
+        if !ar.what.is_null() && *ar.what == b'C' as std::ffi::c_char {
+            if ar.name.is_null()
+                || !crate::engine::is_library_alias(std::ffi::CStr::from_ptr(ar.name).to_bytes())
+            {
+                return;
+            }
+            level = 2;
+        }
         let mut method = false;
         let mut in_prelude = false;
         let mut place = None;
-        let mut level = 0;
-        // The prelude's frames sit near the top; a message that only looks like theirs (a
-        // script's own `error` text) must not walk a deep stack in C.
+        // The prelude's frames sit near the top: a bounded walk.
         while level < MAX_RELOCATE_LEVELS && ffi::lua_getstack(l, level, &mut ar) != 0 {
             level += 1;
             if ffi::lua_getinfo(l, c"Sln".as_ptr(), &mut ar) == 0 {
                 break;
             }
             let src = std::ffi::CStr::from_ptr(ar.short_src.as_ptr()).to_bytes();
-            let lua_code = !ar.what.is_null() && *ar.what != b'C' as std::ffi::c_char;
-            if !in_prelude && lua_code && src != PRELUDE_SRC {
-                // The Lua code nearest the error is the script's: its own text, however it
-                // reads (adversary round 16: a script's `error("luametrics/prelude.lua:1: ...")`
-                // was rewritten).
-                return;
-            }
             if src == PRELUDE_SRC {
                 in_prelude = true;
                 method = !ar.namewhat.is_null()
                     && std::ffi::CStr::from_ptr(ar.namewhat).to_bytes() == b"method";
                 continue;
             }
-            if in_prelude {
-                if ar.currentline > 0 {
-                    place = Some(format!(
-                        "{}:{}: ",
-                        String::from_utf8_lossy(src),
-                        ar.currentline
-                    ));
-                }
-                break;
+            if !in_prelude {
+                // The library function was not called by the prelude.
+                return;
             }
+            if ar.currentline > 0 {
+                place = Some(format!(
+                    "{}:{}: ",
+                    String::from_utf8_lossy(src),
+                    ar.currentline
+                ));
+            }
+            break;
         }
         if !in_prelude {
             return;
         }
-        for (alias, name) in crate::engine::LIBRARY_NAMES {
-            let quoted = format!("'{alias}'");
-            if message.contains(&quoted) {
-                message = message.replace(&quoted, &format!("'{name}'"));
-            }
-        }
-        if method {
-            message = from_self(message);
-        }
-        let out = format!("{}{message}", place.unwrap_or_default());
+        let mut out = place.unwrap_or_default().into_bytes();
+        crate::engine::library_text(message, method, &mut out);
         ffi::lua_pushlstring(l, out.as_ptr() as *const _, out.len());
         ffi::lua_replace(l, 1);
     }
 }
 
 /// `bad argument #N to 'f'` of a method call counted from its `self`, as Lua counts it.
-fn from_self(message: String) -> String {
+pub(crate) fn from_self(message: String) -> String {
     let Some(rest) = message.strip_prefix("bad argument #") else {
         return message;
     };

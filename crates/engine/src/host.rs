@@ -81,6 +81,22 @@ pub(crate) fn table(
             Ok(())
         })?,
     )?;
+    // `coroutine.close` runs pending `__close` handlers without the message handler: the
+    // prelude passes an error raised in one through this, so a library error inside reads as
+    // Lua's own there too (adversary round 17: the prelude's position and alias leaked).
+    host.set(
+        "library_error",
+        lua.create_function(|lua, text: mlua::LuaString| {
+            let bytes = text.as_bytes();
+            let Some(rest) = crate::engine::without_prelude_position(&bytes) else {
+                drop(bytes);
+                return Ok(text);
+            };
+            let mut out = Vec::with_capacity(rest.len());
+            crate::engine::library_text(rest, false, &mut out);
+            lua.create_string(&out)
+        })?,
+    )?;
     host.set(
         "reset",
         lua.create_function(move |_, ()| {

@@ -554,6 +554,26 @@ async fn library_argument_errors_read_as_luas_own() {
             1,
             "bad argument #1 to 'wrap' (function expected, got no value)",
         ),
+        (
+            "local r = setmetatable()",
+            1,
+            "bad argument #1 to 'setmetatable' (table expected, got no value)",
+        ),
+        (
+            "table.sort()",
+            1,
+            "bad argument #1 to 'sort' (table expected, got no value)",
+        ),
+        (
+            "local r = string.gsub('x', 'x')",
+            1,
+            "bad argument #3 to 'gsub' (string/function/table expected, got no value)",
+        ),
+        (
+            "local r = table.concat()",
+            1,
+            "bad argument #1 to 'concat' (table expected, got no value)",
+        ),
     ] {
         let s = Script::new("lib.lua", code);
         let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
@@ -606,6 +626,54 @@ async fn library_argument_errors_read_as_luas_own() {
     );
     let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
     assert_eq!(ex.result, Ok(json!(forged)));
+    // ...also raised through a wrapper: a wrapped coroutine's error, `error` as the
+    // replacement of `gsub` (adversary round 17).
+    let s = Script::new(
+        "forged2.lua",
+        format!(
+            "local f = {forged:?}\n\
+             local _, a = pcall(coroutine.wrap(function() error(f, 0) end))\n\
+             local _, b = pcall(string.gsub, f, '^.*', error)\n\
+             return {{ a, b }}"
+        ),
+    );
+    let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
+    assert_eq!(ex.result, Ok(json!([forged, forged])));
+    // A library error is rewritten in its head only: a long `__name` is copied as it is.
+    let s = Script::new(
+        "long.lua",
+        "local o = setmetatable({}, { __name = string.rep('n', 100000) })\n\
+         local ok, e = pcall(function() local r = string.rep(o, 2) return r end)\n\
+         return { head = e:sub(1, 60), len = #e }",
+    );
+    let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
+    let want = "long.lua:2: bad argument #1 to 'rep' (string expected, got nnn";
+    assert_eq!(
+        ex.result,
+        Ok(
+            json!({ "head": &want[..60], "len": "long.lua:2: bad argument #1 to 'rep' (string expected, got )".len() + 100_000 })
+        )
+    );
+    // `coroutine.close` runs `__close` handlers without the message handler: a library error
+    // raised in one still reads as Lua's own, without the prelude's position.
+    let s = Script::new(
+        "close.lua",
+        "local co = coroutine.create(function()\n\
+           local x <close> = setmetatable({}, { __close = function() local r = string.rep() end })\n\
+           coroutine.yield()\n\
+         end)\n\
+         coroutine.resume(co)\n\
+         local ok, e = coroutine.close(co)\n\
+         return { ok, e }",
+    );
+    let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
+    assert_eq!(
+        ex.result,
+        Ok(json!([
+            false,
+            "bad argument #1 to 'rep' (string expected, got no value)"
+        ]))
+    );
     // A `__close` handler that raises while a wrapped coroutine is closed replaces its error,
     // as in Lua's own `coroutine.wrap`.
     let s = Script::new(
