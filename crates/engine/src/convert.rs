@@ -106,6 +106,11 @@ pub(crate) struct FromLua {
     done: std::collections::HashMap<*const c_void, Memo>,
     /// Values held in `done`.
     memo_nodes: usize,
+    /// Tables of more than [`MEMO_NODES`] values read once and not kept: kept when met again.
+    seen: std::collections::HashSet<*const c_void>,
+    /// Tables read by walking their slots (what the memo saves; read by the tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    reads: usize,
 }
 
 /// Largest table (in values) kept to be copied when met again.
@@ -140,7 +145,15 @@ impl FromLua {
             deepest: 0,
             done: std::collections::HashMap::new(),
             memo_nodes: 0,
+            seen: std::collections::HashSet::new(),
+            reads: 0,
         }
+    }
+
+    /// Tables read by walking their slots so far (a table met again is copied instead).
+    #[cfg(test)]
+    fn tables_read(&self) -> usize {
+        self.reads
     }
 
     /// Charges `n` bytes of string to the result's budget.
@@ -253,6 +266,7 @@ impl FromLua {
                 return Err(format!("{} is nested too deeply to read", at()));
             }
             let (nodes_before, bytes_before) = (self.nodes, self.bytes);
+            self.reads += 1;
             self.path.push(ptr);
             let deepest_before = std::mem::replace(&mut self.deepest, self.path.len());
             let mut entries: Vec<(Key, Json)> = Vec::new();
@@ -322,10 +336,14 @@ impl FromLua {
                 }
                 Json::Object(map)
             };
-            // Small tables only, and at most a result's worth of them: what a rescan costs is
-            // the table's empty slots, which a small result can have the most of, while a
-            // large table can be met again only as often as the value budget allows.
-            if charged.0 <= MEMO_NODES && self.memo_nodes + charged.0 <= self.max_nodes {
+            // At most a result's worth of values: what a rescan costs is the table's slots,
+            // empty ones included, whatever it holds. Small tables are kept at once; a larger
+            // one when met a second time (a DAG), so a result that meets every table once
+            // copies nothing (adversary round 16: 65 values in a large emptied table, met 150
+            // times, were read 150 times).
+            let small = charged.0 <= MEMO_NODES;
+            let again = !small && !self.seen.insert(ptr);
+            if (small || again) && self.memo_nodes + charged.0 <= self.max_nodes {
                 self.memo_nodes += charged.0;
                 let memo = Memo {
                     json: json.clone(),
@@ -376,4 +394,40 @@ fn short(s: &str) -> std::borrow::Cow<'_, str> {
         end -= 1;
     }
     format!("{}…", &s[..end]).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Converts what `chunk` returns, and how many tables were walked to do it.
+    fn read(chunk: &str) -> (Result<Json, String>, usize) {
+        let lua = Lua::new();
+        let v: Value = lua.load(chunk).eval().unwrap();
+        let mut from = FromLua::new(32, 10_000, 1 << 20);
+        let json = from.convert(&lua, v, "result");
+        (json, from.tables_read())
+    }
+
+    #[test]
+    fn a_table_met_again_is_walked_at_most_twice_whatever_its_size() {
+        // 100 values in an emptied table of 2^16 slots, met 99 times.
+        let (json, reads) = read(
+            "local big = {}\nfor i = 1, 2 ^ 16 do big[i] = i end\n\
+             for i = 101, 2 ^ 16 do big[i] = nil end\n\
+             local r = {}\nfor i = 1, 99 do r[i] = big end\nreturn r",
+        );
+        let Ok(Json::Array(items)) = json else {
+            panic!("{json:?}")
+        };
+        assert_eq!(items.len(), 99);
+        assert!(items
+            .iter()
+            .all(|t| t.as_array().map(Vec::len) == Some(100)));
+        // The result, then the large table twice (kept when met again).
+        assert_eq!(reads, 3);
+        // Small tables are kept at once; a tree of distinct tables is walked once each.
+        let (_, reads) = read("local s = { 1 }\nreturn { s, s, s, { s } }");
+        assert_eq!(reads, 3);
+    }
 }
