@@ -96,8 +96,13 @@ end
 local function wrap_results(co, ok, ...)
   if ok then return ... end
   local err = ...
-  -- Closing runs the coroutine's pending `__close` handlers; one that raises replaces the
-  -- error, as in Lua's own wrap.
+  -- A coroutine that died of the error is closed: its pending `__close` handlers run, and one
+  -- that raises replaces the error, as in Lua's own wrap (which leaves a coroutine it could
+  -- not resume, a running one, as it is).
+  if co_status(co) ~= "dead" then
+    if type(err) == "string" then error(err, 2) end
+    error(err, 0)
+  end
   local closed, cerr = co_close(co)
   -- (The body's own error came through the message handler already: only a handler's is
   -- made Lua's own here.)
@@ -853,6 +858,22 @@ local safe_table = table -- in place, as `coroutine`
 safe_table.insert, safe_table.remove, safe_table.move = safe_insert, safe_remove, safe_move
 safe_table.concat, safe_table.unpack, safe_table.sort = safe_concat, safe_unpack, safe_sort
 
+-- `print` converts each argument as Lua's does (`tostring`: `__tostring`, `__name`), here in
+-- Lua, so an error a metamethod raises is the script's own error, as in Lua (adversary round
+-- 18: raised inside the host's call it became a C stack overflow, or under `pcall` mlua's
+-- traceback). The host keeps the line: at most `max_line` bytes, a bounded number of lines.
+local host_print, max_line = host.print, host.max_line
+local function safe_print(...)
+  local n, args, parts, len = select("#", ...), { ... }, {}, 0
+  for i = 1, n do
+    local s = tostring(args[i])
+    parts[i] = s
+    len = len + #s + 1
+    if len > max_line then break end
+  end
+  return host_print(t_concat(parts, "\t"))
+end
+
 local base = {
   assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
   pcall = host.pcall, select = select, tonumber = safe_tonumber, tostring = tostring, type = type,
@@ -867,7 +888,7 @@ local base = {
   coroutine = readonly(safe_coroutine, "coroutine"),
   os = readonly({ time = os.time, clock = os.clock, date = safe_date }, "os"),
   helpers = helpers,
-  print = host.print,
+  print = safe_print,
 }
 
 local env_mt = { __index = base, __metatable = false }

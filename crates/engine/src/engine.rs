@@ -856,7 +856,7 @@ fn split_location(text: &str, id: &str) -> (Option<u32>, String) {
             }
         }
     }
-    (None, from_library(first.trim()))
+    (None, first.trim().to_string())
 }
 
 /// The prelude's local names of the C library functions it wraps, and Lua's names for them.
@@ -882,12 +882,6 @@ pub(crate) const LIBRARY_NAMES: &[(&str, &str)] = &[
     ("co_close", "close"),
 ];
 
-/// Whether `name` is how the prelude calls a library function it wraps (the functions whose
-/// errors are rewritten as Lua's own).
-pub(crate) fn is_library_alias(name: &[u8]) -> bool {
-    name == b"setmetatable" || LIBRARY_NAMES.iter().any(|(a, _)| a.as_bytes() == name)
-}
-
 /// The message of `text` after a `luametrics/prelude.lua:LINE: ` position, if it has one.
 pub(crate) fn without_prelude_position(text: &[u8]) -> Option<&[u8]> {
     let rest = text.strip_prefix(b"luametrics/prelude.lua:".as_slice())?;
@@ -910,10 +904,14 @@ pub(crate) fn library_text(message: &[u8], method: bool, out: &mut Vec<u8>) {
     }
     let (head, tail) = message.split_at(cut);
     let mut head = String::from_utf8_lossy(head).into_owned();
+    // Lua names the function before any detail in parentheses (where a script's `__name`
+    // may appear): only that part is looked at, and the name is replaced once.
+    let named = head.find('(').unwrap_or(head.len());
     for (alias, name) in LIBRARY_NAMES {
         let quoted = format!("'{alias}'");
-        if head.contains(&quoted) {
-            head = head.replace(&quoted, &format!("'{name}'"));
+        if let Some(at) = head[..named].find(&quoted) {
+            head.replace_range(at..at + quoted.len(), &format!("'{name}'"));
+            break;
         }
     }
     if method {
@@ -921,19 +919,6 @@ pub(crate) fn library_text(message: &[u8], method: bool, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(head.as_bytes());
     out.extend_from_slice(tail);
-}
-
-/// An argument error raised by a C library function the prelude called for the script, as
-/// Lua's own (`bad argument #2 to 'format' (...)`): without the prelude's position, and with
-/// the function's name instead of the prelude's local alias. For messages that reach the host
-/// without the message handler (an execution's final error, `coroutine.close`).
-pub(crate) fn from_library(message: &str) -> String {
-    let Some(rest) = without_prelude_position(message.as_bytes()) else {
-        return message.to_string();
-    };
-    let mut out = Vec::with_capacity(rest.len());
-    library_text(rest, false, &mut out);
-    String::from_utf8_lossy(&out).trim().to_string()
 }
 
 /// Cuts `s` to at most `max` bytes on a character boundary.

@@ -266,10 +266,13 @@ const PRELUDE_SRC: &[u8] = b"luametrics/prelude.lua";
 /// call: at the script's line that called the wrapper (none when a C function such as `pcall`
 /// called it, as in Lua), with Lua's name for the function instead of the prelude's local
 /// alias, and counting arguments from `self` for a method call (`s:rep(x)`: argument #1 is
-/// `x`). The prelude's positions never reach the script. Only errors the prelude's own code
-/// raised, or a library function it wraps raised when the prelude called it: a script's own
-/// text that reads like the prelude's, raised through a wrapper (`error` as a comparator or a
-/// `gsub` replacement, a wrapped coroutine's error) is its own (adversary rounds 16, 17).
+/// `x`). The prelude's positions never reach the script: the message is rewritten when the
+/// Lua code nearest the error is the prelude's (its own code raised it, or a C function it
+/// called: a library function, a metamethod, `error` at a level that names the prelude).
+/// A script's own text that only reads like the prelude's is kept when the script's code is
+/// nearest (adversary round 16); raised by a C function the prelude called for the script
+/// (`error` as a `gsub` replacement) it is rewritten like the prelude's (round 18: telling
+/// them apart there cost leaks of the prelude's positions).
 ///
 /// # Safety
 /// A message handler's state, with the error at index 1.
@@ -284,23 +287,8 @@ unsafe fn relocate(l: *mut ffi::lua_State) {
         let Some(message) = crate::engine::without_prelude_position(text) else {
             return;
         };
-        // Level 0 is this handler; level 1 raised the error: the prelude's Lua code, or a C
-        // function the prelude called by one of its library aliases.
         let mut ar: ffi::lua_Debug = std::mem::MaybeUninit::zeroed().assume_init();
-        if ffi::lua_getstack(l, 1, &mut ar) == 0
-            || ffi::lua_getinfo(l, c"Sn".as_ptr(), &mut ar) == 0
-        {
-            return;
-        }
-        let mut level = 1;
-        if !ar.what.is_null() && *ar.what == b'C' as std::ffi::c_char {
-            if ar.name.is_null()
-                || !crate::engine::is_library_alias(std::ffi::CStr::from_ptr(ar.name).to_bytes())
-            {
-                return;
-            }
-            level = 2;
-        }
+        let mut level = 1; // level 0 is this handler
         let mut method = false;
         let mut in_prelude = false;
         let mut place = None;
@@ -318,8 +306,11 @@ unsafe fn relocate(l: *mut ffi::lua_State) {
                 continue;
             }
             if !in_prelude {
-                // The library function was not called by the prelude.
-                return;
+                if !ar.what.is_null() && *ar.what != b'C' as std::ffi::c_char {
+                    // The Lua code nearest the error is the script's: its own text.
+                    return;
+                }
+                continue;
             }
             if ar.currentline > 0 {
                 place = Some(format!(

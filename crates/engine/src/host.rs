@@ -22,7 +22,7 @@ use crate::hot::{self, HotRef};
 use crate::watchdog::Slot;
 use crate::{canonical_number, MetricsSink};
 use luametrics_model::{CheckedSeries, Kind, RejectReason};
-use mlua::{ffi, Function, Lua, Table, Value, Variadic};
+use mlua::{ffi, Function, Lua, Table, Value};
 use std::sync::Arc;
 
 /// Builds the table of host functions for one engine's prelude.
@@ -116,35 +116,20 @@ pub(crate) fn table(
     host.set("body", guard_fn(lua, slot, guard::body)?)?;
     {
         let sh = shared.clone();
-        // Lua's own `tostring` (numbers as Lua writes them, `__tostring` and `__name` honoured).
-        let tostring: Function = lua.globals().get("tostring")?;
+        // One line, its arguments converted by the prelude's `print` (in Lua, so a failing
+        // `__tostring` is the script's error). Bytes that are not UTF-8 (Latin-1 text, binary)
+        // print as U+FFFD.
+        host.set("max_line", MAX_LINE_BYTES)?;
         host.set(
             "print",
-            lua.create_function(move |_, args: Variadic<Value>| {
+            lua.create_function(move |_, text: mlua::LuaString| {
                 sh.timed(|| {
                     if sh.log.lock().len() >= sh.max_log_lines {
                         return Ok(());
                     }
-                    // The line is built before the log's lock is taken: `__tostring` may
-                    // run Lua that prints again.
-                    let mut line = String::new();
-                    for (i, a) in args.iter().enumerate() {
-                        if i > 0 {
-                            line.push('\t');
-                        }
-                        // tostring semantics; a failing __tostring fails the print. Bytes
-                        // that are not UTF-8 (Latin-1 text, binary) print as U+FFFD instead
-                        // of failing the script as they did.
-                        match a {
-                            Value::String(s) => line.push_str(&s.to_string_lossy()),
-                            other => line.push_str(
-                                &tostring.call::<mlua::LuaString>(other)?.to_string_lossy(),
-                            ),
-                        }
-                        if line.len() > MAX_LINE_BYTES {
-                            break;
-                        }
-                    }
+                    let bytes = text.as_bytes();
+                    let cut = &bytes[..bytes.len().min(MAX_LINE_BYTES + 4)];
+                    let mut line = String::from_utf8_lossy(cut).into_owned();
                     truncate_at_char(&mut line, MAX_LINE_BYTES);
                     let line = printable(&line);
                     let mut log = sh.log.lock();
