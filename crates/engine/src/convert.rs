@@ -111,10 +111,24 @@ pub(crate) struct FromLua {
     /// Tables read by walking their slots (what the memo saves; read by the tests).
     #[cfg_attr(not(test), allow(dead_code))]
     reads: usize,
+    /// Slots walked so far (bounded by [`MAX_SLOTS_WALKED`]).
+    slots: u64,
 }
 
 /// Largest table (in values) kept to be copied when met again.
 const MEMO_NODES: usize = 64;
+
+/// Table slots (empty ones included) a result's reading may walk: `lua_next` visits every
+/// slot, in C, after the script's deadline. A table met again is copied while the memo has
+/// room, but a script can fill the memo (adversary round 19: nested chains filled it with 750
+/// values, then one emptied table of 2^17 slots met 4,600 times took 400 ms); this bounds the
+/// walk whatever the memo does. The largest table a 16 MiB heap holds has ~2^20 slots.
+const MAX_SLOTS_WALKED: u64 = 1 << 24;
+
+extern "C-unwind" {
+    /// The vendored Lua's (vendor/README.md): the slots of the table at `idx`.
+    fn luametrics_tableslots(l: *mut ffi::lua_State, idx: c_int) -> ffi::lua_Unsigned;
+}
 
 /// A table read once: its value, what it was charged, and its height in levels (a copy
 /// deeper in the result must fit the depth limit as a read would).
@@ -147,6 +161,7 @@ impl FromLua {
             memo_nodes: 0,
             seen: std::collections::HashSet::new(),
             reads: 0,
+            slots: 0,
         }
     }
 
@@ -264,6 +279,14 @@ impl FromLua {
             // A key and a value per level: never raises, says no when the stack cannot grow.
             if ffi::lua_checkstack(l, 3) == 0 {
                 return Err(format!("{} is nested too deeply to read", at()));
+            }
+            self.slots = self.slots.saturating_add(luametrics_tableslots(l, idx));
+            if self.slots > MAX_SLOTS_WALKED {
+                return Err(format!(
+                    "{} takes more than {MAX_SLOTS_WALKED} table slots to read (tables met \
+                     again, or emptied tables)",
+                    at()
+                ));
             }
             let (nodes_before, bytes_before) = (self.nodes, self.bytes);
             self.reads += 1;
@@ -429,5 +452,27 @@ mod tests {
         // Small tables are kept at once; a tree of distinct tables is walked once each.
         let (_, reads) = read("local s = { 1 }\nreturn { s, s, s, { s } }");
         assert_eq!(reads, 3);
+    }
+
+    // Adversary round 19: nested chains filled the memo (each memoized table counts its whole
+    // subtree), then an emptied table of 2^17 slots met 4,600 times was walked each time:
+    // 400 ms in C after the deadline. The slots walked are bounded whatever the memo holds.
+    #[test]
+    fn the_slots_walked_are_bounded_when_the_memo_is_full() {
+        let (json, reads) = read(
+            "local r = {}\n\
+             for c = 1, 25 do local t = { 1 } for d = 1, 28 do t = { t } end r[#r + 1] = t end\n\
+             local e = {}\n\
+             for i = 1, 2 ^ 17 do e[-i] = true end\n\
+             for i = 1, 2 ^ 17 do e[-i] = nil end\n\
+             e[-1] = 1\n\
+             for i = 1, 4600 do r[#r + 1] = e end\n\
+             return r",
+        );
+        let e = json.expect_err("refused");
+        assert!(e.contains("table slots"), "{e}");
+        // The result and the chains, then the emptied table at most 2^24 / 2^17 = 128 times,
+        // not once per reference.
+        assert!(reads <= 1 + 25 * 29 + 128, "{reads}");
     }
 }

@@ -266,13 +266,13 @@ const PRELUDE_SRC: &[u8] = b"luametrics/prelude.lua";
 /// call: at the script's line that called the wrapper (none when a C function such as `pcall`
 /// called it, as in Lua), with Lua's name for the function instead of the prelude's local
 /// alias, and counting arguments from `self` for a method call (`s:rep(x)`: argument #1 is
-/// `x`). The prelude's positions never reach the script: the message is rewritten when the
-/// Lua code nearest the error is the prelude's (its own code raised it, or a C function it
-/// called: a library function, a metamethod, `error` at a level that names the prelude).
-/// A script's own text that only reads like the prelude's is kept when the script's code is
-/// nearest (adversary round 16); raised by a C function the prelude called for the script
-/// (`error` as a `gsub` replacement) it is rewritten like the prelude's (round 18: telling
-/// them apart there cost leaks of the prelude's positions).
+/// `x`). The prelude's positions never reach the script: a message that starts with one is
+/// rewritten when a prelude frame is on the stack near the error (its own code raised it, a
+/// C function it called, or a script's callback it called whose `error(msg, level)` named a
+/// prelude frame). A script's own text that only reads like the prelude's is kept when no
+/// prelude frame is near (adversary round 16); raised while the prelude runs a callback for
+/// the script, it is read as the prelude's (rounds 18, 19: telling them apart there cost leaks
+/// of the prelude's positions).
 ///
 /// # Safety
 /// A message handler's state, with the error at index 1.
@@ -306,10 +306,9 @@ unsafe fn relocate(l: *mut ffi::lua_State) {
                 continue;
             }
             if !in_prelude {
-                if !ar.what.is_null() && *ar.what != b'C' as std::ffi::c_char {
-                    // The Lua code nearest the error is the script's: its own text.
-                    return;
-                }
+                // Frames above the prelude's: the raising function, or a script's callback
+                // the prelude called (`__tostring` for `print`, a comparator), whose
+                // `error(msg, level)` may name a prelude frame (adversary round 19).
                 continue;
             }
             if ar.currentline > 0 {

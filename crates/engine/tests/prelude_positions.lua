@@ -67,4 +67,42 @@ print(pcall(table.remove, setmetatable({}, {__index = utf8.char, __len = functio
 print(pcall(table.move, setmetatable({}, {__index = string.char}), 1, 2, 1, {}))
 print(pcall(string.format, "%s", setmetatable({}, {__tostring = string.char})))
 end
+-- Adversary round 19: a script's callback the prelude runs (print's __tostring, a comparator, a
+-- metamethod) raising at a level that names a prelude frame.
+do
+local o = setmetatable({}, {__tostring=function() return 42 end})
+print(pcall(print, o))
+print(pcall(print, setmetatable({}, {__tostring=function() error("x", 3) end})))
+print(pcall(print, setmetatable({}, {__tostring=function() error("y", 2) end})))
+print(pcall(print, setmetatable({}, {__tostring=function() local x = nil; return x.y end})))
+local out = {}
+local function add(n, v) out[#out+1] = n .. " => " .. tostring(v) end
+add("xpcall rep", select(2, xpcall(function() string.rep() end, function(m) return m end)))
+add("xpcall rep direct", select(2, xpcall(string.rep, function(m) return m end)))
+add("resume rep", select(2, coroutine.resume(coroutine.create(function() string.rep() end))))
+add("resume direct", select(2, coroutine.resume(coroutine.create(string.rep))))
+add("wrap direct", select(2, pcall(coroutine.wrap(string.rep))))
+add("wrap sort lvl2", select(2, pcall(coroutine.wrap(function() table.sort(setmetatable({}, {__len=function() error("L", 2) end})) end))))
+add("xpcall handler lvl", select(2, xpcall(function() table.sort({3,2,1}, function() error("C", 3) end) end, function(m) return m end)))
+local ok, e = pcall(function() string.format("%d", setmetatable({}, {__name="s_rep"})) end)
+add("name alias", e)
+local ok, e = pcall(function() local t = table; t.x = 1 end)
+add("readonly", e)
+local ok, e = pcall(function() error(setmetatable({}, {__tostring=function() return "E" end})) end)
+add("tbl err", e)
+local ok, e = pcall(string.gsub, "aaa", "a", setmetatable({}, {__index=function(_, k) error("gi", 2) end}))
+add("gsub tbl idx lvl2", e)
+local ok, e = pcall(string.format, "%s", setmetatable({}, {__tostring=function() error("fs", 2) end}))
+add("format ts lvl2", e)
+local ok, e = pcall(string.format, "%s", setmetatable({}, {__tostring=function() error("fs3", 3) end}))
+add("format ts lvl3", e)
+local ok, e = pcall(table.move, setmetatable({}, {__index=function() error("mv", 2) end}), 1, 2, 1, {})
+add("move idx lvl2", e)
+local ok, e = pcall(table.insert, setmetatable({}, {__newindex=function() error("in", 2) end}), 1)
+add("insert nidx lvl2", e)
+local ok, e = pcall(table.remove, setmetatable({}, {__len=function() return 1 end, __index=function() error("rm", 2) end}))
+add("remove idx lvl2", e)
+for _, l in ipairs(out) do print(l) end
+
+end
 return 1

@@ -1251,6 +1251,22 @@ LUA_API int lua_error (lua_State *L) {
 }
 
 
+/*
+** luametrics: the slots of the table at 'idx' (array part and hash part, empty ones
+** included): what walking it with 'lua_next' costs. The host bounds the slots it walks to
+** read a script's result, where no hook can interrupt it.
+*/
+LUA_API lua_Unsigned luametrics_tableslots (lua_State *L, int idx) {
+  Table *t;
+  lua_Unsigned n;
+  lua_lock(L);
+  t = gettable(L, idx);
+  n = (lua_Unsigned)luaH_realasize(t) + (lua_Unsigned)sizenode(t);
+  lua_unlock(L);
+  return n;
+}
+
+
 LUA_API int lua_next (lua_State *L, int idx) {
   Table *t;
   int more;
