@@ -246,15 +246,33 @@ unsafe extern "C-unwind" fn on_error(l: *mut ffi::lua_State) -> c_int {
             relocate(l);
         }
         if !slot.aborted() && ffi::lua_type(l, ffi::lua_upvalueindex(2)) != ffi::LUA_TNONE {
+            // An error inside the script's handler comes back here (Lua calls the handler
+            // again with it): past a few rounds the error is Lua's "error in error handling",
+            // as Lua's own recursion ends (adversary round 18: the recursion ran into the C
+            // stack's limit, which the probe above took for an overflow of the script's).
+            let depth = ffi::lua_tointegerx(l, ffi::lua_upvalueindex(3), std::ptr::null_mut());
+            if depth >= MAX_HANDLER_ROUNDS {
+                ffi::lua_settop(l, 0);
+                ffi::lua_pushliteral(l, c"error in error handling");
+                return 1;
+            }
+            ffi::lua_pushinteger(l, depth + 1);
+            ffi::lua_replace(l, ffi::lua_upvalueindex(3));
             ffi::lua_settop(l, 1);
             ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
             ffi::lua_insert(l, 1);
             ffi::lua_call(l, 1, 1);
+            ffi::lua_pushinteger(l, depth);
+            ffi::lua_replace(l, ffi::lua_upvalueindex(3));
         }
         ffi::lua_settop(l, 1);
         1
     }
 }
+
+/// Times a failing `xpcall` handler is called again with its own error before the error
+/// becomes "error in error handling".
+const MAX_HANDLER_ROUNDS: ffi::lua_Integer = 8;
 
 /// Stack levels the message handler looks through for the prelude's frames.
 const MAX_RELOCATE_LEVELS: c_int = 32;
@@ -415,10 +433,11 @@ pub(crate) unsafe extern "C-unwind" fn xpcall(l: *mut ffi::lua_State) -> c_int {
             ffi::lua_error(l);
         }
         ffi::luaL_checkstack(l, 3, std::ptr::null());
-        // f, handler, args... -> true, on_error(slot, handler), f, args...
+        // f, handler, args... -> true, on_error(slot, handler, rounds), f, args...
         ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
         ffi::lua_pushvalue(l, 2);
-        ffi::lua_pushcclosure(l, on_error, 2);
+        ffi::lua_pushinteger(l, 0);
+        ffi::lua_pushcclosure(l, on_error, 3);
         ffi::lua_replace(l, 2);
         ffi::lua_pushboolean(l, 1);
         ffi::lua_insert(l, 1);

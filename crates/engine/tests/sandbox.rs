@@ -692,6 +692,25 @@ async fn library_argument_errors_read_as_luas_own() {
         ex.result,
         Ok(json!(["cannot resume non-suspended coroutine", "boom"]))
     );
+    // An `xpcall` handler that fails gets its own error, and one that always fails ends in
+    // Lua's "error in error handling", a catchable result (adversary round 18: it was a
+    // `stack_overflow` abort).
+    let s = Script::new(
+        "xpcall.lua",
+        "local _, a = xpcall(error, function(m) error(m) end, 'x')\n\
+         local n = 0\n\
+         local _, b = xpcall(error, function(m)\n\
+           n = n + 1\n\
+           if n == 1 then error('again', 0) end\n\
+           return 'handled ' .. m\n\
+         end, 'x')\n\
+         return { a, b }",
+    );
+    let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
+    assert_eq!(
+        ex.result,
+        Ok(json!(["error in error handling", "handled again"]))
+    );
 }
 
 // Adversary round 18: where the prelude's code is nearest an error (a refusal raised one level
