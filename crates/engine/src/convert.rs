@@ -332,7 +332,6 @@ impl FromLua {
             self.path.pop();
             let height = self.deepest - level;
             self.deepest = self.deepest.max(deepest_before);
-            let charged = (self.nodes - nodes_before, self.bytes - bytes_before);
             let n = entries.len();
             let is_array = n > 0
                 && entries
@@ -350,15 +349,27 @@ impl FromLua {
                 let mut map = Map::new();
                 for (k, v) in entries {
                     let key = match k {
-                        Key::Int(i) => i.to_string(),
-                        Key::Float(f) => f.to_string(),
-                        Key::Bool(b) => b.to_string(),
                         Key::Str(s) => s,
+                        // Text the result gains: charged like a string key (adversary round
+                        // 20: 9,990 float keys such as 1e-300 wrote 3.2 MB of key text past
+                        // a 1 MiB budget).
+                        other => {
+                            let text = match other {
+                                Key::Int(i) => i.to_string(),
+                                Key::Float(f) => f.to_string(),
+                                Key::Bool(b) => b.to_string(),
+                                Key::Str(s) => s,
+                            };
+                            self.charge(text.len())?;
+                            text
+                        }
                     };
                     map.insert(key, v);
                 }
                 Json::Object(map)
             };
+            // What reading it cost, key text included: a copy is charged the same.
+            let charged = (self.nodes - nodes_before, self.bytes - bytes_before);
             // At most a result's worth of values: what a rescan costs is the table's slots,
             // empty ones included, whatever it holds. Small tables are kept at once; a larger
             // one when met a second time (a DAG), so a result that meets every table once
@@ -452,6 +463,23 @@ mod tests {
         // Small tables are kept at once; a tree of distinct tables is walked once each.
         let (_, reads) = read("local s = { 1 }\nreturn { s, s, s, { s } }");
         assert_eq!(reads, 3);
+    }
+
+    // Adversary round 20: keys that are not strings are written out as text, and that text
+    // counts against the byte budget as a string key's does.
+    #[test]
+    fn number_keys_written_as_text_are_charged() {
+        let (json, _) = read("local t = {}\nfor i = 1, 9990 do t[i * 1e-300] = 1 end\nreturn t");
+        let e = json.expect_err("refused");
+        assert!(e.contains("bytes"), "{e}");
+        let (json, _) = read("return { [1.5] = 1, [2] = 2, [true] = 3 }");
+        assert_eq!(json, Ok(serde_json::json!({ "1.5": 1, "2": 2, "true": 3 })));
+        // ...and a copy of such a table is charged its key text too.
+        let (json, _) = read(
+            "local t = {}\nfor i = 1, 60 do t[i * 1e-300] = 1 end\n\
+             local r = {}\nfor i = 1, 160 do r[i] = t end\nreturn r",
+        );
+        assert!(json.is_err(), "{json:?}");
     }
 
     // Adversary round 19: nested chains filled the memo (each memoized table counts its whole
