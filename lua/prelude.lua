@@ -867,6 +867,9 @@ local function safe_print(...)
   local n, args, parts, len = select("#", ...), { ... }, {}, 0
   for i = 1, n do
     local s = tostring(args[i])
+    -- Only what the line can hold is copied (the host cuts on a character boundary).
+    local room = max_line + 4 - len
+    if #s > room then s = s_sub(s, 1, room) end
     parts[i] = s
     len = len + #s + 1
     if len > max_line then break end

@@ -105,4 +105,11 @@ add("remove idx lvl2", e)
 for _, l in ipairs(out) do print(l) end
 
 end
+-- Review: a callback deeper than the handler looked (32 levels) naming a prelude frame.
+do
+print(pcall(print, setmetatable({}, {__tostring=function()
+  local function r(n) if n == 0 then error("deep", 37) end r(n - 1) end
+  r(33)
+end})))
+end
 return 1
