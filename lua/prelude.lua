@@ -17,6 +17,7 @@ local s_byte, s_sub, s_find, s_match, s_gmatch, s_gsub = string.byte, string.sub
 local m_log, m_randomseed, maxinteger, m_ult = math.log, math.randomseed, math.maxinteger, math.ult
 
 local validate, take, reset, bind = host.validate, host.take, host.reset, host.bind
+local reset_tenant = host.reset_tenant
 local max_verdicts = limits.max_verdicts
 local max_walk = limits.max_walk
 local strict = limits.strict
@@ -674,10 +675,10 @@ string_mt.__metatable = false
 -- cached (a fast call) says nothing about what other tenants recorded. Each tenant's trees
 -- hold at most `max_verdicts` leaves and are emptied alone when full, so one tenant cannot
 -- empty another's (adversary round 16: a shared bound told a tenant, by the time of its next
--- calls, how many series the others had used). Every tenant's trees go at once only when the
--- engine's live leaves reach twice `max_verdicts` (two tenants or more near their bound) or
--- its series four times: what that tells a tenant is only that others used thousands of
--- series. The helpers are C
+-- calls, how many series the others had used); the host forgets its series with them, so the
+-- series the engine holds stay within the live leaves. Every tenant's trees go at once only
+-- when the engine's live leaves reach twice `max_verdicts` (two tenants or more near their
+-- bound): what that tells a tenant is only that others used thousands of series. The helpers are C
 -- closures (crates/engine/src/hot.rs) bound to the running tenant's trees at the start of
 -- each execution; they walk the tree and aggregate accepted points on the Rust side; what they
 -- cannot settle comes here, to the slow path.
@@ -756,6 +757,14 @@ local function plant(kind, name, tags)
       copy[k] = v
     end
   end
+  if current.n >= max_tenant_leaves then
+    -- This tenant's trees alone go, and the series they named (before this one is planted).
+    nleaves = nleaves - current.n
+    reset_tenant()
+    local tree = new_tree()
+    if current_tenant ~= nil then trees[current_tenant] = tree end
+    use_tree(tree)
+  end
   local verdict = validate(kind, name, copy)
   if type(verdict) == "string" then return verdict end
   if nleaves >= 2 * max_verdicts or verdict >= max_series then
@@ -767,12 +776,6 @@ local function plant(kind, name, tags)
     use_tree(tree)
     verdict = validate(kind, name, copy)
     if type(verdict) == "string" then return verdict end
-  elseif current.n >= max_tenant_leaves then
-    -- This tenant's trees alone go (the series stay known: their ids are still valid).
-    nleaves = nleaves - current.n
-    local tree = new_tree()
-    if current_tenant ~= nil then trees[current_tenant] = tree end
-    use_tree(tree)
   end
   local node = current[kind]
   local function step(key)
@@ -907,7 +910,10 @@ function control.begin(event, context, tenant, seed)
   if tenant ~= current_tenant then qcache, qcount = {}, 0 end
   local tree = trees[tenant]
   if tree == nil then
-    if ntrees >= max_trees then trees, ntrees, nleaves = {}, 0, 0 end
+    if ntrees >= max_trees then
+      trees, ntrees, nleaves = {}, 0, 0
+      reset()
+    end
     tree = new_tree()
     trees[tenant] = tree
     ntrees = ntrees + 1

@@ -96,6 +96,8 @@ pub struct CacheStats {
     pub verdicts: usize,
     /// Verdict leaves of the last tenant's trees (at most `max_verdicts`).
     pub tenant_verdicts: usize,
+    /// Series the host holds for the verdicts (every tenant's; at most twice `max_verdicts`).
+    pub series: usize,
 }
 
 /// What happened to the metric points of one execution.
@@ -402,6 +404,7 @@ impl Engine {
                 patterns,
                 verdicts,
                 tenant_verdicts,
+                series: self.hot.0.with(|h| h.live()),
             },
             Err(_) => CacheStats::default(),
         }

@@ -104,6 +104,17 @@ pub(crate) fn table(
             Ok(())
         })?,
     )?;
+    {
+        let sh = shared.clone();
+        host.set(
+            "reset_tenant",
+            lua.create_function(move |_, ()| {
+                let tenant = sh.tenant.lock().clone();
+                hr.with(|h| h.reset_tenant(&tenant));
+                Ok(())
+            })?,
+        )?;
+    }
     // SAFETY: `hot::bind` and `hot::rebind` are Lua C functions that check their arguments.
     host.set("bind", unsafe { lua.create_c_function(hot::bind)? })?;
     host.set("rebind", unsafe { lua.create_c_function(hot::rebind)? })?;

@@ -73,7 +73,10 @@ pub(crate) struct Hot {
     used: u32,
     budget: u32,
     max_points: u32,
-    series: Vec<Series>,
+    /// Series by id (`None`: forgotten, its id free for the next series planted).
+    series: Vec<Option<Series>>,
+    /// Ids of forgotten series, reused first: ids stay below the series alive.
+    free: Vec<usize>,
     /// Series by identity: tag tables built in different orders walk different paths of the
     /// tree, and `{n = 1}` and `{n = "1"}` are the same tags; they all share one series.
     index: HashMap<Arc<Identity>, usize>,
@@ -90,6 +93,7 @@ impl Hot {
             budget: 0,
             max_points,
             series: Vec::new(),
+            free: Vec::new(),
             index: HashMap::new(),
             slots: Vec::new(),
             rejections_pending: false,
@@ -111,20 +115,54 @@ impl Hot {
             return id;
         }
         let identity = Arc::new(identity);
-        let id = self.series.len();
-        self.index.insert(identity.clone(), id);
-        self.series.push(Series {
-            identity,
+        let series = Some(Series {
+            identity: identity.clone(),
             epoch: 0,
             slot: 0,
         });
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.series[id] = series;
+                id
+            }
+            None => {
+                self.series.push(series);
+                self.series.len() - 1
+            }
+        };
+        self.index.insert(identity, id);
         id
     }
 
-    /// Forgets every series: the prelude has just emptied its tree (the cache bound).
+    /// Forgets every series: the prelude has just emptied every tree (the cache bound).
     pub(crate) fn reset(&mut self) {
         self.series.clear();
+        self.free.clear();
         self.index.clear();
+    }
+
+    /// Forgets `tenant`'s series: the prelude has just emptied that tenant's trees (its own
+    /// bound), so no tree holds their ids. One tenant's use then never grows what the engine
+    /// holds for all (review: a tenant planting new series pushed the ids to the engine-wide
+    /// bound alone, which emptied every tenant's trees). Points of this execution already
+    /// taken stay in their aggregates.
+    pub(crate) fn reset_tenant(&mut self, tenant: &str) {
+        let (series, free) = (&mut self.series, &mut self.free);
+        self.index.retain(|identity, id| {
+            if &*identity.tenant != tenant {
+                return true;
+            }
+            if let Some(s) = series.get_mut(*id) {
+                *s = None;
+                free.push(*id);
+            }
+            false
+        });
+    }
+
+    /// Series held, every tenant's.
+    pub(crate) fn live(&self) -> usize {
+        self.index.len()
     }
 
     /// Whether a point fits the lease without asking for more.
@@ -159,7 +197,7 @@ impl Hot {
     /// Folds a value into its series' aggregate; the lease was checked. False when `id` is not
     /// a series (never the case for an id the tree holds).
     fn add(&mut self, id: usize, value: f64) -> bool {
-        let Some(series) = self.series.get_mut(id) else {
+        let Some(Some(series)) = self.series.get_mut(id) else {
             return false;
         };
         self.used += 1;
