@@ -76,7 +76,7 @@ end
 
 local co_create, co_close, co_wrap, co_status = coroutine.create, coroutine.close,
   coroutine.wrap, coroutine.status
-local guarded_resume, track, guarded_body = host.resume, host.track, host.body
+local guarded_resume, track, bind_body = host.resume, host.track, host.bind_body
 local library_error = host.library_error
 local threads, nthreads = {}, 0
 
@@ -85,7 +85,7 @@ local function create(...)
   if type(f) ~= "function" then co_create(...) end -- Lua's own argument error
   -- The body runs under the guard's message handler on the coroutine's own thread, so a stack
   -- overflow inside it is probed where it happens, before the coroutine dies.
-  local co = co_create(function(...) return guarded_body(f, ...) end)
+  local co = co_create(bind_body(f))
   nthreads = nthreads + 1
   threads[nthreads] = co
   track(co)

@@ -476,13 +476,46 @@ unsafe extern "C-unwind" fn finish_body(
 
 /// `body(f, ...)`: runs `f` under the guards' message handler and raises any error on. The
 /// script's main function runs this way (an overflow it does not catch is typed too), and so
-/// does every coroutine's body, on the coroutine's own thread (an overflow inside a coroutine
-/// is probed where it happens, before the coroutine dies). Yields pass through.
+/// does every coroutine's body ([`bind_body`]), on the coroutine's own thread (an overflow
+/// inside a coroutine is probed where it happens, before the coroutine dies). Yields pass
+/// through.
 pub(crate) unsafe extern "C-unwind" fn body(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: called by Lua with the function to run and its arguments on the stack, and the
     // slot as first upvalue.
     unsafe {
         ffi::luaL_checkstack(l, 2, std::ptr::null());
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+        ffi::lua_pushcclosure(l, on_error, 1);
+        ffi::lua_insert(l, 1);
+        let nargs = ffi::lua_gettop(l) - 2;
+        let status = ffi::lua_pcallk(l, nargs, ffi::LUA_MULTRET, 1, 0, Some(finish_body));
+        finish_body(l, status, 0)
+    }
+}
+
+/// `bind_body(f)`: a C function that runs `f` as [`body`] does, the body of a coroutine: no
+/// Lua frame of the prelude's sits at the coroutine's base (review: with one there, a script's
+/// own error text that reads like the prelude's was rewritten inside any coroutine).
+pub(crate) unsafe extern "C-unwind" fn bind_body(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function whose first upvalue is the slot, with the function
+    // to bind at index 1 (checked).
+    unsafe {
+        ffi::luaL_checktype(l, 1, ffi::LUA_TFUNCTION);
+        ffi::lua_settop(l, 1);
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
+        ffi::lua_insert(l, 1);
+        ffi::lua_pushcclosure(l, bound_body, 2);
+        1
+    }
+}
+
+/// The C function [`bind_body`] makes: its upvalues are the slot and the function to run.
+unsafe extern "C-unwind" fn bound_body(l: *mut ffi::lua_State) -> c_int {
+    // SAFETY: called by Lua as the closure `bind_body` built; arguments are on the stack.
+    unsafe {
+        ffi::luaL_checkstack(l, 3, std::ptr::null());
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
+        ffi::lua_insert(l, 1);
         ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
         ffi::lua_pushcclosure(l, on_error, 1);
         ffi::lua_insert(l, 1);

@@ -124,7 +124,7 @@ pub(crate) fn table(
     host.set("xpcall", guard_fn(lua, slot, guard::xpcall)?)?;
     host.set("resume", guard_fn(lua, slot, guard::resume)?)?;
     host.set("track", guard_fn(lua, slot, guard::track)?)?;
-    host.set("body", guard_fn(lua, slot, guard::body)?)?;
+    host.set("bind_body", guard_fn(lua, slot, guard::bind_body)?)?;
     {
         let sh = shared.clone();
         // One line, its arguments converted by the prelude's `print` (in Lua, so a failing

@@ -622,10 +622,15 @@ async fn library_argument_errors_read_as_luas_own() {
     let forged = "luametrics/prelude.lua:12: bad argument #1 to 's_rep'";
     let s = Script::new(
         "forged.lua",
-        format!("local ok, e = pcall(error, {forged:?})\nreturn e"),
+        format!(
+            "local ok, e = pcall(error, {forged:?})\n\
+             local w = coroutine.wrap(function() local _, e2 = pcall(error, {forged:?}) return e2 end)\n\
+             return {{ e, w() }}"
+        ),
     );
     let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
-    assert_eq!(ex.result, Ok(json!(forged)));
+    // Inside a coroutine too (review: the body's base was a prelude frame).
+    assert_eq!(ex.result, Ok(json!([forged, forged])));
     // A library error is rewritten in its head only: a long `__name` is copied as it is.
     let s = Script::new(
         "long.lua",
