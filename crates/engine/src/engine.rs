@@ -906,21 +906,27 @@ pub(crate) fn library_text(message: &[u8], method: bool, out: &mut Vec<u8>) {
         cut -= 1;
     }
     let (head, tail) = message.split_at(cut);
-    let mut head = String::from_utf8_lossy(head).into_owned();
+    // Bytes, not text: a script's bytes in the message (a binary `__name`) stay as they are.
+    let mut head = head.to_vec();
     // Lua names the function before any detail in parentheses (where a script's `__name`
     // may appear): only that part is looked at, and the name is replaced once.
-    let named = head.find('(').unwrap_or(head.len());
+    let named = head.iter().position(|&b| b == b'(').unwrap_or(head.len());
     for (alias, name) in LIBRARY_NAMES {
         let quoted = format!("'{alias}'");
-        if let Some(at) = head[..named].find(&quoted) {
-            head.replace_range(at..at + quoted.len(), &format!("'{name}'"));
+        let found = head[..named]
+            .windows(quoted.len())
+            .position(|w| w == quoted.as_bytes());
+        if let Some(at) = found {
+            head.splice(at..at + quoted.len(), format!("'{name}'").into_bytes());
             break;
         }
     }
     if method {
-        head = crate::guard::from_self(head);
+        if let Ok(text) = String::from_utf8(head.clone()) {
+            head = crate::guard::from_self(text).into_bytes();
+        }
     }
-    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(&head);
     out.extend_from_slice(tail);
 }
 
@@ -1014,5 +1020,39 @@ mod seed_tests {
         assert_ne!(s[1].wrapping_sub(s[0]), s[2].wrapping_sub(s[1]));
         // And each engine's key is its own.
         assert_ne!(keyed_seed(&key, 1), keyed_seed(&RandomState::new(), 1));
+    }
+}
+
+#[cfg(test)]
+mod library_text_tests {
+    use super::library_text;
+
+    fn text(message: &[u8], method: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        library_text(message, method, &mut out);
+        out
+    }
+
+    // Review: the head went through `from_utf8_lossy`, which changed a script's bytes.
+    #[test]
+    fn the_alias_is_renamed_and_the_scripts_bytes_kept() {
+        assert_eq!(
+            text(
+                b"bad argument #1 to 's_rep' (string expected, got \xff\xfe 's_rep')",
+                false
+            ),
+            b"bad argument #1 to 'rep' (string expected, got \xff\xfe 's_rep')".to_vec()
+        );
+        assert_eq!(
+            text(
+                b"bad argument #2 to 's_rep' (number expected, got nil)",
+                true
+            ),
+            b"bad argument #1 to 'rep' (number expected, got nil)".to_vec()
+        );
+        let long = [b"bad argument #1 to 't_sort' (".as_slice(), &[b'x'; 1000]].concat();
+        let out = text(&long, false);
+        assert!(out.starts_with(b"bad argument #1 to 'sort' ("));
+        assert_eq!(out.len(), long.len() - 2);
     }
 }
