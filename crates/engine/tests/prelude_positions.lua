@@ -112,4 +112,11 @@ print(pcall(print, setmetatable({}, {__tostring=function()
   r(33)
 end})))
 end
+-- Adversary round 21: deeper than any handler's walk (300 levels), through print, sort, gsub.
+do
+local function deep(n, level) if n == 0 then error("x", level) end deep(n - 1, level) end
+print(pcall(print, setmetatable({}, {__tostring=function() deep(300, 304) end})))
+print(pcall(table.sort, {3, 2, 1}, function() deep(300, 304) end))
+print(pcall(string.gsub, "a", "a", function() deep(300, 304) end))
+end
 return 1

@@ -111,10 +111,28 @@ static int luaB_tonumber (lua_State *L) {
 }
 
 
+/*
+** luametrics: a level that names a frame of the engine's prelude (a script's callback the
+** prelude runs, raising at a level past it) names the first frame below it that is not the
+** prelude's instead: the prelude's positions never reach a script, however deep the callback.
+*/
+static int luametrics_skipprelude (lua_State *L, int level) {
+  lua_Debug ar;
+  while (lua_getstack(L, level, &ar)) {
+    lua_getinfo(L, "S", &ar);
+    if (strcmp(ar.source, "=luametrics/prelude.lua") != 0)
+      break;
+    level++;
+  }
+  return level;
+}
+
+
 static int luaB_error (lua_State *L) {
   int level = (int)luaL_optinteger(L, 2, 1);
   lua_settop(L, 1);
   if (lua_type(L, 1) == LUA_TSTRING && level > 0) {
+    level = luametrics_skipprelude(L, level);  /* luametrics */
     luaL_where(L, level);   /* add extra information */
     lua_pushvalue(L, 1);
     lua_concat(L, 2);
