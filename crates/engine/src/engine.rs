@@ -327,16 +327,18 @@ impl Engine {
         let drain: Function = control.get("drain")?;
         let stats: Function = control.get("stats")?;
 
-        // Lua's `error`, for the message handler (`guard::relocate`).
-        let error_fn: Function = lua.globals().get("error")?;
-        // SAFETY: reads the C function of the value exec_raw pushed, with no call into Lua.
-        unsafe {
-            lua.exec_raw::<()>(error_fn, |l| {
-                if let Some(f) = ffi::lua_tocfunction(l, -1) {
-                    guard::ERROR_FN.store(f as usize, std::sync::atomic::Ordering::Relaxed);
-                }
-                ffi::lua_pop(l, 1);
-            })?;
+        // Lua's `error` and `assert`, for the message handler (`guard::relocate`).
+        for (name, slot) in [("error", &guard::ERROR_FN), ("assert", &guard::ASSERT_FN)] {
+            let f: Function = lua.globals().get(name)?;
+            // SAFETY: reads the C function of the value exec_raw pushed, with no call into Lua.
+            unsafe {
+                lua.exec_raw::<()>(f, |l| {
+                    if let Some(f) = ffi::lua_tocfunction(l, -1) {
+                        slot.store(f as usize, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    ffi::lua_pop(l, 1);
+                })?;
+            }
         }
 
         // Nothing of the full state stays reachable by name: scripts see only the prelude's

@@ -283,6 +283,10 @@ const MAX_RELOCATE_LEVELS: c_int = 256;
 /// Lua's `error` C function (its address), read when the first engine is built.
 pub(crate) static ERROR_FN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// Lua's `assert` C function (its address), read when the first engine is built.
+pub(crate) static ASSERT_FN: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
 /// Where the prelude's chunk is named in error positions.
 const PRELUDE_SRC: &[u8] = b"luametrics/prelude.lua";
 
@@ -312,15 +316,20 @@ unsafe fn relocate(l: *mut ffi::lua_State) {
             return;
         };
         let mut ar: ffi::lua_Debug = std::mem::MaybeUninit::zeroed().assume_init();
-        // Raised by `error` itself: the vendored `error` never writes a prelude position (it
-        // names the first frame below the prelude's), so the text is the script's own, or
-        // one this handler saw already (a wrapped coroutine's error raised again).
+        // Raised by `error` or `assert` themselves: the vendored `error` never writes a prelude
+        // position (it names the first frame below the prelude's) and `assert` writes none,
+        // so the text is the script's own, or one this handler saw already (a wrapped
+        // coroutine's error raised again).
         if ffi::lua_getstack(l, 1, &mut ar) != 0 && ffi::lua_getinfo(l, c"f".as_ptr(), &mut ar) != 0
         {
             let raiser = ffi::lua_tocfunction(l, -1);
             ffi::lua_pop(l, 1);
-            let error_fn = ERROR_FN.load(std::sync::atomic::Ordering::Relaxed);
-            if error_fn != 0 && raiser.map(|f| f as usize) == Some(error_fn) {
+            let raiser = raiser.map_or(0, |f| f as usize);
+            let ours = |f: &std::sync::atomic::AtomicUsize| {
+                let f = f.load(std::sync::atomic::Ordering::Relaxed);
+                f != 0 && f == raiser
+            };
+            if ours(&ERROR_FN) || ours(&ASSERT_FN) {
                 return;
             }
         }

@@ -626,13 +626,17 @@ async fn library_argument_errors_read_as_luas_own() {
             "local ok, e = pcall(error, {forged:?})\n\
              local w = coroutine.wrap(function() local _, e2 = pcall(error, {forged:?}) return e2 end)\n\
              local _, e3 = pcall(coroutine.wrap(function() error({forged:?}, 0) end))\n\
-             return {{ e, w(), e3 }}"
+             local _, e4 = pcall(table.sort, {{ 3, 2, 1 }}, function()\n\
+               local _, m = pcall(assert, false, {forged:?})\n\
+               error(m, 0)\n\
+             end)\n\
+             return {{ e, w(), e3, e4 }}"
         ),
     );
     let ex = pool.execute(&s, "t", &json!({}), &json!({})).await.unwrap();
     // Inside a coroutine too (review: the body's base was a prelude frame), and raised again
     // by `coroutine.wrap` (adversary round 21).
-    assert_eq!(ex.result, Ok(json!([forged, forged, forged])));
+    assert_eq!(ex.result, Ok(json!([forged, forged, forged, forged])));
     // A library error is rewritten in its head only: a long `__name` is copied as it is.
     let s = Script::new(
         "long.lua",
