@@ -537,15 +537,11 @@ pub(crate) unsafe extern "C-unwind" fn bind_body(l: *mut ffi::lua_State) -> c_in
 unsafe extern "C-unwind" fn bound_body(l: *mut ffi::lua_State) -> c_int {
     // SAFETY: called by Lua as the closure `bind_body` built; arguments are on the stack.
     unsafe {
-        ffi::luaL_checkstack(l, 3, std::ptr::null());
+        // f, then as `body(f, ...)` (the slot is this closure's first upvalue too).
+        ffi::luaL_checkstack(l, 1, std::ptr::null());
         ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
         ffi::lua_insert(l, 1);
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(1));
-        ffi::lua_pushcclosure(l, on_error, 1);
-        ffi::lua_insert(l, 1);
-        let nargs = ffi::lua_gettop(l) - 2;
-        let status = ffi::lua_pcallk(l, nargs, ffi::LUA_MULTRET, 1, 0, Some(finish_body));
-        finish_body(l, status, 0)
+        body(l)
     }
 }
 
