@@ -274,11 +274,11 @@ unsafe extern "C-unwind" fn on_error(l: *mut ffi::lua_State) -> c_int {
 /// becomes "error in error handling".
 const MAX_HANDLER_ROUNDS: ffi::lua_Integer = 8;
 
-/// Stack levels the message handler looks through for the prelude's frames (only for a
-/// message that starts with the prelude's position: a script's callback may sit deep above
-/// the prelude frame its `error(msg, level)` named; adversary review: 37 levels leaked). Each
-/// level costs `lua_getstack` a walk from the top: 256 levels are ~33,000 steps.
-const MAX_RELOCATE_LEVELS: c_int = 256;
+/// Stack levels the message handler looks through for the prelude's frames. Messages with a
+/// prelude position come from the prelude's code or a C function it called, a level or two
+/// down: the vendored `error` never names a prelude frame, however deep a script's callback
+/// recurses (its messages are left alone here anyway).
+const MAX_RELOCATE_LEVELS: c_int = 32;
 
 /// Lua's `error` C function (its address), read when the first engine is built.
 pub(crate) static ERROR_FN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
