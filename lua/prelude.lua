@@ -929,6 +929,20 @@ function control.stats()
   return qcount, nleaves, current and current.n or 0
 end
 
+-- Empties every tenant's verdict trees and the pattern costs, and the host forgets the series
+-- they named: the host calls it between executions when the engine's heap is still past
+-- `recycle_memory_bytes` after a collection. The trees are bounded in leaves, not bytes (a
+-- leaf of eight long tags holds some 3 KB), and they are all the engine keeps across
+-- executions: emptied, the engine is reused instead of discarded.
+function control.forget()
+  trees, ntrees, nleaves = {}, 0, 0
+  qcache, qcount = {}, 0
+  reset()
+  -- The helpers let go of the old trees too (they hold the running tenant's).
+  current_tenant = nil
+  use_tree(new_tree())
+end
+
 -- Hands the execution's rejections by reason and its warnings to the host (the accepted
 -- points are on the Rust side already).
 function control.drain()

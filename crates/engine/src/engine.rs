@@ -196,6 +196,8 @@ pub struct Engine {
     drain: Function,
     /// The prelude's `control.stats`.
     stats: Function,
+    /// The prelude's `control.forget`: empties the verdict caches (see [`Engine::health`]).
+    forget: Function,
     cache: HashMap<u64, Compiled>,
     shared: Arc<Shared>,
     settings: Arc<EngineSettings>,
@@ -326,6 +328,7 @@ impl Engine {
         let begin: Function = control.get("begin")?;
         let drain: Function = control.get("drain")?;
         let stats: Function = control.get("stats")?;
+        let forget: Function = control.get("forget")?;
 
         // Lua's `error` and `assert`, for the message handler (`guard::relocate`).
         for (name, slot) in [("error", &guard::ERROR_FN), ("assert", &guard::ASSERT_FN)] {
@@ -381,6 +384,7 @@ impl Engine {
             begin,
             drain,
             stats,
+            forget,
             cache: HashMap::new(),
             shared,
             settings,
@@ -446,15 +450,27 @@ impl Engine {
         keyed_seed(&self.seed.0, self.seed.1)
     }
 
-    /// Checks the engine can be reused; collects garbage when the heap is large.
+    /// Checks the engine can be reused; collects garbage when the heap is large. What an
+    /// execution leaves behind is garbage, except the verdict caches: bounded in series, not
+    /// bytes, one tenant's long tags could otherwise hold the heap past the bound and have
+    /// the engine discarded after each of its executions. Past the bound after a collection
+    /// the caches are emptied first, and the engine is discarded only if that is not enough.
     pub fn health(&mut self) -> Option<DiscardReason> {
         if let Some(p) = self.poisoned {
             return Some(p);
         }
-        if self.used_memory() > self.settings.recycle_memory_bytes {
-            if self.lua.gc_collect().is_err() {
+        let bound = self.settings.recycle_memory_bytes;
+        if self.used_memory() > bound {
+            let collected = self.lua.gc_collect().and_then(|()| {
+                if self.used_memory() > bound {
+                    self.forget.call::<()>(())?;
+                    self.lua.gc_collect()?;
+                }
+                Ok(())
+            });
+            if collected.is_err() {
                 self.poisoned = Some(DiscardReason::Broken);
-            } else if self.used_memory() > self.settings.recycle_memory_bytes {
+            } else if self.used_memory() > bound {
                 self.poisoned = Some(DiscardReason::HeapTooLarge);
             }
         }

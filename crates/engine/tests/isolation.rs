@@ -460,3 +460,52 @@ fn one_tenants_use_leaves_nothing_in_and_takes_nothing_from_anothers_caches() {
         "bob's verdicts survive mallory's"
     );
 }
+
+// Review of round 16: the verdict caches are bounded in series, not bytes. One tenant's
+// series with eight long tags held some 3 KB each, so a few thousand of them kept the heap
+// past `recycle_memory_bytes` after the collection, and the engine was discarded after each
+// of that tenant's executions (taking every other tenant's caches with it, and costing a new
+// engine each time). Past the bound the caches are emptied first; the engine stays.
+#[test]
+fn verdict_caches_past_the_heap_bound_are_emptied_and_the_engine_kept() {
+    let sink = Arc::new(CollectingSink::new(TagPolicy::default()));
+    let bound = 2 * 1024 * 1024;
+    let settings = Arc::new(EngineSettings {
+        time_limit_ms: 20_000,
+        recycle_memory_bytes: bound,
+        ..EngineSettings::default()
+    });
+    let mut engine = Engine::new(settings, sink).unwrap();
+    let fat = Script::new(
+        "fat.lua",
+        r#"
+        local tags = {}
+        for k = 1, 8 do tags[string.rep(string.char(96 + k), 40)] = "" end
+        for i = 1, 3000 do
+          for k, _ in pairs(tags) do tags[k] = string.rep("v", 58) .. (i * 8 + #k) end
+          helpers.metrics.count("fat." .. (i % 3), 1, tags)
+        end
+        return true
+        "#,
+    );
+    let ex = engine.execute(&fat, "mallory", &json!({}), &json!({}));
+    assert_eq!(ex.result, Ok(json!(true)));
+    let planted = engine.cache_stats();
+    assert!(planted.verdicts >= 2_000, "{planted:?}: the series were cached");
+    assert!(
+        engine.used_memory() > bound,
+        "the test must hold more than the bound in verdicts: {} bytes",
+        engine.used_memory()
+    );
+    assert_eq!(engine.health(), None, "the engine is kept");
+    let emptied = engine.cache_stats();
+    assert_eq!((emptied.verdicts, emptied.series), (0, 0), "{emptied:?}");
+    assert!(engine.used_memory() <= bound, "{}", engine.used_memory());
+    // The engine serves on, and caches again.
+    let one = Script::new("one.lua", "helpers.metrics.count('b.one', 1) return 1");
+    let ex = engine.execute(&one, "bob", &json!({}), &json!({}));
+    assert_eq!(ex.result, Ok(json!(1)));
+    assert_eq!(ex.metrics.accepted, 1, "{:?}", ex.metrics);
+    assert_eq!(engine.cache_stats().tenant_verdicts, 1);
+    assert_eq!(engine.health(), None);
+}
