@@ -491,7 +491,10 @@ fn verdict_caches_past_the_heap_bound_are_emptied_and_the_engine_kept() {
     let ex = engine.execute(&fat, "mallory", &json!({}), &json!({}));
     assert_eq!(ex.result, Ok(json!(true)));
     let planted = engine.cache_stats();
-    assert!(planted.verdicts >= 2_000, "{planted:?}: the series were cached");
+    assert!(
+        planted.verdicts >= 2_000,
+        "{planted:?}: the series were cached"
+    );
     assert!(
         engine.used_memory() > bound,
         "the test must hold more than the bound in verdicts: {} bytes",

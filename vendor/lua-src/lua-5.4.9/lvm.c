@@ -388,22 +388,18 @@ static int l_strcmp (const TString *ts1, const TString *ts2) {
   size_t rl1 = tsslen(ts1);  /* real length */
   const char *s2 = getstr(ts2);
   size_t rl2 = tsslen(ts2);
-  for (;;) {  /* for each segment */
-    int temp = strcoll(s1, s2);
-    if (temp != 0)  /* not equal? */
-      return temp;  /* done */
-    else {  /* strings are equal up to a '\0' */
-      size_t zl1 = strlen(s1);  /* index of first '\0' in 's1' */
-      size_t zl2 = strlen(s2);  /* index of first '\0' in 's2' */
-      if (zl2 == rl2)  /* 's2' is finished? */
-        return (zl1 == rl1) ? 0 : 1;  /* check 's1' */
-      else if (zl1 == rl1)  /* 's1' is finished? */
-        return -1;  /* 's1' is less than 's2' ('s2' is not finished) */
-      /* both strings longer than 'zl'; go on comparing after the '\0' */
-      zl1++; zl2++;
-      s1 += zl1; rl1 -= zl1; s2 += zl2; rl2 -= zl2;
-    }
-  }
+  /* luametrics: the engine runs in the "C" locale (nothing calls 'setlocale'), where
+  ** 'strcoll' orders bytes as 'memcmp' does and '\0' is the smallest byte, so one 'memcmp'
+  ** gives the segment walk's answer; the walk called 'strcoll' and 'strlen' once per '\0'
+  ** (4 MB of them took 70 ms in C for one comparison; adversary round 22). */
+  size_t n = (rl1 < rl2) ? rl1 : rl2;
+  int temp;
+  if (ts1 == ts2)
+    return 0;
+  temp = memcmp(s1, s2, n);
+  if (temp != 0)
+    return temp;
+  return (rl1 == rl2) ? 0 : (rl1 < rl2) ? -1 : 1;
 }
 
 
