@@ -19,13 +19,12 @@ const ROWS_PER_PREPARED: usize = 32;
 /// Bound values per statement, under SQLite's limit (32,766 since 3.32).
 const MAX_BOUND_VALUES: usize = 30_000;
 
-/// `head VALUES (?1, ...), (...) upsert` for `rows` rows of `width` values, as
-/// `INSERT OR FAIL`: a multi-row `INSERT` that may abort makes SQLite copy every page it
-/// touches to a statement journal first, so that it can undo the statement alone (a fifth of
-/// the cost of writing a batch of traces); with `OR FAIL` a constraint error ends the
-/// statement where it stands, and [`write_atomically`] rolls the whole transaction back.
-fn placeholders(head: &str, width: usize, rows: usize, upsert: &str) -> String {
-    let mut sql = String::with_capacity(head.len() + rows * width * 7 + upsert.len() + 24);
+/// Appends `head` (`INSERT INTO ...`) as `INSERT OR FAIL INTO ...`. A multi-row `INSERT`
+/// that may abort makes SQLite copy every page it touches to a statement journal first, so
+/// that it can undo the statement alone (a fifth of the cost of writing a batch of traces);
+/// with `OR FAIL` a constraint error ends the statement where it stands, and the write is
+/// undone whole anyway ([`write_atomically`]: one transaction, or one transactional batch).
+fn push_head(head: &str, sql: &mut String) {
     match head.strip_prefix("INSERT INTO ") {
         Some(rest) => {
             sql.push_str("INSERT OR FAIL INTO ");
@@ -33,6 +32,12 @@ fn placeholders(head: &str, width: usize, rows: usize, upsert: &str) -> String {
         }
         None => sql.push_str(head),
     }
+}
+
+/// `head VALUES (?1, ...), (...) upsert` for `rows` rows of `width` values.
+fn placeholders(head: &str, width: usize, rows: usize, upsert: &str) -> String {
+    let mut sql = String::with_capacity(head.len() + rows * width * 7 + upsert.len() + 24);
+    push_head(head, &mut sql);
     sql.push_str(" VALUES ");
     for r in 0..rows {
         sql.push_str(if r > 0 { ",(" } else { "(" });
@@ -113,7 +118,7 @@ fn hex(bytes: &[u8], out: &mut String) {
 /// Renders `insert`'s rows as `INSERT ... VALUES (...), (...);` statements.
 pub(crate) fn render(insert: &Insert<'_>, out: &mut String) {
     for chunk in insert.rows.chunks(ROWS_PER_STATEMENT) {
-        out.push_str(insert.head);
+        push_head(insert.head, out);
         out.push_str(" VALUES ");
         for (i, row) in chunk.iter().enumerate() {
             if i > 0 {
