@@ -206,6 +206,10 @@ fn main() -> ExitCode {
             } => cli::gen::gen_events(count, tenants, seed, out),
         }
     });
+    // What still runs now is stuck (the commands keep their own deadlines for the work that
+    // matters: flushes, traces): dropping the runtime would wait for its blocking threads
+    // for good (adversary round 23: a server whose reads hung never exited on SIGTERM).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(code) => code,
         // Accepted data that could not be written before the shutdown deadline.

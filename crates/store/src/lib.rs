@@ -399,6 +399,13 @@ impl Store {
         tenant: Option<&str>,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        // A read inside a read (one store read made of others) runs in the outer one's place,
+        // deadline and thread: waiting for a second place while holding one, inside the
+        // blocking section where the caller's timeout cannot cancel the wait, froze every read
+        // for good once two such reads held the only two places (adversary round 23).
+        if READ.try_with(|_| ()).is_ok() {
+            return fut.await;
+        }
         let _tenant_place = match tenant {
             Some(t) => Some(self.tenant_place(t).await?),
             None => None,
@@ -829,6 +836,31 @@ mod tests {
             }
             tokio::task::yield_now().await;
         }
+    }
+
+    // Adversary round 23: a read made of reads (a trace and its spans) waited for a second
+    // place while holding one, inside the blocking section where no timeout could cancel the
+    // wait: two such reads on two places froze every read of the process for good. A read
+    // inside a read runs in its outer one's place: it takes none of the shared places and
+    // none of its tenant's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_inside_a_read_runs_in_its_place() {
+        let (_dir, store) = store().await;
+        store.set_read_limits(2, Duration::from_secs(60));
+        let (free, tenants) = store
+            .gated_read(None, async {
+                store
+                    .gated_read(Some("acme"), async {
+                        Ok((
+                            store.reads.read().available_permits(),
+                            store.tenant_reads.lock().len(),
+                        ))
+                    })
+                    .await
+            })
+            .await
+            .unwrap();
+        assert_eq!((free, tenants), (1, 0));
     }
 
     // One tenant's reads take at most half the places: with its read holding its place (held

@@ -162,55 +162,7 @@ impl Store {
     pub async fn trace_spans(&self, trace_id: &str) -> Result<Vec<SpanRecord>, StoreError> {
         self.gated_read(None, async {
             let conn = self.reader().await?;
-            let mut rows = conn
-                .query(
-                    "SELECT spans, started_at FROM pipeline_traces WHERE id = ?1",
-                    [trace_id],
-                )
-                .await
-                .map_err(StoreError::db("read spans"))?;
-            if let Some(r) = rows.next().await.map_err(StoreError::db("read spans"))? {
-                if let Some(json) = r
-                    .get::<Option<String>>(0)
-                    .map_err(StoreError::db("read spans"))?
-                {
-                    let started_at: i64 = r.get(1).map_err(StoreError::db("read spans"))?;
-                    return spans_from_text(&json, started_at).map_err(|e| StoreError::Corrupt {
-                        table: "pipeline_traces",
-                        id: 0,
-                        problem: format!("spans of trace {trace_id}: {e}"),
-                    });
-                }
-            }
-            // A trace written before spans moved into its row (schema version 5).
-            let mut rows = conn
-                .query(
-                    "SELECT node_id, script_id, status, started_at, total_ms, wait_ms, script_ms,
-                            helpers_ms, overhead_ms, error
-                       FROM pipeline_spans WHERE trace_id = ?1 ORDER BY id",
-                    [trace_id],
-                )
-                .await
-                .map_err(StoreError::db("read spans"))?;
-            let mut out = Vec::new();
-            while let Some(r) = rows.next().await.map_err(StoreError::db("read spans"))? {
-                let get_f = |i| r.get::<f64>(i);
-                out.push(SpanRecord {
-                    node_id: r.get(0).map_err(StoreError::db("read spans"))?,
-                    script_id: r.get(1).map_err(StoreError::db("read spans"))?,
-                    status: r.get(2).map_err(StoreError::db("read spans"))?,
-                    started_at_ms: r.get(3).map_err(StoreError::db("read spans"))?,
-                    total_ms: get_f(4).map_err(StoreError::db("read spans"))?,
-                    wait_ms: get_f(5).map_err(StoreError::db("read spans"))?,
-                    script_ms: get_f(6).map_err(StoreError::db("read spans"))?,
-                    helpers_ms: get_f(7).map_err(StoreError::db("read spans"))?,
-                    overhead_ms: get_f(8).map_err(StoreError::db("read spans"))?,
-                    error: r
-                        .get::<Option<String>>(9)
-                        .map_err(StoreError::db("read spans"))?,
-                });
-            }
-            Ok(out)
+            read_spans(&conn, trace_id).await
         })
         .await
     }
@@ -270,14 +222,25 @@ impl Store {
 
     /// One trace with its spans.
     pub async fn get_trace(&self, id: &str) -> Result<Option<TraceRecord>, StoreError> {
-        self.gated_read(None, async {
+        self.trace_for(id, None).await
+    }
+
+    /// One trace with its spans, if it is `tenant`'s (any tenant's for `None`): a tenant's
+    /// read takes one of the tenant's places among the reads, as its other reads do, and never
+    /// loads another tenant's trace.
+    pub async fn trace_for(
+        &self,
+        id: &str,
+        tenant: Option<&str>,
+    ) -> Result<Option<TraceRecord>, StoreError> {
+        self.gated_read(tenant, async {
             let conn = self.reader().await?;
             let mut rows = conn
                 .query(
                     "SELECT id, pipeline_id, trigger_event, tenant_id, status, decision, reason, started_at,
                             total_ms, wait_ms, script_ms, helpers_ms, overhead_ms, error, warnings
-                       FROM pipeline_traces WHERE id = ?1",
-                    [id],
+                       FROM pipeline_traces WHERE id = ?1 AND (?2 IS NULL OR tenant_id = ?2)",
+                    libsql::params![id, tenant],
                 )
                 .await
                 .map_err(StoreError::db("read a trace"))?;
@@ -286,7 +249,7 @@ impl Store {
             };
             let mut t = trace_from_row(&r)?;
             drop(rows);
-            t.spans = self.trace_spans(id).await?;
+            t.spans = read_spans(&conn, id).await?;
             Ok(Some(t))
         })
         .await
@@ -342,6 +305,63 @@ impl Store {
         })
         .await
     }
+}
+
+/// Spans of one trace, in node order, read on `conn` (inside the caller's gated read: a read
+/// that waited for a second place while holding one could wait for good; adversary round 23).
+async fn read_spans(
+    conn: &crate::conn::Conn,
+    trace_id: &str,
+) -> Result<Vec<SpanRecord>, StoreError> {
+    let mut rows = conn
+        .query(
+            "SELECT spans, started_at FROM pipeline_traces WHERE id = ?1",
+            [trace_id],
+        )
+        .await
+        .map_err(StoreError::db("read spans"))?;
+    if let Some(r) = rows.next().await.map_err(StoreError::db("read spans"))? {
+        if let Some(json) = r
+            .get::<Option<String>>(0)
+            .map_err(StoreError::db("read spans"))?
+        {
+            let started_at: i64 = r.get(1).map_err(StoreError::db("read spans"))?;
+            return spans_from_text(&json, started_at).map_err(|e| StoreError::Corrupt {
+                table: "pipeline_traces",
+                id: 0,
+                problem: format!("spans of trace {trace_id}: {e}"),
+            });
+        }
+    }
+    // A trace written before spans moved into its row (schema version 5).
+    let mut rows = conn
+        .query(
+            "SELECT node_id, script_id, status, started_at, total_ms, wait_ms, script_ms,
+                    helpers_ms, overhead_ms, error
+               FROM pipeline_spans WHERE trace_id = ?1 ORDER BY id",
+            [trace_id],
+        )
+        .await
+        .map_err(StoreError::db("read spans"))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().await.map_err(StoreError::db("read spans"))? {
+        let get_f = |i| r.get::<f64>(i);
+        out.push(SpanRecord {
+            node_id: r.get(0).map_err(StoreError::db("read spans"))?,
+            script_id: r.get(1).map_err(StoreError::db("read spans"))?,
+            status: r.get(2).map_err(StoreError::db("read spans"))?,
+            started_at_ms: r.get(3).map_err(StoreError::db("read spans"))?,
+            total_ms: get_f(4).map_err(StoreError::db("read spans"))?,
+            wait_ms: get_f(5).map_err(StoreError::db("read spans"))?,
+            script_ms: get_f(6).map_err(StoreError::db("read spans"))?,
+            helpers_ms: get_f(7).map_err(StoreError::db("read spans"))?,
+            overhead_ms: get_f(8).map_err(StoreError::db("read spans"))?,
+            error: r
+                .get::<Option<String>>(9)
+                .map_err(StoreError::db("read spans"))?,
+        });
+    }
+    Ok(out)
 }
 
 /// Nanoseconds of a time in milliseconds (what the clocks measure; finer is noise).

@@ -537,6 +537,11 @@ async fn a_trace_batch_reads_back_exactly() {
         }
         back.spans.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         assert_eq!(&back, t);
+        // A tenant reads its own traces only.
+        let own = store.trace_for(&t.id, Some(&t.tenant)).await.unwrap();
+        assert_eq!(own.map(|o| o.id), Some(t.id.clone()));
+        let other = format!("not-{}", t.tenant);
+        assert_eq!(store.trace_for(&t.id, Some(&other)).await.unwrap(), None);
     }
 }
 
