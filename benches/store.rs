@@ -3,7 +3,7 @@
 //! `memory`; `LUAMETRICS_BENCH_ROUNDS=N` sets the rounds of the hand-rolled comparisons).
 //!
 //! - flush (target 4): writing N aggregated rows through the recorder's flush vs a bare libSQL
-//!   prepared INSERT of the same N rows (32 per statement, as the store binds them) in one
+//!   prepared INSERT OR FAIL of the same N rows (32 per statement, as the store binds them) in one
 //!   transaction into the same table (target: at
 //!   least 0.7x the speed). Two pairs: a first window of new series against an empty table, and
 //!   the steady state (the same series' next window) against a bare insert into a table holding
@@ -134,12 +134,13 @@ async fn bare_insert(conn: &libsql::Connection) -> Duration {
             Null,
         ]
     };
-    // As the store writes: up to 32 rows per prepared statement (crates/store/src/batch.rs),
-    // so the ratio measures the recorder around the insert, not a way of inserting.
+    // As the store writes: up to 32 rows per prepared statement, `INSERT OR FAIL` (no
+    // statement journal; crates/store/src/batch.rs), so the ratio measures the recorder around
+    // the insert, not a way of inserting.
     const PER: usize = 32;
     let statement = |rows: usize| {
         let mut sql = String::from(
-            "INSERT INTO metrics (name, value, tags, metric_type, timestamp, service, route_id,
+            "INSERT OR FAIL INTO metrics (name, value, tags, metric_type, timestamp, service, route_id,
              client_id, status, tenant_id, kind, source, window_ms, samples, sum, min, max, last,
              last_ts, sketch, instance) VALUES ",
         );
