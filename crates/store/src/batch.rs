@@ -301,11 +301,8 @@ mod tests {
         assert_eq!(lit(Value::Blob(vec![0, 255])), "X'00ff'");
     }
 
-    /// A constraint error anywhere in a local write (`OR FAIL` statements stop where they
-    /// fail) leaves nothing of the write: not the statements before it, not the rows before it
-    /// in its own statement.
-    #[tokio::test]
-    async fn a_failing_local_write_leaves_nothing() {
+    /// An in-memory database with a table `t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)`.
+    async fn table_t() -> (libsql::Database, libsql::Connection) {
         let db = libsql::Builder::new_local(":memory:")
             .build()
             .await
@@ -317,10 +314,21 @@ mod tests {
         )
         .await
         .unwrap();
-        let rows = |ids: std::ops::Range<i64>| -> Vec<Vec<Value>> {
-            ids.map(|i| vec![Value::Integer(i), Value::Text(format!("v{i}"))])
-                .collect()
-        };
+        (db, conn)
+    }
+
+    /// Rows `(i, "v{i}")` of `t`.
+    fn rows(ids: std::ops::Range<i64>) -> Vec<Vec<Value>> {
+        ids.map(|i| vec![Value::Integer(i), Value::Text(format!("v{i}"))])
+            .collect()
+    }
+
+    /// A constraint error anywhere in a local write (`OR FAIL` statements stop where they
+    /// fail) leaves nothing of the write: not the statements before it, not the rows before it
+    /// in its own statement.
+    #[tokio::test]
+    async fn a_failing_local_write_leaves_nothing() {
+        let (_db, conn) = table_t().await;
         let insert = |rows| Insert {
             head: "INSERT INTO t (id, v)",
             rows,
@@ -349,25 +357,11 @@ mod tests {
     }
 
     /// Kept statements write each write's own rows, after a failed write too, and only the
-    /// full-size one is kept.
+    /// sizes the writes used are kept.
     #[tokio::test]
     async fn kept_statements_write_each_writes_own_rows() {
-        let db = libsql::Builder::new_local(":memory:")
-            .build()
-            .await
-            .unwrap();
-        let conn = db.connect().unwrap();
-        conn.execute(
-            "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)",
-            (),
-        )
-        .await
-        .unwrap();
+        let (_db, conn) = table_t().await;
         let kept = Statements::default();
-        let rows = |ids: std::ops::Range<i64>| -> Vec<Vec<Value>> {
-            ids.map(|i| vec![Value::Integer(i), Value::Text(format!("v{i}"))])
-                .collect()
-        };
         let write = |rows| {
             let insert = Insert {
                 head: "INSERT INTO t (id, v)",
