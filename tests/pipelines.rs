@@ -685,9 +685,12 @@ async fn settings_built_in_code_are_checked_like_a_files() {
         &[("a.lua", "return")],
     );
     type Spoil = fn(&mut Config);
-    let cases: [(&str, Spoil); 4] = [
+    let cases: [(&str, Spoil); 5] = [
         ("recorder.ready_memory_share", |c| {
             c.recorder.ready_memory_share = f64::NAN
+        }),
+        ("recorder.max_memory_bytes", |c| {
+            c.recorder.max_memory_bytes = 0
         }),
         ("recorder.tenant_memory_share", |c| {
             c.recorder.tenant_memory_share = -0.5

@@ -75,6 +75,58 @@ impl Default for RecorderSettings {
     }
 }
 
+/// A [`RecorderSettings`] value out of its range.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("recorder.{key} = {value}: expected {expected}")]
+pub struct InvalidSetting {
+    /// The setting (its key in the `[recorder]` table).
+    pub key: &'static str,
+    /// The value given.
+    pub value: String,
+    /// What it must be.
+    pub expected: &'static str,
+}
+
+impl RecorderSettings {
+    /// Checks what the types cannot say, so settings built in code meet the rules a
+    /// configuration file does: `ready_memory_share = NaN` made `/readyz` answer 503 for good
+    /// (NaN compares false with everything), and a negative share means nothing.
+    /// [`crate::MetricsService::try_start`] and the runtime's configuration call it.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let shares = [
+            (
+                "ready_memory_share",
+                self.ready_memory_share,
+                (f64::MIN_POSITIVE, 1.0),
+                "a share of the memory bound above 0 and at most 1",
+            ),
+            (
+                "tenant_memory_share",
+                self.tenant_memory_share,
+                (0.0, f64::MAX),
+                "a share of the memory bound from 0 (1 or more: no reserve)",
+            ),
+        ];
+        for (key, value, (low, high), expected) in shares {
+            if !(value >= low && value <= high) {
+                return Err(InvalidSetting {
+                    key,
+                    value: value.to_string(),
+                    expected,
+                });
+            }
+        }
+        if self.max_memory_bytes == 0 {
+            return Err(InvalidSetting {
+                key: "max_memory_bytes",
+                value: "0".into(),
+                expected: "a bound above 0 bytes (every point would be dropped)",
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Everything a [`crate::MetricsService`] needs besides its store.
 #[derive(Clone)]
 pub struct RecorderConfig {

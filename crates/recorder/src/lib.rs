@@ -33,7 +33,7 @@ mod tenants;
 
 pub use accounting::{Accounting, DropReason, LostReason, TypeAccounting};
 pub use bridge::MetricsBridge;
-pub use config::{system_clock, Clock, RecorderConfig, RecorderSettings};
+pub use config::{system_clock, Clock, InvalidSetting, RecorderConfig, RecorderSettings};
 pub use exposition::ExposedSeries;
 pub use handle::{Counter, Gauge, Histogram, SystemSeries};
 pub use health::Health;

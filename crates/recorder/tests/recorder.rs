@@ -1608,3 +1608,41 @@ async fn wide_histograms_cannot_grow_the_exposition_past_the_bound() {
     let (n, _) = stored(&h.store, "m.wide", Some("mallory")).await;
     assert_eq!(n, acc.user.accepted - 20);
 }
+
+// A host that embeds the recorder alone (no runtime, no configuration file) had no check of
+// its settings: a NaN share left `/readyz` unready for good. `try_start` refuses them, typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_out_of_range_are_refused_with_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        Store::open_with(
+            Location::File(dir.path().join("m.db")),
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap(),
+    );
+    type Spoil = fn(&mut RecorderSettings);
+    let cases: [(&str, Spoil); 4] = [
+        ("ready_memory_share", |s| s.ready_memory_share = f64::NAN),
+        ("ready_memory_share", |s| s.ready_memory_share = 0.0),
+        ("tenant_memory_share", |s| s.tenant_memory_share = -1.0),
+        ("max_memory_bytes", |s| s.max_memory_bytes = 0),
+    ];
+    for (key, spoil) in cases {
+        let mut config = RecorderConfig::default();
+        spoil(&mut config.settings);
+        match MetricsService::try_start(store.clone(), config) {
+            Err(e) => {
+                assert_eq!(e.key, key);
+                assert!(
+                    e.to_string().starts_with(&format!("recorder.{key} = ")),
+                    "{e}"
+                );
+            }
+            Ok(_) => panic!("{key}: started"),
+        }
+    }
+    let service = MetricsService::try_start(store.clone(), RecorderConfig::default()).unwrap();
+    service.shutdown().await.unwrap();
+}

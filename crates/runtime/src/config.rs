@@ -321,29 +321,19 @@ impl Config {
                 path: path.to_string(),
                 message: e.to_string(),
             })?;
-        // Shares and rates: NaN compares false with everything, so `ready_memory_share = nan`
-        // made `/readyz` answer 503 for good (adversary round 11), and a negative share or rate
-        // means nothing.
-        for (key, value, range, what) in [
-            (
-                "recorder.ready_memory_share",
-                self.recorder.ready_memory_share,
-                (f64::MIN_POSITIVE, 1.0),
-                "a share of the memory bound above 0 and at most 1",
-            ),
-            (
-                "recorder.tenant_memory_share",
-                self.recorder.tenant_memory_share,
-                (0.0, f64::MAX),
-                "a share of the memory bound from 0 (1 or more: no reserve)",
-            ),
-            (
-                "pipelines.trace_sample_rate",
-                self.pipelines.trace_sample_rate,
-                (0.0, 1.0),
-                "a share of executions from 0 to 1",
-            ),
-        ] {
+        // The recorder's own rules (shares: NaN compares false with everything, so
+        // `ready_memory_share = nan` made `/readyz` answer 503 for good, adversary round 11).
+        self.recorder.validate().map_err(|e| ConfigError::Invalid {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        // Rates: a NaN or negative rate means nothing.
+        for (key, value, range, what) in [(
+            "pipelines.trace_sample_rate",
+            self.pipelines.trace_sample_rate,
+            (0.0, 1.0),
+            "a share of executions from 0 to 1",
+        )] {
             if !(value >= range.0 && value <= range.1) {
                 return Err(ConfigError::Invalid {
                     path: path.to_string(),

@@ -21,7 +21,7 @@ pub(crate) use record::tenant_tag;
 use self_metrics::{accounting_counters, counter_tags};
 
 use crate::accounting::{Counters, DropReason, LostReason};
-use crate::config::RecorderConfig;
+use crate::config::{InvalidSetting, RecorderConfig};
 use crate::quota::TenantQuota;
 use crate::series::{map_slot, owner, KeyIn, Memory, Registry, SeriesKey, ALLOC_OVERHEAD};
 use crate::Accounting;
@@ -294,7 +294,16 @@ pub(crate) fn tags_from(pairs: &[(&str, &str)]) -> Tags {
 }
 
 impl MetricsService {
-    /// Starts the service and its background flusher. Must be called inside a tokio runtime.
+    /// Like [`MetricsService::start`], after checking the settings
+    /// ([`crate::RecorderSettings::validate`]): for settings that come from outside the program.
+    pub fn try_start(store: Arc<Store>, config: RecorderConfig) -> Result<Self, InvalidSetting> {
+        config.settings.validate()?;
+        Ok(Self::start(store, config))
+    }
+
+    /// Starts the service and its background flusher, with settings the program built (the
+    /// runtime validates its configuration first; see [`MetricsService::try_start`]). Must be
+    /// called inside a tokio runtime.
     pub fn start(store: Arc<Store>, config: RecorderConfig) -> Self {
         let tenant_usage = config.settings.tenant_usage;
         // A share of 1 (or more) is no share: one tenant may take the whole bound.
