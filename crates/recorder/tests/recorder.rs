@@ -1646,3 +1646,90 @@ async fn settings_out_of_range_are_refused_with_their_key() {
     let service = MetricsService::try_start(store.clone(), RecorderConfig::default()).unwrap();
     service.shutdown().await.unwrap();
 }
+
+// Adversary round 25: an engine's verdict cache keeps a tenant's series for as long as the
+// engine lives, and its points come back as a batch without asking for the name again; the
+// recorder forgets the tenant's name claims once it has been idle. The metric then vanished
+// from `/metrics` (withheld, as if another tenant held the name) and the cached names no
+// longer counted against `max_names_per_tenant`. A batch claims its names again.
+#[tokio::test]
+async fn a_batch_claims_its_names_again_after_the_tenant_was_forgotten() {
+    let h = harness(
+        RecorderSettings {
+            idle_eviction_ms: 60_000,
+            ..Default::default()
+        },
+        Limits {
+            max_names_per_tenant: 2,
+            ..big_limits()
+        },
+    )
+    .await;
+    let point = |name: &str| BatchPoint {
+        series: h
+            .service
+            .config()
+            .policy
+            .check_series(
+                name,
+                Kind::Counter,
+                vec![("s".to_string(), "a".to_string())],
+            )
+            .unwrap(),
+        summary: {
+            let mut s = luametrics_sketch::Summary::new(false);
+            s.observe(1.0, 0);
+            s
+        },
+    };
+    // First sights claim the names (as the engine's slow path does), then the batch.
+    for name in ["n.a1_count", "n.a2_count"] {
+        h.service
+            .claim_user_name("acme", name, Kind::Counter)
+            .unwrap();
+    }
+    let r = h
+        .service
+        .ingest_user_batch("acme", vec![point("n.a1_count"), point("n.a2_count")]);
+    assert_eq!((r.accepted, r.dropped), (2, 0));
+    // Written, reported, idle past the eviction time: the tenant is forgotten.
+    for _ in 0..2 {
+        h.service.flush().await.unwrap();
+        h.service.flush().await.unwrap();
+        h.clock.fetch_add(61_000, Ordering::SeqCst);
+        h.service.flush().await.unwrap();
+        h.service.evict_idle();
+    }
+    assert_eq!(h.service.tenants_tracked(), 0);
+    // A name first seen now, then the cached two: the bound of two names holds.
+    h.service
+        .claim_user_name("acme", "n.zz_count", Kind::Counter)
+        .unwrap();
+    let r = h.service.ingest_user_batch(
+        "acme",
+        vec![
+            point("n.zz_count"),
+            point("n.a1_count"),
+            point("n.a2_count"),
+        ],
+    );
+    assert_eq!((r.accepted, r.dropped), (2, 1), "{r:?}");
+    assert_eq!(
+        h.service.tenant_points("acme").rejected.get("name_limit"),
+        Some(&1)
+    );
+    // And what is accepted is printed: its name is claimed again.
+    h.service.flush().await.unwrap();
+    h.clock.fetch_add(11_000, Ordering::SeqCst);
+    h.service.flush().await.unwrap();
+    let mut exposed: Vec<String> = h
+        .service
+        .exposition()
+        .into_iter()
+        .filter(|s| s.name.starts_with("n."))
+        .map(|s| s.name.clone())
+        .collect();
+    exposed.sort();
+    exposed.dedup();
+    assert_eq!(exposed, ["n.a1_count", "n.zz_count"]);
+}

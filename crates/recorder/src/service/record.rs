@@ -269,6 +269,25 @@ impl MetricsService {
                     .count(&tenant, "rejected", "rate_limited", samples);
                 continue;
             }
+            // The engine's verdict cache remembers a series for as long as it lives; the name
+            // claim behind it goes when the tenant has been idle past `idle_eviction_ms`
+            // (adversary round 25: the tenant's metric then vanished from `/metrics`, and its
+            // cached names no longer counted against `max_names_per_tenant`). Claimed again
+            // here (a lookup when held), and refused as a first sight would be.
+            if let Err(reason) = self.claim_user_name(&tenant, p.series.name(), p.series.kind()) {
+                inner.counters.reject(MetricType::User, reason, samples);
+                report.dropped += samples;
+                let what = if reason == RejectReason::MemoryBound {
+                    "dropped"
+                } else {
+                    "rejected"
+                };
+                inner.tenants.count(&tenant, what, reason.as_str(), samples);
+                inner
+                    .tenants
+                    .trouble(&tenant, p.series.name(), reason.as_str(), samples);
+                continue;
+            }
             covered -= samples;
             let (name, kind, tags) = p.series.into_parts();
             let key = SeriesKey::new(MetricType::User, kind, Some(tenant.clone()), name, tags);
