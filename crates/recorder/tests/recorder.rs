@@ -1733,3 +1733,61 @@ async fn a_batch_claims_its_names_again_after_the_tenant_was_forgotten() {
     exposed.dedup();
     assert_eq!(exposed, ["n.a1_count", "n.zz_count"]);
 }
+
+// Adversary round 25: an engine's points carry time 0 (it aggregates without a clock), so
+// every stored row of a script's gauge had `last_ts = 0`, and a merge of two rows kept
+// whichever it met last: the hourly and daily rollups kept the first value they rolled up.
+// A batch's last value is stamped with the time it is taken in.
+#[tokio::test]
+async fn a_batchs_last_value_is_as_of_the_batch() {
+    let h = harness(RecorderSettings::default(), big_limits()).await;
+    let gauge = |v: f64| BatchPoint {
+        series: h
+            .service
+            .config()
+            .policy
+            .check_series(
+                "shop.queue_depth",
+                Kind::Gauge,
+                vec![("s".to_string(), "a".to_string())],
+            )
+            .unwrap(),
+        summary: {
+            let mut s = luametrics_sketch::Summary::new(false);
+            s.observe(v, 0);
+            s
+        },
+    };
+    for v in [5.0, 7.0] {
+        h.service
+            .claim_user_name("acme", "shop.queue_depth", Kind::Gauge)
+            .unwrap();
+        assert_eq!(
+            h.service.ingest_user_batch("acme", vec![gauge(v)]).accepted,
+            1
+        );
+        h.clock.fetch_add(3_600_000, Ordering::SeqCst);
+        h.service.flush().await.unwrap();
+    }
+    let rows = h
+        .store
+        .find_metrics(&FindQuery {
+            name: "shop.queue_depth".into(),
+            from_ms: i64::MIN,
+            to_ms: i64::MAX,
+            tenant: Some("acme".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r.summary.last_ts > 0), "{rows:?}");
+    // Merged in either order, the later value is the last.
+    for order in [[0, 1], [1, 0]] {
+        let mut merged = luametrics_sketch::Summary::new(false);
+        for i in order {
+            merged.merge(&rows[i].summary).unwrap();
+        }
+        assert_eq!(merged.last, 7.0);
+    }
+}

@@ -289,10 +289,16 @@ impl MetricsService {
                 continue;
             }
             covered -= samples;
+            // The engine aggregates without a clock (its points carry time 0): the batch's last
+            // value is the series' latest as of now. At time 0, a gauge's hourly and daily
+            // rollups kept the first value they saw (ties go to the stored row; adversary
+            // round 25).
+            let mut summary = p.summary;
+            summary.last_ts = summary.last_ts.max(now);
             let (name, kind, tags) = p.series.into_parts();
             let key = SeriesKey::new(MetricType::User, kind, Some(tenant.clone()), name, tags);
             let name = key.name.clone();
-            match inner.ingest(key, p.summary, now, None) {
+            match inner.ingest(key, summary, now, None) {
                 Ok(a) => {
                     report.accepted += samples;
                     if a == Accepted::Overflow {
