@@ -997,9 +997,11 @@ pub fn printable(s: &str) -> String {
 
 /// The one text of a numeric tag value, whatever its Lua type or history: integral floats as
 /// integers (`1.0` -> `1`, `-0.0` -> `0`), other floats in their shortest round-trip form.
-/// Lua folds `1.0` and `1` into one table key, so they must also be one label.
+/// Lua folds an integral float into one table key with the integer it equals, whenever one
+/// does (from -2^63 up to, not including, 2^63), so they must also be one label.
 pub fn canonical_number(f: f64) -> String {
-    if f.fract() == 0.0 && f.abs() < 9.2e18 {
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    if f.fract() == 0.0 && (-TWO_63..TWO_63).contains(&f) {
         return (f as i64).to_string();
     }
     // Debug formatting is Rust's shortest round-trip form (exponent for very large or small).

@@ -105,6 +105,18 @@ async fn tag_values_have_one_text_whatever_was_recorded_before() {
     )
     .await;
     assert!(b.result.is_ok(), "{b:?}");
+    // Adversary round 25: Lua folds every integral float that fits an integer into one key
+    // with it; the text of one written as a float was an exponent from 9.2e18 on, so the
+    // series' label depended on which of the two came first.
+    let c = run(
+        &pool,
+        "c",
+        r#"local m = helpers.metrics
+           m.count('canon.big_count', 1, { n = 9.21e18, m = -2^63, p = 2^63 })
+           m.count('canon.big_count', 1, { n = 9210000000000000000, m = math.mininteger, p = 2^63 })"#,
+    )
+    .await;
+    assert!(c.result.is_ok(), "{c:?}");
     let points = sink.points.lock();
     let tag = |tenant: &str, name: &str, key: &str| {
         points
@@ -124,6 +136,25 @@ async fn tag_values_have_one_text_whatever_was_recorded_before() {
         Some("9007199254740992")
     );
     assert_eq!(tag("b", "canon.f_count", "t").as_deref(), Some("true"));
+    let big: Vec<_> = points
+        .iter()
+        .filter(|(t, p)| t == "c" && p.series.name() == "canon.big_count")
+        .collect();
+    assert_eq!(big.len(), 1, "one series: {big:?}");
+    assert_eq!(big[0].1.summary.samples, 2);
+    assert_eq!(
+        tag("c", "canon.big_count", "n").as_deref(),
+        Some("9210000000000000000")
+    );
+    assert_eq!(
+        tag("c", "canon.big_count", "m").as_deref(),
+        Some("-9223372036854775808")
+    );
+    // 2^63 fits no integer: a float key, and a float's text.
+    assert_eq!(
+        tag("c", "canon.big_count", "p").as_deref(),
+        Some("9.223372036854776e18")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
