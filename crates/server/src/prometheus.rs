@@ -129,11 +129,33 @@ pub fn encode(series: &[ExposedSeries], catalog: &Catalog, openmetrics: bool) ->
         let mut buckets = vec![0u64; b.len()];
         let mut negative = s.kind == Kind::Histogram && s.value < 0.0;
         if let Some(sketch) = &s.sketch {
-            for (v, c) in sketch.bins() {
-                negative |= v < 0.0;
-                let v = v * scale;
-                if let Some(i) = b.iter().position(|bound| v <= *bound) {
-                    buckets[i] += c;
+            match sketch.edges() {
+                // A value counts in the first bound above its sketch bucket's lower edge
+                // (adversary round 25: compared by the bucket's representative value, values
+                // equal to a bound, 5, 10, 100 ms..., counted in the next bucket).
+                Some(edges) => {
+                    for (edge, c) in edges {
+                        let edge = edge * scale;
+                        let first = if edge == 0.0 {
+                            b.iter().position(|bound| edge <= *bound)
+                        } else {
+                            b.iter().position(|bound| edge < *bound)
+                        };
+                        if let Some(i) = first {
+                            buckets[i] += c;
+                        }
+                    }
+                }
+                // Negative values: each by its representative value, as before (a negative
+                // value counts in the first bucket).
+                None => {
+                    negative = true;
+                    for (v, c) in sketch.bins() {
+                        let v = v * scale;
+                        if let Some(i) = b.iter().position(|bound| v <= *bound) {
+                            buckets[i] += c;
+                        }
+                    }
                 }
             }
         }
@@ -251,6 +273,61 @@ mod tests {
             },
             count: values.len() as u64,
             sketch: (kind == Kind::Histogram).then_some(sketch),
+        }
+    }
+
+    // Adversary round 25: buckets were filled by each sketch bucket's representative value,
+    // up to 1% off the values it counts: values equal to a bound (5, 10, 100, 0.5 ms...)
+    // always counted in the next bucket. A value on a bound is in that bound's bucket; one a
+    // few percent above it is not.
+    #[test]
+    fn values_on_a_bound_count_in_its_bucket() {
+        let series = [
+            s(
+                MetricType::User,
+                Kind::Histogram,
+                "shop.size",
+                Some("a"),
+                &[],
+                &[5.0, 10.0, 100.0, 250.0, 1000.0, 2500.0],
+            ),
+            s(
+                MetricType::User,
+                Kind::Histogram,
+                "shop.wait_ms",
+                Some("a"),
+                &[],
+                &[0.5, 5.0, 10.0, 100.0],
+            ),
+            s(
+                MetricType::User,
+                Kind::Histogram,
+                "shop.above",
+                Some("a"),
+                &[],
+                &[5.2, 10.5],
+            ),
+        ];
+        let text = encode(&series, Catalog::builtin(), false);
+        for (bound, n) in [
+            ("2.5", 0),
+            ("5", 1),
+            ("10", 2),
+            ("25", 2),
+            ("100", 3),
+            ("250", 4),
+        ] {
+            let line = format!("user_shop_size_bucket{{tenant=\"a\",le=\"{bound}\"}} {n}\n");
+            assert!(text.contains(&line), "{line}{text}");
+        }
+        for (bound, n) in [("0.0005", 1), ("0.005", 2), ("0.01", 3), ("0.1", 4)] {
+            let line =
+                format!("user_shop_wait_seconds_bucket{{tenant=\"a\",le=\"{bound}\"}} {n}\n");
+            assert!(text.contains(&line), "{line}{text}");
+        }
+        for (bound, n) in [("5", 0), ("10", 1), ("25", 2)] {
+            let line = format!("user_shop_above_bucket{{tenant=\"a\",le=\"{bound}\"}} {n}\n");
+            assert!(text.contains(&line), "{line}{text}");
         }
     }
 

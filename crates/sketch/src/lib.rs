@@ -298,6 +298,30 @@ impl Sketch {
         out
     }
 
+    /// `(lower edge, count)` of every non-empty bucket of values from zero up, ascending:
+    /// each value a bucket counts is above its edge (zero's bucket: exactly 0), and every value
+    /// above the edge within the sketch's relative accuracy (a bucket spans a factor `gamma`).
+    /// What a histogram's `le` buckets are filled from: a value counts in the first bound above
+    /// its bucket's edge, so a value equal to a bound is always in that bound's bucket (from
+    /// the representative value, a round 100 counted in the next one); a value up to `gamma`
+    /// times the bound may be too. `None` when the sketch holds negative values.
+    pub fn edges(&self) -> Option<Vec<(f64, u64)>> {
+        if self.negative.counts.iter().any(|&c| c > 0) {
+            return None;
+        }
+        let mut out = Vec::new();
+        if self.zero > 0 {
+            out.push((0.0, self.zero));
+        }
+        for (i, &c) in self.positive.counts.iter().enumerate() {
+            if c > 0 {
+                let index = self.positive.offset + i as i32;
+                out.push(((self.gamma_ln * (index - 1) as f64).exp(), c));
+            }
+        }
+        Some(out)
+    }
+
     /// Smallest value counted (exact).
     pub fn min(&self) -> Option<f64> {
         (self.count > 0).then_some(self.min)
