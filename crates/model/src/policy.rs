@@ -377,14 +377,73 @@ fn fold_digit(c: char) -> Option<char> {
         .and_then(|z| char::from_digit(u - z, 10))
 }
 
-/// The value as a whole, and each word of it (`Jane <jane@example.com>`, `{uuid}`,
-/// `urn:uuid:...`).
+/// The value as a whole, each word of it (`Jane <jane@example.com>`, `{uuid}`,
+/// `urn:uuid:...`), each piece of it between URL and query punctuation (`mailto:x@y?s=1`,
+/// `to=x@y&a=1`, `http://10.0.0.1/`), each of those without the punctuation that ends a
+/// sentence or starts a field (`x@y.`, `id:<uuid>`, `x@y:25`), and the value percent-decoded
+/// (`jane%40example.com`): each shape check wants the exact shape, and a character attached
+/// to it let it through (adversary round 25).
 fn looks_sensitive_text(value: &str) -> bool {
-    looks_sensitive_ascii(value)
-        || value
-            .split(|c: char| c.is_whitespace() || "<>(){}[]\"',;".contains(c))
-            .filter(|w| !w.is_empty() && w.len() < value.len())
-            .any(looks_sensitive_ascii)
+    fn words<'a>(value: &'a str, seps: &'static str) -> impl Iterator<Item = &'a str> {
+        value
+            .split(move |c: char| c.is_whitespace() || seps.contains(c))
+            .filter(|w| !w.is_empty())
+    }
+    let coarse = words(value, "<>(){}[]\"',;");
+    let fine = words(value, "<>(){}[]\"',;?!&=|\\#*/");
+    std::iter::once(value)
+        .chain(coarse)
+        .chain(fine)
+        .any(word_looks_sensitive)
+        || percent_decoded(value).is_some_and(|d| {
+            std::iter::once(d.as_str())
+                .chain(words(&d, "<>(){}[]\"',;?!&=|\\#*/"))
+                .any(word_looks_sensitive)
+        })
+}
+
+/// One word as it is, trimmed of what ends a sentence, and without a field name before a
+/// colon (`src:`, `id:`, `mailto:`) or a port after it.
+fn word_looks_sensitive(word: &str) -> bool {
+    let trimmed = word.trim_matches(|c: char| matches!(c, '.' | ':' | '!' | '?'));
+    looks_sensitive_ascii(word)
+        || looks_sensitive_ascii(trimmed)
+        || trimmed
+            .split_once(':')
+            .is_some_and(|(_, rest)| !rest.is_empty() && looks_sensitive_ascii(rest))
+        || trimmed.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && is_email(host)
+        })
+}
+
+/// `value` with its `%XX` escapes decoded, when it has any and decodes to text.
+fn percent_decoded(value: &str) -> Option<String> {
+    if !value.contains('%') {
+        return None;
+    }
+    let b = value.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    let mut decoded = false;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).and_then(|&c| hex(c)),
+            b.get(i + 2).and_then(|&c| hex(c)),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                decoded = true;
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    decoded.then(|| String::from_utf8(out).ok()).flatten()
 }
 
 fn looks_sensitive_ascii(value: &str) -> bool {
@@ -461,9 +520,11 @@ fn is_jwt(v: &str) -> bool {
 
 fn is_credential(v: &str) -> bool {
     let lower = v.to_ascii_lowercase();
-    ["bearer ", "basic ", "token ", "digest "]
-        .iter()
-        .any(|p| lower.starts_with(p) && v.len() > p.len() + 7)
+    ["bearer", "basic", "token", "digest"].iter().any(|p| {
+        lower.starts_with(p)
+            && matches!(lower.as_bytes().get(p.len()), Some(b' ' | b':' | b'='))
+            && v.len() > p.len() + 8
+    })
 }
 
 fn is_uuid(v: &str) -> bool {
@@ -580,6 +641,32 @@ mod tests {
             ("arabic-indic ipv4", "\u{0661}\u{0660}.\u{0660}.\u{0660}.\u{0661}"),
             ("email in angle brackets", "<jane@example.com>"),
             ("named email", "Jane <jane@example.com>"),
+            // Adversary round 25: punctuation attached to the shape.
+            ("email, full stop", "jane@example.com."),
+            ("email, question", "jane@example.com?"),
+            ("email, exclamation", "jane@example.com!"),
+            ("email, slash", "jane@example.com/"),
+            ("email with port", "jane@example.com:25"),
+            ("mailto", "mailto:jane@example.com?subject=x"),
+            ("email in a query", "to=jane@example.com&x=1"),
+            ("percent-encoded email", "jane%40example.com"),
+            ("ipv4, full stop", "10.0.0.1."),
+            ("ipv4 field", "ip=10.0.0.1"),
+            ("ipv4 prefixed", "src:10.0.0.1"),
+            ("ipv4 url", "http://10.0.0.1/"),
+            ("ipv6, full stop", "2001:db8::1."),
+            ("ipv6, exclamation", "2001:db8::1!"),
+            ("uuid prefixed", "id:123e4567-e89b-12d3-a456-426614174000"),
+            ("uuid, full stop", "123e4567-e89b-12d3-a456-426614174000."),
+            (
+                "jwt, full stop",
+                "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U.",
+            ),
+            (
+                "jwt prefixed",
+                "jwt:eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+            ),
+            ("bearer, colon", "bearer:abcdefghijklmnopqrstuv"),
         ];
         for (what, value) in cases {
             assert!(looks_sensitive(value), "{what}: {value}");
@@ -606,6 +693,15 @@ mod tests {
             "abc@",
             "café",
             "ｐｒｏ",
+            "GET /api/orders",
+            "plan=pro&region=eu",
+            "v1.2.3",
+            "2024-01-01T10:00:00",
+            "10.5%",
+            "100%",
+            "https://example.com/checkout?step=2",
+            "token:short",
+            "ratio:0.75",
         ] {
             assert!(!looks_sensitive(value), "{value}");
         }
