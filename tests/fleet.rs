@@ -441,6 +441,56 @@ fn a_server_that_hangs_past_the_shutdown_deadline_does_not_hold_shutdown() {
     hung_server(90_000, false);
 }
 
+// Adversary round 24: `luametrics retention`, `query` and `names` opened the store without
+// `database.remote_timeout_ms`: a server that never answered the rollup's statements held
+// `retention` 30 s per lost answer, whatever was configured. They now open it as the runtime
+// does. (A hang detector, not a timing: the bound is 500 ms, the detector 20 s.)
+#[test]
+fn the_clis_own_commands_keep_the_remote_bound() {
+    if !Sqld::available() {
+        return;
+    }
+    let sqld = Sqld::start();
+    let proxy = LossyProxy::start(sqld.port());
+    let dir = tempfile::tempdir().unwrap();
+    let retention = || {
+        Command::new(env!("CARGO_BIN_EXE_luametrics"))
+            .arg("retention")
+            .current_dir(dir.path())
+            .env("LUAMETRICS_DATABASE_URL", &proxy.url)
+            .env("LUAMETRICS_DATABASE_AUTH_TOKEN", "unused")
+            .env("LUAMETRICS_DATABASE_REMOTE_TIMEOUT_MS", "500")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // The schema first, answered.
+    let out = retention().wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    proxy.hang_on("rollup");
+    let mut run = retention();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = run.kill();
+            panic!("`luametrics retention` was held past its 500 ms bound");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("500 ms"), "{stderr}");
+}
+
 /// An instance whose server starts accepting requests and never answering them (the proxy
 /// swallows them: nothing is applied). Requests go on; with `unready`, `/readyz` names the
 /// unanswered writes; SIGTERM ends the process by its deadline with exit 3, and what it

@@ -1,11 +1,10 @@
 //! `luametrics query`, `names` and `retention`: read and maintain the store.
 
 use super::CliError;
-use luametrics::store::{Agg, AggregateQuery, FindQuery, Location, Store};
+use luametrics::store::{Agg, AggregateQuery, FindQuery, Store};
 use luametrics::Config;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// Arguments of `luametrics query`.
 #[derive(clap::Args)]
@@ -52,12 +51,7 @@ use luametrics::server::time::{parse_duration_ms as duration_ms, parse_time_ms a
 
 async fn open_store(config: Option<PathBuf>) -> Result<(Config, Store), CliError> {
     let config = Config::load(config.as_deref())?;
-    let location = Location::parse(&config.database.url, config.database.auth_token.as_deref())?;
-    let store = Store::open_with(
-        location,
-        Duration::from_millis(config.database.busy_timeout_ms),
-    )
-    .await?;
+    let store = config.database.open_store().await?;
     Ok((config, store))
 }
 

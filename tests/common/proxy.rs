@@ -17,6 +17,7 @@ pub struct LossyProxy {
     lose: Arc<AtomicBool>,
     lost: Arc<AtomicU64>,
     hang: Arc<AtomicBool>,
+    hang_on: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 }
 
 impl LossyProxy {
@@ -27,15 +28,16 @@ impl LossyProxy {
         let lose = Arc::new(AtomicBool::new(false));
         let lost = Arc::new(AtomicU64::new(0));
         let hang = Arc::new(AtomicBool::new(false));
-        let (l, n, h) = (lose.clone(), lost.clone(), hang.clone());
+        let hang_on = Arc::new(std::sync::Mutex::new(None));
+        let (l, n, h, on) = (lose.clone(), lost.clone(), hang.clone(), hang_on.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                     continue;
                 };
-                let (l, n, h) = (l.clone(), n.clone(), h.clone());
+                let (l, n, h, on) = (l.clone(), n.clone(), h.clone(), on.clone());
                 let (c_read, s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || pipe(c_read, s_write, h));
+                std::thread::spawn(move || pipe(c_read, s_write, h, on));
                 std::thread::spawn(move || answers(server, client, l, n));
             }
         });
@@ -44,7 +46,14 @@ impl LossyProxy {
             lose,
             lost,
             hang,
+            hang_on,
         }
+    }
+
+    /// Swallows, from now on, every request whose bytes contain `text` (and the rest of its
+    /// connection): a server that hangs on some statements only.
+    pub fn hang_on(&self, text: &str) {
+        *self.hang_on.lock().unwrap() = Some(text.as_bytes().to_vec());
     }
 
     /// Whether requests are swallowed, unanswered, from now on.
@@ -63,13 +72,22 @@ impl LossyProxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream, hang: Arc<AtomicBool>) {
+fn pipe(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    hang: Arc<AtomicBool>,
+    hang_on: Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+) {
     let mut buf = [0u8; 64 * 1024];
+    let mut swallowing = false;
     while let Ok(n) = from.read(&mut buf) {
         if n == 0 {
             break;
         }
-        if hang.load(SeqCst) {
+        if let Some(text) = hang_on.lock().unwrap().as_deref() {
+            swallowing |= buf[..n].windows(text.len()).any(|w| w == text);
+        }
+        if swallowing || hang.load(SeqCst) {
             // Swallowed: the server never sees it, the client never hears back.
             continue;
         }

@@ -49,6 +49,29 @@ impl DatabaseSettings {
             .unwrap_or_else(|| "host".into());
         format!("{host}-{}", std::process::id())
     }
+
+    /// Opens the store these settings name, set up as every user of it must be: the instance
+    /// name, the bound on remote calls and the read limits. One place for the runtime and the
+    /// CLI's own commands (adversary round 24: `luametrics retention` and `query` opened the
+    /// store without the remote bound, so a lost answer held them 30 s whatever was set).
+    pub async fn open_store(
+        &self,
+    ) -> Result<luametrics_store::Store, luametrics_store::StoreError> {
+        use std::time::Duration;
+        let location = luametrics_store::Location::parse(&self.url, self.auth_token.as_deref())?;
+        let store = luametrics_store::Store::open_bounded(
+            location,
+            Duration::from_millis(self.busy_timeout_ms),
+            Duration::from_millis(self.remote_timeout_ms.max(1)),
+        )
+        .await?;
+        store.set_instance(self.instance_name());
+        store.set_read_limits(
+            self.max_concurrent_reads,
+            Duration::from_millis(self.read_timeout_ms.max(1)),
+        );
+        Ok(store)
+    }
 }
 
 impl Default for DatabaseSettings {

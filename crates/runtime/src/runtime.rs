@@ -8,9 +8,7 @@ use luametrics_pipeline::{
     ExecuteError, Executor, Outcome, PipelineError, Pipelines, Registry, TraceWriter,
 };
 use luametrics_recorder::{Accounting, MetricsService, RecorderConfig, RecorderError};
-use luametrics_store::{
-    AggregateQuery, Location, RetentionReport, Series, Store, StoreError, Tier,
-};
+use luametrics_store::{AggregateQuery, RetentionReport, Series, Store, StoreError, Tier};
 use serde_json::Value as Json;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -251,23 +249,7 @@ impl Runtime {
     /// Must be called inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Self, Error> {
         config.validate("the settings given to Runtime::start")?;
-        let location =
-            Location::parse(&config.database.url, config.database.auth_token.as_deref())?;
-        let store = Arc::new(
-            Store::open_with(
-                location,
-                Duration::from_millis(config.database.busy_timeout_ms),
-            )
-            .await?,
-        );
-        store.set_instance(config.database.instance_name());
-        store.set_remote_timeout(Duration::from_millis(
-            config.database.remote_timeout_ms.max(1),
-        ));
-        store.set_read_limits(
-            config.database.max_concurrent_reads,
-            Duration::from_millis(config.database.read_timeout_ms.max(1)),
-        );
+        let store = Arc::new(config.database.open_store().await?);
         let registry = Arc::new(Registry::load(&config.pipelines.file)?);
         if registry.current().is_empty() && !config.pipelines.allow_empty {
             return Err(Error::Pipelines(PipelineError::Invalid {

@@ -195,11 +195,22 @@ impl Store {
 
     /// Like [`Store::open`], with the time a write waits on another writer's lock.
     pub async fn open_with(location: Location, busy_timeout: Duration) -> Result<Self, StoreError> {
+        Self::open_bounded(location, busy_timeout, DEFAULT_REMOTE_TIMEOUT).await
+    }
+
+    /// Like [`Store::open_with`], with the bound on remote calls
+    /// ([`Store::set_remote_timeout`]) set from the start: opening a remote database (its
+    /// migrations) is bounded by it too.
+    pub async fn open_bounded(
+        location: Location,
+        busy_timeout: Duration,
+        remote_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let open = Self::open_handle(&location, busy_timeout);
         let opened = if location.is_local() {
             off_worker(true, open).await
         } else {
-            bounded(DEFAULT_REMOTE_TIMEOUT, "opening the remote database", open).await
+            bounded(remote_timeout, "opening the remote database", open).await
         }
         .map_err(|e| e.opening(&location))?;
         let db = opened.db.clone();
@@ -212,7 +223,7 @@ impl Store {
             write_wait_ms: (busy_timeout.as_millis() as u64).into(),
             file_traces: 0.into(),
             instance: parking_lot::RwLock::new(None),
-            remote_timeout_ms: (DEFAULT_REMOTE_TIMEOUT.as_millis() as u64).into(),
+            remote_timeout_ms: (remote_timeout.as_millis().max(1) as u64).into(),
             reads: parking_lot::RwLock::new(std::sync::Arc::new(tokio::sync::Semaphore::new(
                 DEFAULT_CONCURRENT_READS,
             ))),
