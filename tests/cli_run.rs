@@ -335,3 +335,48 @@ fn output_into_a_closed_pipe_ends_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+// Adversary round 24: a run whose points could not all be written by the shutdown deadline
+// exited 3 with one line on stderr and nothing on stdout, `--json` included: what it executed
+// and accepted was nowhere but in the database. The summary comes first, with what was not
+// written, then the error and exit status 3; accepted = stored + not written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_cannot_write_everything_still_prints_its_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = gen(dir.path(), 300);
+    // The schema first; then another connection holds the write lock through the run.
+    drop(store(dir.path()).await);
+    let lock = libsql::Builder::new_local(dir.path().join("m.db"))
+        .build()
+        .await
+        .unwrap()
+        .connect()
+        .unwrap();
+    lock.execute("BEGIN EXCLUSIVE", ()).await.unwrap();
+    let out = luametrics(
+        dir.path(),
+        &["run", events.to_str().unwrap(), "--json"],
+        &[
+            ("LUAMETRICS_RECORDER_SHUTDOWN_TIMEOUT_MS", "1500"),
+            ("LUAMETRICS_DATABASE_BUSY_TIMEOUT_MS", "100"),
+        ],
+    );
+    lock.execute("ROLLBACK", ()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("shutdown deadline passed"), "{stderr}");
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no summary ({e}): {stderr}"));
+    assert_eq!(s["events"], 300);
+    let accepted = s["user_metrics_accepted"].as_u64().unwrap();
+    let unwritten = s["user_points_unwritten"].as_u64().unwrap();
+    assert!(unwritten > 0, "{s}");
+    let stored: u64 = store(dir.path())
+        .await
+        .user_samples_by_tenant()
+        .await
+        .unwrap()
+        .values()
+        .sum();
+    assert_eq!(stored + unwritten, accepted, "{s}");
+}
