@@ -6,10 +6,12 @@
 //! admitted while the bucket is above zero and charged afterwards with what it measured (its
 //! time holding the engine: script, helpers, and the event's and result's conversion), so the last admitted execution may take the bucket below zero: a
 //! debt the next refills pay first. Executions admitted and not yet charged count against the
-//! bucket at the tenant's average cost (until one was measured, the average over all tenants,
-//! and never more than the time limit or the burst shared by the pool's engines), so a burst of
-//! concurrent executions cannot all pass an admission that only sees past charges. A tenant
-//! over its budget is refused before it takes an engine, told when to retry.
+//! bucket: as many as the pool has engines at the tenant's average cost (until one was
+//! measured, the average over all tenants, and never more than the time limit or the burst
+//! shared by the pool's engines), the rest, which wait for an engine, at that limit, so a
+//! burst of concurrent executions cannot all pass an admission that only sees past charges,
+//! however cheap the tenant's executions were until then. A tenant over its budget is refused
+//! before it takes an engine, told when to retry.
 
 use serde::Serialize;
 use std::collections::HashMap;
@@ -51,8 +53,11 @@ struct Bucket {
 pub(crate) struct Budgets {
     rate_ms_per_s: f64,
     burst_ms: f64,
-    /// What an execution is assumed to cost before any was measured.
+    /// What an execution is assumed to cost before any was measured, and what a waiting one
+    /// is reserved at.
     first_estimate_ms: f64,
+    /// Executions that can run at once (the pool's engines).
+    engines: u32,
     tenants: Mutex<HashMap<Arc<str>, Bucket>>,
     /// What an execution costs on average over all tenants (ms, bits of an `f64`; 0: none
     /// measured yet): a new tenant's estimate until its own first one is measured.
@@ -103,12 +108,19 @@ impl std::fmt::Debug for Admission {
 
 impl Budgets {
     /// Budgets of `rate_ms_per_s` (0: none) with buckets of `burst_ms`; an execution is
-    /// assumed to cost `first_estimate_ms` until one was measured.
-    pub(crate) fn new(rate_ms_per_s: f64, burst_ms: f64, first_estimate_ms: f64) -> Self {
+    /// assumed to cost `first_estimate_ms` until one was measured (and a tenant's executions
+    /// waiting beyond `engines` running are reserved at it).
+    pub(crate) fn new(
+        rate_ms_per_s: f64,
+        burst_ms: f64,
+        first_estimate_ms: f64,
+        engines: usize,
+    ) -> Self {
         Self {
             rate_ms_per_s: rate_ms_per_s.max(0.0),
             burst_ms: burst_ms.max(0.0),
             first_estimate_ms: first_estimate_ms.max(0.0),
+            engines: u32::try_from(engines.max(1)).unwrap_or(u32::MAX),
             tenants: Mutex::new(HashMap::new()),
             pool_average: std::sync::atomic::AtomicU64::new(0),
         }
@@ -173,7 +185,16 @@ impl Budgets {
             _ => self.first_estimate_ms,
         };
         let b = self.bucket(&mut tenants, tenant, now);
-        let reserved = f64::from(b.in_flight) * b.average_ms.unwrap_or(first);
+        // As many as the pool has engines may be running: they count at the tenant's average.
+        // The rest wait for an engine and count at what one may cost (the first estimate: the
+        // time limit, or the burst shared by the engines). At the average alone, a tenant
+        // whose executions had been cheap got hundreds admitted at once and then made each
+        // one expensive (its event decides what its script does): 12 s of engine time in 3 s
+        // against a 2 s burst (adversary round 26). Now the overshoot is at most the engines'
+        // worth of executions.
+        let running = b.in_flight.min(self.engines);
+        let reserved = f64::from(running) * b.average_ms.unwrap_or(first)
+            + f64::from(b.in_flight - running) * self.first_estimate_ms;
         if b.tokens_ms - reserved > 0.0 {
             b.in_flight += 1;
             return Ok(Admission {
@@ -241,7 +262,7 @@ mod tests {
     fn a_spent_budget_refuses_and_names_when_to_retry() {
         // 0.01 ms per second (nothing refills within the test, however slow the machine),
         // 20 ms at once.
-        let b = Arc::new(Budgets::new(0.01, 20.0, 50.0));
+        let b = Arc::new(Budgets::new(0.01, 20.0, 50.0, 4));
         drop(b.admit("a").unwrap());
         b.charge("a", 15.0);
         drop(b.admit("a").unwrap());
@@ -257,8 +278,9 @@ mod tests {
 
     #[test]
     fn executions_in_flight_count_against_the_budget() {
-        // 20 ms at once; before any measurement an execution is assumed to cost 5 ms.
-        let b = Arc::new(Budgets::new(0.001, 20.0, 5.0));
+        // 20 ms at once; before any measurement an execution is assumed to cost 5 ms; as many
+        // engines as executions here, so all of them count at the average.
+        let b = Arc::new(Budgets::new(0.001, 20.0, 5.0, 100));
         let held: Vec<Admission> = (0..4).map(|_| b.admit("a").unwrap()).collect();
         assert!(b.admit("a").is_err(), "4 x 5 ms in flight fill 20 ms");
         drop(held);
@@ -274,17 +296,35 @@ mod tests {
 
     #[test]
     fn a_new_tenant_is_estimated_at_what_executions_cost_so_far() {
-        let b = Arc::new(Budgets::new(10.0, 20.0, 5.0));
+        let b = Arc::new(Budgets::new(10.0, 20.0, 5.0, 32));
         drop(b.admit("old").unwrap());
         b.charge("old", 0.5);
-        // 0.5 ms each, not 5: a fresh tenant's 30 queued executions all fit in 20 ms.
+        // 0.5 ms each, not 5: a fresh tenant's 30 running executions all fit in 20 ms.
         let held: Vec<Admission> = (0..30).map(|_| b.admit("new").unwrap()).collect();
         assert_eq!(held.len(), 30);
     }
 
+    // Adversary round 26: after cheap executions a tenant's average was tiny, so hundreds of
+    // executions were admitted at once, then each made expensive by its event: 12 s of
+    // engine time in 3 s against a 2 s burst. Beyond the engines, waiting executions count
+    // at what one may cost.
+    #[test]
+    fn cheap_executions_do_not_buy_a_burst_of_expensive_ones() {
+        // 20 ms at once, 2 engines, up to 5 ms an execution.
+        let b = Arc::new(Budgets::new(0.001, 20.0, 5.0, 2));
+        for _ in 0..10 {
+            drop(b.admit("a").unwrap());
+            b.charge("a", 0.01);
+        }
+        // 19.9 ms left: 2 running at 0.01 ms, then 5 ms per waiting one: 6 in all.
+        let held: Vec<Admission> = (0..6).map(|_| b.admit("a").unwrap()).collect();
+        assert!(b.admit("a").is_err(), "at the average alone: ~2,000");
+        drop(held);
+    }
+
     #[test]
     fn no_budget_admits_everything_and_keeps_nothing_per_tenant() {
-        let b = Arc::new(Budgets::new(0.0, 0.0, 50.0));
+        let b = Arc::new(Budgets::new(0.0, 0.0, 50.0, 4));
         b.charge("a", 1e9);
         assert!(b.admit("a").is_ok());
         // Off is off: no per-tenant state is kept (the pool pays nothing for the feature).

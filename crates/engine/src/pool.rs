@@ -665,7 +665,7 @@ impl EnginePool {
         // Before a tenant's first execution was measured, one is assumed to cost its time
         // limit, but never so much that a fresh tenant could not fill the pool's engines once.
         let first_estimate = (engine.time_limit_ms as f64).min(burst / pool.max_size.max(1) as f64);
-        let budgets = Arc::new(Budgets::new(rate, burst, first_estimate));
+        let budgets = Arc::new(Budgets::new(rate, burst, first_estimate, pool.max_size));
         Ok(Self {
             inner: Arc::new(Inner {
                 runners: Arc::default(),
