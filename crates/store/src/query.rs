@@ -211,6 +211,10 @@ pub(crate) async fn scalar_i64(
 /// Per group (the `group_by` tag's value), per bucket start: the bucket's summary.
 type Groups = BTreeMap<Option<String>, BTreeMap<i64, Summary>>;
 
+/// Points (time buckets over all groups) one aggregate may answer with (fewer in this crate's
+/// own tests, so one can pass it with a small database).
+const MAX_POINTS: usize = if cfg!(test) { 1_000 } else { 200_000 };
+
 pub(crate) const ROW_COLUMNS: &str =
     "id, name, tenant_id, metric_type, kind, tags, source, timestamp, window_ms, samples, sum, min, max, last, last_ts, sketch";
 
@@ -437,6 +441,7 @@ impl Store {
             .map_err(StoreError::db("begin a read transaction"))?;
         let conn = Conn::on_one_stream((*tx).clone());
         let mut groups = Groups::new();
+        let mut points = 0;
         if tier == Tier::Raw {
             self.scan(
                 &conn,
@@ -447,6 +452,7 @@ impl Store {
                 None,
                 None,
                 &mut groups,
+                &mut points,
             )
             .await?;
         } else {
@@ -466,6 +472,7 @@ impl Store {
                 tier.resolution(),
                 None,
                 &mut groups,
+                &mut points,
             )
             .await?;
             self.scan(
@@ -477,6 +484,7 @@ impl Store {
                 None,
                 Some(watermark),
                 &mut groups,
+                &mut points,
             )
             .await?;
         }
@@ -499,6 +507,7 @@ impl Store {
         resolution: Option<&str>,
         above_id: Option<i64>,
         groups: &mut Groups,
+        points: &mut usize,
     ) -> Result<(), StoreError> {
         let group_expr = match q.group_by.as_deref() {
             None => "NULL".to_string(),
@@ -602,13 +611,24 @@ impl Store {
                 sketch,
             };
             let start = t.div_euclid(q.step_ms).saturating_mul(q.step_ms);
-            groups
-                .entry(group)
-                .or_default()
+            let buckets = groups.entry(group).or_default();
+            let before = buckets.len();
+            buckets
                 .entry(start)
                 .or_insert_with(|| Summary::new(false))
                 .merge(&summary)
                 .map_err(|e| bad(e.to_string()))?;
+            if buckets.len() > before {
+                // The bucket limit bounds one series; `group_by` multiplies it (adversary round
+                // 26: 1,000 groups of a 1 s step over an hour built 300 MB for one answer).
+                *points += 1;
+                if *points > MAX_POINTS {
+                    return Err(StoreError::InvalidQuery(format!(
+                        "the answer would hold more than {MAX_POINTS} points (buckets x groups): \
+                         use a larger step, a shorter range, or group by a tag with fewer values"
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -699,5 +719,73 @@ impl Store {
             Ok(out)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Location, WindowRow};
+    use luametrics_model::{Kind, MetricType};
+
+    /// `groups` series of one metric (tag `k`), each with a row per second for `seconds` s.
+    async fn store_with(groups: usize, seconds: i64) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(Location::File(dir.path().join("q.db")))
+            .await
+            .unwrap();
+        let rows: Vec<WindowRow> = (0..groups)
+            .flat_map(|g| {
+                (0..seconds).map(move |s| {
+                    let mut summary = Summary::new(false);
+                    summary.observe(1.0, s * 1_000);
+                    WindowRow {
+                        name: "q.points_count".into(),
+                        tenant: Some("acme".into()),
+                        metric_type: MetricType::User,
+                        kind: Kind::Counter,
+                        tags: [("k".to_string(), format!("g{g}"))].into_iter().collect(),
+                        source: None,
+                        timestamp_ms: s * 1_000,
+                        window_ms: 1_000,
+                        summary,
+                    }
+                })
+            })
+            .collect();
+        store.create_batch(&rows).await.unwrap();
+        (dir, store)
+    }
+
+    fn grouped(to_ms: i64) -> AggregateQuery {
+        AggregateQuery {
+            find: FindQuery {
+                name: "q.points_count".into(),
+                from_ms: 0,
+                to_ms,
+                tenant: Some("acme".into()),
+                ..Default::default()
+            },
+            agg: Agg::Sum,
+            step_ms: 1_000,
+            group_by: Some("k".into()),
+        }
+    }
+
+    // Adversary round 26: the bucket limit bounds one series, and `group_by` multiplies it:
+    // 1,000 groups of a 1 s step over an hour built 300 MB for one answer. The points of an
+    // answer are bounded as a whole (here 1,000).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_holds_a_bounded_number_of_points_whatever_the_groups() {
+        let (_dir, store) = store_with(40, 30).await;
+        // 40 groups x 20 buckets: 800 points.
+        let (series, _) = store.aggregate(&grouped(20_000)).await.unwrap();
+        assert_eq!(series.len(), 40);
+        assert_eq!(series.iter().map(|s| s.points.len()).sum::<usize>(), 800);
+        // 40 x 30: 1,200, over the bound.
+        match store.aggregate(&grouped(30_000)).await {
+            Err(StoreError::InvalidQuery(m)) => assert!(m.contains("points"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }
