@@ -47,6 +47,24 @@ async fn harness(settings: RecorderSettings, limits: Limits) -> Harness {
     }
 }
 
+/// A batch point of `h`'s policy: `name` with one tag `s`, one value (at time 0, as an engine
+/// hands them over).
+fn batch_point(h: &Harness, name: &str, kind: Kind, s: &str, value: f64) -> BatchPoint {
+    BatchPoint {
+        series: h
+            .service
+            .config()
+            .policy
+            .check_series(name, kind, vec![("s".to_string(), s.to_string())])
+            .unwrap(),
+        summary: {
+            let mut summary = luametrics_sketch::Summary::new(false);
+            summary.observe(value, 0);
+            summary
+        },
+    }
+}
+
 fn big_limits() -> Limits {
     Limits {
         points_per_minute: 100_000_000,
@@ -1665,23 +1683,7 @@ async fn a_batch_claims_its_names_again_after_the_tenant_was_forgotten() {
         },
     )
     .await;
-    let point = |name: &str| BatchPoint {
-        series: h
-            .service
-            .config()
-            .policy
-            .check_series(
-                name,
-                Kind::Counter,
-                vec![("s".to_string(), "a".to_string())],
-            )
-            .unwrap(),
-        summary: {
-            let mut s = luametrics_sketch::Summary::new(false);
-            s.observe(1.0, 0);
-            s
-        },
-    };
+    let point = |name: &str| batch_point(&h, name, Kind::Counter, "a", 1.0);
     // First sights claim the names (as the engine's slow path does), then the batch.
     for name in ["n.a1_count", "n.a2_count"] {
         h.service
@@ -1741,23 +1743,7 @@ async fn a_batch_claims_its_names_again_after_the_tenant_was_forgotten() {
 #[tokio::test]
 async fn a_batchs_last_value_is_as_of_the_batch() {
     let h = harness(RecorderSettings::default(), big_limits()).await;
-    let gauge = |v: f64| BatchPoint {
-        series: h
-            .service
-            .config()
-            .policy
-            .check_series(
-                "shop.queue_depth",
-                Kind::Gauge,
-                vec![("s".to_string(), "a".to_string())],
-            )
-            .unwrap(),
-        summary: {
-            let mut s = luametrics_sketch::Summary::new(false);
-            s.observe(v, 0);
-            s
-        },
-    };
+    let gauge = |v: f64| batch_point(&h, "shop.queue_depth", Kind::Gauge, "a", v);
     for v in [5.0, 7.0] {
         h.service
             .claim_user_name("acme", "shop.queue_depth", Kind::Gauge)
