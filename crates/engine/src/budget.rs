@@ -6,12 +6,11 @@
 //! admitted while the bucket is above zero and charged afterwards with what it measured (its
 //! time holding the engine: script, helpers, and the event's and result's conversion), so the last admitted execution may take the bucket below zero: a
 //! debt the next refills pay first. Executions admitted and not yet charged count against the
-//! bucket: as many as the pool has engines at the tenant's average cost (until one was
-//! measured, the average over all tenants, and never more than the time limit or the burst
-//! shared by the pool's engines), the rest, which wait for an engine, at that limit, so a
-//! burst of concurrent executions cannot all pass an admission that only sees past charges,
-//! however cheap the tenant's executions were until then. A tenant over its budget is refused
-//! before it takes an engine, told when to retry.
+//! bucket: four per engine at the tenant's average cost (until one was measured, the average
+//! over all tenants, and never more than the time limit or the burst shared by the pool's
+//! engines), the rest at that limit, so a burst of concurrent executions cannot all pass an
+//! admission that only sees past charges, however cheap the tenant's executions were until
+//! then. A tenant over its budget is refused before it takes an engine, told when to retry.
 
 use serde::Serialize;
 use std::collections::HashMap;
@@ -23,6 +22,10 @@ use parking_lot::Mutex;
 
 /// Buckets kept before idle ones (full again) are forgotten.
 const KEEP: usize = 10_000;
+
+/// Executions per engine a tenant may have admitted and not yet charged at its average cost
+/// (see [`Budgets::admit`]).
+const CHEAP_PER_ENGINE: u32 = 4;
 
 /// One tenant's engine time: what it may use and what it used.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -185,16 +188,20 @@ impl Budgets {
             _ => self.first_estimate_ms,
         };
         let b = self.bucket(&mut tenants, tenant, now);
-        // As many as the pool has engines may be running: they count at the tenant's average.
-        // The rest wait for an engine and count at what one may cost (the first estimate: the
-        // time limit, or the burst shared by the engines). At the average alone, a tenant
-        // whose executions had been cheap got hundreds admitted at once and then made each
-        // one expensive (its event decides what its script does): 12 s of engine time in 3 s
-        // against a 2 s burst (adversary round 26). Now the overshoot is at most the engines'
-        // worth of executions.
-        let running = b.in_flight.min(self.engines);
-        let reserved = f64::from(running) * b.average_ms.unwrap_or(first)
-            + f64::from(b.in_flight - running) * self.first_estimate_ms;
+        // Up to `CHEAP_PER_ENGINE` per engine count at the tenant's average: enough to keep
+        // every engine busy with a tenant's short executions while others wait behind them.
+        // Beyond those, each counts at what one may cost (the first estimate: the time limit,
+        // or the burst shared by the engines). At the average alone, a tenant whose
+        // executions had been cheap got hundreds admitted at once and then made each one
+        // expensive (its event decides what its script does): 12 s of engine time in 3 s
+        // against a 2 s burst (adversary round 26). Now the overshoot is at most that many
+        // executions' worth; counting every one past the engines at its limit left a
+        // flooding tenant 0.73x of its budget (`bench fairness`).
+        let cheap = b
+            .in_flight
+            .min(self.engines.saturating_mul(CHEAP_PER_ENGINE));
+        let reserved = f64::from(cheap) * b.average_ms.unwrap_or(first)
+            + f64::from(b.in_flight - cheap) * self.first_estimate_ms;
         if b.tokens_ms - reserved > 0.0 {
             b.in_flight += 1;
             return Ok(Admission {
@@ -316,8 +323,8 @@ mod tests {
             drop(b.admit("a").unwrap());
             b.charge("a", 0.01);
         }
-        // 19.9 ms left: 2 running at 0.01 ms, then 5 ms per waiting one: 6 in all.
-        let held: Vec<Admission> = (0..6).map(|_| b.admit("a").unwrap()).collect();
+        // 19.9 ms left: 8 (4 per engine) at 0.01 ms, then 5 ms each: 12 in all.
+        let held: Vec<Admission> = (0..12).map(|_| b.admit("a").unwrap()).collect();
         assert!(b.admit("a").is_err(), "at the average alone: ~2,000");
         drop(held);
     }
