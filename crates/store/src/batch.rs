@@ -56,30 +56,6 @@ fn placeholders(head: &str, width: usize, rows: usize, upsert: &str) -> String {
     sql
 }
 
-/// The prepared statements of a local writer connection, kept from one write to the next
-/// (at most six sizes per table: see [`write_atomically`]): preparing a statement of hundreds
-/// of placeholders cost a trace batch some 7% of its time (a `perf` profile of `luametrics
-/// run`). A statement is taken out while it runs and put back reset, so nothing is held
-/// across an `await`.
-#[derive(Default)]
-pub(crate) struct Statements(
-    parking_lot::Mutex<std::collections::HashMap<StatementKey, libsql::Statement>>,
-);
-
-/// What a kept statement inserts: head, upsert, values per row, rows.
-type StatementKey = (String, String, usize, usize);
-
-impl Statements {
-    fn take(&self, key: &StatementKey) -> Option<libsql::Statement> {
-        self.0.lock().remove(key)
-    }
-
-    fn keep(&self, key: StatementKey, stmt: libsql::Statement) {
-        stmt.reset();
-        self.0.lock().insert(key, stmt);
-    }
-}
-
 /// Rows for one table, written by [`write_atomically`].
 pub(crate) struct Insert<'a> {
     /// `INSERT INTO table (col, ...)`, without `VALUES`.
@@ -171,7 +147,6 @@ pub(crate) fn render(insert: &Insert<'_>, out: &mut String) {
 pub(crate) async fn write_atomically(
     conn: &Connection,
     remote: Option<std::time::Duration>,
-    kept: Option<&Statements>,
     inserts: Vec<Insert<'_>>,
     tail: &str,
 ) -> Result<(), StoreError> {
@@ -204,60 +179,30 @@ pub(crate) async fn write_atomically(
         for insert in inserts.into_iter().filter(|i| !i.rows.is_empty()) {
             let width = insert.rows[0].len().max(1);
             let per = (MAX_BOUND_VALUES / width).clamp(1, ROWS_PER_PREPARED);
-            // Chunks of `per` rows, then of powers of two for what is left (16, 8, ...): at
-            // most six statement sizes per table, taken from (and put back to) the kept ones.
-            let mut held: Vec<(usize, libsql::Statement)> = Vec::new();
-            let mut left = insert.rows.len();
-            let mut rows = insert.rows.into_iter();
-            let mut outcome = Ok(());
-            while left > 0 {
-                let n = if left >= per {
-                    per
-                } else {
-                    1 << (usize::BITS - 1 - left.leading_zeros())
+            let mut prepared: Option<(usize, libsql::Statement)> = None;
+            let mut rows = insert.rows.into_iter().peekable();
+            while rows.peek().is_some() {
+                let chunk: Vec<Vec<Value>> = rows.by_ref().take(per).collect();
+                let n = chunk.len();
+                if prepared.as_ref().is_none_or(|(m, _)| *m != n) {
+                    let sql = placeholders(insert.head, width, n, insert.upsert);
+                    let stmt = tx
+                        .prepare(&sql)
+                        .await
+                        .map_err(StoreError::db(insert.context))?;
+                    prepared = Some((n, stmt));
+                }
+                let Some((_, stmt)) = prepared.as_ref() else {
+                    continue;
                 };
-                left -= n;
-                let values: Vec<Value> = rows.by_ref().take(n).flatten().collect();
-                let at = match held.iter().position(|(m, _)| *m == n) {
-                    Some(at) => at,
-                    None => {
-                        let key = (insert.head.to_string(), insert.upsert.to_string(), width, n);
-                        let stmt = match kept.and_then(|k| k.take(&key)) {
-                            Some(stmt) => stmt,
-                            None => {
-                                let sql = placeholders(insert.head, width, n, insert.upsert);
-                                match tx.prepare(&sql).await {
-                                    Ok(stmt) => stmt,
-                                    Err(e) => {
-                                        outcome = Err(StoreError::db(insert.context)(e));
-                                        break;
-                                    }
-                                }
-                            }
-                        };
-                        held.push((n, stmt));
-                        held.len() - 1
-                    }
-                };
-                let stmt = &held[at].1;
-                let done = stmt.execute(values).await;
+                let values: Vec<Value> = chunk.into_iter().flatten().collect();
+                stmt.execute(values)
+                    .await
+                    .map_err(StoreError::db(insert.context))?;
                 // libsql 0.10 does not reset a statement after execute: without this the next
                 // execute silently re-inserts the first row's values.
                 stmt.reset();
-                if let Err(e) = done {
-                    outcome = Err(StoreError::db(insert.context)(e));
-                    break;
-                }
             }
-            if let Some(k) = kept {
-                for (n, stmt) in held {
-                    k.keep(
-                        (insert.head.to_string(), insert.upsert.to_string(), width, n),
-                        stmt,
-                    );
-                }
-            }
-            outcome?;
         }
         if !tail.is_empty() {
             tx.execute_batch(tail)
@@ -345,53 +290,15 @@ mod tests {
             vec![insert(rows(0..100)), insert(dup)],
             vec![insert(rows(0..100)), insert(null)],
         ] {
-            let e = write_atomically(&conn, None, None, inserts, "").await;
+            let e = write_atomically(&conn, None, inserts, "").await;
             assert!(e.is_err(), "{e:?}");
             let mut n = conn.query("SELECT COUNT(*) FROM t", ()).await.unwrap();
             let n: i64 = n.next().await.unwrap().unwrap().get(0).unwrap();
             assert_eq!(n, 0);
         }
-        write_atomically(&conn, None, None, vec![insert(rows(0..100))], "")
+        write_atomically(&conn, None, vec![insert(rows(0..100))], "")
             .await
             .unwrap();
-    }
-
-    /// Kept statements write each write's own rows, after a failed write too, and only the
-    /// sizes the writes used are kept.
-    #[tokio::test]
-    async fn kept_statements_write_each_writes_own_rows() {
-        let (_db, conn) = table_t().await;
-        let kept = Statements::default();
-        let write = |rows| {
-            let insert = Insert {
-                head: "INSERT INTO t (id, v)",
-                rows,
-                upsert: "",
-                context: "insert",
-            };
-            write_atomically(&conn, None, Some(&kept), vec![insert], "")
-        };
-        write(rows(0..64)).await.unwrap();
-        let mut dup = rows(64..128);
-        dup[40][0] = Value::Integer(3);
-        assert!(write(dup).await.is_err());
-        write(rows(64..128)).await.unwrap();
-        write(rows(128..200)).await.unwrap();
-        // 64 = 2 x 32; 72 = 2 x 32 + 8.
-        let mut sizes: Vec<usize> = kept.0.lock().keys().map(|k| k.3).collect();
-        sizes.sort();
-        assert_eq!(sizes, [8, 32]);
-        let mut got = conn
-            .query("SELECT id, v FROM t ORDER BY id", ())
-            .await
-            .unwrap();
-        let mut n = 0;
-        while let Some(row) = got.next().await.unwrap() {
-            let (id, v): (i64, String) = (row.get(0).unwrap(), row.get(1).unwrap());
-            assert_eq!((id, v), (n, format!("v{n}")));
-            n += 1;
-        }
-        assert_eq!(n, 200);
     }
 
     /// Rendered literals store exactly what bound parameters store.
@@ -429,7 +336,7 @@ mod tests {
                 upsert: "",
                 context: "insert",
             };
-            write_atomically(&conn, remote, None, vec![insert], "")
+            write_atomically(&conn, remote, vec![insert], "")
                 .await
                 .unwrap();
             let mut got = conn

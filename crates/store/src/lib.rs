@@ -59,8 +59,6 @@ struct Handle {
     /// Identity of the file this handle opened (local stores), to notice a deleted or
     /// replaced file: SQLite keeps writing into an unlinked inode without an error.
     identity: Option<file::Identity>,
-    /// The writer's prepared statements, kept between writes (local stores).
-    statements: batch::Statements,
 }
 
 /// An open luametrics database (embedded file or remote libSQL server).
@@ -256,7 +254,6 @@ impl Store {
             db,
             writer,
             identity,
-            statements: batch::Statements::default(),
         })
     }
 
@@ -508,18 +505,11 @@ impl Store {
         match self.remote_bound() {
             Some(bound) => {
                 let conn = self.reader().await?;
-                batch::write_atomically(&conn, Some(bound), None, inserts, tail).await
+                batch::write_atomically(&conn, Some(bound), inserts, tail).await
             }
             None => {
                 let handle = self.writer().await?;
-                batch::write_atomically(
-                    &handle.writer,
-                    None,
-                    Some(&handle.statements),
-                    inserts,
-                    tail,
-                )
-                .await
+                batch::write_atomically(&handle.writer, None, inserts, tail).await
             }
         }
     }

@@ -375,8 +375,7 @@ fn ns(ms: f64) -> i64 {
 /// bytes of the spans as objects: a trace writer at an executor's full rate spent more than
 /// half its time on them (their JSON, and the pages their bytes took in the log and the file).
 fn spans_text(started_at_ms: i64, spans: &[SpanRecord]) -> String {
-    // Integers through `itoa`: `write!` spent more than the rest of the text on them.
-    let mut digits = itoa::Buffer::new();
+    use std::fmt::Write as _;
     let mut out = String::with_capacity(16 + spans.len() * 96);
     out.push('[');
     for (i, s) in spans.iter().enumerate() {
@@ -388,17 +387,16 @@ fn spans_text(started_at_ms: i64, spans: &[SpanRecord]) -> String {
             json_string(text, &mut out);
             out.push(',');
         }
-        for n in [
+        let _ = write!(
+            out,
+            "{},{},{},{},{},{},",
             s.started_at_ms.saturating_sub(started_at_ms),
             ns(s.total_ms),
             ns(s.wait_ms),
             ns(s.script_ms),
             ns(s.helpers_ms),
-            ns(s.overhead_ms),
-        ] {
-            out.push_str(digits.format(n));
-            out.push(',');
-        }
+            ns(s.overhead_ms)
+        );
         match &s.error {
             Some(e) => json_string(e, &mut out),
             None => out.push_str("null"),
