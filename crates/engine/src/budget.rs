@@ -197,11 +197,14 @@ impl Budgets {
         // against a 2 s burst (adversary round 26). Now the overshoot is at most that many
         // executions' worth; counting every one past the engines at its limit left a
         // flooding tenant 0.73x of its budget (`bench fairness`).
+        // (Never below the tenant's average: with a small burst or many engines the first
+        // estimate may be less than what the tenant's executions cost.)
+        let average = b.average_ms.unwrap_or(first);
         let cheap = b
             .in_flight
             .min(self.engines.saturating_mul(CHEAP_PER_ENGINE));
-        let reserved = f64::from(cheap) * b.average_ms.unwrap_or(first)
-            + f64::from(b.in_flight - cheap) * self.first_estimate_ms;
+        let reserved = f64::from(cheap) * average
+            + f64::from(b.in_flight - cheap) * average.max(self.first_estimate_ms);
         if b.tokens_ms - reserved > 0.0 {
             b.in_flight += 1;
             return Ok(Admission {
