@@ -521,9 +521,24 @@ fn is_jwt(v: &str) -> bool {
 fn is_credential(v: &str) -> bool {
     let lower = v.to_ascii_lowercase();
     ["bearer", "basic", "token", "digest"].iter().any(|p| {
-        lower.starts_with(p)
-            && matches!(lower.as_bytes().get(p.len()), Some(b' ' | b':' | b'='))
-            && v.len() > p.len() + 8
+        if !lower.starts_with(p) || v.len() <= p.len() + 8 {
+            return false;
+        }
+        match lower.as_bytes()[p.len()] {
+            b' ' => true,
+            // `token:...`, `bearer=...`: only when what follows reads as a secret (one run of
+            // token characters with a digit or both cases), not `digest:weekly-summary`.
+            b':' | b'=' => {
+                // The separator is one ASCII byte: a character boundary after it.
+                let rest = &v[p.len() + 1..];
+                rest.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._~+/=-".contains(c))
+                    && (rest.bytes().any(|b| b.is_ascii_digit())
+                        || (rest.bytes().any(|b| b.is_ascii_uppercase())
+                            && rest.bytes().any(|b| b.is_ascii_lowercase())))
+            }
+            _ => false,
+        }
     })
 }
 
@@ -666,7 +681,8 @@ mod tests {
                 "jwt prefixed",
                 "jwt:eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
             ),
-            ("bearer, colon", "bearer:abcdefghijklmnopqrstuv"),
+            ("bearer, colon", "bearer:sk4Fj29dKq81Lmz0Xw"),
+            ("token, equals", "token=Zm9vYmFyYmF6cXV4"),
         ];
         for (what, value) in cases {
             assert!(looks_sensitive(value), "{what}: {value}");
@@ -702,6 +718,12 @@ mod tests {
             "https://example.com/checkout?step=2",
             "token:short",
             "ratio:0.75",
+            "digest:weekly-summary",
+            "basic:quarterly",
+            "token:refresh-failed",
+            "token=expired_session",
+            "tokenü-quarterly-digest",
+            "bearerü:x",
         ] {
             assert!(!looks_sensitive(value), "{value}");
         }
