@@ -215,6 +215,17 @@ type Groups = BTreeMap<Option<String>, BTreeMap<i64, Summary>>;
 /// own tests, so one can pass it with a small database).
 const MAX_POINTS: usize = if cfg!(test) { 1_000 } else { 200_000 };
 
+/// Bytes the sketches of one aggregate's buckets may hold (percentiles merge a sketch per
+/// bucket).
+const MAX_SKETCH_BYTES: usize = if cfg!(test) { 64 << 10 } else { 256 << 20 };
+
+/// What an aggregate's answer holds so far.
+#[derive(Default)]
+struct AnswerSize {
+    points: usize,
+    bytes: usize,
+}
+
 pub(crate) const ROW_COLUMNS: &str =
     "id, name, tenant_id, metric_type, kind, tags, source, timestamp, window_ms, samples, sum, min, max, last, last_ts, sketch";
 
@@ -441,7 +452,7 @@ impl Store {
             .map_err(StoreError::db("begin a read transaction"))?;
         let conn = Conn::on_one_stream((*tx).clone());
         let mut groups = Groups::new();
-        let mut points = 0;
+        let mut points = AnswerSize::default();
         if tier == Tier::Raw {
             self.scan(
                 &conn,
@@ -507,7 +518,7 @@ impl Store {
         resolution: Option<&str>,
         above_id: Option<i64>,
         groups: &mut Groups,
-        points: &mut usize,
+        points: &mut AnswerSize,
     ) -> Result<(), StoreError> {
         let group_expr = match q.group_by.as_deref() {
             None => "NULL".to_string(),
@@ -613,21 +624,24 @@ impl Store {
             let start = t.div_euclid(q.step_ms).saturating_mul(q.step_ms);
             let buckets = groups.entry(group).or_default();
             let before = buckets.len();
-            buckets
-                .entry(start)
-                .or_insert_with(|| Summary::new(false))
-                .merge(&summary)
-                .map_err(|e| bad(e.to_string()))?;
+            let bucket = buckets.entry(start).or_insert_with(|| Summary::new(false));
+            let held = bucket.heap_bytes();
+            bucket.merge(&summary).map_err(|e| bad(e.to_string()))?;
+            // The bucket limit bounds one series; `group_by` multiplies it (adversary round 26:
+            // 1,000 groups of a 1 s step over an hour built 300 MB for one answer), and a
+            // percentile's buckets hold sketches of kilobytes each (review): the answer is
+            // bounded in points and in the bytes its sketches hold.
+            points.bytes += bucket.heap_bytes().saturating_sub(held);
             if buckets.len() > before {
-                // The bucket limit bounds one series; `group_by` multiplies it (adversary round
-                // 26: 1,000 groups of a 1 s step over an hour built 300 MB for one answer).
-                *points += 1;
-                if *points > MAX_POINTS {
-                    return Err(StoreError::InvalidQuery(format!(
-                        "the answer would hold more than {MAX_POINTS} points (buckets x groups): \
-                         use a larger step, a shorter range, or group by a tag with fewer values"
-                    )));
-                }
+                points.points += 1;
+            }
+            if points.points > MAX_POINTS || points.bytes > MAX_SKETCH_BYTES {
+                return Err(StoreError::InvalidQuery(format!(
+                    "the answer would hold more than {MAX_POINTS} points (buckets x groups) or \
+                     {} MiB of sketches: use a larger step, a shorter range, or group by a tag \
+                     with fewer values",
+                    MAX_SKETCH_BYTES >> 20
+                )));
             }
         }
         Ok(())
@@ -728,8 +742,13 @@ mod tests {
     use crate::{Location, WindowRow};
     use luametrics_model::{Kind, MetricType};
 
-    /// `groups` series of one metric (tag `k`), each with a row per second for `seconds` s.
+    /// `groups` series of one metric (tag `k`), each with a row per second for `seconds` s;
+    /// histograms hold 100 values from 1 to 100 per row.
     async fn store_with(groups: usize, seconds: i64) -> (tempfile::TempDir, Store) {
+        store_of(groups, seconds, Kind::Counter).await
+    }
+
+    async fn store_of(groups: usize, seconds: i64, kind: Kind) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(Location::File(dir.path().join("q.db")))
             .await
@@ -737,13 +756,16 @@ mod tests {
         let rows: Vec<WindowRow> = (0..groups)
             .flat_map(|g| {
                 (0..seconds).map(move |s| {
-                    let mut summary = Summary::new(false);
-                    summary.observe(1.0, s * 1_000);
+                    let histogram = kind == Kind::Histogram;
+                    let mut summary = Summary::new(histogram);
+                    for v in 1..=if histogram { 100 } else { 1 } {
+                        summary.observe(f64::from(v), s * 1_000);
+                    }
                     WindowRow {
                         name: "q.points_count".into(),
                         tenant: Some("acme".into()),
                         metric_type: MetricType::User,
-                        kind: Kind::Counter,
+                        kind,
                         tags: [("k".to_string(), format!("g{g}"))].into_iter().collect(),
                         source: None,
                         timestamp_ms: s * 1_000,
@@ -785,6 +807,26 @@ mod tests {
         // 40 x 30: 1,200, over the bound.
         match store.aggregate(&grouped(30_000)).await {
             Err(StoreError::InvalidQuery(m)) => assert!(m.contains("points"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // Review: a percentile merges a sketch per bucket, kilobytes each, so points alone did
+    // not bound what an answer holds. The sketches' bytes are bounded too (here 64 KiB).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_answer_holds_a_bounded_number_of_sketch_bytes() {
+        let (_dir, store) = store_of(40, 20, Kind::Histogram).await;
+        let mut q = grouped(2_000);
+        q.agg = Agg::P95;
+        // Not grouped: 2 buckets of ~2 KB sketches, far under 64 KiB.
+        q.group_by = None;
+        let (series, _) = store.aggregate(&q).await.unwrap();
+        assert_eq!(series.len(), 1);
+        // 40 groups x 20 buckets: 800 points (under the 1,000 here), ~1.5 MB of sketches.
+        q.group_by = Some("k".into());
+        q.find.to_ms = 20_000;
+        match store.aggregate(&q).await {
+            Err(StoreError::InvalidQuery(m)) => assert!(m.contains("MiB of sketches"), "{m}"),
             other => panic!("{other:?}"),
         }
     }
