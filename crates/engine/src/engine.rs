@@ -348,6 +348,25 @@ impl Engine {
         // environment. The globals and the loaded-libraries table are replaced by empty ones,
         // not emptied (an emptied table keeps its slots): what the prelude did not take of the
         // libraries is collected, and an idle engine holds less (target 6).
+        // Emptied first as well: a prelude function that read a global by mistake (its `_ENV`
+        // is the old table) finds nothing there, not `load` or `debug` (review).
+        // (With the C API: handles to its keys would each hold a slot of mlua's reference
+        // stack, which an idle engine keeps.)
+        // SAFETY: plain stack operations on the globals table, with no Lua running; setting
+        // existing fields to nil during a `lua_next` traversal is allowed.
+        unsafe {
+            lua.exec_raw::<()>((), |l| {
+                ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, ffi::LUA_RIDX_GLOBALS);
+                ffi::lua_pushnil(l);
+                while ffi::lua_next(l, -2) != 0 {
+                    ffi::lua_pop(l, 1);
+                    ffi::lua_pushvalue(l, -1);
+                    ffi::lua_pushnil(l);
+                    ffi::lua_rawset(l, -4);
+                }
+                ffi::lua_pop(l, 1);
+            })?;
+        }
         lua.set_globals(lua.create_table()?)?;
         lua.set_named_registry_value("_LOADED", lua.create_table()?)?;
 
