@@ -204,6 +204,7 @@ impl Store {
         busy_timeout: Duration,
         remote_timeout: Duration,
     ) -> Result<Self, StoreError> {
+        let remote_timeout = remote_timeout.max(Duration::from_millis(1));
         let open = Self::open_handle(&location, busy_timeout);
         let opened = if location.is_local() {
             off_worker(true, open).await
@@ -424,7 +425,9 @@ impl Store {
             .await
             .map_err(|_| StoreError::InvalidQuery("the store is closed".into()))?;
         if !self.location.is_local() {
-            return self.off_worker(fut).await;
+            // In a read's scope too, so a read inside it runs in its place (see above).
+            let watch = std::sync::Arc::new(ReadWatch::default());
+            return READ.scope(watch, self.off_worker(fut)).await;
         }
         let mut limit_ms = self
             .read_timeout_ms
