@@ -38,8 +38,9 @@ pub struct BatchReport {
     /// Of which folded into overflow series.
     pub overflowed: u64,
     /// Points not kept: dropped (memory bound, shutdown), or refused because another policy
-    /// checked their series or no lease nor quota covered them (the recorder's accounting
-    /// counts those as rejected, `invalid_tags` and `rate_limited`).
+    /// checked their series, no lease nor quota covered them, or their metric's name could not
+    /// be claimed again (the recorder's accounting counts those as rejected: `invalid_tags`,
+    /// `rate_limited`, `name_limit`, `name_conflict`).
     pub dropped: u64,
 }
 
